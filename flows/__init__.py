@@ -1,0 +1,1 @@
+"""Prefect flows, tasks and the ``prmforge`` CLI. Thin wiring: algorithms live in labelers/."""

@@ -1,0 +1,1 @@
+"""Command groups of the ``prmforge`` CLI (see flows/cli.py)."""

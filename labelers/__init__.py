@@ -1,0 +1,1 @@
+"""prmforge labeling algorithms: plain typed functions and small classes, no Prefect."""

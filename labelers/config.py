@@ -1,0 +1,166 @@
+"""The build configuration: one typed model, every section in one place.
+
+``BuildConfig`` is what a TOML file, a preset and CLI overrides all become. Each stage receives
+only its own section. Unknown keys are errors (``extra="forbid"``) so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProblemsConfig(_Section):
+    """Where problems come from."""
+
+    # "bundled" = the small GSM8K + MATH-500 set shipped inside the package.
+    path: str = "bundled"
+    format: Literal["auto", "gsm8k", "math", "generic"] = "auto"
+    source: str | None = None  # source name recorded in rows; default: derived from format/file
+    # Column mapping for the generic format: prmforge field -> column name in the file.
+    columns: dict[str, str] = Field(default_factory=dict)
+    limit: int | None = Field(default=None, ge=1)
+    skip_invalid: bool = False
+
+
+class PolicyConfig(_Section):
+    """Which language model samples steps and rollouts."""
+
+    backend: Literal["embedded", "vllm", "openai", "scripted"] = "embedded"
+    # embedded: a preset name ("small", "better") or a path to a GGUF file;
+    # vllm: a model path or id; openai: the served model name.
+    model: str = "better"
+    base_url: str | None = None  # openai backend: e.g. http://127.0.0.1:8000/v1
+    api_key: str | None = None
+    max_concurrency: int = Field(default=16, ge=1)
+    request_timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=4, ge=0)
+    n_ctx: int = Field(default=4096, ge=512)  # embedded: context window
+    n_threads: int | None = Field(default=None, ge=1)  # embedded: default = all cores
+    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)  # vllm
+    enable_prefix_caching: bool = True  # vllm
+    temperature: float = Field(default=0.8, ge=0)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    max_step_tokens: int = Field(default=160, ge=8)  # one expansion = one step
+    max_solution_tokens: int = Field(default=512, ge=16)  # a rollout to the final answer
+
+
+class SearchConfig(_Section):
+    """MCTS over steps (GroundedPRM) and Monte Carlo estimation (Math-Shepherd, OmegaPRM)."""
+
+    mode: Literal["mcts", "sample"] = "mcts"  # "sample": n independent solutions, no tree
+    samples_per_problem: int = Field(default=4, ge=1)  # mode "sample"
+    rounds: int = Field(default=8, ge=1)  # MCTS iterations per problem
+    max_depth: int = Field(default=8, ge=1)  # steps before a path is cut off
+    children_per_expansion: int = Field(default=3, ge=1)  # k children per expansion (n=k)
+    uct_c: float = Field(default=1.4, ge=0)
+    gamma: float = Field(default=0.9, ge=0, le=1)  # ancestor discount of the back-up
+    stop_after_positive: int = Field(default=3, ge=0)  # stop once this many correct paths...
+    stop_after_negative: int = Field(default=3, ge=0)  # ...and this many wrong ones exist
+    mc_rollouts: int = Field(default=8, ge=1)  # k rollouts per prefix estimate
+    mc_early_stop: int = Field(default=4, ge=0)  # stop a prefix once the first m agree; 0 = off
+    first_error_search: bool = True  # OmegaPRM binary search on wrong paths
+    max_paths_per_problem: int = Field(default=6, ge=1)  # labeled paths kept per problem
+
+
+class ToolConfig(_Section):
+    """Step checking with sympy and sandboxed Python."""
+
+    enabled: bool = True
+    workers: int | None = Field(default=None, ge=1)  # default: cores
+    claim_timeout_s: float = Field(default=2.0, gt=0)
+    sandbox_timeout_s: float = Field(default=5.0, gt=0)
+    sandbox_memory_mb: int = Field(default=512, ge=32)
+    rounding_tolerance: float = Field(default=0.01, ge=0)  # relative; only where a step rounds
+
+
+class LeanConfig(_Section):
+    """Lean 4 step verification (Safe)."""
+
+    enabled: bool = False
+    project: str | None = None  # path to a Lake project with Mathlib; env PRMFORGE_LEAN_PROJECT
+    backend: Literal["batch", "leandojo"] = "batch"
+    tactics: tuple[str, ...] = ("norm_num", "decide", "omega", "simp", "linarith", "ring_nf", "positivity")
+    batch_size: int = Field(default=64, ge=1)
+    batch_timeout_s: float = Field(default=300.0, gt=0)
+    memory_mb: int = Field(default=8192, ge=256)
+    llm_formalize: bool = False  # ask the policy when no template fits
+    cache_dir: str | None = None  # default: <output root>/.cache/lean
+
+
+class FuseConfig(_Section):
+    """How tool verdict, Lean state and MC value become a step label."""
+
+    rule: Literal["hybrid", "mc", "tool", "lean"] = "hybrid"
+    mc_threshold: float = Field(default=0.0, ge=0, le=1)  # MC label positive when mc_value > this
+    after_first_error: Literal["truncate", "negative"] = "truncate"
+    consensus_filter: bool = False  # keep only paths whose MC and verifier agree on the first error
+
+
+class OutputConfig(_Section):
+    """Where shards go."""
+
+    root: str = "prmforge-data"  # local path or fsspec URI (s3://bucket/prefix)
+    batch_size: int = Field(default=8, ge=1)  # problems per batch = per shard
+
+
+class FlowConfig(_Section):
+    """Prefect orchestration."""
+
+    task_runner: Literal["threads", "processes", "dask", "ray"] = "threads"
+    max_workers: int = Field(default=1, ge=1)
+    retries: int = Field(default=2, ge=0)
+    retry_delay_s: float = Field(default=2.0, ge=0)
+    dask_address: str | None = None  # scheduler address; None = start a LocalCluster
+
+
+class BuildConfig(_Section):
+    """Everything a build needs. ``config_hash`` identifies the labeling-relevant part."""
+
+    name: str = "build"
+    seed: int = 0
+    problems: ProblemsConfig = ProblemsConfig()
+    policy: PolicyConfig = PolicyConfig()
+    search: SearchConfig = SearchConfig()
+    tool: ToolConfig = ToolConfig()
+    lean: LeanConfig = LeanConfig()
+    fuse: FuseConfig = FuseConfig()
+    output: OutputConfig = OutputConfig()
+    flow: FlowConfig = FlowConfig()
+
+    def config_hash(self) -> str:
+        """sha256 (16 hex) of the canonical JSON of everything that changes rows.
+
+        Output location and orchestration settings are left out: moving a build or running it
+        with more workers must not change its identity.
+        """
+        payload = self.model_dump(mode="json", exclude={"output": {"root"}, "flow": True, "name": True})
+        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def with_overrides(self, overrides: dict[str, object]) -> "BuildConfig":
+        """A copy with dotted-key overrides applied (``{"search.rounds": 4}``), validated."""
+        data = self.model_dump(mode="python")
+        for dotted, value in overrides.items():
+            node = data
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                node = node.setdefault(key, {})
+            node[leaf] = value
+        return BuildConfig.model_validate(data)
+
+
+def load_toml(path: Path) -> dict:
+    """The raw mapping of a TOML config file."""
+    import tomllib
+
+    with path.open("rb") as handle:
+        return tomllib.load(handle)

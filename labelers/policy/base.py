@@ -1,0 +1,92 @@
+"""The policy interface every sampling stage uses.
+
+A labeler collects all pending requests of a round (expansions and rollouts of every tree in
+the batch) and sends them in ONE ``generate`` call; the backend returns one result per request,
+in order. A request that fails carries its error in the result, so one bad request never loses
+the rest of the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Sample ``n`` completions of one prompt.
+
+    ``messages`` is the chat; ``assistant_prefix`` is text the assistant has already written
+    (a step prefix) and the completion continues it verbatim. Backends render the chat with the
+    model's template and append the prefix, so nested prefixes share their prompt tokens
+    (prefix caching).
+    """
+
+    messages: tuple[ChatMessage, ...]
+    assistant_prefix: str = ""
+    n: int = 1
+    max_tokens: int = 256
+    temperature: float = 0.8
+    top_p: float = 0.95
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    # Free-form tag so the caller can route the result back (e.g. "p3/expand/0.2").
+    tag: str = ""
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: Literal["stop", "length", "error"]
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    request: GenerationRequest
+    completions: tuple[Completion, ...]
+    prompt_tokens: int
+    error: str | None = None  # set when the request failed; completions is then empty
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class TokenUsage:
+    """Token accounting of a policy over its lifetime (or a build)."""
+
+    requests: int = 0
+    completions: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    generation_seconds: float = 0.0
+    failed_requests: int = 0
+
+    def add(self, other: "TokenUsage") -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """A batched text generator."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    usage: TokenUsage
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """One result per request, in request order."""
+        ...
+
+    def close(self) -> None: ...

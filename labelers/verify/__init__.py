@@ -1,0 +1,1 @@
+"""Step verifiers: tool checks (sympy, sandboxed Python) and Lean 4."""
