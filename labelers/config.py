@@ -34,7 +34,7 @@ class ProblemsConfig(_Section):
 class PolicyConfig(_Section):
     """Which language model samples steps and rollouts."""
 
-    backend: Literal["embedded", "vllm", "openai", "scripted"] = "embedded"
+    backend: Literal["embedded", "vllm", "openai"] = "embedded"
     # embedded: a preset name ("small", "better") or a path to a GGUF file;
     # vllm: a model path or id; openai: the served model name.
     model: str = "better"
