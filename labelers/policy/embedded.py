@@ -1,0 +1,313 @@
+"""The embedded CPU policy: llama.cpp (llama-cpp-python) running a GGUF model in this process.
+
+Prompt rendering: the chat is rendered with the chat template stored in the GGUF metadata
+(``tokenizer.chat_template``; Qwen ChatML for the presets) with the generation prompt appended,
+then ``assistant_prefix`` is appended as raw text so the completion continues it.
+
+Prefix reuse: llama.cpp keeps the KV cache of the last evaluated sequence, and llama-cpp-python
+re-evaluates only the tokens after the longest common prefix of the new prompt and the cached
+sequence. ``generate`` therefore orders the requests of a batch by their prompt tokens
+(lexicographically, so prompts that share a prefix are adjacent) and runs the ``n`` completions of
+a request back to back: completion 2..n of a request re-read none of the prompt, and a request
+whose prompt extends the previous one re-reads only the new part.
+
+Seeds: completion ``i`` of a request is sampled with ``completion_seed(request.seed, i)`` (a
+32-bit hash of the request seed and the index), so the same request with the same seed gives the
+same completions. A request without a seed gets one derived from its rendered prompt, so
+unseeded runs are reproducible too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from data_schemas.errors import PrmforgeError
+from labelers.doctor import DoctorItem
+from labelers.policy.base import Completion, GenerationRequest, GenerationResult, TokenUsage
+from labelers.policy.model_files import PRESETS, default_cache_dir, preset_status, resolve_model
+
+if TYPE_CHECKING:  # llama_cpp is an optional dependency, imported where a model is loaded
+    import llama_cpp
+
+
+def _import_llama_cpp() -> Any:
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise PrmforgeError(
+            f"the embedded backend needs llama-cpp-python ({exc}); install it with: pip install 'prmforge[embedded]'"
+        ) from None
+    return llama_cpp
+
+
+def default_threads() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class LoadedModel:
+    """One llama.cpp model instance and the lock that serializes use of its KV cache."""
+
+    llama: "llama_cpp.Llama"
+    path: Path
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class ModelPool:
+    """Loaded models keyed by (path, n_ctx, n_threads), owned by whoever creates the pool.
+
+    A worker process that builds several policies over its lifetime keeps one pool so the model
+    is loaded once. Policies sharing a pool entry share its lock (one KV cache, one user at a time).
+    """
+
+    def __init__(self) -> None:
+        self._models: dict[tuple[str, int, int], LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: Path, n_ctx: int, n_threads: int) -> LoadedModel:
+        key = (str(Path(path).resolve()), n_ctx, n_threads)
+        with self._lock:
+            loaded = self._models.get(key)
+            if loaded is None:
+                loaded = LoadedModel(load_llama(path, n_ctx, n_threads), Path(path))
+                self._models[key] = loaded
+            return loaded
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def close(self) -> None:
+        with self._lock:
+            for loaded in self._models.values():
+                loaded.llama.close()
+            self._models.clear()
+
+
+def load_llama(path: Path, n_ctx: int, n_threads: int) -> "llama_cpp.Llama":
+    llama_cpp = _import_llama_cpp()
+    try:
+        return llama_cpp.Llama(
+            str(path),
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            verbose=False,
+        )
+    except ValueError as exc:  # llama-cpp-python reports a file it cannot load as ValueError
+        raise PrmforgeError(f"llama.cpp cannot load model {path}: {exc}") from None
+
+
+def completion_seed(request_seed: int, index: int) -> int:
+    """Seed of completion ``index``: the first 4 bytes of blake2b(request_seed, index) (uint32,
+    the width of llama.cpp's sampler seed)."""
+    digest = hashlib.blake2b(f"{request_seed}\x1f{index}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _prompt_seed(prompt_tokens: Sequence[int]) -> int:
+    digest = hashlib.blake2b(repr(list(prompt_tokens)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+class ChatRenderer:
+    """Renders a request into prompt tokens with the model's own chat template."""
+
+    def __init__(self, llama: "llama_cpp.Llama") -> None:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise PrmforgeError(
+                "the GGUF model has no chat template (tokenizer.chat_template); use an instruct model"
+            )
+        self._llama = llama
+
+        def special_text(token_id: int) -> str:
+            return llama.detokenize([token_id], special=True).decode("utf-8", errors="replace") if token_id >= 0 else ""
+
+        self._formatter = Jinja2ChatFormatter(
+            template,
+            eos_token=special_text(llama.token_eos()),
+            bos_token=special_text(llama.token_bos()),
+            add_generation_prompt=True,
+        )
+
+    def text(self, request: GenerationRequest) -> str:
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        return self._formatter(messages=messages).prompt + request.assistant_prefix
+
+    def tokens(self, request: GenerationRequest) -> list[int]:
+        # special=True so the template's <|im_start|>/<|im_end|> become their control tokens.
+        return self._llama.tokenize(self.text(request).encode("utf-8"), add_bos=True, special=True)
+
+
+class EmbeddedPolicy:
+    """A Policy over a llama.cpp model loaded in this process (CPU)."""
+
+    def __init__(
+        self,
+        model: str = "better",
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        pool: ModelPool | None = None,
+        cache_dir: Path | None = None,
+        reuse_prefix: bool = True,
+    ) -> None:
+        """``model``: a preset name (see model_files.PRESETS) or a GGUF path. ``pool``: share
+        loaded models across policies (the caller owns and closes it); without one the policy
+        owns its model. ``reuse_prefix=False`` clears the KV cache before every completion (for
+        measuring what prefix reuse saves)."""
+        path, self._model_id = resolve_model(model, cache_dir)
+        threads = n_threads or default_threads()
+        self._owns_model = pool is None
+        self._loaded = (pool or ModelPool()).get(path, n_ctx, threads)
+        self._renderer = ChatRenderer(self._loaded.llama)
+        self._reuse_prefix = reuse_prefix
+        self.usage = TokenUsage()
+        # Prompt tokens actually evaluated (after prefix reuse); benchmarks compare it with usage.
+        self.evaluated_prompt_tokens = 0
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def n_ctx(self) -> int:
+        return self._loaded.llama.n_ctx()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._loaded.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    def render(self, request: GenerationRequest) -> str:
+        """The exact prompt text the model sees for ``request``."""
+        return self._renderer.text(request)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        started = time.perf_counter()
+        results: list[GenerationResult | None] = [None] * len(requests)
+        with self._loaded.lock:
+            prompts: list[list[int] | None] = []
+            for index, request in enumerate(requests):
+                try:
+                    prompts.append(self._renderer.tokens(request))
+                except Exception as exc:  # a template error belongs to this request only
+                    prompts.append(None)
+                    results[index] = GenerationResult(request, (), 0, error=f"render failed: {exc}")
+            # Lexicographic order of prompt tokens puts prompts with shared prefixes side by side.
+            order = sorted((i for i, p in enumerate(prompts) if p is not None), key=lambda i: prompts[i])
+            for index in order:
+                results[index] = self._generate_one(requests[index], prompts[index])
+        finished = [r for r in results if r is not None]
+        assert len(finished) == len(requests)
+        self.usage.requests += len(requests)
+        self.usage.failed_requests += sum(1 for r in finished if not r.ok)
+        self.usage.completions += sum(len(r.completions) for r in finished)
+        self.usage.prompt_tokens += sum(r.prompt_tokens for r in finished)
+        self.usage.completion_tokens += sum(c.completion_tokens for r in finished for c in r.completions)
+        self.usage.generation_seconds += time.perf_counter() - started
+        return finished
+
+    def _generate_one(self, request: GenerationRequest, prompt: list[int]) -> GenerationResult:
+        llama = self._loaded.llama
+        n_ctx = llama.n_ctx()
+        if len(prompt) >= n_ctx:
+            return GenerationResult(
+                request, (), len(prompt), error=f"prompt has {len(prompt)} tokens, context window is {n_ctx}"
+            )
+        max_tokens = min(request.max_tokens, n_ctx - len(prompt))
+        base_seed = request.seed if request.seed is not None else _prompt_seed(prompt)
+        completions = []
+        try:
+            for i in range(request.n):
+                if not self._reuse_prefix:
+                    llama.reset()
+                before = llama.n_tokens
+                cached = _common_prefix(llama, prompt) if before else 0
+                out = llama.create_completion(
+                    prompt,
+                    max_tokens=max_tokens,
+                    temperature=request.temperature,
+                    top_p=request.top_p,
+                    # Plain temperature + nucleus sampling, as in vLLM and the OpenAI API.
+                    top_k=0,
+                    min_p=0.0,
+                    repeat_penalty=1.0,
+                    stop=list(request.stop) or None,
+                    seed=completion_seed(base_seed, i),
+                )
+                # llama-cpp-python replays the last prompt token when the whole prompt is cached.
+                self.evaluated_prompt_tokens += len(prompt) - min(cached, len(prompt) - 1)
+                choice = out["choices"][0]
+                completions.append(
+                    Completion(
+                        text=choice["text"],
+                        finish_reason="length" if choice["finish_reason"] == "length" else "stop",
+                        completion_tokens=out["usage"]["completion_tokens"],
+                    )
+                )
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:  # one failing request must not lose the batch
+            llama.reset()
+            return GenerationResult(request, (), len(prompt), error=f"{type(exc).__name__}: {exc}")
+        return GenerationResult(request, tuple(completions), len(prompt))
+
+    def close(self) -> None:
+        if self._owns_model:
+            self._loaded.llama.close()
+
+
+def _common_prefix(llama: "llama_cpp.Llama", prompt: Sequence[int]) -> int:
+    count = 0
+    for cached, new in zip(llama._input_ids, prompt):  # the tokens now in the KV cache
+        if cached != new:
+            break
+        count += 1
+    return count
+
+
+def doctor_check(cache_dir: Path | None = None) -> DoctorItem:
+    """Is the embedded backend usable: llama_cpp installed, model parts installed, model assembled.
+
+    Cheap: reads package metadata and the cache marker; loads and hashes nothing.
+    """
+    problems: list[str] = []
+    hints: list[str] = []
+    try:
+        version = importlib.metadata.version("llama-cpp-python")
+        found = [f"llama-cpp-python {version}"]
+    except importlib.metadata.PackageNotFoundError:
+        found = ["llama-cpp-python missing"]
+        problems.append("llama-cpp-python")
+        hints.append("pip install 'prmforge[embedded]'")
+    cache = cache_dir or default_cache_dir()
+    for name, preset in PRESETS.items():
+        status = preset_status(preset, cache)
+        if status.missing_packages:
+            found.append(f"preset {name}: {len(status.missing_packages)}/{len(preset.packages)} parts missing")
+            hints.append(preset.pip_command())
+            if name == "better":  # the labeling default
+                problems.append(f"preset {name}")
+        elif status.assembled_path is not None:
+            found.append(f"preset {name}: ready ({status.assembled_path})")
+        else:
+            found.append(f"preset {name}: parts installed, assembled on first use into {cache}")
+    return DoctorItem(
+        name="embedded model (llama.cpp, CPU)",
+        ok=not problems,
+        detail="; ".join(found),
+        hint="; ".join(hints) or None,
+    )

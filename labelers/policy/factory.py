@@ -1,0 +1,55 @@
+"""``make_policy``: the policy a PolicyConfig describes.
+
+Backends are imported only when chosen, so a machine without vllm or llama-cpp-python can still
+use the others.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from data_schemas.errors import ConfigError
+from labelers.config import PolicyConfig
+from labelers.policy.base import Policy
+
+if TYPE_CHECKING:
+    from labelers.policy.embedded import ModelPool
+
+
+def make_policy(config: PolicyConfig, *, pool: "ModelPool | None" = None, cache_dir: Path | None = None) -> Policy:
+    """A ready Policy for ``config``.
+
+    ``pool`` (embedded only): a ModelPool the caller owns, so a worker process that makes several
+    policies loads the model once. ``cache_dir``: where preset GGUF files are assembled
+    (default ``$PRMFORGE_CACHE_DIR/models`` or ``~/.cache/prmforge/models``).
+    """
+    if config.backend == "embedded":
+        from labelers.policy.embedded import EmbeddedPolicy
+
+        return EmbeddedPolicy(
+            config.model, n_ctx=config.n_ctx, n_threads=config.n_threads, pool=pool, cache_dir=cache_dir
+        )
+    if config.backend == "vllm":
+        from labelers.policy.vllm_backend import VllmPolicy
+
+        return VllmPolicy(
+            config.model,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            enable_prefix_caching=config.enable_prefix_caching,
+            max_model_len=config.n_ctx,
+        )
+    if config.backend == "openai":
+        from labelers.policy.openai_http import OpenAIHttpPolicy
+
+        if not config.base_url:
+            raise ConfigError("policy.backend = 'openai' needs policy.base_url (e.g. http://127.0.0.1:8000/v1)")
+        return OpenAIHttpPolicy(
+            config.base_url,
+            config.model,
+            api_key=config.api_key,
+            max_concurrency=config.max_concurrency,
+            request_timeout_s=config.request_timeout_s,
+            max_retries=config.max_retries,
+        )
+    raise ConfigError(f"unknown policy.backend {config.backend!r}; expected embedded, vllm or openai")
