@@ -1,0 +1,404 @@
+"""Final answers: extract one from a written solution, decide whether it equals the gold answer.
+
+Extraction (:func:`extract_final_answer`) looks, in order, for the last ``\\boxed{...}`` /
+``\\fbox{...}`` (nested braces kept), the last ``#### N`` line (GSM8K), the last "the answer is
+X" / "final answer: X" phrase, and finally the last number in the text.
+
+Equivalence (:func:`answers_equal`) works in two layers:
+
+1. A fast, in-process layer that never evaluates anything: both answers are normalized (``$``,
+   ``\\left``/``\\right``, ``\\text{}``, ``\\dfrac``, thousands separators, a leading ``x =``,
+   degree signs, trailing units in words are removed) and compared as strings; when both read as
+   plain numbers (integers, decimals, ``a/b``, ``\\frac{a}{b}``, percentages) they are compared as
+   exact fractions (decimals with a relative tolerance of 1e-6). A number-vs-number comparison
+   is decided here.
+2. Anything symbolic (radicals, pi, intervals, tuples, sets, expressions) goes to math-verify,
+   which runs in a separate worker process owned by an :class:`AnswerJudge`: model-written
+   answers are untrusted (sympy's expression parser evaluates Python), and sympy can run for
+   ever on some inputs. math-verify's own signal-based timeouts are disabled (they only work in
+   the main thread); the judge enforces ``timeout_s`` itself by killing the worker. A timeout
+   counts as "not equal" and never hangs the caller.
+
+Percent rule: ``p%`` has two readings, the unit reading ``p`` and the value reading ``p/100``;
+a percentage equals a number when either reading equals it (``50\\%`` = ``50`` = ``0.5``), and
+two percentages compare by their numbers. Data sets write the answer to "what percent ..."
+both ways (GSM8K: ``25``, MATH: ``25\\%``), and models write either.
+
+Loops that compare many answers should hold one :class:`AnswerJudge` and pass it as ``judge``;
+without one, a symbolic comparison starts (and stops) a worker process of its own (about half a
+second).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from data_schemas.errors import PrmforgeError
+
+# --------------------------------------------------------------------------------------------
+# Extraction
+# --------------------------------------------------------------------------------------------
+
+_BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)\b")
+_HASH_ANSWER = re.compile(r"^\s*####\s*(.+?)\s*$", re.MULTILINE)
+_ANSWER_PHRASE = re.compile(
+    r"(?:final\s+answer|the\s+answer)\s*(?:is|:|=)\s*:?\s*(?P<rest>[^\n]+)|^\s*answer\s*:\s*(?P<line>[^\n]+)",
+    re.IGNORECASE | re.MULTILINE,
+)
+_LAST_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+
+
+def _braced(text: str, open_index: int) -> tuple[str, int] | None:
+    """Content of the brace group opening at ``text[open_index] == "{"`` and the index after it."""
+    depth = 0
+    for index in range(open_index, len(text)):
+        char = text[index]
+        if char == "\\" and index + 1 < len(text) and text[index + 1] in "{}":
+            continue
+        if char == "{" and (index == 0 or text[index - 1] != "\\"):
+            depth += 1
+        elif char == "}" and (index == 0 or text[index - 1] != "\\"):
+            depth -= 1
+            if depth == 0:
+                return text[open_index + 1 : index], index + 1
+    return None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` or ``\\fbox{...}`` (also ``\\boxed 5``), or None."""
+    for match in reversed(list(_BOX_COMMAND.finditer(text))):
+        index = match.end()
+        while index < len(text) and text[index] == " ":
+            index += 1
+        if index < len(text) and text[index] == "{":
+            group = _braced(text, index)
+            if group is not None:
+                return group[0].strip()
+        else:
+            # "\boxed 5" form: the argument runs to the next space, $ or end of line.
+            bare = re.match(r"([^\s$]+)", text[index:])
+            if bare and match.end() < index:
+                return bare.group(1).strip()
+    return None
+
+
+def _strip_sentence_end(answer: str) -> str:
+    answer = answer.strip()
+    answer = re.sub(r"[\s.;!]+$", "", answer)
+    if answer.startswith("$") and answer.count("$") >= 2:
+        answer = answer[1 : answer.index("$", 1)]
+    return answer.strip().strip("$").strip()
+
+
+def extract_final_answer(text: str, allow_fallback: bool = True) -> str | None:
+    """The final answer a solution gives, or None when it gives none.
+
+    Order: last ``\\boxed{}``/``\\fbox{}``; last ``#### N`` line; last "the answer is X" /
+    "final answer: X" / "Answer: X"; then (``allow_fallback``) the last number in the text.
+    """
+    if not text:
+        return None
+    boxed = last_boxed(text)
+    if boxed is not None and boxed != "":
+        return boxed
+    hashes = _HASH_ANSWER.findall(text)
+    if hashes:
+        return hashes[-1].strip()
+    phrases = list(_ANSWER_PHRASE.finditer(text))
+    if phrases:
+        phrase = phrases[-1]
+        answer = _strip_sentence_end(phrase.group("rest") or phrase.group("line") or "")
+        if answer:
+            return answer
+    if allow_fallback:
+        numbers = _LAST_NUMBER.findall(text)
+        if numbers:
+            return numbers[-1]
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Normalization and the fast numeric layer
+# --------------------------------------------------------------------------------------------
+
+_TEXT_COMMAND = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+_SPACING = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~")
+_DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°")
+_THOUSANDS = re.compile(r"(?<![\d.,])(\d{1,3})((?:,\d{3})+)(?![\d,])")
+_THOUSANDS_BRACED = re.compile(r"(\d)\{,\}(\d{3})")
+_ASSIGNMENT = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*=\s*(?P<rhs>[^=<>]+)$")
+_CHOICE = re.compile(r"^\(?([A-Ea-e])\)?$")
+_TRAILING_UNITS = re.compile(r"^(?P<number>[-+]?[\d.,/]+(?:\\%|%)?)\s*(?:[A-Za-z][A-Za-z .]*)$")
+_NUMBER = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?$")
+_SLASH_FRACTION = re.compile(r"^([-+]?\d+)\s*/\s*([-+]?\d+)$")
+_LATEX_FRACTION = re.compile(r"^([-+]?)\\frac\s*(?:\{\s*([-+]?\d+)\s*\}|(\d))\s*(?:\{\s*([-+]?\d+)\s*\}|(\d))$")
+
+
+def normalize_answer(answer: str) -> str:
+    """A canonical text for an answer: the formatting that never changes its value removed."""
+    text = answer.strip()
+    boxed = last_boxed(text)
+    if boxed is not None:
+        text = boxed
+    text = text.replace("\\$", "").replace("$", "")
+    if text.startswith("\\(") and text.endswith("\\)"):
+        text = text[2:-2]
+    text = text.replace("\\left", "").replace("\\right", "")
+    text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    text = _SPACING.sub(" ", text)
+    text = _DEGREES.sub("", text)
+    for _ in range(3):  # nested \text{\textbf{..}}
+        text = _TEXT_COMMAND.sub(r"\1", text)
+    text = _THOUSANDS_BRACED.sub(r"\1\2", text)
+    text = _THOUSANDS.sub(lambda m: m.group(1) + m.group(2).replace(",", ""), text)
+    text = re.sub(r"\s+", " ", text).strip()
+    text = re.sub(r"[.\s]+$", "", text) if not re.search(r"\d\.$", text) else text[:-1]
+    assignment = _ASSIGNMENT.match(text)
+    if assignment:
+        text = assignment.group("rhs").strip()
+    units = _TRAILING_UNITS.match(text)
+    if units:
+        text = units.group("number")
+    choice = _CHOICE.match(text)
+    if choice:
+        text = choice.group(1).upper()
+    return text
+
+
+@dataclass(frozen=True)
+class NumericReading:
+    """The value(s) a plain-number answer can mean, and whether it was written as a decimal."""
+
+    values: tuple[Fraction, ...]
+    approximate: bool
+
+
+def numeric_readings(normalized: str) -> NumericReading | None:
+    """The numbers a normalized answer reads as, or None when it is not a plain number.
+
+    A percentage ``p%`` reads as ``p`` and as ``p/100`` (see the module's percent rule).
+    """
+    text = normalized.replace(" ", "")
+    percent = False
+    for sign in ("\\%", "%"):
+        if text.endswith(sign):
+            text, percent = text[: -len(sign)], True
+            break
+    value: Fraction | None = None
+    approximate = False
+    if _NUMBER.match(text):
+        value = Fraction(text)
+        approximate = "." in text or "e" in text.lower()
+    elif match := _SLASH_FRACTION.match(text):
+        if int(match.group(2)) != 0:
+            value = Fraction(int(match.group(1)), int(match.group(2)))
+    elif match := _LATEX_FRACTION.match(text):
+        numerator = int(match.group(2) or match.group(3))
+        denominator = int(match.group(4) or match.group(5))
+        if denominator != 0:
+            value = Fraction(numerator, denominator) * (-1 if match.group(1) == "-" else 1)
+    if value is None:
+        return None
+    if percent:
+        return NumericReading((value, value / 100), approximate)
+    return NumericReading((value,), approximate)
+
+
+def _numbers_equal(a: NumericReading, b: NumericReading) -> bool:
+    tolerance = Fraction(1, 10**6) if (a.approximate or b.approximate) else Fraction(0)
+    return any(abs(x - y) <= tolerance * max(Fraction(1), abs(y)) for x in a.values for y in b.values)
+
+
+def _fast_verdict(pred: str, gold: str) -> bool | None:
+    """True/False when the in-process layer can decide, None when a symbolic check is needed."""
+    if pred == gold:
+        return True
+    pred_number, gold_number = numeric_readings(pred), numeric_readings(gold)
+    if pred_number is not None and gold_number is not None:
+        return _numbers_equal(pred_number, gold_number)
+    if pred.casefold() == gold.casefold() and re.fullmatch(r"[A-Za-z ]+", gold):
+        return True  # words ("Navin", "odd") compare case-blind
+    return None
+
+
+def _without_percent(normalized: str) -> str:
+    return re.sub(r"\\?%$", "", normalized).strip()
+
+
+# --------------------------------------------------------------------------------------------
+# The symbolic layer: math-verify in a worker process
+# --------------------------------------------------------------------------------------------
+
+_WORKER_MEMORY_BYTES = 2 * 1024**3
+_WORKER_START_TIMEOUT_S = 60.0
+
+
+def _worker_main() -> None:  # pragma: no cover - runs in the worker process
+    """Worker loop: one JSON request per stdin line, one JSON reply per stdout line."""
+    import logging
+    import resource
+
+    try:  # sympy can allocate without bound on hostile input
+        resource.setrlimit(resource.RLIMIT_AS, (_WORKER_MEMORY_BYTES, _WORKER_MEMORY_BYTES))
+    except (ValueError, OSError):
+        pass
+    logging.disable(logging.WARNING)  # math-verify warns on every call with timeouts disabled
+    from math_verify import parse, verify
+
+    out = sys.stdout
+    out.write(json.dumps({"ready": True}) + "\n")
+    out.flush()
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            gold = parse("\\boxed{" + request["gold"] + "}", parsing_timeout=None)
+            pred = parse("\\boxed{" + request["pred"] + "}", parsing_timeout=None)
+            equal = bool(gold) and bool(pred) and bool(verify(gold, pred, timeout_seconds=None))
+            reply = {"equal": equal}
+        except Exception as error:  # a parse/verify failure means "not shown equal"
+            reply = {"equal": False, "error": f"{type(error).__name__}: {error}"[:300]}
+        out.write(json.dumps(reply) + "\n")
+        out.flush()
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+    for stream in (process.stdin, process.stdout):
+        if stream is not None:
+            stream.close()
+
+
+class AnswerJudge:
+    """Owns one math-verify worker process; compares answers with a deadline per comparison.
+
+    Thread-safe (one comparison at a time). On a timeout the worker is killed, the comparison
+    counts as unequal and the next comparison starts a fresh worker. Use as a context manager
+    or call :meth:`close`.
+    """
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._buffer = b""
+        self.timeouts = 0  # comparisons cut off by the deadline
+        self.symbolic_checks = 0  # comparisons that reached the worker
+        self._finalizer: weakref.finalize | None = None
+
+    def __enter__(self) -> AnswerJudge:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the worker process (a later comparison starts a new one)."""
+        with self._lock:
+            self._stop()
+
+    def equal(self, predicted: str, gold: str, timeout_s: float = 5.0) -> bool:
+        """:func:`answers_equal` with this judge's worker for the symbolic layer."""
+        return answers_equal(predicted, gold, timeout_s=timeout_s, judge=self)
+
+    def symbolic_equal(self, predicted: str, gold: str, timeout_s: float) -> bool:
+        """math-verify's verdict on two normalized answers; False on timeout or failure."""
+        with self._lock:
+            self.symbolic_checks += 1
+            process = self._ensure_started()
+            request = json.dumps({"pred": predicted, "gold": gold}) + "\n"
+            try:
+                assert process.stdin is not None
+                process.stdin.write(request.encode())
+                process.stdin.flush()
+            except (BrokenPipeError, OSError):
+                self._stop()
+                return False
+            reply = self._read_line(time.monotonic() + timeout_s)
+            if reply is None:
+                self.timeouts += 1
+                self._stop()
+                return False
+            return bool(json.loads(reply).get("equal", False))
+
+    def _ensure_started(self) -> subprocess.Popen[bytes]:
+        if self._process is not None and self._process.poll() is None:
+            return self._process
+        self._stop()
+        project_root = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, env.get("PYTHONPATH", "")) if p)
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from labelers.answers import _worker_main; _worker_main()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            bufsize=0,
+        )
+        self._process = process
+        self._buffer = b""
+        self._finalizer = weakref.finalize(self, _kill, process)
+        ready = self._read_line(time.monotonic() + _WORKER_START_TIMEOUT_S)
+        if ready is None or not json.loads(ready).get("ready"):
+            self._stop()
+            raise PrmforgeError("the answer-checking worker (math-verify) did not start; is math-verify installed?")
+        return process
+
+    def _read_line(self, deadline: float) -> str | None:
+        process = self._process
+        assert process is not None and process.stdout is not None
+        fd = process.stdout.fileno()
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            readable, _, _ = select.select([fd], [], [], remaining)
+            if not readable:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:  # worker died (e.g. memory limit)
+                return None
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode()
+
+    def _stop(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()  # kills and reaps the worker once
+            self._finalizer = None
+        self._process = None
+        self._buffer = b""
+
+
+def answers_equal(predicted: str, gold: str, timeout_s: float = 5.0, judge: AnswerJudge | None = None) -> bool:
+    """Whether ``predicted`` and ``gold`` are the same answer (see the module doc for the rules).
+
+    ``timeout_s`` bounds the symbolic check; past it the answer counts as unequal. ``judge``
+    supplies a long-lived worker for the symbolic layer (recommended in loops).
+    """
+    if predicted is None or gold is None:
+        return False
+    pred, ref = normalize_answer(predicted), normalize_answer(gold)
+    if not pred or not ref:
+        return False
+    verdict = _fast_verdict(pred, ref)
+    if verdict is not None:
+        return verdict
+    # Symbolic layer: the percent sign is a unit there (unit reading of the percent rule).
+    pred, ref = _without_percent(pred), _without_percent(ref)
+    if judge is not None:
+        return judge.symbolic_equal(pred, ref, timeout_s)
+    with AnswerJudge() as own_judge:
+        return own_judge.symbolic_equal(pred, ref, timeout_s)

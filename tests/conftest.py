@@ -1,0 +1,35 @@
+"""Shared test setup: Prefect runs ephemeral in a private home, paths to the copied data sets."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Set before any test module imports prefect: a throw-away home, no analytics, no server.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="prmforge-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+
+TEST_DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """tests/data: copies of the public data sets used by the tests."""
+    return TEST_DATA
+
+
+@pytest.fixture(scope="session")
+def gsm8k_path() -> Path:
+    return TEST_DATA / "gsm8k_test.jsonl"
+
+
+@pytest.fixture(scope="session")
+def math500_path() -> Path:
+    return TEST_DATA / "math500_test.jsonl"
