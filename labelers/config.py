@@ -120,6 +120,8 @@ class FlowConfig(_Section):
     retries: int = Field(default=2, ge=0)
     retry_delay_s: float = Field(default=2.0, ge=0)
     dask_address: str | None = None  # scheduler address; None = start a LocalCluster
+    dask_processes: bool = True  # LocalCluster workers as processes (False: threads in this process)
+    ray_address: str | None = None  # ray cluster address ("auto", "ray://host:10001"); None = local Ray
 
 
 class BuildConfig(_Section):
