@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from data_schemas.errors import PrmforgeError
 from labelers.doctor import DoctorItem
 from labelers.policy.base import Completion, GenerationRequest, GenerationResult, TokenUsage
+from labelers.policy.usage import record_usage
 from labelers.policy.model_files import PRESETS, default_cache_dir, preset_status, resolve_model
 
 if TYPE_CHECKING:  # llama_cpp is an optional dependency, imported where a model is loaded
@@ -210,14 +211,9 @@ class EmbeddedPolicy:
             order = sorted((i for i, p in enumerate(prompts) if p is not None), key=lambda i: prompts[i])
             for index in order:
                 results[index] = self._generate_one(requests[index], prompts[index])
-        finished = [r for r in results if r is not None]
-        assert len(finished) == len(requests)
-        self.usage.requests += len(requests)
-        self.usage.failed_requests += sum(1 for r in finished if not r.ok)
-        self.usage.completions += sum(len(r.completions) for r in finished)
-        self.usage.prompt_tokens += sum(r.prompt_tokens for r in finished)
-        self.usage.completion_tokens += sum(c.completion_tokens for r in finished for c in r.completions)
-        self.usage.generation_seconds += time.perf_counter() - started
+            finished = [r for r in results if r is not None]
+            # Still under the lock: threads sharing this policy must not interleave the counts.
+            record_usage(self.usage, finished, time.perf_counter() - started)
         return finished
 
     def _generate_one(self, request: GenerationRequest, prompt: list[int]) -> GenerationResult:

@@ -1,0 +1,293 @@
+"""A minimal OpenAI-compatible HTTP server over any Policy (stdlib only).
+
+Serves one model so several processes (or machines) can share it through the ``openai`` backend:
+
+    python -m labelers.policy.server --model small --port 8000
+    # then: policy.backend = "openai", policy.base_url = "http://127.0.0.1:8000/v1", policy.model = "small"
+
+Endpoints: ``GET /v1/models``, ``GET /health`` and ``POST /v1/chat/completions`` with the OpenAI
+fields ``model, messages, n, max_tokens, temperature, top_p, stop, seed`` and vLLM's extras
+``continue_final_message`` / ``add_generation_prompt`` (continue the last assistant message
+verbatim). Each choice also carries ``completion_tokens`` (not in the OpenAI schema) so clients
+can count tokens per completion exactly. Streaming and ``/v1/completions`` are not served.
+
+Requests are handled by one thread each; a single generation thread takes every request waiting
+at that moment and sends them to the policy in one ``generate`` call, so concurrent clients are
+batched (and the embedded policy can reuse their shared prompt prefixes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from labelers.policy.base import ChatMessage, GenerationRequest, GenerationResult, Policy
+
+_ROLES = ("system", "user", "assistant")
+
+
+class BadRequest(Exception):
+    """A request body the server cannot serve (answered with HTTP 400)."""
+
+
+def request_from_chat_body(body: dict[str, Any]) -> GenerationRequest:
+    """The GenerationRequest an OpenAI chat-completions body asks for."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' must be a non-empty list")
+    chat = []
+    for position, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in _ROLES or not isinstance(message.get("content"), str):
+            raise BadRequest(f"messages[{position}] needs a role in {_ROLES} and a string content")
+        chat.append(ChatMessage(message["role"], message["content"]))
+    prefix = ""
+    if body.get("continue_final_message"):
+        if chat[-1].role != "assistant":
+            raise BadRequest("continue_final_message needs the last message to be the assistant's")
+        if body.get("add_generation_prompt", True) is not False:
+            raise BadRequest("continue_final_message needs add_generation_prompt = false")
+        prefix = chat.pop().content
+    stop = body.get("stop") or ()
+    if isinstance(stop, str):
+        stop = (stop,)
+    try:
+        return GenerationRequest(
+            messages=tuple(chat),
+            assistant_prefix=prefix,
+            n=int(body.get("n", 1)),
+            max_tokens=int(body.get("max_tokens") or body.get("max_completion_tokens") or 256),
+            temperature=float(body.get("temperature", 1.0)),
+            top_p=float(body.get("top_p", 1.0)),
+            stop=tuple(str(s) for s in stop),
+            seed=None if body.get("seed") is None else int(body["seed"]),
+        )
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"bad sampling field: {exc}") from None
+
+
+def chat_response_body(result: GenerationResult, model: str) -> dict[str, Any]:
+    completion_tokens = sum(c.completion_tokens for c in result.completions)
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": c.text},
+                "finish_reason": c.finish_reason,
+                "completion_tokens": c.completion_tokens,
+            }
+            for i, c in enumerate(result.completions)
+        ],
+        "usage": {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": result.prompt_tokens + completion_tokens,
+        },
+    }
+
+
+@dataclass
+class BatchStats:
+    """What the generation thread did (for tests and benchmarks)."""
+
+    batches: int = 0
+    requests: int = 0
+    largest_batch: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+class _Batcher:
+    """One generation thread: drains every queued request into one ``policy.generate`` call."""
+
+    def __init__(self, policy: Policy, max_batch: int) -> None:
+        self._policy = policy
+        self._max_batch = max_batch
+        self._queue: queue.Queue[tuple[GenerationRequest, Future]] = queue.Queue()
+        self._stopping = threading.Event()
+        self.stats = BatchStats()
+        self._thread = threading.Thread(target=self._run, name="prmforge-generate", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: GenerationRequest) -> Future:
+        pending: Future = Future()
+        self._queue.put((request, pending))
+        return pending
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                batch = [self._queue.get(timeout=0.1)]
+            except queue.Empty:
+                continue
+            while len(batch) < self._max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            with self.stats.lock:
+                self.stats.batches += 1
+                self.stats.requests += len(batch)
+                self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+            try:
+                results = self._policy.generate([request for request, _ in batch])
+            except Exception as exc:  # answer every waiting client rather than hang them
+                for _, pending in batch:
+                    pending.set_exception(exc)
+                continue
+            for (_, pending), result in zip(batch, results):
+                pending.set_result(result)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5)
+
+
+class ModelServer:
+    """An OpenAI-compatible server for ``policy`` on ``host:port`` (port 0 = a free port)."""
+
+    def __init__(
+        self, policy: Policy, *, host: str = "127.0.0.1", port: int = 0, served_model_name: str | None = None,
+        max_batch: int = 64,
+    ) -> None:
+        self.policy = policy
+        self.model_name = served_model_name or policy.model_id
+        self._batcher = _Batcher(policy, max_batch)
+        self._httpd = ThreadingHTTPServer((host, port), _make_handler(self))
+        self._httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def stats(self) -> BatchStats:
+        return self._batcher.stats
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def start(self) -> "ModelServer":
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="prmforge-http", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._httpd.serve_forever()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._batcher.stop()
+
+    def __enter__(self) -> "ModelServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def chat(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, JSON body) for a chat-completions request."""
+        if body.get("model") != self.model_name:
+            return 404, _error(f"The model `{body.get('model')}` does not exist.", "NotFoundError", 404)
+        try:
+            request = request_from_chat_body(body)
+        except BadRequest as exc:
+            return 400, _error(str(exc), "BadRequestError", 400)
+        try:
+            result = self._batcher.submit(request).result()
+        except Exception as exc:
+            return 500, _error(f"generation failed: {type(exc).__name__}: {exc}", "InternalServerError", 500)
+        if not result.ok:
+            return 400, _error(result.error or "generation failed", "BadRequestError", 400)
+        return 200, chat_response_body(result, self.model_name)
+
+
+def _error(message: str, kind: str, code: int) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "code": code}}
+
+
+def _make_handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, so clients reuse connections
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet: one line per request is noise
+            return
+
+        def _send(self, status: int, payload: dict[str, Any]) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            if self.path.rstrip("/") == "/v1/models":
+                self._send(200, {"object": "list", "data": [
+                    {"id": server.model_name, "object": "model", "owned_by": "prmforge"}]})
+            elif self.path == "/health":
+                self._send(200, {"status": "ok"})
+            else:
+                self._send(404, _error(f"no route {self.path}", "NotFoundError", 404))
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length)
+            if self.path.rstrip("/") != "/v1/chat/completions":
+                self._send(404, _error(f"no route {self.path} (this server serves /v1/chat/completions)", "NotFoundError", 404))
+                return
+            try:
+                body = json.loads(raw)
+                if not isinstance(body, dict):
+                    raise ValueError("body is not a JSON object")
+            except ValueError as exc:
+                self._send(400, _error(f"invalid JSON: {exc}", "BadRequestError", 400))
+                return
+            self._send(*server.chat(body))
+
+    return Handler
+
+
+def main(argv: list[str] | None = None) -> int:
+    from data_schemas.errors import PrmforgeError
+    from labelers.policy.embedded import EmbeddedPolicy
+
+    parser = argparse.ArgumentParser(description="Serve an embedded GGUF model over an OpenAI-compatible API.")
+    parser.add_argument("--model", default="better", help="preset (small, better) or a .gguf path")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000, help="0 = any free port")
+    parser.add_argument("--served-model-name", default=None, help="name clients use (default: --model)")
+    parser.add_argument("--n-ctx", type=int, default=4096)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    try:
+        policy = EmbeddedPolicy(args.model, n_ctx=args.n_ctx, n_threads=args.threads)
+    except PrmforgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    server = ModelServer(policy, host=args.host, port=args.port, served_model_name=args.served_model_name or args.model)
+    # The first stdout line tells a parent process (tests, scripts) where to connect.
+    print(f"serving {server.model_name} at {server.base_url}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        policy.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
