@@ -1,0 +1,1055 @@
+"""Claims a step makes: equalities, chains and inequalities found in its text.
+
+:func:`extract_claims` turns a step into :class:`Claim` records whose ``lhs``/``rhs`` are plain,
+sympy-parseable expressions (numbers, ``+ - * / **``, parentheses, ``sqrt(...)``,
+``factorial(...)``, ``pi``, symbol names): no LaTeX, no units, no money signs. The same strings are
+what the Lean helper builds statements from.
+
+How text becomes claims (docs/verification.md has the full rules):
+
+- the step is tokenized; prose words, commas, colons, sentence ends and line ends *break* the text
+  into runs; a run is split at its relations (``= < > <= >= !=`` and the rounding relations
+  ``≈ ~ \\approx``); every pair of neighbouring sides is one claim (``a = b = c`` gives ``a = b``
+  and ``b = c``); a claim exists only when both sides parse as pure math, so ``He has 3 apples = 3``
+  gives nothing;
+- GSM8K calculator annotations ``<<48/2=24>>`` are claims of their own; the visible equation whose
+  result directly follows an annotation (``16 - 3 - 4 = <<16-3-4=9>>9``) is the same claim and is
+  not counted twice;
+- LaTeX inside ``$...$``, ``$$...$$``, ``\\(...\\)``, ``\\[...\\]`` and math environments is read
+  (``\\frac``, ``\\sqrt``, ``^{...}``, ``\\cdot``, ``\\times``, ``\\div``, ``\\left( \\right)``,
+  ``\\text{..}``, ``{,}`` separators, ``\\boxed``); a ``$`` that does not open a tight
+  ``$...$`` pair is a money sign and is dropped;
+- ``25%`` is ``(25/100)`` inside arithmetic; a side that is only a percentage (``= 20%``) may
+  also be read as the bare number (``percent_sides``), because steps write both ``0.2 = 20%`` and
+  ``20/100*100 = 20%``;
+- known unit words right after a number (``5 cm``, ``18 dollars``) are dropped; other words break;
+- thousands separators (``1,000``) are removed; decimals stay decimals in the strings and are
+  exact rationals when checked;
+- ``x = 5 solves 2x + 1 = 11``: when a step binds a symbol to a constant exactly once and also
+  states an equation in that symbol, a substituted claim ``2*(5) + 1 = 11`` is added (not in steps
+  that negate: "not", "extraneous", ...);
+- a claim is ``rounded`` when its relation is ``≈``/``~``/``\\approx``, when ``about``,
+  ``approximately``, ... follows the relation, or when the step says it rounds ("round",
+  "rounded", "nearest").
+
+Nothing here evaluates anything; the parser is a small recursive-descent parser over a token
+whitelist (no ``eval``), with nesting and size limits so hostile text cannot hang it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+# Limits that keep extraction linear and bounded on hostile text.
+MAX_STEP_CHARS = 100_000  # text beyond this is not scanned for claims
+MAX_NESTING = 100  # parentheses / LaTeX groups deeper than this are rejected
+MAX_NUMBER_DIGITS = 1_000  # a literal longer than this is rejected
+MAX_CLAIMS_PER_STEP = 200
+
+RELATIONS = ("=", "<", ">", "<=", ">=", "!=")
+FUNCTIONS = ("sqrt", "sin", "cos", "tan", "log", "ln", "exp")
+
+# Unit and currency words dropped when they directly follow a number (or ")" / "%").
+UNITS = frozenset(
+    """
+    cm mm km meter meters metre metres kilometer kilometers kilometre kilometres centimeter
+    centimeters millimeter millimeters inch inches ft foot feet yd yard yards mi mile miles
+    kg mg gram grams kilogram kilograms lb lbs pound pounds oz ounce ounces ton tons
+    ml liter liters litre litres gallon gallons gal quart quarts pint pints cup cups
+    sec secs second seconds min mins minute minutes hr hrs hour hours day days week weeks
+    month months year years yr yrs
+    dollar dollars cent cents usd euro euros
+    mph kph km/h sq square cubic units unit degree degrees
+    """.split()
+)
+_APPROX_WORDS = frozenset({"about", "approximately", "approx", "roughly", "around", "nearly"})
+_ROUNDING_CUE = re.compile(r"\b(round(ed|ing|s)?|nearest)\b", re.IGNORECASE)
+_NEGATION_CUE = re.compile(
+    r"\b(not|isn't|doesn't|does not|fails?|extraneous|reject(ed)?|invalid|impossible|contradiction)\b",
+    re.IGNORECASE,
+)
+
+_ANNOTATION = re.compile(r"<<([^<>]*)>>")
+_CODE_BLOCK = re.compile(r"```.*?(```|\Z)", re.DOTALL)
+_MATH_ENV = re.compile(
+    r"\\begin\{(align|equation|eqnarray|gather|multline|split|aligned|gathered)(\*?)\}(.*?)\\end\{\1\2\}",
+    re.DOTALL,
+)
+_PLAIN_NUMBER = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d,]\d)|\d+(?:\.\d+)?|\.\d+")
+_LATEX_NUMBER = re.compile(r"\d{1,3}(?:\{,\}\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+")
+_WORD = re.compile(r"[A-Za-z]+")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One checkable statement ``lhs relation rhs`` found in a step.
+
+    ``span`` is ``(start, end)`` in the step text and ``text`` is ``step[start:end]``. ``lhs`` and
+    ``rhs`` are plain expressions (decimals written as decimals: read them as exact rationals).
+    ``rounded``: the step says the relation holds up to rounding. ``origin``: ``"annotation"``
+    (a GSM8K ``<<...>>``), ``"text"`` or ``"substitution"``. ``percent_sides``: which sides are a
+    lone percentage (``"lhs"``/``"rhs"``), which a checker may also read as the bare number.
+    ``substitution``: for substituted claims, the bindings used, e.g. ``(("x", "5"),)``.
+    """
+
+    text: str
+    span: tuple[int, int]
+    lhs: str
+    rhs: str
+    relation: str
+    rounded: bool = False
+    origin: str = "text"
+    percent_sides: tuple[str, ...] = ()
+    substitution: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class RejectedClaim:
+    """A relation that looked like a claim but did not parse, and why."""
+
+    text: str
+    span: tuple[int, int]
+    reason: str
+
+
+@dataclass(frozen=True)
+class Extraction:
+    claims: list[Claim]
+    rejected: list[RejectedClaim]
+    code_blocks: list[tuple[int, int]]  # spans of ``` blocks (run by the tool verifier, not parsed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokens
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str  # NUM ID FN OP LP RP REL PCT BANG BRK APPROX
+    value: str
+    start: int
+    end: int
+
+
+class ParseError(ValueError):
+    pass
+
+
+def _tok(kind: str, value: str, start: int, end: int) -> Token:
+    return Token(kind, value, start, end)
+
+
+_REL_CHARS = {
+    "<=": "<=",
+    ">=": ">=",
+    "!=": "!=",
+    "==": "=",
+    "≤": "<=",
+    "≥": ">=",
+    "≠": "!=",
+    "≈": "≈",
+    "=": "=",
+    "<": "<",
+    ">": ">",
+}
+_OP_CHARS = {
+    "**": "**",
+    "+": "+",
+    "-": "-",
+    "−": "-",
+    "*": "*",
+    "×": "*",
+    "·": "*",
+    "⋅": "*",
+    "∙": "*",
+    "/": "/",
+    "÷": "/",
+    "^": "**",
+}
+_LATEX_OPS = {"cdot": "*", "times": "*", "ast": "*", "div": "/"}
+_LATEX_RELS = {
+    "le": "<=",
+    "leq": "<=",
+    "leqslant": "<=",
+    "ge": ">=",
+    "geq": ">=",
+    "geqslant": ">=",
+    "ne": "!=",
+    "neq": "!=",
+    "lt": "<",
+    "gt": ">",
+    "approx": "≈",
+    "sim": "≈",
+    "simeq": "≈",
+    "thickapprox": "≈",
+}
+_LATEX_SPACING = frozenset(
+    """left right big bigl bigr Big Bigl Bigr bigg biggl biggr Bigg Biggl Biggr quad qquad
+    displaystyle textstyle limits nonumber notag hline tfrac_ mathrm_""".split()
+)
+_LATEX_TEXT = frozenset({"text", "textbf", "textit", "textrm", "mbox", "mathrm", "operatorname", "textnormal"})
+_LATEX_GROUP = frozenset({"boxed", "mathbf", "mathit", "displaystyle", "bm", "pmb"})
+_LATEX_FRAC = frozenset({"frac", "dfrac", "tfrac", "cfrac"})
+_LATEX_FUNCS = frozenset({"sin", "cos", "tan", "log", "ln", "exp"})
+
+
+class _Tokenizer:
+    """Turns step text into tokens with spans; LaTeX and plain text have their own rules."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.tokens: list[Token] = []
+        self.depth = 0
+
+    # -- helpers
+    def emit(self, kind: str, value: str, start: int, end: int) -> None:
+        self.tokens.append(Token(kind, value, start, end))
+
+    def prev_kind(self) -> str | None:
+        return self.tokens[-1].kind if self.tokens else None
+
+    def next_nonspace(self, i: int, end: int) -> str:
+        while i < end and self.text[i] in " \t":
+            i += 1
+        return self.text[i] if i < end else ""
+
+    def word(self, word: str, start: int, end: int, stop: int, latex: bool) -> None:
+        """A word of prose (or of \\text{...}): a unit after a number, a function, or a break."""
+        low = word.lower()
+        prev = self.prev_kind()
+        if prev in ("NUM", "RP", "PCT") and low in UNITS:
+            return  # units are stripped
+        if low in _APPROX_WORDS and prev == "REL":
+            self.emit("APPROX", low, start, end)
+            return
+        if not latex:
+            nxt = self.next_nonspace(end, stop)
+            if low == "x" and prev in ("NUM", "RP", "PCT") and (nxt.isdigit() or nxt in "($"):
+                self.emit("OP", "*", start, end)  # "3 x 4" is a product in prose
+                return
+            if low in FUNCTIONS and nxt == "(":
+                self.emit("FN", low, start, end)
+                return
+            if low == "pi":
+                self.emit("ID", "pi", start, end)
+                return
+            if len(word) == 1:
+                self.emit("ID", word, start, end)
+                return
+        self.emit("BRK", word, start, end)
+
+    # -- plain text
+    def plain(self, start: int, end: int, annotations: list[tuple[int, int]]) -> None:
+        text = self.text
+        ann_starts = {a: b for a, b in annotations}
+        i = start
+        while i < end:
+            c = text[i]
+            if i in ann_starts:
+                i = ann_starts[i]  # annotations are claims of their own and invisible here
+                continue
+            if c in " \t\r":
+                i += 1
+                continue
+            if c == "\n":
+                self.emit("BRK", "\n", i, i + 1)
+                i += 1
+                continue
+            if c.isdigit() or (c == "." and i + 1 < end and text[i + 1].isdigit() and not (i > 0 and text[i - 1].isdigit())):
+                m = _PLAIN_NUMBER.match(text, i, end)
+                assert m is not None
+                self.number(m.group(0).replace(",", ""), i, m.end())
+                i = m.end()
+                continue
+            if c.isalpha() and c.isascii():
+                m = _WORD.match(text, i, end)
+                assert m is not None
+                self.word(m.group(0), i, m.end(), end, latex=False)
+                i = m.end()
+                continue
+            i = self.symbol(i, end)
+
+    def number(self, digits: str, start: int, end: int) -> None:
+        if len(digits) > MAX_NUMBER_DIGITS:
+            self.emit("BRK", "number too long", start, end)
+        else:
+            self.emit("NUM", digits, start, end)
+
+    def symbol(self, i: int, end: int) -> int:
+        """Operators, relations, brackets and punctuation shared by both modes."""
+        text = self.text
+        two = text[i : i + 2]
+        c = text[i]
+        if two in ("<=", ">=", "!=", "=="):
+            self.emit("REL", _REL_CHARS[two], i, i + 2)
+            return i + 2
+        if two in ("=>", "->"):
+            self.emit("BRK", two, i, i + 2)
+            return i + 2
+        if two == "**":
+            self.emit("OP", "**", i, i + 2)
+            return i + 2
+        if c in _REL_CHARS:
+            self.emit("REL", _REL_CHARS[c], i, i + 1)
+            return i + 1
+        if c == "~" or c == "∼":
+            self.emit("REL", "≈", i, i + 1)
+            return i + 1
+        if c in _OP_CHARS:
+            self.emit("OP", _OP_CHARS[c], i, i + 1)
+            return i + 1
+        if c in "([":
+            self.emit("LP", c, i, i + 1)
+            return i + 1
+        if c in ")]":
+            self.emit("RP", c, i, i + 1)
+            return i + 1
+        if c == "%":
+            self.emit("PCT", "%", i, i + 1)
+            return i + 1
+        if c in "$€£":
+            return i + 1  # currency signs are dropped
+        if c == "!":
+            nxt = self.next_nonspace(i + 1, end)
+            if self.prev_kind() in ("NUM", "RP") and nxt and nxt in "=<>+-*/)^×·≤≥≠":
+                self.emit("BANG", "!", i, i + 1)
+            else:
+                self.emit("BRK", "!", i, i + 1)
+            return i + 1
+        if c == "√":
+            self.emit("FN", "sqrt", i, i + 1)
+            return i + 1
+        if c in "²³":
+            self.emit("OP", "**", i, i + 1)
+            self.emit("NUM", "2" if c == "²" else "3", i, i + 1)
+            return i + 1
+        if c == "π":
+            self.emit("ID", "pi", i, i + 1)
+            return i + 1
+        self.emit("BRK", c, i, i + 1)
+        return i + 1
+
+    # -- LaTeX
+    def latex(self, start: int, end: int) -> None:
+        """Tokens of the LaTeX text[start:end] (math mode)."""
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            self.depth -= 1
+            raise ParseError(f"LaTeX nested deeper than {MAX_NESTING}")
+        text = self.text
+        i = start
+        while i < end:
+            c = text[i]
+            if c.isspace() or c == "&":
+                i += 1
+                continue
+            if c.isdigit() or (c == "." and i + 1 < end and text[i + 1].isdigit()):
+                m = _LATEX_NUMBER.match(text, i, end)
+                assert m is not None
+                self.number(m.group(0).replace("{,}", ""), i, m.end())
+                i = m.end()
+                continue
+            if c.isalpha() and c.isascii():
+                # In math mode each letter is a symbol; x_1 / x_{12} are one symbol.
+                j = i + 1
+                name = c
+                if j < end and text[j] == "_":
+                    sub = re.match(r"_(\{[A-Za-z0-9]{1,8}\}|[A-Za-z0-9])", text[j:end])
+                    if sub is None:
+                        self.emit("BRK", "_", j, j + 1)
+                        i = j + 1
+                        continue
+                    name = c + "_" + sub.group(1).strip("{}")
+                    j += sub.end()
+                self.emit("ID", name, i, j)
+                i = j
+                continue
+            if c == "\\":
+                i = self.command(i, end)
+                continue
+            if c == "{":
+                close = self.group_end(i, end)
+                self.emit("LP", "{", i, i + 1)
+                self.latex(i + 1, close - 1)
+                self.emit("RP", "}", close - 1, close)
+                i = close
+                continue
+            if c == "^":
+                i = self.superscript(i, end)
+                continue
+            if c == "_" or c == "'" or c == "|":
+                self.emit("BRK", c, i, i + 1)
+                i += 1
+                continue
+            i = self.symbol(i, end)
+        self.depth -= 1
+
+    def group_end(self, i: int, end: int) -> int:
+        """Index just past the brace group opening at text[i] == '{' (or end if unbalanced)."""
+        depth = 0
+        text = self.text
+        j = i
+        while j < end:
+            ch = text[j]
+            if ch == "\\":
+                j += 2
+                continue
+            if ch == "{":
+                depth += 1
+            elif ch == "}":
+                depth -= 1
+                if depth == 0:
+                    return j + 1
+            j += 1
+        raise ParseError("unbalanced braces")
+
+    def argument(self, i: int, end: int) -> tuple[int, int, int]:
+        """The next macro argument after text[i]: (inner_start, inner_end, next_index)."""
+        text = self.text
+        while i < end and text[i].isspace():
+            i += 1
+        if i >= end:
+            raise ParseError("missing argument")
+        if text[i] == "{":
+            close = self.group_end(i, end)
+            return i + 1, close - 1, close
+        if text[i] == "\\":
+            m = re.match(r"\\[A-Za-z]+", text[i:end])
+            stop = i + (m.end() if m else 2)
+            return i, stop, stop
+        return i, i + 1, i + 1
+
+    def superscript(self, i: int, end: int) -> int:
+        text = self.text
+        j = i + 1
+        rest = text[j:end].lstrip()
+        j = end - len(rest)
+        if rest.startswith("\\circ") or rest.startswith("{\\circ}"):
+            return j + (5 if rest.startswith("\\circ") else 7)  # degrees: a unit
+        if re.match(r"\d\d", rest):
+            # $2^10$ renders as 2^1 0; the writer's intent is unclear, so no claim here.
+            self.emit("BRK", "^", i, i + 1)
+            return i + 1
+        a, b, nxt = self.argument(j, end)
+        self.emit("OP", "**", i, i + 1)
+        self.emit("LP", "{", a, a)
+        self.latex(a, b)
+        self.emit("RP", "}", b, nxt)
+        return nxt
+
+    def command(self, i: int, end: int) -> int:
+        text = self.text
+        m = re.match(r"\\([A-Za-z]+|.)", text[i:end])
+        if m is None:
+            self.emit("BRK", "\\", i, i + 1)
+            return i + 1
+        name = m.group(1)
+        j = i + m.end()
+        if name == "\\":
+            # Line break; in align environments "\\ &= ..." continues the chain.
+            if re.match(r"\s*(\[[^\]]*\])?\s*&\s*(=|<|>|\\le|\\ge|\\approx|\\ne)", text[j:end]):
+                return j
+            self.emit("BRK", "\\\\", i, j)
+            return j
+        if name in (",", ";", ":", "!", " ") or name in _LATEX_SPACING:
+            if name in ("left", "right") and text[j : j + 1] == ".":
+                return j + 1
+            if name in ("left", "right") and text[j : j + 1] == "\\":
+                m2 = re.match(r"\\([{}|]|[A-Za-z]+)", text[j:end])
+                if m2 and m2.group(1) in ("{", "}"):
+                    self.emit("LP" if m2.group(1) == "{" else "RP", m2.group(1), j, j + m2.end())
+                    return j + m2.end()
+            return j
+        if name in _LATEX_FRAC:
+            a1, b1, n1 = self.argument(j, end)
+            a2, b2, n2 = self.argument(n1, end)
+            self.emit("LP", "(", i, j)
+            self.emit("LP", "(", a1, a1)
+            self.latex(a1, b1)
+            self.emit("RP", ")", b1, b1)
+            self.emit("OP", "/", b1, a2)
+            self.emit("LP", "(", a2, a2)
+            self.latex(a2, b2)
+            self.emit("RP", ")", b2, n2)
+            self.emit("RP", ")", n2, n2)
+            return n2
+        if name == "sqrt":
+            index: tuple[int, int] | None = None
+            k = j
+            if text[k : k + 1] == "[":
+                close = text.find("]", k, end)
+                if close < 0:
+                    raise ParseError("unbalanced \\sqrt[")
+                index = (k + 1, close)
+                k = close + 1
+            a, b, nxt = self.argument(k, end)
+            if index is None:
+                self.emit("FN", "sqrt", i, j)
+                self.emit("LP", "(", a, a)
+                self.latex(a, b)
+                self.emit("RP", ")", b, nxt)
+            else:
+                self.emit("LP", "(", i, j)
+                self.emit("LP", "(", a, a)
+                self.latex(a, b)
+                self.emit("RP", ")", b, b)
+                self.emit("OP", "**", b, b)
+                self.emit("LP", "(", index[0], index[0])
+                self.emit("NUM", "1", index[0], index[0])
+                self.emit("OP", "/", index[0], index[0])
+                self.emit("LP", "(", index[0], index[0])
+                self.latex(index[0], index[1])
+                self.emit("RP", ")", index[1], index[1])
+                self.emit("RP", ")", index[1], index[1])
+                self.emit("RP", ")", nxt - 1, nxt)
+            return nxt
+        if name in _LATEX_OPS:
+            self.emit("OP", _LATEX_OPS[name], i, j)
+            return j
+        if name in _LATEX_RELS:
+            self.emit("REL", _LATEX_RELS[name], i, j)
+            return j
+        if name == "pi":
+            self.emit("ID", "pi", i, j)
+            return j
+        if name in _LATEX_FUNCS:
+            self.emit("FN", "log" if name == "ln" else name, i, j)
+            return j
+        if name == "%":
+            self.emit("PCT", "%", i, j)
+            return j
+        if name == "$":
+            return j  # money sign
+        if name in _LATEX_TEXT:
+            a, b, nxt = self.argument(j, end)
+            content = text[a:b]
+            for w in _WORD.finditer(content):
+                self.word(w.group(0), a + w.start(), a + w.end(), b, latex=True)
+            if re.search(r"[^A-Za-z\s]", content):
+                self.emit("BRK", content, a, b)
+            return nxt
+        if name in _LATEX_GROUP:
+            if j < end and text[j:].lstrip().startswith("{"):
+                a, b, nxt = self.argument(j, end)
+                self.emit("LP", "{", a, a)
+                self.latex(a, b)
+                self.emit("RP", "}", b, nxt)
+                return nxt
+            return j
+        if name in ("begin", "end"):
+            if text[j : j + 1] == "{":
+                close = self.group_end(j, end)
+                self.emit("BRK", name, i, close)
+                return close
+        self.emit("BRK", "\\" + name, i, j)
+        return j
+
+
+def _money_or_math_dollars(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """Spans (inner) of tight ``$...$`` pairs; a ``$`` that opens no tight pair is money."""
+    spans: list[tuple[int, int]] = []
+    i = text.find("$", start, end)
+    while 0 <= i < end:
+        if text.startswith("$$", i):
+            close = text.find("$$", i + 2, end)
+            if close > i + 2:
+                spans.append((i + 2, close))
+                i = text.find("$", close + 2, end)
+                continue
+            i = text.find("$", i + 2, end)
+            continue
+        close = text.find("$", i + 1, end)
+        if close < 0:
+            break
+        inner = text[i + 1 : close]
+        if inner and not inner[0].isspace() and not inner[-1].isspace() and "\n\n" not in inner and "<<" not in inner:
+            spans.append((i + 1, close))
+            i = text.find("$", close + 1, end)
+        else:
+            i = close  # this "$" is money; the next one may open a pair
+    return spans
+
+
+def _math_segments(text: str, start: int, end: int) -> list[tuple[int, int, int, int]]:
+    """LaTeX math regions as (outer_start, outer_end, inner_start, inner_end), sorted."""
+    regions: list[tuple[int, int, int, int]] = []
+    taken: list[tuple[int, int]] = []
+
+    def free(a: int, b: int) -> bool:
+        return all(b <= s or a >= e for s, e in taken)
+
+    for m in _MATH_ENV.finditer(text, start, end):
+        regions.append((m.start(), m.end(), m.start(3), m.end(3)))
+        taken.append((m.start(), m.end()))
+    for open_, close_ in (("\\[", "\\]"), ("\\(", "\\)")):
+        i = text.find(open_, start, end)
+        while i >= 0:
+            j = text.find(close_, i + 2, end)
+            if j < 0:
+                break
+            if free(i, j + 2):
+                regions.append((i, j + 2, i + 2, j))
+                taken.append((i, j + 2))
+            i = text.find(open_, j + 2, end)
+    # $...$ pairs outside the regions found so far
+    pos = start
+    gaps: list[tuple[int, int]] = []
+    for s, e in sorted(taken):
+        if s > pos:
+            gaps.append((pos, s))
+        pos = max(pos, e)
+    if pos < end:
+        gaps.append((pos, end))
+    for gs, ge in gaps:
+        for a, b in _money_or_math_dollars(text, gs, ge):
+            delim = 2 if text.startswith("$$", a - 2) and a - 2 >= gs else 1
+            regions.append((a - delim, b + delim, a, b))
+    regions.sort()
+    return regions
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser: tokens -> expression tree (tuples) -> plain string
+
+
+def _is_atom_start(tok: Token) -> bool:
+    return tok.kind in ("NUM", "ID", "FN", "LP")
+
+
+class _Parser:
+    """expr := term (('+'|'-') term)*; term := unary (('*'|'/'|implicit) unary)*;
+    unary := ('-'|'+') unary | power; power := postfix ('**' unary)?; postfix := atom ('%'|'!')*;
+    atom := NUM | ID | FN atom | '(' expr ')'."""
+
+    def __init__(self, tokens: list[Token]) -> None:
+        self.tokens = tokens
+        self.pos = 0
+        self.depth = 0
+
+    def peek(self) -> Token | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def parse(self) -> tuple:
+        if not self.tokens:
+            raise ParseError("empty side")
+        tree = self.expr()
+        if self.pos != len(self.tokens):
+            raise ParseError(f"unexpected {self.tokens[self.pos].value!r}")
+        return tree
+
+    def enter(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise ParseError(f"nested deeper than {MAX_NESTING}")
+
+    def expr(self) -> tuple:
+        self.enter()
+        left = self.term()
+        while (t := self.peek()) is not None and t.kind == "OP" and t.value in "+-" and len(t.value) == 1:
+            self.pos += 1
+            right = self.term()
+            left = ("add" if t.value == "+" else "sub", left, right)
+        self.depth -= 1
+        return left
+
+    def term(self) -> tuple:
+        left = self.unary()
+        while (t := self.peek()) is not None:
+            if t.kind == "OP" and t.value in ("*", "/"):
+                self.pos += 1
+                right = self.unary()
+                left = ("mul" if t.value == "*" else "div", left, right)
+            elif _is_atom_start(t) and not (t.kind == "NUM" and self.tokens[self.pos - 1].kind in ("NUM", "PCT")):
+                # implicit product: 2x, 3\sqrt{13}, (a)(b), xy; never "3 4"
+                right = self.power()
+                left = ("mul", left, right)
+            else:
+                break
+        return left
+
+    def unary(self) -> tuple:
+        t = self.peek()
+        if t is not None and t.kind == "OP" and t.value in ("-", "+"):
+            self.pos += 1
+            self.enter()
+            operand = self.unary()
+            self.depth -= 1
+            return ("neg", operand) if t.value == "-" else operand
+        return self.power()
+
+    def power(self) -> tuple:
+        base = self.postfix()
+        t = self.peek()
+        if t is not None and t.kind == "OP" and t.value == "**":
+            self.pos += 1
+            self.enter()
+            exponent = self.unary()
+            self.depth -= 1
+            return ("pow", base, exponent)
+        return base
+
+    def postfix(self) -> tuple:
+        node = self.atom()
+        while (t := self.peek()) is not None and t.kind in ("PCT", "BANG"):
+            self.pos += 1
+            node = ("pct", node) if t.kind == "PCT" else ("fact", node)
+        return node
+
+    def atom(self) -> tuple:
+        t = self.peek()
+        if t is None:
+            raise ParseError("expression ends early")
+        self.pos += 1
+        if t.kind == "NUM":
+            return ("num", t.value)
+        if t.kind == "ID":
+            return ("pi",) if t.value == "pi" else ("sym", t.value)
+        if t.kind == "FN":
+            self.enter()
+            arg = self.power()
+            self.depth -= 1
+            return ("fn", t.value, arg)
+        if t.kind == "LP":
+            self.enter()
+            inner = self.expr()
+            close = self.peek()
+            if close is None or close.kind != "RP":
+                raise ParseError("unbalanced parentheses")
+            self.pos += 1
+            self.depth -= 1
+            return inner
+        raise ParseError(f"unexpected {t.value!r}")
+
+
+_PREC = {"add": 1, "sub": 1, "mul": 2, "div": 2, "neg": 3, "pow": 4}
+
+
+def to_plain(tree: tuple) -> str:
+    """The plain sympy-parseable string of a parsed side (explicit ``*``, ``**``)."""
+    return _emit(tree)
+
+
+def _emit(node: tuple, parent: int = 0, right: bool = False) -> str:
+    kind = node[0]
+    if kind == "num":
+        return node[1]
+    if kind == "sym":
+        return node[1]
+    if kind == "pi":
+        return "pi"
+    if kind == "pct":
+        return f"({_emit(node[1], 2)}/100)"
+    if kind == "fact":
+        return f"factorial({_emit(node[1])})"
+    if kind == "fn":
+        return f"{node[1]}({_emit(node[2])})"
+    prec = _PREC[kind]
+    if kind == "neg":
+        s = "-" + _emit(node[1], prec)
+    else:
+        op = {"add": " + ", "sub": " - ", "mul": "*", "div": "/", "pow": "**"}[kind]
+        if kind == "pow":
+            s = _emit(node[1], prec + 1) + op + _emit(node[2], prec)
+        else:
+            s = _emit(node[1], prec) + op + _emit(node[2], prec, right=True)
+    needs = prec < parent or (right and prec == parent and kind in ("add", "sub", "mul", "div"))
+    return f"({s})" if needs else s
+
+
+def parse_plain(expression: str) -> tuple:
+    """Parse a plain expression (a Claim side) back into a tree; raises ParseError."""
+    tokenizer = _Tokenizer(expression)
+    tokenizer.plain(0, len(expression), [])
+    tokens = [t for t in tokenizer.tokens if t.kind != "APPROX"]
+    # "factorial" is emitted by to_plain; read it back as a function.
+    merged: list[Token] = []
+    for t in tokens:
+        if t.kind == "BRK" and t.value == "factorial":
+            merged.append(Token("FN", "factorial", t.start, t.end))
+        else:
+            merged.append(t)
+    if any(t.kind in ("BRK", "REL") for t in merged):
+        bad = next(t for t in merged if t.kind in ("BRK", "REL"))
+        raise ParseError(f"not a plain expression: {bad.value!r}")
+    tree = _Parser(merged).parse()
+    return _fn_factorial(tree)
+
+
+def _fn_factorial(node: tuple) -> tuple:
+    if node[0] == "fn" and node[1] == "factorial":
+        return ("fact", _fn_factorial(node[2]))
+    if node[0] in ("num", "sym", "pi"):
+        return node
+    if node[0] == "fn":
+        return ("fn", node[1], _fn_factorial(node[2]))
+    return (node[0],) + tuple(_fn_factorial(c) for c in node[1:])
+
+
+def free_symbols(node: tuple) -> set[str]:
+    if node[0] == "sym":
+        return {node[1]}
+    if node[0] in ("num", "pi"):
+        return set()
+    if node[0] == "fn":
+        return free_symbols(node[2])
+    out: set[str] = set()
+    for child in node[1:]:
+        out |= free_symbols(child)
+    return out
+
+
+def substitute(node: tuple, bindings: dict[str, tuple]) -> tuple:
+    if node[0] == "sym":
+        return bindings.get(node[1], node)
+    if node[0] in ("num", "pi"):
+        return node
+    if node[0] == "fn":
+        return ("fn", node[1], substitute(node[2], bindings))
+    return (node[0],) + tuple(substitute(c, bindings) for c in node[1:])
+
+
+# ---------------------------------------------------------------------------------------------
+# Extraction
+
+
+@dataclass
+class _Side:
+    tokens: list[Token]
+    tree: tuple | None = None
+    error: str | None = None
+
+    @property
+    def start(self) -> int:
+        return self.tokens[0].start if self.tokens else -1
+
+    @property
+    def end(self) -> int:
+        return self.tokens[-1].end if self.tokens else -1
+
+
+def _parse_side(tokens: list[Token]) -> _Side:
+    side = _Side(tokens)
+    try:
+        side.tree = _Parser(tokens).parse()
+    except ParseError as exc:
+        side.error = str(exc)
+    except RecursionError:
+        side.error = "expression too deeply nested"
+    return side
+
+
+def _is_lone_percent(tree: tuple) -> bool:
+    return tree[0] == "pct" and tree[1][0] == "num"
+
+
+def _claims_from_tokens(
+    text: str, tokens: list[Token], origin: str, step_rounds: bool
+) -> tuple[list[Claim], list[RejectedClaim], list[tuple[Claim, tuple, tuple, int]]]:
+    """Claims (and rejections) of one token stream; also (claim, lhs tree, rhs tree) triples."""
+    claims: list[Claim] = []
+    rejected: list[RejectedClaim] = []
+    trees: list[tuple[Claim, tuple, tuple, int]] = []
+    run: list[Token] = []
+    for tok in tokens + [Token("BRK", "", len(text), len(text))]:
+        if tok.kind != "BRK":
+            run.append(tok)
+            continue
+        if any(t.kind == "REL" for t in run):
+            _claims_from_run(text, run, origin, step_rounds, claims, rejected, trees)
+        run = []
+    return claims, rejected, trees
+
+
+def _claims_from_run(
+    text: str,
+    run: list[Token],
+    origin: str,
+    step_rounds: bool,
+    claims: list[Claim],
+    rejected: list[RejectedClaim],
+    trees: list[tuple[Claim, tuple, tuple, int]],
+) -> None:
+    sides: list[list[Token]] = [[]]
+    relations: list[tuple[str, bool]] = []
+    for tok in run:
+        if tok.kind == "REL":
+            relations.append((tok.value, False))
+            sides.append([])
+        elif tok.kind == "APPROX":
+            if relations and not sides[-1]:
+                relations[-1] = (relations[-1][0], True)
+        else:
+            sides[-1].append(tok)
+    parsed = [_parse_side(s) if s else None for s in sides]
+    for k, (rel, approx_word) in enumerate(relations):
+        left, right = parsed[k], parsed[k + 1]
+        if left is None or right is None:
+            continue  # "apples = 3": one side is prose, not a claim
+        start, end = left.start, right.end
+        if left.tree is None or right.tree is None:
+            reason = left.error if left.tree is None else right.error
+            # Only report sides that look like math gone wrong, not ordinary prose fragments.
+            rejected.append(RejectedClaim(text[start:end], (start, end), reason or "unparsable"))
+            continue
+        rounded = rel == "≈" or approx_word or step_rounds
+        relation = "=" if rel == "≈" else rel
+        percent = tuple(
+            name for name, side in (("lhs", left), ("rhs", right)) if _is_lone_percent(side.tree)  # type: ignore[arg-type]
+        )
+        claim = Claim(
+            text=text[start:end],
+            span=(start, end),
+            lhs=to_plain(left.tree),
+            rhs=to_plain(right.tree),
+            relation=relation,
+            rounded=rounded,
+            origin=origin,
+            percent_sides=percent,
+        )
+        claims.append(claim)
+        trees.append((claim, left.tree, right.tree, right.start))
+
+
+def extract_claims(step_text: str) -> list[Claim]:
+    """The claims of a step (see the module doc for the rules), in order of appearance."""
+    return extract(step_text).claims
+
+
+def extract(step_text: str) -> Extraction:
+    """Claims, rejected claim-like text with reasons, and code block spans of a step."""
+    text = step_text[:MAX_STEP_CHARS]
+    step_rounds = bool(_ROUNDING_CUE.search(text))
+    code_blocks = [(m.start(), m.end()) for m in _CODE_BLOCK.finditer(text)]
+    annotations = [(m.start(), m.end()) for m in _ANNOTATION.finditer(text)]
+    ann_tokens: list[tuple[int, int, list[Token]]] = []
+    claims: list[Claim] = []
+    rejected: list[RejectedClaim] = []
+    trees: list[tuple[Claim, tuple, tuple, int]] = []
+
+    # 1. calculator annotations
+    for m in _ANNOTATION.finditer(text):
+        tk = _Tokenizer(text)
+        try:
+            tk.plain(m.start(1), m.end(1), [])
+        except ParseError as exc:
+            rejected.append(RejectedClaim(m.group(0), (m.start(), m.end()), str(exc)))
+            continue
+        ann_tokens.append((m.start(), m.end(), tk.tokens))
+        c, r, t = _claims_from_tokens(text, tk.tokens, "annotation", step_rounds)
+        claims += c
+        rejected += r
+        trees += t
+
+    # 2. visible text: plain outside math regions, LaTeX inside, code blocks skipped
+    tk = _Tokenizer(text)
+    pos = 0
+    blocked = sorted(
+        [(s, e, None, None) for s, e in code_blocks] + [r for r in _math_segments_safe(text, rejected)]
+    )
+    try:
+        for outer_s, outer_e, inner_s, inner_e in blocked:
+            if outer_s < pos:
+                continue
+            tk.plain(pos, outer_s, annotations)
+            tk.emit("BRK", "", outer_s, outer_s)
+            if inner_s is not None and inner_e is not None:
+                tk.latex(inner_s, inner_e)
+                tk.emit("BRK", "", outer_e, outer_e)
+            pos = outer_e
+        tk.plain(pos, len(text), annotations)
+    except (ParseError, RecursionError) as exc:
+        rejected.append(RejectedClaim(text[:80], (0, len(text)), f"could not read the step: {exc}"))
+    c, r, t = _claims_from_tokens(text, tk.tokens, "text", step_rounds)
+    ann_ends = [e for _, e, _ in ann_tokens]
+    for claim, lt, rt, rhs_start in t:
+        if any(_adjacent(text, e, rhs_start) for e in ann_ends):
+            continue  # "16 - 3 - 4 = <<16-3-4=9>>9": the annotation already is this claim
+        claims.append(claim)
+        trees.append((claim, lt, rt, rhs_start))
+    rejected += [x for x in r if not any(_adjacent(text, e, x.span[1] - 1) or s <= x.span[0] < e for s, e, _ in ann_tokens)]
+
+    # 3. substitutions stated in the step
+    claims += _substitutions(text, trees)
+    claims.sort(key=lambda c: (c.span[0], c.span[1]))
+    return Extraction(claims[:MAX_CLAIMS_PER_STEP], rejected, code_blocks)
+
+
+def _math_segments_safe(text: str, rejected: list[RejectedClaim]) -> list[tuple[int, int, int, int]]:
+    try:
+        return _math_segments(text, 0, len(text))
+    except ParseError as exc:
+        rejected.append(RejectedClaim(text[:80], (0, len(text)), str(exc)))
+        return []
+
+
+def _adjacent(text: str, ann_end: int, rhs_start: int) -> bool:
+    """True when only spaces and money signs stand between an annotation and a right side."""
+    if ann_end > rhs_start or rhs_start - ann_end > 20:
+        return False
+    return text[ann_end:rhs_start].strip(" $\t") == ""
+
+
+def _substitutions(text: str, trees: list[tuple[Claim, tuple, tuple, int]]) -> list[Claim]:
+    """Substituted claims for "x = 5 solves 2x + 1 = 11" (see the module doc)."""
+    if len(trees) < 2 or _NEGATION_CUE.search(text):
+        return []
+    bound: dict[str, list[tuple]] = {}
+    binding_claims: set[int] = set()
+    for idx, (claim, lt, rt, _) in enumerate(trees):
+        if claim.relation != "=":
+            continue
+        for sym_side, value_side in ((lt, rt), (rt, lt)):
+            if sym_side[0] == "sym" and not free_symbols(value_side):
+                bound.setdefault(sym_side[1], []).append(value_side)
+                binding_claims.add(idx)
+    # a symbol bound to two different values ("x = 5 or x = -3") is not substituted
+    bindings = {
+        name: values[0] for name, values in bound.items() if len({to_plain(v) for v in values}) == 1
+    }
+    if not bindings:
+        return []
+    out: list[Claim] = []
+    for idx, (claim, lt, rt, _) in enumerate(trees):
+        if idx in binding_claims:
+            continue
+        names = free_symbols(lt) | free_symbols(rt)
+        if not names or not names <= bindings.keys():
+            continue
+        wrapped = {n: ("group", bindings[n]) for n in names}
+        lhs = _emit_grouped(substitute(lt, wrapped))
+        rhs = _emit_grouped(substitute(rt, wrapped))
+        out.append(
+            Claim(
+                text=claim.text,
+                span=claim.span,
+                lhs=lhs,
+                rhs=rhs,
+                relation=claim.relation,
+                rounded=claim.rounded,
+                origin="substitution",
+                substitution=tuple(sorted((n, to_plain(bindings[n])) for n in names)),
+            )
+        )
+    return out
+
+
+def _emit_grouped(node: tuple) -> str:
+    """to_plain, where ("group", x) nodes (substituted values) are always parenthesized."""
+    return _emit(_groups_to_parens(node))
+
+
+def _groups_to_parens(node: tuple) -> tuple:
+    if node[0] == "group":
+        return ("sym", f"({to_plain(node[1])})")
+    if node[0] in ("num", "sym", "pi"):
+        return node
+    if node[0] == "fn":
+        return ("fn", node[1], _groups_to_parens(node[2]))
+    return (node[0],) + tuple(_groups_to_parens(c) for c in node[1:])
+
+
+def exact_number(literal: str) -> Fraction:
+    """A decimal literal as an exact rational ("0.1" is 1/10, not a float)."""
+    return Fraction(literal)
