@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
-import re
-import unicodedata
 from collections.abc import Sequence
 
-_SPACES = re.compile(r"\s+")
+# One implementation of the problem identity, shared with the loader (data_schemas may not
+# import labelers).
+from data_schemas.problems import normalize_text, problem_id, stable_digest
 
-
-def normalize_text(text: str) -> str:
-    """NFKC, collapsed whitespace, stripped: two copies of a question differing only in layout
-    normalize equal."""
-    return _SPACES.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+__all__ = ["derive_seed", "normalize_text", "prefix_hash", "problem_id"]
 
 
 def _digest(*parts: str, length: int = 16) -> str:
-    hasher = hashlib.blake2b(digest_size=32)
-    for part in parts:
-        hasher.update(part.encode())
-        hasher.update(b"\x1f")  # unit separator: ("ab", "c") and ("a", "bc") hash differently
-    return hasher.hexdigest()[:length]
-
-
-def problem_id(question: str, source: str) -> str:
-    """``blake2b(normalize(question), source)``, 16 hex characters."""
-    return _digest(normalize_text(question), source)
+    return stable_digest(*parts, length=length)
 
 
 def prefix_hash(question: str, steps: Sequence[str]) -> str:
