@@ -1,0 +1,487 @@
+"""The ``build_dataset`` Prefect flow: problems -> labeled batches -> Parquet shards -> manifest.
+
+Walk of one build (all algorithms live in labelers/ and data_schemas/; this module only wires):
+
+1. load and validate the problems (bundled set by default), keep ``problems.limit``;
+2. split them into batches of ``output.batch_size`` problems; a batch's key is derived from its
+   position and its problem ids, so the same inputs give the same keys and shard names;
+3. write the manifest with status ``running`` (on resume: the existing one, back to running);
+4. one ``label-batch`` task per batch runs ``labelers.pipeline.label_batch`` (sample -> MCTS/MC
+   -> tool and Lean checks -> fusion) with the worker process's shared model and returns rows;
+5. one ``write-shards`` task per batch writes its shards (atomic, deterministic names); the
+   running manifest is updated with the batch's shards after each write;
+6. the final manifest (``complete``, counts computed from the shards) is written last.
+
+Resume: ``label-batch`` results are cached and persisted under the build's directory, keyed on
+(build id, batch problem ids, config hash, code version, policy factory). A rerun of the same
+build id skips every batch whose shards the manifest lists with matching checksums, takes the
+cached rows of batches labeled but not written, and labels only the rest. Shard names are
+deterministic, so no row is ever written twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+from prefect.futures import as_completed
+
+from data_schemas.errors import ConfigError, PrmforgeError
+from data_schemas.manifest import Manifest, finish_build, read_manifest, start_build, write_manifest
+from data_schemas.problems import bundled_problems_path, load_problems
+from data_schemas.records import NodeRow, Problem, ProblemOutcome, StepRow
+from data_schemas.shards import ShardInfo, ShardWriter, file_sha256, read_shard, resolve_root
+from flows.progress import BuildProgress, BuildSummary
+from flows.resources import PROCESS_RESOURCES, PolicyFactorySpec, factory_label
+from flows.runners import make_task_runner
+from labelers.config import BuildConfig
+from labelers.policy.base import TokenUsage
+
+RESULTS_DIRNAME = ".prefect-results"
+# Failed outcomes the flow writes itself when a batch task fails after all its retries.
+FAILED_STAGE_TASK = "batch_task"
+
+
+def code_version() -> str:
+    """The installed prmforge version: part of the cache key, so an upgrade relabels."""
+    try:
+        return metadata.version("prmforge")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A shard's worth of problems. ``key`` = position + hash of the problem ids (stable)."""
+
+    key: str
+    problems: tuple[Problem, ...]
+
+    @property
+    def problem_ids(self) -> tuple[str, ...]:
+        return tuple(problem.problem_id for problem in self.problems)
+
+    @property
+    def sources(self) -> frozenset[str]:
+        return frozenset(problem.source for problem in self.problems)
+
+
+def make_batches(problems: Sequence[Problem], batch_size: int) -> list[Batch]:
+    """Consecutive chunks of ``batch_size`` problems with keys ``<index:05d>-<12 hex of ids>``.
+
+    The index keeps shard names in input order; the hash ties the key to exactly these problems,
+    so a changed input file never reuses a stale shard of the same position.
+    """
+    batches = []
+    for index, start in enumerate(range(0, len(problems), batch_size)):
+        chunk = tuple(problems[start : start + batch_size])
+        digest = hashlib.blake2b("\x1f".join(p.problem_id for p in chunk).encode(), digest_size=6).hexdigest()
+        batches.append(Batch(f"{index:05d}-{digest}", chunk))
+    return batches
+
+
+def new_build_id(config: BuildConfig, now: datetime | None = None) -> str:
+    """``<name>-<UTC yyyymmdd-HHMMSS>-<config hash, 6 hex>``: a fresh id per run (see docs)."""
+    moment = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", config.name).strip(".-") or "build"
+    return f"{name}-{moment}-{config.config_hash()[:6]}"
+
+
+def load_build_problems(config: BuildConfig) -> tuple[list[Problem], int, int]:
+    """(problems after ``limit``, input rows skipped as invalid, duplicate rows dropped)."""
+    section = config.problems
+    path = bundled_problems_path() if section.path == "bundled" else Path(section.path).expanduser()
+    loaded = load_problems(
+        path,
+        format=section.format,
+        source=section.source,
+        columns=section.columns or None,
+        skip_invalid=section.skip_invalid,
+    )
+    problems = loaded.problems[: section.limit] if section.limit is not None else loaded.problems
+    return problems, len(loaded.skipped), len(loaded.duplicates)
+
+
+def results_storage(root: str, build_id: str) -> Any:
+    """Where Prefect persists batch results: ``<root>/builds/<build_id>/.prefect-results``.
+
+    A local root gives a local directory; a remote root (s3://...) an fsspec-backed storage
+    under the same prefix, so a resumed build on another machine finds them.
+    """
+    data_root = resolve_root(root)
+    if data_root.is_local:
+        return Path(data_root.join("builds", build_id, RESULTS_DIRNAME))
+    from prefect.filesystems import RemoteFileSystem
+
+    return RemoteFileSystem(basepath=f"{root.rstrip('/')}/builds/{build_id}/{RESULTS_DIRNAME}")
+
+
+def batch_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """Cache key of a label-batch run: (build id, problem ids, config hash, code version, factory)."""
+    batch: Batch = parameters["batch"]
+    config: BuildConfig = parameters["config"]
+    parts = (
+        parameters["build_id"],
+        batch.key,
+        *batch.problem_ids,
+        config.config_hash(),
+        code_version(),
+        factory_label(parameters.get("policy_factory")),
+    )
+    return "label-" + hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:40]
+
+
+def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry transient failures (backend 5xx, timeouts, a crashed worker), never a user error."""
+    try:
+        state.result()
+    except PrmforgeError:
+        return False
+    except Exception:  # noqa: BLE001 - any other error may be transient
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class LabeledBatch:
+    """What a label-batch task returns (the pipeline's BatchResult, flattened to plain rows)."""
+
+    steps: tuple[StepRow, ...]
+    nodes: tuple[NodeRow, ...]
+    outcomes: tuple[ProblemOutcome, ...]
+    usage: TokenUsage
+
+
+@task(name="label-batch", cache_key_fn=batch_cache_key, persist_result=True)
+def label_batch_task(batch: Batch, config: BuildConfig, build_id: str, policy_factory: PolicyFactorySpec = None) -> LabeledBatch:
+    """Label one batch with this process's shared model and verifiers."""
+    from labelers.pipeline import label_batch
+
+    held = PROCESS_RESOURCES.resources(config, policy_factory)
+    result = label_batch(batch.problems, config, held.policy, held.tool, held.lean, build_id)
+    return LabeledBatch(tuple(result.steps), tuple(result.nodes), tuple(result.outcomes), result.usage)
+
+
+@task(name="write-shards", cache_policy=NO_CACHE, persist_result=False)
+def write_shards_task(root: str, build_id: str, batch_key: str, labeled: LabeledBatch) -> list[ShardInfo]:
+    """Write a batch's steps, nodes and outcomes, one shard triple per source in the batch."""
+    writer = ShardWriter(root, build_id)
+    sources = sorted({row.source for row in (*labeled.outcomes, *labeled.steps, *labeled.nodes)})
+    shards: list[ShardInfo] = []
+    for source in sources:
+        shards += writer.write_batch(
+            source,
+            batch_key,
+            [row for row in labeled.steps if row.source == source],
+            [row for row in labeled.nodes if row.source == source],
+            [row for row in labeled.outcomes if row.source == source],
+        )
+    return shards
+
+
+def failed_batch(batch: Batch, build_id: str, error: BaseException | str) -> LabeledBatch:
+    """Outcomes recording every problem of a batch whose task failed after all retries."""
+    message = str(error) if str(error) else type(error).__name__ if isinstance(error, BaseException) else "failed"
+    if isinstance(error, BaseException):
+        message = f"{type(error).__name__}: {message}"
+    outcomes = tuple(
+        ProblemOutcome(
+            build_id=build_id,
+            problem_id=problem.problem_id,
+            source=problem.source,
+            question=problem.question,
+            gold_answer=problem.gold_answer,
+            status="failed",
+            failed_stage=FAILED_STAGE_TASK,
+            error=message[:2000],
+            num_paths=0,
+            num_steps=0,
+            num_positive=0,
+            num_negative=0,
+            rollouts=0,
+            prompt_tokens=0,
+            completion_tokens=0,
+            wall_seconds=0.0,
+        )
+        for problem in batch.problems
+    )
+    return LabeledBatch((), (), outcomes, TokenUsage())
+
+
+def written_batch(root: str, batch: Batch, manifest: Manifest) -> tuple[list[ShardInfo], LabeledBatch] | None:
+    """A batch's shards and rows when an earlier run wrote all of them with the manifest's checksums."""
+    listed = [shard for shard in manifest.shards if shard.batch_key == batch.key]
+    wanted = {(table, source) for table in ("steps", "nodes", "outcomes") for source in batch.sources}
+    if {(shard.table, shard.source) for shard in listed} != wanted:
+        return None
+    for shard in listed:
+        try:
+            digest, size = file_sha256(root, shard.path)
+        except (FileNotFoundError, OSError):
+            return None
+        if digest != shard.sha256 or size != shard.bytes:
+            return None
+    rows: dict[str, list[Any]] = {"steps": [], "nodes": [], "outcomes": []}
+    record_types = {"steps": StepRow, "nodes": NodeRow, "outcomes": ProblemOutcome}
+    for shard in listed:
+        if shard.table in ("steps", "outcomes"):  # nodes are not needed for the tally
+            record = record_types[shard.table]
+            rows[shard.table] += [record(**values) for values in read_shard(root, shard.path).to_pylist()]
+    labeled = LabeledBatch(tuple(rows["steps"]), (), tuple(rows["outcomes"]), TokenUsage())
+    return listed, labeled
+
+
+def _open_manifest(root: str, build_id: str, config: BuildConfig) -> tuple[Manifest, bool]:
+    """(running manifest, resumed?) — the existing one when this build id was started before."""
+    try:
+        existing = read_manifest(root, build_id, allow_incomplete=True)
+    except PrmforgeError as error:
+        if "missing" not in str(error):
+            raise
+        return start_build(root, build_id, config, policy_model=config.policy.model), False
+    if existing.config_hash != config.config_hash():
+        raise ConfigError(
+            f"build {build_id!r} was started with config hash {existing.config_hash}, this config has "
+            f"{config.config_hash()}: resume with the build's own config (prmforge build --resume {build_id})"
+        )
+    resumed = replace(existing, status="running", finished_at=None, error=None)
+    write_manifest(root, resumed)
+    return resumed, True
+
+
+@flow(name="build-dataset", log_prints=False)
+def build_dataset(
+    config: BuildConfig,
+    build_id: str | None = None,
+    policy_factory: Any = None,
+    progress: Any = None,
+    reuse_written_shards: bool = True,
+) -> BuildSummary:
+    """Label the configured problems and write a build (see the module docstring).
+
+    ``build_id``: None starts a fresh build; an existing id resumes it (same config required).
+    ``policy_factory``: how worker processes make the policy from ``config.policy`` — None for
+    the real backends, or a callable / ``"module:function"`` (tests inject a scripted policy).
+    ``progress``: a :class:`BuildProgress` to report to (None: silent).
+    ``reuse_written_shards``: skip batches whose shards the manifest already lists (resume).
+    """
+    started = time.perf_counter()
+    root = config.output.root
+    build_id = build_id or new_build_id(config)
+    reporter: BuildProgress | None = progress
+    problems, skipped_rows, duplicate_rows = load_build_problems(config)
+    batches = make_batches(problems, config.output.batch_size)
+    manifest, resumed = _open_manifest(root, build_id, config)
+    if resumed:
+        ShardWriter(root, build_id).remove_temp_files()  # left by a killed writer of this build
+
+    shards: list[ShardInfo] = []
+    pending: list[Batch] = []
+    reused_batches = 0
+    done_rows: list[tuple[Batch, LabeledBatch, bool]] = []
+    for batch in batches:
+        written = written_batch(root, batch, manifest) if (resumed and reuse_written_shards) else None
+        if written is None:
+            pending.append(batch)
+        else:
+            shards += written[0]
+            done_rows.append((batch, written[1], True))
+            reused_batches += 1
+
+    if reporter is not None:
+        reporter.start(build_id, len(problems), len(batches), reused_batches)
+    steps_seen: list[StepRow] = []
+    outcomes_seen: list[ProblemOutcome] = []
+    generation_seconds = 0.0
+    usage_total = TokenUsage()
+    model_ids: set[str] = set()
+
+    def account(batch: Batch, labeled: LabeledBatch, reused: bool) -> None:
+        nonlocal generation_seconds
+        steps_seen.extend(labeled.steps)
+        outcomes_seen.extend(labeled.outcomes)
+        model_ids.update(row.generator_model for row in labeled.steps)
+        usage_total.add(labeled.usage)
+        if not reused:
+            generation_seconds += labeled.usage.generation_seconds
+        if reporter is not None:
+            reporter.batch_done(batch.key, labeled.steps, labeled.outcomes, labeled.usage, reused)
+
+    for batch, labeled, reused in done_rows:
+        account(batch, labeled, reused)
+
+    flow_config = config.flow
+    delays = [flow_config.retry_delay_s * 2**attempt for attempt in range(flow_config.retries)]
+    label = label_batch_task.with_options(
+        retries=flow_config.retries,
+        retry_delay_seconds=delays or 0,
+        retry_condition_fn=_retry_unless_user_error,
+        result_storage=results_storage(root, build_id),
+    )
+    write = write_shards_task.with_options(retries=flow_config.retries, retry_delay_seconds=delays or 0)
+    try:
+        futures = {label.submit(batch, config, build_id, policy_factory): batch for batch in pending}
+        for future in as_completed(list(futures)):
+            batch = futures[future]
+            state = future.state
+            if state.is_completed():
+                labeled = future.result()
+                reused = state.name == "Cached"
+            else:
+                labeled = failed_batch(batch, build_id, future.result(raise_on_failure=False))
+                reused = False
+            reused_batches += reused
+            written_shards = write.submit(root, build_id, batch.key, labeled).result()
+            shards += written_shards
+            # The running manifest lists finished batches, so a crash loses at most the batches in flight.
+            manifest = replace(manifest, shards=list(shards))
+            write_manifest(root, manifest)
+            account(batch, labeled, reused)
+    except BaseException as error:
+        if reporter is not None:
+            reporter.stop()
+        finish_build(root, manifest, shards, status="failed", error=f"{type(error).__name__}: {error}"[:2000])
+        raise
+    wall_seconds = time.perf_counter() - started
+
+    tool_checked = sum(1 for row in steps_seen if row.tool_verdict in ("correct", "incorrect"))
+    lean_checked = sum(1 for row in steps_seen if row.lean_state in ("proved", "disproved"))
+    if model_ids:
+        manifest = replace(manifest, policy_model=",".join(sorted(model_ids)))
+    final = finish_build(
+        root,
+        manifest,
+        shards,
+        status="complete",
+        extra_counts={
+            "input": {"problems": len(problems), "skipped_rows": skipped_rows, "duplicate_rows": duplicate_rows},
+            "verification": {"steps": len(steps_seen), "tool_checked": tool_checked, "lean_checked": lean_checked},
+            "run": {
+                "batches": len(batches),
+                "batches_reused": reused_batches,
+                "wall_ms": int(wall_seconds * 1000),
+                "generation_ms": int(generation_seconds * 1000),
+            },
+        },
+    )
+    failures = tuple(
+        (o.problem_id, o.failed_stage or "unknown", o.error or "") for o in outcomes_seen if o.status == "failed"
+    )
+    data_root = resolve_root(root)
+    summary = BuildSummary(
+        build_id=build_id,
+        status=final.status,
+        root=root,
+        manifest_path=data_root.join("builds", build_id, "manifest.json"),
+        shards_dir=data_root.join("builds", build_id),
+        shard_files=len(final.shards),
+        problems_total=len(problems),
+        problems_failed=final.failed_problems,
+        input_rows_skipped=skipped_rows,
+        batches_total=len(batches),
+        batches_reused=reused_batches,
+        steps=len(steps_seen),
+        positive_steps=sum(1 for row in steps_seen if row.fused_label),
+        tool_checked_steps=tool_checked,
+        lean_checked_steps=lean_checked,
+        rollouts=sum(o.rollouts for o in outcomes_seen),
+        prompt_tokens=usage_total.prompt_tokens,
+        completion_tokens=usage_total.completion_tokens,
+        generation_seconds=generation_seconds,
+        wall_seconds=wall_seconds,
+        failures=failures,
+    )
+    if reporter is not None:
+        reporter.stop()
+    return summary
+
+
+def run_build(
+    config: BuildConfig,
+    build_id: str | None = None,
+    policy_factory: PolicyFactorySpec = None,
+    progress: BuildProgress | None = None,
+    reuse_written_shards: bool = True,
+    release_resources: bool = True,
+) -> BuildSummary:
+    """Run ``build_dataset`` with the task runner ``config.flow`` asks for.
+
+    ``release_resources`` closes the models this process loaded (thread runner) when the build
+    ends; a long-lived caller that runs many builds (``serve``) may keep them.
+    """
+    runner = make_task_runner(config.flow)
+    configured = build_dataset.with_options(task_runner=runner)
+    try:
+        return configured(
+            config=config,
+            build_id=build_id,
+            policy_factory=policy_factory,
+            progress=progress,
+            reuse_written_shards=reuse_written_shards,
+        )
+    finally:
+        if release_resources:
+            PROCESS_RESOURCES.close_all()
+
+
+def live_usage_probe() -> Callable[[], TokenUsage]:
+    """Token usage of the models held in this process (live tokens/s with the thread runner)."""
+    return PROCESS_RESOURCES.usage
+
+
+@flow(name="scheduled-build", log_prints=False)
+def scheduled_build(
+    preset: str | None = None,
+    config: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+) -> BuildSummary:
+    """Deployment entry point: a fresh build from a preset and/or a config mapping + overrides.
+
+    Each run gets a new build id. The batch tasks run on the task runner ``flow.task_runner``
+    asks for (the labeling flow runs as a subflow with that runner).
+    """
+    from flows.config_load import merge_into, parse_toml, preset_text, set_dotted, parse_override, validate_config
+
+    data: dict[str, Any] = {}
+    if preset is not None:
+        merge_into(data, parse_toml(preset_text(preset), f"preset {preset}"))
+    merge_into(data, config or {})
+    for assignment in overrides or []:
+        set_dotted(data, *parse_override(assignment))
+    build_config = validate_config(data)
+    return run_build(build_config, release_resources=False)
+
+
+def make_deployment(
+    name: str,
+    cron: str,
+    preset: str | None = None,
+    config: BuildConfig | dict[str, Any] | None = None,
+    overrides: Sequence[str] = (),
+    timezone_name: str = "UTC",
+) -> Any:
+    """A ``RunnerDeployment`` of :func:`scheduled_build` on a cron schedule (for ``flow.serve``)."""
+    from prefect.schedules import Cron
+
+    try:
+        schedule = Cron(cron, timezone=timezone_name)
+    except ValueError as error:
+        raise ConfigError(f"--cron {cron!r}: {error}") from None
+    config_data = config.model_dump(mode="json") if isinstance(config, BuildConfig) else (config or None)
+    return scheduled_build.to_deployment(
+        name=name,
+        schedule=schedule,
+        parameters={"preset": preset, "config": config_data, "overrides": list(overrides)},
+        description=f"prmforge build ({preset or 'config'}) on cron {cron!r}",
+        tags=["prmforge"],
+    )

@@ -1,0 +1,247 @@
+"""Build progress (live bar on a terminal, plain lines otherwise) and the closing summary table."""
+
+from __future__ import annotations
+
+import shlex
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from data_schemas.records import ProblemOutcome, StepRow
+from labelers.policy.base import TokenUsage
+
+# Tool verdicts that mean a tool actually decided the step; Lean states that mean Lean did.
+TOOL_DECIDED = frozenset({"correct", "incorrect"})
+LEAN_DECIDED = frozenset({"proved", "disproved"})
+
+
+@dataclass
+class BuildTally:
+    """Running counts over the batches finished so far (the flow adds each batch once)."""
+
+    problems_done: int = 0
+    problems_failed: int = 0
+    steps: int = 0
+    positive_steps: int = 0
+    tool_checked_steps: int = 0
+    lean_checked_steps: int = 0
+    rollouts: int = 0
+    usage: TokenUsage = field(default_factory=TokenUsage)
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # (problem_id, stage, error)
+
+    def add_batch(self, steps: Sequence[StepRow], outcomes: Sequence[ProblemOutcome], usage: TokenUsage) -> None:
+        self.problems_done += len(outcomes)
+        self.steps += len(steps)
+        self.positive_steps += sum(1 for row in steps if row.fused_label)
+        self.tool_checked_steps += sum(1 for row in steps if row.tool_verdict in TOOL_DECIDED)
+        self.lean_checked_steps += sum(1 for row in steps if row.lean_state in LEAN_DECIDED)
+        self.rollouts += sum(outcome.rollouts for outcome in outcomes)
+        self.usage.add(usage)
+        for outcome in outcomes:
+            if outcome.status == "failed":
+                self.problems_failed += 1
+                self.failures.append((outcome.problem_id, outcome.failed_stage or "unknown", outcome.error or ""))
+
+
+@dataclass(frozen=True)
+class BuildSummary:
+    """What a finished build reports (also the flow's return value)."""
+
+    build_id: str
+    status: str  # manifest status: complete or failed
+    root: str
+    manifest_path: str
+    shards_dir: str
+    shard_files: int
+    problems_total: int
+    problems_failed: int
+    input_rows_skipped: int
+    batches_total: int
+    batches_reused: int  # finished by an earlier run of this build (resume)
+    steps: int
+    positive_steps: int
+    tool_checked_steps: int
+    lean_checked_steps: int
+    rollouts: int
+    prompt_tokens: int
+    completion_tokens: int
+    generation_seconds: float
+    wall_seconds: float
+    failures: tuple[tuple[str, str, str], ...]
+
+    @property
+    def negative_steps(self) -> int:
+        return self.steps - self.positive_steps
+
+    @property
+    def generation_share(self) -> float | None:
+        """generation_seconds / wall_seconds: the part of the wall time spent generating."""
+        return self.generation_seconds / self.wall_seconds if self.wall_seconds > 0 else None
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part}/{whole} ({100.0 * part / whole:.0f}%)" if whole else "0/0"
+
+
+def query_example(summary: BuildSummary) -> str:
+    """A ready command that reads this build's step labels with DuckDB."""
+    sql = "SELECT fused_label, count(*) AS steps FROM steps GROUP BY fused_label"
+    return f"prmforge query {shlex.quote(sql)} --root {shlex.quote(summary.root)} --build {summary.build_id}"
+
+
+def summary_table(summary: BuildSummary) -> Table:
+    table = Table(title=f"build {summary.build_id}: {summary.status}", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("problems", f"{summary.problems_total - summary.problems_failed} labeled, {summary.problems_failed} failed")
+    if summary.input_rows_skipped:
+        table.add_row("input rows skipped", str(summary.input_rows_skipped))
+    table.add_row("step rows", f"{summary.steps} ({summary.positive_steps} positive, {summary.negative_steps} negative)")
+    table.add_row("rollouts", str(summary.rollouts))
+    table.add_row("tokens", f"{summary.prompt_tokens} prompt, {summary.completion_tokens} generated")
+    table.add_row("tool-checked steps", _share(summary.tool_checked_steps, summary.steps))
+    table.add_row("Lean-checked steps", _share(summary.lean_checked_steps, summary.steps))
+    share = summary.generation_share
+    table.add_row(
+        "time",
+        f"{summary.wall_seconds:.1f} s wall, {summary.generation_seconds:.1f} s generating"
+        + (f" ({100 * share:.0f}%)" if share is not None else ""),
+    )
+    table.add_row("batches", f"{summary.batches_total} ({summary.batches_reused} reused from an earlier run)")
+    table.add_row("shards", f"{summary.shard_files} files under {summary.shards_dir}")
+    table.add_row("manifest", summary.manifest_path)
+    for problem_id, stage, error in summary.failures[:5]:
+        table.add_row("failed", f"{problem_id} at {stage}: {error[:120]}")
+    if len(summary.failures) > 5:
+        table.add_row("failed", f"... and {len(summary.failures) - 5} more (see the problems view)")
+    table.add_row("query", query_example(summary))
+    return table
+
+
+class _CountColumn(ProgressColumn):
+    """Problems done/total, rollouts and generated tokens per second."""
+
+    def render(self, task: Task) -> Text:
+        fields = task.fields
+        failed = fields.get("failed", 0)
+        text = f"{int(task.completed)}/{int(task.total or 0)} problems"
+        if failed:
+            text += f" ({failed} failed)"
+        text += f" | {fields.get('rollouts', 0)} rollouts | {fields.get('tokens_per_s', 0.0):.1f} tok/s"
+        return Text(text)
+
+
+class BuildProgress:
+    """Live progress of one build.
+
+    On a terminal: a rich progress bar refreshed a few times a second. Elsewhere (CI logs, pipes)
+    one plain line per finished batch. ``live_usage`` (optional) returns the token usage of the
+    policies in this process, so tokens/s moves while a batch is still generating (thread
+    runner); other runners update at batch boundaries.
+    """
+
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        live_usage: Callable[[], TokenUsage] | None = None,
+        force_terminal: bool | None = None,
+    ) -> None:
+        self.console = Console(file=stream, force_terminal=force_terminal, highlight=False, soft_wrap=True)
+        self.live_usage = live_usage
+        self.tally = BuildTally()
+        self._lock = threading.Lock()
+        self._progress: Progress | None = None
+        self._task_id: int | None = None
+        self._started = time.perf_counter()
+        self._total = 0
+        self._baseline_tokens = 0
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    @property
+    def interactive(self) -> bool:
+        return self.console.is_terminal
+
+    def start(self, build_id: str, problems_total: int, batches_total: int, batches_reusable: int = 0) -> None:
+        self._started = time.perf_counter()
+        self._total = problems_total
+        self._baseline_tokens = self.live_usage().completion_tokens if self.live_usage else 0
+        head = f"build {build_id}: {problems_total} problems in {batches_total} batches"
+        if batches_reusable:
+            head += f" ({batches_reusable} shard(s) already written by an earlier run)"
+        self.console.print(head)
+        if self.interactive:
+            self._progress = Progress(
+                TextColumn("[bold]labeling"),
+                BarColumn(),
+                TaskProgressColumn(),
+                _CountColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+            )
+            self._task_id = self._progress.add_task("labeling", total=problems_total, rollouts=0, tokens_per_s=0.0, failed=0)
+            self._progress.start()
+            if self.live_usage is not None:
+                self._ticker = threading.Thread(target=self._tick, name="prmforge-progress", daemon=True)
+                self._ticker.start()
+
+    def _tokens_per_second(self) -> float:
+        elapsed = time.perf_counter() - self._started
+        if self.live_usage is not None:
+            generated = self.live_usage().completion_tokens - self._baseline_tokens
+        else:
+            generated = self.tally.usage.completion_tokens
+        return max(generated, 0) / elapsed if elapsed > 0 else 0.0
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0):
+            with self._lock:
+                if self._progress is not None and self._task_id is not None:
+                    self._progress.update(self._task_id, tokens_per_s=self._tokens_per_second())
+
+    def batch_done(
+        self, batch_key: str, steps: Sequence[StepRow], outcomes: Sequence[ProblemOutcome], usage: TokenUsage, reused: bool
+    ) -> None:
+        with self._lock:
+            self.tally.add_batch(steps, outcomes, usage)
+            tally = self.tally
+            rate = self._tokens_per_second()
+            if self._progress is not None and self._task_id is not None:
+                self._progress.update(
+                    self._task_id,
+                    completed=tally.problems_done,
+                    rollouts=tally.rollouts,
+                    tokens_per_s=rate,
+                    failed=tally.problems_failed,
+                )
+                return
+            elapsed = time.perf_counter() - self._started
+            remaining = self._total - tally.problems_done
+            eta = elapsed / tally.problems_done * remaining if tally.problems_done else 0.0
+            self.console.print(
+                f"batch {batch_key}{' (reused)' if reused else ''}: {tally.problems_done}/{self._total} problems"
+                f" ({tally.problems_failed} failed) | {tally.rollouts} rollouts | {rate:.1f} tok/s"
+                f" | elapsed {elapsed:.0f} s | eta {eta:.0f} s"
+            )
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=2)
+            self._ticker = None
+        with self._lock:
+            if self._progress is not None:
+                self._progress.stop()
+                self._progress = None
+
+    def print_summary(self, summary: BuildSummary) -> None:
+        self.console.print(summary_table(summary))
