@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -38,6 +37,7 @@ from data_schemas.shards import (
     read_shard,
     resolve_root,
     shard_row_count,
+    write_bytes_atomic,
 )
 
 MANIFEST_NAME = "manifest.json"
@@ -202,22 +202,7 @@ def write_manifest(root: str | DataRoot, manifest: Manifest) -> None:
     """Write ``manifest.json`` atomically (hidden temp file next to it, then move)."""
     if manifest.status not in STATUSES:
         raise ValueError(f"manifest status {manifest.status!r} is not one of {STATUSES}")
-    data_root = resolve_root(root)
-    fs = data_root.filesystem
-    target = data_root.join(manifest_path(manifest.build_id))
-    directory = target.rsplit("/", 1)[0]
-    temp = f"{directory}/.{MANIFEST_NAME}.{uuid.uuid4().hex}.tmp"
-    fs.create_dir(directory, recursive=True)
-    try:
-        with fs.open_output_stream(temp) as stream:
-            stream.write(manifest.to_json().encode())
-        fs.move(temp, target)
-    except BaseException:
-        try:
-            fs.delete_file(temp)
-        except (OSError, FileNotFoundError):
-            pass
-        raise
+    write_bytes_atomic(root, manifest_path(manifest.build_id), manifest.to_json().encode())
 
 
 def start_build(root: str | DataRoot, build_id: str, config: Any, policy_model: str | None = None) -> Manifest:

@@ -318,6 +318,26 @@ def write_chunks_atomic(
     return rows, sink.size, sink.sha256
 
 
+def write_bytes_atomic(root: str | DataRoot, relative_path: str, data: bytes) -> None:
+    """Write a small file (manifest, JSONL export) via hidden temp file + move."""
+    data_root = resolve_root(root)
+    fs = data_root.filesystem
+    target = data_root.join(relative_path)
+    directory, name = target.rsplit("/", 1)
+    temp = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
+    fs.create_dir(directory, recursive=True)
+    try:
+        with fs.open_output_stream(temp) as stream:
+            stream.write(data)
+        fs.move(temp, target)
+    except BaseException:
+        try:
+            fs.delete_file(temp)
+        except (OSError, FileNotFoundError):
+            pass
+        raise
+
+
 class ShardWriter:
     """Writes a build's shards under ``<root>/builds/<build_id>/``.
 

@@ -85,7 +85,8 @@ def synthetic_batch(
             for index in range(num_steps):
                 good = first_error is None or index < first_error
                 node_id = f"n{path_number}.{index}"
-                text = f"Step {index + 1}: {a} * {b} gives {a * b if good else a * b + index + 1}."
+                # Stored like labelers.policy.prompts.clean_step leaves it: no "Step k:" label.
+                text = f"{a} * {b} + {index} gives {a * b + index if good else a * b + 2 * index + 1}."
                 if index == num_steps - 1:
                     text += f" The answer is {final_answer}."
                 prefix = prefix + "\n" + text
