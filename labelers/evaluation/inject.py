@@ -1,0 +1,682 @@
+"""Error injection: GSM8K reference solutions with a known earliest wrong step.
+
+A GSM8K reference solution is a few lines, each doing one computation with a calculator
+annotation ``<<expr=result>>`` next to the visible text::
+
+    Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.
+    She makes 9 * 2 = $<<9*2=18>>18 every day at the farmer's market.
+    #### 18
+
+Each line becomes one step (annotations removed, the last step ends with
+``The final answer is \\boxed{18}.``). A corruption changes ONE computation of one step whose
+visible text shows the computation (the visible expression matches the annotation token by
+token) and carries the changed value forward: every later annotation that uses a changed value
+is recomputed, every later mention of a changed value in the text is rewritten in its original
+format (``130,000``, ``$18``, ``.5``), and so is the final answer. The steps before the
+corrupted one are byte-identical to the untouched rendering, so the corrupted step is the
+earliest wrong step by construction; the final answer differs from the gold answer
+(candidates where it would not are rejected).
+
+Corruption kinds (docs/evaluation.md has examples):
+
+- ``arithmetic_slip``: the result of the computation is off (``+-1``, ``+-2``, ``+-10``);
+  the expression stays, so the step states a false equation.
+- ``wrong_operation``: one binary operator is swapped (``+ <-> -``, ``* <-> /``) and the result
+  is recomputed: the arithmetic is right, the reasoning is not.
+- ``dropped_term``: one term of a sum of three or more terms (or one multiplied factor of a
+  product of three or more factors, never a divisor) is left out and the result recomputed.
+
+A candidate is rejected (another one is tried) when carrying the value forward would be
+ambiguous: the changed value also occurs in the question, in an earlier step, as an operand of
+a computation up to its own step, as the unchanged result of another computation, or is a
+common constant (``COMMON_CONSTANTS``: 0-12, 24, 30, 52, 60, 100, ...); or when a new value is
+negative (the old one was not) or not a decimal with at most four places. The result is
+deterministic: every choice draws from ``random.Random(seed)``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+from data_schemas.errors import InputError
+
+CORRUPTION_KINDS: tuple[str, ...] = ("arithmetic_slip", "wrong_operation", "dropped_term")
+GENERATOR = "gsm8k-reference"
+SLIP_DELTAS: tuple[int, ...] = (1, -1, 2, -2, 10, -10)
+# Values too common to tell a carried-forward result from a constant of the problem.
+COMMON_CONSTANTS: frozenset[Fraction] = frozenset(
+    Fraction(v) for v in (*range(0, 13), 24, 30, 31, 52, 60, 100, 365, 1000)
+)
+MAX_DECIMALS = 4
+
+_ANNOTATION = re.compile(r"<<([^<>=]*)=([^<>]*)>>")
+# A number as GSM8K writes it: optional "$", thousands separators, decimals, ".5".
+_NUMBER = re.compile(r"(?<![\d.,])\$?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?!\d|,\d{3})")
+_EXPR_TOKEN = re.compile(r"\s*(?:(?P<num>\d+(?:\.\d+)?|\.\d+)|(?P<op>[-+*/()]))")
+_VISIBLE_OP = re.compile(r"[-+*/x×÷()]")
+_VISIBLE_OP_CANON = {"x": "*", "×": "*", "÷": "/"}
+_VISIBLE_CHARS = set("0123456789 .,$+-*/x×÷()")
+
+
+# --------------------------------------------------------------------------------------------
+# Numbers and expressions
+# --------------------------------------------------------------------------------------------
+
+
+def number_value(text: str) -> Fraction:
+    """Exact value of a number token (``$1,250.50`` -> 1250.5)."""
+    return Fraction(text.replace("$", "").replace(",", ""))
+
+
+def decimal_text(value: Fraction) -> str | None:
+    """``value`` as a plain decimal (``2.5``, ``-3``), or None when it needs more than
+    ``MAX_DECIMALS`` places (1/3, 0.00001)."""
+    sign = "-" if value < 0 else ""
+    value = abs(value)
+    for places in range(MAX_DECIMALS + 1):
+        scaled = value * 10**places
+        if scaled.denominator == 1:
+            digits = str(scaled.numerator).rjust(places + 1, "0")
+            if places == 0:
+                return sign + digits
+            return f"{sign}{digits[:-places]}.{digits[-places:]}"
+    return None
+
+
+def format_like(value: Fraction, template: str) -> str | None:
+    """``value`` written the way ``template`` writes its number: ``$`` prefix, thousands
+    separators, no leading zero (``.5``). None when not a short decimal."""
+    plain = decimal_text(value)
+    if plain is None:
+        return None
+    sign = "-" if plain.startswith("-") else ""
+    plain = plain.lstrip("-")
+    whole, _, frac = plain.partition(".")
+    body = template.replace("$", "")
+    if "," in body:
+        whole = f"{int(whole):,}"
+    template_places = len(body.partition(".")[2])
+    if len(frac) < template_places:
+        frac = frac.ljust(template_places, "0")  # "352.00" stays two places
+    if body.startswith(".") and whole == "0" and frac:
+        whole = ""
+    text = whole + (f".{frac}" if frac else "")
+    return sign + ("$" if template.startswith("$") else "") + text
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str  # "num" or "op"
+    text: str  # as written
+    start: int = 0  # span in the string it came from
+    end: int = 0
+
+    @property
+    def canon(self) -> str:
+        """Operator in calculator form (``x`` -> ``*``); numbers as their exact value."""
+        if self.kind == "num":
+            return str(number_value(self.text))
+        return _VISIBLE_OP_CANON.get(self.text, self.text)
+
+
+def tokenize_expression(expr: str) -> list[Token] | None:
+    """Tokens of a calculator expression (numbers, ``+ - * / ( )``), or None when it holds
+    anything else."""
+    tokens: list[Token] = []
+    position = 0
+    stripped = expr.rstrip()
+    while position < len(stripped):
+        match = _EXPR_TOKEN.match(stripped, position)
+        if match is None:
+            return None
+        kind = "num" if match.group("num") is not None else "op"
+        text = match.group(kind)
+        tokens.append(Token(kind, text, match.start(kind), match.end(kind)))
+        position = match.end()
+    return tokens or None
+
+
+def evaluate(tokens: Sequence[Token]) -> Fraction | None:
+    """Exact value of a token list (``+ - * /``, parentheses, unary minus); None when it does
+    not parse or divides by zero."""
+    items = [t.canon if t.kind == "op" else number_value(t.text) for t in tokens]
+    position = 0
+
+    def peek() -> object:
+        return items[position] if position < len(items) else None
+
+    def expression() -> Fraction:
+        nonlocal position
+        value = term()
+        while peek() in ("+", "-"):
+            op = items[position]
+            position += 1
+            value = value + term() if op == "+" else value - term()
+        return value
+
+    def term() -> Fraction:
+        nonlocal position
+        value = factor()
+        while peek() in ("*", "/"):
+            op = items[position]
+            position += 1
+            right = factor()
+            if op == "*":
+                value = value * right
+            else:
+                value = value / right  # ZeroDivisionError handled below
+        return value
+
+    def factor() -> Fraction:
+        nonlocal position
+        item = peek()
+        if item == "-":
+            position += 1
+            return -factor()
+        if item == "+":
+            position += 1
+            return factor()
+        if item == "(":
+            position += 1
+            value = expression()
+            if peek() != ")":
+                raise ValueError("unbalanced parenthesis")
+            position += 1
+            return value
+        if isinstance(item, Fraction):
+            position += 1
+            return item
+        raise ValueError(f"unexpected {item!r}")
+
+    try:
+        value = expression()
+    except (ValueError, ZeroDivisionError):
+        return None
+    return value if position == len(items) else None
+
+
+def tokenize_visible(text: str) -> list[Token] | None:
+    """Tokens of a visible expression such as ``80,000 + $50,000`` or ``3 books x 2``: None
+    when anything but numbers, operators and spaces is in it."""
+    tokens: list[Token] = []
+    position = 0
+    while position < len(text):
+        if text[position] == " ":
+            position += 1
+            continue
+        number = _NUMBER.match(text, position)
+        if number:
+            tokens.append(Token("num", number.group(), number.start(), number.end()))
+            position = number.end()
+            continue
+        op = _VISIBLE_OP.match(text, position)
+        if op:
+            tokens.append(Token("op", op.group(), op.start(), op.end()))
+            position = op.end()
+            continue
+        return None
+    return tokens or None
+
+
+# --------------------------------------------------------------------------------------------
+# Parsed reference solutions
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """One calculator annotation of a step."""
+
+    step: int
+    tokens: tuple[Token, ...]
+    stated: Fraction  # the result GSM8K wrote
+    # Where the visible text shows the same expression, token for token (span in the step's
+    # visible text, and the visible tokens with spans relative to the step text).
+    visible_tokens: tuple[Token, ...] | None
+
+    @property
+    def operands(self) -> list[Fraction]:
+        return [number_value(t.text) for t in self.tokens if t.kind == "num"]
+
+
+@dataclass(frozen=True)
+class ReferenceSolution:
+    """A GSM8K solution split into steps, calculator annotations parsed."""
+
+    question: str
+    gold_answer: str  # as in the data set, thousands separators removed
+    gold_value: Fraction
+    visible_steps: tuple[str, ...]  # step texts without annotations (no final-answer sentence)
+    annotations: tuple[Annotation, ...]
+    source_row: int
+
+    def render(self, visible_steps: Sequence[str] | None = None, answer: str | None = None) -> list[str]:
+        """The steps as written into a set: the last one ends with the final-answer sentence."""
+        steps = list(visible_steps if visible_steps is not None else self.visible_steps)
+        final = answer if answer is not None else self.gold_answer
+        last = steps[-1].rstrip()
+        if last and last[-1] not in ".!?":
+            last += "."
+        steps[-1] = f"{last} The final answer is \\boxed{{{final}}}."
+        return steps
+
+
+def _find_visible_expression(before: str, tokens: Sequence[Token]) -> tuple[Token, ...] | None:
+    """The visible expression ending at ``before``'s trailing ``=`` that matches ``tokens``."""
+    match = re.search(r"=\s*\$?\s*$", before)
+    if match is None:
+        return None
+    left = before[: match.start()]
+    run_start = len(left)
+    while run_start > 0 and left[run_start - 1] in _VISIBLE_CHARS:
+        run_start -= 1
+    wanted = [t.canon for t in tokens]
+    for start in range(run_start, len(left)):
+        if left[start] not in "0123456789.$(":
+            continue
+        if start > 0 and left[start - 1] in "0123456789.,":
+            continue  # never start inside a number
+        candidate = tokenize_visible(left[start:])
+        if candidate is None:
+            continue
+        if [t.canon for t in candidate] == wanted:
+            return tuple(Token(t.kind, t.text, t.start + start, t.end + start) for t in candidate)
+    return None
+
+
+def parse_reference(question: str, answer: str, source_row: int) -> ReferenceSolution | None:
+    """A GSM8K ``answer`` as a :class:`ReferenceSolution`; None when a line holds an annotation
+    that is not plain arithmetic, an annotation whose stated result is not its exact value, or
+    no ``####`` answer."""
+    lines = [line for line in answer.split("\n") if line.strip()]
+    if not lines or not lines[-1].lstrip().startswith("####"):
+        return None
+    gold = lines[-1].lstrip()[4:].strip().replace(",", "")
+    try:
+        gold_value = Fraction(gold)
+    except (ValueError, ZeroDivisionError):
+        return None
+    visible_steps: list[str] = []
+    annotations: list[Annotation] = []
+    for step_index, line in enumerate(lines[:-1]):
+        visible = ""
+        cursor = 0
+        for match in _ANNOTATION.finditer(line):
+            visible += line[cursor : match.start()]
+            cursor = match.end()
+            tokens = tokenize_expression(match.group(1))
+            if tokens is None:
+                return None
+            value = evaluate(tokens)
+            try:
+                stated = number_value(match.group(2).strip())
+            except (ValueError, ZeroDivisionError):
+                return None
+            if value is None or value != stated:
+                return None
+            annotations.append(
+                Annotation(step_index, tuple(tokens), stated, _find_visible_expression(visible, tokens))
+            )
+        visible += line[cursor:]
+        visible_steps.append(visible.strip())
+    if not visible_steps:
+        return None
+    return ReferenceSolution(question, gold, gold_value, tuple(visible_steps), tuple(annotations), source_row)
+
+
+# --------------------------------------------------------------------------------------------
+# Corruption
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """One candidate change to one annotation."""
+
+    kind: str
+    annotation: int  # index into ReferenceSolution.annotations
+    new_tokens: tuple[Token, ...]  # the changed annotation expression (same as before for slips)
+    new_value: Fraction
+    # Visible edit: token index range [first, last] of the visible expression replaced by text.
+    visible_edit: tuple[int, int, str] | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class InjectedSolution:
+    steps: tuple[str, ...]
+    label: int  # earliest wrong step
+    final_answer: str
+    kind: str
+    detail: str
+
+
+def _binary_operator_positions(tokens: Sequence[Token]) -> list[int]:
+    positions = []
+    for index, token in enumerate(tokens):
+        if token.kind != "op" or token.canon not in "+-*/":
+            continue
+        previous = tokens[index - 1] if index > 0 else None
+        if previous is not None and (previous.kind == "num" or previous.canon == ")"):
+            positions.append(index)
+    return positions
+
+
+def _top_level_groups(tokens: Sequence[Token], operators: str) -> list[tuple[int, int]] | None:
+    """Token ranges [start, end) of the depth-0 operands joined by ``operators``; None when
+    an operator of the other precedence also sits at depth 0 (never drop part of a mixed
+    expression)."""
+    binary = set(_binary_operator_positions(tokens))
+    groups: list[tuple[int, int]] = []
+    depth = 0
+    start = 0
+    for index, token in enumerate(tokens):
+        if token.canon == "(":
+            depth += 1
+        elif token.canon == ")":
+            depth -= 1
+        elif depth == 0 and index in binary:
+            if token.canon in operators:
+                groups.append((start, index))
+                start = index
+            elif operators == "*/" and token.canon in "+-":
+                return None
+    groups.append((start, len(tokens)))
+    return groups
+
+
+def candidate_corruptions(solution: ReferenceSolution) -> list[Corruption]:
+    """Every slip, operator swap and dropped term of every visible computation, before the
+    consistency checks of :func:`apply_corruption`."""
+    candidates: list[Corruption] = []
+    swaps = {"+": "-", "-": "+", "*": "/", "/": "*"}
+    for index, annotation in enumerate(solution.annotations):
+        if annotation.visible_tokens is None:
+            continue
+        tokens = annotation.tokens
+        visible = annotation.visible_tokens
+        for delta in SLIP_DELTAS:
+            candidates.append(
+                Corruption(
+                    "arithmetic_slip", index, tokens, annotation.stated + delta, None,
+                    f"result {decimal_text(annotation.stated)} written as {decimal_text(annotation.stated + delta)}",
+                )
+            )
+        for position in _binary_operator_positions(tokens):
+            new_op = swaps[tokens[position].canon]
+            new_tokens = list(tokens)
+            new_tokens[position] = Token("op", new_op)
+            value = evaluate(new_tokens)
+            if value is None:
+                continue
+            old_visible = visible[position].text
+            shown = new_op if old_visible in "+-*/" else {"*": "x", "/": "/", "+": "+", "-": "-"}[new_op]
+            candidates.append(
+                Corruption(
+                    "wrong_operation", index, tuple(new_tokens), value, (position, position, shown),
+                    f"operator {tokens[position].canon} replaced by {new_op}",
+                )
+            )
+        for operators in ("+-", "*/"):
+            groups = _top_level_groups(tokens, operators)
+            if groups is None or len(groups) < 3:
+                continue
+            for start, end in groups[1:]:
+                if tokens[start].canon == "/":
+                    continue  # leaving out a divisor is not "a dropped term"
+                new_tokens = list(tokens[:start]) + list(tokens[end:])
+                value = evaluate(new_tokens)
+                if value is None:
+                    continue
+                dropped = "".join(t.text for t in tokens[start:end])
+                candidates.append(
+                    Corruption("dropped_term", index, tuple(new_tokens), value, (start, end - 1, ""),
+                               f"term '{dropped}' left out")
+                )
+    return candidates
+
+
+def _replace_spans(text: str, edits: Iterable[tuple[int, int, str]]) -> str:
+    for start, end, replacement in sorted(edits, reverse=True):
+        text = text[:start] + replacement + text[end:]
+    return text
+
+
+def apply_corruption(solution: ReferenceSolution, corruption: Corruption) -> InjectedSolution | None:
+    """The corrupted solution, the changed value carried forward; None when the change cannot
+    be carried forward unambiguously or leaves the final answer unchanged."""
+    target = solution.annotations[corruption.annotation]
+    origin_step = target.step
+    if corruption.new_value == target.stated:
+        return None
+    question_numbers = {number_value(m.group()) for m in _NUMBER.finditer(solution.question)}
+    # mapping old value -> (new value, step where the change happens, annotation index)
+    changes: dict[Fraction, tuple[Fraction, int, int]] = {
+        target.stated: (corruption.new_value, origin_step, corruption.annotation)
+    }
+    unchanged_results: list[tuple[Fraction, int]] = []
+    for later_index in range(corruption.annotation + 1, len(solution.annotations)):
+        later = solution.annotations[later_index]
+        new_operands = [changes[v][0] if v in changes else v for v in later.operands]
+        if new_operands == later.operands:
+            unchanged_results.append((later.stated, later.step))
+            continue
+        operand_iter = iter(new_operands)
+        new_tokens = [Token("num", str(next(operand_iter))) if t.kind == "num" else t for t in later.tokens]
+        value = evaluate(new_tokens)
+        if value is None:
+            return None
+        if value == later.stated:
+            unchanged_results.append((later.stated, later.step))
+            continue
+        if later.stated in changes and changes[later.stated][0] != value:
+            return None
+        changes.setdefault(later.stated, (value, later.step, later_index))
+
+    for old, (new, step, origin_annotation) in changes.items():
+        if old in question_numbers or old in COMMON_CONSTANTS:
+            return None
+        if new < 0 <= old or decimal_text(new) is None:
+            return None
+        for earlier_step in range(step):
+            if any(number_value(m.group()) == old for m in _NUMBER.finditer(solution.visible_steps[earlier_step])):
+                return None
+        # an operand equal to the old value up to where it is computed is a constant, not it
+        for annotation in solution.annotations[: origin_annotation + 1]:
+            if old in annotation.operands:
+                return None
+    if any(value in changes for value, _ in unchanged_results):
+        return None
+    if solution.gold_value not in changes:
+        return None  # the change does not reach the final answer
+
+    steps = list(solution.visible_steps)
+    for step_index in range(origin_step, len(steps)):
+        active = {old: new for old, (new, step, _) in changes.items() if step <= step_index}
+        text = steps[step_index]
+        edits: list[tuple[int, int, str]] = []
+        protected: tuple[int, int] | None = None
+        if step_index == origin_step:
+            visible = target.visible_tokens
+            assert visible is not None  # candidates only target visible computations
+            protected = (visible[0].start, visible[-1].end)
+            if corruption.visible_edit is not None:
+                first, last, replacement = corruption.visible_edit
+                start = visible[first].start
+                end = visible[last].end
+                if replacement == "":
+                    # drop the term together with the space before its operator
+                    while start > 0 and text[start - 1] == " ":
+                        start -= 1
+                edits.append((start, end, replacement))
+        for match in _NUMBER.finditer(text):
+            if protected and protected[0] <= match.start() < protected[1]:
+                continue
+            value = number_value(match.group())
+            if value in active:
+                written = format_like(active[value], match.group())
+                if written is None:
+                    return None
+                edits.append((match.start(), match.end(), written))
+        steps[step_index] = _replace_spans(text, edits)
+    final_value = changes[solution.gold_value][0]
+    final = decimal_text(final_value)
+    assert final is not None
+    rendered = solution.render(steps, final)
+    reference = solution.render()
+    if rendered[:origin_step] != reference[:origin_step] or rendered[origin_step] == reference[origin_step]:
+        return None
+    detail = f"step {origin_step}: {corruption.detail}; final answer {solution.gold_answer} -> {final}"
+    return InjectedSolution(tuple(rendered), origin_step, final, corruption.kind, detail)
+
+
+# --------------------------------------------------------------------------------------------
+# Building a set
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceSolution:
+    question: str
+    answer: str  # GSM8K answer text with annotations and the #### line
+    source_row: int
+
+
+def read_gsm8k(path: Path) -> list[SourceSolution]:
+    """GSM8K JSONL rows (``question``, ``answer``); also accepts prmforge problem rows with
+    ``reference_solution`` holding the GSM8K answer text."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    rows: list[SourceSolution] = []
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise InputError(f"{path}:{line_number}: not JSON ({error.msg})") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{path}:{line_number}: expected a JSON object")
+            question = row.get("question")
+            answer = row.get("answer")
+            if not isinstance(answer, str) or "####" not in answer:
+                answer = row.get("reference_solution", answer)
+            if not isinstance(question, str) or not isinstance(answer, str):
+                raise InputError(
+                    f"{path}:{line_number}: a GSM8K row needs 'question' and 'answer' "
+                    "(the reference solution with <<calculator>> annotations)"
+                )
+            rows.append(SourceSolution(question, answer, line_number))
+    return rows
+
+
+@dataclass
+class InjectionSummary:
+    source_rows: int = 0
+    parsed: int = 0
+    eligible: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)
+
+
+def build_injection_set(
+    sources: Sequence[SourceSolution],
+    n_error: int,
+    n_correct: int,
+    seed: int,
+    source_name: str = "gsm8k",
+) -> tuple[list[dict], InjectionSummary]:
+    """ProcessBench-layout records: ``n_error`` corrupted and ``n_correct`` untouched reference
+    solutions of disjoint problems, shuffled, with ids ``<source>-<n>``.
+
+    Kinds rotate over :data:`CORRUPTION_KINDS`; a problem without a valid candidate of the
+    wanted kind gets one of another kind. Raises InputError when fewer eligible problems than
+    asked exist.
+    """
+    if n_error < 0 or n_correct < 0 or n_error + n_correct == 0:
+        raise InputError("ask for at least one solution (--n-error/--n-correct >= 0, not both 0)")
+    rng = random.Random(seed)
+    summary = InjectionSummary(source_rows=len(sources))
+    eligible: list[tuple[ReferenceSolution, dict[str, list[InjectedSolution]]]] = []
+    for source in sources:
+        parsed = parse_reference(source.question, source.answer, source.source_row)
+        if parsed is None:
+            continue
+        summary.parsed += 1
+        by_kind: dict[str, list[InjectedSolution]] = {}
+        for candidate in candidate_corruptions(parsed):
+            injected = apply_corruption(parsed, candidate)
+            if injected is not None:
+                by_kind.setdefault(injected.kind, []).append(injected)
+        if by_kind:
+            eligible.append((parsed, by_kind))
+    summary.eligible = len(eligible)
+    if len(eligible) < n_error + n_correct:
+        raise InputError(
+            f"only {len(eligible)} of {len(sources)} reference solutions can take a consistent "
+            f"corruption; asked for {n_error} + {n_correct}"
+        )
+    rng.shuffle(eligible)
+    # Kinds get equal quotas; the scarcest kind picks its problems first, what a kind cannot
+    # fill goes to the others.
+    quotas = {kind: n_error // len(CORRUPTION_KINDS) + (i < n_error % len(CORRUPTION_KINDS))
+              for i, kind in enumerate(CORRUPTION_KINDS)}
+    availability = {kind: sum(kind in by_kind for _, by_kind in eligible) for kind in CORRUPTION_KINDS}
+    chosen: dict[int, str] = {}  # index into eligible -> kind
+    for kind in sorted(CORRUPTION_KINDS, key=lambda k: (availability[k], k)):
+        for index, (_, by_kind) in enumerate(eligible):
+            if quotas[kind] == 0:
+                break
+            if index not in chosen and kind in by_kind:
+                chosen[index] = kind
+                quotas[kind] -= 1
+    leftover = sum(quotas.values())
+    for index in range(len(eligible)):
+        if leftover == 0:
+            break
+        if index not in chosen:
+            chosen[index] = sorted(eligible[index][1])[0]
+            leftover -= 1
+    records: list[dict] = []
+    for index in sorted(chosen):
+        solution, by_kind = eligible[index]
+        pool = by_kind[chosen[index]]
+        injected = pool[rng.randrange(len(pool))]
+        summary.kinds[injected.kind] = summary.kinds.get(injected.kind, 0) + 1
+        records.append(
+            {
+                "generator": GENERATOR,
+                "problem": solution.question,
+                "steps": list(injected.steps),
+                "label": injected.label,
+                "final_answer_correct": False,
+                "gold_answer": solution.gold_answer,
+                "corruption": injected.kind,
+                "corruption_detail": injected.detail,
+                "source_row": solution.source_row,
+            }
+        )
+    unused = [solution for index, (solution, _) in enumerate(eligible) if index not in chosen]
+    for solution in unused[:n_correct]:
+        records.append(
+            {
+                "generator": GENERATOR,
+                "problem": solution.question,
+                "steps": solution.render(),
+                "label": -1,
+                "final_answer_correct": True,
+                "gold_answer": solution.gold_answer,
+                "corruption": None,
+                "corruption_detail": None,
+                "source_row": solution.source_row,
+            }
+        )
+    rng.shuffle(records)
+    width = len(str(len(records) - 1))
+    return [{"id": f"{source_name}-{i:0{width}d}", **record} for i, record in enumerate(records)], summary
