@@ -68,6 +68,7 @@ class SearchConfig(_Section):
     mc_rollouts: int = Field(default=8, ge=1)  # k rollouts per prefix estimate
     mc_early_stop: int = Field(default=4, ge=0)  # stop a prefix once the first m agree; 0 = off
     first_error_search: bool = True  # OmegaPRM binary search on wrong paths
+    mc_correct_paths: bool = True  # per-step MC on paths that reach the gold answer
     max_paths_per_problem: int = Field(default=6, ge=1)  # labeled paths kept per problem
 
 

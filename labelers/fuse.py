@@ -1,0 +1,182 @@
+"""Fusion: tool verdict + Lean state + Monte Carlo estimate -> step reward, label, flags.
+
+Signals of one step:
+
+- verifier decision ``d``: *disproved* when the tool says ``incorrect`` or Lean ``disproved``;
+  *verified* when the tool says ``correct`` or Lean ``proved`` (and nothing disproves it);
+  otherwise none;
+- MC label ``m``: ``mc_value > mc_threshold`` when sampled; the hard label inferred by the
+  first-error search when inferred; none when MC was not estimated.
+
+Rules (``FuseConfig.rule``), reward in [-1, 1], ``label_source`` naming the branch:
+
+hybrid (default)
+  1. disproved                           -> label -, reward -1,            ``verifier_disproved``
+  2. verified, MC > 0 or not estimated   -> label +, reward 0.5 + 0.5 * mc_value
+                                            (1 without a sampled value),   ``verified``
+  3. verified, MC = 0                    -> label -, reward -0.5,          ``mc_over_verified``
+  4. unverifiable, MC known              -> label m, reward mc_value when +,
+                                            -(1 - mc_value) when -,        ``mc``
+                                            (inferred: +0.5 / -0.5)
+  5. no signal at all                    -> label = path answer correct,   ``path_outcome``
+                                            reward 0
+mc
+  MC label with the same reward as hybrid 4; no MC -> ``path_outcome``.
+tool
+  incorrect -> -, -1 (``tool_incorrect``); correct -> +, +1 (``tool_correct``);
+  unverifiable -> +, 0 (``tool_unverifiable``: only a disproved step counts as an error).
+lean
+  disproved -> -, -1 (``lean_disproved``); proved -> +, +1 (``lean_proved``); other -> +, 0
+  (``lean_no_verdict``).
+
+``signals_agree`` is false when the verifier decision and the MC label are both known and
+differ, or when the tool and Lean contradict each other (one verifies, the other disproves).
+
+Path consensus (Qwen PRM study: keep samples where MC and a judge agree on the error position):
+``mc_first_error`` = first step whose MC label is negative (-1 if none), ``verifier_first_error``
+= first disproved step (-1 if none); ``consensus = mc_first_error == verifier_first_error``. An
+all-correct path (both -1) is in consensus; a path where MC was never estimated has
+``mc_first_error = -1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from labelers.config import FuseConfig
+from labelers.verify.base import LeanCheck, LeanState, ToolCheck, ToolVerdict
+
+
+@dataclass(frozen=True)
+class MCSignal:
+    """The MC evidence of one step: a sampled value, or a label inferred by first-error search."""
+
+    correct: int | None = None
+    total: int | None = None
+    inferred_label: bool | None = None  # set when inferred (no sample of its own)
+
+    @property
+    def value(self) -> float | None:
+        return self.correct / self.total if self.total else None
+
+    @property
+    def inferred(self) -> bool:
+        return self.total is None and self.inferred_label is not None
+
+    @property
+    def hard_label(self) -> bool | None:
+        """Math-Shepherd hard label (c > 0), or the inferred label, or None."""
+        if self.total:
+            return (self.correct or 0) > 0
+        return self.inferred_label
+
+    def label(self, threshold: float) -> bool | None:
+        """MC label with a threshold on the soft value (inferred labels pass through)."""
+        value = self.value
+        if value is not None:
+            return value > threshold
+        return self.inferred_label
+
+
+NO_MC = MCSignal()
+
+
+@dataclass(frozen=True)
+class FusedStep:
+    reward: float
+    label: bool
+    source: str
+    signals_agree: bool
+
+
+def verifier_decision(tool: ToolCheck | None, lean: LeanCheck | None) -> bool | None:
+    """True = verified, False = disproved, None = no verifier decision."""
+    if (tool is not None and tool.verdict == ToolVerdict.INCORRECT) or (lean is not None and lean.state == LeanState.DISPROVED):
+        return False
+    if (tool is not None and tool.verdict == ToolVerdict.CORRECT) or (lean is not None and lean.state == LeanState.PROVED):
+        return True
+    return None
+
+
+def _verifiers_conflict(tool: ToolCheck | None, lean: LeanCheck | None) -> bool:
+    if tool is None or lean is None:
+        return False
+    return (tool.verdict == ToolVerdict.CORRECT and lean.state == LeanState.DISPROVED) or (
+        tool.verdict == ToolVerdict.INCORRECT and lean.state == LeanState.PROVED
+    )
+
+
+def _mc_reward(mc: MCSignal, label: bool) -> float:
+    value = mc.value
+    if value is None:
+        return 0.5 if label else -0.5
+    return value if label else -(1.0 - value)
+
+
+def fuse_step(
+    tool: ToolCheck | None,
+    lean: LeanCheck | None,
+    mc: MCSignal,
+    config: FuseConfig,
+    path_correct: bool | None = None,
+) -> FusedStep:
+    """Fused reward, label, rule branch and agreement flag of one step (rules: module doc)."""
+    decision = verifier_decision(tool, lean)
+    mc_label = mc.label(config.mc_threshold)
+    agree = not _verifiers_conflict(tool, lean) and (decision is None or mc_label is None or decision == mc_label)
+    rule = config.rule
+    if rule == "tool":
+        verdict = tool.verdict if tool is not None else ToolVerdict.UNVERIFIABLE
+        if verdict == ToolVerdict.INCORRECT:
+            return FusedStep(-1.0, False, "tool_incorrect", agree)
+        if verdict == ToolVerdict.CORRECT:
+            return FusedStep(1.0, True, "tool_correct", agree)
+        return FusedStep(0.0, True, "tool_unverifiable", agree)
+    if rule == "lean":
+        state = lean.state if lean is not None else LeanState.DISABLED
+        if state == LeanState.DISPROVED:
+            return FusedStep(-1.0, False, "lean_disproved", agree)
+        if state == LeanState.PROVED:
+            return FusedStep(1.0, True, "lean_proved", agree)
+        return FusedStep(0.0, True, "lean_no_verdict", agree)
+    if rule == "hybrid":
+        if decision is False:
+            return FusedStep(-1.0, False, "verifier_disproved", agree)
+        if decision is True:
+            hard = mc.hard_label
+            if hard is None or hard:
+                value = mc.value
+                return FusedStep(1.0 if value is None else 0.5 + 0.5 * value, True, "verified", agree)
+            return FusedStep(-0.5, False, "mc_over_verified", agree)
+    # rule "mc", and hybrid without a verifier decision
+    if mc_label is not None:
+        return FusedStep(_mc_reward(mc, mc_label), mc_label, "mc", agree)
+    return FusedStep(0.0, path_correct is not False, "path_outcome", agree)
+
+
+def first_negative(labels: Sequence[bool | None]) -> int:
+    """Index of the first ``False`` in ``labels``, or -1 when there is none."""
+    for index, label in enumerate(labels):
+        if label is False:
+            return index
+    return -1
+
+
+def path_consensus(
+    mc_signals: Sequence[MCSignal], tools: Sequence[ToolCheck | None], leans: Sequence[LeanCheck | None], config: FuseConfig
+) -> tuple[bool, int, int]:
+    """(consensus, mc_first_error, verifier_first_error) of a path (definitions: module doc)."""
+    mc_first = first_negative([signal.label(config.mc_threshold) for signal in mc_signals])
+    verifier_first = first_negative([verifier_decision(t, l) for t, l in zip(tools, leans)])
+    return mc_first == verifier_first, mc_first, verifier_first
+
+
+def rows_to_keep(labels: Sequence[bool], after_first_error: str) -> tuple[int, int]:
+    """(number of steps kept, first error index or -1) for ``after_first_error``:
+    ``truncate`` keeps steps up to and including the first negative one; ``negative`` keeps all
+    (the caller labels the steps after the first error negative)."""
+    first = first_negative(labels)
+    if first >= 0 and after_first_error == "truncate":
+        return first + 1, first
+    return len(labels), first

@@ -1,0 +1,124 @@
+"""First-error search along a wrong solution (OmegaPRM binary search).
+
+Steps s_0..s_{n-1}; prefix i = steps 0..i. Assuming MC values do not rise again once a prefix
+is hopeless, the first error is the earliest i with MC(prefix i) = 0. Binary search::
+
+    lo, hi = 0, n - 1            # assume_last_wrong: MC(prefix n-1) = 0 is known (wrong answer)
+    lo, hi = 0, n                # otherwise: hi = n means "no error"
+    while lo < hi:
+        mid = (lo + hi) // 2     # estimate MC at the midpoint prefix
+        if MC(mid) == 0: hi = mid        # the error is at or before mid: search left
+        else:            lo = mid + 1    # search right
+    first_error = lo             # (n, i.e. none, when not assume_last_wrong and no zero found)
+
+Cost: at most ceil(log2(n)) prefix estimates with a known wrong final answer, at most
+ceil(log2(n + 1)) <= ceil(log2(n)) + 1 without, instead of n for per-step MC.
+
+Labels inferred from the search: steps before the first error are positive (their prefixes
+lead to the gold answer somewhere later: MC > 0 at a later probe, or, left of every probe, by
+the monotonicity assumption); the first error and everything after it are negative. Where a
+step was not itself probed its label is *inferred* (``mc_inferred = true``).
+
+:func:`run_searches` advances many searches in lock-step: each round estimates the next probe
+of every active search in one batched MC estimate (:func:`~labelers.search.montecarlo.estimate_prefixes`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from labelers.search.montecarlo import MCBatch, MCEstimate, PrefixJob
+
+
+@dataclass
+class FirstErrorSearch:
+    """Binary-search state for one solution of ``num_steps`` steps."""
+
+    num_steps: int
+    assume_last_wrong: bool = True
+    probes: dict[int, MCEstimate] = field(default_factory=dict)
+    failed: str | None = None
+    lo: int = 0
+    hi: int = -1
+
+    def __post_init__(self) -> None:
+        if self.num_steps < 1:
+            raise ValueError("a first-error search needs at least one step")
+        self.hi = self.num_steps - 1 if self.assume_last_wrong else self.num_steps
+
+    @property
+    def done(self) -> bool:
+        return self.failed is not None or self.lo >= self.hi
+
+    def next_probe(self) -> int | None:
+        """The step index whose prefix to estimate next, or None when the search is over."""
+        return None if self.done else (self.lo + self.hi) // 2
+
+    def record(self, index: int, estimate: MCEstimate) -> None:
+        if index != self.next_probe():
+            raise ValueError(f"probe {index} was not asked for")
+        self.probes[index] = estimate
+        if estimate.correct == 0:
+            self.hi = index
+        else:
+            self.lo = index + 1
+
+    @property
+    def first_error(self) -> int:
+        """Index of the first error, or -1 when none (only without ``assume_last_wrong``)."""
+        if not self.done or self.failed is not None:
+            raise ValueError("search not finished")
+        return self.lo if self.lo < self.num_steps else -1
+
+    def step_signal(self, index: int) -> tuple[MCEstimate | None, bool, bool]:
+        """(sampled estimate or None, hard label, inferred) for step ``index`` after the search."""
+        error = self.first_error
+        positive = error < 0 or index < error
+        estimate = self.probes.get(index)
+        return estimate, positive, estimate is None
+
+
+def ceil_log2(n: int) -> int:
+    return max(0, (n - 1).bit_length())
+
+
+def run_searches(
+    searches: Sequence[FirstErrorSearch],
+    job_for: Callable[[int, int], PrefixJob],
+    estimate: Callable[[list[PrefixJob]], MCBatch],
+    known: dict[str, MCEstimate] | None = None,
+) -> int:
+    """Advance ``searches`` in lock-step until all are done; returns the number of rounds.
+
+    ``job_for(search_index, step_index)`` builds the prefix job of a probe; ``estimate(jobs)``
+    makes one batched estimate. ``known`` (job key -> estimate) reuses estimates made earlier
+    (the same prefix on another path of the tree) without sampling again; it is updated.
+    """
+    known = {} if known is None else known
+    rounds = 0
+    while True:
+        pending: list[tuple[int, int, PrefixJob]] = []
+        for search_index, search in enumerate(searches):
+            probe = search.next_probe()
+            if probe is not None:
+                pending.append((search_index, probe, job_for(search_index, probe)))
+        if not pending:
+            return rounds
+        # Probes whose prefix is already known are recorded without sampling; the search then
+        # moves on in the next round.
+        fresh: dict[str, PrefixJob] = {}
+        for _, _, job in pending:
+            if job.key not in known:
+                fresh.setdefault(job.key, job)
+        if fresh:
+            rounds += 1
+            batch = estimate(list(fresh.values()))
+            known.update(batch.estimates)
+        else:
+            batch = MCBatch()
+        for search_index, probe, job in pending:
+            if job.key in known:
+                searches[search_index].record(probe, known[job.key])
+            else:
+                searches[search_index].failed = batch.errors.get(job.key, "no estimate")

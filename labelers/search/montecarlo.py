@@ -1,0 +1,168 @@
+"""Monte Carlo value of a step prefix (Math-Shepherd), with adaptive early stop.
+
+From a prefix s (question + steps 1..i) sample k rollouts to a final answer; with c of them
+reaching the gold answer::
+
+    mc_value(s) = c / k          (soft label)
+    hard_label(s) = c > 0        (Math-Shepherd hard estimate)
+
+Adaptive k (``mc_early_stop = m``, 0 < m < k): the first chunk samples m rollouts; when all m
+agree (all reach gold, or none does) the prefix is decided and sampling stops there, giving the
+estimate c/m in {0, 1}. Otherwise the remaining k - m are sampled (total k). The early estimate
+is exact for the hard label when all m succeed (c > 0 either way); when all m fail, the full k
+could still have found a success: the probability of missing one is (1 - p)^(k - m) for a true
+success rate p, the (documented) bias of early stopping toward 0 on hard prefixes.
+
+A prefix whose last step already gives a final answer needs no rollout: its value is exact,
+1/1 when the answer equals gold, 0/1 otherwise (``exact = True``).
+
+All prefixes of all problems of a round are sampled in one ``generate`` call (chunk 1), then
+the undecided ones in a second call (chunk 2). Seeds: ``derive_seed(build_seed, problem_id,
+("mc", prefix_hash, chunk))`` -- independent of the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from labelers.answers import AnswerJudge, answers_equal, extract_final_answer
+from labelers.identity import derive_seed, prefix_hash
+from labelers.policy.base import GenerationRequest, Policy
+from labelers.policy.prompts import assistant_prefix, solution_messages
+from labelers.search.ledger import Ledger
+
+
+@dataclass(frozen=True)
+class MCEstimate:
+    """c correct rollouts out of ``total`` from one prefix."""
+
+    correct: int
+    total: int
+    early_stopped: bool = False
+    exact: bool = False  # the prefix already ends in a final answer: value known without rollouts
+
+    @property
+    def value(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+    @property
+    def hard_label(self) -> bool:
+        return self.correct > 0
+
+    @property
+    def rollouts(self) -> int:
+        """Rollouts actually sampled (0 for an exact value)."""
+        return 0 if self.exact else self.total
+
+
+@dataclass(frozen=True)
+class PrefixJob:
+    """One prefix to estimate. ``key`` routes the estimate back to the caller."""
+
+    key: str
+    problem_id: str
+    question: str
+    gold_answer: str
+    steps: tuple[str, ...]
+
+
+@dataclass
+class MCSettings:
+    """What the estimator needs from the build config."""
+
+    build_seed: int
+    rollouts: int = 8
+    early_stop: int = 4
+    max_tokens: int = 512
+    temperature: float = 0.8
+    top_p: float = 0.95
+    answer_timeout_s: float = 5.0
+
+
+@dataclass
+class OutcomeJudge:
+    """Decides whether a text reaches the gold answer; caches answer comparisons."""
+
+    answer_judge: AnswerJudge | None = None
+    timeout_s: float = 5.0
+    _cache: dict[tuple[str, str], bool] = field(default_factory=dict)
+
+    def final_answer(self, text: str) -> str | None:
+        """The final answer ``text`` states (boxed, ####, "the answer is"), no last-number guess."""
+        return extract_final_answer(text, allow_fallback=False)
+
+    def equal(self, predicted: str, gold: str) -> bool:
+        key = (predicted, gold)
+        if key not in self._cache:
+            self._cache[key] = answers_equal(predicted, gold, self.timeout_s, judge=self.answer_judge)
+        return self._cache[key]
+
+    def reaches_gold(self, text: str, gold: str) -> bool:
+        answer = self.final_answer(text)
+        return answer is not None and self.equal(answer, gold)
+
+
+@dataclass
+class MCBatch:
+    """Estimates by job key; ``errors`` holds the keys whose requests failed, with the message."""
+
+    estimates: dict[str, MCEstimate] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def _request(job: PrefixJob, settings: MCSettings, n: int, chunk: int) -> GenerationRequest:
+    digest = prefix_hash(job.question, job.steps)
+    return GenerationRequest(
+        messages=solution_messages(job.question),
+        assistant_prefix=assistant_prefix(job.steps),
+        n=n,
+        max_tokens=settings.max_tokens,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        stop=(),
+        seed=derive_seed(settings.build_seed, job.problem_id, ("mc", digest, chunk)),
+        tag=f"{job.problem_id}/mc/{digest}/{chunk}",
+    )
+
+
+def estimate_prefixes(
+    jobs: Sequence[PrefixJob], policy: Policy, settings: MCSettings, ledger: Ledger, judge: OutcomeJudge
+) -> MCBatch:
+    """MC estimates of all ``jobs`` in at most two batched ``generate`` calls (see module doc)."""
+    batch = MCBatch()
+    sampled: list[PrefixJob] = []
+    for job in jobs:
+        if job.steps and judge.final_answer(job.steps[-1]) is not None:
+            correct = judge.reaches_gold(job.steps[-1], job.gold_answer)
+            batch.estimates[job.key] = MCEstimate(int(correct), 1, exact=True)
+        else:
+            sampled.append(job)
+    k, m = settings.rollouts, settings.early_stop
+    first = m if 0 < m < k else k
+    counts: dict[str, list[int]] = {}
+    results = ledger.generate(policy, [(job.problem_id, _request(job, settings, first, 1)) for job in sampled])
+    undecided: list[PrefixJob] = []
+    for job, result in zip(sampled, results):
+        if result.error is not None:
+            batch.errors[job.key] = result.error
+            continue
+        correct = sum(judge.reaches_gold(c.text, job.gold_answer) for c in result.completions)
+        total = len(result.completions)
+        counts[job.key] = [correct, total]
+        if first < k and correct in (0, total):
+            batch.estimates[job.key] = MCEstimate(correct, total, early_stopped=True)
+        elif first < k:
+            undecided.append(job)
+        else:
+            batch.estimates[job.key] = MCEstimate(correct, total)
+    results = ledger.generate(policy, [(job.problem_id, _request(job, settings, k - first, 2)) for job in undecided])
+    for job, result in zip(undecided, results):
+        if result.error is not None:
+            batch.errors[job.key] = result.error
+            continue
+        correct, total = counts[job.key]
+        correct += sum(judge.reaches_gold(c.text, job.gold_answer) for c in result.completions)
+        total += len(result.completions)
+        batch.estimates[job.key] = MCEstimate(correct, total)
+    return batch

@@ -1,0 +1,92 @@
+"""First-error binary search (OmegaPRM): exact index and the probe budget."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from labelers.search.first_error import FirstErrorSearch, ceil_log2, run_searches
+from labelers.search.montecarlo import MCBatch, MCEstimate, PrefixJob
+
+
+def _oracle(first_error: int):
+    """MC of prefix i: 3/8 before the first error, 0 from it on (monotone)."""
+    return lambda index: MCEstimate(0 if first_error >= 0 and index >= first_error else 3, 8)
+
+
+def _run(search: FirstErrorSearch, oracle) -> int:
+    while (probe := search.next_probe()) is not None:
+        search.record(probe, oracle(probe))
+    return len(search.probes)
+
+
+@pytest.mark.parametrize("num_steps", [1, 2, 3, 5, 8, 13, 16])
+def test_finds_first_error_with_known_wrong_answer(num_steps: int) -> None:
+    for error in range(num_steps):
+        search = FirstErrorSearch(num_steps, assume_last_wrong=True)
+        probes = _run(search, _oracle(error))
+        assert search.first_error == error
+        assert probes <= ceil_log2(num_steps)
+        assert probes <= math.ceil(math.log2(num_steps)) + 1
+
+
+@pytest.mark.parametrize("num_steps", [1, 2, 3, 6, 9, 16])
+def test_without_known_answer_finds_error_or_none(num_steps: int) -> None:
+    for error in [*range(num_steps), -1]:
+        search = FirstErrorSearch(num_steps, assume_last_wrong=False)
+        probes = _run(search, _oracle(error))
+        assert search.first_error == error
+        assert probes <= math.ceil(math.log2(num_steps)) + 1
+
+
+def test_step_signals_mark_inferred_steps() -> None:
+    search = FirstErrorSearch(8, assume_last_wrong=True)
+    _run(search, _oracle(5))
+    assert search.first_error == 5
+    signals = [search.step_signal(i) for i in range(8)]
+    assert [positive for _, positive, _ in signals] == [True] * 5 + [False] * 3
+    for index, (estimate, _, inferred) in enumerate(signals):
+        assert inferred == (index not in search.probes)
+        assert (estimate is None) == inferred
+    # probes 3 (positive), 5 (zero), 4 (positive): the classic path for n=8, error 5
+    assert sorted(search.probes) == [3, 4, 5]
+
+
+def test_lock_step_rounds_batch_all_searches() -> None:
+    errors = [0, 3, 6, 2]
+    searches = [FirstErrorSearch(7) for _ in errors]
+    batches: list[list[str]] = []
+
+    def job_for(search_index: int, step_index: int) -> PrefixJob:
+        return PrefixJob(f"{search_index}:{step_index}", f"p{search_index}", "q", "1", ("s",) * (step_index + 1))
+
+    def estimate(jobs: list[PrefixJob]) -> MCBatch:
+        batches.append([job.key for job in jobs])
+        batch = MCBatch()
+        for job in jobs:
+            search_index, step_index = map(int, job.key.split(":"))
+            batch.estimates[job.key] = _oracle(errors[search_index])(step_index)
+        return batch
+
+    rounds = run_searches(searches, job_for, estimate)
+    assert [s.first_error for s in searches] == errors
+    assert rounds == len(batches) == ceil_log2(7)
+    assert len(batches[0]) == len(errors)  # every search probes in the first round
+
+
+def test_failed_estimate_stops_that_search_only() -> None:
+    searches = [FirstErrorSearch(4), FirstErrorSearch(4)]
+
+    def estimate(jobs: list[PrefixJob]) -> MCBatch:
+        batch = MCBatch()
+        for job in jobs:
+            if job.key.startswith("0:"):
+                batch.errors[job.key] = "boom"
+            else:
+                batch.estimates[job.key] = MCEstimate(0, 4)
+        return batch
+
+    run_searches(searches, lambda s, i: PrefixJob(f"{s}:{i}", "p", "q", "1", ("x",) * (i + 1)), estimate)
+    assert searches[0].failed == "boom"
+    assert searches[1].first_error == 0

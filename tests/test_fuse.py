@@ -1,0 +1,129 @@
+"""Fusion truth table, consensus and rationale format."""
+
+from __future__ import annotations
+
+import pytest
+
+from labelers.config import FuseConfig
+from labelers.fuse import MCSignal, NO_MC, fuse_step, path_consensus, rows_to_keep
+from labelers.rationale import build_rationale, parse_verdict
+from labelers.verify.base import LeanCheck, LeanState, ToolCheck, ToolVerdict
+
+CORRECT = ToolCheck(ToolVerdict.CORRECT, "sympy", {"claims": [{"text": "3*4 = 12", "holds": True, "lhs_value": "12", "rhs_value": "12"}]})
+INCORRECT = ToolCheck(ToolVerdict.INCORRECT, "sympy", {"claims": [{"text": "3*4 = 13", "holds": False, "lhs_value": "12", "rhs_value": "13"}]})
+UNVERIFIABLE = ToolCheck(ToolVerdict.UNVERIFIABLE, "none", {"reason": "no checkable claim"})
+PROVED = LeanCheck(LeanState.PROVED, "theorem t : 3*4 = 12 := by sorry", "norm_num")
+DISPROVED = LeanCheck(LeanState.DISPROVED, "theorem t : 3*4 = 13 := by sorry", "norm_num")
+LEAN_OFF = LeanCheck(LeanState.DISABLED)
+MC_HIGH = MCSignal(6, 8)
+MC_LOW = MCSignal(1, 8)
+MC_ZERO = MCSignal(0, 8)
+INFERRED_POS = MCSignal(inferred_label=True)
+INFERRED_NEG = MCSignal(inferred_label=False)
+
+HYBRID = FuseConfig()
+
+
+@pytest.mark.parametrize(
+    ("tool", "lean", "mc", "path_correct", "expected"),
+    [
+        # branch 1: a disproved step is negative whatever MC says
+        (INCORRECT, LEAN_OFF, MC_HIGH, True, (-1.0, False, "verifier_disproved", False)),
+        (INCORRECT, LEAN_OFF, MC_ZERO, False, (-1.0, False, "verifier_disproved", True)),
+        (UNVERIFIABLE, DISPROVED, MC_HIGH, True, (-1.0, False, "verifier_disproved", False)),
+        (CORRECT, DISPROVED, MC_HIGH, True, (-1.0, False, "verifier_disproved", False)),  # tool vs Lean
+        # branch 2: verified with MC > 0 or no MC
+        (CORRECT, LEAN_OFF, MC_HIGH, True, (0.875, True, "verified", True)),
+        (CORRECT, LEAN_OFF, MC_LOW, False, (0.5625, True, "verified", True)),
+        (CORRECT, LEAN_OFF, NO_MC, False, (1.0, True, "verified", True)),
+        (UNVERIFIABLE, PROVED, INFERRED_POS, True, (1.0, True, "verified", True)),
+        # branch 3: verified but no rollout reaches the answer
+        (CORRECT, LEAN_OFF, MC_ZERO, False, (-0.5, False, "mc_over_verified", False)),
+        (CORRECT, LEAN_OFF, INFERRED_NEG, False, (-0.5, False, "mc_over_verified", False)),
+        # branch 4: unverifiable takes the MC label
+        (UNVERIFIABLE, LEAN_OFF, MC_HIGH, False, (0.75, True, "mc", True)),
+        (UNVERIFIABLE, LEAN_OFF, MC_ZERO, True, (-1.0, False, "mc", True)),
+        (None, None, INFERRED_POS, False, (0.5, True, "mc", True)),
+        (UNVERIFIABLE, LEAN_OFF, INFERRED_NEG, True, (-0.5, False, "mc", True)),
+        # branch 5: nothing at all
+        (UNVERIFIABLE, LEAN_OFF, NO_MC, True, (0.0, True, "path_outcome", True)),
+        (None, None, NO_MC, False, (0.0, False, "path_outcome", True)),
+    ],
+)
+def test_hybrid_truth_table(tool, lean, mc, path_correct, expected) -> None:
+    fused = fuse_step(tool, lean, mc, HYBRID, path_correct)
+    assert (fused.reward, fused.label, fused.source, fused.signals_agree) == pytest.approx(expected)
+    assert -1.0 <= fused.reward <= 1.0
+    assert (fused.reward > 0) == fused.label or fused.reward == 0.0
+
+
+def test_mc_threshold_applies_to_unverifiable_only() -> None:
+    config = FuseConfig(mc_threshold=0.25)
+    assert fuse_step(UNVERIFIABLE, LEAN_OFF, MC_LOW, config).label is False  # 0.125 <= 0.25
+    assert fuse_step(CORRECT, LEAN_OFF, MC_LOW, config).label is True  # verified: MC > 0 suffices
+
+
+@pytest.mark.parametrize(
+    ("rule", "tool", "lean", "mc", "expected"),
+    [
+        ("mc", INCORRECT, LEAN_OFF, MC_HIGH, (0.75, True, "mc")),
+        ("mc", CORRECT, LEAN_OFF, MC_ZERO, (-1.0, False, "mc")),
+        ("mc", CORRECT, LEAN_OFF, NO_MC, (0.0, True, "path_outcome")),
+        ("tool", INCORRECT, LEAN_OFF, MC_HIGH, (-1.0, False, "tool_incorrect")),
+        ("tool", CORRECT, LEAN_OFF, MC_ZERO, (1.0, True, "tool_correct")),
+        ("tool", UNVERIFIABLE, LEAN_OFF, MC_ZERO, (0.0, True, "tool_unverifiable")),
+        ("tool", None, None, MC_ZERO, (0.0, True, "tool_unverifiable")),
+        ("lean", INCORRECT, DISPROVED, MC_HIGH, (-1.0, False, "lean_disproved")),
+        ("lean", INCORRECT, PROVED, MC_HIGH, (1.0, True, "lean_proved")),
+        ("lean", CORRECT, LeanCheck(LeanState.FORMALIZATION_FAILED), MC_ZERO, (0.0, True, "lean_no_verdict")),
+    ],
+)
+def test_single_signal_rules(rule, tool, lean, mc, expected) -> None:
+    fused = fuse_step(tool, lean, mc, FuseConfig(rule=rule), True)
+    assert (fused.reward, fused.label, fused.source) == pytest.approx(expected)
+
+
+def test_path_consensus_defined_for_correct_and_wrong_paths() -> None:
+    config = FuseConfig()
+    # wrong path: MC and tool both put the first error at step 2
+    agree = path_consensus([MC_HIGH, MC_LOW, MC_ZERO, INFERRED_NEG], [CORRECT, UNVERIFIABLE, INCORRECT, CORRECT], [None] * 4, config)
+    assert agree == (True, 2, 2)
+    # tool flags step 1, MC step 2
+    assert path_consensus([MC_HIGH, MC_LOW, MC_ZERO], [CORRECT, INCORRECT, CORRECT], [None] * 3, config) == (False, 2, 1)
+    # all-correct path: both -1
+    assert path_consensus([INFERRED_POS, MC_HIGH], [CORRECT, UNVERIFIABLE], [None, None], config) == (True, -1, -1)
+    # MC never estimated counts as no MC error
+    assert path_consensus([NO_MC, NO_MC], [CORRECT, INCORRECT], [None, None], config) == (False, -1, 1)
+
+
+def test_rows_to_keep_after_first_error() -> None:
+    labels = [True, True, False, True, False]
+    assert rows_to_keep(labels, "truncate") == (3, 2)
+    assert rows_to_keep(labels, "negative") == (5, 2)
+    assert rows_to_keep([True, True], "truncate") == (2, -1)
+
+
+@pytest.mark.parametrize("tool", [CORRECT, INCORRECT, UNVERIFIABLE, None])
+@pytest.mark.parametrize("mc", [MC_HIGH, MC_ZERO, INFERRED_POS, NO_MC])
+def test_rationale_ends_in_parseable_verdict(tool, mc) -> None:
+    fused = fuse_step(tool, LEAN_OFF, mc, HYBRID, True)
+    text = build_rationale(tool, LEAN_OFF, mc, fused)
+    assert parse_verdict(text) is fused.label
+    assert text.splitlines()[-1] in ("Verdict: \\boxed{+}", "Verdict: \\boxed{-}")
+    assert f"rule: {fused.source}" in text
+
+
+def test_rationale_states_its_grounds() -> None:
+    fused = fuse_step(INCORRECT, DISPROVED, MC_ZERO, HYBRID, False)
+    text = build_rationale(INCORRECT, DISPROVED, MC_ZERO, fused)
+    assert "3*4 = 13 fails (12 vs 13)" in text
+    assert "negation was proved by norm_num" in text
+    assert "0 of 8 rollouts" in text
+    assert parse_verdict(text) is False
+
+
+def test_parse_verdict_rejects_other_text() -> None:
+    assert parse_verdict("") is None
+    assert parse_verdict("Verdict: \\boxed{+}\nmore text") is None
+    assert parse_verdict("Verdict: +") is None
+    assert parse_verdict("blah\nVerdict: \\boxed{-}  ") is False

@@ -1,0 +1,73 @@
+"""Monte Carlo estimates (Math-Shepherd) with the scripted policy: values, early stop, batching."""
+
+from __future__ import annotations
+
+from labelers.search.ledger import Ledger
+from labelers.search.montecarlo import MCSettings, OutcomeJudge, PrefixJob, estimate_prefixes
+from tests.support.scripted_policy import ScriptedPolicy, ScriptedProblem
+
+CORRECT = ("We have 3 * 4 = 12 apples.", "Adding 5 gives 12 + 5 = 17. The final answer is \\boxed{17}.")
+WRONG = ("We have 3 * 4 = 13 apples.", "Adding 5 gives 13 + 5 = 18. The final answer is \\boxed{18}.")
+QUESTION = "Tom has 3 bags of 4 apples and finds 5 more. How many apples?"
+
+
+def _policy(p_correct: float = 1.0, recovery_rate: float = 0.0) -> ScriptedPolicy:
+    problem = ScriptedProblem(QUESTION, "17", CORRECT, (WRONG,), p_correct=p_correct, recovery_rate=recovery_rate)
+    return ScriptedPolicy([problem])
+
+
+def _job(key: str, steps: tuple[str, ...]) -> PrefixJob:
+    return PrefixJob(key, "p1", QUESTION, "17", steps)
+
+
+def test_clean_and_corrupted_prefixes_and_exact_final() -> None:
+    policy = _policy()
+    settings = MCSettings(build_seed=7, rollouts=8, early_stop=4)
+    ledger = Ledger()
+    batch = estimate_prefixes(
+        [_job("clean", CORRECT[:1]), _job("wrong", WRONG[:1]), _job("final", CORRECT), _job("final-wrong", WRONG)],
+        policy, settings, ledger, OutcomeJudge(),
+    )
+    clean, wrong = batch.estimates["clean"], batch.estimates["wrong"]
+    assert (clean.correct, clean.total, clean.early_stopped) == (4, 4, True)
+    assert (wrong.correct, wrong.total, wrong.early_stopped) == (0, 4, True)
+    assert batch.estimates["final"].exact and batch.estimates["final"].value == 1.0
+    assert batch.estimates["final-wrong"].exact and batch.estimates["final-wrong"].value == 0.0
+    # both sampled prefixes decided in chunk 1: one generate call
+    assert len(policy.calls) == 1 and [r.n for r in policy.calls[0]] == [4, 4]
+    assert ledger.per_problem["p1"].rollouts == 8
+
+
+def test_undecided_prefix_samples_all_k_in_two_calls() -> None:
+    policy = _policy(p_correct=0.5)
+    settings = MCSettings(build_seed=3, rollouts=8, early_stop=2)
+    keys = [f"k{i}" for i in range(6)]
+    jobs = [PrefixJob(key, f"p{i}", QUESTION, "17", CORRECT[:1]) for i, key in enumerate(keys)]
+    batch = estimate_prefixes(jobs, policy, settings, Ledger(), OutcomeJudge())
+    totals = {batch.estimates[k].total for k in keys}
+    assert totals <= {2, 8}
+    # seeds depend on (problem, prefix), not on the key: the six differ by problem id
+    assert len({r.seed for r in policy.calls[0]}) == 6
+    undecided = [k for k in keys if batch.estimates[k].total == 8]
+    assert len(policy.calls) == (2 if undecided else 1)
+    for key in undecided:
+        assert 0 < batch.estimates[key].correct < 8 or not batch.estimates[key].early_stopped
+
+
+def test_no_early_stop_samples_k_in_one_request() -> None:
+    policy = _policy(p_correct=0.5)
+    batch = estimate_prefixes([_job("a", CORRECT[:1])], policy, MCSettings(build_seed=1, rollouts=8, early_stop=0), Ledger(), OutcomeJudge())
+    estimate = batch.estimates["a"]
+    assert estimate.total == 8 and not estimate.early_stopped
+    assert [r.n for r in policy.calls[0]] == [8]
+    # deterministic: the same request gives the same value
+    again = estimate_prefixes([_job("a", CORRECT[:1])], _policy(p_correct=0.5), MCSettings(build_seed=1, rollouts=8, early_stop=0), Ledger(), OutcomeJudge())
+    assert again.estimates["a"] == estimate
+
+
+def test_failed_request_reported_per_key() -> None:
+    problem = ScriptedProblem(QUESTION, "17", CORRECT, (WRONG,))
+    policy = ScriptedPolicy([problem], fail_when=lambda request: "13" in request.assistant_prefix)
+    batch = estimate_prefixes([_job("ok", CORRECT[:1]), _job("bad", WRONG[:1])], policy, MCSettings(build_seed=1), Ledger(), OutcomeJudge())
+    assert "ok" in batch.estimates and "bad" in batch.errors
+    assert "scripted failure" in batch.errors["bad"]
