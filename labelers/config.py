@@ -95,6 +95,14 @@ class LeanConfig(_Section):
     memory_mb: int = Field(default=8192, ge=256)
     llm_formalize: bool = False  # ask the policy when no template fits
     cache_dir: str | None = None  # default: <output root>/.cache/lean
+    statement_timeout_s: float = Field(default=60.0, gt=0)  # one statement re-run alone (Safe: 60 s)
+    formalize_max_tokens: int = Field(default=512, ge=16)  # LLM formalization reply length
+    # backend "leandojo": a traced repo (URL or local path + commit) and a file in it that
+    # imports Mathlib; commands run in the environment at line leandojo_line of that file.
+    leandojo_repo: str | None = None
+    leandojo_commit: str | None = None
+    leandojo_file: str | None = None
+    leandojo_line: int = Field(default=0, ge=0)
 
 
 class FuseConfig(_Section):
