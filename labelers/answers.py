@@ -135,10 +135,12 @@ def extract_final_answer(text: str, allow_fallback: bool = True) -> str | None:
 _TEXT_COMMAND = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 _SPACING = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°")
-_THOUSANDS = re.compile(r"(?<![\d.,])(\d{1,3})((?:,\d{3})+)(?![\d,])")
+# A whole answer that is one number with thousands separators (optionally a % or unit words);
+# inside tuples and lists a comma separates entries and is kept.
+_GROUPED_NUMBER = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?:\s*(?:\\%|%|[A-Za-z][A-Za-z .]*))?")
 _THOUSANDS_BRACED = re.compile(r"(\d)\{,\}(\d{3})")
 _ASSIGNMENT = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*=\s*(?P<rhs>[^=<>]+)$")
-_CHOICE = re.compile(r"^\(?([A-Ea-e])\)?$")
+_CHOICE = re.compile(r"^\(([A-Ea-e])\)$")  # "(b)" -> "B"; a bare "e" stays a symbol
 _TRAILING_UNITS = re.compile(r"^(?P<number>[-+]?[\d.,/]+(?:\\%|%)?)\s*(?:[A-Za-z][A-Za-z .]*)$")
 _NUMBER = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?$")
 _SLASH_FRACTION = re.compile(r"^([-+]?\d+)\s*/\s*([-+]?\d+)$")
@@ -154,19 +156,20 @@ def normalize_answer(answer: str) -> str:
     text = text.replace("\\$", "").replace("$", "")
     if text.startswith("\\(") and text.endswith("\\)"):
         text = text[2:-2]
-    text = text.replace("\\left", "").replace("\\right", "")
+    text = re.sub(r"\\(?:left|right)(?![A-Za-z])", "", text)  # not \\leftarrow
     text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     text = _SPACING.sub(" ", text)
     text = _DEGREES.sub("", text)
     for _ in range(3):  # nested \text{\textbf{..}}
         text = _TEXT_COMMAND.sub(r"\1", text)
     text = _THOUSANDS_BRACED.sub(r"\1\2", text)
-    text = _THOUSANDS.sub(lambda m: m.group(1) + m.group(2).replace(",", ""), text)
     text = re.sub(r"\s+", " ", text).strip()
     text = re.sub(r"[.\s]+$", "", text) if not re.search(r"\d\.$", text) else text[:-1]
     assignment = _ASSIGNMENT.match(text)
     if assignment:
         text = assignment.group("rhs").strip()
+    if _GROUPED_NUMBER.fullmatch(text):
+        text = text.replace(",", "")
     units = _TRAILING_UNITS.match(text)
     if units:
         text = units.group("number")

@@ -64,6 +64,9 @@ def test_boxed_wins_over_later_phrase_and_numbers():
         ("\\tfrac12", "1/2"),
         ("1,000", "1000"),
         ("1{,}000", "1000"),
+        ("\\$1,234.50", "1234.5"),
+        ("(1,234)", "(1, 234)"),  # a comma inside a tuple separates entries
+        ("(b)", "B"),
         ("\\$18", "18"),
         ("18 dollars", "18"),
         ("18.00", "18"),
@@ -96,6 +99,7 @@ def test_equal_traps(predicted, gold, judge):
     [
         ("\\frac{1}{3}", "0.5"),
         ("1000", "100"),
+        ("(1,234)", "1234"),
         ("51\\%", "0.5"),
         ("\\text{(B)}", "C"),
         ("x=4", "3"),
