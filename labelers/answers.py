@@ -156,7 +156,7 @@ def normalize_answer(answer: str) -> str:
     text = text.replace("\\$", "").replace("$", "")
     if text.startswith("\\(") and text.endswith("\\)"):
         text = text[2:-2]
-    text = re.sub(r"\\(?:left|right)(?![A-Za-z])", "", text)  # not \\leftarrow
+    text = re.sub(r"\\(?:left|right)(?![A-Za-z])", "", text)  # keeps \leftarrow
     text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     text = _SPACING.sub(" ", text)
     text = _DEGREES.sub("", text)
