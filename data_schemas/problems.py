@@ -139,9 +139,9 @@ def _json_lines(path: Path, name: str) -> Iterator[tuple[int, dict[str, Any] | _
                 if not text.strip():
                     continue
                 try:
-                    record = json.loads(text)
+                    record = json.loads(text.rstrip("\r\n"))
                 except json.JSONDecodeError as error:
-                    raise _RowError(None, f"invalid JSON ({error.msg} at column {error.colno})") from None
+                    raise _RowError(None, f"invalid JSON ({error.msg} at column {error.pos + 1})") from None
                 if not isinstance(record, dict):
                     raise _RowError(None, f"expected a JSON object, got {type(record).__name__}")
                 yield line_number, record
