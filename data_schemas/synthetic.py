@@ -107,7 +107,7 @@ def synthetic_batch(
                     mc_correct=mc_correct, mc_total=mc_total, mc_value=mc_correct / mc_total, mc_inferred=inferred,
                     hard_label=mc_correct > 0, fused_reward=round(mc_correct / mc_total if good else -1.0 + 0.1 * index, 6),
                     fused_label=good, label_source="mc" if verdict == "unverifiable" else "tool+mc", signals_agree=agree,
-                    rationale=f"The product {a} * {b} is {'right' if good else 'wrong'} here. {token}",
+                    rationale=f"Check: {a} * {b} + {index} = {a * b + index}; the step is {'right' if good else 'wrong'}.\nVerdict: {token}",
                     is_first_error=index == first_error,
                 ))
                 nodes.append(NodeRow(build_id, problem_id, source, node_id, parent, index + 1, text, _hash(prefix),
