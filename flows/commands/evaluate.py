@@ -1,9 +1,279 @@
-"""prmforge CLI: evaluate commands."""
+"""prmforge CLI: label-quality evaluation and build reports.
+
+``eval make-set``  error-injection set (GSM8K reference solutions with a known earliest error)
+``eval run``       label a ProcessBench-format set with one signal, print the ProcessBench score
+``eval compare``   several signals on the same set, side by side
+``report``         a self-contained HTML report of a build, from its shards
+
+The work is done in labelers/evaluation and data_schemas/report; this module only parses flags,
+builds the policy/verifiers a signal needs, prints and writes results.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from data_schemas.errors import InputError, PrmforgeError
+
+eval_app = typer.Typer(help="Measure label quality: error-injection sets, ProcessBench scores.", no_args_is_help=True)
+
+SET_FILE_OPTION = typer.Option(..., "--set", help="ProcessBench-format file (JSON list or JSONL).", dir_okay=False)
+CONFIG_OPTION = typer.Option(None, "--config", "-c", help="TOML build config (policy, search, tool, fuse sections).", dir_okay=False)
+PRESET_OPTION = typer.Option(None, "--preset", "-p", help="Start from a shipped preset: demo, small, gsm8k, math500.")
+OVERRIDE_OPTION = typer.Option(None, "--override", help="Override one config key: --override policy.temperature=0.7 (repeatable).")
+MODEL_OPTION = typer.Option(None, "--model", help="Policy model for MC rollouts (embedded preset name or GGUF path, vLLM model, served name).")
+BACKEND_OPTION = typer.Option(None, "--backend", help="Policy backend: embedded, vllm or openai.")
+MC_MODE_OPTION = typer.Option("per-step", "--mc-mode", help="MC rollouts from every prefix (per-step) or binary first-error search (binary).")
+K_OPTION = typer.Option(None, "--k", help="Rollouts per estimated prefix (default: search.mc_rollouts of the config).", min=1)
+LIMIT_OPTION = typer.Option(None, "--limit", help="Evaluate only the first N records of the set.", min=1)
+SEED_OPTION = typer.Option(None, "--seed", help="Seed of the rollouts (default: the config's).")
+
+
+def _load_config(config_file: Path | None, preset: str | None, overrides: list[str] | None, model: str | None,
+                 backend: str | None, seed: int | None) -> Any:
+    from flows.config_load import load_build_config
+
+    return load_build_config(
+        config_file, preset, overrides or [],
+        {"policy.model": model, "policy.backend": backend, "seed": seed},
+    )
+
+
+def _read_records(set_file: Path, limit: int | None) -> list[Any]:
+    from labelers.evaluation.processbench import read_set
+
+    records = read_set(set_file)
+    return records[:limit] if limit is not None else records
+
+
+def parse_signals(text: str) -> list[tuple[str, str | None]]:
+    """``"tool,mc:binary,hybrid"`` -> [("tool", None), ("mc", "binary"), ("hybrid", None)]."""
+    from labelers.evaluation.runner import MC_MODES, SIGNALS
+
+    parsed: list[tuple[str, str | None]] = []
+    for item in text.split(","):
+        name, _, mode = item.strip().partition(":")
+        if name not in SIGNALS:
+            raise InputError(f"--labels: unknown signal {name!r}; choose from {', '.join(SIGNALS)}")
+        if mode and (name not in ("mc", "hybrid") or mode not in MC_MODES):
+            raise InputError(f"--labels: {item.strip()!r}: a mode ({', '.join(MC_MODES)}) goes only with mc or hybrid")
+        parsed.append((name, mode or None))
+    if not parsed:
+        raise InputError("--labels: name at least one signal")
+    return parsed
+
+
+class _Resources:
+    """Policy and verifiers, made on first use and closed once."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self._policy = None
+        self._tool = None
+        self._lean = None
+
+    def policy(self) -> Any:
+        if self._policy is None:
+            from labelers.policy.factory import make_policy
+
+            self._policy = make_policy(self.config.policy)
+        return self._policy
+
+    def tool(self) -> Any:
+        if self._tool is None:
+            from labelers.verify.tool import ToolStepVerifier
+
+            self._tool = ToolStepVerifier(self.config.tool)
+        return self._tool
+
+    def lean(self) -> Any:
+        if self._lean is None:
+            from labelers.verify.lean import make_lean_verifier
+
+            self._lean = make_lean_verifier(self.config.lean.model_copy(update={"enabled": True}), None)
+        return self._lean
+
+    def close(self) -> None:
+        for resource in (self._tool, self._lean, self._policy):
+            if resource is not None:
+                resource.close()
+
+
+def run_signals(records: Sequence[Any], signals: Sequence[tuple[str, str | None]], config: Any,
+                default_mode: str, k: int | None, resources: _Resources) -> list[Any]:
+    from labelers.evaluation import runner
+
+    results = []
+    for signal, mode in signals:
+        if signal == "tool":
+            run = runner.run_tool(records, resources.tool())
+        elif signal == "lean":
+            run = runner.run_lean(records, resources.lean())
+        else:
+            runner.require_gold(records, signal)
+            run = runner.run_mc(
+                records, signal, config, resources.policy(), resources.tool() if signal == "hybrid" else None,
+                None, mc_mode=mode or default_mode, k=k,
+            )
+        results.append(runner.evaluate(records, run))
+    return results
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def results_table(results: Sequence[Any], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("signal", "mode", "k", "model", "err/cor", "acc_err", "acc_cor", "F1", "step P(neg)", "step R(neg)",
+                   "rollouts", "rollouts/step", "tokens", "failed", "seconds"):
+        table.add_column(column, justify="left" if column in ("signal", "mode", "model") else "right")
+    for result in results:
+        run, score = result.run, result.score
+        table.add_row(
+            run.signal, run.mc_mode or "-", _fmt(run.k), run.model_id or "-", f"{score.n_error}/{score.n_correct}",
+            _fmt(score.acc_err), _fmt(score.acc_cor), _fmt(score.f1), _fmt(score.step_precision),
+            _fmt(score.step_recall), str(run.rollouts), _fmt(run.rollouts_per_step, 2),
+            str(run.prompt_tokens + run.completion_tokens), str(len(run.failures)), _fmt(run.wall_seconds, 1),
+        )
+    return table
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    except OSError as error:
+        raise PrmforgeError(f"cannot write {path}: {error.strerror}") from None
+
+
+def _payload(set_file: Path, records: Sequence[Any], results: Sequence[Any]) -> dict[str, Any]:
+    return {"set": str(set_file), "records": len(records), "results": [r.to_json() for r in results]}
+
+
+@eval_app.command("make-set")
+def make_set(
+    out: Path = typer.Option(..., "--out", help="Output file: .json = JSON list (as ProcessBench ships), else JSONL.", dir_okay=False),
+    n_error: int = typer.Option(300, "--n-error", help="Solutions with one injected error.", min=0),
+    n_correct: int = typer.Option(300, "--n-correct", help="Untouched correct solutions.", min=0),
+    seed: int = typer.Option(0, "--seed", help="Same seed + input = same file."),
+    source: str = typer.Option("gsm8k", "--source", help="Reference solutions: gsm8k (calculator-annotated solutions)."),
+    input_file: Path | None = typer.Option(None, "--input", help="GSM8K-format JSONL (question, answer); default: the bundled problems (40 GSM8K).", dir_okay=False),
+) -> None:
+    """Build an error-injection set: solutions with a known earliest wrong step plus correct ones."""
+    from labelers.evaluation.inject import build_injection_set, read_gsm8k
+    from labelers.evaluation.processbench import write_set
+
+    if source != "gsm8k":
+        raise InputError(f"--source {source!r}: only gsm8k reference solutions can be corrupted consistently (see docs/evaluation.md)")
+    if input_file is None:
+        from data_schemas.problems import bundled_problems_path
+
+        input_file = bundled_problems_path()
+    records, summary = build_injection_set(read_gsm8k(input_file), n_error, n_correct, seed, source)
+    write_set(out, records)
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(summary.kinds.items())) or "none"
+    typer.echo(
+        f"wrote {len(records)} solutions to {out} ({n_error} with an injected error: {kinds}; {n_correct} correct); "
+        f"{summary.eligible} of {summary.source_rows} reference solutions could take a consistent corruption"
+    )
+
+
+@eval_app.command("run")
+def run(
+    set_file: Path = SET_FILE_OPTION,
+    labels: str = typer.Option(..., "--labels", help="Signal: tool, lean, mc or hybrid."),
+    config_file: Path | None = CONFIG_OPTION,
+    preset: str | None = PRESET_OPTION,
+    overrides: list[str] | None = OVERRIDE_OPTION,
+    model: str | None = MODEL_OPTION,
+    backend: str | None = BACKEND_OPTION,
+    mc_mode: str = MC_MODE_OPTION,
+    k: int | None = K_OPTION,
+    limit: int | None = LIMIT_OPTION,
+    seed: int | None = SEED_OPTION,
+    out: Path | None = typer.Option(None, "--out", help="Write the scores, costs and per-record failures as JSON.", dir_okay=False),
+) -> None:
+    """Label a set's steps with one signal and score earliest-error identification (ProcessBench)."""
+    signals = parse_signals(labels)
+    if len(signals) != 1:
+        raise InputError("eval run takes one signal; use eval compare for several")
+    _evaluate(set_file, signals, config_file, preset, overrides, model, backend, mc_mode, k, limit, seed, out,
+              f"ProcessBench score on {set_file.name}")
+
+
+@eval_app.command("compare")
+def compare(
+    set_file: Path = SET_FILE_OPTION,
+    labels: str = typer.Option("tool,mc,hybrid", "--labels", help="Comma list of signals; mc and hybrid take a mode: mc:per-step,mc:binary,hybrid:binary."),
+    config_file: Path | None = CONFIG_OPTION,
+    preset: str | None = PRESET_OPTION,
+    overrides: list[str] | None = OVERRIDE_OPTION,
+    model: str | None = MODEL_OPTION,
+    backend: str | None = BACKEND_OPTION,
+    mc_mode: str = MC_MODE_OPTION,
+    k: int | None = K_OPTION,
+    limit: int | None = LIMIT_OPTION,
+    seed: int | None = SEED_OPTION,
+    out: Path | None = typer.Option(None, "--out", help="Write all results as JSON.", dir_okay=False),
+) -> None:
+    """Several signals on the same set, one table side by side."""
+    _evaluate(set_file, parse_signals(labels), config_file, preset, overrides, model, backend, mc_mode, k, limit,
+              seed, out, f"Signals compared on {set_file.name}")
+
+
+def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file: Path | None, preset: str | None,
+              overrides: list[str] | None, model: str | None, backend: str | None, mc_mode: str, k: int | None,
+              limit: int | None, seed: int | None, out: Path | None, title: str) -> None:
+    from labelers.evaluation.runner import MC_MODES
+
+    if mc_mode not in MC_MODES:
+        raise InputError(f"--mc-mode must be one of {', '.join(MC_MODES)}, got {mc_mode!r}")
+    records = _read_records(set_file, limit)
+    config = _load_config(config_file, preset, overrides, model, backend, seed)
+    resources = _Resources(config)
+    try:
+        results = run_signals(records, signals, config, mc_mode, k, resources)
+    finally:
+        resources.close()
+    console = Console(soft_wrap=True)
+    console.print(results_table(results, title))
+    for result in results:
+        for note in result.run.notes:
+            console.print(f"{result.run.signal}: {note}")
+        if result.run.failures:
+            first_id, first_error = sorted(result.run.failures.items())[0]
+            console.print(f"{result.run.signal}: {len(result.run.failures)} record(s) failed to label "
+                          f"(scored as misses); first: {first_id}: {first_error}")
+    if out is not None:
+        _write_json(out, _payload(set_file, records, results))
+        console.print(f"wrote {out}")
+
+
+def report(
+    build_id: str = typer.Argument(..., help="Build id (see prmforge builds)."),
+    root: str = typer.Option("prmforge-data", "--root", help="Data root: a directory or a filesystem URI."),
+    out: Path = typer.Option(Path("report.html"), "--out", help="HTML file to write.", dir_okay=False),
+) -> None:
+    """A self-contained HTML report of a build (figures embedded as PNG)."""
+    from data_schemas.report import write_report
+
+    result = write_report(root, build_id, str(out))
+    typer.echo(f"wrote {out}: {len(result.figures)} figures ({', '.join(result.figures)})")
 
 
 def register(app: typer.Typer) -> None:
     """Add this group's commands to the app."""
+    app.add_typer(eval_app, name="eval")
+    app.command("report")(report)

@@ -550,7 +550,8 @@ class SourceSolution:
 
 def read_gsm8k(path: Path) -> list[SourceSolution]:
     """GSM8K JSONL rows (``question``, ``answer``); also accepts prmforge problem rows with
-    ``reference_solution`` holding the GSM8K answer text."""
+    ``reference_solution`` holding the GSM8K answer text. Rows with a ``source`` other than
+    gsm8k (the bundled file mixes in MATH-500) are passed over."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
     rows: list[SourceSolution] = []
@@ -564,6 +565,8 @@ def read_gsm8k(path: Path) -> list[SourceSolution]:
                 raise InputError(f"{path}:{line_number}: not JSON ({error.msg})") from None
             if not isinstance(row, dict):
                 raise InputError(f"{path}:{line_number}: expected a JSON object")
+            if row.get("source") not in (None, "gsm8k"):
+                continue
             question = row.get("question")
             answer = row.get("answer")
             if not isinstance(answer, str) or "####" not in answer:

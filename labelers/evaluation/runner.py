@@ -1,0 +1,237 @@
+"""Label a ProcessBench-format set with one signal and score it.
+
+Signals:
+
+- ``tool``: the tool verifier (sympy / sandboxed Python) on every step; a step is called bad
+  when its verdict is ``incorrect``; ``unverifiable`` gives no verdict (not an error).
+- ``lean``: the Lean verifier; ``disproved`` = bad, ``proved`` = good, anything else no verdict.
+  Without a Lean toolchain every step is ``lean_unavailable`` and the run says so.
+- ``mc``: Monte Carlo labels (Math-Shepherd): the configured policy samples ``k`` rollouts
+  from each step prefix (``per-step``) or only from the prefixes an OmegaPRM binary search
+  probes (``binary``); fused with rule ``mc``.
+- ``hybrid``: tool verdicts and MC fused with rule ``hybrid`` (labelers/fuse.py).
+
+``mc`` and ``hybrid`` go through the labeling core's given-solutions function
+(:func:`labelers.pipeline.label_given_solutions`), so the evaluation measures exactly the code
+that builds data sets. They need each record's ``gold_answer`` (rollouts are judged against
+it); ProcessBench files have none, so there only ``tool`` and ``lean`` run.
+
+The predicted earliest error of a solution is its first step labeled bad (-1 when none).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from data_schemas.errors import InputError, PrmforgeError
+from labelers.config import BuildConfig
+from labelers.evaluation.processbench import BenchRecord, Prediction, Score, score
+from labelers.policy.base import Policy
+from labelers.verify.base import LeanState, StepContext, StepVerifier, LeanVerifier, ToolVerdict
+
+SIGNALS: tuple[str, ...] = ("tool", "lean", "mc", "hybrid")
+MC_MODES: tuple[str, ...] = ("per-step", "binary")
+
+
+@dataclass
+class SignalRun:
+    """What one signal said about a set, and what it cost."""
+
+    signal: str
+    predictions: dict[str, Prediction]
+    failures: dict[str, str] = field(default_factory=dict)  # record id -> error (no prediction)
+    rollouts: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    labeled_steps: int = 0  # steps of the solutions that got a prediction
+    estimated_steps: int = 0  # steps whose prefix got sampled rollouts (MC)
+    wall_seconds: float = 0.0
+    model_id: str | None = None
+    mc_mode: str | None = None
+    k: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rollouts_per_step(self) -> float | None:
+        return self.rollouts / self.labeled_steps if self.labeled_steps else None
+
+
+@dataclass
+class SignalResult:
+    run: SignalRun
+    score: Score
+
+    def to_json(self) -> dict[str, Any]:
+        run = self.run
+        return {
+            "signal": run.signal,
+            "model_id": run.model_id,
+            "mc_mode": run.mc_mode,
+            "k": run.k,
+            "score": self.score.to_json(),
+            "cost": {
+                "rollouts": run.rollouts,
+                "prompt_tokens": run.prompt_tokens,
+                "completion_tokens": run.completion_tokens,
+                "labeled_steps": run.labeled_steps,
+                "estimated_steps": run.estimated_steps,
+                "rollouts_per_labeled_step": run.rollouts_per_step,
+                "wall_seconds": run.wall_seconds,
+            },
+            "failures": dict(sorted(run.failures.items())),
+            "notes": run.notes,
+        }
+
+
+def contexts(record: BenchRecord) -> list[StepContext]:
+    return [StepContext(record.problem, tuple(record.steps[:i]), step) for i, step in enumerate(record.steps)]
+
+
+def run_tool(records: Sequence[BenchRecord], tool: StepVerifier) -> SignalRun:
+    """Tool verdicts of every step of every record, in one ``check_steps`` batch."""
+    started = time.perf_counter()
+    flat: list[StepContext] = []
+    for record in records:
+        flat += contexts(record)
+    checks = tool.check_steps(flat)
+    if len(checks) != len(flat):
+        raise PrmforgeError(f"tool verifier returned {len(checks)} checks for {len(flat)} steps")
+    run = SignalRun("tool", {})
+    position = 0
+    unverifiable = 0
+    for record in records:
+        verdicts = checks[position : position + len(record.steps)]
+        position += len(record.steps)
+        negative: list[bool | None] = []
+        for check in verdicts:
+            if check.verdict == ToolVerdict.INCORRECT:
+                negative.append(True)
+            elif check.verdict == ToolVerdict.CORRECT:
+                negative.append(False)
+            else:
+                negative.append(None)
+                unverifiable += 1
+        run.predictions[record.id] = Prediction(record.id, tuple(negative))
+        run.labeled_steps += len(record.steps)
+    run.notes.append(f"{unverifiable} of {len(flat)} steps unverifiable by the tool")
+    run.wall_seconds = time.perf_counter() - started
+    return run
+
+
+def run_lean(records: Sequence[BenchRecord], lean: LeanVerifier) -> SignalRun:
+    """Lean states of every step; refuses when Lean could check none of them."""
+    started = time.perf_counter()
+    flat: list[StepContext] = []
+    for record in records:
+        flat += contexts(record)
+    checks = lean.check_steps(flat)
+    if flat and all(c.state in (LeanState.LEAN_UNAVAILABLE, LeanState.DISABLED) for c in checks):
+        message = next((c.message for c in checks if c.message), "no Lean toolchain")
+        raise PrmforgeError(f"--labels lean: Lean is not available here ({message}); see docs/lean.md")
+    run = SignalRun("lean", {})
+    position = 0
+    for record in records:
+        states = checks[position : position + len(record.steps)]
+        position += len(record.steps)
+        negative = tuple(
+            True if c.state == LeanState.DISPROVED else False if c.state == LeanState.PROVED else None
+            for c in states
+        )
+        run.predictions[record.id] = Prediction(record.id, negative)
+        run.labeled_steps += len(record.steps)
+    run.wall_seconds = time.perf_counter() - started
+    return run
+
+
+def require_gold(records: Sequence[BenchRecord], signal: str) -> None:
+    missing = [r.id for r in records if not r.gold_answer]
+    if missing:
+        raise InputError(
+            f"--labels {signal} needs a gold answer per record (rollouts are judged against it); "
+            f"{len(missing)} record(s) have no 'gold_answer' field (first: {missing[0]!r}). ProcessBench "
+            "files carry none: use --labels tool or lean there, or add gold_answer to each record"
+        )
+
+
+def mc_config(config: BuildConfig, signal: str, mc_mode: str, k: int | None) -> BuildConfig:
+    """The build config a given-solutions MC run uses: fusion rule = the signal, first-error
+    search on for ``binary``, off for ``per-step``, ``k`` rollouts per estimated prefix, and no
+    truncation of the stored labels (every step keeps its label)."""
+    if mc_mode not in MC_MODES:
+        raise InputError(f"--mc-mode must be one of {', '.join(MC_MODES)}, got {mc_mode!r}")
+    overrides: dict[str, object] = {
+        "fuse.rule": signal,
+        "fuse.after_first_error": "negative",
+        "search.first_error_search": mc_mode == "binary",
+    }
+    if k is not None:
+        overrides["search.mc_rollouts"] = k
+        if config.search.mc_early_stop >= k:
+            overrides["search.mc_early_stop"] = 0
+    return config.with_overrides(overrides)
+
+
+def run_mc(
+    records: Sequence[BenchRecord],
+    signal: str,
+    config: BuildConfig,
+    policy: Policy,
+    tool: StepVerifier | None,
+    lean: LeanVerifier | None,
+    mc_mode: str = "per-step",
+    k: int | None = None,
+) -> SignalRun:
+    """MC (``signal="mc"``) or hybrid labels through the labeling core's given-solutions
+    function; per-record failures are kept in ``failures`` (they score as misses)."""
+    from labelers import pipeline
+    from labelers.identity import problem_id
+    from data_schemas.records import Problem
+
+    require_gold(records, signal)
+    run_config = mc_config(config, signal, mc_mode, k)
+    started = time.perf_counter()
+    problems = []
+    solutions = []
+    for record in records:
+        problems.append(
+            Problem(problem_id(record.problem + "\x1f" + record.id, "eval"), "eval", record.problem, str(record.gold_answer))
+        )
+        solutions.append(list(record.steps))
+    result = pipeline.label_given_solutions(
+        problems, [[s] for s in solutions], run_config, policy, tool if signal == "hybrid" else None,
+        lean if signal == "hybrid" else None, build_id="eval",
+    )
+    by_problem: dict[str, list[Any]] = {}
+    for row in result.steps:
+        by_problem.setdefault(row.problem_id, []).append(row)
+    outcomes = {o.problem_id: o for o in result.outcomes}
+    run = SignalRun(signal, {}, model_id=getattr(policy, "model_id", None), mc_mode=mc_mode,
+                    k=run_config.search.mc_rollouts)
+    for record, problem in zip(records, problems):
+        outcome = outcomes.get(problem.problem_id)
+        if outcome is not None:
+            run.rollouts += outcome.rollouts
+            run.prompt_tokens += outcome.prompt_tokens
+            run.completion_tokens += outcome.completion_tokens
+        if outcome is None or outcome.status != "labeled":
+            error = "no outcome" if outcome is None else f"{outcome.failed_stage}: {outcome.error}"
+            run.failures[record.id] = error
+            continue
+        rows = sorted(by_problem.get(problem.problem_id, []), key=lambda r: r.step_index)
+        negative: list[bool | None] = [None] * len(record.steps)
+        for row in rows:
+            if row.step_index < len(negative):
+                negative[row.step_index] = not row.fused_label
+            if row.mc_total is not None and not row.mc_inferred:
+                run.estimated_steps += 1
+        run.predictions[record.id] = Prediction(record.id, tuple(negative))
+        run.labeled_steps += len(record.steps)
+    run.wall_seconds = time.perf_counter() - started
+    return run
+
+
+def evaluate(records: Sequence[BenchRecord], run: SignalRun) -> SignalResult:
+    return SignalResult(run, score(records, run.predictions))
