@@ -55,6 +55,7 @@ class MCSignal:
     correct: int | None = None
     total: int | None = None
     inferred_label: bool | None = None  # set when inferred (no sample of its own)
+    exact: bool = False  # the step gives the final answer: value 1/1 or 0/1 without rollouts
 
     @property
     def value(self) -> float | None:

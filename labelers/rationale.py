@@ -82,6 +82,9 @@ def lean_line(lean: LeanCheck | None) -> str:
 
 
 def mc_line(mc: MCSignal) -> str:
+    if mc.exact:
+        outcome = "is" if mc.correct else "is not"
+        return f"Monte Carlo: the step gives the final answer, which {outcome} the correct answer (value {mc.value:.3g})."
     if mc.total:
         return (
             f"Monte Carlo: {mc.correct} of {mc.total} rollouts from this step reach the correct answer "

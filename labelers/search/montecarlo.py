@@ -65,6 +65,7 @@ class PrefixJob:
     question: str
     gold_answer: str
     steps: tuple[str, ...]
+    account: str | None = None  # ledger key the rollouts are charged to (default: problem_id)
 
 
 @dataclass
@@ -141,7 +142,7 @@ def estimate_prefixes(
     k, m = settings.rollouts, settings.early_stop
     first = m if 0 < m < k else k
     counts: dict[str, list[int]] = {}
-    results = ledger.generate(policy, [(job.problem_id, _request(job, settings, first, 1)) for job in sampled])
+    results = ledger.generate(policy, [(job.account or job.problem_id, _request(job, settings, first, 1)) for job in sampled])
     undecided: list[PrefixJob] = []
     for job, result in zip(sampled, results):
         if result.error is not None:
@@ -156,7 +157,7 @@ def estimate_prefixes(
             undecided.append(job)
         else:
             batch.estimates[job.key] = MCEstimate(correct, total)
-    results = ledger.generate(policy, [(job.problem_id, _request(job, settings, k - first, 2)) for job in undecided])
+    results = ledger.generate(policy, [(job.account or job.problem_id, _request(job, settings, k - first, 2)) for job in undecided])
     for job, result in zip(undecided, results):
         if result.error is not None:
             batch.errors[job.key] = result.error

@@ -1,0 +1,625 @@
+"""Problems + policy + verifiers -> labeled step rows, tree nodes and problem outcomes.
+
+:func:`label_batch` (one batch = one shard's worth of problems), stages in lock-step across
+the batch:
+
+1. **search** -- MCTS over steps (``search.mode = "mcts"``, labelers/search/mcts.py) or ``n``
+   independent solutions (``"sample"``). Each round: ONE ``generate`` call with the pending
+   requests of every tree, ONE ``check_steps`` call with all new steps (expansion children and
+   rollout steps). Rollouts that reach a final answer are materialized as tree nodes, so every
+   complete path (root to a terminal node with a final answer) is labeled on tree nodes.
+2. **paths** -- up to ``max_paths_per_problem`` complete paths per problem, alternating
+   correct / wrong (a mix first), each list in tree order (deterministic).
+3. **Lean** -- all steps of the chosen paths in one ``check_steps`` call (when enabled).
+4. **MC** -- correct paths: per-step MC with early stop (``search.mc_correct_paths``; off: all
+   steps inferred positive, since the path itself is a rollout from each of its prefixes that
+   reaches gold); wrong paths: OmegaPRM first-error binary search (``search.first_error_search``;
+   off: per-step MC), all searches of all problems in lock-step. Estimates are shared between
+   paths with the same prefix (key: problem_id + prefix_hash). The last step of a path that
+   gives a final answer has an exact value (1/1 or 0/1) without rollouts.
+5. **fuse** -- labelers/fuse.py per step, path consensus (optional filter: non-consensus paths
+   are dropped and counted), ``after_first_error`` truncate/negative, rationale per step.
+
+A problem whose requests fail or whose stage raises gets ``status = "failed"`` with
+``failed_stage`` and ``error``; the rest of the batch is labeled normally. A problem whose
+search found no complete path gets ``status = "skipped"`` with the reason.
+
+:func:`label_given_solutions` labels GIVEN step lists (evaluation): the same stages 3-5 on
+paths built from the given steps.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from data_schemas.records import NodeRow, Problem, ProblemOutcome, StepRow
+from labelers.answers import AnswerJudge
+from labelers.config import BuildConfig
+from labelers.fuse import NO_MC, FusedStep, MCSignal, fuse_step, path_consensus, rows_to_keep
+from labelers.identity import derive_seed
+from labelers.policy.base import GenerationRequest, Policy, TokenUsage
+from labelers.rationale import build_rationale
+from labelers.search.first_error import FirstErrorSearch, run_searches
+from labelers.search.ledger import Ledger
+from labelers.search.mcts import Node, SearchSettings, TreeSearch
+from labelers.search.montecarlo import MCBatch, MCEstimate, MCSettings, OutcomeJudge, PrefixJob, estimate_prefixes
+from labelers.verify.base import (
+    LeanCheck,
+    LeanState,
+    LeanVerifier,
+    StepContext,
+    StepVerifier,
+    ToolCheck,
+    ToolVerdict,
+)
+
+TOOL_DISABLED = ToolCheck(ToolVerdict.UNVERIFIABLE, "none", {"reason": "tool verification disabled"})
+LEAN_DISABLED = LeanCheck(LeanState.DISABLED)
+
+
+@dataclass
+class BatchResult:
+    """Rows of one labeled batch, its token usage and counters (e.g. paths dropped by the
+    consensus filter: ``counters["paths_dropped_consensus"]``)."""
+
+    steps: list[StepRow]
+    nodes: list[NodeRow]
+    outcomes: list[ProblemOutcome]
+    usage: TokenUsage
+    counters: dict[str, int] = field(default_factory=dict)
+    # per problem_id: its own counters (paths_complete, paths_labeled, paths_dropped_consensus, ...)
+    problem_counters: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass
+class _Path:
+    problem: Problem
+    leaf: Node
+    nodes: list[Node]  # root excluded, in order
+    correct: bool
+    final_answer: str | None
+    lean: list[LeanCheck] = field(default_factory=list)
+    mc: list[MCSignal] = field(default_factory=list)
+    search: FirstErrorSearch | None = None
+
+
+@dataclass
+class _State:
+    problem: Problem
+    tree: TreeSearch
+    failed: tuple[str, str] | None = None
+    skipped: str | None = None
+    paths: list[_Path] = field(default_factory=list)
+    counters: Counter = field(default_factory=Counter)
+    cpu_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.failed is None and self.tree.failed is None
+
+    def fail(self, stage: str, error: str) -> None:
+        if self.failed is None and self.tree.failed is None:
+            self.failed = (stage, error)
+
+
+def search_settings(config: BuildConfig) -> SearchSettings:
+    s, p = config.search, config.policy
+    return SearchSettings(
+        build_seed=config.seed, mode=s.mode, samples=s.samples_per_problem, rounds=s.rounds, max_depth=s.max_depth,
+        children=s.children_per_expansion, uct_c=s.uct_c, gamma=s.gamma, stop_after_positive=s.stop_after_positive,
+        stop_after_negative=s.stop_after_negative, max_step_tokens=p.max_step_tokens,
+        max_solution_tokens=p.max_solution_tokens, temperature=p.temperature, top_p=p.top_p,
+    )
+
+
+def mc_settings(config: BuildConfig) -> MCSettings:
+    s, p = config.search, config.policy
+    return MCSettings(
+        build_seed=config.seed, rollouts=s.mc_rollouts, early_stop=s.mc_early_stop,
+        max_tokens=p.max_solution_tokens, temperature=p.temperature, top_p=p.top_p,
+    )
+
+
+def _error_text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" or type(error).__name__
+
+
+# -- verification ----------------------------------------------------------------------------
+
+
+def _check_all(
+    verifier: StepVerifier | LeanVerifier | None,
+    work: dict[str, list[StepContext]],
+    ledger: Ledger,
+    default,
+) -> tuple[dict[str, list], dict[str, str]]:
+    """Checks of every problem's contexts in ONE ``check_steps`` call; when that call raises,
+    each problem is retried alone so one bad problem fails only itself."""
+    if verifier is None:
+        return {key: [default] * len(items) for key, items in work.items()}, {}
+    keys = [key for key, items in work.items() if items]
+    flat = [context for key in keys for context in work[key]]
+    checks: dict[str, list] = {key: [] for key in work}
+    errors: dict[str, str] = {}
+    if not flat:
+        return checks, errors
+    started = time.perf_counter()
+    try:
+        results = list(verifier.check_steps(flat))
+        if len(results) != len(flat):
+            raise RuntimeError(f"verifier returned {len(results)} checks for {len(flat)} steps")
+        offset = 0
+        for key in keys:
+            checks[key] = results[offset : offset + len(work[key])]
+            offset += len(work[key])
+    except Exception:  # noqa: BLE001 - isolate the failing problem(s) below
+        for key in keys:
+            try:
+                checks[key] = list(verifier.check_steps(work[key]))
+            except Exception as error:  # noqa: BLE001 - recorded as the problem's failure
+                errors[key] = _error_text(error)
+    ledger.charge_time({key: len(work[key]) for key in keys}, time.perf_counter() - started)
+    return checks, errors
+
+
+# -- search ----------------------------------------------------------------------------------
+
+
+def run_tree_searches(
+    states: Sequence[_State], policy: Policy, tool: StepVerifier | None, ledger: Ledger
+) -> int:
+    """Advance every tree in lock-step; returns the number of generate rounds."""
+    rounds = 0
+    while True:
+        tagged: list[tuple[str, GenerationRequest]] = []
+        owners: list[_State] = []
+        counts: list[int] = []
+        for state in states:
+            if not state.ok or state.tree.done:
+                continue
+            try:
+                requests = state.tree.requests()
+            except Exception as error:  # noqa: BLE001 - the problem fails, not the batch
+                state.fail("search", _error_text(error))
+                continue
+            if requests:
+                owners.append(state)
+                counts.append(len(requests))
+                tagged += [(state.problem.problem_id, r) for r in requests]
+        if not tagged:
+            return rounds
+        rounds += 1
+        try:
+            results = ledger.generate(policy, tagged)
+        except Exception as error:  # noqa: BLE001 - a crashed backend fails this round's problems
+            for state in owners:
+                state.fail("search", _error_text(error))
+            continue
+        work: dict[str, list[StepContext]] = {}
+        offset = 0
+        for state, count in zip(owners, counts):
+            try:
+                work[state.problem.problem_id] = state.tree.absorb(results[offset : offset + count])
+            except Exception as error:  # noqa: BLE001
+                state.fail("search", _error_text(error))
+            offset += count
+        live = [s for s in owners if s.ok and s.problem.problem_id in work]
+        checks, errors = _check_all(tool, {s.problem.problem_id: work[s.problem.problem_id] for s in live}, ledger, TOOL_DISABLED)
+        for state in live:
+            pid = state.problem.problem_id
+            if pid in errors:
+                state.fail("verify", errors[pid])
+                continue
+            try:
+                state.tree.finish_round(checks[pid])
+            except Exception as error:  # noqa: BLE001
+                state.fail("search", _error_text(error))
+
+
+def choose_paths(tree: TreeSearch, limit: int) -> list[Node]:
+    """Up to ``limit`` complete paths: correct and wrong alternately (a mix first), each list
+    in tree order."""
+    complete = tree.complete_paths()
+    correct = [n for n in complete if n.reached_gold]
+    wrong = [n for n in complete if not n.reached_gold]
+    chosen: list[Node] = []
+    for index in range(max(len(correct), len(wrong))):
+        for group in (correct, wrong):
+            if index < len(group) and len(chosen) < limit:
+                chosen.append(group[index])
+    return chosen
+
+
+def _path_of(problem: Problem, leaf: Node) -> _Path:
+    nodes = [n for n in reversed(leaf.ancestors()) if n.parent is not None]
+    return _Path(problem, leaf, nodes, bool(leaf.reached_gold), leaf.final_answer)
+
+
+# -- Monte Carlo -----------------------------------------------------------------------------
+
+
+def _estimate_paths(
+    states: Sequence[_State], config: BuildConfig, policy: Policy, ledger: Ledger, judge: OutcomeJudge, account_by_path: bool
+) -> dict[str, MCEstimate]:
+    """MC signals for every path of every live state (stage 4 of the module doc)."""
+    settings = mc_settings(config)
+    known: dict[str, MCEstimate] = {}
+    failed_keys: dict[str, str] = {}
+
+    def job(state_path: tuple[_State, _Path, int], step_index: int) -> PrefixJob:
+        state, path, path_no = state_path
+        node = path.nodes[step_index]
+        pid = state.problem.problem_id
+        account = f"{pid}#{path_no}" if account_by_path else pid
+        key = f"{account}:{node.prefix_hash}"
+        return PrefixJob(key, pid, state.problem.question, state.problem.gold_answer, node.steps, account)
+
+    def estimate(jobs: list[PrefixJob]) -> MCBatch:
+        batch = estimate_prefixes(jobs, policy, settings, ledger, judge)
+        failed_keys.update(batch.errors)
+        return batch
+
+    per_step: list[tuple[tuple[_State, _Path, int], int]] = []
+    searches: list[tuple[_State, _Path, int]] = []
+    for state in states:
+        if not state.ok:
+            continue
+        for path_no, path in enumerate(state.paths):
+            owner = (state, path, path_no)
+            n = len(path.nodes)
+            if path.correct:
+                if config.search.mc_correct_paths:
+                    per_step += [(owner, i) for i in range(n)]
+            elif config.search.first_error_search:
+                answered = path.final_answer is not None
+                path.search = FirstErrorSearch(n, assume_last_wrong=answered)
+                searches.append(owner)
+            else:
+                per_step += [(owner, i) for i in range(n)]
+    jobs: dict[str, PrefixJob] = {}
+    for owner, index in per_step:
+        item = job(owner, index)
+        jobs.setdefault(item.key, item)
+    if jobs:
+        batch = estimate(list(jobs.values()))
+        known.update(batch.estimates)
+    if searches:
+        run_searches([owner[1].search for owner in searches], lambda s, i: job(searches[s], i), estimate, known)
+    for state in states:
+        if not state.ok:
+            continue
+        for path_no, path in enumerate(state.paths):
+            keys = [job((state, path, path_no), i).key for i in range(len(path.nodes))]
+            bad = [failed_keys[k] for k in keys if k in failed_keys]
+            if bad or (path.search is not None and path.search.failed):
+                state.fail("mc", bad[0] if bad else str(path.search.failed))
+                break
+            path.mc = _signals(path, keys, known, config)
+            state.counters["mc_prefixes_sampled"] += sum(1 for k in set(keys) if k in known and not known[k].exact)
+    return known
+
+
+def _signals(path: _Path, keys: list[str], known: dict[str, MCEstimate], config: BuildConfig) -> list[MCSignal]:
+    n = len(path.nodes)
+    # The path's own final answer is an exact value of its full prefix (no rollout needed).
+    last_exact = MCEstimate(int(path.correct), 1, exact=True) if path.final_answer is not None else None
+    signals: list[MCSignal] = []
+    for index, key in enumerate(keys):
+        estimate = known.get(key)
+        if path.search is not None:
+            sampled, positive, inferred = path.search.step_signal(index)
+            if sampled is None and index == n - 1 and last_exact is not None:
+                sampled = last_exact
+            if sampled is not None:
+                signals.append(MCSignal(sampled.correct, sampled.total, exact=sampled.exact))
+            else:
+                signals.append(MCSignal(inferred_label=positive))
+        elif estimate is not None:
+            signals.append(MCSignal(estimate.correct, estimate.total, exact=estimate.exact))
+        elif path.correct and not config.search.mc_correct_paths:
+            # The path itself reaches gold from every one of its prefixes: c >= 1.
+            signals.append(MCSignal(inferred_label=True))
+        else:
+            signals.append(NO_MC)
+    return signals
+
+
+# -- rows ------------------------------------------------------------------------------------
+
+
+def _step_rows(state: _State, config: BuildConfig, build_id: str, model_id: str) -> list[StepRow]:
+    rows: list[StepRow] = []
+    fuse = config.fuse
+    problem = state.problem
+    for path in state.paths:
+        tools = [n.tool_check or TOOL_DISABLED for n in path.nodes]
+        leans = path.lean or [LEAN_DISABLED] * len(path.nodes)
+        mcs = path.mc or [NO_MC] * len(path.nodes)
+        fused = [fuse_step(t, l, m, fuse, path.correct) for t, l, m in zip(tools, leans, mcs)]
+        consensus, _, _ = path_consensus(mcs, tools, leans, fuse)
+        state.counters["paths_consensus" if consensus else "paths_no_consensus"] += 1
+        if fuse.consensus_filter and not consensus:
+            state.counters["paths_dropped_consensus"] += 1
+            continue
+        keep, first = rows_to_keep([f.label for f in fused], fuse.after_first_error)
+        state.counters["paths_labeled"] += 1
+        path_id = f"{problem.problem_id}:{path.leaf.node_id}"
+        seed = derive_seed(config.seed, problem.problem_id, path.leaf.path)
+        for index in range(keep):
+            node, tool, lean, mc, step = path.nodes[index], tools[index], leans[index], mcs[index], fused[index]
+            if first >= 0 and index > first and step.label:
+                step = FusedStep(-1.0, False, "after_first_error", step.signals_agree)
+            sampled = mc.total is not None
+            rows.append(
+                StepRow(
+                    build_id=build_id,
+                    problem_id=problem.problem_id,
+                    source=problem.source,
+                    path_id=path_id,
+                    node_id=node.node_id,
+                    step_index=index,
+                    num_steps=len(path.nodes),
+                    step_text=node.step_text,
+                    prefix_hash=node.prefix_hash,
+                    tool_verdict=tool.verdict.value,
+                    tool_kind=tool.kind,
+                    tool_evidence=tool.evidence_json(),
+                    lean_state=lean.state.value,
+                    lean_statement=lean.statement,
+                    lean_message=lean.message or lean.tactic,
+                    mc_correct=mc.correct if sampled else None,
+                    mc_total=mc.total if sampled else None,
+                    mc_value=mc.value if sampled else None,
+                    mc_inferred=mc.inferred,
+                    hard_label=mc.hard_label,
+                    fused_reward=step.reward,
+                    fused_label=step.label,
+                    label_source=step.source,
+                    signals_agree=step.signals_agree,
+                    consensus=consensus,
+                    rationale=build_rationale(tool, lean, mc, step),
+                    is_first_error=index == first,
+                    path_final_answer=path.final_answer,
+                    path_correct=path.correct if path.final_answer is not None else None,
+                    generator_model=model_id,
+                    seed=seed,
+                )
+            )
+    return rows
+
+
+def _node_rows(state: _State, build_id: str, known: dict[str, MCEstimate]) -> list[NodeRow]:
+    problem = state.problem
+    rows = []
+    for node in state.tree.root.iter_nodes():
+        estimate = known.get(f"{problem.problem_id}:{node.prefix_hash}")
+        rows.append(
+            NodeRow(
+                build_id=build_id,
+                problem_id=problem.problem_id,
+                source=problem.source,
+                node_id=node.node_id,
+                parent_id=node.parent.node_id if node.parent is not None else None,
+                depth=node.depth,
+                step_text=node.step_text,
+                prefix_hash=node.prefix_hash,
+                visits=node.visits,
+                value_sum=node.value_sum,
+                q_value=node.q_value,
+                is_terminal=node.is_terminal,
+                final_answer=node.final_answer,
+                reached_gold=node.reached_gold,
+                tool_verdict=node.tool_check.verdict.value if node.tool_check is not None else None,
+                mc_value=estimate.value if estimate is not None else None,
+            )
+        )
+    return rows
+
+
+def _outcome(state: _State, build_id: str, steps: list[StepRow], ledger: Ledger, accounts: Sequence[str]) -> ProblemOutcome:
+    problem = state.problem
+    failure = state.failed or state.tree.failed
+    usage = [ledger.per_problem[a] for a in accounts if a in ledger.per_problem]
+    status = "failed" if failure else "skipped" if state.skipped else "labeled"
+    return ProblemOutcome(
+        build_id=build_id,
+        problem_id=problem.problem_id,
+        source=problem.source,
+        question=problem.question,
+        gold_answer=problem.gold_answer,
+        status=status,
+        failed_stage=failure[0] if failure else None,
+        error=failure[1] if failure else state.skipped,
+        num_paths=len({r.path_id for r in steps}),
+        num_steps=len(steps),
+        num_positive=sum(r.fused_label for r in steps),
+        num_negative=sum(not r.fused_label for r in steps),
+        rollouts=sum(u.rollouts for u in usage),
+        prompt_tokens=sum(u.prompt_tokens for u in usage),
+        completion_tokens=sum(u.completion_tokens for u in usage),
+        wall_seconds=sum(u.wall_seconds for u in usage) + state.cpu_seconds,
+    )
+
+
+def _label_paths(
+    states: list[_State],
+    config: BuildConfig,
+    policy: Policy,
+    lean: LeanVerifier | None,
+    ledger: Ledger,
+    judge: OutcomeJudge,
+    build_id: str,
+    account_by_path: bool = False,
+) -> BatchResult:
+    """Stages 3-5 (Lean, MC, fusion and rows) for the paths already on ``states``."""
+    # Lean: one call for all steps of all chosen paths.
+    use_lean = lean if (lean is not None and config.lean.enabled) else None
+    work = {
+        s.problem.problem_id: [StepContext(s.problem.question, n.steps[:-1], n.step_text) for p in s.paths for n in p.nodes]
+        for s in states
+        if s.ok
+    }
+    lean_checks, lean_errors = _check_all(use_lean, work, ledger, LEAN_DISABLED)
+    for state in states:
+        if not state.ok:
+            continue
+        pid = state.problem.problem_id
+        if pid in lean_errors:
+            state.fail("verify", lean_errors[pid])
+            continue
+        offset = 0
+        for path in state.paths:
+            path.lean = list(lean_checks[pid][offset : offset + len(path.nodes)])
+            offset += len(path.nodes)
+    try:
+        known = _estimate_paths(states, config, policy, ledger, judge, account_by_path)
+    except Exception as error:  # noqa: BLE001 - a crashed backend fails the problems still in MC
+        known = {}
+        for state in states:
+            if state.paths:
+                state.fail("mc", _error_text(error))
+    steps: list[StepRow] = []
+    nodes: list[NodeRow] = []
+    outcomes: list[ProblemOutcome] = []
+    model_id = policy.model_id
+    totals: Counter = Counter()
+    problem_counters: dict[str, dict[str, int]] = {}
+    for state in states:
+        started = time.perf_counter()
+        own_steps: list[StepRow] = []
+        if state.ok:
+            try:
+                own_steps = _step_rows(state, config, build_id, model_id)
+                nodes += _node_rows(state, build_id, known)
+            except Exception as error:  # noqa: BLE001
+                own_steps = []
+                state.fail("fuse", _error_text(error) + " | " + traceback.format_exc(limit=2).splitlines()[-1])
+        state.cpu_seconds += time.perf_counter() - started
+        steps += own_steps
+        pid = state.problem.problem_id
+        accounts = [pid] + ([f"{pid}#{i}" for i in range(len(state.paths))] if account_by_path else [])
+        outcomes.append(_outcome(state, build_id, own_steps, ledger, accounts))
+        state.counters["failed_problems"] += not state.ok
+        state.counters["merged_duplicate_steps"] += state.tree.merged_duplicates
+        problem_counters[pid] = dict(state.counters)
+        totals.update(state.counters)
+    return BatchResult(steps, nodes, outcomes, ledger.usage, dict(totals), problem_counters)
+
+
+def label_batch(
+    problems: Sequence[Problem],
+    config: BuildConfig,
+    policy: Policy,
+    tool: StepVerifier | None,
+    lean: LeanVerifier | None,
+    build_id: str,
+) -> BatchResult:
+    """Label a batch of problems (stages: module doc). Never raises for a problem-level
+    failure: that problem's outcome has ``status = "failed"``, ``failed_stage`` and ``error``."""
+    ledger = Ledger()
+    settings = search_settings(config)
+    use_tool = tool if config.tool.enabled else None
+    with AnswerJudge() as answer_judge:
+        judge = OutcomeJudge(answer_judge)
+        states: list[_State] = []
+        seen: set[str] = set()
+        duplicates = 0
+        for problem in problems:
+            # A repeated problem_id would repeat row keys; the loader reports duplicates, the
+            # batch labels the first copy and counts the rest (counters["duplicate_problems"]).
+            if problem.problem_id in seen:
+                duplicates += 1
+                continue
+            seen.add(problem.problem_id)
+            states.append(_State(problem, TreeSearch(problem.problem_id, problem.question, problem.gold_answer, settings, judge)))
+        rounds = run_tree_searches(states, policy, use_tool, ledger)
+        for state in states:
+            if not state.ok or state.skipped:
+                continue
+            complete = state.tree.complete_paths()
+            state.counters["paths_complete"] += len(complete)
+            state.counters["paths_complete_correct"] += sum(bool(n.reached_gold) for n in complete)
+            state.counters["search_iterations"] += state.tree.iterations
+            state.paths = [_path_of(state.problem, leaf) for leaf in choose_paths(state.tree, config.search.max_paths_per_problem)]
+            if not state.paths:
+                state.skipped = "no complete solution path within the search budget"
+        result = _label_paths(states, config, policy, lean, ledger, judge, build_id)
+    result.counters["search_rounds"] = rounds
+    result.counters["duplicate_problems"] = duplicates
+    result.counters["generate_calls"] = ledger.generate_calls
+    return result
+
+
+def label_given_solutions(
+    problems: Sequence[Problem],
+    solutions: Sequence[Sequence[Sequence[str]]],
+    config: BuildConfig,
+    policy: Policy,
+    tool: StepVerifier | None,
+    lean: LeanVerifier | None,
+    build_id: str = "given",
+) -> BatchResult:
+    """Label given step lists: ``solutions[i]`` holds the solutions (each a list of step
+    texts) of ``problems[i]``. Tool checks (one call), Lean (one call), MC (per-step, or
+    first-error search on wrong solutions when ``search.first_error_search``; rollouts counted
+    per solution and summed into the problem's outcome), fusion by ``fuse.rule``. Every given
+    step keeps a row unless ``fuse.after_first_error = "truncate"``."""
+    if len(problems) != len(solutions):
+        raise ValueError("one list of solutions per problem")
+    ledger = Ledger()
+    settings = search_settings(config)
+    use_tool = tool if config.tool.enabled else None
+    with AnswerJudge() as answer_judge:
+        judge = OutcomeJudge(answer_judge)
+        states: list[_State] = []
+        for problem, given in zip(problems, solutions):
+            tree = TreeSearch(problem.problem_id, problem.question, problem.gold_answer, settings, judge)
+            tree._phase = "done"  # noqa: SLF001 - no search: the paths are given
+            state = _State(problem, tree)
+            states.append(state)
+            for steps in given:
+                node = tree.root
+                for text in steps:
+                    node = _given_child(tree, node, text)
+                answer = judge.final_answer("\n".join(steps))
+                node.final_answer = node.final_answer or answer
+                node.is_terminal = True
+                correct = answer is not None and judge.equal(answer, problem.gold_answer)
+                node.reached_gold = correct if answer is not None else None
+                state.paths.append(_Path(problem, node, [n for n in reversed(node.ancestors()) if n.parent is not None], correct, answer))
+            if not any(p.nodes for p in state.paths):
+                state.skipped = "no steps given"
+            state.paths = [p for p in state.paths if p.nodes]
+        work = {
+            s.problem.problem_id: [StepContext(s.problem.question, n.steps[:-1], n.step_text) for p in s.paths for n in p.nodes]
+            for s in states
+        }
+        checks, errors = _check_all(use_tool, work, ledger, TOOL_DISABLED)
+        for state in states:
+            pid = state.problem.problem_id
+            if pid in errors:
+                state.fail("verify", errors[pid])
+                continue
+            offset = 0
+            for path in state.paths:
+                for node, check in zip(path.nodes, checks[pid][offset : offset + len(path.nodes)]):
+                    node.tool_check = check
+                offset += len(path.nodes)
+        return _label_paths(states, config, policy, lean, ledger, judge, build_id, account_by_path=True)
+
+
+def _given_child(tree: TreeSearch, parent: Node, text: str) -> Node:
+    """A chain node for a given step; equal prefixes of two given solutions share nodes."""
+    existing = parent.child_with_text(text)
+    if existing is not None:
+        return existing
+    steps = (*parent.steps, text)
+    from labelers.identity import prefix_hash
+
+    child = Node((*parent.path, len(parent.children)), parent, text, steps, prefix_hash(tree.question, steps), "given")
+    parent.children.append(child)
+    return child
