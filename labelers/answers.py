@@ -142,7 +142,9 @@ _THOUSANDS_BRACED = re.compile(r"(\d)\{,\}(\d{3})")
 _ASSIGNMENT = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*=\s*(?P<rhs>[^=<>]+)$")
 _CHOICE = re.compile(r"^\(([A-Ea-e])\)$")  # "(b)" -> "B"; a bare "e" stays a symbol
 _TRAILING_UNITS = re.compile(r"^(?P<number>[-+]?[\d.,/]+(?:\\%|%)?)\s*(?:[A-Za-z][A-Za-z .]*)$")
-_NUMBER = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?$")
+# Exponents of at most 3 digits: "1e999999999" would take for ever as an exact Fraction, so
+# it goes to the worker (with its deadline) instead.
+_NUMBER = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d{1,3})?$")
 _SLASH_FRACTION = re.compile(r"^([-+]?\d+)\s*/\s*([-+]?\d+)$")
 _LATEX_FRACTION = re.compile(r"^([-+]?)\\frac\s*(?:\{\s*([-+]?\d+)\s*\}|(\d))\s*(?:\{\s*([-+]?\d+)\s*\}|(\d))$")
 
@@ -198,6 +200,8 @@ def numeric_readings(normalized: str) -> NumericReading | None:
         if text.endswith(sign):
             text, percent = text[: -len(sign)], True
             break
+    if len(text) > 4000:  # past Python's int-from-text digit limit; the worker decides
+        return None
     value: Fraction | None = None
     approximate = False
     if _NUMBER.match(text):
