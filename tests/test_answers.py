@@ -179,7 +179,7 @@ def test_math500_boxed_answer_equals_answer_field(math500_path, judge):
 
 def test_math500_answers_of_other_problems_mostly_differ(math500_path, judge):
     """Negative control: pairing each solution with the next problem's answer is rarely equal."""
-    rows = [json.loads(line) for line in math500_path.read_text().splitlines()]
+    rows = [json.loads(line) for line in math500_path.read_text().splitlines()][:250]  # half: time
     equal = sum(
         answers_equal(extract_final_answer(a["solution"]) or "", b["answer"], judge=judge)
         for a, b in zip(rows, rows[1:] + rows[:1])
