@@ -62,7 +62,7 @@ def tool_line(tool: ToolCheck | None) -> str:
         reason = evidence.get("reason") or evidence.get("error") or "no checkable claim"
         return f"Tool check: unverifiable ({_short(reason)})."
     if tool.verdict == ToolVerdict.INCORRECT:
-        failing = evidence.get("failing_claim") or next((c for c in claims if c.get("holds") is False), None)
+        failing = evidence.get("failing") or next((c for c in claims if c.get("holds") is False), None)
         if isinstance(failing, dict):
             return f"Tool check ({tool.kind}): {_claim_line(failing)}."
         return f"Tool check ({tool.kind}): a claim fails."
