@@ -95,6 +95,8 @@ def test_killed_writer_leaves_nothing_visible_to_queries(tmp_path):
                              [str(tmp_path / "builds/crash/steps/**/*.parquet")]).num_rows == 1
     with Catalog(tmp_path) as catalog:
         assert catalog.build_ids == [] and count(catalog, "SELECT count(*) FROM steps") == 0
+    result = run_cli("query", "SELECT count(*) AS n FROM steps", "--root", str(tmp_path), "--include-incomplete", "-f", "json")
+    assert json.loads(result.stdout) == {"n": complete_rows}
 
 
 def test_stray_shard_of_another_schema_version_is_refused(tmp_path):

@@ -65,6 +65,16 @@ def test_rerun_of_a_batch_replaces_its_shards(tmp_path):
     assert not writer.temp_files()
 
 
+def test_stream_write_splits_row_groups_and_hashes_what_it_wrote(tmp_path):
+    batch = synthetic_batch("b1", "gsm8k", 0)
+    writer = ShardWriter(tmp_path, "b1", row_group_rows=10)
+    info = writer.write_stream("steps", "gsm8k", "k", [batch.steps[:25], to_table(batch.steps[25:], STEPS)])
+    parquet = pq.ParquetFile(tmp_path / info.path)
+    assert info.rows == parquet.metadata.num_rows == len(batch.steps)
+    assert [parquet.metadata.row_group(i).num_rows for i in range(3)] == [10, 10, 5]
+    assert describe_shard(tmp_path, info.path) == info
+
+
 def test_empty_batch_writes_empty_shards(tmp_path):
     infos = ShardWriter(tmp_path, "b1").write_batch("gsm8k", "k", [], [], [])
     assert [i.rows for i in infos] == [0, 0, 0]
