@@ -15,6 +15,8 @@ _PREFECT_HOME = tempfile.mkdtemp(prefix="prmforge-prefect-")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
 atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+# The temporary API server starts slowly on a busy 2-core CI machine (default wait: 20 s).
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 TEST_DATA = Path(__file__).parent / "data"
 
