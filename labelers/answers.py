@@ -13,7 +13,9 @@ Equivalence (:func:`answers_equal`) works in two layers:
    exact fractions (decimals with a relative tolerance of 1e-6). A number-vs-number comparison
    is decided here.
 2. Anything symbolic (radicals, pi, intervals, tuples, sets, expressions) goes to math-verify,
-   which runs in a separate worker process owned by an :class:`AnswerJudge`: model-written
+   and, when it says no, to sympy for plain scalar expressions (``3*pi``, ``x**2+1``,
+   ``2 sqrt(3)``: text math-verify's LaTeX reading misses; see :func:`plain_expression`).
+   Both run in a separate worker process owned by an :class:`AnswerJudge`: model-written
    answers are untrusted (sympy's expression parser evaluates Python), and sympy can run for
    ever on some inputs. math-verify's own signal-based timeouts are disabled (they only work in
    the main thread); the judge enforces ``timeout_s`` itself by killing the worker. A timeout
@@ -141,7 +143,10 @@ _GROUPED_NUMBER = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?:\s*(?:\\%|%|[
 _THOUSANDS_BRACED = re.compile(r"(\d)\{,\}(\d{3})")
 _ASSIGNMENT = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*=\s*(?P<rhs>[^=<>]+)$")
 _CHOICE = re.compile(r"^\(([A-Ea-e])\)$")  # "(b)" -> "B"; a bare "e" stays a symbol
-_TRAILING_UNITS = re.compile(r"^(?P<number>[-+]?[\d.,/]+(?:\\%|%)?)\s*(?:[A-Za-z][A-Za-z .]*)$")
+# "18 dollars" -> "18": words of two or more letters after a space; "2x", "2 pi", "3 sqrt" stay.
+_TRAILING_UNITS = re.compile(
+    r"^(?P<number>[-+]?[\d.,/]+(?:\\%|%)?)\s+(?!(?:pi|sqrt|oo|infty)\b)[A-Za-z]{2,}[A-Za-z .]*$"
+)
 # Exponents of at most 3 digits: "1e999999999" would take for ever as an exact Fraction, so
 # it goes to the worker (with its deadline) instead.
 _NUMBER = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d{1,3})?$")
@@ -251,6 +256,71 @@ _WORKER_MEMORY_BYTES = 2 * 1024**3
 _WORKER_START_TIMEOUT_S = 60.0
 
 
+_PLAIN_ALLOWED = re.compile(r"^[0-9A-Za-z+\-*/^().\s]*$")
+_PLAIN_NAMES = frozenset({"sqrt", "pi", "oo"})
+_LATEX_FRAC = re.compile(r"\\frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
+_LATEX_ROOT = re.compile(r"\\sqrt\s*\[([^\]]*)\]\s*\{([^{}]*)\}")
+_LATEX_SQRT = re.compile(r"\\sqrt\s*\{([^{}]*)\}")
+_LATEX_SQRT_SHORT = re.compile(r"\\sqrt\s*([0-9A-Za-z])")
+
+
+def plain_expression(answer: str) -> str | None:
+    """``answer`` as a plain scalar expression (``sqrt``, ``pi``, ``oo``, one-letter symbols,
+    numbers, ``+ - * / ^`` and parentheses), or None when it is anything else.
+
+    The sympy fallback parses only such text: with no other names, no quotes, dots after names
+    or underscores, sympy's expression parser (which evaluates Python) cannot reach anything.
+    """
+    text = answer.replace("\\pi", " pi ").replace("\\infty", " oo ").replace("\\cdot", "*").replace("\\times", "*")
+    for _ in range(10):  # innermost first, so nested fractions and roots unfold
+        replaced = _LATEX_FRAC.sub(r"((\1)/(\2))", text)
+        replaced = _LATEX_ROOT.sub(r"((\2)**(1/(\1)))", replaced)
+        replaced = _LATEX_SQRT.sub(r"sqrt(\1)", replaced)
+        replaced = _LATEX_SQRT_SHORT.sub(r"sqrt(\1)", replaced)
+        if replaced == text:
+            break
+        text = replaced
+    text = text.replace("{", "(").replace("}", ")").replace("**", "^")
+    if not text.strip() or not _PLAIN_ALLOWED.match(text):
+        return None
+    for name in re.findall(r"[A-Za-z]+", text):
+        if len(name) > 1 and name not in _PLAIN_NAMES:
+            return None
+    if re.search(r"[A-Za-z]\s*\.|\.\s*[A-Za-z]", text):  # no attribute access
+        return None
+    return text
+
+
+def _sympy_equal(predicted: str, gold: str) -> bool:  # pragma: no cover - runs in the worker
+    """Fallback when math-verify says no: both answers as plain expressions, equal by sympy."""
+    import sympy
+    from sympy.parsing.sympy_parser import (
+        convert_xor,
+        implicit_multiplication_application,
+        parse_expr,
+        standard_transformations,
+    )
+
+    plain_pred, plain_gold = plain_expression(predicted), plain_expression(gold)
+    if plain_pred is None or plain_gold is None:
+        return False
+    names = set(re.findall(r"[A-Za-z]+", plain_pred + " " + plain_gold)) - _PLAIN_NAMES
+    local = {name: sympy.Symbol(name) for name in names}  # "S", "I", "E" stay plain symbols
+    local.update({"sqrt": sympy.sqrt, "pi": sympy.pi, "oo": sympy.oo})
+    transformations = standard_transformations + (implicit_multiplication_application, convert_xor)
+    a = parse_expr(plain_pred, local_dict=local, global_dict={"Integer": sympy.Integer, "Float": sympy.Float, "Rational": sympy.Rational, "Symbol": sympy.Symbol}, transformations=transformations)
+    b = parse_expr(plain_gold, local_dict=local, global_dict={"Integer": sympy.Integer, "Float": sympy.Float, "Rational": sympy.Rational, "Symbol": sympy.Symbol}, transformations=transformations)
+    if not isinstance(a, sympy.Expr) or not isinstance(b, sympy.Expr):
+        return False
+    difference = a - b
+    if a.free_symbols or b.free_symbols:
+        return bool(sympy.expand(difference) == 0 or sympy.simplify(difference) == 0)
+    value, scale = sympy.N(difference, 30), sympy.N(b, 30)
+    if not (value.is_number and scale.is_number) or value.has(sympy.zoo, sympy.nan):
+        return False
+    return bool(abs(value) <= sympy.Float("1e-9") * max(1, abs(scale)))
+
+
 def _worker_main() -> None:  # pragma: no cover - runs in the worker process
     """Worker loop: one JSON request per stdin line, one JSON reply per stdout line."""
     import logging
@@ -272,6 +342,8 @@ def _worker_main() -> None:  # pragma: no cover - runs in the worker process
             gold = parse("\\boxed{" + request["gold"] + "}", parsing_timeout=None)
             pred = parse("\\boxed{" + request["pred"] + "}", parsing_timeout=None)
             equal = bool(gold) and bool(pred) and bool(verify(gold, pred, timeout_seconds=None))
+            if not equal:
+                equal = _sympy_equal(request["pred"], request["gold"])
             reply = {"equal": equal}
         except Exception as error:  # a parse/verify failure means "not shown equal"
             reply = {"equal": False, "error": f"{type(error).__name__}: {error}"[:300]}
@@ -405,6 +477,8 @@ def answers_equal(predicted: str, gold: str, timeout_s: float = 5.0, judge: Answ
         return verdict
     # Symbolic layer: the percent sign is a unit there (unit reading of the percent rule).
     pred, ref = _without_percent(pred), _without_percent(ref)
+    if "__" in pred or "__" in ref:  # no answer needs a dunder; sympy's parser would evaluate it
+        return False
     if judge is not None:
         return judge.symbolic_equal(pred, ref, timeout_s)
     with AnswerJudge() as own_judge:

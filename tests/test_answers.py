@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from labelers.answers import AnswerJudge, answers_equal, extract_final_answer, normalize_answer
+from labelers.answers import AnswerJudge, answers_equal, extract_final_answer, normalize_answer, plain_expression
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +88,13 @@ def test_boxed_wins_over_later_phrase_and_numbers():
         ("2\\sqrt{3}", "\\sqrt{12}"),
         ("\\pi/2", "\\frac{\\pi}{2}"),
         ("x^2+2x+1", "(x+1)^2"),
+        # plain-text expressions: math-verify's LaTeX reading misses these, the sympy fallback not
+        ("3*pi", "3\\pi"),
+        ("pi/2", "\\frac{\\pi}{2}"),
+        ("x**2+1", "x^2+1"),
+        ("2 sqrt(3)", "2\\sqrt{3}"),
+        ("2x+2", "2(x+1)"),
+        ("\\sqrt[3]{8}", "2"),
     ],
 )
 def test_equal_traps(predicted, gold, judge):
@@ -109,6 +116,9 @@ def test_equal_traps(predicted, gold, judge):
         ("\\pi", "3"),
         ("", "3"),
         ("x^2+1", "(x+1)^2"),
+        ("3*pi", "3"),
+        ("2x", "2"),  # "x" is not a unit
+        ("__import__(os)", "0"),
     ],
 )
 def test_unequal(predicted, gold, judge):
@@ -131,6 +141,13 @@ def test_none_inputs_are_unequal():
 def test_without_judge_starts_its_own_worker():
     assert answers_equal("\\sqrt{4}", "2")
     assert not answers_equal("\\sqrt{5}", "2")
+
+
+def test_plain_expression_admits_only_plain_math():
+    assert plain_expression("\\frac{\\sqrt{2}}{2}") == "((sqrt(2))/(2))"
+    assert plain_expression("2\\pi r^2") == "2 pi  r^2"
+    for hostile in ("__import__(os)", "open(f)", "x.real", "(1,2)", "lambda: 1", "'a'"):
+        assert plain_expression(hostile) is None, hostile
 
 
 def test_normalize_answer_strips_formatting():
