@@ -512,8 +512,11 @@ class BatchChecker:
                     results[decl.name] = DeclOutcome("crashed", messages=(_process_summary(process),))
                 continue
             self.stats.reruns += 1
-            if len(undetermined) < len(group):
-                queue.insert(0, undetermined)  # progress was made: retry the rest together
+            timed_out = process is not None and process.timed_out
+            if timed_out or len(undetermined) < len(group):
+                # Lean reports declarations in file order as it finishes them: the first silent
+                # one is the likely culprit; it runs alone, the rest together again.
+                queue[0:0] = [undetermined[:1], undetermined[1:]] if len(undetermined) > 1 else [undetermined]
             else:
                 half = len(undetermined) // 2
                 queue[0:0] = [undetermined[:half], undetermined[half:]]
