@@ -95,8 +95,12 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
+_SENTENCE_BREAK = re.compile(r"(?<=[^\d])\.\s|\.\s+(?=[A-Z])|,\s+(?=[A-Za-z]{2})|\s+(?:because|since|as|so|which)\s", re.IGNORECASE)
+
+
 def _strip_sentence_end(answer: str) -> str:
-    answer = answer.strip()
+    """The answer a phrase states: up to the end of its sentence or clause, without ``$``."""
+    answer = _SENTENCE_BREAK.split(answer.strip(), maxsplit=1)[0].strip()
     answer = re.sub(r"[\s.;!]+$", "", answer)
     if answer.startswith("$") and answer.count("$") >= 2:
         answer = answer[1 : answer.index("$", 1)]
