@@ -25,13 +25,15 @@ import hashlib
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
+from pyarrow.fs import FileSelector
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.futures import as_completed
@@ -97,6 +99,18 @@ def new_build_id(config: BuildConfig, now: datetime | None = None) -> str:
     return f"{name}-{moment}-{config.config_hash()[:6]}"
 
 
+def unused_build_id(root: str, candidate: str) -> str:
+    """``candidate``, or ``candidate-2``, ``-3``... when a build of that id exists (same second)."""
+    data_root = resolve_root(root)
+    listing = data_root.filesystem.get_file_info(FileSelector(data_root.join("builds"), allow_not_found=True))
+    taken = {info.base_name for info in listing}
+    build_id, number = candidate, 1
+    while build_id in taken:
+        number += 1
+        build_id = f"{candidate}-{number}"
+    return build_id
+
+
 def load_build_problems(config: BuildConfig) -> tuple[list[Problem], int, int]:
     """(problems after ``limit``, input rows skipped as invalid, duplicate rows dropped)."""
     section = config.problems
@@ -160,16 +174,22 @@ class LabeledBatch:
     nodes: tuple[NodeRow, ...]
     outcomes: tuple[ProblemOutcome, ...]
     usage: TokenUsage
+    counters: dict[str, int] = field(default_factory=dict)  # e.g. paths_dropped_consensus
 
 
 @task(name="label-batch", cache_key_fn=batch_cache_key, persist_result=True)
 def label_batch_task(batch: Batch, config: BuildConfig, build_id: str, policy_factory: PolicyFactorySpec = None) -> LabeledBatch:
     """Label one batch with this process's shared model and verifiers."""
+    # Imported here, not at module level: Dask/process runners pickle this function by value,
+    # and the holder (which holds locks and models) must be looked up in the worker's process.
+    from flows.resources import PROCESS_RESOURCES as process_resources
     from labelers.pipeline import label_batch
 
-    held = PROCESS_RESOURCES.resources(config, policy_factory)
+    held = process_resources.resources(config, policy_factory)
     result = label_batch(batch.problems, config, held.policy, held.tool, held.lean, build_id)
-    return LabeledBatch(tuple(result.steps), tuple(result.nodes), tuple(result.outcomes), result.usage)
+    return LabeledBatch(
+        tuple(result.steps), tuple(result.nodes), tuple(result.outcomes), result.usage, dict(result.counters)
+    )
 
 
 @task(name="write-shards", cache_policy=NO_CACHE, persist_result=False)
@@ -277,7 +297,7 @@ def build_dataset(
     """
     started = time.perf_counter()
     root = config.output.root
-    build_id = build_id or new_build_id(config)
+    build_id = build_id or unused_build_id(root, new_build_id(config))
     reporter: BuildProgress | None = progress
     problems, skipped_rows, duplicate_rows = load_build_problems(config)
     batches = make_batches(problems, config.output.batch_size)
@@ -304,6 +324,7 @@ def build_dataset(
     outcomes_seen: list[ProblemOutcome] = []
     generation_seconds = 0.0
     usage_total = TokenUsage()
+    pipeline_counters: Counter[str] = Counter()
     model_ids: set[str] = set()
 
     def account(batch: Batch, labeled: LabeledBatch, reused: bool) -> None:
@@ -312,6 +333,7 @@ def build_dataset(
         outcomes_seen.extend(labeled.outcomes)
         model_ids.update(row.generator_model for row in labeled.steps)
         usage_total.add(labeled.usage)
+        pipeline_counters.update(labeled.counters)
         if not reused:
             generation_seconds += labeled.usage.generation_seconds
         if reporter is not None:
@@ -333,6 +355,7 @@ def build_dataset(
         futures = {label.submit(batch, config, build_id, policy_factory): batch for batch in pending}
         for future in as_completed(list(futures)):
             batch = futures[future]
+            future.wait()  # sets the future's final state (otherwise .state asks the API, maybe stale)
             state = future.state
             if state.is_completed():
                 labeled = future.result()
@@ -365,6 +388,7 @@ def build_dataset(
         status="complete",
         extra_counts={
             "input": {"problems": len(problems), "skipped_rows": skipped_rows, "duplicate_rows": duplicate_rows},
+            "pipeline": dict(sorted(pipeline_counters.items())),
             "verification": {"steps": len(steps_seen), "tool_checked": tool_checked, "lean_checked": lean_checked},
             "run": {
                 "batches": len(batches),
@@ -387,6 +411,7 @@ def build_dataset(
         shard_files=len(final.shards),
         problems_total=len(problems),
         problems_failed=final.failed_problems,
+        problems_skipped=sum(1 for o in outcomes_seen if o.status == "skipped"),
         input_rows_skipped=skipped_rows,
         batches_total=len(batches),
         batches_reused=reused_batches,

@@ -62,6 +62,7 @@ class BuildSummary:
     shard_files: int
     problems_total: int
     problems_failed: int
+    problems_skipped: int  # no complete solution path within the search budget
     input_rows_skipped: int
     batches_total: int
     batches_reused: int  # finished by an earlier run of this build (resume)
@@ -100,7 +101,11 @@ def summary_table(summary: BuildSummary) -> Table:
     table = Table(title=f"build {summary.build_id}: {summary.status}", show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value")
-    table.add_row("problems", f"{summary.problems_total - summary.problems_failed} labeled, {summary.problems_failed} failed")
+    labeled = summary.problems_total - summary.problems_failed - summary.problems_skipped
+    table.add_row(
+        "problems",
+        f"{labeled} labeled, {summary.problems_skipped} skipped (no complete path), {summary.problems_failed} failed",
+    )
     if summary.input_rows_skipped:
         table.add_row("input rows skipped", str(summary.input_rows_skipped))
     table.add_row("step rows", f"{summary.steps} ({summary.positive_steps} positive, {summary.negative_steps} negative)")

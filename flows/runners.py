@@ -34,6 +34,8 @@ def configure_prefect_environment(data_root: str, verbose: bool = False) -> dict
     wanted = {
         "PREFECT_HOME": str(default_prefect_home(data_root)),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # The temporary API server may take longer than Prefect's 20 s on a small, busy machine.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "PREFECT_LOGGING_LEVEL": "INFO" if verbose else "WARNING",
     }
     applied = {}
