@@ -350,11 +350,12 @@ class FormalLeanVerifier:
 
     def check_steps(self, steps: Sequence[StepContext]) -> list[LeanCheck]:
         plans = self.plan_steps(steps)
-        declarations: list[Declaration] = []
+        declarations: dict[str, Declaration] = {}  # a statement shared by steps is checked once
         for plan in plans:
             for form in plan.formalizations:
-                declarations.extend(declarations_for(form, self.config.tactics))
-        outcomes = self.check_declarations(declarations) if declarations else {}
+                for decl in declarations_for(form, self.config.tactics):
+                    declarations.setdefault(decl.name, decl)
+        outcomes = self.check_declarations(list(declarations.values())) if declarations else {}
         return [step_check(plan, outcomes) for plan in plans]
 
     def close(self) -> None:
