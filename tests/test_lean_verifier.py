@@ -320,18 +320,38 @@ needs_lean = pytest.mark.skipif(
 def test_real_lean_proves_true_and_refutes_corrupted_golden_statements(tmp_path: Path) -> None:
     verifier = make_lean_verifier(LeanConfig(enabled=True, batch_size=32), default_cache_dir=tmp_path)
     assert isinstance(verifier, BatchLeanVerifier)
+    from test_lean_formalize import _claim, claim_truth  # the golden set's sympy truth values
+
     records = [json.loads(line) for line in GOLDEN.read_text().splitlines()]
-    closed = [r for r in records if r["source"] == "gsm8k"][:40]
-    steps = [StepContext("q", (), r["step_text"]) for r in closed]
-    checks = verifier.check_steps(steps)
-    for record, check in zip(closed, checks):
-        if record["corrupted"]:
-            assert check.state == LeanState.DISPROVED, (record["step_text"], check)
-        else:
-            assert check.state in (LeanState.PROVED, LeanState.NO_CHECK), (record["step_text"], check)
+    chosen = []
+    for r in records:
+        if r["source"] != "gsm8k":
+            continue
+        truths = [claim_truth(_claim(r["claims"][e["claim"]])) for e in r["expected"] if "statement" in e]
+        if any("failed" in e for e in r["expected"]):
+            continue
+        if (r["corrupted"] and False in truths) or (not r["corrupted"] and all(truths)):
+            chosen.append((r, truths))
+    chosen = chosen[:40]
+    # The verifier reads the stored claims' step text; a corrupted record's claims are not in its
+    # text, so those are checked as statements below instead of through check_steps.
+    plain = [(r, t) for r, t in chosen if not r["corrupted"]]
+    checks = verifier.check_steps([StepContext("q", (), r["step_text"]) for r, _ in plain])
+    for (record, _), check in zip(plain, checks):
+        assert check.state == LeanState.PROVED, (record["step_text"], check)
+    from labelers.verify.lean import _StepPlan, step_check
+    from labelers.verify.lean_formalize import step_formalizations
+    from labelers.verify.lean_runner import declarations_for
+
+    for record, _ in [(r, t) for r, t in chosen if r["corrupted"]]:
+        results = step_formalizations([_claim(c) for c in record["claims"]])
+        plan = _StepPlan([x.formalization for x in results if x.formalization], [])
+        decls = [d for f in plan.formalizations for d in declarations_for(f, verifier.config.tactics)]
+        check = step_check(plan, verifier.check_declarations(decls))
+        assert check.state == LeanState.DISPROVED, (record["claims"], check)
     # A rerun is answered from the cache.
     runs = verifier.checker.stats.lean_runs
-    verifier.check_steps(steps)
+    verifier.check_steps([StepContext("q", (), r["step_text"]) for r, _ in plain])
     assert verifier.checker.stats.lean_runs == runs
     verifier.close()
 
