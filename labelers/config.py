@@ -81,6 +81,9 @@ class ToolConfig(_Section):
     sandbox_timeout_s: float = Field(default=5.0, gt=0)
     sandbox_memory_mb: int = Field(default=512, ge=32)
     rounding_tolerance: float = Field(default=0.01, ge=0)  # relative; only where a step rounds
+    worker_memory_mb: int = Field(default=1024, ge=64)  # sympy worker headroom (RLIMIT_AS)
+    chunk_size: int = Field(default=16, ge=1)  # claims sent to a sympy worker at a time
+    run_code: bool = True  # run ```python blocks of a step in the sandbox
 
 
 class LeanConfig(_Section):

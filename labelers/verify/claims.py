@@ -39,7 +39,7 @@ whitelist (no ``eval``), with nesting and size limits so hostile text cannot han
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 # Limits that keep extraction linear and bounded on hostile text.
@@ -49,7 +49,7 @@ MAX_NUMBER_DIGITS = 1_000  # a literal longer than this is rejected
 MAX_CLAIMS_PER_STEP = 200
 
 RELATIONS = ("=", "<", ">", "<=", ">=", "!=")
-FUNCTIONS = ("sqrt", "sin", "cos", "tan", "log", "ln", "exp")
+FUNCTIONS = ("sqrt", "sin", "cos", "tan", "log", "ln", "exp", "factorial")
 
 # Unit and currency words dropped when they directly follow a number (or ")" / "%").
 UNITS = frozenset(
@@ -66,8 +66,18 @@ UNITS = frozenset(
 )
 _APPROX_WORDS = frozenset({"about", "approximately", "approx", "roughly", "around", "nearly"})
 _ROUNDING_CUE = re.compile(r"\b(round(ed|ing|s)?|nearest)\b", re.IGNORECASE)
+_SUBSTITUTION_CUE = re.compile(
+    r"\b(solves?|solution|satisf\w*|substitut\w*|plug\w*|check\w*|verif\w*)\b", re.IGNORECASE
+)
+# A step that says a relation is false ("which is not true", "a contradiction") states false
+# relations on purpose; the checker does not count them against the step.
+_DENIAL_CUE = re.compile(
+    r"\b(not true|false|contradiction|contradicts|extraneous|impossible|not possible|not equal|"
+    r"does not hold|doesn't hold|not a (solution|root)|absurd|fails|never)\b",
+    re.IGNORECASE,
+)
 _NEGATION_CUE = re.compile(
-    r"\b(not|isn't|doesn't|does not|fails?|extraneous|reject(ed)?|invalid|impossible|contradiction)\b",
+    r"\b(not|isn't|doesn't|does not|fails?|extraneous|reject(ed)?|invalid|impossible|contradiction|none|neither|never)\b",
     re.IGNORECASE,
 )
 
@@ -78,7 +88,7 @@ _MATH_ENV = re.compile(
     re.DOTALL,
 )
 _PLAIN_NUMBER = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d,]\d)|\d+(?:\.\d+)?|\.\d+")
-_LATEX_NUMBER = re.compile(r"\d{1,3}(?:\{,\}\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+")
+_LATEX_NUMBER = re.compile(r"\d{1,3}(?:(?:\{,\}|,\\!)\d{3})+(?:\.\d+)?(?!\d)|\d+(?:\.\d+)?|\.\d+")
 _WORD = re.compile(r"[A-Za-z]+")
 
 
@@ -119,6 +129,10 @@ class Extraction:
     claims: list[Claim]
     rejected: list[RejectedClaim]
     code_blocks: list[tuple[int, int]]  # spans of ``` blocks (run by the tool verifier, not parsed)
+    # Parsed (lhs, rhs) trees aligned with ``claims`` (what the checker evaluates).
+    sides: list[tuple[tuple, tuple]] = field(default_factory=list)
+    # The step says some relation is false ("which is not true", "extraneous").
+    denies: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +141,10 @@ class Extraction:
 
 @dataclass(frozen=True)
 class Token:
-    kind: str  # NUM ID FN OP LP RP REL PCT BANG BRK APPROX
+    # NUM ID FN CALL OP LP RP REL PCT DEG BANG APPROX UNIT, and two breaks: BRK (prose word,
+    # punctuation, line end) and POISON (an unknown command or symbol: the math next to it is
+    # not read, so "\dots + 10 = 55" or "9 \& 2 = 3" give no claim).
+    kind: str
     value: str
     start: int
     end: int
@@ -193,6 +210,14 @@ _LATEX_TEXT = frozenset({"text", "textbf", "textit", "textrm", "mbox", "mathrm",
 _LATEX_GROUP = frozenset({"boxed", "mathbf", "mathit", "displaystyle", "bm", "pmb"})
 _LATEX_FRAC = frozenset({"frac", "dfrac", "tfrac", "cfrac"})
 _LATEX_FUNCS = frozenset({"sin", "cos", "tan", "log", "ln", "exp"})
+# Greek letters are symbols; "lambda" is a Python keyword, so it is written "lamda" (as sympy does).
+_GREEK = {
+    name: ("lamda" if name == "lambda" else name)
+    for name in """alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta iota kappa lambda
+    mu nu xi rho sigma tau upsilon phi varphi chi psi omega Gamma Delta Theta Lambda Xi Sigma
+    Upsilon Phi Psi Omega""".split()
+}
+_LATEX_SKIP_CONNECTIVES = frozenset({"Rightarrow", "implies", "Longrightarrow", "therefore", "iff", "Leftrightarrow"})
 
 
 class _Tokenizer:
@@ -208,37 +233,48 @@ class _Tokenizer:
         self.tokens.append(Token(kind, value, start, end))
 
     def prev_kind(self) -> str | None:
-        return self.tokens[-1].kind if self.tokens else None
+        for tok in reversed(self.tokens):
+            if tok.kind != "UNIT":
+                return tok.kind
+        return None
 
     def next_nonspace(self, i: int, end: int) -> str:
         while i < end and self.text[i] in " \t":
             i += 1
         return self.text[i] if i < end else ""
 
-    def word(self, word: str, start: int, end: int, stop: int, latex: bool) -> None:
-        """A word of prose (or of \\text{...}): a unit after a number, a function, or a break."""
+    def word(self, word: str, start: int, end: int, stop: int, latex: bool) -> int:
+        """A word of prose (or of \\text{...}): a unit after a number, a function, or a break.
+
+        Returns where scanning goes on (after a unit's power: "cm^2", "m²")."""
         low = word.lower()
         prev = self.prev_kind()
         if prev in ("NUM", "RP", "PCT") and low in UNITS:
-            return  # units are stripped
+            self.emit("UNIT", low.rstrip("s") or low, start, end)  # stripped, but compared
+            power = re.match(r"\^\{?[23]\}?|[²³]", self.text[end:stop])
+            return end + power.end() if power else end
         if low in _APPROX_WORDS and prev == "REL":
             self.emit("APPROX", low, start, end)
-            return
+            return end
         if not latex:
             nxt = self.next_nonspace(end, stop)
             if low == "x" and prev in ("NUM", "RP", "PCT") and (nxt.isdigit() or nxt in "($"):
                 self.emit("OP", "*", start, end)  # "3 x 4" is a product in prose
-                return
+                return end
             if low in FUNCTIONS and nxt == "(":
                 self.emit("FN", low, start, end)
-                return
+                return end
             if low == "pi":
                 self.emit("ID", "pi", start, end)
-                return
+                return end
             if len(word) == 1:
-                self.emit("ID", word, start, end)
-                return
+                if end < stop and self.text[end] == "(":
+                    self.emit("CALL", word, start, end)  # f(3): a function value, not f*3
+                else:
+                    self.emit("ID", word, start, end)
+                return end
         self.emit("BRK", word, start, end)
+        return end
 
     # -- plain text
     def plain(self, start: int, end: int, annotations: list[tuple[int, int]]) -> None:
@@ -266,8 +302,7 @@ class _Tokenizer:
             if c.isalpha() and c.isascii():
                 m = _WORD.match(text, i, end)
                 assert m is not None
-                self.word(m.group(0), i, m.end(), end, latex=False)
-                i = m.end()
+                i = self.word(m.group(0), i, m.end(), end, latex=False)
                 continue
             i = self.symbol(i, end)
 
@@ -310,7 +345,10 @@ class _Tokenizer:
             self.emit("PCT", "%", i, i + 1)
             return i + 1
         if c in "$€£":
-            return i + 1  # currency signs are dropped
+            # Currency signs are dropped but compared like units ("$0.054 = 5.4 cents" is a
+            # conversion, not arithmetic).
+            self.emit("UNIT", {"$": "dollar", "€": "euro", "£": "pound"}[c], i, i + 1)
+            return i + 1
         if c == "!":
             nxt = self.next_nonspace(i + 1, end)
             if self.prev_kind() in ("NUM", "RP") and nxt and nxt in "=<>+-*/)^×·≤≥≠":
@@ -328,8 +366,29 @@ class _Tokenizer:
         if c == "π":
             self.emit("ID", "pi", i, i + 1)
             return i + 1
-        self.emit("BRK", c, i, i + 1)
+        if c == "°":
+            self.emit("DEG", "°", i, i + 1)
+            return i + 1
+        if c in ",;:?.\"'’“”`" or c.isspace():
+            self.emit("BRK", c, i, i + 1)
+        else:
+            self.emit("POISON", c, i, i + 1)
         return i + 1
+
+    def poison_previous_number(self, i: int) -> None:
+        """Replace a number written right before text[i] by a POISON token."""
+        if self.tokens and self.tokens[-1].kind == "NUM" and self.tokens[-1].end == i:
+            last = self.tokens.pop()
+            self.emit("POISON", last.value, last.start, last.end)
+
+    def skip_argument(self, i: int, end: int) -> int:
+        """Index after the macro argument starting at text[i] (a brace group or one character)."""
+        if i >= end:
+            return i
+        try:
+            return self.argument(i, end)[2]
+        except ParseError:
+            return i + 1
 
     # -- LaTeX
     def latex(self, start: int, end: int) -> None:
@@ -348,7 +407,7 @@ class _Tokenizer:
             if c.isdigit() or (c == "." and i + 1 < end and text[i + 1].isdigit()):
                 m = _LATEX_NUMBER.match(text, i, end)
                 assert m is not None
-                self.number(m.group(0).replace("{,}", ""), i, m.end())
+                self.number(m.group(0).replace("{,}", "").replace(",\\!", ""), i, m.end())
                 i = m.end()
                 continue
             if c.isalpha() and c.isascii():
@@ -358,12 +417,12 @@ class _Tokenizer:
                 if j < end and text[j] == "_":
                     sub = re.match(r"_(\{[A-Za-z0-9]{1,8}\}|[A-Za-z0-9])", text[j:end])
                     if sub is None:
-                        self.emit("BRK", "_", j, j + 1)
-                        i = j + 1
+                        self.emit("POISON", "_", j, j + 1)
+                        i = self.skip_argument(j + 1, end)
                         continue
                     name = c + "_" + sub.group(1).strip("{}")
                     j += sub.end()
-                self.emit("ID", name, i, j)
+                self.emit("CALL" if text[j : j + 1] == "(" else "ID", name, i, j)
                 i = j
                 continue
             if c == "\\":
@@ -379,8 +438,16 @@ class _Tokenizer:
             if c == "^":
                 i = self.superscript(i, end)
                 continue
-            if c == "_" or c == "'" or c == "|":
-                self.emit("BRK", c, i, i + 1)
+            if c == "_":
+                # a subscript on a number or a command: a base (110_2) or a log base (\log_2)
+                self.poison_previous_number(i)
+                self.emit("POISON", "_", i, i + 1)
+                i = self.skip_argument(i + 1, end)
+                continue
+            if c == "." and text[i + 1 : i + 2] == "\\":
+                # "0.\overline{3}": a decimal the reader cannot write out
+                self.poison_previous_number(i)
+                self.emit("POISON", ".", i, i + 1)
                 i += 1
                 continue
             i = self.symbol(i, end)
@@ -427,7 +494,10 @@ class _Tokenizer:
         rest = text[j:end].lstrip()
         j = end - len(rest)
         if rest.startswith("\\circ") or rest.startswith("{\\circ}"):
-            return j + (5 if rest.startswith("\\circ") else 7)  # degrees: a unit
+            self.emit("DEG", "°", i, j + (5 if rest.startswith("\\circ") else 7))
+            return j + (5 if rest.startswith("\\circ") else 7)  # degrees: times pi/180
+        if self.tokens and self.tokens[-1].kind == "UNIT":
+            return self.skip_argument(j, end)  # "\text{ cm}^2": the unit's power
         if re.match(r"\d\d", rest):
             # $2^10$ renders as 2^1 0; the writer's intent is unclear, so no claim here.
             self.emit("BRK", "^", i, i + 1)
@@ -465,6 +535,25 @@ class _Tokenizer:
         if name in _LATEX_FRAC:
             a1, b1, n1 = self.argument(j, end)
             a2, b2, n2 = self.argument(n1, end)
+            prev = self.tokens[-1] if self.tokens else None
+            if (
+                prev is not None
+                and prev.kind == "NUM"
+                and "." not in prev.value
+                and not text[prev.end : i].strip()
+                and text[a1:b1].strip().isdigit()
+                and text[a2:b2].strip().isdigit()
+            ):
+                # "4\frac{5}{8}" is the mixed number 4 + 5/8
+                self.tokens.pop()
+                self.emit("LP", "(", prev.start, prev.start)
+                self.emit("NUM", prev.value, prev.start, prev.end)
+                self.emit("OP", "+", prev.end, i)
+                self.emit("NUM", text[a1:b1].strip(), a1, b1)
+                self.emit("OP", "/", b1, a2)
+                self.emit("NUM", text[a2:b2].strip(), a2, b2)
+                self.emit("RP", ")", b2, n2)
+                return n2
             self.emit("LP", "(", i, j)
             self.emit("LP", "(", a1, a1)
             self.latex(a1, b1)
@@ -514,6 +603,21 @@ class _Tokenizer:
         if name == "pi":
             self.emit("ID", "pi", i, j)
             return j
+        if name in _GREEK:
+            k = j
+            symbol = _GREEK[name]
+            sub = re.match(r"_(\{[A-Za-z0-9]{1,8}\}|[A-Za-z0-9])", text[k:end])
+            if sub:
+                symbol += "_" + sub.group(1).strip("{}")
+                k += sub.end()
+            self.emit("CALL" if text[k : k + 1] == "(" else "ID", symbol, i, k)
+            return k
+        if name == "degree":
+            self.emit("DEG", "°", i, j)
+            return j
+        if name in _LATEX_SKIP_CONNECTIVES:
+            self.emit("BRK", name, i, j)
+            return j
         if name in _LATEX_FUNCS:
             self.emit("FN", "log" if name == "ln" else name, i, j)
             return j
@@ -521,12 +625,15 @@ class _Tokenizer:
             self.emit("PCT", "%", i, j)
             return j
         if name == "$":
-            return j  # money sign
+            self.emit("UNIT", "dollar", i, j)  # money sign
+            return j
         if name in _LATEX_TEXT:
             a, b, nxt = self.argument(j, end)
             content = text[a:b]
             for w in _WORD.finditer(content):
                 self.word(w.group(0), a + w.start(), a + w.end(), b, latex=True)
+            if not content.strip():
+                return nxt
             if re.search(r"[^A-Za-z\s]", content):
                 self.emit("BRK", content, a, b)
             return nxt
@@ -543,30 +650,43 @@ class _Tokenizer:
                 close = self.group_end(j, end)
                 self.emit("BRK", name, i, close)
                 return close
-        self.emit("BRK", "\\" + name, i, j)
+        # Unknown command (\dots, \binom, \overline, \star, \pm, ...): its arguments are
+        # skipped and the math touching it is not read.
+        self.poison_previous_number(i)
+        self.emit("POISON", "\\" + name, i, j)
+        while j < end and text[j] == "{":
+            j = self.group_end(j, end)
         return j
 
 
 def _money_or_math_dollars(text: str, start: int, end: int) -> list[tuple[int, int]]:
     """Spans (inner) of tight ``$...$`` pairs; a ``$`` that opens no tight pair is money."""
     spans: list[tuple[int, int]] = []
-    i = text.find("$", start, end)
+
+    def find(sub: str, at: int) -> int:
+        """Next unescaped occurrence (``\\$`` is a literal dollar sign inside math)."""
+        k = text.find(sub, at, end)
+        while k > 0 and text[k - 1] == "\\":
+            k = text.find(sub, k + 1, end)
+        return k
+
+    i = find("$", start)
     while 0 <= i < end:
         if text.startswith("$$", i):
-            close = text.find("$$", i + 2, end)
+            close = find("$$", i + 2)
             if close > i + 2:
                 spans.append((i + 2, close))
-                i = text.find("$", close + 2, end)
+                i = find("$", close + 2)
                 continue
-            i = text.find("$", i + 2, end)
+            i = find("$", i + 2)
             continue
-        close = text.find("$", i + 1, end)
+        close = find("$", i + 1)
         if close < 0:
             break
         inner = text[i + 1 : close]
         if inner and not inner[0].isspace() and not inner[-1].isspace() and "\n\n" not in inner and "<<" not in inner:
             spans.append((i + 1, close))
-            i = text.find("$", close + 1, end)
+            i = find("$", close + 1)
         else:
             i = close  # this "$" is money; the next one may open a pair
     return spans
@@ -615,7 +735,7 @@ def _math_segments(text: str, start: int, end: int) -> list[tuple[int, int, int,
 
 
 def _is_atom_start(tok: Token) -> bool:
-    return tok.kind in ("NUM", "ID", "FN", "LP")
+    return tok.kind in ("NUM", "ID", "FN", "CALL", "LP")
 
 
 class _Parser:
@@ -692,9 +812,9 @@ class _Parser:
 
     def postfix(self) -> tuple:
         node = self.atom()
-        while (t := self.peek()) is not None and t.kind in ("PCT", "BANG"):
+        while (t := self.peek()) is not None and t.kind in ("PCT", "BANG", "DEG"):
             self.pos += 1
-            node = ("pct", node) if t.kind == "PCT" else ("fact", node)
+            node = {"PCT": "pct", "BANG": "fact", "DEG": "deg"}[t.kind], node
         return node
 
     def atom(self) -> tuple:
@@ -710,7 +830,15 @@ class _Parser:
             self.enter()
             arg = self.power()
             self.depth -= 1
-            return ("fn", t.value, arg)
+            return ("fact", arg) if t.value == "factorial" else ("fn", t.value, arg)
+        if t.kind == "CALL":
+            nxt = self.peek()
+            if nxt is None or nxt.kind != "LP":
+                raise ParseError(f"{t.value} is not applied")
+            self.enter()
+            arg = self.atom()
+            self.depth -= 1
+            return ("call", t.value, arg)
         if t.kind == "LP":
             self.enter()
             inner = self.expr()
@@ -743,6 +871,10 @@ def _emit(node: tuple, parent: int = 0, right: bool = False) -> str:
         return f"({_emit(node[1], 2)}/100)"
     if kind == "fact":
         return f"factorial({_emit(node[1])})"
+    if kind == "deg":
+        return f"({_emit(node[1], 2)}*pi/180)"
+    if kind == "call":
+        return f"{node[1]}({_emit(node[2])})"
     if kind == "fn":
         return f"{node[1]}({_emit(node[2])})"
     prec = _PREC[kind]
@@ -762,7 +894,7 @@ def parse_plain(expression: str) -> tuple:
     """Parse a plain expression (a Claim side) back into a tree; raises ParseError."""
     tokenizer = _Tokenizer(expression)
     tokenizer.plain(0, len(expression), [])
-    tokens = [t for t in tokenizer.tokens if t.kind != "APPROX"]
+    tokens = [t for t in tokenizer.tokens if t.kind not in ("APPROX", "UNIT")]
     # "factorial" is emitted by to_plain; read it back as a function.
     merged: list[Token] = []
     for t in tokens:
@@ -770,30 +902,40 @@ def parse_plain(expression: str) -> tuple:
             merged.append(Token("FN", "factorial", t.start, t.end))
         else:
             merged.append(t)
-    if any(t.kind in ("BRK", "REL") for t in merged):
-        bad = next(t for t in merged if t.kind in ("BRK", "REL"))
+    if any(t.kind in ("BRK", "POISON", "REL") for t in merged):
+        bad = next(t for t in merged if t.kind in ("BRK", "POISON", "REL"))
         raise ParseError(f"not a plain expression: {bad.value!r}")
     tree = _Parser(merged).parse()
     return _fn_factorial(tree)
 
 
+def _map_children(node: tuple, fn) -> tuple:  # type: ignore[no-untyped-def]
+    """``node`` with ``fn`` applied to its child trees (leaves are returned as they are)."""
+    kind = node[0]
+    if kind in ("num", "sym", "pi"):
+        return node
+    if kind in ("fn", "call"):
+        return (kind, node[1], fn(node[2]))
+    return (kind,) + tuple(fn(c) for c in node[1:])
+
+
 def _fn_factorial(node: tuple) -> tuple:
     if node[0] == "fn" and node[1] == "factorial":
         return ("fact", _fn_factorial(node[2]))
-    if node[0] in ("num", "sym", "pi"):
-        return node
-    if node[0] == "fn":
-        return ("fn", node[1], _fn_factorial(node[2]))
-    return (node[0],) + tuple(_fn_factorial(c) for c in node[1:])
+    return _map_children(node, _fn_factorial)
 
 
 def free_symbols(node: tuple) -> set[str]:
-    if node[0] == "sym":
+    """Unknown names in a tree; a function value f(3) counts as the unknown "f()"."""
+    kind = node[0]
+    if kind == "sym":
         return {node[1]}
-    if node[0] in ("num", "pi"):
+    if kind in ("num", "pi"):
         return set()
-    if node[0] == "fn":
+    if kind == "fn":
         return free_symbols(node[2])
+    if kind == "call":
+        return {node[1] + "()"} | free_symbols(node[2])
     out: set[str] = set()
     for child in node[1:]:
         out |= free_symbols(child)
@@ -803,11 +945,7 @@ def free_symbols(node: tuple) -> set[str]:
 def substitute(node: tuple, bindings: dict[str, tuple]) -> tuple:
     if node[0] == "sym":
         return bindings.get(node[1], node)
-    if node[0] in ("num", "pi"):
-        return node
-    if node[0] == "fn":
-        return ("fn", node[1], substitute(node[2], bindings))
-    return (node[0],) + tuple(substitute(c, bindings) for c in node[1:])
+    return _map_children(node, lambda child: substitute(child, bindings))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -829,8 +967,12 @@ class _Side:
         return self.tokens[-1].end if self.tokens else -1
 
 
-def _parse_side(tokens: list[Token]) -> _Side:
+def _parse_side(tokens: list[Token], lead_plus: bool = False) -> _Side:
     side = _Side(tokens)
+    if tokens and tokens[0].kind == "OP" and tokens[0].value != "-" and not (lead_plus and tokens[0].value == "+"):
+        # "+ 10 = 55" is the tail of a longer sum whose start was not read
+        side.error = f"starts with {tokens[0].value!r}"
+        return side
     try:
         side.tree = _Parser(tokens).parse()
     except ParseError as exc:
@@ -852,13 +994,27 @@ def _claims_from_tokens(
     rejected: list[RejectedClaim] = []
     trees: list[tuple[Claim, tuple, tuple, int]] = []
     run: list[Token] = []
+    before: Token | None = None  # the break token in front of the current run
     for tok in tokens + [Token("BRK", "", len(text), len(text))]:
-        if tok.kind != "BRK":
+        if tok.kind not in ("BRK", "POISON"):
             run.append(tok)
             continue
         if any(t.kind == "REL" for t in run):
-            _claims_from_run(text, run, origin, step_rounds, claims, rejected, trees)
+            # "foo(3) = 5": a run that opens with "(" right after a word is a call of an
+            # unknown function; its first side is not the whole expression. Next to an unknown
+            # command or symbol ("\dots + 10 = 55") the side is not the whole expression either.
+            first_cut = before is not None and (
+                before.kind == "POISON"
+                or (
+                    before.value[:1].isalpha()
+                    and run[0].kind == "LP"
+                    and not re.sub(r"\\(left|bigl?|Bigl?)|\s", "", text[before.end : run[0].start])
+                )
+            )
+            last_cut = tok.kind == "POISON"
+            _claims_from_run(text, run, origin, step_rounds, claims, rejected, trees, first_cut, last_cut)
         run = []
+        before = tok
     return claims, rejected, trees
 
 
@@ -870,6 +1026,8 @@ def _claims_from_run(
     claims: list[Claim],
     rejected: list[RejectedClaim],
     trees: list[tuple[Claim, tuple, tuple, int]],
+    first_cut: bool = False,
+    last_cut: bool = False,
 ) -> None:
     sides: list[list[Token]] = [[]]
     relations: list[tuple[str, bool]] = []
@@ -882,11 +1040,22 @@ def _claims_from_run(
                 relations[-1] = (relations[-1][0], True)
         else:
             sides[-1].append(tok)
-    parsed = [_parse_side(s) if s else None for s in sides]
+    units = [{t.value for t in side if t.kind == "UNIT"} for side in sides]
+    # Calculator annotations are machine-written: "<<+8=8>>" is a complete claim.
+    lead_plus = origin == "annotation"
+    parsed = [_parse_side([t for t in s if t.kind != "UNIT"], lead_plus) if s else None for s in sides]
+    if first_cut:
+        parsed[0] = None
+    if last_cut:
+        parsed[-1] = None
     for k, (rel, approx_word) in enumerate(relations):
         left, right = parsed[k], parsed[k + 1]
         if left is None or right is None:
             continue  # "apples = 3": one side is prose, not a claim
+        if units[k] and units[k] != units[k + 1]:
+            # "2 hours = 120 minutes", "1.5 quarts = 4 * 1.5": a conversion or a label, not
+            # arithmetic. Units on the result alone ("3 * 5 = 15 dollars") are fine.
+            continue
         start, end = left.start, right.end
         if left.tree is None or right.tree is None:
             reason = left.error if left.tree is None else right.error
@@ -924,7 +1093,6 @@ def extract(step_text: str) -> Extraction:
     code_blocks = [(m.start(), m.end()) for m in _CODE_BLOCK.finditer(text)]
     annotations = [(m.start(), m.end()) for m in _ANNOTATION.finditer(text)]
     ann_tokens: list[tuple[int, int, list[Token]]] = []
-    claims: list[Claim] = []
     rejected: list[RejectedClaim] = []
     trees: list[tuple[Claim, tuple, tuple, int]] = []
 
@@ -937,8 +1105,7 @@ def extract(step_text: str) -> Extraction:
             rejected.append(RejectedClaim(m.group(0), (m.start(), m.end()), str(exc)))
             continue
         ann_tokens.append((m.start(), m.end(), tk.tokens))
-        c, r, t = _claims_from_tokens(text, tk.tokens, "annotation", step_rounds)
-        claims += c
+        _, r, t = _claims_from_tokens(text, tk.tokens, "annotation", step_rounds)
         rejected += r
         trees += t
 
@@ -961,19 +1128,25 @@ def extract(step_text: str) -> Extraction:
         tk.plain(pos, len(text), annotations)
     except (ParseError, RecursionError) as exc:
         rejected.append(RejectedClaim(text[:80], (0, len(text)), f"could not read the step: {exc}"))
-    c, r, t = _claims_from_tokens(text, tk.tokens, "text", step_rounds)
+    _, r, t = _claims_from_tokens(text, tk.tokens, "text", step_rounds)
     ann_ends = [e for _, e, _ in ann_tokens]
     for claim, lt, rt, rhs_start in t:
         if any(_adjacent(text, e, rhs_start) for e in ann_ends):
             continue  # "16 - 3 - 4 = <<16-3-4=9>>9": the annotation already is this claim
-        claims.append(claim)
         trees.append((claim, lt, rt, rhs_start))
     rejected += [x for x in r if not any(_adjacent(text, e, x.span[1] - 1) or s <= x.span[0] < e for s, e, _ in ann_tokens)]
 
     # 3. substitutions stated in the step
-    claims += _substitutions(text, trees)
-    claims.sort(key=lambda c: (c.span[0], c.span[1]))
-    return Extraction(claims[:MAX_CLAIMS_PER_STEP], rejected, code_blocks)
+    trees += _substitutions(text, trees)
+    trees.sort(key=lambda item: (item[0].span[0], item[0].span[1]))
+    trees = trees[:MAX_CLAIMS_PER_STEP]
+    return Extraction(
+        claims=[item[0] for item in trees],
+        rejected=rejected,
+        code_blocks=code_blocks,
+        sides=[(item[1], item[2]) for item in trees],
+        denies=bool(_DENIAL_CUE.search(text)),
+    )
 
 
 def _math_segments_safe(text: str, rejected: list[RejectedClaim]) -> list[tuple[int, int, int, int]]:
@@ -991,9 +1164,11 @@ def _adjacent(text: str, ann_end: int, rhs_start: int) -> bool:
     return text[ann_end:rhs_start].strip(" $\t") == ""
 
 
-def _substitutions(text: str, trees: list[tuple[Claim, tuple, tuple, int]]) -> list[Claim]:
+def _substitutions(
+    text: str, trees: list[tuple[Claim, tuple, tuple, int]]
+) -> list[tuple[Claim, tuple, tuple, int]]:
     """Substituted claims for "x = 5 solves 2x + 1 = 11" (see the module doc)."""
-    if len(trees) < 2 or _NEGATION_CUE.search(text):
+    if len(trees) < 2 or _NEGATION_CUE.search(text) or not _SUBSTITUTION_CUE.search(text):
         return []
     bound: dict[str, list[tuple]] = {}
     binding_claims: set[int] = set()
@@ -1010,8 +1185,8 @@ def _substitutions(text: str, trees: list[tuple[Claim, tuple, tuple, int]]) -> l
     }
     if not bindings:
         return []
-    out: list[Claim] = []
-    for idx, (claim, lt, rt, _) in enumerate(trees):
+    out: list[tuple[Claim, tuple, tuple, int]] = []
+    for idx, (claim, lt, rt, rhs_start) in enumerate(trees):
         if idx in binding_claims:
             continue
         names = free_symbols(lt) | free_symbols(rt)
@@ -1020,18 +1195,18 @@ def _substitutions(text: str, trees: list[tuple[Claim, tuple, tuple, int]]) -> l
         wrapped = {n: ("group", bindings[n]) for n in names}
         lhs = _emit_grouped(substitute(lt, wrapped))
         rhs = _emit_grouped(substitute(rt, wrapped))
-        out.append(
-            Claim(
-                text=claim.text,
-                span=claim.span,
-                lhs=lhs,
-                rhs=rhs,
-                relation=claim.relation,
-                rounded=claim.rounded,
-                origin="substitution",
-                substitution=tuple(sorted((n, to_plain(bindings[n])) for n in names)),
-            )
+        substituted = Claim(
+            text=claim.text,
+            span=claim.span,
+            lhs=lhs,
+            rhs=rhs,
+            relation=claim.relation,
+            rounded=claim.rounded,
+            origin="substitution",
+            substitution=tuple(sorted((n, to_plain(bindings[n])) for n in names)),
         )
+        values = {n: bindings[n] for n in names}
+        out.append((substituted, substitute(lt, values), substitute(rt, values), rhs_start))
     return out
 
 
@@ -1043,11 +1218,7 @@ def _emit_grouped(node: tuple) -> str:
 def _groups_to_parens(node: tuple) -> tuple:
     if node[0] == "group":
         return ("sym", f"({to_plain(node[1])})")
-    if node[0] in ("num", "sym", "pi"):
-        return node
-    if node[0] == "fn":
-        return ("fn", node[1], _groups_to_parens(node[2]))
-    return (node[0],) + tuple(_groups_to_parens(c) for c in node[1:])
+    return _map_children(node, _groups_to_parens)
 
 
 def exact_number(literal: str) -> Fraction:

@@ -1,0 +1,644 @@
+"""Check a step's claims with exact arithmetic, sympy and sandboxed Python.
+
+:class:`ToolStepVerifier` (the ``StepVerifier`` of the pipeline) judges each step:
+
+- ``correct``: every checkable claim holds; ``incorrect``: at least one fails (the evidence names
+  the first failing claim with both values); ``unverifiable``: nothing could be checked (no claim,
+  only equations in unknowns, or every check ran out of time/memory), with the reasons.
+
+How a claim is checked (docs/verification.md gives the full rules):
+
+1. **Exact fast path, in process**: both sides are evaluated as exact rationals
+   (:class:`fractions.Fraction`; decimals are exact, ``0.1`` is ``1/10``) when they use only
+   numbers, ``+ - * / **`` with integer exponents, ``%``, ``!`` and square roots of perfect
+   squares. Size guards (exponent at most :data:`MAX_EXACT_EXPONENT`, results at most
+   :data:`MAX_EXACT_BITS` bits, factorial argument at most :data:`MAX_EXACT_FACTORIAL`) stop before
+   anything large is computed; such claims go to step 2, where the limits apply.
+2. **sympy in a worker process** (:class:`labelers.verify.pool.ClaimPool`), with a per-claim
+   wall-time limit and a memory limit: numeric sides are compared at 50 significant digits
+   (``|lhs - rhs| <= 1e-40 * max(1, |lhs|, |rhs|)`` counts as equal); sides with unknowns hold
+   when ``simplify(lhs - rhs) == 0`` (an identity); otherwise they are an equation, which is not
+   a checkable claim.
+3. **Code** in a step (a ```` ```python ```` block) runs in :func:`labelers.verify.sandbox.run_python`;
+   the last printed line (or the trailing expression's value) is compared with the first number
+   the step states after the block.
+
+Rounding: a claim marked ``rounded`` (``≈``, ``~``, "about", "rounded", ...) holds when
+``|lhs - rhs| <= rounding_tolerance * max(|lhs|, |rhs|)`` or when the exact side rounds to the
+shown decimals (``|lhs - rhs| <= 0.5 * 10**-d``, ``d`` = decimals written). Without a rounding
+word, a right side written as a decimal with ``d >= 1`` places also holds when the left side has
+more decimals than that and ``|lhs - rhs| < 10**-d`` (``10/3 = 3.33``: a truncated or rounded
+decimal), since steps write such results without saying so.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from labelers.config import ToolConfig
+from labelers.verify.base import StepContext, ToolCheck, ToolVerdict
+from labelers.verify.claims import (
+    Claim,
+    Extraction,
+    ParseError,
+    extract,
+    free_symbols,
+    parse_plain,
+    substitute,
+    to_plain,
+)
+from labelers.verify.pool import ClaimPool
+from labelers.verify.sandbox import SandboxResult, run_python
+
+MAX_EXACT_EXPONENT = 10_000
+MAX_EXACT_BITS = 100_000
+MAX_EXACT_FACTORIAL = 2_000
+MAX_EVIDENCE_CLAIMS = 12
+NUMERIC_DIGITS = 50
+NUMERIC_EQUAL = Fraction(1, 10**40)
+
+
+class _NeedsSympy(Exception):
+    """The exact fast path cannot settle this side (irrational, symbolic, or too large)."""
+
+
+class _Undefined(Exception):
+    """The expression has no value (division by zero, factorial of a negative number)."""
+
+
+def _bits(q: Fraction) -> int:
+    return q.numerator.bit_length() + q.denominator.bit_length()
+
+
+def eval_exact(node: tuple) -> Fraction:
+    """The exact rational value of a parsed side, or raise _NeedsSympy / _Undefined.
+
+    Never computes a number over MAX_EXACT_BITS bits: powers and factorials are size-checked
+    before they are evaluated.
+    """
+    kind = node[0]
+    if kind == "num":
+        return Fraction(node[1])
+    if kind == "neg":
+        return -eval_exact(node[1])
+    if kind == "pct":
+        return eval_exact(node[1]) / 100
+    if kind in ("add", "sub", "mul", "div"):
+        a = eval_exact(node[1])
+        b = eval_exact(node[2])
+        if kind == "add":
+            out = a + b
+        elif kind == "sub":
+            out = a - b
+        elif kind == "mul":
+            out = a * b
+        else:
+            if b == 0:
+                raise _Undefined("division by zero")
+            out = a / b
+        if _bits(out) > MAX_EXACT_BITS:
+            raise _NeedsSympy("result too large for the exact path")
+        return out
+    if kind == "pow":
+        base = eval_exact(node[1])
+        exponent = eval_exact(node[2])
+        if exponent.denominator != 1:
+            root = _exact_root(base, exponent)
+            if root is None:
+                raise _NeedsSympy("non-integer power")
+            return root
+        e = exponent.numerator
+        if abs(e) > MAX_EXACT_EXPONENT or max(1, _bits(base)) * abs(e) > MAX_EXACT_BITS:
+            raise _NeedsSympy("power too large for the exact path")
+        if base == 0 and e < 0:
+            raise _Undefined("division by zero")
+        return base**e
+    if kind == "fact":
+        value = eval_exact(node[1])
+        if value.denominator != 1:
+            raise _NeedsSympy("factorial of a non-integer")
+        if value < 0:
+            raise _Undefined("factorial of a negative number")
+        if value > MAX_EXACT_FACTORIAL:
+            raise _NeedsSympy("factorial too large for the exact path")
+        return Fraction(math.factorial(value.numerator))
+    if kind == "fn" and node[1] == "sqrt":
+        value = eval_exact(node[2])
+        root = _exact_root(value, Fraction(1, 2))
+        if root is None:
+            raise _NeedsSympy("irrational square root")
+        return root
+    raise _NeedsSympy(f"needs sympy ({kind})")
+
+
+def _exact_root(base: Fraction, exponent: Fraction) -> Fraction | None:
+    """base**exponent when it is rational and small (perfect powers), else None."""
+    if base < 0 or exponent.denominator > 12 or abs(exponent.numerator) > 100 or _bits(base) > 4_000:
+        return None
+    n = exponent.denominator
+
+    def iroot(k: int) -> int | None:
+        r = round(k ** (1.0 / n)) if k < 2**1000 else None
+        if r is None:
+            return None
+        for cand in (r - 1, r, r + 1):
+            if cand >= 0 and cand**n == k:
+                return cand
+        return None
+
+    num, den = iroot(base.numerator), iroot(base.denominator)
+    if num is None or den is None:
+        return None
+    root = Fraction(num, den)
+    if root == 0 and exponent < 0:
+        return None
+    return root**exponent.numerator
+
+
+def _shown_decimals(node: tuple) -> int | None:
+    """Decimals written in a literal side (``3.33`` -> 2, ``12`` -> 0); None if not a literal."""
+    if node[0] == "neg":
+        return _shown_decimals(node[1])
+    if node[0] == "num":
+        literal = node[1]
+        return len(literal.split(".", 1)[1]) if "." in literal else 0
+    return None
+
+
+def format_value(q: Fraction | float | None) -> str | None:
+    """A short, readable value: integers, fractions with a decimal, or scientific notation."""
+    if q is None:
+        return None
+    if isinstance(q, float):
+        return f"{q:.10g}"
+    if q.denominator == 1:
+        text = str(q.numerator)
+        if len(text) <= 30:
+            return text
+        return f"{float(q):.6e}" if _bits(q) < 1000 else f"an integer with {len(text)} digits"
+    if _bits(q) < 200:
+        return f"{q.numerator}/{q.denominator} (≈{float(q):.10g})"
+    return f"≈{float(q):.10g}" if _bits(q) < 2000 else "a very large fraction"
+
+
+def compare(
+    lhs_value: Fraction,
+    rhs_value: Fraction,
+    relation: str,
+    rounded: bool,
+    tolerance: float,
+    lhs_decimals: int | None,
+    rhs_decimals: int | None,
+    percent_sides: tuple[str, ...] = (),
+    exactly_equal: bool | None = None,
+) -> tuple[bool, str]:
+    """Whether ``lhs relation rhs`` holds, and by which rule ("exact", "rounded", ...).
+
+    ``exactly_equal`` overrides ``lhs_value == rhs_value`` (the sympy path decides equality at
+    50 digits and passes truncated values here).
+    """
+    equal = (lhs_value == rhs_value) if exactly_equal is None else exactly_equal
+    if relation == "<":
+        return (lhs_value < rhs_value and not equal), "exact"
+    if relation == ">":
+        return (lhs_value > rhs_value and not equal), "exact"
+    if relation == "<=":
+        return (lhs_value <= rhs_value or equal), "exact"
+    if relation == ">=":
+        return (lhs_value >= rhs_value or equal), "exact"
+    if relation == "!=":
+        return (not equal), "exact"
+    if equal:
+        return True, "exact"
+    # A lone percentage may also stand for the bare number ("20/100*100 = 20%").
+    if "rhs" in percent_sides and lhs_value == rhs_value * 100:
+        return True, "percent as number"
+    if "lhs" in percent_sides and lhs_value * 100 == rhs_value:
+        return True, "percent as number"
+    diff = abs(lhs_value - rhs_value)
+    if rounded:
+        scale = max(abs(lhs_value), abs(rhs_value))
+        if diff <= Fraction(tolerance) * scale:
+            return True, f"rounded (relative tolerance {tolerance:g})"
+        for shown in (rhs_decimals, lhs_decimals):
+            if shown is not None and diff <= Fraction(1, 2 * 10**shown) * Fraction(1_000_001, 1_000_000):
+                return True, f"rounded to {shown} decimals"
+    if rhs_decimals is not None and rhs_decimals >= 1:
+        step = Fraction(1, 10**rhs_decimals)
+        if (lhs_value / step).denominator != 1 and diff < step:
+            return True, f"decimal shown to {rhs_decimals} places"
+    return False, "exact"
+
+
+def check_claim_exact(
+    lhs_tree: tuple, rhs_tree: tuple, relation: str, rounded: bool, tolerance: float, percent_sides: tuple[str, ...]
+) -> dict[str, Any] | None:
+    """The fast path: a result dict, or None when the claim needs the sympy workers."""
+    try:
+        lhs_value = eval_exact(lhs_tree)
+        rhs_value = eval_exact(rhs_tree)
+    except _NeedsSympy:
+        return None
+    except _Undefined as exc:
+        return {"holds": None, "reason": f"undefined: {exc}"}
+    holds, method = compare(
+        lhs_value,
+        rhs_value,
+        relation,
+        rounded,
+        tolerance,
+        _shown_decimals(lhs_tree),
+        _shown_decimals(rhs_tree),
+        percent_sides,
+    )
+    return {
+        "holds": holds,
+        "method": method,
+        "lhs_value": format_value(lhs_value),
+        "rhs_value": format_value(rhs_value),
+    }
+
+
+def _to_sympy(node: tuple) -> Any:
+    import sympy
+
+    kind = node[0]
+    if kind == "num":
+        return sympy.Rational(node[1])
+    if kind == "sym":
+        return sympy.Symbol(node[1])
+    if kind == "pi":
+        return sympy.pi
+    if kind == "neg":
+        return -_to_sympy(node[1])
+    if kind == "pct":
+        return _to_sympy(node[1]) / 100
+    if kind == "fact":
+        return sympy.factorial(_to_sympy(node[1]))
+    if kind == "deg":
+        return _to_sympy(node[1]) * sympy.pi / 180
+    if kind == "call":
+        return sympy.Function(node[1])(_to_sympy(node[2]))
+    if kind == "fn":
+        fn = {"sqrt": sympy.sqrt, "sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan, "log": sympy.log, "ln": sympy.log, "exp": sympy.exp}[node[1]]
+        return fn(_to_sympy(node[2]))
+    a, b = _to_sympy(node[1]), _to_sympy(node[2])
+    if kind == "add":
+        return a + b
+    if kind == "sub":
+        return a - b
+    if kind == "mul":
+        return a * b
+    if kind == "div":
+        return a / b
+    if kind == "pow":
+        return a**b
+    raise ValueError(f"unknown node {kind}")
+
+
+def check_claim_sympy(
+    lhs_tree: tuple, rhs_tree: tuple, relation: str, rounded: bool, tolerance: float, percent_sides: tuple[str, ...]
+) -> dict[str, Any]:
+    """Check a claim with sympy (runs in a worker process; see the module doc for the rules)."""
+    import sympy
+
+    fast = check_claim_exact(lhs_tree, rhs_tree, relation, rounded, tolerance, percent_sides)
+    if fast is not None and not (fast.get("holds") is None and "too large" in str(fast.get("reason"))):
+        return fast
+    lhs, rhs = _to_sympy(lhs_tree), _to_sympy(rhs_tree)
+    unknowns = sorted(free_symbols(lhs_tree) | free_symbols(rhs_tree))
+    if unknowns:
+        if relation != "=":
+            return {"holds": None, "reason": f"inequality in unknowns {', '.join(unknowns)}"}
+        return _identity(lhs, rhs, unknowns)
+    lhs_num = lhs.evalf(NUMERIC_DIGITS)
+    rhs_num = rhs.evalf(NUMERIC_DIGITS)
+    if not (lhs_num.is_real and rhs_num.is_real and lhs_num.is_finite and rhs_num.is_finite):
+        if relation == "=" and sympy.simplify(lhs - rhs) == 0:
+            return {"holds": True, "method": "simplify", "lhs_value": str(lhs)[:80], "rhs_value": str(rhs)[:80]}
+        return {"holds": None, "reason": "not a finite real number", "lhs_value": str(lhs_num)[:60], "rhs_value": str(rhs_num)[:60]}
+    lhs_q = Fraction(str(sympy.Float(lhs_num, NUMERIC_DIGITS)))
+    rhs_q = Fraction(str(sympy.Float(rhs_num, NUMERIC_DIGITS)))
+    equal = abs(lhs_q - rhs_q) <= NUMERIC_EQUAL * max(1, abs(lhs_q), abs(rhs_q))
+    holds, method = compare(
+        lhs_q,
+        rhs_q,
+        relation,
+        rounded,
+        tolerance,
+        _shown_decimals(lhs_tree),
+        _shown_decimals(rhs_tree),
+        percent_sides,
+        exactly_equal=equal,
+    )
+    if method == "exact":
+        method = f"numeric ({NUMERIC_DIGITS} digits)"
+    return {
+        "holds": holds,
+        "method": method,
+        "lhs_value": f"{float(lhs_q):.10g}" if lhs_q.denominator != 1 else format_value(lhs_q),
+        "rhs_value": f"{float(rhs_q):.10g}" if rhs_q.denominator != 1 else format_value(rhs_q),
+    }
+
+
+# Fixed probe points for the cheap identity test (deterministic; unlikely roots of a step's
+# polynomial). Symbol number k gets _PROBES[p][k % len] at probe p.
+_PROBES = (
+    tuple(Fraction(n, d) for n, d in ((7, 3), (11, 5), (13, 7), (17, 4), (19, 9), (23, 6), (29, 8), (31, 10))),
+    tuple(Fraction(n, d) for n, d in ((-5, 2), (37, 11), (-41, 13), (43, 3), (-47, 7), (53, 5), (-59, 9), (61, 4))),
+)
+
+
+def _identity(lhs: Any, rhs: Any, unknowns: list[str]) -> dict[str, Any]:
+    """Whether ``lhs = rhs`` holds for all values of the unknowns.
+
+    Cheapest first: if ``lhs - rhs`` is non-zero (beyond 1e-20) at a probe point it is an
+    equation, not an identity; if it is zero at all three probes, ``expand`` and then
+    ``simplify`` are asked to prove ``lhs - rhs == 0``; when they cannot, agreement at three
+    points to 30 digits is taken as an identity (method says so).
+    """
+    import sympy
+
+    difference = lhs - rhs
+    if difference == 0:
+        return {"holds": True, "method": "identity (same expression)"}
+    symbols = sorted(difference.free_symbols, key=str)
+    probes = (
+        (Fraction(7, 3), Fraction(11, 5), Fraction(13, 7), Fraction(17, 4), Fraction(19, 9)),
+        (Fraction(-5, 2), Fraction(37, 11), Fraction(3, 13), Fraction(43, 3), Fraction(-7, 47)),
+        (Fraction(5, 17), Fraction(-9, 4), Fraction(29, 8), Fraction(-31, 10), Fraction(2, 3)),
+    )
+    for probe in probes:
+        point = {sym: sympy.Rational(probe[k % len(probe)]) for k, sym in enumerate(symbols)}
+        value = difference.subs(point).evalf(30)
+        if not value.is_number:
+            return {"holds": None, "reason": f"an equation in {', '.join(unknowns)}, not an identity"}
+        if value.is_finite and abs(value) > sympy.Float("1e-20"):
+            return {"holds": None, "reason": f"an equation in {', '.join(unknowns)}, not an identity"}
+    if sympy.expand(difference) == 0:
+        return {"holds": True, "method": "identity (expand)"}
+    if sympy.simplify(difference) == 0:
+        return {"holds": True, "method": "identity (simplify)"}
+    return {"holds": True, "method": "identity (numeric, 3 points, 30 digits)"}
+
+
+def _prefilter(claim: Claim, lhs_tree: tuple, rhs_tree: tuple) -> dict[str, Any] | None:
+    """Claims with unknowns settled without sympy: definitions, relations in unknowns, and
+    equations that differ at an exact rational probe point (so cannot be identities).
+
+    A claim ``lhs = rhs`` in unknowns is an identity only if ``lhs - rhs`` vanishes everywhere;
+    if it is non-zero at one point it is an equation (a condition on the unknowns), not a claim
+    the step makes about numbers. Claims equal at both probe points go to sympy's simplify.
+    """
+    names = free_symbols(lhs_tree) | free_symbols(rhs_tree)
+    if not names:
+        return None
+    if lhs_tree == rhs_tree and claim.relation in ("=", "<=", ">="):
+        return {"holds": True, "method": "same expression on both sides"}
+    if lhs_tree[0] == "sym" or rhs_tree[0] == "sym":
+        sym = lhs_tree[1] if lhs_tree[0] == "sym" else rhs_tree[1]
+        return {"holds": None, "reason": f"defines {sym}"}
+    listed = ", ".join(sorted(names))
+    if claim.relation != "=":
+        return {"holds": None, "reason": f"inequality in unknowns {listed}"}
+    if any(name.endswith("()") for name in names):
+        return {"holds": None, "reason": f"an equation in {listed}, not an identity"}
+    ordered = sorted(names)
+    for probe in _PROBES:
+        point = {name: ("num", _fraction_literal(probe[k % len(probe)])) for k, name in enumerate(ordered)}
+        try:
+            left = eval_exact(substitute(lhs_tree, point))
+            right = eval_exact(substitute(rhs_tree, point))
+        except (_NeedsSympy, _Undefined):
+            return None
+        if left != right:
+            return {"holds": None, "reason": f"an equation in {listed}, not an identity"}
+    return None
+
+
+def _fraction_literal(q: Fraction) -> str:
+    return str(q.numerator) if q.denominator == 1 else f"{q.numerator}/{q.denominator}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Program-of-thought code blocks
+
+
+_CLAIMED_NUMBER = r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+"
+
+
+@dataclass(frozen=True)
+class _CodeTask:
+    step_index: int
+    span: tuple[int, int]
+    code: str
+    claimed: str | None
+
+
+def _code_tasks(step_index: int, text: str, extraction: Extraction) -> list[_CodeTask]:
+    import re
+
+    tasks = []
+    for start, end in extraction.code_blocks:
+        block = text[start:end]
+        header, _, body = block[3:].partition("\n")
+        language = header.strip().lower()
+        if language not in ("python", "py", "python3", ""):
+            continue
+        if language == "" and not body:
+            continue
+        if language in ("output", "text"):
+            continue
+        code = body[: body.rfind("```")] if body.rstrip().endswith("```") else body
+        after = text[end:]
+        # The claimed value: an ```output block's content, else the first number after the block.
+        claimed = None
+        out = re.match(r"\s*```(?:output|text)?\s*\n(.*?)```", after, re.DOTALL)
+        source = out.group(1) if out else after
+        match = re.search(_CLAIMED_NUMBER, source)
+        if match:
+            claimed = match.group(0).replace(",", "")
+        tasks.append(_CodeTask(step_index, (start, end), code, claimed))
+    return tasks
+
+
+def _printed_value(result: SandboxResult) -> str | None:
+    lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+    if lines:
+        return lines[-1][:200]
+    return result.result
+
+
+def _compare_code(task: _CodeTask, run: SandboxResult, tolerance: float) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "kind": "python",
+        "span": list(task.span),
+        "text": f"```python block ({len(task.code)} chars)",
+        "status": run.status,
+        "claimed": task.claimed,
+    }
+    if run.status != "ok":
+        entry.update(holds=None, reason=f"code {run.status}: {run.error}"[:300])
+        return entry
+    printed = _printed_value(run)
+    entry["printed"] = printed
+    if printed is None or task.claimed is None:
+        entry.update(holds=None, reason="no printed value" if printed is None else "no claimed value after the code")
+        return entry
+    try:
+        printed_q = eval_exact(parse_plain(printed.replace(",", "").rstrip(".")))
+        claimed_tree = parse_plain(task.claimed)
+        claimed_q = eval_exact(claimed_tree)
+    except (ParseError, _NeedsSympy, _Undefined, ValueError, ZeroDivisionError):
+        entry.update(holds=None, reason="printed value is not a plain number")
+        return entry
+    # Floats printed by a program carry noise: equal within 1e-9 relative, or to the decimals shown.
+    noise = Fraction(1, 10**9) * max(1, abs(printed_q))
+    holds, method = compare(printed_q, claimed_q, "=", True, 0.0, None, _shown_decimals(claimed_tree))
+    if not holds and abs(printed_q - claimed_q) <= noise:
+        holds, method = True, "float noise (1e-9 relative)"
+    entry.update(holds=holds, method=method, lhs_value=format_value(printed_q), rhs_value=format_value(claimed_q))
+    return entry
+
+
+# ---------------------------------------------------------------------------------------------
+# The verifier
+
+
+def _claim_entry(claim: Claim, result: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "kind": "sympy",
+        "text": claim.text[:200],
+        "span": list(claim.span),
+        "relation": claim.relation,
+        "lhs": claim.lhs[:200],
+        "rhs": claim.rhs[:200],
+        "origin": claim.origin,
+    }
+    if claim.rounded:
+        entry["rounded"] = True
+    if claim.substitution:
+        entry["substitution"] = [list(pair) for pair in claim.substitution]
+    entry.update({k: v for k, v in result.items() if v is not None or k == "holds"})
+    return entry
+
+
+class ToolStepVerifier:
+    """Judges steps with the exact fast path, a sympy worker pool and the Python sandbox.
+
+    Usable as a context manager; :meth:`close` shuts the worker processes down.
+    """
+
+    def __init__(self, config: ToolConfig | None = None) -> None:
+        self.config = config or ToolConfig()
+        self.workers = self.config.workers or os.cpu_count() or 1
+        self._pool = ClaimPool(
+            workers=self.workers,
+            claim_timeout_s=self.config.claim_timeout_s,
+            memory_mb=self.config.worker_memory_mb,
+            chunk_size=self.config.chunk_size,
+        )
+
+    def __enter__(self) -> ToolStepVerifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def check_text(self, step: str) -> ToolCheck:
+        """Judge one step given as text (no question or earlier steps are needed)."""
+        return self.check_steps([StepContext(question="", previous_steps=(), step=step)])[0]
+
+    def check_steps(self, steps: Sequence[StepContext]) -> list[ToolCheck]:
+        """One ToolCheck per step, in order. Never raises for anything a step contains."""
+        tolerance = self.config.rounding_tolerance
+        extractions = [extract(s.step) for s in steps]
+        entries: list[list[dict[str, Any]]] = [[] for _ in steps]
+        pool_tasks: list[tuple] = []
+        pool_slots: list[tuple[int, Claim]] = []
+        code_tasks: list[_CodeTask] = []
+        for index, (context, extraction) in enumerate(zip(steps, extractions, strict=True)):
+            for claim, (lhs_tree, rhs_tree) in zip(extraction.claims, extraction.sides, strict=True):
+                result = _prefilter(claim, lhs_tree, rhs_tree)
+                if result is None:
+                    result = check_claim_exact(
+                        lhs_tree, rhs_tree, claim.relation, claim.rounded, tolerance, claim.percent_sides
+                    )
+                if result is None:
+                    pool_tasks.append(
+                        (lhs_tree, rhs_tree, claim.relation, claim.rounded, tolerance, claim.percent_sides)
+                    )
+                    pool_slots.append((index, claim))
+                    continue
+                entries[index].append(_claim_entry(claim, result))
+            if self.config.run_code:
+                code_tasks += _code_tasks(index, context.step, extraction)
+        code_results: list[SandboxResult] = []
+        with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(code_tasks) or 1))) as executor:
+            futures = [
+                executor.submit(run_python, t.code, self.config.sandbox_timeout_s, self.config.sandbox_memory_mb)
+                for t in code_tasks
+            ]
+            for (index, claim), result in zip(pool_slots, self._pool.run(pool_tasks), strict=True):
+                entries[index].append(_claim_entry(claim, result))
+            code_results = [f.result() for f in futures]
+        for task, run in zip(code_tasks, code_results, strict=True):
+            entries[task.step_index].append(_compare_code(task, run, tolerance))
+        return [
+            _verdict(entry_list, extraction) for entry_list, extraction in zip(entries, extractions, strict=True)
+        ]
+
+
+def _verdict(entries: list[dict[str, Any]], extraction: Extraction) -> ToolCheck:
+    entries.sort(key=lambda e: tuple(e["span"]))
+    if extraction.denies:
+        # "1 = sqrt(9) + 4, which is not true": the step itself says a relation fails.
+        for e in entries:
+            if e.get("holds") is False and e["kind"] == "sympy":
+                e["holds"] = None
+                e["reason"] = "the step says a relation is false"
+    checked = [e for e in entries if e.get("holds") is not None]
+    failing = [e for e in checked if e["holds"] is False]
+    unchecked = [
+        {"text": e["text"], "span": e["span"], "reason": e.get("reason", "not checkable")}
+        for e in entries
+        if e.get("holds") is None
+    ]
+    unchecked += [{"text": r.text[:200], "span": list(r.span), "reason": r.reason} for r in extraction.rejected[:5]]
+    evidence: dict[str, Any] = {}
+    if checked:
+        evidence["claims"] = checked[:MAX_EVIDENCE_CLAIMS]
+        if len(checked) > MAX_EVIDENCE_CLAIMS:
+            evidence["claims_not_listed"] = len(checked) - MAX_EVIDENCE_CLAIMS
+    if unchecked:
+        evidence["unchecked"] = unchecked[:MAX_EVIDENCE_CLAIMS]
+    if failing:
+        first = failing[0]
+        evidence["failing"] = {
+            k: first.get(k) for k in ("text", "span", "relation", "lhs", "rhs", "lhs_value", "rhs_value", "kind")
+        }
+        return ToolCheck(ToolVerdict.INCORRECT, first["kind"], evidence)
+    if checked:
+        kind = "python" if any(e["kind"] == "python" for e in checked) else "sympy"
+        return ToolCheck(ToolVerdict.CORRECT, kind, evidence)
+    if not entries and not extraction.rejected:
+        evidence["reason"] = "no checkable claim in the step"
+        kind = "none"
+    else:
+        reasons = sorted({u["reason"] for u in unchecked})
+        evidence["reason"] = "no claim could be checked: " + "; ".join(reasons)[:400]
+        ran_code = any(e["kind"] == "python" for e in entries)
+        kind = "python" if ran_code else ("sympy" if entries else "none")
+    return ToolCheck(ToolVerdict.UNVERIFIABLE, kind, evidence)
+
+
+__all__ = ["ToolStepVerifier", "check_claim_exact", "check_claim_sympy", "compare", "eval_exact", "to_plain"]
