@@ -89,7 +89,7 @@ def test_golden_statements_are_recomputed_exactly() -> None:
 # Lean arithmetic semantics, read back from the statement text
 
 
-_TOKEN = re.compile(r"\s*(Real\.sqrt|Real\.pi|Nat\.factorial|[A-Za-z_][A-Za-z0-9_]*|\d+|≤|≥|≠|∧|∨|¬|[-+*/^()=<>:]|ℕ|ℤ|ℚ|ℝ)")
+_TOKEN = re.compile(r"\s*(Real\.(?:sqrt|pi|sin|cos|tan|log|exp)|Nat\.factorial|[A-Za-z_][A-Za-z0-9_]*|\d+|≤|≥|≠|∧|∨|¬|[-+*/^()=<>:]|ℕ|ℤ|ℚ|ℝ)")
 
 
 class _LeanEval:
@@ -215,6 +215,8 @@ class _LeanEval:
         if tok == "Real.sqrt":
             arg = self.app()
             return sympy.Integer(0) if arg.is_negative else sympy.sqrt(arg)
+        if tok in ("Real.sin", "Real.cos", "Real.tan", "Real.log", "Real.exp"):
+            return getattr(sympy, tok.split(".")[1])(self.app())
         if tok == "Nat.factorial":
             return sympy.factorial(int(self.take()))
         if tok == "Real.pi":
@@ -269,9 +271,22 @@ def claim_truth(claim: Claim) -> bool | None:
     if any(l.free_symbols or r.free_symbols for l, r in sides):
         return None
     outcomes = []
-    for left, right in sides:
+    decimals = re.fullmatch(r"\s*\(?\s*\d*\.(\d+)\s*\)?\s*", claim.rhs)
+    for index, (left, right) in enumerate(sides):
         diff = sympy.N(left - right, 60)
         zero = abs(diff) < sympy.Float("1e-45")
+        # Implicit rounding (docs/lean.md): a result with d decimals that the exact value only
+        # reaches after rounding to d places.
+        implicit = (
+            index == 0
+            and claim.relation == "="
+            and decimals is not None
+            and not (left * 10 ** len(decimals.group(1))).is_integer
+            and bool(abs(left - right) <= sympy.Rational(1, 2 * 10 ** len(decimals.group(1))))
+        )
+        if implicit:
+            outcomes.append(True)
+            continue
         if claim.rounded and claim.relation == "=":
             decimals = re.search(r"\.(\d+)\s*\)?\s*$", claim.rhs)
             tol = sympy.Rational(1, 2 * 10 ** (len(decimals.group(1)) if decimals else 0))
@@ -461,3 +476,14 @@ def test_split_signature_finds_the_top_level_colon() -> None:
     assert split_signature("(x : ℝ) (h : x = 2) : x + 1 = 3") == ("(x : ℝ) (h : x = 2)", "x + 1 = 3")
     assert split_signature(": (2 : ℚ) = 2") == ("", "(2 : ℚ) = 2")
     assert split_signature("(x : ℝ)") is None
+
+
+def test_a_correctly_rounded_decimal_result_is_read_as_rounded() -> None:
+    rounded = formalize_claim(_c("10/3", "3.33")).formalization
+    assert rounded is not None and " ∧ " in rounded.proposition and lean_truth(rounded.statement) is True
+    wrong = formalize_claim(_c("10/3", "3.34")).formalization
+    assert wrong is not None and wrong.proposition == "(10 / 3 : ℚ) = (334 / 100)" and lean_truth(wrong.statement) is False
+    exact = formalize_claim(_c("1/4", "0.25")).formalization
+    assert exact is not None and exact.proposition == "(1 / 4 : ℚ) = (25 / 100)"
+    integer = formalize_claim(_c("10/3", "3")).formalization  # no decimals written: no rounding read
+    assert integer is not None and integer.proposition == "(10 / 3 : ℚ) = 3"

@@ -422,6 +422,28 @@ def _rounding_tolerance(rhs: str) -> Fraction:
 # Templates
 
 
+def _implicitly_rounded(values: tuple[sympy.Expr, sympy.Expr], rhs_text: str, free: list[str]) -> bool:
+    """A result written with d decimals that is the exact value rounded to d places
+    (``10/3 = 3.33``, GSM8K style) is read as rounded, so a correctly rounded step is not refuted;
+    a wrongly rounded one (``3.34``) still is."""
+    if free:
+        return False
+    left, right = values
+    match = re.fullmatch(r"\s*\(?\s*(\d*\.(\d+))\s*\)?\s*", rhs_text)
+    if not match or not (left.is_Rational or left.is_number) or not right.is_Rational:
+        return False
+    places = len(match.group(2))
+    if left == right:
+        return False
+    scaled = left * 10**places
+    if scaled.is_Rational and scaled.q == 1:
+        return False  # the exact value has no more decimals than written: no rounding happened
+    try:
+        return bool(abs(left - right) <= sympy.Rational(1, 2 * 10**places))
+    except TypeError:  # sympy cannot decide the comparison
+        return False
+
+
 def _is_binding(lhs: ast.expr, rhs: ast.expr) -> bool:
     """``x = 5`` (or ``5 = x``): the step names a value; there is nothing to prove."""
     for sym_side, value_side in ((lhs, rhs), (rhs, lhs)):
@@ -483,16 +505,14 @@ def _formalize(claim: ClaimLike, bindings: dict[str, str], symbolic: ClaimLike |
     free = [n for n in order if n not in bindings]
     if free:
         features.real = True  # an identity in free symbols: the most general number type
-    rounded = claim.rounded and relation == "="
+    # Soundness guards: evaluate every side with the bound values substituted.
+    values = {n: _to_sympy(v, {}) for n, v in value_nodes.items()}
+    exact = [(_to_sympy(left, values), _to_sympy(right, values)) for left, right in alternatives]
+
+    rounded = relation == "=" and (claim.rounded or _implicitly_rounded(exact[0], source.rhs, free))
     if rounded:
         features.rational = True
     lean_type = features.need()
-
-    # Soundness guards: evaluate every side with the bound values substituted.
-    values = {n: _to_sympy(v, {}) for n, v in value_nodes.items()}
-    for left, right in alternatives:
-        _to_sympy(left, values)
-        _to_sympy(right, values)
 
     names = {n: n for n in order}
     props = []

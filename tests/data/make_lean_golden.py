@@ -25,6 +25,7 @@ from labelers.verify.lean_formalize import step_formalizations  # noqa: E402
 DATA = ROOT / "tests" / "data"
 GSM8K_STEPS = 230
 MATH_STEPS = 70
+ROUNDED_STEPS = 20
 CORRUPT_EVERY = 3  # every third step with a formalized claim also appears corrupted
 
 
@@ -109,6 +110,18 @@ def main() -> None:
         for j, step in enumerate(p for p in solution.split("\n") if p.strip()):
             math_steps.append((i, j, step))
     records = _records("gsm8k", gsm_steps, GSM8K_STEPS) + _records("math500", math_steps, MATH_STEPS)
+    # Rounded results (explicit "about", or GSM8K-style "100/3 = 33.33") are rare in the first
+    # problems: add the first ROUNDED_STEPS of them from the rest of GSM8K.
+    taken = {(r["source"], r["problem_index"], r["step_index"]) for r in records}
+    rounded = [
+        step
+        for step in gsm_steps
+        if ("gsm8k", step[0], step[1]) not in taken
+        and any("∧" in e.get("statement", "") for e in _expected(extract_claims(step[2])))
+    ]
+    implicit = [step for step in rounded if not any(c.rounded for c in extract_claims(step[2]))]
+    explicit = [step for step in rounded if step not in implicit]
+    records += _records("gsm8k", implicit, ROUNDED_STEPS // 2) + _records("gsm8k", explicit, ROUNDED_STEPS // 2)
     with (DATA / "lean_golden.jsonl").open("w", encoding="utf-8") as out:
         for record in records:
             out.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
