@@ -378,3 +378,13 @@ def test_checker_runs_lake_env_lean_json_in_the_project(project: Path, tmp_path:
     assert call["cwd"] == str(project) and call["argv"][:3] == ["env", "lean", "--json"] and call["exists"]
     assert call["argv"][3].startswith(str(project / ".lake" / "prmforge"))
     assert {o.status for o in results.values()} == {"unavailable"}
+
+
+def test_a_lake_that_cannot_start_makes_lean_unavailable(project: Path) -> None:
+    def missing_lake(path: Path, timeout_s: float) -> ProcessResult:
+        raise FileNotFoundError(2, "No such file or directory", "lake")
+
+    checker = BatchChecker(project, run_file=missing_lake)
+    results = checker.check(_decls(("2+2", "4")))
+    assert {o.status for o in results.values()} == {"unavailable"}
+    assert "cannot run lean" in (checker.unavailable_reason or "")

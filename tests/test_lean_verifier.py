@@ -376,3 +376,33 @@ def test_real_lean_elaborates_every_golden_statement_with_one_sorry(tmp_path: Pa
     results = checker.check(decls)
     rejected = {d.text: results[d.name] for d in decls if results[d.name].status != "ok"}
     assert not rejected, list(rejected.items())[:5]
+
+
+def test_leandojo_answers_map_like_batch_messages() -> None:
+    """lean-dojo's answer types, mirrored here (the package is not installed): LeanError holds the
+    error text, CommandState the other messages as text lines."""
+    from dataclasses import dataclass as _dc
+    from types import SimpleNamespace
+
+    from labelers.verify.lean import _dojo_outcome
+
+    @_dc(frozen=True)
+    class LeanError:
+        error: str
+
+    @_dc(frozen=True)
+    class CommandState:
+        id: int
+        message: str | None = None
+
+    module = SimpleNamespace(LeanError=LeanError, CommandState=CommandState)
+    check = Declaration("t_chk", "check", "theorem t_chk : 1 = 1 := by\n  sorry")
+    prove = Declaration("t", "prove", "theorem t : 1 = 1 := by ...")
+    baseline = ["declaration uses 'sorry'"]  # a sorry earlier in the traced file
+    assert _dojo_outcome(check, CommandState(1, "declaration uses 'sorry'\ndeclaration uses 'sorry'"), module, baseline).status == "ok"
+    assert _dojo_outcome(check, CommandState(1, "declaration uses 'sorry'"), module, baseline).status == "failed"
+    assert _dojo_outcome(prove, CommandState(2, "prmforge:closed-by:omega"), module).tactic == "omega"
+    failed = _dojo_outcome(prove, LeanError("unsolved goals\n⊢ False"), module)
+    assert failed.status == "failed" and "unsolved goals" in failed.messages[0]
+    timeout = _dojo_outcome(prove, LeanError("(deterministic) timeout at `whnf`, maximum number of heartbeats (200000)"), module)
+    assert timeout.status == "timeout"

@@ -431,6 +431,10 @@ class LeanDojoVerifier(FormalLeanVerifier):
         while pending:
             try:
                 with dojo_mod.Dojo(self.entry, timeout=int(self.config.statement_timeout_s)) as (dojo, initial):
+                    # The command state's message log may already hold messages of the file
+                    # above the entry line: those are subtracted from every answer.
+                    probe = dojo.run_cmd(initial, "example : True := trivial")
+                    baseline = _message_lines(getattr(probe, "message", None))
                     while pending:
                         decl = pending[0]
                         try:
@@ -443,7 +447,7 @@ class LeanDojoVerifier(FormalLeanVerifier):
                             results[decl.name] = DeclOutcome("crashed", messages=(f"lean-dojo crashed: {exc}",))
                             pending.pop(0)
                             break
-                        results[decl.name] = _dojo_outcome(decl, response, dojo_mod)
+                        results[decl.name] = _dojo_outcome(decl, response, dojo_mod, baseline)
                         pending.pop(0)
             except dojo_mod.DojoInitError as exc:
                 reason = f"lean-dojo could not start: {exc}"
@@ -457,17 +461,24 @@ class LeanDojoVerifier(FormalLeanVerifier):
         self.cache.close()
 
 
-def _dojo_outcome(decl: Declaration, response: Any, dojo_mod: Any) -> DeclOutcome:
+def _message_lines(text: str | None) -> list[str]:
+    return [line.strip() for line in (text or "").splitlines() if line.strip()]
+
+
+def _dojo_outcome(decl: Declaration, response: Any, dojo_mod: Any, baseline: Sequence[str] = ()) -> DeclOutcome:
     """lean-dojo answers a command with LeanError(error) (the error messages) or
-    CommandState(message) (the other messages, as text): the same rules as the batch messages."""
+    CommandState(message) (the other messages, as text): the same rules as the batch messages.
+    ``baseline``: message lines every answer carries (from the file before the entry line)."""
     if isinstance(response, dojo_mod.LeanError):
         messages = [LeanMessage("error", 0, 0, response.error)]
     else:
-        text = response.message or ""
+        lines = _message_lines(response.message)
+        for old in baseline:
+            if old in lines:
+                lines.remove(old)
         messages = [
-            LeanMessage("warning" if "declaration uses 'sorry'" in line else "information", 0, 0, line.strip())
-            for line in text.splitlines()
-            if line.strip()
+            LeanMessage("warning" if "declaration uses 'sorry'" in line else "information", 0, 0, line)
+            for line in lines
         ]
         # A trace line may carry a position prefix ("<stdin>:3:2: prmforge:...").
         messages = [

@@ -354,7 +354,10 @@ class LeanCache:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(path), timeout=60, check_same_thread=False)
             with self._db:
-                self._db.execute("PRAGMA journal_mode=WAL")
+                try:  # several build processes may share the cache; not every filesystem has WAL
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                except sqlite3.DatabaseError:
+                    pass
                 self._db.execute(
                     "CREATE TABLE IF NOT EXISTS lean_outcomes (key TEXT PRIMARY KEY, outcome TEXT NOT NULL, created REAL NOT NULL)"
                 )
@@ -498,7 +501,13 @@ class BatchChecker:
                 for decl in group:
                     results[decl.name] = DeclOutcome("unavailable", messages=(self.unavailable_reason,))
                 continue
-            determined, undetermined, process = self._run_group(group)
+            try:
+                determined, undetermined, process = self._run_group(group)
+            except OSError as exc:  # the project is not writable, lake cannot be started, ...
+                self.unavailable_reason = f"cannot run lean in {self.project}: {exc}"
+                log.warning("Lean verification unavailable: %s", self.unavailable_reason)
+                queue.insert(0, group)
+                continue
             results.update(determined)
             self.cache.put_many({keys[n]: o for n, o in determined.items() if n in keys})
             if not undetermined:
