@@ -263,7 +263,8 @@ def step_check(plan: _StepPlan, outcomes: Mapping[str, DeclOutcome]) -> LeanChec
             message=f"negation of {first.formalization.name} proved by {first.tactic}: {first.formalization.claim_text}",
         )
     if not plan.failures and all(r.state == "proved" for r in results):
-        return LeanCheck(LeanState.PROVED, statement=statement, tactic=", ".join(dict.fromkeys(tactics)), message=None)
+        closing = ", ".join(dict.fromkeys(tactics))
+        return LeanCheck(LeanState.PROVED, statement=statement, tactic=closing, message=f"proved by {closing}")
     for state, lean_state in (("unavailable", LeanState.LEAN_UNAVAILABLE), ("timeout", LeanState.TIMEOUT)):
         hit = [r for r in results if r.state == state]
         if hit:
@@ -333,7 +334,12 @@ class FormalLeanVerifier:
                     tag=f"lean/formalize/{index}",
                 )
             )
-        results = self.policy.generate(requests)
+        try:
+            results = self.policy.generate(requests)
+        except Exception as exc:  # the model backend failed: those steps stay unformalized
+            for index in indices:
+                plans[index].failures.append(f"LLM formalization failed: {type(exc).__name__}: {exc}")
+            return
         for index, result in zip(indices, results):
             plan = plans[index]
             if not result.ok or not result.completions:
