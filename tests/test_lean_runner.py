@@ -166,7 +166,8 @@ class ScriptedLeanOutput:
     """Stands in for ``lake env lean --json``: answers a batch by a fixed rule per declaration
     (NOT Lean: it decides by a marker in the statement text). Markers: ``1111`` hangs (the
     process is cut at the time limit after reporting what came before), ``2222`` crashes the
-    process (no output at all); otherwise check -> sorry warning, prove -> closed by norm_num
+    process (no output at all), ``3333`` is a parse error whose recovery swallows the next
+    declaration (Lean reports nothing about it); otherwise check -> sorry warning, prove -> closed by norm_num
     when the statement has no ``99``, refute -> closed when it has."""
 
     def __init__(self, header_error: str | None = None) -> None:
@@ -181,8 +182,16 @@ class ScriptedLeanOutput:
         if self.header_error:
             lines.append(_message(str(path), 1, 0, "error", self.header_error))
             return ProcessResult(1, "\n".join(lines), "", False, 0.01)
+        swallow_next = False
         for line_no, name in starts:
             body = text.split("\n")[line_no - 1]
+            if swallow_next:  # a neighbour's parse error ate this declaration: Lean says nothing
+                swallow_next = False
+                continue
+            if "3333" in body:
+                lines.append(_message(str(path), line_no, 20, "error", "unexpected token ':='; expected ')'"))
+                swallow_next = True
+                continue
             if "2222" in body:
                 return ProcessResult(134, "", "INTERNAL PANIC: out of memory", False, 0.01)
             if "1111" in body:
@@ -388,3 +397,15 @@ def test_a_lake_that_cannot_start_makes_lean_unavailable(project: Path) -> None:
     results = checker.check(_decls(("2+2", "4")))
     assert {o.status for o in results.values()} == {"unavailable"}
     assert "cannot run lean" in (checker.unavailable_reason or "")
+
+
+def test_a_declaration_swallowed_by_a_neighbours_parse_error_is_checked_again(project: Path) -> None:
+    lean = ScriptedLeanOutput()
+    checker = BatchChecker(project, run_file=lean, batch_size=100)
+    bad = [Declaration("bad_chk", "check", "theorem bad_chk (x : ℕ : 3333 := by\n  sorry")]
+    good = _decls(("2+2", "4"))
+    results = checker.check(bad + good)
+    assert results["bad_chk"].status == "failed" and "expected ')'" in results["bad_chk"].messages[0]
+    # good's _chk was swallowed in the first run; alone it is checked like any other.
+    assert [results[d.name].status for d in good] == ["ok", "ok", "failed"]
+    assert [good[0].name] in lean.runs or any(good[0].name in run for run in lean.runs[1:])

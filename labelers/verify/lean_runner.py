@@ -568,14 +568,20 @@ class BatchChecker:
         undetermined: list[Declaration] = []
         for decl in group:
             outcome = outcome_from_messages(decl.kind, per_decl[decl.name])
-            if outcome is None and not process.timed_out and process.returncode in (0, 1):
-                # Lean finished the whole file normally: silence means no error and no trace.
+            if outcome is None and len(group) == 1 and _finished_normally(process):
+                # Lean finished a file holding only this declaration and said nothing about it.
                 outcome = _silent_outcome(decl.kind)
             if outcome is None:
+                # In a batch, silence after a normal finish can mean a neighbour's syntax error
+                # swallowed the declaration: it is checked again without that neighbour.
                 undetermined.append(decl)
             else:
                 determined[decl.name] = outcome
         return determined, undetermined, process
+
+
+def _finished_normally(process: ProcessResult) -> bool:
+    return not process.timed_out and process.returncode in (0, 1)
 
 
 def _silent_outcome(kind: DeclKind) -> DeclOutcome:
