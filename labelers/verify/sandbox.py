@@ -158,6 +158,10 @@ def _main():
     except PermissionError as exc:
         status = "blocked" if str(exc).startswith("sandbox:") else "error"
         error = f"PermissionError: {exc}"[:500]
+    except OSError as exc:
+        # EFBIG: the file size limit (stdout is a file) was reached
+        status = "output_limit" if getattr(exc, "errno", None) == 27 else "error"
+        error = f"{type(exc).__name__}: {exc}"[:500]
     except BaseException as exc:
         status, error = "error", f"{type(exc).__name__}: {exc}"[:500]
     try:

@@ -27,8 +27,9 @@ Rounding: a claim marked ``rounded`` (``≈``, ``~``, "about", "rounded", ...) h
 ``|lhs - rhs| <= rounding_tolerance * max(|lhs|, |rhs|)`` or when the exact side rounds to the
 shown decimals (``|lhs - rhs| <= 0.5 * 10**-d``, ``d`` = decimals written). Without a rounding
 word, a right side written as a decimal with ``d >= 1`` places also holds when the left side has
-more decimals than that and ``|lhs - rhs| < 10**-d`` (``10/3 = 3.33``: a truncated or rounded
-decimal), since steps write such results without saying so.
+more decimals than that and the right side is the left side rounded half-up or truncated to ``d``
+places (``10/3 = 3.33``, ``2/3 = 0.67``; not ``10/3 = 3.4``), since steps write such results
+without saying so.
 """
 
 from __future__ import annotations
@@ -231,8 +232,15 @@ def compare(
                 return True, f"rounded to {shown} decimals"
     if rhs_decimals is not None and rhs_decimals >= 1:
         step = Fraction(1, 10**rhs_decimals)
-        if (lhs_value / step).denominator != 1 and diff < step:
-            return True, f"decimal shown to {rhs_decimals} places"
+        scaled = lhs_value / step
+        if scaled.denominator != 1:
+            # the shown decimal is the left side rounded half-up or truncated to those places
+            truncated = Fraction(math.trunc(scaled)) * step
+            rounded_half_up = Fraction(math.floor(scaled + Fraction(1, 2))) * step
+            sign = -1 if scaled < 0 else 1
+            rounded_away = sign * Fraction(math.floor(abs(scaled) + Fraction(1, 2))) * step
+            if rhs_value in (truncated, rounded_half_up, rounded_away):
+                return True, f"decimal shown to {rhs_decimals} places"
     return False, "exact"
 
 

@@ -1,0 +1,108 @@
+"""Throughput of the tool verifier on GSM8K reference steps (and MATH-500 for comparison).
+
+Prints checks per second per core: steps judged (and claims checked) per second of wall time,
+divided by the cores the verifier used. GSM8K steps are settled by the exact in-process path, so
+that figure uses one core; MATH-500 steps also use the sympy worker pool (``--workers``).
+Side by side: a naive per-claim sympy check (``sympify`` both sides, ``simplify(lhs - rhs) == 0``)
+on a sample of the same claims.
+
+    python benchmarks/bench_tool_verify.py [--workers 2] [--repeat 3] [--naive-sample 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from labelers.config import ToolConfig  # noqa: E402
+from labelers.steps import gsm8k_reference_steps  # noqa: E402
+from labelers.verify.base import StepContext  # noqa: E402
+from labelers.verify.claims import _math_segments, extract_claims  # noqa: E402
+from labelers.verify.tool import ToolStepVerifier  # noqa: E402
+
+
+def gsm8k_steps() -> list[str]:
+    rows = [json.loads(line) for line in (ROOT / "tests/data/gsm8k_test.jsonl").read_text().splitlines() if line]
+    return [s for r in rows for s in gsm8k_reference_steps(r["answer"], keep_calculator=True)]
+
+
+def math500_steps() -> list[str]:
+    rows = [json.loads(line) for line in (ROOT / "tests/data/math500_test.jsonl").read_text().splitlines() if line]
+    steps = []
+    for row in rows:
+        for paragraph in re.split(r"\n\s*\n", row["solution"]):
+            regions = _math_segments(paragraph, 0, len(paragraph))
+            cuts = [0] + [
+                m.end()
+                for m in re.finditer(r"(?<=[.!?])\s+(?=[A-Z\\$])", paragraph)
+                if not any(s < m.start() < e for s, e, _, _ in regions)
+            ]
+            cuts.append(len(paragraph))
+            steps += [paragraph[a:b].strip() for a, b in zip(cuts, cuts[1:]) if paragraph[a:b].strip()]
+    return steps
+
+
+def measure(tool: ToolStepVerifier, steps: list[str], repeat: int) -> tuple[float, int]:
+    """Best wall time over ``repeat`` runs, and the number of claims checked per run."""
+    contexts = [StepContext("", (), s) for s in steps]
+    best = float("inf")
+    claims = 0
+    for _ in range(repeat):
+        started = time.perf_counter()
+        checks = tool.check_steps(contexts)
+        best = min(best, time.perf_counter() - started)
+        claims = sum(len(c.evidence.get("claims", [])) + len(c.evidence.get("unchecked", [])) for c in checks)
+    return best, claims
+
+
+def naive_sympy(steps: list[str], sample: int) -> tuple[float, int]:
+    import sympy
+    from sympy.parsing.sympy_parser import parse_expr, rationalize, standard_transformations
+
+    claims = [c for s in steps for c in extract_claims(s)][:sample]
+    transformations = standard_transformations + (rationalize,)
+    started = time.perf_counter()
+    for claim in claims:
+        lhs = parse_expr(claim.lhs, transformations=transformations)
+        rhs = parse_expr(claim.rhs, transformations=transformations)
+        sympy.simplify(lhs - rhs) == 0  # noqa: B015 - the work being timed
+    return time.perf_counter() - started, len(claims)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--naive-sample", type=int, default=300)
+    args = parser.parse_args()
+
+    gsm = gsm8k_steps()
+    math = math500_steps()
+    with ToolStepVerifier(ToolConfig(workers=args.workers)) as tool:
+        tool.check_text(r"$\sqrt{8} = 2\sqrt{2}$")  # start the workers outside the timings
+        gsm_s, gsm_claims = measure(tool, gsm, args.repeat)
+        math_s, math_claims = measure(tool, math, 1)
+    naive_s, naive_n = naive_sympy(gsm, args.naive_sample)
+
+    gsm_rate = len(gsm) / gsm_s
+    print(f"GSM8K reference steps: {len(gsm)} steps, {gsm_claims} claims, best of {args.repeat}: {gsm_s:.3f} s")
+    print(f"  tool verifier (1 core: exact in-process path): {gsm_rate:,.0f} steps/s/core, "
+          f"{gsm_claims / gsm_s:,.0f} claims/s/core (goal >= 500 checks/s/core)")
+    naive_rate = naive_n / naive_s
+    print(f"  naive sympy per claim (parse_expr + simplify, {naive_n} claims): {naive_rate:,.0f} claims/s/core")
+    print(f"  ratio tool / naive (claims/s): {(gsm_claims / gsm_s) / naive_rate:,.1f}x")
+    cores = 1 + args.workers
+    print(f"MATH-500 reference steps: {len(math)} steps, {math_claims} claims, {math_s:.2f} s "
+          f"with {args.workers} sympy workers: {len(math) / math_s / cores:,.0f} steps/s/core, "
+          f"{math_claims / math_s / cores:,.0f} claims/s/core (counting {cores} cores)")
+
+
+if __name__ == "__main__":
+    main()
