@@ -44,7 +44,7 @@ class PolicyConfig(_Section):
     request_timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=4, ge=0)
     n_ctx: int = Field(default=4096, ge=512)  # embedded: context window
-    n_threads: int | None = Field(default=None, ge=1)  # embedded: default = all cores
+    n_threads: int | None = Field(default=None, ge=1)  # embedded: default = half the cores (docs/generation.md)
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)  # vllm
     enable_prefix_caching: bool = True  # vllm
     temperature: float = Field(default=0.8, ge=0)

@@ -50,11 +50,19 @@ def _import_llama_cpp() -> Any:
 
 
 def default_threads() -> int:
-    """Cores this process may run on."""
+    """Half the cores this process may run on (at least 1).
+
+    llama.cpp's worker threads spin-wait at every barrier, so a thread count that oversubscribes
+    the CPU is catastrophic rather than merely slow: on the 2-core CI machine with other work
+    running, 2 threads took 44-57 s for a 32-token completion and 1 thread 3.6-4.2 s
+    (docs/generation.md). A build also runs tool-verification processes beside the model, so
+    the default leaves half the cores to them; set policy.n_threads on a dedicated machine.
+    """
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return max(1, cores // 2)
 
 
 @dataclass
