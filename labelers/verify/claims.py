@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from fractions import Fraction
 
 # Limits that keep extraction linear and bounded on hostile text.
 MAX_STEP_CHARS = 100_000  # text beyond this is not scanned for claims
@@ -152,10 +151,6 @@ class Token:
 
 class ParseError(ValueError):
     pass
-
-
-def _tok(kind: str, value: str, start: int, end: int) -> Token:
-    return Token(kind, value, start, end)
 
 
 _REL_CHARS = {
@@ -1219,8 +1214,3 @@ def _groups_to_parens(node: tuple) -> tuple:
     if node[0] == "group":
         return ("sym", f"({to_plain(node[1])})")
     return _map_children(node, _groups_to_parens)
-
-
-def exact_number(literal: str) -> Fraction:
-    """A decimal literal as an exact rational ("0.1" is 1/10, not a float)."""
-    return Fraction(literal)

@@ -173,19 +173,24 @@ def _shown_decimals(node: tuple) -> int | None:
 
 
 def format_value(q: Fraction | float | None) -> str | None:
-    """A short, readable value: integers, fractions with a decimal, or scientific notation."""
+    """A short, readable value: integers, fractions with a decimal, or an order of magnitude.
+
+    Never converts a huge integer to text (CPython refuses more than 4300 digits) and never
+    overflows a float.
+    """
     if q is None:
         return None
     if isinstance(q, float):
         return f"{q:.10g}"
-    if q.denominator == 1:
-        text = str(q.numerator)
-        if len(text) <= 30:
-            return text
-        return f"{float(q):.6e}" if _bits(q) < 1000 else f"an integer with {len(text)} digits"
-    if _bits(q) < 200:
+    if q.denominator == 1 and q.numerator.bit_length() <= 96:
+        return str(q.numerator)
+    if q.denominator != 1 and _bits(q) < 128:
         return f"{q.numerator}/{q.denominator} (≈{float(q):.10g})"
-    return f"≈{float(q):.10g}" if _bits(q) < 2000 else "a very large fraction"
+    try:
+        return f"≈{float(q):.10g}"
+    except OverflowError:
+        digits = int((q.numerator.bit_length() - q.denominator.bit_length()) * 0.30103)
+        return f"{'-' if q < 0 else ''}about 10^{digits}"
 
 
 def compare(
