@@ -46,6 +46,8 @@ def configure_prefect_environment(data_root: str, verbose: bool = False) -> dict
     if verbose:
         # A user-level WARNING set before would hide what --verbose asked for.
         os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
+    # The temporary server cannot start (it times out) when its home directory does not exist.
+    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     return applied
 
 
