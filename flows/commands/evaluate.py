@@ -247,7 +247,8 @@ def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file
         results = run_signals(records, signals, config, mc_mode, k, resources)
     finally:
         resources.close()
-    console = Console(soft_wrap=True)
+    # The table has 15 columns: never squeeze it below a readable width (pipes, CI logs).
+    console = Console(width=max(Console().width, 200))
     console.print(results_table(results, title))
     for result in results:
         for note in result.run.notes:

@@ -157,15 +157,20 @@ def require_gold(records: Sequence[BenchRecord], signal: str) -> None:
 
 
 def mc_config(config: BuildConfig, signal: str, mc_mode: str, k: int | None) -> BuildConfig:
-    """The build config a given-solutions MC run uses: fusion rule = the signal, first-error
-    search on for ``binary``, off for ``per-step``, ``k`` rollouts per estimated prefix, and no
-    truncation of the stored labels (every step keeps its label)."""
+    """The build config a given-solutions MC run uses: fusion rule = the signal, ``k`` rollouts
+    per estimated prefix, every step keeps a label (no truncation), and
+
+    - ``per-step`` (Math-Shepherd): rollouts from every prefix of every solution;
+    - ``binary`` (OmegaPRM): first-error binary search on solutions whose final answer is wrong;
+      a solution that reaches the gold answer is inferred all-positive without rollouts (it is
+      itself a rollout reaching gold from each of its prefixes)."""
     if mc_mode not in MC_MODES:
         raise InputError(f"--mc-mode must be one of {', '.join(MC_MODES)}, got {mc_mode!r}")
     overrides: dict[str, object] = {
         "fuse.rule": signal,
         "fuse.after_first_error": "negative",
         "search.first_error_search": mc_mode == "binary",
+        "search.mc_correct_paths": mc_mode == "per-step",
     }
     if k is not None:
         overrides["search.mc_rollouts"] = k

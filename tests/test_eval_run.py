@@ -1,0 +1,153 @@
+"""eval run / compare: tool labels end to end through the CLI, MC and hybrid labels through the
+labeling core with the scripted policy (tests/support/scripted_policy.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from data_schemas.errors import InputError
+from flows.cli import app
+from labelers.config import BuildConfig
+from labelers.evaluation import runner
+from labelers.evaluation.inject import build_injection_set, parse_reference, read_gsm8k
+from labelers.evaluation.processbench import record_from_json
+from tests.support.scripted_policy import ScriptedPolicy, ScriptedProblem
+
+DATA = Path(__file__).parent / "data" / "gsm8k_test.jsonl"
+
+
+@pytest.fixture(scope="module")
+def small_set():
+    sources = read_gsm8k(DATA)[:150]
+    rows, _ = build_injection_set(sources, 6, 4, seed=11)
+    by_row = {s.source_row: s for s in sources}
+    records = [record_from_json(row, row["id"]) for row in rows]
+    references = {}
+    for row in rows:
+        source = by_row[row["source_row"]]
+        references[row["id"]] = parse_reference(source.question, source.answer, source.source_row).render()
+    return records, references
+
+
+def scripted_for(records, references, recovery_rate: float = 0.0) -> ScriptedPolicy:
+    """A policy that knows each problem's reference steps and the injected wrong solution:
+    rollouts from a clean prefix reach gold, rollouts from a wrong prefix keep the error."""
+    problems = []
+    for record in records:
+        wrong = (tuple(record.steps),) if record.label >= 0 else ()
+        problems.append(ScriptedProblem(record.problem, record.gold_answer, tuple(references[record.id]), wrong,
+                                        p_correct=1.0, recovery_rate=recovery_rate))
+    return ScriptedPolicy(problems)
+
+
+def _config(**overrides) -> BuildConfig:
+    return BuildConfig(seed=5).with_overrides({"tool.workers": 1, "search.mc_early_stop": 0, **overrides})
+
+
+def test_mc_per_step_and_binary_find_every_injected_error(small_set):
+    records, references = small_set
+    config = _config()
+    per_step = runner.evaluate(records, runner.run_mc(records, "mc", config, scripted_for(records, references), None, None, "per-step", 4))
+    binary = runner.evaluate(records, runner.run_mc(records, "mc", config, scripted_for(records, references), None, None, "binary", 4))
+    for result in (per_step, binary):
+        assert result.run.failures == {}
+        assert (result.score.acc_err, result.score.acc_cor, result.score.f1) == (1.0, 1.0, 1.0)
+        assert result.score.step_recall == 1.0 and result.score.step_precision == 1.0
+    # per-step: k rollouts from every prefix except the last (its final answer is exact)
+    expected = sum(4 * (len(r.steps) - 1) for r in records)
+    assert per_step.run.rollouts == expected
+    assert per_step.run.rollouts_per_step == pytest.approx(expected / sum(len(r.steps) for r in records))
+    assert 0 < binary.run.rollouts < per_step.run.rollouts
+    assert per_step.run.completion_tokens > 0 and per_step.run.model_id == "scripted-policy"
+
+
+def test_hybrid_takes_tool_verdicts_and_mc(small_set):
+    records, references = small_set
+    from labelers.verify.tool import ToolStepVerifier
+
+    config = _config()
+    with ToolStepVerifier(config.tool) as tool:
+        result = runner.evaluate(records, runner.run_mc(records, "hybrid", config, scripted_for(records, references), tool, None, "binary", 4))
+    assert result.run.failures == {}
+    assert result.score.acc_err == 1.0
+
+
+def test_mc_with_recovering_rollouts_misses_errors_honestly(small_set):
+    # Rollouts from a wrong prefix reach gold half the time: MC > 0 after the error, so per-step
+    # MC calls the erroneous step good and misses errors (acc_err < 1) -- the known MC noise.
+    records, references = small_set
+    result = runner.evaluate(records, runner.run_mc(records, "mc", _config(), scripted_for(records, references, 0.5), None, None, "per-step", 4))
+    assert result.score.acc_err < 1.0
+    assert result.score.acc_cor == 1.0
+
+
+def test_mc_needs_gold_answers():
+    record = record_from_json({"id": "pb-0", "problem": "p", "steps": ["a"], "label": -1}, "x")
+    with pytest.raises(InputError, match="gold_answer"):
+        runner.run_mc([record], "mc", _config(), ScriptedPolicy([]), None, None)
+
+
+def test_failed_problem_is_a_recorded_miss(small_set):
+    records, references = small_set
+    policy = scripted_for(records, references)
+    policy = ScriptedPolicy(policy.problems, fail_questions=[records[0].problem])
+    result = runner.evaluate(records, runner.run_mc(records, "mc", _config(), policy, None, None, "per-step", 2))
+    assert list(result.run.failures) == [records[0].id]
+    assert result.score.missing == 1
+
+
+def test_cli_make_set_run_tool_and_compare(tmp_path, monkeypatch, small_set):
+    cli = CliRunner()
+    set_file = tmp_path / "set.jsonl"
+    made = cli.invoke(app, ["eval", "make-set", "--out", str(set_file), "--input", str(DATA), "--n-error", "9",
+                            "--n-correct", "6", "--seed", "2"])
+    assert made.exit_code == 0, made.output
+    assert "wrote 15 solutions" in made.output
+    again = tmp_path / "again.jsonl"
+    cli.invoke(app, ["eval", "make-set", "--out", str(again), "--input", str(DATA), "--n-error", "9", "--n-correct", "6", "--seed", "2"])
+    assert set_file.read_bytes() == again.read_bytes()
+
+    out = tmp_path / "tool.json"
+    ran = cli.invoke(app, ["eval", "run", "--set", str(set_file), "--labels", "tool", "--override", "tool.workers=1", "--out", str(out)])
+    assert ran.exit_code == 0, ran.output
+    payload = json.loads(out.read_text())
+    score = payload["results"][0]["score"]
+    assert (score["n_error"], score["n_correct"]) == (9, 6)
+    assert payload["results"][0]["cost"]["rollouts"] == 0
+    assert 0 <= score["f1"] <= 1 and score["acc_err"] > 0  # slips are caught by the tool
+
+    # compare with MC through a scripted policy in place of the configured backend
+    records, references = small_set
+    bench = tmp_path / "small.json"
+    bench.write_text(json.dumps([r.to_json() for r in records]))
+    monkeypatch.setattr("labelers.policy.factory.make_policy", lambda config, **_: scripted_for(records, references))
+    compared_out = tmp_path / "compare.json"
+    compared = cli.invoke(app, ["eval", "compare", "--set", str(bench), "--labels", "tool,mc:per-step,mc:binary",
+                                "--k", "2", "--override", "tool.workers=1", "--out", str(compared_out)])
+    assert compared.exit_code == 0, compared.output
+    results = json.loads(compared_out.read_text())["results"]
+    assert [(r["signal"], r["mc_mode"]) for r in results] == [("tool", None), ("mc", "per-step"), ("mc", "binary")]
+    assert results[1]["score"]["f1"] == 1.0
+    assert results[2]["cost"]["rollouts"] < results[1]["cost"]["rollouts"]
+    for column in ("signal", "acc_err", "F1", "rollouts"):
+        assert column in compared.output
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    from flows.cli import main  # noqa: F401 - the CLI entry turns PrmforgeError into "error: ..."
+    import subprocess
+    import sys
+
+    pb = tmp_path / "pb.json"
+    pb.write_text(json.dumps([{"id": "a", "problem": "p", "steps": ["x"], "label": -1}]))
+    completed = subprocess.run([sys.executable, "-m", "flows.cli", "eval", "run", "--set", str(pb), "--labels", "mc"],
+                               capture_output=True, text=True, cwd=Path(__file__).parent.parent, timeout=120)
+    assert completed.returncode == 2
+    assert completed.stderr.startswith("error: --labels mc needs a gold answer")
+    assert "Traceback" not in completed.stderr
+    bad = CliRunner().invoke(app, ["eval", "run", "--set", str(pb), "--labels", "magic"])
+    assert bad.exit_code != 0
