@@ -68,7 +68,10 @@ class SearchConfig(_Section):
     mc_rollouts: int = Field(default=8, ge=1)  # k rollouts per prefix estimate
     mc_early_stop: int = Field(default=4, ge=0)  # stop a prefix once the first m agree; 0 = off
     first_error_search: bool = True  # OmegaPRM binary search on wrong paths
-    mc_correct_paths: bool = True  # per-step MC on paths that reach the gold answer
+    # With first_error_search: also per-step MC on paths that reach gold (soft values). Off:
+    # their steps are inferred positive (the path itself reaches gold from every prefix).
+    # Without first_error_search every path gets per-step MC (Math-Shepherd).
+    mc_correct_paths: bool = False
     max_paths_per_problem: int = Field(default=6, ge=1)  # labeled paths kept per problem
 
 

@@ -11,10 +11,11 @@ the batch:
 2. **paths** -- up to ``max_paths_per_problem`` complete paths per problem, alternating
    correct / wrong (a mix first), each list in tree order (deterministic).
 3. **Lean** -- all steps of the chosen paths in one ``check_steps`` call (when enabled).
-4. **MC** -- correct paths: per-step MC with early stop (``search.mc_correct_paths``; off: all
-   steps inferred positive, since the path itself is a rollout from each of its prefixes that
-   reaches gold); wrong paths: OmegaPRM first-error binary search (``search.first_error_search``;
-   off: per-step MC), all searches of all problems in lock-step. Estimates are shared between
+4. **MC** -- with ``search.first_error_search`` (default, OmegaPRM): wrong paths get the
+   first-error binary search, all searches of all problems in lock-step; correct paths get no
+   rollouts, their steps are inferred positive (the path itself is a completion from each of
+   its prefixes that reaches gold, so c >= 1), unless ``search.mc_correct_paths`` asks for
+   per-step soft values. Without it (Math-Shepherd): per-step MC on every path. Estimates are shared between
    paths with the same prefix (key: problem_id + prefix_hash). The last step of a path that
    gives a final answer has an exact value (1/1 or 0/1) without rollouts.
 5. **fuse** -- labelers/fuse.py per step, path consensus (optional filter: non-consensus paths
@@ -272,7 +273,7 @@ def _estimate_paths(
             owner = (state, path, path_no)
             n = len(path.nodes)
             if path.correct:
-                if config.search.mc_correct_paths:
+                if config.search.mc_correct_paths or not config.search.first_error_search:
                     per_step += [(owner, i) for i in range(n)]
             elif config.search.first_error_search:
                 answered = path.final_answer is not None
@@ -320,7 +321,7 @@ def _signals(path: _Path, keys: list[str], known: dict[str, MCEstimate], config:
                 signals.append(MCSignal(inferred_label=positive))
         elif estimate is not None:
             signals.append(MCSignal(estimate.correct, estimate.total, exact=estimate.exact))
-        elif path.correct and not config.search.mc_correct_paths:
+        elif path.correct:
             # The path itself reaches gold from every one of its prefixes: c >= 1.
             signals.append(MCSignal(inferred_label=True))
         else:
@@ -476,7 +477,9 @@ def _label_paths(
             path.lean = list(lean_checks[pid][offset : offset + len(path.nodes)])
             offset += len(path.nodes)
     try:
-        known = _estimate_paths(states, config, policy, ledger, judge, account_by_path)
+        # Rules "tool" and "lean" never read MC: no rollouts are spent on them.
+        needs_mc = config.fuse.rule in ("hybrid", "mc")
+        known = _estimate_paths(states, config, policy, ledger, judge, account_by_path) if needs_mc else {}
     except Exception as error:  # noqa: BLE001 - a crashed backend fails the problems still in MC
         known = {}
         for state in states:
