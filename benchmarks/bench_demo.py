@@ -1,0 +1,63 @@
+"""Wall time of a preset build (default: demo) and the share of it spent generating.
+
+Prints, for one in-process build exactly as `prmforge build --preset demo` runs it:
+- total wall time (Prefect start included: what a user waits for),
+- the flow's own wall time (problem loading -> final manifest),
+- generation seconds (policy.usage.generation_seconds summed over batches),
+- the share of the wall time outside generation: orchestration, model loading, tool and Lean
+  verification, Parquet and manifest I/O. Goal: generation >= 90% of the flow's wall time.
+
+Usage: python benchmarks/bench_demo.py [--preset demo] [--set key=value ...] [--root DIR]
+The machine's other load changes the figures (llama.cpp slows down sharply when its threads
+share cores): report the load average printed with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="demo")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
+    parser.add_argument("--root", default=None, help="data root (default: a temporary directory)")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    root = args.root or tempfile.mkdtemp(prefix="prmforge-bench-")
+
+    from flows.config_load import load_build_config
+    from flows.runners import configure_prefect_environment
+
+    config = load_build_config(preset=args.preset, overrides=args.overrides, flag_values={"output.root": root})
+    configure_prefect_environment(config.output.root)
+    from flows.build import run_build
+
+    summary = run_build(config)
+    total = time.perf_counter() - started
+    flow_wall = summary.wall_seconds
+    generation = summary.generation_seconds
+    load = os.getloadavg()
+    print(f"preset {args.preset}: {summary.problems_total} problems, {summary.steps} step rows, "
+          f"{summary.rollouts} rollouts, {summary.completion_tokens} generated tokens, "
+          f"{summary.problems_failed} failed, {summary.problems_skipped} skipped")
+    print(f"cores {os.cpu_count()}, load average (1/5/15 min) {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"{'':24s}{'seconds':>10s}{'share of flow':>16s}{'share of total':>16s}")
+    rows = [
+        ("total (process)", total),
+        ("Prefect start + setup", total - flow_wall),
+        ("flow wall", flow_wall),
+        ("  generation", generation),
+        ("  outside generation", flow_wall - generation),
+    ]
+    for name, seconds in rows:
+        print(f"{name:24s}{seconds:10.1f}{100 * seconds / flow_wall:15.1f}%{100 * seconds / total:15.1f}%")
+    rate = summary.completion_tokens / generation if generation > 0 else 0.0
+    print(f"generation speed {rate:.1f} tokens/s; build {summary.build_id} under {root}")
+
+
+if __name__ == "__main__":
+    main()
