@@ -230,7 +230,11 @@ def _make_handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                # The client gave up (its timeout) before the batch finished; nothing to answer.
+                self.close_connection = True
 
         def do_GET(self) -> None:
             if self.path.rstrip("/") == "/v1/models":

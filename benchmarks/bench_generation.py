@@ -1,0 +1,239 @@
+"""Generation throughput of the policy backends, and greedy GSM8K accuracy of the presets.
+
+    python benchmarks/bench_generation.py                      # embedded + http + better
+    python benchmarks/bench_generation.py --sections gsm8k --gsm8k-problems 10
+    python benchmarks/bench_generation.py --sections vllm --vllm-model Qwen/Qwen2.5-1.5B-Instruct
+
+Sections:
+  embedded  0.5B preset: completion tokens/s for one greedy completion, and k=8 sampled rollouts
+            from one solution prefix with llama.cpp prefix reuse on and off (ratio).
+  better    1.5B preset: completion tokens/s for one greedy completion.
+  http      the prmforge OpenAI-compatible server (subprocess, 0.5B) driven by the HTTP policy:
+            requests/s at concurrency 1, 4 and 16 with short completions.
+  gsm8k     greedy solutions of the first N GSM8K test problems per preset; answers checked with
+            labelers.answers.
+  vllm      (GPU) 256 prefixes x 8 rollouts through VllmPolicy with prefix caching on vs off.
+
+Figures are wall-clock on whatever machine runs the script; it prints the CPU count and load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from labelers.policy.base import GenerationRequest  # noqa: E402
+from labelers.policy.prompts import STEP_STOP, assistant_prefix, solution_messages  # noqa: E402
+
+QUESTION = (
+    "Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins "
+    "for her friends every day with four. She sells the remainder at the farmers' market daily for $2 "
+    "per fresh duck egg. How much in dollars does she make every day at the farmers' market?"
+)
+PREFIX_STEPS = [
+    "Janet's ducks lay 16 eggs per day.",
+    "She eats 3 eggs for breakfast, so 16 - 3 = 13 eggs remain.",
+    "She bakes muffins with 4 eggs, so 13 - 4 = 9 eggs remain.",
+]
+
+
+def _gsm8k(limit: int) -> list:
+    from data_schemas.problems import load_problems
+
+    return load_problems(REPO_ROOT / "tests" / "data" / "gsm8k_test.jsonl", format="gsm8k").problems[:limit]
+
+
+THREADS: list[int] = []  # set once from --threads in main(); read by the sections
+
+
+def _threads() -> int:
+    return THREADS[0]
+
+
+def _machine() -> str:
+    load = os.getloadavg()
+    return f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+
+
+def bench_single(model: str, max_tokens: int) -> None:
+    from labelers.policy.embedded import EmbeddedPolicy
+
+    policy = EmbeddedPolicy(model, n_ctx=2048, n_threads=_threads())
+    request = GenerationRequest(solution_messages(QUESTION), n=1, max_tokens=max_tokens, temperature=0.0, seed=0)
+    policy.generate([GenerationRequest(solution_messages("1+1?"), max_tokens=2, temperature=0.0)])  # warm-up
+    started = time.perf_counter()
+    [result] = policy.generate([request])
+    seconds = time.perf_counter() - started
+    tokens = result.completions[0].completion_tokens
+    print(f"  {policy.model_id}: 1 greedy completion, prompt {result.prompt_tokens} tok, "
+          f"{tokens} completion tok in {seconds:.2f} s = {tokens / seconds:.1f} tok/s (prompt eval included)")
+    policy.close()
+
+
+def bench_rollouts(model: str, k: int, max_tokens: int) -> None:
+    from labelers.policy.embedded import EmbeddedPolicy, ModelPool
+
+    pool = ModelPool()
+    request = GenerationRequest(solution_messages(QUESTION), assistant_prefix(PREFIX_STEPS), n=k,
+                                max_tokens=max_tokens, temperature=0.8, top_p=0.95, seed=1)
+    rates = {}
+    for reuse in (True, False):
+        policy = EmbeddedPolicy(model, n_ctx=2048, n_threads=_threads(), pool=pool, reuse_prefix=reuse)
+        policy.generate([GenerationRequest(solution_messages("1+1?"), max_tokens=2, temperature=0.0)])
+        evaluated_before = policy.evaluated_prompt_tokens
+        started = time.perf_counter()
+        [result] = policy.generate([request])
+        seconds = time.perf_counter() - started
+        tokens = sum(c.completion_tokens for c in result.completions)
+        rates[reuse] = tokens / seconds
+        print(f"  k={k} rollouts, prefix reuse {'on ' if reuse else 'off'}: prompt {result.prompt_tokens} tok, "
+              f"prompt tokens evaluated {policy.evaluated_prompt_tokens - evaluated_before}, "
+              f"{tokens} completion tok in {seconds:.2f} s = {rates[reuse]:.1f} tok/s")
+    print(f"  prefix reuse speed-up (tok/s on / off): {rates[True] / rates[False]:.2f}x")
+    pool.close()
+
+
+def bench_http(levels: tuple[int, ...], requests_per_level: int, max_tokens: int) -> None:
+    from labelers.policy.openai_http import OpenAIHttpPolicy
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "labelers.policy.server", "--model", "small", "--port", "0", "--n-ctx", "2048",
+         "--threads", str(_threads())],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        url = server.stdout.readline().strip().rsplit(" at ", 1)[1]
+        problems = _gsm8k(requests_per_level)
+        requests = [GenerationRequest(solution_messages(p.question), assistant_prefix([]), n=1,
+                                      max_tokens=max_tokens, temperature=0.8, stop=STEP_STOP, seed=i)
+                    for i, p in enumerate(problems)]
+        warm = OpenAIHttpPolicy(url, "small")
+        warm.generate(requests[:1])
+        warm.close()
+        for level in levels:
+            policy = OpenAIHttpPolicy(url, "small", max_concurrency=level)
+            started = time.perf_counter()
+            results = policy.generate(requests)
+            seconds = time.perf_counter() - started
+            failed = sum(1 for r in results if not r.ok)
+            tokens = policy.usage.completion_tokens
+            print(f"  concurrency {level:2d}: {len(requests)} requests in {seconds:.2f} s = "
+                  f"{len(requests) / seconds:.2f} req/s, {tokens / seconds:.1f} completion tok/s, failed {failed}")
+            policy.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def bench_gsm8k(presets: list[str], limit: int, max_tokens: int) -> None:
+    from labelers.answers import answers_equal, extract_final_answer
+    from labelers.policy.embedded import EmbeddedPolicy
+
+    problems = _gsm8k(limit)
+    for preset in presets:
+        policy = EmbeddedPolicy(preset, n_ctx=2048, n_threads=_threads())
+        requests = [GenerationRequest(solution_messages(p.question), assistant_prefix([]), n=1,
+                                      max_tokens=max_tokens, temperature=0.0, seed=0) for p in problems]
+        started = time.perf_counter()
+        results = policy.generate(requests)
+        seconds = time.perf_counter() - started
+        solved = 0
+        for problem, result in zip(problems, results):
+            answer = extract_final_answer(result.completions[0].text) if result.ok else None
+            solved += answer is not None and answers_equal(answer, problem.gold_answer)
+        tokens = policy.usage.completion_tokens
+        print(f"  {preset} ({policy.model_id}): {solved}/{len(problems)} solved greedily; "
+              f"{tokens} completion tok in {seconds:.1f} s = {tokens / seconds:.1f} tok/s")
+        policy.close()
+
+
+def bench_vllm(model: str, prefixes: int, k: int, max_tokens: int, caching: bool | None) -> None:
+    """``caching`` None runs both settings, each in a fresh process."""
+    if importlib.util.find_spec("vllm") is None:
+        print("  skipped: vllm is not installed (pip install 'prmforge[vllm]' on a CUDA machine)")
+        return
+    from labelers.policy.vllm_backend import VllmPolicy, gpu_visible
+
+    visible, found = gpu_visible()
+    if not visible:
+        print(f"  skipped: no CUDA GPU ({found})")
+        return
+    problems = _gsm8k(max(1, prefixes // 4))
+    # 4 prefixes per problem (0..3 steps of a fixed scaffold) -> nested prefixes share blocks.
+    requests = []
+    for i in range(prefixes):
+        problem = problems[i // 4 % len(problems)]
+        steps = [f"Let me restate the problem: {problem.question[:80]}"] * (i % 4)
+        requests.append(GenerationRequest(solution_messages(problem.question), assistant_prefix(steps), n=k,
+                                          max_tokens=max_tokens, temperature=0.8, seed=i))
+    if caching is None:
+        # One process per setting: vLLM does not reliably give GPU memory back within a process.
+        for setting in ("on", "off"):
+            subprocess.run([sys.executable, __file__, "--sections", "vllm", "--vllm-caching", setting,
+                            "--vllm-model", model, "--vllm-prefixes", str(prefixes), "--rollouts", str(k),
+                            "--max-tokens", str(max_tokens)], check=True)
+        return
+    policy = VllmPolicy(model, enable_prefix_caching=caching, gpu_memory_utilization=0.8)
+    policy.generate(requests[:4])  # warm-up (CUDA graphs, first blocks)
+    started = time.perf_counter()
+    results = policy.generate(requests)
+    seconds = time.perf_counter() - started
+    tokens = sum(c.completion_tokens for r in results for c in r.completions)
+    prompt = sum(r.prompt_tokens for r in results)
+    print(f"  prefix caching {'on ' if caching else 'off'}: {prefixes} prefixes x {k} rollouts, "
+          f"{prompt} prompt tok, {tokens} completion tok in {seconds:.2f} s = {tokens / seconds:.0f} tok/s "
+          f"= {prefixes / seconds:.1f} prefixes/s", flush=True)
+    policy.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", default="embedded,better,http",
+                        help="comma list of: embedded, better, http, gsm8k, vllm")
+    parser.add_argument("--max-tokens", type=int, default=64, help="completion length of the throughput runs")
+    parser.add_argument("--rollouts", type=int, default=8)
+    parser.add_argument("--http-requests", type=int, default=16)
+    parser.add_argument("--http-max-tokens", type=int, default=8)
+    parser.add_argument("--gsm8k-problems", type=int, default=10)
+    parser.add_argument("--gsm8k-max-tokens", type=int, default=400)
+    parser.add_argument("--vllm-model", default="Qwen/Qwen2.5-1.5B-Instruct")
+    parser.add_argument("--vllm-prefixes", type=int, default=256)
+    parser.add_argument("--vllm-caching", choices=("on", "off"), default=None, help="one setting only (internal)")
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: half the cores)")
+    args = parser.parse_args()
+    from labelers.policy.embedded import default_threads
+
+    THREADS.append(args.threads or default_threads())
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    print(f"machine: {_machine()}; llama.cpp threads: {_threads()}")
+    for section in sections:
+        print(f"[{section}]")
+        if section == "embedded":
+            bench_single("small", args.max_tokens)
+            # Rollout-like (long completions) and expansion-like (one short step) shapes.
+            bench_rollouts("small", args.rollouts, args.max_tokens // 2)
+            bench_rollouts("small", args.rollouts, 8)
+        elif section == "better":
+            bench_single("better", args.max_tokens)
+        elif section == "http":
+            bench_http((1, 4, 16), args.http_requests, args.http_max_tokens)
+        elif section == "gsm8k":
+            bench_gsm8k(["small", "better"], args.gsm8k_problems, args.gsm8k_max_tokens)
+        elif section == "vllm":
+            caching = None if args.vllm_caching is None else args.vllm_caching == "on"
+            bench_vllm(args.vllm_model, args.vllm_prefixes, args.rollouts, args.max_tokens, caching)
+        else:
+            parser.error(f"unknown section {section!r}")
+    print(f"machine after: {_machine()}")
+
+
+if __name__ == "__main__":
+    main()
