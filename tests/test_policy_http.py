@@ -295,3 +295,78 @@ def test_factory_builds_http_policy_and_checks_base_url() -> None:
     assert isinstance(policy, OpenAIHttpPolicy) and policy.base_url == "http://127.0.0.1:9/v1"
     assert policy.model_id == "m"
     policy.close()
+
+
+# --- prmforge's server over a recording policy (batching, routing) ------------------------------
+
+
+class _GatedPolicy:
+    """Answers every request with its tag; the first generate call waits until released, so
+    requests sent meanwhile queue up in the server."""
+
+    model_id = "gated"
+
+    def __init__(self) -> None:
+        from labelers.policy.base import TokenUsage
+
+        self.usage = TokenUsage()
+        self.batches: list[list[str]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def generate(self, requests):
+        from labelers.policy.base import Completion, GenerationResult
+
+        self.batches.append([r.tag for r in requests])
+        self.entered.set()
+        self.release.wait(5)
+        return [GenerationResult(r, tuple(Completion(f"{r.assistant_prefix}|{i}", "stop", 2) for i in range(r.n)), 7)
+                for r in requests]
+
+    def close(self) -> None:
+        return
+
+
+def test_server_batches_requests_waiting_together() -> None:
+    from labelers.policy.server import ModelServer
+
+    policy = _GatedPolicy()
+    with ModelServer(policy) as server:
+        client = OpenAIHttpPolicy(server.base_url, "gated", max_concurrency=4, max_retries=0)
+        requests = [_request([f"step {i}"], n=2) for i in range(4)]
+        first = threading.Thread(target=lambda: client.generate(requests[:1]))
+        first.start()
+        assert policy.entered.wait(5)
+        rest: list = []
+        others = threading.Thread(target=lambda: rest.extend(client.generate(requests[1:])))
+        others.start()
+        while server._batcher._queue.qsize() < 3:  # the three wait behind the first batch
+            threading.Event().wait(0.01)
+        policy.release.set()
+        first.join(5)
+        others.join(5)
+        client.close()
+    assert [len(batch) for batch in policy.batches] == [1, 3]
+    assert server.stats.largest_batch == 3 and server.stats.requests == 4
+    assert [[c.text for c in r.completions] for r in rest] == [
+        [f"Step 1: step {i}\nStep 2:|0", f"Step 1: step {i}\nStep 2:|1"] for i in (1, 2, 3)]
+    assert all(c.completion_tokens == 2 for r in rest for c in r.completions)
+
+
+def test_server_answers_bad_requests_with_openai_errors() -> None:
+    import httpx
+
+    from labelers.policy.server import ModelServer
+
+    policy = _GatedPolicy()
+    policy.release.set()
+    with ModelServer(policy, served_model_name="m") as server:
+        wrong = httpx.post(f"{server.base_url}/chat/completions", json={"model": "x", "messages": []})
+        bad_json = httpx.post(f"{server.base_url}/chat/completions", content=b"{not json")
+        no_messages = httpx.post(f"{server.base_url}/chat/completions", json={"model": "m", "messages": []})
+        models = httpx.get(f"{server.base_url}/models")
+    assert wrong.status_code == 404 and wrong.json()["error"]["message"] == "The model `x` does not exist."
+    assert bad_json.status_code == 400 and "invalid JSON" in bad_json.json()["error"]["message"]
+    assert no_messages.status_code == 400
+    assert models.json()["data"][0]["id"] == "m"
+    assert policy.batches == []

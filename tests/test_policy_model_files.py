@@ -98,12 +98,13 @@ def test_missing_package_names_it_and_the_pip_command() -> None:
     assert status.assembled_path is None
 
 
-def test_installed_small_preset_parts_are_found_as_data() -> None:
-    preset = PRESETS["small"]
+@pytest.mark.parametrize("name", ["small", "better"])
+def test_installed_preset_parts_are_found_as_data(name: str) -> None:
+    preset = PRESETS[name]
     if preset_status(preset).missing_packages:
-        pytest.skip("model parts not installed (pip install 'prmforge[model-small]')")
+        pytest.skip(f"model parts not installed ({preset.pip_command()})")
     parts = locate_parts(preset)
-    assert [p.name for p in parts] == [f"part{i:02d}.bin" for i in range(1, 7)]
+    assert [p.name for p in parts] == [f"part{i:02d}.bin" for i in range(1, len(preset.packages) + 1)]
     assert sum(p.stat().st_size for p in parts) == preset.size
 
 

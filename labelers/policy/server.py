@@ -167,6 +167,7 @@ class ModelServer:
         self._httpd = ThreadingHTTPServer((host, port), _make_handler(self))
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
+        self._serving = False
 
     @property
     def stats(self) -> BatchStats:
@@ -178,15 +179,20 @@ class ModelServer:
         return f"http://{host}:{port}/v1"
 
     def start(self) -> "ModelServer":
+        """Serve on a background thread."""
+        self._serving = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="prmforge-http", daemon=True)
         self._thread.start()
         return self
 
     def serve_forever(self) -> None:
+        self._serving = True
         self._httpd.serve_forever()
 
     def stop(self) -> None:
-        self._httpd.shutdown()
+        if self._serving:  # shutdown() waits for serve_forever, which must have started
+            self._httpd.shutdown()
+            self._serving = False
         self._httpd.server_close()
         self._batcher.stop()
 
