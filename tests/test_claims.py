@@ -42,6 +42,15 @@ def _check_spans(text: str) -> list[Claim]:
         ("3 x 4 = 12 eggs", [("3*4", "=", "12")]),
         ("The answer is 5! = 120", [("factorial(5)", "=", "120")]),
         (r"$1{,}000 \div 8 = 125$", [("1000/8", "=", "125")]),
+        ("He pays 20% of 100 = 20 dollars", [("(20/100)*100", "=", "20")]),
+        ("She eats 1/2 of 10 = 5 cookies", [("1/2*10", "=", "5")]),
+        ("So 3 times 4 = 12 and 12 divided by 3 = 4", [("3*4", "=", "12"), ("12/3", "=", "4")]),
+        ("**Total:** 5 + 3 = 8", [("5 + 3", "=", "8")]),
+        ("Janet's 3 + 4 = 7", [("3 + 4", "=", "7")]),
+        (r"$\sin 30^\circ = \frac{1}{2}$", [("sin((30*pi/180))", "=", "1/2")]),
+        (r"$4\frac{5}{8} = \frac{37}{8}$", [("4 + 5/8", "=", "37/8")]),
+        (r"$\alpha_1 + \lambda = 3$", [("alpha_1 + lamda", "=", "3")]),
+        ("f(3) = 5", [("f(3)", "=", "5")]),
     ],
 )
 def test_extracts_expected_claims(text: str, expected: list[tuple[str, str, str]]) -> None:
@@ -59,6 +68,16 @@ def test_extracts_expected_claims(text: str, expected: list[tuple[str, str, str]
         "```python\nprint(2 + 2 == 5)\n```",
         "__import__('os') = 1",
         "she said: $5 and $6 = lots",
+        "half of 10 = 5",  # the number after "half of" is not the left side
+        "twice 6 = 12",
+        "2 hours = 120 minutes",  # a conversion, not arithmetic
+        "4 students drank 1.5 quarts = 4 * 1.5",  # "1.5 quarts" labels the product
+        r"$(1-2)+(3-4)+ \dots +(99-100) = -50$",  # the sum's start is not read, so no "= -50"
+        r"$\binom{7}{4}=35$",
+        r"$110_2=6_8$",
+        r"Let $x = 0.\overline{1331}$",
+        r"$9\&2 = 3$",
+        "foo(3) = 5",
     ],
 )
 def test_prose_gives_no_claims(text: str) -> None:

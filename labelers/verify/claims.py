@@ -63,6 +63,12 @@ UNITS = frozenset(
     mph kph km/h sq square cubic units unit degree degrees
     """.split()
 )
+_WORD_OPERATORS = {"times": "*", "plus": "+", "minus": "-"}
+# Words that scale the number after them: that number is not a claim's whole left side.
+_QUANTIFIERS = frozenset(
+    """of twice double triple thrice half halves quarter quarters third thirds fourth fourths fifth
+    fifths sixth tenth tenths each every per""".split()
+)
 _APPROX_WORDS = frozenset({"about", "approximately", "approx", "roughly", "around", "nearly"})
 _ROUNDING_CUE = re.compile(r"\b(round(ed|ing|s)?|nearest)\b", re.IGNORECASE)
 _SUBSTITUTION_CUE = re.compile(
@@ -89,6 +95,7 @@ _MATH_ENV = re.compile(
 _PLAIN_NUMBER = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d,]\d)|\d+(?:\.\d+)?|\.\d+")
 _LATEX_NUMBER = re.compile(r"\d{1,3}(?:(?:\{,\}|,\\!)\d{3})+(?:\.\d+)?(?!\d)|\d+(?:\.\d+)?|\.\d+")
 _WORD = re.compile(r"[A-Za-z]+")
+_PLAIN_WORD = re.compile(r"[A-Za-z]+(?:['’][A-Za-z]+)*")  # "Janet's" is one word
 
 
 @dataclass(frozen=True)
@@ -227,6 +234,11 @@ class _Tokenizer:
     def emit(self, kind: str, value: str, start: int, end: int) -> None:
         self.tokens.append(Token(kind, value, start, end))
 
+    def after_fraction(self) -> bool:
+        """The last tokens are ``NUM / NUM`` (a fraction written in prose: "1/2 of ...")."""
+        kinds = [t for t in self.tokens if t.kind != "UNIT"][-3:]
+        return len(kinds) == 3 and kinds[0].kind == "NUM" and kinds[1].value == "/" and kinds[2].kind == "NUM"
+
     def prev_kind(self) -> str | None:
         for tok in reversed(self.tokens):
             if tok.kind != "UNIT":
@@ -253,8 +265,29 @@ class _Tokenizer:
             return end
         if not latex:
             nxt = self.next_nonspace(end, stop)
-            if low == "x" and prev in ("NUM", "RP", "PCT") and (nxt.isdigit() or nxt in "($"):
+            operand_before = prev in ("NUM", "RP", "PCT", "ID")
+            operand_after = nxt.isdigit() or (nxt != "" and nxt in "($.")
+            if low == "x" and prev in ("NUM", "RP", "PCT") and operand_after:
                 self.emit("OP", "*", start, end)  # "3 x 4" is a product in prose
+                return end
+            if low in _WORD_OPERATORS and operand_before and operand_after:
+                self.emit("OP", _WORD_OPERATORS[low], start, end)  # "3 times 4", "5 plus 2"
+                return end
+            if low == "divided" and operand_before:
+                by = re.match(r"\s+by\b", self.text[end:stop])
+                if by and self.next_nonspace(end + by.end(), stop)[:1].isdigit():
+                    self.emit("OP", "/", start, end + by.end())
+                    return end + by.end()
+            if low == "percent" and prev == "NUM":
+                self.emit("PCT", "%", start, end)
+                return end
+            if low == "of" and operand_after and (prev in ("PCT", "RP") or self.after_fraction()):
+                self.emit("OP", "*", start, end)  # "20% of 50", "1/2 of 10"
+                return end
+            if low in _QUANTIFIERS:
+                # "half of 10 = 5", "twice 6 = 12": the number after the word is not the
+                # whole left side, so the next run's first side is not read.
+                self.emit("CUT", low, start, end)
                 return end
             if low in FUNCTIONS and nxt == "(":
                 self.emit("FN", low, start, end)
@@ -295,7 +328,7 @@ class _Tokenizer:
                 i = m.end()
                 continue
             if c.isalpha() and c.isascii():
-                m = _WORD.match(text, i, end)
+                m = _PLAIN_WORD.match(text, i, end)
                 assert m is not None
                 i = self.word(m.group(0), i, m.end(), end, latex=False)
                 continue
@@ -318,6 +351,12 @@ class _Tokenizer:
         if two in ("=>", "->"):
             self.emit("BRK", two, i, i + 2)
             return i + 2
+        if c == "*" and self.prev_kind() not in ("NUM", "ID", "RP", "PCT", "BANG", "DEG"):
+            # "**Total:**", "*so*": markdown emphasis, not multiplication (nothing to multiply)
+            stop = i + 2 if two == "**" else i + 1
+            # after an unknown symbol ("'a'*10") it continues that unknown expression
+            self.emit("POISON" if self.prev_kind() == "POISON" else "BRK", text[i:stop], i, stop)
+            return stop
         if two == "**":
             self.emit("OP", "**", i, i + 2)
             return i + 2
@@ -364,7 +403,10 @@ class _Tokenizer:
         if c == "°":
             self.emit("DEG", "°", i, i + 1)
             return i + 1
-        if c in ",;:?.\"'’“”`" or c.isspace():
+        if c in "'’" and 0 < i < end - 1 and text[i - 1].isalpha() and text[i + 1].isalpha():
+            self.emit("BRK", c, i, i + 1)  # an apostrophe inside a word ("Janet's")
+            return i + 1
+        if c in ",;:?.\"“”" or c.isspace():
             self.emit("BRK", c, i, i + 1)
         else:
             self.emit("POISON", c, i, i + 1)
@@ -897,8 +939,8 @@ def parse_plain(expression: str) -> tuple:
             merged.append(Token("FN", "factorial", t.start, t.end))
         else:
             merged.append(t)
-    if any(t.kind in ("BRK", "POISON", "REL") for t in merged):
-        bad = next(t for t in merged if t.kind in ("BRK", "POISON", "REL"))
+    if any(t.kind in ("BRK", "POISON", "CUT", "REL") for t in merged):
+        bad = next(t for t in merged if t.kind in ("BRK", "POISON", "CUT", "REL"))
         raise ParseError(f"not a plain expression: {bad.value!r}")
     tree = _Parser(merged).parse()
     return _fn_factorial(tree)
@@ -991,7 +1033,7 @@ def _claims_from_tokens(
     run: list[Token] = []
     before: Token | None = None  # the break token in front of the current run
     for tok in tokens + [Token("BRK", "", len(text), len(text))]:
-        if tok.kind not in ("BRK", "POISON"):
+        if tok.kind not in ("BRK", "POISON", "CUT"):
             run.append(tok)
             continue
         if any(t.kind == "REL" for t in run):
@@ -999,7 +1041,7 @@ def _claims_from_tokens(
             # unknown function; its first side is not the whole expression. Next to an unknown
             # command or symbol ("\dots + 10 = 55") the side is not the whole expression either.
             first_cut = before is not None and (
-                before.kind == "POISON"
+                before.kind in ("POISON", "CUT")
                 or (
                     before.value[:1].isalpha()
                     and run[0].kind == "LP"
