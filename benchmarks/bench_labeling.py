@@ -196,7 +196,7 @@ def section_scripted(items: list[Item], seed: int, k: int) -> None:
             )
 
 
-def section_real(items: list[Item], seed: int, count: int, k: int, max_tokens: int, threads: int) -> None:
+def section_real(items: list[Item], seed: int, count: int, k: int, max_tokens: int, threads: int, parts: set[str]) -> None:
     try:
         import llama_cpp  # noqa: F401
 
@@ -205,7 +205,9 @@ def section_real(items: list[Item], seed: int, count: int, k: int, max_tokens: i
     except ImportError as error:
         print(f"\nReal model: skipped ({error})")
         return
-    chosen = [i for i in items if i.label >= 0][: (count + 1) // 2] + [i for i in items if i.label < 0][: count // 2]
+    # The shortest solutions: each rollout costs seconds on a shared CPU.
+    by_length = sorted(items, key=lambda i: (len(i.steps), i.problem.problem_id))
+    chosen = [i for i in by_length if i.label >= 0][: (count + 1) // 2] + [i for i in by_length if i.label < 0][: count // 2]
     policy_config = PolicyConfig(backend="embedded", model="small", n_threads=threads, n_ctx=2048, max_solution_tokens=max_tokens, max_step_tokens=80)
     try:
         policy = make_policy(policy_config)
@@ -220,11 +222,35 @@ def section_real(items: list[Item], seed: int, count: int, k: int, max_tokens: i
     with ToolStepVerifier(ToolConfig()) as tool:
         for name, overrides, with_tool in [
             ("tool only", {"fuse.rule": "tool"}, True),
-            ("MC only, binary search", {"fuse.rule": "mc", "search.first_error_search": True}, False),
             ("hybrid, binary search", {"fuse.rule": "hybrid", "search.first_error_search": True}, True),
-        ]:
+        ] if "given" in parts else []:
             result, seconds = run_given(chosen, base.with_overrides(overrides), policy, tool if with_tool else None)
             report_given(name, chosen, result, seconds)
+            for row in sorted(result.steps, key=lambda r: (r.problem_id, r.step_index)):
+                mc = f"{row.mc_correct}/{row.mc_total}" if row.mc_total is not None else ("inferred" if row.mc_inferred else "-")
+                print(f"      {row.problem_id[:8]} step {row.step_index}: tool {row.tool_verdict:<12} MC {mc:<8} -> {'+' if row.fused_label else '-'} ({row.label_source})")
+        if "mcts" in parts:
+            # One problem, one MCTS iteration (2 children, their simulations) + MC on wrong paths.
+            config = base.with_overrides(
+                {"search.rounds": 2, "search.children_per_expansion": 2, "search.max_depth": 6, "fuse.after_first_error": "truncate"}
+            )
+            started = time.perf_counter()
+            result = label_batch([chosen[-1].problem], config, policy, tool, None, "bench-real")
+            seconds = time.perf_counter() - started
+            outcome = result.outcomes[0]
+            print(
+                f"  MCTS label_batch, 1 problem, 2 rounds x 2 children: status {outcome.status} "
+                f"{outcome.failed_stage or ''} {outcome.error or ''}; {len(result.nodes)} nodes, "
+                f"{outcome.num_paths} paths, {outcome.num_steps} step rows, {outcome.rollouts} completions, "
+                f"{outcome.completion_tokens} completion tokens, {seconds:.0f} s"
+            )
+            for node in result.nodes:
+                print(
+                    f"      {node.node_id:<10} N={node.visits} W={node.value_sum:+.3f} terminal={node.is_terminal} "
+                    f"answer={node.final_answer} gold={node.reached_gold} tool={node.tool_verdict} | {node.step_text[:70]!r}"
+                )
+            for row in result.steps:
+                print(f"      row {row.path_id.split(':')[1]} step {row.step_index}: {row.tool_verdict}, MC {row.mc_correct}/{row.mc_total} -> {'+' if row.fused_label else '-'} ({row.label_source})")
     policy.close()
 
 
@@ -238,11 +264,15 @@ def main() -> None:
     parser.add_argument("--real-k", type=int, default=2)
     parser.add_argument("--real-max-tokens", type=int, default=160)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--real-parts", default="given,mcts", help="comma list: given (given solutions), mcts (label_batch)")
+    parser.add_argument("--skip-scripted", action="store_true")
     args = parser.parse_args()
     items = build_set(args.problems, args.seed)
-    section_scripted(items, args.seed, args.k)
+    if not args.skip_scripted:
+        section_scripted(items, args.seed, args.k)
     if args.real_model:
-        section_real(items, args.seed, args.real_problems, args.real_k, args.real_max_tokens, args.threads)
+        parts = set(args.real_parts.split(","))
+        section_real(items, args.seed, args.real_problems, args.real_k, args.real_max_tokens, args.threads, parts)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ _DECISIONS = {
     "lean_disproved": "Lean proved the negation",
     "lean_proved": "Lean proved the step",
     "lean_no_verdict": "Lean gave no verdict",
+    "after_first_error": "the step comes after the path's first error",
 }
 
 
