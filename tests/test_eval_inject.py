@@ -174,3 +174,25 @@ def test_json_list_round_trip(tmp_path, injected):
     read = read_set(tmp_path / "set.json")
     assert [r.label for r in read] == [r["label"] for r in records]
     assert read[0].extra["source_row"] == records[0]["source_row"]
+
+
+def test_math500_slips_change_the_final_computation_and_answer():
+    from labelers.evaluation.inject import build_math_injection_set, read_math
+
+    sources = read_math(Path(__file__).parent / "data" / "math500_test.jsonl")
+    records, summary = build_math_injection_set(sources, 20, 10, seed=1)
+    again, _ = build_math_injection_set(sources, 20, 10, seed=1)
+    assert records == again
+    assert summary.kinds == {"arithmetic_slip": 20}
+    by_row = {s.source_row: s for s in sources}
+    from labelers.steps import split_steps
+
+    for record in records:
+        reference = split_steps(by_row[record["source_row"]].solution)
+        stated = extract_final_answer("\n".join(record["steps"]))
+        changed = [i for i, (a, b) in enumerate(zip(reference, record["steps"])) if a != b]
+        if record["label"] >= 0:
+            assert not answers_equal(stated, record["gold_answer"])
+            assert changed[0] == record["label"]
+        else:
+            assert answers_equal(stated, record["gold_answer"]) and changed == []

@@ -168,20 +168,23 @@ def make_set(
     n_error: int = typer.Option(300, "--n-error", help="Solutions with one injected error.", min=0),
     n_correct: int = typer.Option(300, "--n-correct", help="Untouched correct solutions.", min=0),
     seed: int = typer.Option(0, "--seed", help="Same seed + input = same file."),
-    source: str = typer.Option("gsm8k", "--source", help="Reference solutions: gsm8k (calculator-annotated solutions)."),
-    input_file: Path | None = typer.Option(None, "--input", help="GSM8K-format JSONL (question, answer); default: the bundled problems (40 GSM8K).", dir_okay=False),
+    source: str = typer.Option("gsm8k", "--source", help="gsm8k (all three corruption kinds) or math500 (slips in the final computation)."),
+    input_file: Path | None = typer.Option(None, "--input", help="GSM8K JSONL (question, answer) or MATH JSONL (problem, solution, answer); default: the bundled problems.", dir_okay=False),
 ) -> None:
     """Build an error-injection set: solutions with a known earliest wrong step plus correct ones."""
-    from labelers.evaluation.inject import build_injection_set, read_gsm8k
+    from labelers.evaluation.inject import build_injection_set, build_math_injection_set, read_gsm8k, read_math
     from labelers.evaluation.processbench import write_set
 
-    if source != "gsm8k":
-        raise InputError(f"--source {source!r}: only gsm8k reference solutions can be corrupted consistently (see docs/evaluation.md)")
+    if source not in ("gsm8k", "math500"):
+        raise InputError(f"--source must be gsm8k or math500, got {source!r}")
     if input_file is None:
         from data_schemas.problems import bundled_problems_path
 
         input_file = bundled_problems_path()
-    records, summary = build_injection_set(read_gsm8k(input_file), n_error, n_correct, seed, source)
+    if source == "gsm8k":
+        records, summary = build_injection_set(read_gsm8k(input_file), n_error, n_correct, seed, source)
+    else:
+        records, summary = build_math_injection_set(read_math(input_file), n_error, n_correct, seed, source)
     write_set(out, records)
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(summary.kinds.items())) or "none"
     typer.echo(

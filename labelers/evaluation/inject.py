@@ -683,3 +683,127 @@ def build_injection_set(
     rng.shuffle(records)
     width = len(str(len(records) - 1))
     return [{"id": f"{source_name}-{i:0{width}d}", **record} for i, record in enumerate(records)], summary
+
+
+# --------------------------------------------------------------------------------------------
+# MATH-500: arithmetic slips in the computation that gives the final answer
+# --------------------------------------------------------------------------------------------
+#
+# MATH solutions are LaTeX prose without calculator annotations, so a change cannot be traced
+# through every later computation. What can be done reliably: a solution whose final answer is a
+# non-negative integer N, stated as the result of a checkable claim ``<arithmetic> = N`` (found
+# by the tool verifier's claim extractor) in step j, where N occurs nowhere before that claim
+# (not in the question, not in an earlier step, not earlier in step j) and is no common
+# constant. The slip writes N + delta at that claim and at every later mention of N (the boxed
+# answer included); step j is the earliest wrong step. Only ``arithmetic_slip``.
+
+
+@dataclass(frozen=True)
+class MathSource:
+    question: str
+    solution: str
+    answer: str
+    source_row: int
+
+
+def read_math(path: Path) -> list[MathSource]:
+    """MATH-format JSONL rows (``problem``, ``solution``, ``answer``); rows of the bundled file
+    with another ``source`` than math500 are passed over."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    rows: list[MathSource] = []
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise InputError(f"{path}:{line_number}: not JSON ({error.msg})") from None
+            if not isinstance(row, dict) or row.get("source") not in (None, "math500", "math"):
+                continue
+            question = row.get("problem", row.get("question"))
+            solution = row.get("solution", row.get("reference_solution"))
+            answer = row.get("answer", row.get("gold_answer"))
+            if not all(isinstance(v, str) for v in (question, solution, answer)):
+                raise InputError(f"{path}:{line_number}: a MATH row needs 'problem', 'solution' and 'answer'")
+            rows.append(MathSource(question, solution, answer.strip(), line_number))
+    return rows
+
+
+def _math_candidates(source: MathSource) -> tuple[list[str], list[InjectedSolution]] | None:
+    """The solution's steps and its valid slips; None when it has no usable final computation."""
+    from labelers.steps import split_steps
+    from labelers.verify.claims import extract_claims
+
+    if not re.fullmatch(r"\d+", source.answer) or f"\\boxed{{{source.answer}}}" not in source.solution:
+        return None
+    gold = Fraction(source.answer)
+    if gold in COMMON_CONSTANTS or any(number_value(m.group()) == gold for m in _NUMBER.finditer(source.question)):
+        return None
+    steps = split_steps(source.solution)
+    for index, step in enumerate(steps):
+        mentions = [m for m in _NUMBER.finditer(step) if number_value(m.group()) == gold]
+        if not mentions:
+            continue
+        for claim in extract_claims(step):
+            tokens = tokenize_expression(claim.lhs)
+            if claim.relation != "=" or claim.rhs.strip() != source.answer or tokens is None:
+                continue
+            if evaluate(tokens) != gold:
+                continue
+            first = mentions[0]
+            if not claim.span[0] <= first.start() < claim.span[1]:
+                continue  # N is mentioned before the claim computes it
+            injected = []
+            for delta in SLIP_DELTAS:
+                new = gold + delta
+                if new < 0:
+                    continue
+                changed = list(steps)
+                for later in range(index, len(steps)):
+                    edits = [(m.start(), m.end(), format_like(new, m.group()) or "") for m in _NUMBER.finditer(steps[later])
+                             if number_value(m.group()) == gold]
+                    changed[later] = _replace_spans(steps[later], edits)
+                detail = f"step {index}: result {source.answer} of '{claim.text}' written as {decimal_text(new)}"
+                injected.append(InjectedSolution(tuple(changed), index, decimal_text(new) or "", "arithmetic_slip", detail))
+            return steps, injected
+        return None  # the first mention of N is not a checkable computation of it
+    return None
+
+
+def build_math_injection_set(
+    sources: Sequence[MathSource], n_error: int, n_correct: int, seed: int, source_name: str = "math500"
+) -> tuple[list[dict], InjectionSummary]:
+    """ProcessBench-layout records from MATH solutions (see the section comment above)."""
+    if n_error < 0 or n_correct < 0 or n_error + n_correct == 0:
+        raise InputError("ask for at least one solution (--n-error/--n-correct >= 0, not both 0)")
+    rng = random.Random(seed)
+    summary = InjectionSummary(source_rows=len(sources))
+    eligible = []
+    for source in sources:
+        found = _math_candidates(source)
+        if found is not None and found[1]:
+            eligible.append((source, *found))
+    summary.parsed = summary.eligible = len(eligible)
+    if len(eligible) < n_error + n_correct:
+        raise InputError(
+            f"only {len(eligible)} of {len(sources)} MATH solutions end in a checkable computation of an "
+            f"integer answer that can take a slip; asked for {n_error} + {n_correct}"
+        )
+    rng.shuffle(eligible)
+    records = []
+    for position, (source, steps, injected) in enumerate(eligible[: n_error + n_correct]):
+        if position < n_error:
+            choice = injected[rng.randrange(len(injected))]
+            summary.kinds[choice.kind] = summary.kinds.get(choice.kind, 0) + 1
+            record = {"steps": list(choice.steps), "label": choice.label, "final_answer_correct": False,
+                      "corruption": choice.kind, "corruption_detail": choice.detail}
+        else:
+            record = {"steps": list(steps), "label": -1, "final_answer_correct": True, "corruption": None,
+                      "corruption_detail": None}
+        records.append({"generator": "math500-reference", "problem": source.question, "gold_answer": source.answer,
+                        "source_row": source.source_row, **record})
+    rng.shuffle(records)
+    width = len(str(len(records) - 1))
+    return [{"id": f"{source_name}-{i:0{width}d}", **record} for i, record in enumerate(records)], summary
