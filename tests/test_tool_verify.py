@@ -4,6 +4,8 @@ Figures (printed; run with ``-s`` to see them):
 - GSM8K test reference steps with a calculator annotation judged ``correct`` (>= 99 %);
 - seeded arithmetic corruptions of GSM8K steps judged ``incorrect`` (>= 95 %), untouched steps
   judged ``incorrect`` (<= 1 %);
+- the same without calculator annotations (as a model writes steps): untouched steps judged
+  ``incorrect`` (<= 0.5 %), a corrupted visible result caught (>= 95 %);
 - MATH-500 reference steps: share with a checkable claim, share of those judged ``correct``
   (>= 97 %).
 """
@@ -286,6 +288,45 @@ def test_gsm8k_injected_errors_are_found(verifier: ToolStepVerifier, gsm8k_path:
     )
     assert found >= 0.95
     assert false_alarms <= 0.01
+
+
+_VISIBLE_RESULT = re.compile(r"=\s*\$?(\d[\d,]*(?:\.\d+)?)")
+
+
+def test_gsm8k_visible_text_without_annotations(verifier: ToolStepVerifier, gsm8k_path: Path) -> None:
+    """Steps as a model writes them: the reference lines with the calculator annotations removed.
+
+    Untouched steps must almost never be judged incorrect; a visible result changed (one of the
+    four slips) in a step that was judged correct must be caught.
+    """
+    rng = random.Random(7)
+    rows = _gsm8k_rows(gsm8k_path)
+    steps = [s for r in rows for s in gsm8k_reference_steps(r["answer"], keep_calculator=False)]
+    checks = verifier.check_steps([StepContext("", (), s) for s in steps])
+    counts = Counter(c.verdict.value for c in checks)
+    corrupted: list[str] = []
+    for step, check in zip(steps, checks, strict=True):
+        matches = list(_VISIBLE_RESULT.finditer(step))
+        if check.verdict is not ToolVerdict.CORRECT or not matches:
+            continue
+        match = rng.choice(matches)
+        value = match.group(1).replace(",", "").rstrip(".")
+        kinds = ["delta", "off_by_one", "times_ten", "swap"]
+        rng.shuffle(kinds)
+        wrong = next((w for k in kinds if (w := _corrupt_value(value, k, rng)) is not None), None)
+        if wrong is not None:
+            corrupted.append(step[: match.start(1)] + wrong + step[match.end(1) :])
+    bad = verifier.check_steps([StepContext("", (), s) for s in corrupted])
+    found = sum(c.verdict is ToolVerdict.INCORRECT for c in bad) / len(bad)
+    false_alarms = counts["incorrect"] / len(steps)
+    print(
+        f"\nGSM8K reference steps without annotations: {len(steps)}; correct {counts['correct'] / len(steps):.2%}, "
+        f"incorrect {false_alarms:.2%}, {dict(counts)}; visible result corrupted in {len(corrupted)} "
+        f"correct steps: {found:.2%} judged incorrect"
+    )
+    assert counts["correct"] / len(steps) >= 0.70
+    assert false_alarms <= 0.005
+    assert len(corrupted) >= 500 and found >= 0.95
 
 
 def split_math_solution(solution: str) -> list[str]:

@@ -66,9 +66,11 @@ UNITS = frozenset(
 _WORD_OPERATORS = {"times": "*", "plus": "+", "minus": "-"}
 # Words that scale the number after them: that number is not a claim's whole left side.
 _QUANTIFIERS = frozenset(
-    """of twice double triple thrice half halves quarter quarters third thirds fourth fourths fifth
-    fifths sixth tenth tenths each every per""".split()
+    """twice double triple thrice quadruple half halves quarter quarters third thirds fourth fourths
+    fifth fifths sixth sixths tenth tenths""".split()
 )
+# Up to two more words, then a binary operator ("-" only as a minus, not a hyphen).
+_LABEL_BEFORE_OPERATOR = re.compile(r"(?:\s+[A-Za-z]+(?:['’][A-Za-z]+)?){0,2}\s*(?:[*×·/÷+]|-(?=[\s\d$(]))")
 _APPROX_WORDS = frozenset({"about", "approximately", "approx", "roughly", "around", "nearly"})
 _ROUNDING_CUE = re.compile(r"\b(round(ed|ing|s)?|nearest)\b", re.IGNORECASE)
 _SUBSTITUTION_CUE = re.compile(
@@ -229,10 +231,14 @@ class _Tokenizer:
         self.text = text
         self.tokens: list[Token] = []
         self.depth = 0
+        self.in_latex = False
 
     # -- helpers
     def emit(self, kind: str, value: str, start: int, end: int) -> None:
         self.tokens.append(Token(kind, value, start, end))
+
+    def last_is_label(self) -> bool:
+        return bool(self.tokens) and self.tokens[-1].kind == "LABEL"
 
     def after_fraction(self) -> bool:
         """The last tokens are ``NUM / NUM`` (a fraction written in prose: "1/2 of ...")."""
@@ -241,7 +247,7 @@ class _Tokenizer:
 
     def prev_kind(self) -> str | None:
         for tok in reversed(self.tokens):
-            if tok.kind != "UNIT":
+            if tok.kind not in ("UNIT", "LABEL"):
                 return tok.kind
         return None
 
@@ -260,6 +266,19 @@ class _Tokenizer:
             self.emit("UNIT", low.rstrip("s") or low, start, end)  # stripped, but compared
             power = re.match(r"\^\{?[23]\}?|[²³]", self.text[end:stop])
             return end + power.end() if power else end
+        if (
+            not latex
+            and len(word) >= 2
+            and start > 0
+            and self.text[start - 1].isspace()
+            and (prev in ("NUM", "RP", "PCT") or self.last_is_label())
+            and _LABEL_BEFORE_OPERATOR.match(self.text, end, stop)
+        ):
+            # "18 pink - 6", "4 dozen eggs * 12", "44 seniors * $24": words naming what a
+            # number counts, right before an operator, are labels (dropped, not compared).
+            if not (low == "x" or low in _WORD_OPERATORS or low in _QUANTIFIERS or low == "divided"):
+                self.emit("LABEL", low, start, end)
+                return end
         if low in _APPROX_WORDS and prev == "REL":
             self.emit("APPROX", low, start, end)
             return end
@@ -283,6 +302,10 @@ class _Tokenizer:
                 return end
             if low == "of" and operand_after and (prev in ("PCT", "RP") or self.after_fraction()):
                 self.emit("OP", "*", start, end)  # "20% of 50", "1/2 of 10"
+                return end
+            if low == "of" and prev in ("PCT", "RP") or (low == "of" and self.after_fraction()):
+                # "20% of the 50 = 10": the number after the words is not the left side
+                self.emit("CUT", low, start, end)
                 return end
             if low in _QUANTIFIERS:
                 # "half of 10 = 5", "twice 6 = 12": the number after the word is not the
@@ -352,10 +375,16 @@ class _Tokenizer:
             self.emit("BRK", two, i, i + 2)
             return i + 2
         if c == "*" and self.prev_kind() not in ("NUM", "ID", "RP", "PCT", "BANG", "DEG"):
-            # "**Total:**", "*so*": markdown emphasis, not multiplication (nothing to multiply)
+            # Nothing to multiply on the left. "**Total:**", "*so*" are markdown emphasis (a star
+            # touching a word on one side only); "apples * 3" or "'a'*10" multiply something
+            # unknown, so the math after it is not read.
             stop = i + 2 if two == "**" else i + 1
-            # after an unknown symbol ("'a'*10") it continues that unknown expression
-            self.emit("POISON" if self.prev_kind() == "POISON" else "BRK", text[i:stop], i, stop)
+            before = text[i - 1] if i > 0 else " "
+            after = text[stop] if stop < end else " "
+            opening = (before.isspace() or before in "([") and (after.isalnum() or after in "$\\")
+            closing = (before.isalnum() or before in ":.!?)") and (after.isspace() or after in ",.;:!?)")
+            markdown = (opening or closing) and self.prev_kind() != "POISON"
+            self.emit("BRK" if markdown else "POISON", text[i:stop], i, stop)
             return stop
         if two == "**":
             self.emit("OP", "**", i, i + 2)
@@ -370,6 +399,10 @@ class _Tokenizer:
             self.emit("OP", _OP_CHARS[c], i, i + 1)
             return i + 1
         if c in "([":
+            if not self.in_latex and self.prev_kind() in ("NUM", "PCT") and i > 0 and text[i - 1].isspace():
+                # "= 4 (15 minutes)": a remark in parentheses after a number, not a product;
+                # "1/2 (68) + 10": what follows is not a whole expression either
+                self.emit("CUT", "", i, i)
             self.emit("LP", c, i, i + 1)
             return i + 1
         if c in ")]":
@@ -435,6 +468,7 @@ class _Tokenizer:
             self.depth -= 1
             raise ParseError(f"LaTeX nested deeper than {MAX_NESTING}")
         text = self.text
+        self.in_latex = True
         i = start
         while i < end:
             c = text[i]
@@ -489,6 +523,7 @@ class _Tokenizer:
                 continue
             i = self.symbol(i, end)
         self.depth -= 1
+        self.in_latex = self.depth > 0
 
     def group_end(self, i: int, end: int) -> int:
         """Index just past the brace group opening at text[i] == '{' (or end if unbalanced)."""
@@ -718,6 +753,9 @@ def _money_or_math_dollars(text: str, start: int, end: int) -> list[tuple[int, i
             i = find("$", i + 2)
             continue
         close = find("$", i + 1)
+        # A "$" right before a digit is a money sign ("$140-$14 = $126"), never a closing one.
+        while close >= 0 and text[close + 1 : close + 2].isdigit():
+            close = find("$", close + 1)
         if close < 0:
             break
         inner = text[i + 1 : close]
@@ -931,7 +969,7 @@ def parse_plain(expression: str) -> tuple:
     """Parse a plain expression (a Claim side) back into a tree; raises ParseError."""
     tokenizer = _Tokenizer(expression)
     tokenizer.plain(0, len(expression), [])
-    tokens = [t for t in tokenizer.tokens if t.kind not in ("APPROX", "UNIT")]
+    tokens = [t for t in tokenizer.tokens if t.kind not in ("APPROX", "UNIT", "LABEL")]
     # "factorial" is emitted by to_plain; read it back as a function.
     merged: list[Token] = []
     for t in tokens:
@@ -1032,6 +1070,10 @@ def _claims_from_tokens(
     trees: list[tuple[Claim, tuple, tuple, int]] = []
     run: list[Token] = []
     before: Token | None = None  # the break token in front of the current run
+    dangling = False
+    # A CUT ("half of", "twice") cuts the first side of the next non-empty run if at most two
+    # more words come between ("half of the 10 = 5").
+    pending_cut = 0
     for tok in tokens + [Token("BRK", "", len(text), len(text))]:
         if tok.kind not in ("BRK", "POISON", "CUT"):
             run.append(tok)
@@ -1048,8 +1090,20 @@ def _claims_from_tokens(
                     and not re.sub(r"\\(left|bigl?|Bigl?)|\s", "", text[before.end : run[0].start])
                 )
             )
+            first_cut = first_cut or dangling or pending_cut > 0
             last_cut = tok.kind == "POISON"
             _claims_from_run(text, run, origin, step_rounds, claims, rejected, trees, first_cut, last_cut)
+        # "25 + shoe size 5 = 30": a run ending in an operator continues after the words, so
+        # the next run's first side is not the whole expression.
+        if run:
+            dangling = run[-1].kind == "OP"
+            pending_cut = 0
+        if tok.kind == "CUT":
+            pending_cut = 3
+        elif tok.kind == "BRK" and tok.value in (".", ",", ";", ":", "!", "?", "\n"):
+            pending_cut = 0  # a new clause
+        elif pending_cut:
+            pending_cut -= 1
         run = []
         before = tok
     return claims, rejected, trees
@@ -1080,7 +1134,9 @@ def _claims_from_run(
     units = [{t.value for t in side if t.kind == "UNIT"} for side in sides]
     # Calculator annotations are machine-written: "<<+8=8>>" is a complete claim.
     lead_plus = origin == "annotation"
-    parsed = [_parse_side([t for t in s if t.kind != "UNIT"], lead_plus) if s else None for s in sides]
+    parsed = [
+        _parse_side([t for t in s if t.kind not in ("UNIT", "LABEL")], lead_plus) if s else None for s in sides
+    ]
     if first_cut:
         parsed[0] = None
     if last_cut:

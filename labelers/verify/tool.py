@@ -169,7 +169,28 @@ def _shown_decimals(node: tuple) -> int | None:
     if node[0] == "num":
         literal = node[1]
         return len(literal.split(".", 1)[1]) if "." in literal else 0
+    if node[0] == "pct":
+        inner = _shown_decimals(node[1])
+        return None if inner is None else inner + 2  # 33.3% is 0.333
     return None
+
+
+_HUNDRED_PERCENT = ("pct", ("num", "100"))
+
+
+def _hundred_percent_as_number(node: tuple) -> tuple:
+    """``x * 100%`` read as ``x * 100`` ("multiply by 100% to get a percentage")."""
+    if node == _HUNDRED_PERCENT:
+        return ("num", "100")
+    if node[0] in ("num", "sym", "pi"):
+        return node
+    if node[0] in ("fn", "call"):
+        return (node[0], node[1], _hundred_percent_as_number(node[2]))
+    return (node[0],) + tuple(_hundred_percent_as_number(c) for c in node[1:])
+
+
+def _bare_percent(node: tuple) -> tuple:
+    return node[1] if node[0] == "pct" else node
 
 
 def format_value(q: Fraction | float | None) -> str | None:
@@ -270,6 +291,29 @@ def check_claim_exact(
         _shown_decimals(rhs_tree),
         percent_sides,
     )
+    if not holds and relation == "=":
+        # "32 / 96 * 100% = 33.333" (or "= 33.333%"): 100% used to turn a ratio into a percentage.
+        lhs_alt = _hundred_percent_as_number(lhs_tree)
+        rhs_alt = _hundred_percent_as_number(rhs_tree)
+        if (lhs_alt, rhs_alt) != (lhs_tree, rhs_tree):
+            if "lhs" in percent_sides:
+                lhs_alt = _bare_percent(lhs_alt)
+            if "rhs" in percent_sides:
+                rhs_alt = _bare_percent(rhs_alt)
+            try:
+                alt = compare(
+                    eval_exact(lhs_alt),
+                    eval_exact(rhs_alt),
+                    relation,
+                    rounded,
+                    tolerance,
+                    _shown_decimals(lhs_alt),
+                    _shown_decimals(rhs_alt),
+                )
+            except (_NeedsSympy, _Undefined):
+                alt = (False, method)
+            if alt[0]:
+                holds, method = True, f"100% read as 100; {alt[1]}"
     return {
         "holds": holds,
         "method": method,
