@@ -369,3 +369,36 @@ def test_math500_reference_steps(verifier: ToolStepVerifier, math500_path: Path)
             print("  judged incorrect:", step[:120].replace("\n", " "), "|", check.evidence["failing"]["text"][:60])
     assert checkable / len(steps) >= 0.2
     assert counts["correct"] / checkable >= 0.97
+
+
+def _labeled_sample_steps(data_dir: Path) -> list[tuple[str, int]]:
+    """(step, label) pairs: PRM800K human ratings (-1/0/1) and Math-Shepherd +/- labels."""
+    items: list[tuple[str, int]] = []
+    for line in (data_dir / "prm800k_sample.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        for step in record["label"]["steps"]:
+            for completion in step["completions"] or []:
+                if completion["rating"] is not None:
+                    items.append((completion["text"], completion["rating"]))
+    for line in (data_dir / "math_shepherd_sample.jsonl").read_text().splitlines():
+        labeled = json.loads(line)["label"]
+        for part in re.split(r"(?:^|\s)Step \d+: ", labeled)[1:]:
+            part = part.strip()
+            if part[-1:] in "+-":
+                items.append((part[:-1].strip(), 1 if part.endswith("+") else -1))
+    return items
+
+
+def test_incorrect_verdicts_agree_with_human_and_mc_labels(verifier: ToolStepVerifier, data_dir: Path) -> None:
+    """Every step the tool calls incorrect in the labeled samples is labeled wrong (-1) there.
+
+    The tool checks arithmetic only, so wrong steps with sound arithmetic stay correct or
+    unverifiable; precision, not recall, is what this sample can show.
+    """
+    items = _labeled_sample_steps(data_dir)
+    checks = verifier.check_steps([StepContext("", (), text) for text, _ in items])
+    table = Counter((label, c.verdict.value) for (_, label), c in zip(items, checks, strict=True))
+    print(f"\nlabeled samples: {len(items)} steps; (label, verdict) counts: {sorted(table.items())}")
+    flagged = [label for (_, label), c in zip(items, checks, strict=True) if c.verdict is ToolVerdict.INCORRECT]
+    assert len(flagged) >= 3
+    assert all(label == -1 for label in flagged)
