@@ -211,9 +211,7 @@ def write_shards_task(root: str, build_id: str, batch_key: str, labeled: Labeled
 
 def failed_batch(batch: Batch, build_id: str, error: BaseException | str) -> LabeledBatch:
     """Outcomes recording every problem of a batch whose task failed after all retries."""
-    message = str(error) if str(error) else type(error).__name__ if isinstance(error, BaseException) else "failed"
-    if isinstance(error, BaseException):
-        message = f"{type(error).__name__}: {message}"
+    message = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
     outcomes = tuple(
         ProblemOutcome(
             build_id=build_id,

@@ -100,7 +100,7 @@ def query_example(summary: BuildSummary) -> str:
 def summary_table(summary: BuildSummary) -> Table:
     table = Table(title=f"build {summary.build_id}: {summary.status}", show_header=False, title_justify="left")
     table.add_column("what", style="bold")
-    table.add_column("value")
+    table.add_column("value", overflow="fold")  # paths wrap, never cut with an ellipsis
     labeled = summary.problems_total - summary.problems_failed - summary.problems_skipped
     table.add_row(
         "problems",
@@ -126,7 +126,6 @@ def summary_table(summary: BuildSummary) -> Table:
         table.add_row("failed", f"{problem_id} at {stage}: {error[:120]}")
     if len(summary.failures) > 5:
         table.add_row("failed", f"... and {len(summary.failures) - 5} more (see the problems view)")
-    table.add_row("query", query_example(summary))
     return table
 
 
@@ -250,3 +249,6 @@ class BuildProgress:
 
     def print_summary(self, summary: BuildSummary) -> None:
         self.console.print(summary_table(summary))
+        # Outside the table and never wrapped, so it can be copied as one line.
+        self.console.print("query the steps:", soft_wrap=True)
+        self.console.print("  " + query_example(summary), soft_wrap=True, markup=False)

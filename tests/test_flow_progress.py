@@ -1,0 +1,66 @@
+"""Progress display (terminal bar and plain lines) and the closing summary table."""
+
+from __future__ import annotations
+
+import io
+
+from data_schemas.records import ProblemOutcome
+from flows.progress import BuildProgress, BuildSummary, query_example
+from labelers.policy.base import TokenUsage
+
+
+def _outcome(problem_id: str, status: str = "labeled", rollouts: int = 5) -> ProblemOutcome:
+    return ProblemOutcome(
+        "b1", problem_id, "gsm8k", "q", "1", status, "search" if status == "failed" else None,
+        "boom" if status == "failed" else None, 1, 2, 1, 1, rollouts, 10, 20, 1.0,
+    )
+
+
+def _summary(**changes) -> BuildSummary:
+    values = dict(
+        build_id="demo-1", status="complete", root="/data x", manifest_path="/data x/builds/demo-1/manifest.json",
+        shards_dir="/data x/builds/demo-1", shard_files=6, problems_total=4, problems_failed=1, problems_skipped=1,
+        input_rows_skipped=0, batches_total=2, batches_reused=1, steps=10, positive_steps=7, tool_checked_steps=4,
+        lean_checked_steps=0, rollouts=30, prompt_tokens=100, completion_tokens=200, generation_seconds=9.0,
+        wall_seconds=10.0, failures=(("p3", "search", "boom"),),
+    )
+    values.update(changes)
+    return BuildSummary(**values)
+
+
+def test_plain_lines_when_not_a_terminal():
+    stream = io.StringIO()
+    progress = BuildProgress(stream=stream, force_terminal=False)
+    assert not progress.interactive
+    progress.start("demo-1", problems_total=3, batches_total=2)
+    progress.batch_done("00000-a", [], [_outcome("p1"), _outcome("p2", "failed")], TokenUsage(completion_tokens=50), reused=False)
+    progress.batch_done("00001-b", [], [_outcome("p3")], TokenUsage(completion_tokens=50), reused=True)
+    progress.stop()
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "build demo-1: 3 problems in 2 batches"
+    assert lines[1].startswith("batch 00000-a: 2/3 problems (1 failed) | 10 rollouts")
+    assert lines[2].startswith("batch 00001-b (reused): 3/3 problems (1 failed) | 15 rollouts")
+    assert progress.tally.failures == [("p2", "search", "boom")]
+
+
+def test_live_bar_on_a_terminal_reads_live_usage():
+    stream = io.StringIO()
+    live = TokenUsage(completion_tokens=0)
+    progress = BuildProgress(stream=stream, force_terminal=True, live_usage=lambda: live)
+    assert progress.interactive
+    progress.start("demo-1", problems_total=2, batches_total=1)
+    live.completion_tokens = 120  # tokens generated while the batch runs
+    progress.batch_done("00000-a", [], [_outcome("p1"), _outcome("p2")], TokenUsage(completion_tokens=120), reused=False)
+    progress.stop()
+    text = stream.getvalue()
+    assert "2/2 problems" in text and "10 rollouts" in text and "tok/s" in text
+
+
+def test_summary_table_names_everything_the_user_needs():
+    stream = io.StringIO()
+    BuildProgress(stream=stream, force_terminal=False).print_summary(_summary())
+    text = stream.getvalue()
+    for expected in ("2 labeled, 1 skipped", "1 failed", "10 (7 positive, 3 negative)", "4/10 (40%)", "0/10", "(90%)", "p3 at search: boom", "prmforge query"):
+        assert expected in text, expected
+    assert query_example(_summary()).endswith("--root '/data x' --build demo-1")
+    assert _summary(wall_seconds=0.0).generation_share is None
