@@ -16,6 +16,7 @@ import json
 import re
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def math500_steps() -> list[str]:
                 if not any(s < m.start() < e for s, e, _, _ in regions)
             ]
             cuts.append(len(paragraph))
-            steps += [paragraph[a:b].strip() for a, b in zip(cuts, cuts[1:]) if paragraph[a:b].strip()]
+            steps += [paragraph[a:b].strip() for a, b in pairwise(cuts) if paragraph[a:b].strip()]
     return steps
 
 

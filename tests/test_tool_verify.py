@@ -18,6 +18,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -341,7 +342,7 @@ def split_math_solution(solution: str) -> list[str]:
             if not any(s < m.start() < e for s, e, _, _ in regions):
                 cuts.append(m.end())
         cuts.append(len(paragraph))
-        steps += [paragraph[a:b].strip() for a, b in zip(cuts, cuts[1:]) if paragraph[a:b].strip()]
+        steps += [paragraph[a:b].strip() for a, b in pairwise(cuts) if paragraph[a:b].strip()]
     return steps
 
 

@@ -15,6 +15,7 @@ token whitelist), never source text, so nothing is ``eval``-ed.
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -84,6 +85,8 @@ class ClaimPool:
         self._context = multiprocessing.get_context("spawn")
         self._workers: list[_Worker] = []
         self.workers_replaced = 0
+        # One batch at a time: callers on several threads share the workers, not the bookkeeping.
+        self._lock = threading.Lock()
 
     def _start_worker(self) -> _Worker:
         parent_conn, child_conn = self._context.Pipe(duplex=True)
@@ -109,6 +112,10 @@ class ClaimPool:
         """Results aligned with ``tasks``; each task is ``check_claim_sympy``'s arguments."""
         if not tasks:
             return []
+        with self._lock:
+            return self._run(tasks)
+
+    def _run(self, tasks: list[tuple]) -> list[dict]:
         results: list[dict | None] = [None] * len(tasks)
         queue: deque[list[int]] = deque(
             list(range(i, min(i + self.chunk_size, len(tasks)))) for i in range(0, len(tasks), self.chunk_size)
@@ -176,6 +183,10 @@ class ClaimPool:
         return done
 
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         for worker in list(self._workers):
             try:
                 worker.conn.send(None)
