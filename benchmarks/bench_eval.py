@@ -100,7 +100,7 @@ def print_row(result: runner.SignalResult, scale: str) -> None:
     s, r = result.score, result.run
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     print(f"{r.signal:7s} {r.mc_mode or '-':9s} {scale:38s} acc_err {fmt(s.acc_err)} acc_cor {fmt(s.acc_cor)} "
-          f"F1 {fmt(s.f1)} stepP {fmt(s.step_precision)} stepR {fmt(s.step_recall)} rollouts {r.rollouts} "
+          f"F1 {fmt(s.f1)} acc_err_before_last {fmt(s.acc_err_before_last)} (n={s.n_error_before_last}) stepP {fmt(s.step_precision)} stepR {fmt(s.step_recall)} rollouts {r.rollouts} "
           f"per-step {fmt(r.rollouts_per_step)} failed {len(r.failures)} {r.wall_seconds:.1f}s by_kind {s.by_corruption}",
           flush=True)
 
@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     sources = read_gsm8k(REPO / "tests" / "data" / "gsm8k_test.jsonl")
     rows, summary = build_injection_set(sources, args.n_error, args.n_correct, args.seed)
     records = [record_from_json(row, f"record {i}") for i, row in enumerate(rows)]
-    print(f"set: {args.n_error} injected ({summary.kinds}) + {args.n_correct} correct GSM8K solutions, seed {args.seed}, "
-          f"{sum(len(r.steps) for r in records)} steps", flush=True)
+    print(f"set: {args.n_error} injected ({summary.kinds}; {summary.errors_in_last_step} in the last step) + "
+          f"{args.n_correct} correct GSM8K solutions, seed {args.seed}, {sum(len(r.steps) for r in records)} steps", flush=True)
 
     config = BuildConfig(seed=args.seed).with_overrides({"tool.workers": 1})
     from labelers.verify.tool import ToolStepVerifier
@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         figure(f"eval.tool.f1 [{scale_tool}]", tool_result.score.f1, "F1", "")
         figure(f"eval.tool.acc_err [{scale_tool}]", tool_result.score.acc_err, "accuracy", "")
         figure(f"eval.tool.acc_cor [{scale_tool}]", tool_result.score.acc_cor, "accuracy", "")
+        figure(f"eval.tool.acc_err_before_last_step [{scale_tool}]", tool_result.score.acc_err_before_last, "accuracy", "")
         figure(f"eval.tool.seconds_per_step [{scale_tool}]",
                tool_result.run.wall_seconds / max(1, tool_result.run.labeled_steps), "s/step", "")
         if args.skip_model:
@@ -177,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     figure(f"eval.mc_per_step.f1 [{scale}]", per_step.score.f1, "F1", "")
     figure(f"eval.mc_binary.f1 [{scale}]", binary.score.f1, "F1", "")
     figure(f"eval.hybrid.f1 [{scale}]", hybrid.score.f1, "F1", ">= 0.90")
+    for name, result in (("mc_per_step", per_step), ("mc_binary", binary), ("hybrid", hybrid)):
+        figure(f"eval.{name}.acc_err_before_last_step [{scale}]", result.score.acc_err_before_last, "accuracy", "")
     figure(f"eval.mc_per_step.rollouts_per_step [{scale}]", per_step.run.rollouts_per_step, "rollouts/step", "")
     figure(f"eval.mc_binary.rollouts_per_step [{scale}]", binary.run.rollouts_per_step, "rollouts/step", "")
     ratio = hybrid.run.rollouts / per_step.run.rollouts if per_step.run.rollouts else None

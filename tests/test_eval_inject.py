@@ -29,7 +29,7 @@ DATA = Path(__file__).parent / "data" / "gsm8k_test.jsonl"
 
 @pytest.fixture(scope="module")
 def sources():
-    return read_gsm8k(DATA)[:400]
+    return read_gsm8k(DATA)[:300]
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +39,10 @@ def injected(sources):
 
 
 def test_same_seed_same_file_other_seed_other_set(tmp_path, sources):
-    first, _ = build_injection_set(sources, 12, 8, seed=3)
-    second, _ = build_injection_set(sources, 12, 8, seed=3)
-    other, _ = build_injection_set(sources, 12, 8, seed=4)
+    head = sources[:120]
+    first, _ = build_injection_set(head, 12, 8, seed=3)
+    second, _ = build_injection_set(head, 12, 8, seed=3)
+    other, _ = build_injection_set(head, 12, 8, seed=4)
     write_set(tmp_path / "a.jsonl", first)
     write_set(tmp_path / "b.jsonl", second)
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()

@@ -54,6 +54,8 @@ def test_scores_on_hand_made_predictions():
     assert result.missing == 1
     assert (result.too_early, result.too_late) == (1, 1)
     assert result.by_corruption == {"arithmetic_slip": 0.5, "dropped_term": 0.5}
+    # errors before the last step: e1, e2, e3 (e4's error is in its last step) -> hits e1, e3
+    assert result.n_error_before_last == 3 and result.acc_err_before_last == pytest.approx(2 / 3)
     # per step over gold-labeled steps: gold negatives at e1:1, e2:2, e3:0, e4:3 -> 4;
     # predicted negatives within gold-labeled steps: e1:1, e2:1, e3:0, c2:2 -> 4; hits e1, e3 -> 2
     assert (result.step_gold_negative, result.step_predicted_negative, result.step_true_negative_hits) == (4, 4, 2)

@@ -22,7 +22,7 @@ DATA = Path(__file__).parent / "data" / "gsm8k_test.jsonl"
 
 @pytest.fixture(scope="module")
 def small_set():
-    sources = read_gsm8k(DATA)[:150]
+    sources = read_gsm8k(DATA)[:100]
     rows, _ = build_injection_set(sources, 6, 4, seed=11)
     by_row = {s.source_row: s for s in sources}
     records = [record_from_json(row, row["id"]) for row in rows]
@@ -77,10 +77,12 @@ def test_hybrid_takes_tool_verdicts_and_mc(small_set):
 
 
 def test_mc_with_recovering_rollouts_misses_errors_honestly(small_set):
-    # Rollouts from a wrong prefix reach gold half the time: MC > 0 after the error, so per-step
+    # Rollouts from a wrong prefix reach gold 90% of the time: MC > 0 after the error, so per-step
     # MC calls the erroneous step good and misses errors (acc_err < 1) -- the known MC noise.
     records, references = small_set
-    result = runner.evaluate(records, runner.run_mc(records, "mc", _config(), scripted_for(records, references, 0.5), None, None, "per-step", 4))
+    result = runner.evaluate(records, runner.run_mc(records, "mc", _config(), scripted_for(records, references, 0.9), None, None, "per-step", 4))
+    assert result.score.n_error_before_last >= 1
+    assert result.score.acc_err_before_last == 0.0  # every error before the answer step is missed
     assert result.score.acc_err < 1.0
     assert result.score.acc_cor == 1.0
 
@@ -102,13 +104,15 @@ def test_failed_problem_is_a_recorded_miss(small_set):
 
 def test_cli_make_set_run_tool_and_compare(tmp_path, monkeypatch, small_set):
     cli = CliRunner()
+    source = tmp_path / "gsm8k_head.jsonl"
+    source.write_text("".join(DATA.read_text(encoding="utf-8").splitlines(keepends=True)[:80]), encoding="utf-8")
     set_file = tmp_path / "set.jsonl"
-    made = cli.invoke(app, ["eval", "make-set", "--out", str(set_file), "--input", str(DATA), "--n-error", "9",
+    made = cli.invoke(app, ["eval", "make-set", "--out", str(set_file), "--input", str(source), "--n-error", "9",
                             "--n-correct", "6", "--seed", "2"])
     assert made.exit_code == 0, made.output
     assert "wrote 15 solutions" in made.output
     again = tmp_path / "again.jsonl"
-    cli.invoke(app, ["eval", "make-set", "--out", str(again), "--input", str(DATA), "--n-error", "9", "--n-correct", "6", "--seed", "2"])
+    cli.invoke(app, ["eval", "make-set", "--out", str(again), "--input", str(source), "--n-error", "9", "--n-correct", "6", "--seed", "2"])
     assert set_file.read_bytes() == again.read_bytes()
 
     out = tmp_path / "tool.json"

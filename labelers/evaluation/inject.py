@@ -586,6 +586,7 @@ class InjectionSummary:
     parsed: int = 0
     eligible: int = 0
     kinds: dict[str, int] = field(default_factory=dict)
+    errors_in_last_step: int = 0  # injected errors in the final step (the answer step)
 
 
 def build_injection_set(
@@ -650,8 +651,15 @@ def build_injection_set(
     for index in sorted(chosen):
         solution, by_kind = eligible[index]
         pool = by_kind[chosen[index]]
-        injected = pool[rng.randrange(len(pool))]
+        # The step first, uniformly among the steps that can take this kind, then a candidate in
+        # it: late steps have more candidates (fewer later mentions to clash with), and drawing
+        # candidates directly would pile the errors onto the last step.
+        steps_with = sorted({candidate.label for candidate in pool})
+        step = steps_with[rng.randrange(len(steps_with))]
+        in_step = [candidate for candidate in pool if candidate.label == step]
+        injected = in_step[rng.randrange(len(in_step))]
         summary.kinds[injected.kind] = summary.kinds.get(injected.kind, 0) + 1
+        summary.errors_in_last_step += injected.label == len(injected.steps) - 1
         records.append(
             {
                 "generator": GENERATOR,

@@ -192,6 +192,10 @@ class Score:
     by_corruption: dict[str, float] = field(default_factory=dict)  # exact-index accuracy per kind
     too_early: int = 0  # erroneous solutions with a predicted error before the gold one
     too_late: int = 0  # ... after it, or none predicted
+    # exact-index accuracy on erroneous solutions whose earliest error is NOT the last step
+    # (an error in the answer step is found by anything that compares the final answer with gold)
+    acc_err_before_last: float | None = None
+    n_error_before_last: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -203,6 +207,7 @@ def score(records: Sequence[BenchRecord], predictions: Mapping[str, Prediction])
     n_error = n_correct = hits_error = hits_correct = missing = 0
     tp = predicted_neg = gold_neg = 0
     too_early = too_late = 0
+    inner_total = inner_hits = 0
     kind_total: dict[str, int] = {}
     kind_hits: dict[str, int] = {}
     for record in records:
@@ -216,6 +221,9 @@ def score(records: Sequence[BenchRecord], predictions: Mapping[str, Prediction])
             n_error += 1
             kind = record.corruption or "unspecified"
             kind_total[kind] = kind_total.get(kind, 0) + 1
+            inner = record.label < len(record.steps) - 1
+            inner_total += inner
+            inner_hits += inner and predicted == record.label
             if predicted == record.label:
                 hits_error += 1
                 kind_hits[kind] = kind_hits.get(kind, 0) + 1
@@ -257,4 +265,6 @@ def score(records: Sequence[BenchRecord], predictions: Mapping[str, Prediction])
         by_corruption={k: kind_hits.get(k, 0) / kind_total[k] for k in sorted(kind_total)},
         too_early=too_early,
         too_late=too_late,
+        acc_err_before_last=inner_hits / inner_total if inner_total else None,
+        n_error_before_last=inner_total,
     )
