@@ -22,12 +22,19 @@ How text becomes claims (docs/verification.md has the full rules):
 - ``25%`` is ``(25/100)`` inside arithmetic; a side that is only a percentage (``= 20%``) may
   also be read as the bare number (``percent_sides``), because steps write both ``0.2 = 20%`` and
   ``20/100*100 = 20%``;
-- known unit words right after a number (``5 cm``, ``18 dollars``) are dropped; other words break;
+- known unit words right after a number (``5 cm``, ``18 dollars``) and currency signs are dropped
+  but compared (``2 hours = 120 minutes`` is a conversion, not a claim); words naming what a
+  number counts before an operator (``18 pink - 6``) are dropped; other words break; ``times``,
+  ``plus``, ``minus``, ``divided by`` and ``of`` after a percentage or fraction are operators;
+- math that is not a whole expression is not read: after an unknown LaTeX command or symbol
+  (``\dots + 10 = 55``), after a scaling word (``half of 10 = 5``), after a run ending in an
+  operator (``25 + shoe size 5 = 30``);
 - thousands separators (``1,000``) are removed; decimals stay decimals in the strings and are
   exact rationals when checked;
 - ``x = 5 solves 2x + 1 = 11``: when a step binds a symbol to a constant exactly once and also
-  states an equation in that symbol, a substituted claim ``2*(5) + 1 = 11`` is added (not in steps
-  that negate: "not", "extraneous", ...);
+  states an equation in that symbol, a substituted claim ``2*(5) + 1 = 11`` is added (only with a
+  cue word such as "solves", "satisfies", "substituting"; not in steps that negate: "not",
+  "extraneous", ...);
 - a claim is ``rounded`` when its relation is ``≈``/``~``/``\\approx``, when ``about``,
   ``approximately``, ... follows the relation, or when the step says it rounds ("round",
   "rounded", "nearest").
@@ -208,7 +215,7 @@ _LATEX_RELS = {
 }
 _LATEX_SPACING = frozenset(
     """left right big bigl bigr Big Bigl Bigr bigg biggl biggr Bigg Biggl Biggr quad qquad
-    displaystyle textstyle limits nonumber notag hline tfrac_ mathrm_""".split()
+    displaystyle textstyle limits nonumber notag hline""".split()
 )
 _LATEX_TEXT = frozenset({"text", "textbf", "textit", "textrm", "mbox", "mathrm", "operatorname", "textnormal"})
 _LATEX_GROUP = frozenset({"boxed", "mathbf", "mathit", "displaystyle", "bm", "pmb"})
