@@ -27,7 +27,7 @@ How text becomes claims (docs/verification.md has the full rules):
   number counts before an operator (``18 pink - 6``) are dropped; other words break; ``times``,
   ``plus``, ``minus``, ``divided by`` and ``of`` after a percentage or fraction are operators;
 - math that is not a whole expression is not read: after an unknown LaTeX command or symbol
-  (``\dots + 10 = 55``), after a scaling word (``half of 10 = 5``), after a run ending in an
+  (``\\dots + 10 = 55``), after a scaling word (``half of 10 = 5``), after a run ending in an
   operator (``25 + shoe size 5 = 30``);
 - thousands separators (``1,000``) are removed; decimals stay decimals in the strings and are
   exact rationals when checked;
