@@ -155,3 +155,16 @@ def test_cli_errors_are_one_line(tmp_path):
     assert "Traceback" not in completed.stderr
     bad = CliRunner().invoke(app, ["eval", "run", "--set", str(pb), "--labels", "magic"])
     assert bad.exit_code != 0
+
+
+def test_lean_signal_without_toolchain_says_so(tmp_path, small_set):
+    import shutil
+
+    if shutil.which("lake") or shutil.which("lean"):
+        pytest.skip("a Lean toolchain is installed here: the unavailable path cannot be exercised")
+    records, _ = small_set
+    pb = tmp_path / "set.json"
+    pb.write_text(json.dumps([r.to_json() for r in records[:2]]))
+    result = CliRunner().invoke(app, ["eval", "run", "--set", str(pb), "--labels", "lean"])
+    assert result.exit_code != 0
+    assert "Lean is not available" in str(result.exception)
