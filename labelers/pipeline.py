@@ -64,8 +64,14 @@ LEAN_DISABLED = LeanCheck(LeanState.DISABLED)
 
 @dataclass
 class BatchResult:
-    """Rows of one labeled batch, its token usage and counters (e.g. paths dropped by the
-    consensus filter: ``counters["paths_dropped_consensus"]``)."""
+    """Rows of one labeled batch, its token usage and counters.
+
+    Counters (batch totals; per problem in ``problem_counters``): ``paths_complete``,
+    ``paths_complete_correct``, ``paths_labeled``, ``paths_consensus``, ``paths_no_consensus``,
+    ``paths_dropped_consensus`` (consensus filter), ``mc_prefixes_sampled``,
+    ``merged_duplicate_steps``, ``search_iterations``, ``failed_problems``; batch only:
+    ``search_rounds``, ``generate_calls``, ``duplicate_problems``.
+    """
 
     steps: list[StepRow]
     nodes: list[NodeRow]
@@ -395,9 +401,16 @@ def _step_rows(state: _State, config: BuildConfig, build_id: str, model_id: str)
 
 def _node_rows(state: _State, build_id: str, known: dict[str, MCEstimate]) -> list[NodeRow]:
     problem = state.problem
+    # Estimates are keyed "<account>:<prefix_hash>", the account being the problem id or, for
+    # given solutions, "<problem_id>#<path>".
+    by_prefix: dict[str, MCEstimate] = {}
+    for key, estimate in sorted(known.items()):
+        account, _, digest = key.rpartition(":")
+        if account.split("#", 1)[0] == problem.problem_id:
+            by_prefix.setdefault(digest, estimate)
     rows = []
     for node in state.tree.root.iter_nodes():
-        estimate = known.get(f"{problem.problem_id}:{node.prefix_hash}")
+        estimate = by_prefix.get(node.prefix_hash)
         rows.append(
             NodeRow(
                 build_id=build_id,

@@ -71,3 +71,33 @@ def test_failed_request_reported_per_key() -> None:
     batch = estimate_prefixes([_job("ok", CORRECT[:1]), _job("bad", WRONG[:1])], policy, MCSettings(build_seed=1), Ledger(), OutcomeJudge())
     assert "ok" in batch.estimates and "bad" in batch.errors
     assert "scripted failure" in batch.errors["bad"]
+
+
+def test_scripted_policy_respects_stop_n_max_tokens_and_records_calls() -> None:
+    from labelers.policy.base import GenerationRequest
+    from labelers.policy.prompts import STEP_STOP, assistant_prefix, solution_messages
+    from tests.support.scripted_policy import parse_prefix
+
+    assert parse_prefix(assistant_prefix(list(CORRECT[:1]))) == [CORRECT[0]]
+    assert parse_prefix(assistant_prefix([])) == []
+    policy = _policy()
+    step, rollout, short = policy.generate(
+        [
+            GenerationRequest(solution_messages(QUESTION), assistant_prefix([]), n=2, stop=STEP_STOP, seed=1),
+            GenerationRequest(solution_messages(QUESTION), assistant_prefix([]), n=1, seed=1, max_tokens=100),
+            GenerationRequest(solution_messages(QUESTION), assistant_prefix([]), n=1, seed=1, max_tokens=3),
+        ]
+    )
+    assert [c.text for c in step.completions] == [" " + CORRECT[0]] * 2
+    assert rollout.completions[0].text == f" {CORRECT[0]}\nStep 2: {CORRECT[1]}"
+    assert rollout.completions[0].finish_reason == "stop"
+    assert short.completions[0].finish_reason == "length" and short.completions[0].completion_tokens == 3
+    assert len(policy.calls) == 1 and policy.usage.completions == 4
+    assert policy.usage.completion_tokens == sum(c.completion_tokens for r in (step, rollout, short) for c in r.completions)
+    # a prefix of the wrong solution continues it (wrong answer); an unknown prefix ends wrong
+    wrong = policy.generate([GenerationRequest(solution_messages(QUESTION), assistant_prefix([WRONG[0]]), seed=2)])[0]
+    assert "\\boxed{18}" in wrong.completions[0].text
+    odd = policy.generate([GenerationRequest(solution_messages(QUESTION), assistant_prefix(["something else"]), seed=2)])[0]
+    assert "\\boxed{18}" in odd.completions[0].text  # wrong_answer(): gold + 1
+    unknown = policy.generate([GenerationRequest(solution_messages("another question"), "", seed=2)])[0]
+    assert unknown.error is not None and not unknown.completions
