@@ -12,6 +12,11 @@ labels, and rollouts per labeled step of per-step MC vs first-error binary searc
    ones of each kind in the set's shuffled order). Every figure name carries the scale it was
    measured at. ``--skip-model`` runs step 2 only.
 
+``--simulate`` adds the three MC runs on the WHOLE set with the scripted test policy
+(tests/support/scripted_policy.py; figures ``eval.simulated.*``, no goals): they show what the
+labeling algorithms do at full scale and k = 8 with a policy of known behaviour, never what a
+model does.
+
 Identical generation requests (same prompt, prefix, n, seed) are answered once and reused across
 the three model runs (a memo in front of the policy): the labelers request the same prefixes with
 the same derived seeds, so reuse changes no label. Rollout counts are what each labeler asked
@@ -105,6 +110,37 @@ def print_row(result: runner.SignalResult, scale: str) -> None:
           flush=True)
 
 
+def simulate(records: list[BenchRecord], sources: list, config: BuildConfig, tool, args) -> None:
+    """MC per-step, MC binary and hybrid on the whole set with the scripted policy."""
+    from labelers.evaluation.inject import parse_reference
+    from tests.support.scripted_policy import ScriptedPolicy, ScriptedProblem
+
+    by_row = {source.source_row: source for source in sources}
+    problems = []
+    for record in records:
+        source = by_row[record.extra["source_row"]]
+        reference = parse_reference(source.question, source.answer, source.source_row).render()
+        wrong = (record.steps,) if record.label >= 0 else ()
+        problems.append(ScriptedProblem(record.problem, record.gold_answer, tuple(reference), wrong,
+                                        p_correct=args.sim_p_correct, recovery_rate=args.sim_recovery))
+    sim_config = config.with_overrides({"search.mc_early_stop": 0})
+    scale = (f"{args.n_error}+{args.n_correct} GSM8K, SCRIPTED policy p_correct={args.sim_p_correct} "
+             f"recovery={args.sim_recovery}, k={args.k}")
+    results = {}
+    for name, signal, mode, with_tool in (("mc_per_step", "mc", "per-step", False), ("mc_binary", "mc", "binary", False),
+                                          ("hybrid", "hybrid", "binary", True)):
+        run = runner.run_mc(records, signal, sim_config, ScriptedPolicy(problems), tool if with_tool else None, None,
+                            mode, args.k)
+        results[name] = runner.evaluate(records, run)
+        print_row(results[name], "simulated (scripted policy)")
+        # No goals on simulated figures: a simulation meeting a goal says nothing about a model.
+        figure(f"eval.simulated.{name}.f1 [{scale}]", results[name].score.f1, "F1", "")
+        figure(f"eval.simulated.{name}.rollouts_per_step [{scale}]", results[name].run.rollouts_per_step, "rollouts/step", "")
+    per_step_rollouts = results["mc_per_step"].run.rollouts
+    ratio = results["hybrid"].run.rollouts / per_step_rollouts if per_step_rollouts else None
+    figure(f"eval.simulated.hybrid_vs_per_step_mc.rollout_ratio [{scale}]", ratio, "x", "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-error", type=int, default=300)
@@ -119,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-solution-tokens", type=int, default=320)
     parser.add_argument("--threads", type=int, default=None, help="Embedded: llama.cpp threads.")
     parser.add_argument("--skip-model", action="store_true", help="Tool-only figures (no policy).")
+    parser.add_argument("--simulate", action="store_true",
+                        help="Also run MC/hybrid on the WHOLE set with the scripted test policy (a simulation of a "
+                             "policy, figures named eval.simulated.*: they measure the labeling algorithms, not a model).")
+    parser.add_argument("--sim-p-correct", type=float, default=0.8, help="Scripted: a rollout from a clean prefix reaches gold.")
+    parser.add_argument("--sim-recovery", type=float, default=0.1, help="Scripted: a rollout from a wrong prefix still reaches gold.")
     parser.add_argument("--quick", action="store_true",
                         help="60 + 60 solutions for tool-only; 2 + 2 solutions, k = 2 for the model runs.")
     args = parser.parse_args(argv)
@@ -144,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         figure(f"eval.tool.acc_err_before_last_step [{scale_tool}]", tool_result.score.acc_err_before_last, "accuracy", "")
         figure(f"eval.tool.seconds_per_step [{scale_tool}]",
                tool_result.run.wall_seconds / max(1, tool_result.run.labeled_steps), "s/step", "")
+        if args.simulate:
+            simulate(records, sources, config, tool, args)
         if args.skip_model:
             return 0
 
