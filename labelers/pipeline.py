@@ -200,12 +200,7 @@ def run_tree_searches(
         if not tagged:
             return rounds
         rounds += 1
-        try:
-            results = ledger.generate(policy, tagged)
-        except Exception as error:  # noqa: BLE001 - a crashed backend fails this round's problems
-            for state in owners:
-                state.fail("search", _error_text(error))
-            continue
+        results = ledger.generate(policy, tagged)  # never raises: errors come back per request
         work: dict[str, list[StepContext]] = {}
         offset = 0
         for state, count in zip(owners, counts):

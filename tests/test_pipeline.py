@@ -261,3 +261,28 @@ def test_label_given_solutions_binary_search_is_cheaper(gsm8k_rows, tool) -> Non
     per_step = sum(o.rollouts for o in results[(False, "mc")].outcomes)
     binary = sum(o.rollouts for o in results[(True, "mc")].outcomes)
     assert 0 < binary < per_step
+
+
+class _CrashingPolicy(ScriptedPolicy):
+    """Raises from generate() whenever a batch holds a request of the poisoned question."""
+
+    poisoned: str = ""
+
+    def generate(self, requests):
+        if any(self.poisoned in m.content for r in requests for m in r.messages):
+            raise RuntimeError("backend crashed")
+        return super().generate(requests)
+
+
+def test_a_raising_backend_fails_only_the_problem_that_crashes_it(gsm8k_rows, tool) -> None:
+    scripted = _scripted(gsm8k_rows[:3])
+    problems = _problems(scripted)
+    policy = _CrashingPolicy(scripted)
+    policy.poisoned = scripted[1].question
+    result = label_batch(problems, CONFIG, policy, tool, None, "b")
+    by_id = {o.problem_id: o for o in result.outcomes}
+    assert by_id[problems[1].problem_id].status == "failed"
+    assert by_id[problems[1].problem_id].failed_stage == "search"
+    assert "backend crashed" in by_id[problems[1].problem_id].error
+    clean = label_batch([problems[0], problems[2]], CONFIG, ScriptedPolicy(scripted), tool, None, "b")
+    assert result.steps == clean.steps

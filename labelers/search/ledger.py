@@ -37,14 +37,22 @@ class Ledger:
     generate_calls: int = 0
 
     def generate(self, policy: Policy, tagged: Sequence[tuple[str, GenerationRequest]]) -> list[GenerationResult]:
-        """One ``policy.generate`` call for all ``(problem_id, request)`` pairs, in order."""
+        """One ``policy.generate`` call for all ``(problem_id, request)`` pairs, in order.
+
+        Never raises: when the call itself raises (a backend crash, not a per-request error),
+        each problem's requests are retried in a call of their own, and a problem whose call
+        raises again gets error results -- so one problem cannot fail the batch.
+        """
         if not tagged:
             return []
         started = time.perf_counter()
-        results = policy.generate([request for _, request in tagged])
+        try:
+            results = list(policy.generate([request for _, request in tagged]))
+            if len(results) != len(tagged):
+                raise RuntimeError(f"policy returned {len(results)} results for {len(tagged)} requests")
+        except Exception:  # noqa: BLE001 - isolate the failing problem(s)
+            results = self._per_problem(policy, tagged)
         elapsed = time.perf_counter() - started
-        if len(results) != len(tagged):
-            raise RuntimeError(f"policy returned {len(results)} results for {len(tagged)} requests")
         self.generate_calls += 1
         self.usage.generation_seconds += elapsed
         total_tokens = sum(c.completion_tokens for r in results for c in r.completions)
@@ -64,6 +72,25 @@ class Ledger:
             self.usage.completion_tokens += tokens
             self.usage.failed_requests += result.error is not None
         return results
+
+    @staticmethod
+    def _per_problem(policy: Policy, tagged: Sequence[tuple[str, GenerationRequest]]) -> list[GenerationResult]:
+        groups: dict[str, list[int]] = {}
+        for index, (problem, _) in enumerate(tagged):
+            groups.setdefault(problem, []).append(index)
+        results: list[GenerationResult | None] = [None] * len(tagged)
+        for indices in groups.values():
+            requests = [tagged[i][1] for i in indices]
+            try:
+                own = list(policy.generate(requests))
+                if len(own) != len(requests):
+                    raise RuntimeError(f"policy returned {len(own)} results for {len(requests)} requests")
+            except Exception as error:  # noqa: BLE001 - becomes this problem's request errors
+                message = f"{type(error).__name__}: {error}"
+                own = [GenerationResult(request, (), 0, error=message) for request in requests]
+            for index, result in zip(indices, own):
+                results[index] = result
+        return [r for r in results if r is not None]
 
     def charge_time(self, weights: dict[str, float], seconds: float) -> None:
         """Split ``seconds`` of non-generation work (tool/Lean checks) over problems by weight."""
