@@ -160,6 +160,9 @@ def _render(catalog: Catalog, build_id: str) -> BuildReport:
            FROM steps""",
     )[0]
     summary.update(step_summary)
+    build_rows = _rows(catalog, "SELECT status, config_hash, policy_model FROM builds")
+    if build_rows:
+        summary = {"build status": build_rows[0]["status"], "config hash": build_rows[0]["config_hash"], **summary}
     model_rows = _rows(catalog, "SELECT DISTINCT generator_model FROM steps ORDER BY 1")
     summary["generator_models"] = ", ".join(r["generator_model"] for r in model_rows) or None
 

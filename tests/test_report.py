@@ -61,3 +61,14 @@ def test_report_command_writes_the_file(root, tmp_path):
     assert result.exit_code == 0, result.output
     assert out.read_text().startswith("<!DOCTYPE html>")
     assert "4 figures" in result.output
+
+
+def test_empty_and_running_builds_still_render(tmp_path):
+    root = str(tmp_path / "root")
+    write_synthetic_build(root, "empty", num_batches=0)
+    write_synthetic_build(root, "running", num_batches=1, status="running")
+    empty = build_report(root, "empty")
+    assert empty.summary["steps"] == 0 and empty.summary["rollouts per labeled step"] is None
+    assert len(empty.figures) == 4 and "No failed problems." in empty.html
+    running = build_report(root, "running")
+    assert running.summary["build status"] == "running" and running.summary["steps"] > 0
