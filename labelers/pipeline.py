@@ -294,6 +294,7 @@ def _estimate_paths(
     for state in states:
         if not state.ok:
             continue
+        sampled_keys: set[str] = set()
         for path_no, path in enumerate(state.paths):
             keys = [job((state, path, path_no), i).key for i in range(len(path.nodes))]
             bad = [failed_keys[k] for k in keys if k in failed_keys]
@@ -301,7 +302,8 @@ def _estimate_paths(
                 state.fail("mc", bad[0] if bad else str(path.search.failed))
                 break
             path.mc = _signals(path, keys, known, config)
-            state.counters["mc_prefixes_sampled"] += sum(1 for k in set(keys) if k in known and not known[k].exact)
+            sampled_keys.update(k for k in keys if k in known and not known[k].exact)
+        state.counters["mc_prefixes_sampled"] += len(sampled_keys)
     return known
 
 
@@ -311,17 +313,16 @@ def _signals(path: _Path, keys: list[str], known: dict[str, MCEstimate], config:
     last_exact = MCEstimate(int(path.correct), 1, exact=True) if path.final_answer is not None else None
     signals: list[MCSignal] = []
     for index, key in enumerate(keys):
+        # A sampled value wins wherever one exists (this path's probes, or another path of the
+        # tree with the same prefix); otherwise the search's inference, or the path's outcome.
         estimate = known.get(key)
-        if path.search is not None:
-            sampled, positive, inferred = path.search.step_signal(index)
-            if sampled is None and index == n - 1 and last_exact is not None:
-                sampled = last_exact
-            if sampled is not None:
-                signals.append(MCSignal(sampled.correct, sampled.total, exact=sampled.exact))
-            else:
-                signals.append(MCSignal(inferred_label=positive))
-        elif estimate is not None:
+        if estimate is None and index == n - 1:
+            estimate = last_exact
+        if estimate is not None:
             signals.append(MCSignal(estimate.correct, estimate.total, exact=estimate.exact))
+        elif path.search is not None:
+            _, positive, _ = path.search.step_signal(index)
+            signals.append(MCSignal(inferred_label=positive))
         elif path.correct:
             # The path itself reaches gold from every one of its prefixes: c >= 1.
             signals.append(MCSignal(inferred_label=True))
