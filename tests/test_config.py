@@ -34,7 +34,7 @@ def test_layering_file_then_flags_then_set(tmp_path: Path):
     assert config.name == "mine"  # file over preset
     assert config.search.mc_rollouts == 3  # file over preset
     assert config.search.rounds == 4  # --set over file
-    assert config.search.max_depth == 4  # from the preset, untouched
+    assert config.search.max_depth == load_build_config(preset="demo").search.max_depth  # preset, untouched
     assert config.policy.model == "better"  # flag over file
     assert config.problems.limit == 2  # a flag that was not given (None) keeps the preset value
     assert config.seed == 7
