@@ -418,8 +418,9 @@ def build_dataset(
         tool_checked_steps=tool_checked,
         lean_checked_steps=lean_checked,
         rollouts=sum(o.rollouts for o in outcomes_seen),
-        prompt_tokens=usage_total.prompt_tokens,
-        completion_tokens=usage_total.completion_tokens,
+        # Whole build, from the shards (batches reused from an earlier run included).
+        prompt_tokens=int(final.token_usage.get("prompt_tokens", usage_total.prompt_tokens)),
+        completion_tokens=int(final.token_usage.get("completion_tokens", usage_total.completion_tokens)),
         generation_seconds=generation_seconds,
         wall_seconds=wall_seconds,
         failures=failures,

@@ -17,6 +17,9 @@ atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 # The temporary API server starts slowly on a busy 2-core CI machine (default wait: 20 s).
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+# Prefect's INFO lines ("Stopping temporary server ...") are written at interpreter exit, after
+# pytest closed its capture streams, and end as "Logging error" tracebacks.
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 TEST_DATA = Path(__file__).parent / "data"
 
