@@ -128,7 +128,7 @@ def print_table(runs: list[ScriptRun]) -> None:
             table.add_row(run.script, "[red]FAILED[/red]", "-", "-", "-", run.error[:120])
         elif not run.figures:
             table.add_row(run.script, "(no FIGURE lines)", "-", "-", "-", "-")
-    console = Console(soft_wrap=True)
+    console = Console(width=max(Console().width, 200))  # never squeeze figure names in a pipe
     console.print(table)
     for run in runs:
         state = "ok" if run.error is None else f"FAILED ({run.error})"
