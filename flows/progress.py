@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -184,8 +184,7 @@ class BuildProgress:
         if self.interactive:
             self._progress = Progress(
                 TextColumn("[bold]labeling"),
-                BarColumn(),
-                TaskProgressColumn(),
+                BarColumn(bar_width=16),  # the whole line fits 80 columns
                 _CountColumn(),
                 TextColumn("eta"),
                 TimeRemainingColumn(),
