@@ -22,6 +22,7 @@ deterministic, so no row is ever written twice.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -127,17 +128,31 @@ def load_build_problems(config: BuildConfig) -> tuple[list[Problem], int, int]:
 
 
 def results_storage(root: str, build_id: str) -> Any:
-    """Where Prefect persists batch results: ``<root>/builds/<build_id>/.prefect-results``.
+    """Where Prefect persists batch results (the resume cache) for a build.
 
-    A local root gives a local directory; a remote root (s3://...) an fsspec-backed storage
-    under the same prefix, so a resumed build on another machine finds them.
+    Local root: ``<root>/builds/<build_id>/.prefect-results``, next to the shards. Remote root
+    (s3://...): ``$PREFECT_LOCAL_STORAGE_PATH/<build_id>`` when that is set, else the same prefix
+    as the shards through fsspec (needs the filesystem's fsspec package, e.g. s3fs), else
+    ``~/.prmforge/results/<build_id>`` (a resume then has to run on the same machine).
     """
-    data_root = resolve_root(root)
-    if data_root.is_local:
-        return Path(data_root.join("builds", build_id, RESULTS_DIRNAME))
+    if "://" not in root or root.startswith("file://"):
+        return Path(root.removeprefix("file://")).expanduser().resolve() / "builds" / build_id / RESULTS_DIRNAME
+    local_storage = os.environ.get("PREFECT_LOCAL_STORAGE_PATH")
+    if local_storage:
+        return Path(local_storage).expanduser() / build_id
+    try:
+        import fsspec
+
+        fsspec.get_filesystem_class(root.split("://", 1)[0])
+    except (ImportError, ValueError):
+        return Path.home() / ".prmforge" / "results" / build_id
     from prefect.filesystems import RemoteFileSystem
 
-    return RemoteFileSystem(basepath=f"{root.rstrip('/')}/builds/{build_id}/{RESULTS_DIRNAME}")
+    basepath = f"{root.rstrip('/')}/builds/{build_id}/{RESULTS_DIRNAME}"
+    block = RemoteFileSystem(basepath=basepath)
+    # Prefect accepts only saved blocks as task result storage; the name is derived from the path.
+    block.save(f"prmforge-results-{hashlib.sha256(basepath.encode()).hexdigest()[:16]}", overwrite=True)
+    return block
 
 
 def batch_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:

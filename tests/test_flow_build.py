@@ -305,3 +305,22 @@ def test_new_build_ids_are_fresh_and_path_safe():
     config = load_build_config(preset="demo", overrides=["name='my build/1'"])
     build_id = new_build_id(config)
     assert build_id.startswith("my-build-1-") and build_id.endswith(config.config_hash()[:6])
+
+
+def test_remote_root_keeps_shards_and_resume_cache_on_the_filesystem():
+    """An fsspec URI root (memory:// standing in for s3://): shards, manifest and the persisted
+    batch results all live under the URI; a rerun is served from that cache."""
+    import uuid
+
+    root = f"memory://prmforge-{uuid.uuid4().hex[:8]}"
+    config = load_build_config(preset="small", overrides=[f"output.root={json.dumps(root)}", "problems.limit=2", "search.max_depth=8"])
+    first = run_build(config, build_id="remote", policy_factory=FACTORY)
+    assert first.status == "complete" and first.steps > 0
+    again = run_build(config, build_id="remote", policy_factory=FACTORY, reuse_written_shards=False)
+    assert again.batches_reused == first.batches_total
+    import fsspec
+
+    results = fsspec.filesystem("memory").ls(f"{root.removeprefix('memory://')}/builds/remote/.prefect-results")
+    assert len(results) == first.batches_total
+    with Catalog(root, build_id="remote") as catalog:
+        assert catalog.query("SELECT count(*) AS n FROM steps").to_pylist() == [{"n": first.steps}]
