@@ -483,22 +483,19 @@ def scheduled_build(
     preset: str | None = None,
     config: dict[str, Any] | None = None,
     overrides: list[str] | None = None,
+    policy_factory: str | None = None,
 ) -> BuildSummary:
     """Deployment entry point: a fresh build from a preset and/or a config mapping + overrides.
 
     Each run gets a new build id. The batch tasks run on the task runner ``flow.task_runner``
-    asks for (the labeling flow runs as a subflow with that runner).
+    asks for (the labeling flow runs as a subflow with that runner). ``policy_factory``:
+    ``"module:function"`` making a custom Policy from the policy config (None: the built-in
+    backends).
     """
-    from flows.config_load import merge_into, parse_toml, preset_text, set_dotted, parse_override, validate_config
+    from flows.config_load import config_from_parts
 
-    data: dict[str, Any] = {}
-    if preset is not None:
-        merge_into(data, parse_toml(preset_text(preset), f"preset {preset}"))
-    merge_into(data, config or {})
-    for assignment in overrides or []:
-        set_dotted(data, *parse_override(assignment))
-    build_config = validate_config(data)
-    return run_build(build_config, release_resources=False)
+    build_config = config_from_parts(preset, config, overrides or [])
+    return run_build(build_config, policy_factory=policy_factory, release_resources=False)
 
 
 def make_deployment(

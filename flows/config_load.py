@@ -116,6 +116,21 @@ def validate_config(data: Mapping[str, Any]) -> BuildConfig:
         raise ConfigError(describe_validation_error(error)) from None
 
 
+def config_from_parts(
+    preset: str | None = None,
+    mapping: Mapping[str, Any] | None = None,
+    overrides: Iterable[str] = (),
+) -> BuildConfig:
+    """Preset < mapping (e.g. a parsed TOML file or deployment parameter) < ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if preset is not None:
+        merge_into(data, parse_toml(preset_text(preset), f"preset {preset}"))
+    merge_into(data, mapping or {})
+    for assignment in overrides:
+        set_dotted(data, *parse_override(assignment))
+    return validate_config(data)
+
+
 def load_build_config(
     config_file: Path | None = None,
     preset: str | None = None,

@@ -324,3 +324,39 @@ def test_remote_root_keeps_shards_and_resume_cache_on_the_filesystem():
     assert len(results) == first.batches_total
     with Catalog(root, build_id="remote") as catalog:
         assert catalog.query("SELECT count(*) AS n FROM steps").to_pylist() == [{"n": first.steps}]
+
+
+def test_prefect_yaml_deployments_point_at_a_real_flow_with_valid_configs():
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.schedules import Cron
+
+    from flows.config_load import config_from_parts
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    assert spec["deployments"]
+    for deployment in spec["deployments"]:
+        flow = load_flow_from_entrypoint(str(REPO / deployment["entrypoint"]))
+        assert flow.name == "scheduled-build"
+        for schedule in deployment["schedules"]:
+            Cron(schedule["cron"], timezone=schedule["timezone"])
+        parameters = deployment["parameters"]
+        assert set(parameters) <= {"preset", "config", "overrides", "policy_factory"}
+        # The config scheduled_build will build, without running it.
+        config = config_from_parts(parameters["preset"], parameters.get("config"), parameters.get("overrides") or [])
+        assert config.output.root
+
+
+def test_scheduled_build_entry_point_runs_a_build(tmp_path: Path):
+    from flows.build import scheduled_build
+
+    summary = scheduled_build(
+        preset="small",
+        config={"output": {"root": str(tmp_path)}, "problems": {"limit": 2}},
+        overrides=["search.max_depth=8"],
+        policy_factory=FACTORY,
+    )
+    assert summary.status == "complete" and summary.problems_total == 2 and summary.steps > 0
+    assert read_manifest(str(tmp_path), summary.build_id).config_hash == load_build_config(
+        preset="small", overrides=[f"output.root={json.dumps(str(tmp_path))}", "problems.limit=2", "search.max_depth=8"]
+    ).config_hash()
