@@ -182,6 +182,25 @@ class ResourceHolder:
                 pass
 
 
+def prewarm(holder: ResourceHolder, config: BuildConfig, policy_factory: PolicyFactorySpec = None) -> threading.Thread:
+    """Load this process's resources in a background thread (returns the started thread).
+
+    The CLI calls it before the flow starts, so loading the model (and assembling its GGUF file
+    on the first run) overlaps the start of Prefect's temporary server. An error here is left
+    for the batch task: it asks the holder again, gets the same error, and retries/records it.
+    """
+
+    def load() -> None:
+        try:
+            holder.resources(config, policy_factory)
+        except Exception:  # noqa: BLE001 - reported by the task that needs the resources
+            pass
+
+    thread = threading.Thread(target=load, name="prmforge-prewarm", daemon=True)
+    thread.start()
+    return thread
+
+
 # The one process-global of the project, and why: Prefect task runners (threads, process pools,
 # Dask and Ray workers) give a task no handle on "its" worker, so the only place a worker process
 # can keep a loaded model between tasks is module state. Loading a model per task would cost

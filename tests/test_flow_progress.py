@@ -64,3 +64,4 @@ def test_summary_table_names_everything_the_user_needs():
         assert expected in text, expected
     assert query_example(_summary()).endswith("--root '/data x' --build demo-1")
     assert _summary(wall_seconds=0.0).generation_share is None
+

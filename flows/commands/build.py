@@ -95,6 +95,10 @@ def build(
     configure_prefect_environment(config.output.root, verbose=verbose)
     from flows.build import live_usage_probe, run_build
     from flows.progress import BuildProgress
+    from flows.resources import PROCESS_RESOURCES, prewarm
+
+    if config.flow.task_runner == "threads":  # the tasks run in this process: load while Prefect starts
+        prewarm(PROCESS_RESOURCES, config)
 
     progress = BuildProgress(stream=sys.stdout, live_usage=live_usage_probe() if config.flow.task_runner == "threads" else None)
     summary = run_build(config, build_id=resume, progress=progress)
