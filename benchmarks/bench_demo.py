@@ -35,7 +35,10 @@ def main() -> None:
     config = load_build_config(preset=args.preset, overrides=args.overrides, flag_values={"output.root": root})
     configure_prefect_environment(config.output.root)
     from flows.build import run_build
+    from flows.resources import PROCESS_RESOURCES, prewarm
 
+    if config.flow.task_runner == "threads":  # as the CLI does: load the model while Prefect starts
+        prewarm(PROCESS_RESOURCES, config)
     summary = run_build(config)
     total = time.perf_counter() - started
     flow_wall = summary.wall_seconds
