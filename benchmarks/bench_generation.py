@@ -45,10 +45,11 @@ PREFIX_STEPS = [
 ]
 
 
-def _gsm8k(limit: int) -> list:
+def _gsm8k(limit: int, offset: int = 0) -> list:
     from data_schemas.problems import load_problems
 
-    return load_problems(REPO_ROOT / "tests" / "data" / "gsm8k_test.jsonl", format="gsm8k").problems[:limit]
+    problems = load_problems(REPO_ROOT / "tests" / "data" / "gsm8k_test.jsonl", format="gsm8k").problems
+    return problems[offset:offset + limit]
 
 
 THREADS: list[int] = []  # set once from --threads in main(); read by the sections
@@ -133,11 +134,12 @@ def bench_http(levels: tuple[int, ...], requests_per_level: int, max_tokens: int
         server.wait(timeout=10)
 
 
-def bench_gsm8k(presets: list[str], limit: int, max_tokens: int) -> None:
+def bench_gsm8k(presets: list[str], limit: int, offset: int, max_tokens: int) -> None:
     from labelers.answers import answers_equal, extract_final_answer
     from labelers.policy.embedded import EmbeddedPolicy
 
-    problems = _gsm8k(limit)
+    problems = _gsm8k(limit, offset)
+    print(f"  GSM8K test problems {offset}..{offset + len(problems) - 1}, max {max_tokens} tokens, greedy")
     for preset in presets:
         policy = EmbeddedPolicy(preset, n_ctx=2048, n_threads=_threads())
         requests = [GenerationRequest(solution_messages(p.question), assistant_prefix([]), n=1,
@@ -145,12 +147,14 @@ def bench_gsm8k(presets: list[str], limit: int, max_tokens: int) -> None:
         started = time.perf_counter()
         results = policy.generate(requests)
         seconds = time.perf_counter() - started
-        solved = 0
+        marks = []
         for problem, result in zip(problems, results):
             answer = extract_final_answer(result.completions[0].text) if result.ok else None
-            solved += answer is not None and answers_equal(answer, problem.gold_answer)
+            marks.append(answer is not None and answers_equal(answer, problem.gold_answer))
+        solved = sum(marks)
         tokens = policy.usage.completion_tokens
-        print(f"  {preset} ({policy.model_id}): {solved}/{len(problems)} solved greedily; "
+        print(f"  {preset} ({policy.model_id}): {solved}/{len(problems)} solved greedily "
+              f"[{''.join('x' if m else '.' for m in marks)}]; "
               f"{tokens} completion tok in {seconds:.1f} s = {tokens / seconds:.1f} tok/s")
         policy.close()
 
@@ -203,6 +207,7 @@ def main() -> None:
     parser.add_argument("--http-requests", type=int, default=16)
     parser.add_argument("--http-max-tokens", type=int, default=8)
     parser.add_argument("--gsm8k-problems", type=int, default=10)
+    parser.add_argument("--gsm8k-offset", type=int, default=0, help="first GSM8K test problem")
     parser.add_argument("--gsm8k-max-tokens", type=int, default=400)
     parser.add_argument("--vllm-model", default="Qwen/Qwen2.5-1.5B-Instruct")
     parser.add_argument("--vllm-prefixes", type=int, default=256)
@@ -226,7 +231,7 @@ def main() -> None:
         elif section == "http":
             bench_http((1, 4, 16), args.http_requests, args.http_max_tokens)
         elif section == "gsm8k":
-            bench_gsm8k(["small", "better"], args.gsm8k_problems, args.gsm8k_max_tokens)
+            bench_gsm8k(["small", "better"], args.gsm8k_problems, args.gsm8k_offset, args.gsm8k_max_tokens)
         elif section == "vllm":
             caching = None if args.vllm_caching is None else args.vllm_caching == "on"
             bench_vllm(args.vllm_model, args.vllm_prefixes, args.rollouts, args.max_tokens, caching)
