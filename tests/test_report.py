@@ -19,8 +19,12 @@ def root(tmp_path_factory):
     return path
 
 
-def test_report_has_every_section_and_embedded_png_figures(root):
-    report = build_report(str(root), "b1")
+@pytest.fixture(scope="module")
+def report(root):
+    return build_report(str(root), "b1")
+
+
+def test_report_has_every_section_and_embedded_png_figures(report):
     page = report.html
     for key, name in SECTIONS:
         assert f'<section id="{key}">' in page
@@ -32,10 +36,9 @@ def test_report_has_every_section_and_embedded_png_figures(root):
     assert "http://" not in page and "https://" not in page and "<script" not in page  # self-contained
 
 
-def test_report_numbers_come_from_the_shards(root):
+def test_report_numbers_come_from_the_shards(root, report):
     import duckdb
 
-    report = build_report(str(root), "b1")
     steps = duckdb.sql(f"SELECT count(*), count(*) FILTER (WHERE fused_label) FROM read_parquet('{root}/builds/b1/steps/*/*.parquet')").fetchall()[0]
     assert report.summary["steps"] == steps[0]
     assert report.summary["positive"] == steps[1]
