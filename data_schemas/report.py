@@ -238,6 +238,8 @@ def _render(catalog: Catalog, build_id: str) -> BuildReport:
     per_step = [r["rollouts"] / r["num_steps"] for r in rows if r["num_steps"]]
     axes[2].hist(per_step or [0], bins=20, color="#8172b2")
     axes[2].set_title("rollouts per labeled step (per problem)", fontsize=10)
+    for axis in axes:
+        axis.set_ylabel("problems", fontsize=8)
     figure.tight_layout()
     figures.append(("cost", _png(figure)))
     total_steps = sum(r["num_steps"] for r in rows)
