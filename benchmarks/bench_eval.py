@@ -161,10 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sim-p-correct", type=float, default=0.8, help="Scripted: a rollout from a clean prefix reaches gold.")
     parser.add_argument("--sim-recovery", type=float, default=0.1, help="Scripted: a rollout from a wrong prefix still reaches gold.")
     parser.add_argument("--quick", action="store_true",
-                        help="60 + 60 solutions for tool-only; 2 + 2 solutions, k = 2 for the model runs.")
+                        help="60 + 60 solutions for tool-only and the simulation; 1 + 1 solutions, k = 2 for the model runs.")
     args = parser.parse_args(argv)
     if args.quick:
-        args.n_error, args.n_correct, args.mc_n_error, args.mc_n_correct, args.k = 60, 60, 2, 2, 2
+        args.n_error, args.n_correct, args.mc_n_error, args.mc_n_correct, args.k = 60, 60, 1, 1, 2
+        args.simulate = True
 
     sources = read_gsm8k(REPO / "tests" / "data" / "gsm8k_test.jsonl")
     rows, summary = build_injection_set(sources, args.n_error, args.n_correct, args.seed)
