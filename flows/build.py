@@ -8,8 +8,8 @@ Walk of one build (all algorithms live in labelers/ and data_schemas/; this modu
 3. write the manifest with status ``running`` (on resume: the existing one, back to running);
 4. one ``label-batch`` task per batch runs ``labelers.pipeline.label_batch`` (sample -> MCTS/MC
    -> tool and Lean checks -> fusion) with the worker process's shared model and returns rows;
-5. one ``write-shards`` task per batch writes its shards (atomic, deterministic names); the
-   running manifest is updated with the batch's shards after each write;
+5. as each batch finishes, one ``write-shards`` task (in the flow's process) writes its shards
+   (atomic, deterministic names) and the running manifest is updated with them;
 6. the final manifest (``complete``, counts computed from the shards) is written last.
 
 Resume: ``label-batch`` results are cached and persisted under the build's directory, keyed on
@@ -377,7 +377,9 @@ def build_dataset(
                 labeled = failed_batch(batch, build_id, future.result(raise_on_failure=False))
                 reused = False
             reused_batches += reused
-            written_shards = write.submit(root, build_id, batch.key, labeled).result()
+            # Called, not submitted: the write runs now in the flow's thread instead of queueing
+            # behind label tasks in the runner's pool (with one worker it would wait for all of them).
+            written_shards = write(root, build_id, batch.key, labeled)
             shards += written_shards
             # The running manifest lists finished batches, so a crash loses at most the batches in flight.
             manifest = replace(manifest, shards=list(shards))
