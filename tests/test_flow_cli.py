@@ -45,3 +45,30 @@ def test_builds_lists_manifests_and_resume_keeps_identity(tmp_path: Path):
     result = runner.invoke(app, ["build", "--resume", "listed", "--root", str(tmp_path), "--set", "search.rounds=5"])
     assert "change the labeling of build 'listed'" in str(result.exception)
     assert summary.steps > 0
+
+
+def test_cli_start_does_not_import_prefect():
+    """Prefect reads PREFECT_HOME etc. at import: the CLI must set them first."""
+    import subprocess
+    import sys
+
+    code = "import sys, flows.cli; sys.exit('prefect' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent).returncode == 0
+
+
+def test_prefect_environment_defaults_keep_user_settings(tmp_path: Path, monkeypatch):
+    from flows.runners import configure_prefect_environment, default_prefect_home
+
+    for name in ("PREFECT_HOME", "PREFECT_LOGGING_LEVEL", "PREFECT_SERVER_ANALYTICS_ENABLED"):
+        monkeypatch.delenv(name, raising=False)
+    applied = configure_prefect_environment(str(tmp_path / "data"))
+    assert applied["PREFECT_HOME"] == str(tmp_path / "data" / ".prefect")
+    assert (tmp_path / "data" / ".prefect").is_dir()
+    assert applied["PREFECT_LOGGING_LEVEL"] == "WARNING"
+    assert applied["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "mine"))
+    assert "PREFECT_HOME" not in configure_prefect_environment(str(tmp_path / "data"), verbose=True)
+    import os
+
+    assert os.environ["PREFECT_LOGGING_LEVEL"] == "INFO"  # --verbose shows Prefect's lines
+    assert default_prefect_home("s3://bucket/x") == Path.home() / ".prmforge" / "prefect"
