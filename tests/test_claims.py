@@ -130,6 +130,13 @@ def test_rounding_marks() -> None:
     assert c.rounded
     (c,) = extract_claims("10 / 2 = 5")
     assert not c.rounded
+    # "round" as a noun or adjective is no rounding cue
+    (c,) = extract_claims("The round trip is 2 * 15 = 30 miles")
+    assert not c.rounded
+    (c,) = extract_claims("3 rounds of 2 * 4 = 8 laps")
+    assert not c.rounded
+    (c,) = extract_claims("Rounding up, 10/3 = 4")
+    assert c.rounded
 
 
 def test_percent_side_is_marked() -> None:

@@ -79,7 +79,12 @@ _QUANTIFIERS = frozenset(
 # Up to two more words, then a binary operator ("-" only as a minus, not a hyphen).
 _LABEL_BEFORE_OPERATOR = re.compile(r"(?:\s+[A-Za-z]+(?:['’][A-Za-z]+)?){0,2}\s*(?:[*×·/÷+]|-(?=[\s\d$(]))")
 _APPROX_WORDS = frozenset({"about", "approximately", "approx", "roughly", "around", "nearly"})
-_ROUNDING_CUE = re.compile(r"\b(round(ed|ing|s)?|nearest)\b", re.IGNORECASE)
+# "round" as a verb only: "a round trip" or "3 rounds of golf" must not loosen the check.
+_ROUNDING_CUE = re.compile(
+    r"\b(?:round(?:ed|ing)?\s+(?:it\s+|this\s+|that\s+|the\s+\w+\s+)?(?:up|down|off|to)\b"
+    r"|rounds\s+(?:it\s+|this\s+|that\s+)?(?:up|down|off|to)\b|nearest)",
+    re.IGNORECASE,
+)
 _SUBSTITUTION_CUE = re.compile(
     r"\b(solves?|solution|satisf\w*|substitut\w*|plug\w*|check\w*|verif\w*)\b", re.IGNORECASE
 )
