@@ -151,7 +151,9 @@ class ResourceHolder:
                 if lean is None:
                     from labelers.verify.lean import make_lean_verifier
 
-                    lean = LockedVerifier(make_lean_verifier(config.lean, policy))
+                    # Checked statements are cached beside the builds, so a rerun recompiles nothing.
+                    lean_cache = f"{config.output.root.rstrip('/')}/.cache/lean"
+                    lean = LockedVerifier(make_lean_verifier(config.lean, policy, default_cache_dir=lean_cache))
                     self._leans[lean_key] = lean
             return WorkerResources(policy=policy, tool=tool, lean=lean)
 
