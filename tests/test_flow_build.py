@@ -360,3 +360,18 @@ def test_scheduled_build_entry_point_runs_a_build(tmp_path: Path):
     assert read_manifest(str(tmp_path), summary.build_id).config_hash == load_build_config(
         preset="small", overrides=[f"output.root={json.dumps(str(tmp_path))}", "problems.limit=2", "search.max_depth=8"]
     ).config_hash()
+
+
+def test_build_with_lean_enabled_but_no_toolchain_records_lean_unavailable(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """Lean asked for on a machine without a usable Lean project: the build still finishes, every
+    step says lean_unavailable, and the reason is logged once for the build, not once per step."""
+    missing_project = tmp_path / "no-lean-project"
+    config = small_config(tmp_path, "lean.enabled=true", f"lean.project={json.dumps(str(missing_project))}")
+    with caplog.at_level("WARNING", logger="labelers"):
+        summary = run_build(config, policy_factory=FACTORY)
+    assert summary.status == "complete" and summary.steps > 0 and summary.batches_total == 2
+    with Catalog(str(tmp_path), build_id=summary.build_id) as catalog:
+        states = catalog.query("SELECT DISTINCT lean_state FROM steps").to_pylist()
+    assert states == [{"lean_state": "lean_unavailable"}]
+    warnings = [r for r in caplog.records if "Lean verification unavailable" in r.getMessage()]
+    assert len(warnings) == 1
