@@ -15,6 +15,9 @@ Sections:
   vllm      (GPU) 256 prefixes x 8 rollouts through VllmPolicy with prefix caching on vs off.
 
 Figures are wall-clock on whatever machine runs the script; it prints the CPU count and load.
+Each figure is also printed as a ``FIGURE<TAB>name<TAB>value<TAB>unit<TAB>goal`` line
+(benchmarks/run_all.py convention). ``--quick``: sections embedded and http only (no 1.5B load),
+32-token completions instead of 64.
 """
 
 from __future__ import annotations
@@ -59,6 +62,11 @@ def _threads() -> int:
     return THREADS[0]
 
 
+def figure(name: str, value: float | None, unit: str, goal: str = "") -> None:
+    shown = "-" if value is None else f"{value:.3f}"
+    print(f"FIGURE\t{name}\t{shown}\t{unit}\t{goal}", flush=True)
+
+
 def _machine() -> str:
     load = os.getloadavg()
     return f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
@@ -76,6 +84,8 @@ def bench_single(model: str, max_tokens: int) -> None:
     tokens = result.completions[0].completion_tokens
     print(f"  {policy.model_id}: 1 greedy completion, prompt {result.prompt_tokens} tok, "
           f"{tokens} completion tok in {seconds:.2f} s = {tokens / seconds:.1f} tok/s (prompt eval included)")
+    figure(f"generation.embedded.{model}.single_completion [{policy.model_id}, greedy, {tokens} tok, "
+           f"{_threads()} threads]", tokens / seconds, "tok/s")
     policy.close()
 
 
@@ -98,7 +108,11 @@ def bench_rollouts(model: str, k: int, max_tokens: int) -> None:
         print(f"  k={k} rollouts, prefix reuse {'on ' if reuse else 'off'}: prompt {result.prompt_tokens} tok, "
               f"prompt tokens evaluated {policy.evaluated_prompt_tokens - evaluated_before}, "
               f"{tokens} completion tok in {seconds:.2f} s = {rates[reuse]:.1f} tok/s")
+        figure(f"generation.embedded.{model}.rollouts_k{k}.reuse_{'on' if reuse else 'off'} [one prefix, "
+               f"max {max_tokens} tok each, {_threads()} threads]", rates[reuse], "tok/s")
     print(f"  prefix reuse speed-up (tok/s on / off): {rates[True] / rates[False]:.2f}x")
+    figure(f"generation.embedded.{model}.rollouts_k{k}.reuse_ratio [max {max_tokens} tok each]",
+           rates[True] / rates[False], "x (tok/s on / off)", "> 1")
     pool.close()
 
 
@@ -128,6 +142,8 @@ def bench_http(levels: tuple[int, ...], requests_per_level: int, max_tokens: int
             tokens = policy.usage.completion_tokens
             print(f"  concurrency {level:2d}: {len(requests)} requests in {seconds:.2f} s = "
                   f"{len(requests) / seconds:.2f} req/s, {tokens / seconds:.1f} completion tok/s, failed {failed}")
+            figure(f"generation.http.concurrency_{level} [{len(requests)} requests, max {max_tokens} tok, "
+                   f"server 0.5B, failed {failed}]", len(requests) / seconds, "req/s")
             policy.close()
     finally:
         server.terminate()
@@ -195,14 +211,19 @@ def bench_vllm(model: str, prefixes: int, k: int, max_tokens: int, caching: bool
     print(f"  prefix caching {'on ' if caching else 'off'}: {prefixes} prefixes x {k} rollouts, "
           f"{prompt} prompt tok, {tokens} completion tok in {seconds:.2f} s = {tokens / seconds:.0f} tok/s "
           f"= {prefixes / seconds:.1f} prefixes/s", flush=True)
+    figure(f"generation.vllm.caching_{'on' if caching else 'off'} [{model}, {prefixes} prefixes x {k}, "
+           f"max {max_tokens} tok]", prefixes * k / seconds, "rollouts/s")
     policy.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default="embedded,better,http",
+    parser.add_argument("--quick", action="store_true",
+                        help="reduced run: sections embedded,http (unless --sections is given), 32-token completions")
+    parser.add_argument("--sections", default=None,
                         help="comma list of: embedded, better, http, gsm8k, vllm")
-    parser.add_argument("--max-tokens", type=int, default=64, help="completion length of the throughput runs")
+    parser.add_argument("--max-tokens", type=int, default=None,
+                        help="completion length of the throughput runs (default 64, --quick 32)")
     parser.add_argument("--rollouts", type=int, default=8)
     parser.add_argument("--http-requests", type=int, default=16)
     parser.add_argument("--http-max-tokens", type=int, default=8)
@@ -214,6 +235,10 @@ def main() -> None:
     parser.add_argument("--vllm-caching", choices=("on", "off"), default=None, help="one setting only (internal)")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: half the cores)")
     args = parser.parse_args()
+    if args.sections is None:
+        args.sections = "embedded,http" if args.quick else "embedded,better,http"
+    if args.max_tokens is None:
+        args.max_tokens = 32 if args.quick else 64
     from labelers.policy.embedded import default_threads
 
     THREADS.append(args.threads or default_threads())

@@ -19,7 +19,12 @@ per labeled step (expansions + simulations + MC) and the same scores on the path
 (truth = first step differing from the reference solution, -1 when none).
 
 Run: ``python benchmarks/bench_labeling.py`` (about a minute on 2 cores);
-``python benchmarks/bench_labeling.py --real-model --real-problems 2`` adds the model run.
+``python benchmarks/bench_labeling.py --real-model --real-problems 2`` adds the model run;
+``--quick``: 40 problems instead of 100.
+
+Figures are also printed as ``FIGURE<TAB>name<TAB>value<TAB>unit<TAB>goal`` lines
+(benchmarks/run_all.py convention). The scripted-policy figures are named ``labeling.simulated.*``
+and carry ``scripted policy`` in their scale: they measure the algorithms, not a model.
 """
 
 from __future__ import annotations
@@ -53,6 +58,11 @@ class Item:
     script: ScriptedProblem
     steps: list[str]
     label: int  # first error index, -1 = correct
+
+
+def figure(name: str, value: float | None, unit: str, goal: str = "") -> None:
+    shown = "-" if value is None or value != value else f"{value:.3f}"  # NaN -> not measured
+    print(f"FIGURE\t{name}\t{shown}\t{unit}\t{goal}", flush=True)
 
 
 def build_set(count: int, seed: int) -> list[Item]:
@@ -109,7 +119,8 @@ def run_given(items, config, policy, tool) -> tuple[BatchResult, float]:
     return result, time.perf_counter() - started
 
 
-def report_given(name: str, items, result: BatchResult, seconds: float) -> None:
+def report_given(name: str, items, result: BatchResult, seconds: float) -> tuple[float, float]:
+    """Prints one row; returns (F1, rollouts per labeled step)."""
     by_problem = {r.problem_id: r.path_id for r in result.steps}
     first = predicted_first_errors(result)
     pairs = [(i.label, first.get(by_problem.get(i.problem.problem_id, ""), -1)) for i in items]
@@ -122,6 +133,7 @@ def report_given(name: str, items, result: BatchResult, seconds: float) -> None:
         f"rollouts/step {rollouts / steps:6.2f}  ({rollouts} rollouts, {steps} steps, {seconds:5.1f} s"
         f"{', ' + str(len(failed)) + ' failed' if failed else ''})"
     )
+    return f1, rollouts / steps
 
 
 def true_first_error(steps: Sequence[str], reference: Sequence[str]) -> int:
@@ -137,20 +149,27 @@ def section_scripted(items: list[Item], seed: int, k: int) -> None:
     print(f"Scripted policy: p_correct ~ U[0.3, 0.95] per problem, recovery 0.05; k = {k}\n")
     base = BuildConfig(seed=seed).with_overrides({"search.mc_rollouts": k, "fuse.after_first_error": "negative"})
     scripts = [i.script for i in items]
+    scale = f"[{len(items)} error-injected GSM8K, k={k}, scripted policy]"
     with ToolStepVerifier(ToolConfig()) as tool:
         print("Given solutions (label_given_solutions):")
         runs = [
-            ("MC only, per-step (Math-Shepherd)", {"fuse.rule": "mc", "search.first_error_search": False, "search.mc_early_stop": 0}, False),
-            ("MC only, per-step + early stop 4", {"fuse.rule": "mc", "search.first_error_search": False, "search.mc_early_stop": 4}, False),
-            ("MC only, binary search (OmegaPRM)", {"fuse.rule": "mc", "search.first_error_search": True, "search.mc_early_stop": 0}, False),
-            ("MC only, binary + early stop 4", {"fuse.rule": "mc", "search.first_error_search": True, "search.mc_early_stop": 4}, False),
-            ("tool only", {"fuse.rule": "tool"}, True),
-            ("hybrid, per-step MC", {"fuse.rule": "hybrid", "search.first_error_search": False, "search.mc_early_stop": 0}, True),
-            ("hybrid, binary search + early stop", {"fuse.rule": "hybrid", "search.first_error_search": True, "search.mc_early_stop": 4}, True),
+            ("MC only, per-step (Math-Shepherd)", "mc_per_step", {"fuse.rule": "mc", "search.first_error_search": False, "search.mc_early_stop": 0}, False),
+            ("MC only, per-step + early stop 4", "mc_per_step_early_stop", {"fuse.rule": "mc", "search.first_error_search": False, "search.mc_early_stop": 4}, False),
+            ("MC only, binary search (OmegaPRM)", "mc_binary", {"fuse.rule": "mc", "search.first_error_search": True, "search.mc_early_stop": 0}, False),
+            ("MC only, binary + early stop 4", "mc_binary_early_stop", {"fuse.rule": "mc", "search.first_error_search": True, "search.mc_early_stop": 4}, False),
+            ("tool only", "tool_only", {"fuse.rule": "tool"}, True),
+            ("hybrid, per-step MC", "hybrid_per_step", {"fuse.rule": "hybrid", "search.first_error_search": False, "search.mc_early_stop": 0}, True),
+            ("hybrid, binary search + early stop", "hybrid_binary_early_stop", {"fuse.rule": "hybrid", "search.first_error_search": True, "search.mc_early_stop": 4}, True),
         ]
-        for name, overrides, with_tool in runs:
+        measured = []
+        for name, key, overrides, with_tool in runs:
             result, seconds = run_given(items, base.with_overrides(overrides), ScriptedPolicy(scripts), tool if with_tool else None)
-            report_given(name, items, result, seconds)
+            measured.append((key, *report_given(name, items, result, seconds)))
+        for key, f1, per_step in measured:
+            figure(f"labeling.simulated.{key}.earliest_error_f1 {scale}", f1, "F1 (ProcessBench)")
+        for key, f1, per_step in measured:
+            if key != "tool_only":
+                figure(f"labeling.simulated.{key}.rollouts_per_labeled_step {scale}", per_step, "rollouts/step")
 
         print("\nMCTS build (label_batch, default search config: 8 rounds, 3 children, stop at 3+3 paths):")
         for name, overrides in [
@@ -184,6 +203,7 @@ def section_scripted(items: list[Item], seed: int, k: int) -> None:
                 pairs.append((truth, predicted))
             acc_err, acc_cor, f1 = scores(pairs)
             total = sum(kinds.values())
+            key = "mcts_hybrid_consensus" if overrides else "mcts_hybrid"
             print(
                 f"  {name:<38} {len(paths)} paths, {rows} step rows; completions/step {total / max(rows, 1):6.2f} "
                 f"(expand {kinds['expand']}, simulate {kinds['rollout']}, MC {kinds['mc']}); "
@@ -194,6 +214,11 @@ def section_scripted(items: list[Item], seed: int, k: int) -> None:
                 f"counters: dropped_consensus {result.counters.get('paths_dropped_consensus', 0)}, "
                 f"no_consensus {result.counters.get('paths_no_consensus', 0)}, merged {result.counters.get('merged_duplicate_steps', 0)}"
             )
+            figure(f"labeling.simulated.{key}.completions_per_labeled_step {scale}", total / max(rows, 1),
+                   "completions/step (expand + simulate + MC)")
+            figure(f"labeling.simulated.{key}.mc_rollouts_per_labeled_step {scale}", kinds["mc"] / max(rows, 1),
+                   "rollouts/step")
+            figure(f"labeling.simulated.{key}.earliest_error_f1_on_mcts_paths {scale}", f1, "F1 (ProcessBench)")
 
 
 def section_real(items: list[Item], seed: int, count: int, k: int, max_tokens: int, threads: int, parts: set[str]) -> None:
@@ -256,7 +281,8 @@ def section_real(items: list[Item], seed: int, count: int, k: int, max_tokens: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--problems", type=int, default=100)
+    parser.add_argument("--problems", type=int, default=None, help="GSM8K problems (default 100, --quick 40)")
+    parser.add_argument("--quick", action="store_true", help="reduced run: 40 problems")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--real-model", action="store_true")
@@ -267,6 +293,8 @@ def main() -> None:
     parser.add_argument("--real-parts", default="given,mcts", help="comma list: given (given solutions), mcts (label_batch)")
     parser.add_argument("--skip-scripted", action="store_true")
     args = parser.parse_args()
+    if args.problems is None:
+        args.problems = 40 if args.quick else 100
     items = build_set(args.problems, args.seed)
     if not args.skip_scripted:
         section_scripted(items, args.seed, args.k)

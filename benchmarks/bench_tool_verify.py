@@ -6,7 +6,10 @@ that figure uses one core; MATH-500 steps also use the sympy worker pool (``--wo
 Side by side: a naive per-claim sympy check (``sympify`` both sides, ``simplify(lhs - rhs) == 0``)
 on a sample of the same claims.
 
-    python benchmarks/bench_tool_verify.py [--workers 2] [--repeat 3] [--naive-sample 300]
+    python benchmarks/bench_tool_verify.py [--workers 2] [--repeat 3] [--naive-sample 300] [--quick]
+
+Figures are also printed as ``FIGURE<TAB>name<TAB>value<TAB>unit<TAB>goal`` lines
+(benchmarks/run_all.py convention). ``--quick``: best of 1 instead of 3, naive sample 100.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ from labelers.steps import gsm8k_reference_steps  # noqa: E402
 from labelers.verify.base import StepContext  # noqa: E402
 from labelers.verify.claims import _math_segments, extract_claims  # noqa: E402
 from labelers.verify.tool import ToolStepVerifier  # noqa: E402
+
+
+def figure(name: str, value: float | None, unit: str, goal: str = "") -> None:
+    shown = "-" if value is None else f"{value:.1f}"
+    print(f"FIGURE\t{name}\t{shown}\t{unit}\t{goal}", flush=True)
 
 
 def gsm8k_steps() -> list[str]:
@@ -80,9 +88,14 @@ def naive_sympy(steps: list[str], sample: int) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--naive-sample", type=int, default=300)
+    parser.add_argument("--repeat", type=int, default=None, help="best of N runs on GSM8K (default 3, --quick 1)")
+    parser.add_argument("--naive-sample", type=int, default=None, help="claims for the naive check (default 300, --quick 100)")
+    parser.add_argument("--quick", action="store_true", help="reduced run: best of 1, naive sample 100")
     args = parser.parse_args()
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
+    if args.naive_sample is None:
+        args.naive_sample = 100 if args.quick else 300
 
     gsm = gsm8k_steps()
     math = math500_steps()
@@ -99,10 +112,19 @@ def main() -> None:
     naive_rate = naive_n / naive_s
     print(f"  naive sympy per claim (parse_expr + simplify, {naive_n} claims): {naive_rate:,.0f} claims/s/core")
     print(f"  ratio tool / naive (claims/s): {(gsm_claims / gsm_s) / naive_rate:,.1f}x")
+    scale = f"{len(gsm)} GSM8K reference steps, best of {args.repeat}, 1 core"
+    figure(f"tool_verify.gsm8k.steps_per_s_per_core [{scale}]", gsm_rate, "checks (steps)/s/core", ">= 500")
+    figure(f"tool_verify.gsm8k.claims_per_s_per_core [{scale}, {gsm_claims} claims]", gsm_claims / gsm_s,
+           "claims/s/core", ">= 500")
+    figure(f"tool_verify.gsm8k.naive_sympy_claims_per_s [{naive_n} claims, parse_expr + simplify]", naive_rate,
+           "claims/s/core")
+    figure("tool_verify.gsm8k.ratio_tool_over_naive [claims/s]", (gsm_claims / gsm_s) / naive_rate, "x")
     cores = 1 + args.workers
     print(f"MATH-500 reference steps: {len(math)} steps, {math_claims} claims, {math_s:.2f} s "
           f"with {args.workers} sympy workers: {len(math) / math_s / cores:,.0f} steps/s/core, "
           f"{math_claims / math_s / cores:,.0f} claims/s/core (counting {cores} cores)")
+    figure(f"tool_verify.math500.steps_per_s_per_core [{len(math)} reference steps, {args.workers} sympy workers, "
+           f"counting {cores} cores]", len(math) / math_s / cores, "steps/s/core")
 
 
 if __name__ == "__main__":
