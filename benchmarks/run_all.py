@@ -115,23 +115,25 @@ def discover(only: str | None) -> list[Path]:
 
 def print_table(runs: list[ScriptRun]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="prmforge benchmark figures")
     for column in ("script", "figure", "value", "unit", "goal", "met"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # fold long names, never cut them with an ellipsis
     for run in runs:
         for figure in run.figures:
             met = "-" if figure.met is None else ("yes" if figure.met else "NO")
-            table.add_row(run.script, figure.name, figure.value, figure.unit, figure.goal, met)
+            # Scripts' text is plain, not rich markup: "[preset demo, ...]" in a name must show as is.
+            table.add_row(run.script, escape(figure.name), escape(figure.value), escape(figure.unit), escape(figure.goal), met)
         if run.error is not None:
-            table.add_row(run.script, "[red]FAILED[/red]", "-", "-", "-", run.error[:120])
+            table.add_row(run.script, "[red]FAILED[/red]", "-", "-", "-", escape(run.error[:120]))
         elif not run.figures:
             table.add_row(run.script, "(no FIGURE lines)", "-", "-", "-", "-")
     console = Console(width=max(Console().width, 200))  # never squeeze figure names in a pipe
     console.print(table)
     for run in runs:
-        state = "ok" if run.error is None else f"FAILED ({run.error})"
+        state = "ok" if run.error is None else f"FAILED ({escape(run.error)})"
         console.print(f"{run.script}: {state}, {run.seconds:.1f} s{' (--quick)' if run.quick else ''}")
 
 
