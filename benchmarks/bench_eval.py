@@ -221,7 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     figure(f"eval.tool.f1 [{args.mc_n_error}+{args.mc_n_correct} subset]", tool_small.score.f1, "F1", "")
     figure(f"eval.mc_per_step.f1 [{scale}]", per_step.score.f1, "F1", "")
     figure(f"eval.mc_binary.f1 [{scale}]", binary.score.f1, "F1", "")
-    figure(f"eval.hybrid.f1 [{scale}]", hybrid.score.f1, "F1", ">= 0.90")
+    # The F1 goal is set for 300 + 300 solutions; on a small subset one solution moves
+    # acc_err by a lot, so the goal is shown but not checked there.
+    full_scale = args.mc_n_error >= 300 and args.mc_n_correct >= 300
+    f1_goal = ">= 0.90" if full_scale else ">= 0.90 at 300+300 (not checked at this scale)"
+    figure(f"eval.hybrid.f1 [{scale}]", hybrid.score.f1, "F1", f1_goal)
     for name, result in (("mc_per_step", per_step), ("mc_binary", binary), ("hybrid", hybrid)):
         figure(f"eval.{name}.acc_err_before_last_step [{scale}]", result.score.acc_err_before_last, "accuracy", "")
     figure(f"eval.mc_per_step.rollouts_per_step [{scale}]", per_step.run.rollouts_per_step, "rollouts/step", "")
