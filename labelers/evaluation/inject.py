@@ -36,7 +36,6 @@ deterministic: every choice draws from ``random.Random(seed)``.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Iterable, Sequence
@@ -45,6 +44,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from data_schemas.errors import InputError
+from data_schemas.jsonl import read_json_objects
 
 CORRUPTION_KINDS: tuple[str, ...] = ("arithmetic_slip", "wrong_operation", "dropped_term")
 GENERATOR = "gsm8k-reference"
@@ -552,31 +552,20 @@ def read_gsm8k(path: Path) -> list[SourceSolution]:
     """GSM8K JSONL rows (``question``, ``answer``); also accepts prmforge problem rows with
     ``reference_solution`` holding the GSM8K answer text. Rows with a ``source`` other than
     gsm8k (the bundled file mixes in MATH-500) are passed over."""
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
     rows: list[SourceSolution] = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InputError(f"{path}:{line_number}: not JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{line_number}: expected a JSON object")
-            if row.get("source") not in (None, "gsm8k"):
-                continue
-            question = row.get("question")
-            answer = row.get("answer")
-            if not isinstance(answer, str) or "####" not in answer:
-                answer = row.get("reference_solution", answer)
-            if not isinstance(question, str) or not isinstance(answer, str):
-                raise InputError(
-                    f"{path}:{line_number}: a GSM8K row needs 'question' and 'answer' "
-                    "(the reference solution with <<calculator>> annotations)"
-                )
-            rows.append(SourceSolution(question, answer, line_number))
+    for line_number, row in read_json_objects(path):
+        if row.get("source") not in (None, "gsm8k"):
+            continue
+        question = row.get("question")
+        answer = row.get("answer")
+        if not isinstance(answer, str) or "####" not in answer:
+            answer = row.get("reference_solution", answer)
+        if not isinstance(question, str) or not isinstance(answer, str):
+            raise InputError(
+                f"{path}:{line_number}: a GSM8K row needs 'question' and 'answer' "
+                "(the reference solution with <<calculator>> annotations)"
+            )
+        rows.append(SourceSolution(question, answer, line_number))
     return rows
 
 
@@ -717,25 +706,16 @@ class MathSource:
 def read_math(path: Path) -> list[MathSource]:
     """MATH-format JSONL rows (``problem``, ``solution``, ``answer``); rows of the bundled file
     with another ``source`` than math500 are passed over."""
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
     rows: list[MathSource] = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InputError(f"{path}:{line_number}: not JSON ({error.msg})") from None
-            if not isinstance(row, dict) or row.get("source") not in (None, "math500", "math"):
-                continue
-            question = row.get("problem", row.get("question"))
-            solution = row.get("solution", row.get("reference_solution"))
-            answer = row.get("answer", row.get("gold_answer"))
-            if not all(isinstance(v, str) for v in (question, solution, answer)):
-                raise InputError(f"{path}:{line_number}: a MATH row needs 'problem', 'solution' and 'answer'")
-            rows.append(MathSource(question, solution, answer.strip(), line_number))
+    for line_number, row in read_json_objects(path):
+        if row.get("source") not in (None, "math500", "math"):
+            continue
+        question = row.get("problem", row.get("question"))
+        solution = row.get("solution", row.get("reference_solution"))
+        answer = row.get("answer", row.get("gold_answer"))
+        if not all(isinstance(v, str) for v in (question, solution, answer)):
+            raise InputError(f"{path}:{line_number}: a MATH row needs 'problem', 'solution' and 'answer'")
+        rows.append(MathSource(question, solution, answer.strip(), line_number))
     return rows
 
 
