@@ -149,13 +149,18 @@ def _json_lines(path: Path, name: str) -> Iterator[tuple[int, dict[str, Any] | _
                 yield line_number, error
 
 
-def _json_array(path: Path, name: str) -> Iterator[tuple[int, dict[str, Any] | _RowError]]:
+def _read_utf8(path: Path, name: str, encoding: str) -> str:
+    """The whole file as text; a byte that is not UTF-8 is an InputError naming its line."""
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        return raw.decode(encoding)
     except UnicodeDecodeError as error:
         line = raw.count(b"\n", 0, error.start) + 1
         raise InputError(f"{name}:{line}: not UTF-8 text (byte 0x{raw[error.start]:02x})") from None
+
+
+def _json_array(path: Path, name: str) -> Iterator[tuple[int, dict[str, Any] | _RowError]]:
+    text = _read_utf8(path, name, "utf-8")
     if not text.lstrip().startswith("["):
         yield from _json_lines(path, name)
         return
@@ -171,12 +176,7 @@ def _json_array(path: Path, name: str) -> Iterator[tuple[int, dict[str, Any] | _
 
 
 def _csv_rows(path: Path, name: str) -> Iterator[tuple[int, dict[str, Any] | _RowError]]:
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = raw.count(b"\n", 0, error.start) + 1
-        raise InputError(f"{name}:{line}: not UTF-8 text (byte 0x{raw[error.start]:02x})") from None
+    text = _read_utf8(path, name, "utf-8-sig")
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         for row in reader:
