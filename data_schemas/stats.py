@@ -13,6 +13,17 @@ import pyarrow as pa
 
 from data_schemas.catalog import Catalog
 
+def _versus_mc_sql(column: str) -> str:
+    """Cross-tab of a verifier column against the MC hard label."""
+    return f"""
+        SELECT {column},
+               count(*) FILTER (WHERE hard_label) AS mc_positive,
+               count(*) FILTER (WHERE NOT hard_label) AS mc_negative,
+               count(*) FILTER (WHERE hard_label IS NULL) AS mc_not_estimated,
+               count(*) AS steps
+        FROM steps GROUP BY 1 ORDER BY 1"""
+
+
 SECTION_SQL: dict[str, str] = {
     "labels": """
         SELECT CASE WHEN fused_label THEN 'positive' ELSE 'negative' END AS label,
@@ -34,20 +45,8 @@ SECTION_SQL: dict[str, str] = {
                      min(step_index) FILTER (WHERE is_first_error) AS first_error
               FROM steps GROUP BY ALL)
         GROUP BY first_error ORDER BY first_error IS NULL, first_error""",
-    "tool_vs_mc": """
-        SELECT tool_verdict,
-               count(*) FILTER (WHERE hard_label) AS mc_positive,
-               count(*) FILTER (WHERE NOT hard_label) AS mc_negative,
-               count(*) FILTER (WHERE hard_label IS NULL) AS mc_not_estimated,
-               count(*) AS steps
-        FROM steps GROUP BY 1 ORDER BY 1""",
-    "lean_vs_mc": """
-        SELECT lean_state,
-               count(*) FILTER (WHERE hard_label) AS mc_positive,
-               count(*) FILTER (WHERE NOT hard_label) AS mc_negative,
-               count(*) FILTER (WHERE hard_label IS NULL) AS mc_not_estimated,
-               count(*) AS steps
-        FROM steps GROUP BY 1 ORDER BY 1""",
+    "tool_vs_mc": _versus_mc_sql("tool_verdict"),
+    "lean_vs_mc": _versus_mc_sql("lean_state"),
     "tool_vs_lean": """
         SELECT tool_verdict, lean_state, count(*) AS steps
         FROM steps GROUP BY 1, 2 ORDER BY 1, 2""",
