@@ -14,7 +14,7 @@ import typer
 
 from data_schemas.errors import ConfigError
 from flows.config_load import load_build_config, parse_override, set_dotted, validate_config
-from flows.runners import configure_prefect_environment
+from flows.runners import configure_prefect_environment, parent_bound_api_server
 from labelers.config import BuildConfig
 
 CONFIG_OPTION = typer.Option(None, "--config", "-c", help="TOML build config file.", dir_okay=False)
@@ -93,16 +93,29 @@ def build(
             flag_values=_flag_values(problems, limit, model, backend, seed, root),
         )
     configure_prefect_environment(config.output.root, verbose=verbose)
-    from flows.build import live_usage_probe, run_build
-    from flows.progress import BuildProgress
-    from flows.resources import PROCESS_RESOURCES, prewarm
+    server = parent_bound_api_server()
+    try:
+        from flows.build import live_usage_probe, load_build_problems, run_build
+        from flows.progress import BuildProgress
+        from flows.resources import PROCESS_RESOURCES, prewarm
+        from labelers.policy.factory import check_policy_runs
 
-    if config.flow.task_runner == "threads":  # the tasks run in this process: load while Prefect starts
-        prewarm(PROCESS_RESOURCES, config)
+        # User mistakes and a llama.cpp that cannot run here end as one line before anything starts.
+        load_build_problems(config)
+        check_policy_runs(config.policy)
+        if server is not None:
+            server.start()
+        if config.flow.task_runner == "threads":  # the tasks run in this process: load while Prefect starts
+            prewarm(PROCESS_RESOURCES, config)
+        if server is not None:
+            server.wait_ready()
 
-    progress = BuildProgress(stream=sys.stdout, live_usage=live_usage_probe() if config.flow.task_runner == "threads" else None)
-    summary = run_build(config, build_id=resume, progress=progress)
-    progress.print_summary(summary)
+        progress = BuildProgress(stream=sys.stdout, live_usage=live_usage_probe() if config.flow.task_runner == "threads" else None)
+        summary = run_build(config, build_id=resume, progress=progress)
+        progress.print_summary(summary)
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def builds(
@@ -157,14 +170,21 @@ def serve(
 
     config = load_build_config(config_file=config_file, preset=preset, overrides=overrides or [])  # validate now
     configure_prefect_environment(config.output.root, verbose=verbose)
-    from prefect import serve as prefect_serve
+    server = parent_bound_api_server()
+    try:
+        from prefect import serve as prefect_serve
 
-    from flows.build import make_deployment
+        from flows.build import make_deployment
 
-    config_data = read_config_file(config_file) if config_file is not None else None
-    deployment = make_deployment(name, cron, preset=preset, config=config_data, overrides=list(overrides or []), timezone_name=timezone_name)
-    typer.echo(f"serving deployment scheduled-build/{name} on cron {cron!r} ({timezone_name}); Ctrl-C stops")
-    prefect_serve(deployment)
+        config_data = read_config_file(config_file) if config_file is not None else None
+        deployment = make_deployment(name, cron, preset=preset, config=config_data, overrides=list(overrides or []), timezone_name=timezone_name)
+        if server is not None:
+            server.wait_ready()
+        typer.echo(f"serving deployment scheduled-build/{name} on cron {cron!r} ({timezone_name}); Ctrl-C stops")
+        prefect_serve(deployment)
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def register(app: typer.Typer) -> None:

@@ -33,6 +33,7 @@ from data_schemas.errors import PrmforgeError
 from labelers.doctor import DoctorItem
 from labelers.policy.base import Completion, GenerationRequest, GenerationResult, TokenUsage
 from labelers.policy.usage import record_usage
+from labelers.policy.llama_build import preflight
 from labelers.policy.model_files import PRESETS, default_cache_dir, preset_status, resolve_model
 
 if TYPE_CHECKING:  # llama_cpp is an optional dependency, imported where a model is loaded
@@ -105,7 +106,11 @@ class ModelPool:
 
 
 def load_llama(path: Path, n_ctx: int, n_threads: int) -> "llama_cpp.Llama":
+    """Load a GGUF model in this process, after :func:`llama_build.preflight` proved in a child
+    process that the installed llama.cpp can decode with it (a crash there is one error line;
+    a crash here would kill the build)."""
     llama_cpp = _import_llama_cpp()
+    preflight(Path(path), n_threads, default_cache_dir().parent)
     try:
         return llama_cpp.Llama(
             str(path),
