@@ -28,7 +28,14 @@ def make_policy(config: PolicyConfig, *, pool: "ModelPool | None" = None, cache_
         from labelers.policy.embedded import EmbeddedPolicy
 
         return EmbeddedPolicy(
-            config.model, n_ctx=config.n_ctx, n_threads=config.n_threads, pool=pool, cache_dir=cache_dir
+            config.model,
+            n_ctx=config.n_ctx,
+            n_threads=config.n_threads,
+            pool=pool,
+            cache_dir=cache_dir,
+            decode=config.decode,
+            max_sequences=config.max_sequences,
+            kv_cells=config.kv_cells,
         )
     if config.backend == "vllm":
         from labelers.policy.vllm_backend import VllmPolicy
