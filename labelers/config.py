@@ -77,6 +77,10 @@ class SearchConfig(_Section):
     # their steps are inferred positive (the path itself reaches gold from every prefix).
     # Without first_error_search every path gets per-step MC (Math-Shepherd).
     mc_correct_paths: bool = False
+    # Hybrid rule: no rollouts from a step the tool or Lean disproved, nor after it (the step is
+    # negative whatever MC says; later steps follow the path's first error). Path consensus then
+    # asks only that MC finds no error before the verifier's (docs/algorithms.md).
+    skip_mc_after_disproved: bool = True
     max_paths_per_problem: int = Field(default=6, ge=1)  # labeled paths kept per problem
 
 

@@ -34,7 +34,7 @@ from labelers.doctor import DoctorItem
 from labelers.policy.batch_decoder import BatchDecoder, DecodeJob
 from labelers.policy.base import Completion, GenerationRequest, GenerationResult, TokenUsage
 from labelers.policy.usage import record_usage
-from labelers.policy.llama_build import preflight
+from labelers.policy.llama_build import import_llama_cpp, preflight
 from labelers.policy.model_files import PRESETS, default_cache_dir, preset_status, resolve_model
 
 if TYPE_CHECKING:  # llama_cpp is an optional dependency, imported where a model is loaded
@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # llama_cpp is an optional dependency, imported where a model
 
 def _import_llama_cpp() -> Any:
     try:
-        import llama_cpp
+        llama_cpp = import_llama_cpp()
     except ImportError as exc:
         raise PrmforgeError(
             f"the embedded backend needs llama-cpp-python ({exc}); install it with: pip install 'prmforge[embedded]'"
@@ -52,19 +52,19 @@ def _import_llama_cpp() -> Any:
 
 
 def default_threads() -> int:
-    """Half the cores this process may run on (at least 1).
+    """All the cores this process may run on.
 
-    llama.cpp's worker threads spin-wait at every barrier, so a thread count that oversubscribes
-    the CPU is catastrophic rather than merely slow: on the 2-core CI machine with other work
-    running, 2 threads took 44-57 s for a 32-token completion and 1 thread 3.6-4.2 s
-    (docs/generation.md). A build also runs tool-verification processes beside the model, so
-    the default leaves half the cores to them; set policy.n_threads on a dedicated machine.
+    Measured on the 2-core machine (docs/generation.md, "Threads"): with OpenMP's passive wait
+    policy (set by :func:`llama_build.import_llama_cpp`) 2 threads decode batches faster than 1
+    and no longer collapse when other processes (tool verification, another job) compete for
+    the cores; with spinning threads they did, which is why the default used to be half the
+    cores. Set ``policy.n_threads`` to leave cores to other work.
     """
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    return max(1, cores // 2)
+    return max(1, cores)
 
 
 @dataclass
