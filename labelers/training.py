@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -282,6 +283,12 @@ def _finish(trainer: Any, tokenizer: Any, out_dir: str, settings: TrainConfig, b
     return result
 
 
+def marks_assistant_turns(chat_template: str | None) -> bool:
+    """Whether a chat template marks assistant turns with ``{% generation %}`` (what trl's
+    ``assistant_only_loss`` needs)."""
+    return bool(chat_template and re.search(r"\{%-?\s*generation\s*-?%\}", chat_template))
+
+
 def train(records: Sequence[dict[str, Any]], base_model: str, out_dir: str | Path, settings: TrainConfig) -> TrainResult:
     """Train ``base_model`` on export ``records`` of ``settings.format`` with the pinned trainer
     and save the model and tokenizer to ``out_dir`` (with ``prmforge_train.json``)."""
@@ -319,7 +326,10 @@ def train(records: Sequence[dict[str, Any]], base_model: str, out_dir: str | Pat
             raise InputError(f"--base-model {base_model}: the tokenizer has no chat template (generative training renders chat messages)")
         labeled = None
         model = AutoModelForCausalLM.from_pretrained(base_model)
-        args = SFTConfig(**_trainer_arguments(settings, out_dir), max_length=settings.max_length)
+        # Loss on the assistant turns (the rationales and verdicts) only, where the chat template
+        # marks them ({% generation %}); otherwise on the whole conversation (trl's default).
+        args = SFTConfig(**_trainer_arguments(settings, out_dir), max_length=settings.max_length,
+                         assistant_only_loss=marks_assistant_turns(tokenizer.chat_template))
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     trainer.train()
     return _finish(trainer, tokenizer, out_dir, settings, base_model, len(records), started, labeled)
@@ -376,7 +386,9 @@ class PRMScorer:
 
 #: A minimal chat template (role tags) for the tiny model; real chat models bring their own.
 TINY_CHAT_TEMPLATE = (
-    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>\n{% endfor %}"
+    "{% for message in messages %}<|{{ message['role'] }}|>"
+    "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] }}<|end|>{% endgeneration %}"
+    "{% else %}{{ message['content'] }}<|end|>{% endif %}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 

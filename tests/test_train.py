@@ -32,6 +32,7 @@ from labelers.training import (  # noqa: E402
     PRMScorer,
     check_prm_alignment,
     check_step_tags,
+    marks_assistant_turns,
     read_export,
     step_tag_labels,
     tokenize_prm_row,
@@ -127,6 +128,9 @@ def test_generative_export_trains_with_sft(built, tmp_path):
     result = train(built["records"]["generative"], built["base"], tmp_path / "gen", settings)
     assert result.global_steps == 2 and all(math.isfinite(x) and x > 0 for x in result.losses)
     assert (tmp_path / "gen" / "prmforge_train.json").is_file()
+    # the tiny template marks assistant turns, so the loss is on rationales and verdicts only
+    assert marks_assistant_turns(_tokenizer(built["base"]).chat_template)
+    assert not marks_assistant_turns("{% for m in messages %}{{ m['content'] }}{% endfor %}")
 
 
 def test_math_shepherd_step_tag_is_one_token_once_per_step_with_its_label(built):
