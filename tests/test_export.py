@@ -343,3 +343,28 @@ def test_hard_math_shepherd_value_column_matches_the_tags(data_root, tmp_path):
     for record in pq.read_table(out).to_pylist():
         labels = parse_math_shepherd(record["input"], record["label"])
         assert record["value"] == ["+" if x else "-" for x in labels]
+
+
+def test_negative_after_first_error_says_when_the_build_truncated(tmp_path):
+    from data_schemas.manifest import finish_build, start_build
+    from data_schemas.shards import ShardWriter
+    from data_schemas.synthetic import synthetic_batch
+
+    # a build made with fuse.after_first_error = "truncate": no rows after a path's first error
+    batch = synthetic_batch("t1", "gsm8k", 0)
+    first_error = {}
+    for row in batch.steps:
+        if row.is_first_error:
+            first_error[(row.problem_id, row.path_id)] = row.step_index
+    kept = [r for r in batch.steps if r.step_index <= first_error.get((r.problem_id, r.path_id), r.step_index)]
+    cut = {k for k, index in first_error.items()
+           if any(r.step_index > index for r in batch.steps if (r.problem_id, r.path_id) == k)}
+    assert cut  # the synthetic batch has paths with steps after their first error
+    manifest = start_build(tmp_path, "t1", {"name": "truncated"}, policy_model="m")
+    shards = ShardWriter(tmp_path, "t1").write_batch("gsm8k", "b0", kept, batch.nodes, batch.outcomes)
+    finish_build(tmp_path, manifest, shards)
+    with Catalog(tmp_path) as catalog:
+        result = export_paths(catalog, "trl", str(tmp_path / "n.parquet"))
+    assert result.after_first_error == "negative"
+    assert result.metadata["paths_truncated_by_build"] == len(cut)
+    assert any("truncated after their first error by the build" in note for note in result.notes)
