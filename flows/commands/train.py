@@ -32,7 +32,7 @@ def train(
     seed: int = typer.Option(0, "--seed", help="Training seed."),
     check_only: bool = typer.Option(False, "--check-only", help="Only tokenize the export as the trainer would and check the label positions."),
 ) -> None:
-    """Train a PRM on prmforge data with trl 1.13.0 (pip install -e '.[train]')."""
+    r"""Train a PRM on prmforge data with trl 1.13.0 (needs the train extra: pip install -e '.\[train]')."""
     from labelers.config import TrainConfig
     from labelers.training import check_prm_dataset, check_step_tags, export_format, load_tokenizer, read_export, require_training_packages
 
