@@ -280,9 +280,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--served-model-name", default=None, help="name clients use (default: --model)")
     parser.add_argument("--n-ctx", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=None)
+    # Which requests share a batch depends on when they arrive; batched decoding can round a
+    # row differently in another batch (docs/generation.md, "Seeds and determinism"), so the
+    # server decodes one sequence at a time unless asked: then a seeded request gives the same
+    # text however the requests were timed.
+    parser.add_argument("--decode", choices=("sequential", "batched"), default="sequential",
+                        help="sequential (default: texts independent of request timing) or batched (faster)")
     args = parser.parse_args(argv)
     try:
-        policy = EmbeddedPolicy(args.model, n_ctx=args.n_ctx, n_threads=args.threads)
+        policy = EmbeddedPolicy(args.model, n_ctx=args.n_ctx, n_threads=args.threads, decode=args.decode)
     except PrmforgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
