@@ -184,3 +184,14 @@ def test_doctor_reports_a_crashing_build_with_the_fix(crashing_llama, monkeypatc
     assert not item.ok
     assert "killed by SIGSEGV" in item.detail and "AMX_INT8" in item.detail
     assert f"{INSTALL_COMMAND} --force" in (item.hint or "")
+
+
+def test_default_threads_follow_the_load(monkeypatch):
+    """All cores on an idle machine, half when another process keeps a core busy."""
+    from labelers.policy import embedded
+
+    monkeypatch.setattr(embedded.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(embedded.os, "getloadavg", lambda: (0.9, 0.0, 0.0))
+    assert embedded.default_threads() == 4
+    monkeypatch.setattr(embedded.os, "getloadavg", lambda: (3.6, 0.0, 0.0))
+    assert embedded.default_threads() == 2
