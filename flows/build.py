@@ -39,11 +39,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.futures import as_completed
 
+from data_schemas.datasets import ClaimHeartbeat, utc_now_precise
 from data_schemas.errors import ConfigError, PrmforgeError
 from data_schemas.manifest import Manifest, finish_build, read_manifest, start_build, write_manifest
 from data_schemas.problems import bundled_problems_path, load_problems
 from data_schemas.records import NodeRow, Problem, ProblemOutcome, StepRow
 from data_schemas.shards import ShardInfo, ShardWriter, file_sha256, read_shard, resolve_root
+from flows.datasets import plan_dataset_build, planned_problems
 from flows.progress import BuildProgress, BuildSummary
 from flows.resources import PROCESS_RESOURCES, PolicyFactorySpec, factory_label
 from flows.runners import make_task_runner
@@ -313,8 +315,11 @@ def build_dataset(
     build_id = build_id or unused_build_id(root, new_build_id(config))
     reporter: BuildProgress | None = progress
     problems, skipped_rows, duplicate_rows = load_build_problems(config)
-    batches = make_batches(problems, config.output.batch_size)
+    input_problems = len(problems)
     manifest, resumed = _open_manifest(root, build_id, config)
+    if manifest.dataset is not None:  # a dataset build labels what its plan chose (flows/datasets.py)
+        problems = planned_problems(problems, manifest, config)
+    batches = make_batches(problems, config.output.batch_size)
     if resumed:
         ShardWriter(root, build_id).remove_temp_files()  # left by a killed writer of this build
 
@@ -396,13 +401,15 @@ def build_dataset(
     lean_checked = sum(1 for row in steps_seen if row.lean_state in ("proved", "disproved"))
     if model_ids:
         manifest = replace(manifest, policy_model=",".join(sorted(model_ids)))
+    if manifest.dataset is not None:
+        manifest = replace(manifest, dataset={**manifest.dataset, "completed_at": utc_now_precise()})
     final = finish_build(
         root,
         manifest,
         shards,
         status="complete",
         extra_counts={
-            "input": {"problems": len(problems), "skipped_rows": skipped_rows, "duplicate_rows": duplicate_rows},
+            "input": {"problems": input_problems, "skipped_rows": skipped_rows, "duplicate_rows": duplicate_rows},
             "pipeline": dict(sorted(pipeline_counters.items())),
             "verification": {"steps": len(steps_seen), "tool_checked": tool_checked, "lean_checked": lean_checked},
             "run": {
@@ -441,6 +448,8 @@ def build_dataset(
         generation_seconds=generation_seconds,
         wall_seconds=wall_seconds,
         failures=failures,
+        dataset=(manifest.dataset or {}).get("name"),
+        dataset_plan=dict((manifest.dataset or {}).get("plan") or {}),
     )
     if reporter is not None:
         reporter.stop()
@@ -454,12 +463,39 @@ def run_build(
     progress: BuildProgress | None = None,
     reuse_written_shards: bool = True,
     release_resources: bool = True,
+    relabel: bool = False,
+    relabel_where: str | None = None,
 ) -> BuildSummary:
     """Run ``build_dataset`` with the task runner ``config.flow`` asks for.
 
     ``release_resources`` closes the models this process loaded (thread runner) when the build
     ends; a long-lived caller that runs many builds (``serve``) may keep them.
+
+    With ``config.output.dataset``, a new build is first planned against the dataset (only new
+    or changed problems; ``relabel`` forces held ones, all or those matching ``relabel_where``
+    over ``dataset_problems``) and claims its problems while it runs; a build with nothing to
+    label is recorded as an empty complete build without starting Prefect. An existing
+    ``build_id`` resumes that build with its own plan.
     """
+    heartbeat: ClaimHeartbeat | None = None
+    dataset = config.output.dataset
+    if dataset is not None:
+        existing = _existing_manifest(config.output.root, build_id) if build_id is not None else None
+        if existing is None:  # a new build of the dataset: plan it (resume keeps its plan)
+            build_id = build_id or unused_build_id(config.output.root, new_build_id(config))
+            problems, skipped_rows, duplicate_rows = load_build_problems(config)
+            plan, manifest = plan_dataset_build(config, problems, build_id, relabel, relabel_where)
+            if not plan.selected:
+                return _nothing_new(config, manifest, len(problems), skipped_rows, duplicate_rows)
+            planned = list(plan.selected)
+        elif existing.dataset is not None:
+            planned = list(existing.dataset.get("labeling_keys") or {})
+        else:
+            planned = []
+        if planned:
+            heartbeat = ClaimHeartbeat(config.output.root, dataset, build_id, planned, config.output.claim_lease_s).start()
+    elif relabel or relabel_where is not None:
+        raise ConfigError("--relabel and --where apply to a dataset build: give --dataset NAME")
     runner = make_task_runner(config.flow)
     configured = build_dataset.with_options(task_runner=runner)
     try:
@@ -471,8 +507,64 @@ def run_build(
             reuse_written_shards=reuse_written_shards,
         )
     finally:
+        if heartbeat is not None:
+            heartbeat.stop()  # after the final manifest: the problems are never unclaimed and unlabeled
         if release_resources:
             PROCESS_RESOURCES.close_all()
+
+
+def _existing_manifest(root: str, build_id: str) -> Manifest | None:
+    try:
+        return read_manifest(root, build_id, allow_incomplete=True)
+    except PrmforgeError as error:
+        if "missing" in str(error):
+            return None
+        raise
+
+
+def _nothing_new(
+    config: BuildConfig,
+    manifest: Manifest,
+    input_problems: int,
+    skipped_rows: int,
+    duplicate_rows: int,
+) -> BuildSummary:
+    """Finish a dataset build that found nothing to label as an empty complete build (no Prefect)."""
+    root = config.output.root
+    dataset = {**(manifest.dataset or {}), "completed_at": utc_now_precise()}
+    final = finish_build(
+        root,
+        replace(manifest, dataset=dataset),
+        [],
+        extra_counts={"input": {"problems": input_problems, "skipped_rows": skipped_rows, "duplicate_rows": duplicate_rows}},
+    )
+    data_root = resolve_root(root)
+    return BuildSummary(
+        build_id=final.build_id,
+        status=final.status,
+        root=root,
+        manifest_path=data_root.join("builds", final.build_id, "manifest.json"),
+        shards_dir=data_root.join("builds", final.build_id),
+        shard_files=0,
+        problems_total=0,
+        problems_failed=0,
+        problems_skipped=0,
+        input_rows_skipped=skipped_rows,
+        batches_total=0,
+        batches_reused=0,
+        steps=0,
+        positive_steps=0,
+        tool_checked_steps=0,
+        lean_checked_steps=0,
+        rollouts=0,
+        prompt_tokens=0,
+        completion_tokens=0,
+        generation_seconds=0.0,
+        wall_seconds=0.0,
+        failures=(),
+        dataset=dataset["name"],
+        dataset_plan=dict(dataset.get("plan") or {}),
+    )
 
 
 def live_usage_probe() -> Callable[[], TokenUsage]:
