@@ -72,7 +72,9 @@ def compact_dataset(root: str | DataRoot, name: str, row_group_rows: int = DEFAU
             table = VIEWS[base][0]
             order = "source, problem_id, path_id, step_index" if base == "steps" else "source, problem_id"
             relation = catalog.relation(f"SELECT * FROM {view} ORDER BY {order}")
-            reader = relation.fetch_arrow_reader(row_group_rows) if hasattr(relation, "fetch_arrow_reader") else relation.fetch_record_batch(row_group_rows)
+            # to_arrow_reader on DuckDB >= 1.4 (fetch_record_batch before).
+            reader = getattr(relation, "to_arrow_reader", None) or relation.fetch_record_batch
+            reader = reader(row_group_rows)
             schema = reader.schema.with_metadata({SCHEMA_VERSION_KEY: SCHEMA_VERSION.encode(), b"prmforge.dataset": name.encode()})
             path = f"{dataset_dir(name)}/compacted/{generation}/{table}/part-00000.parquet"
             rows, size, digest = write_chunks_atomic(

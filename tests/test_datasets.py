@@ -227,7 +227,12 @@ def test_compaction_keeps_rows_lineage_and_checksums(relabeled_dataset, tmp_path
         assert reader.connection.sql("SELECT * FROM dataset_steps ORDER BY ALL").fetchall() == before
     assert dataset_rows(root) == before
     assert again.compaction.covered_builds == ["a-1", "a-2", "a-3"]
-    assert again.generations_removed == 1  # the oldest; the previous one stays for open readers
+    assert again.generations_removed == 0  # the previous generation stays for readers that opened it
+    third = compact_dataset(str(root), "nightly")
+    assert third.generations_removed == 1 and third.files_before == 3  # the compacted files only
+    generations = sorted(p.name for p in (root / "datasets" / "nightly" / "compacted").iterdir())
+    assert generations == sorted([again.compaction.generation, third.compaction.generation])
+    again = third
 
     # A damaged compacted file is named.
     damaged = root / again.compaction.files[0].path
