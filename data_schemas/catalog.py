@@ -47,7 +47,7 @@ from data_schemas.datasets import (
 )
 from data_schemas.errors import PrmforgeError
 from data_schemas.manifest import Manifest, list_builds, read_manifest
-from data_schemas.schemas import NODES, OUTCOMES, STEPS
+from data_schemas.schemas import DATASET_LINEAGE, NODES, OUTCOMES, STEPS
 from data_schemas.shards import DataRoot, check_schema_version, list_shards, resolve_root
 
 #: view name -> (shard table directory, schema)
@@ -58,16 +58,7 @@ VIEWS: dict[str, tuple[str, pa.Schema]] = {
 }
 
 #: Lineage columns the dataset views add to every row: where and how the row was made.
-LINEAGE_SCHEMA = pa.schema(
-    [
-        ("labeling_key", pa.string()),
-        ("build_finished_at", pa.timestamp("us", tz="UTC")),
-        ("policy_model", pa.string()),
-        ("config_hash", pa.string()),
-        ("prmforge_version", pa.string()),
-        ("git_revision", pa.string()),
-    ]
-)
+LINEAGE_SCHEMA = DATASET_LINEAGE.remove_metadata()
 MEMBERS_SCHEMA = pa.schema([("build_id", pa.string()), ("problem_id", pa.string()), *LINEAGE_SCHEMA])
 #: dataset view -> base view / shard table it extends
 DATASET_VIEWS: dict[str, str] = {"dataset_steps": "steps", "dataset_nodes": "nodes", "dataset_problems": "problems"}
