@@ -361,3 +361,42 @@ def test_relabel_where_and_user_errors(relabeled_dataset):
     summary = run_build(dataset_config(root, problems, "search.mc_rollouts=3"), relabel=True, relabel_where="false", policy_factory=FACTORY)
     assert summary.problems_total == 0 and summary.dataset_plan["already_labeled"] == 3
     assert len([m for m in list_builds(str(root)) if m.dataset]) >= 4
+
+
+def test_dataset_choice_on_the_command_line(tmp_path):
+    from flows.commands.build import with_dataset
+    from flows.config_load import config_from_parts
+
+    preset = load_build_config(preset="small")
+    assert with_dataset(preset, None, False, "small").output.dataset == "small"  # the preset's name
+    assert with_dataset(preset, "nightly", False, "small").output.dataset == "nightly"
+    assert with_dataset(preset, None, True, "small").output.dataset is None
+    assert with_dataset(load_build_config(), None, False, None).output.dataset is None  # no preset: standalone
+    from_file = load_build_config(preset="small", overrides=["output.dataset=mine"])
+    assert with_dataset(from_file, None, False, "small").output.dataset == "mine"
+    with pytest.raises(PrmforgeError, match="invalid dataset name"):
+        with_dataset(preset, "../x", False, None)
+    with pytest.raises(ConfigError, match="not both"):
+        with_dataset(preset, "x", True, None)
+    # serve passes the dataset to its scheduled runs as a quoted override (a digit-only name stays a string)
+    assert config_from_parts("small", None, ['output.dataset="2024"']).output.dataset == "2024"
+    result = run_cli("build", "--resume", "b", "--dataset", "x", "--root", str(tmp_path))
+    assert result.exit_code != 0 and "--resume takes the build's own config" in str(result.exception)
+
+
+def test_datasets_export_and_stats_cli(relabeled_dataset, tmp_path):
+    root, _, _ = relabeled_dataset
+    listing = run_cli("datasets", "--root", str(root))
+    assert listing.exit_code == 0, listing.output
+    assert "nightly" in listing.output
+    out = tmp_path / "trl.jsonl"
+    exported = run_cli("export", "--dataset", "nightly", "--format", "trl", "--out", str(out), "--root", str(root))
+    assert exported.exit_code == 0, exported.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["build_id"] for r in records} == {"a-3"}  # the latest labeling of every problem
+    with Catalog(str(root), dataset="nightly") as catalog:
+        paths = catalog.query("SELECT count(DISTINCT (problem_id, path_id)) FROM dataset_steps").column(0)[0].as_py()
+    assert len(records) == paths
+    stats = run_cli("stats", "--dataset", "nightly", "--root", str(root))
+    assert stats.exit_code == 0, stats.output
+    assert "builds: a-1, a-2, a-3" in stats.output
