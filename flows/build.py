@@ -21,6 +21,7 @@ deterministic, so no row is ever written twice.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import re
@@ -40,9 +41,9 @@ from prefect.context import TaskRunContext
 from prefect.futures import as_completed
 
 from data_schemas.datasets import ClaimHeartbeat, utc_now_precise
-from data_schemas.errors import ConfigError, PrmforgeError
+from data_schemas.errors import ConfigError, InputError, PrmforgeError
 from data_schemas.manifest import Manifest, finish_build, read_manifest, start_build, write_manifest
-from data_schemas.problems import bundled_problems_path, load_problems
+from data_schemas.problems import FILE_TYPES, bundled_problems_path, load_problems
 from data_schemas.records import NodeRow, Problem, ProblemOutcome, StepRow
 from data_schemas.shards import ShardInfo, ShardWriter, file_sha256, read_shard, resolve_root
 from flows.datasets import plan_dataset_build, planned_problems
@@ -114,19 +115,54 @@ def unused_build_id(root: str, candidate: str) -> str:
     return build_id
 
 
+def problem_files(spec: str) -> list[Path]:
+    """The files ``problems.path`` names: one file, every problem file in a folder, or a glob.
+
+    Folder and glob matches are sorted by name and filtered to the known problem file types, so
+    a scheduled dataset build picks up files added since the last run.
+    """
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FILE_TYPES and not p.name.startswith("."))
+    elif any(char in spec for char in "*?["):
+        matches = glob.glob(str(Path(spec).expanduser()), recursive=True)
+        files = sorted(Path(m) for m in matches if Path(m).is_file() and Path(m).suffix.lower() in FILE_TYPES)
+    else:
+        return [path]
+    if not files:
+        raise InputError(f"{spec}: no problem files ({', '.join(FILE_TYPES)}) there")
+    return files
+
+
 def load_build_problems(config: BuildConfig) -> tuple[list[Problem], int, int]:
-    """(problems after ``limit``, input rows skipped as invalid, duplicate rows dropped)."""
+    """(problems after ``limit``, input rows skipped as invalid, duplicate rows dropped).
+
+    Several files (a folder or a glob) are read in name order; a problem id seen in an earlier
+    file is a duplicate like one repeated within a file.
+    """
     section = config.problems
-    path = bundled_problems_path() if section.path == "bundled" else Path(section.path).expanduser()
-    loaded = load_problems(
-        path,
-        format=section.format,
-        source=section.source,
-        columns=section.columns or None,
-        skip_invalid=section.skip_invalid,
-    )
-    problems = loaded.problems[: section.limit] if section.limit is not None else loaded.problems
-    return problems, len(loaded.skipped), len(loaded.duplicates)
+    files = [bundled_problems_path()] if section.path == "bundled" else problem_files(section.path)
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    skipped = duplicates = 0
+    for path in files:
+        loaded = load_problems(
+            path,
+            format=section.format,
+            source=section.source,
+            columns=section.columns or None,
+            skip_invalid=section.skip_invalid,
+        )
+        skipped += len(loaded.skipped)
+        duplicates += len(loaded.duplicates)
+        for problem in loaded.problems:
+            if problem.problem_id in seen:
+                duplicates += 1
+                continue
+            seen.add(problem.problem_id)
+            problems.append(problem)
+    problems = problems[: section.limit] if section.limit is not None else problems
+    return problems, skipped, duplicates
 
 
 def results_storage(root: str, build_id: str) -> Any:

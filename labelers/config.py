@@ -21,7 +21,8 @@ class _Section(BaseModel):
 class ProblemsConfig(_Section):
     """Where problems come from."""
 
-    # "bundled" = the small GSM8K + MATH-500 set shipped inside the package.
+    # "bundled" = the small GSM8K + MATH-500 set shipped inside the package; else a file, a
+    # folder (every problem file in it) or a glob ("data/*.jsonl"), read in name order.
     path: str = "bundled"
     format: Literal["auto", "gsm8k", "math", "generic"] = "auto"
     source: str | None = None  # source name recorded in rows; default: derived from format/file

@@ -400,3 +400,21 @@ def test_datasets_export_and_stats_cli(relabeled_dataset, tmp_path):
     stats = run_cli("stats", "--dataset", "nightly", "--root", str(root))
     assert stats.exit_code == 0, stats.output
     assert "builds: a-1, a-2, a-3" in stats.output
+
+
+def test_new_files_in_a_problem_folder_are_picked_up(tmp_path):
+    root, folder = tmp_path / "data", tmp_path / "incoming"
+    folder.mkdir()
+    write_problems(folder / "day1.jsonl", 0, 2)
+    first = run_build(dataset_config(root, folder), policy_factory=FACTORY)
+    write_problems(folder / "day2.jsonl", 2, 3)
+    (folder / "notes.txt").write_text("not a problem file")
+    second = run_build(dataset_config(root, Path(str(folder / "day*.jsonl"))), policy_factory=FACTORY)
+    assert first.dataset_plan["new"] == 2 and second.dataset_plan == {
+        "new": 1, "changed": 0, "relabeled": 0, "already_labeled": 2, "claimed_elsewhere": 0
+    }
+    assert len(labeled_ids(root, second.build_id)) == 1
+    from data_schemas.errors import InputError
+
+    with pytest.raises(InputError, match="no problem files"):
+        run_build(dataset_config(root, tmp_path / "nothing-*.jsonl"), policy_factory=FACTORY)
