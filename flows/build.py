@@ -47,7 +47,7 @@ from data_schemas.problems import FILE_TYPES, bundled_problems_path, load_proble
 from data_schemas.records import NodeRow, Problem, ProblemOutcome, StepRow
 from data_schemas.shards import ShardInfo, ShardWriter, file_sha256, read_shard, resolve_root
 from flows.datasets import plan_dataset_build, planned_problems
-from flows.progress import BuildProgress, BuildSummary
+from flows.progress import BuildProgress, BuildSummary, dataset_plan_line
 from flows.resources import PROCESS_RESOURCES, PolicyFactorySpec, factory_label
 from flows.runners import make_task_runner
 from labelers.config import BuildConfig
@@ -518,16 +518,11 @@ def run_build(
     if dataset is not None:
         existing = _existing_manifest(config.output.root, build_id) if build_id is not None else None
         if existing is None:  # a new build of the dataset: plan it (resume keeps its plan)
-            build_id = build_id or unused_build_id(config.output.root, new_build_id(config))
-            problems, skipped_rows, duplicate_rows = load_build_problems(config)
-            plan, manifest = plan_dataset_build(config, problems, build_id, relabel, relabel_where)
-            if not plan.selected:
-                return _nothing_new(config, manifest, len(problems), skipped_rows, duplicate_rows)
-            planned = list(plan.selected)
-        elif existing.dataset is not None:
-            planned = list(existing.dataset.get("labeling_keys") or {})
-        else:
-            planned = []
+            build_id, nothing_new = start_dataset_build(config, build_id, relabel, relabel_where)
+            if nothing_new is not None:
+                return nothing_new
+            existing = read_manifest(config.output.root, build_id, allow_incomplete=True)
+        planned = list((existing.dataset or {}).get("labeling_keys") or {})
         if planned:
             heartbeat = ClaimHeartbeat(config.output.root, dataset, build_id, planned, config.output.claim_lease_s).start()
     elif relabel or relabel_where is not None:
@@ -547,6 +542,24 @@ def run_build(
             heartbeat.stop()  # after the final manifest: the problems are never unclaimed and unlabeled
         if release_resources:
             PROCESS_RESOURCES.close_all()
+
+
+def start_dataset_build(
+    config: BuildConfig, build_id: str | None = None, relabel: bool = False, relabel_where: str | None = None
+) -> tuple[str, BuildSummary | None]:
+    """Plan a new build of ``config.output.dataset`` (flows/datasets.py) before any model loads.
+
+    Returns (build id, None) when the build has problems to label: its running manifest and
+    claim are written, and ``run_build(config, build_id=...)`` labels them. Returns (build id,
+    summary) when there is nothing to label: the build is already finished as an empty complete
+    build (no Prefect, no model).
+    """
+    build_id = build_id or unused_build_id(config.output.root, new_build_id(config))
+    problems, skipped_rows, duplicate_rows = load_build_problems(config)
+    plan, manifest = plan_dataset_build(config, problems, build_id, relabel, relabel_where)
+    if plan.selected:
+        return build_id, None
+    return build_id, _nothing_new(config, manifest, len(problems), skipped_rows, duplicate_rows)
 
 
 def _existing_manifest(root: str, build_id: str) -> Manifest | None:
@@ -617,7 +630,8 @@ def scheduled_build(
 ) -> BuildSummary:
     """Deployment entry point: a fresh build from a preset and/or a config mapping + overrides.
 
-    Each run gets a new build id. The batch tasks run on the task runner ``flow.task_runner``
+    Each run gets a new build id; with ``output.dataset`` it labels only what the dataset does
+    not hold yet and prints what it planned (new, changed, relabeled, already labeled). The batch tasks run on the task runner ``flow.task_runner``
     asks for (the labeling flow runs as a subflow with that runner). ``policy_factory``:
     ``"module:function"`` making a custom Policy from the policy config (None: the built-in
     backends).
@@ -625,7 +639,10 @@ def scheduled_build(
     from flows.config_load import config_from_parts
 
     build_config = config_from_parts(preset, config, overrides or [])
-    return run_build(build_config, policy_factory=policy_factory, release_resources=False)
+    summary = run_build(build_config, policy_factory=policy_factory, release_resources=False)
+    if summary.dataset is not None:  # what a scheduled run did, on the serving process's stdout
+        print(f"build {summary.build_id} ({summary.status}), dataset {dataset_plan_line(summary.dataset, summary.dataset_plan)}", flush=True)
+    return summary
 
 
 def make_deployment(

@@ -113,7 +113,9 @@ def dataset_plan_line(dataset: str, plan: dict[str, int]) -> str:
 
 
 def summary_table(summary: BuildSummary) -> Table:
-    table = Table(title=f"build {summary.build_id}: {summary.status}", show_header=False, title_justify="left")
+    nothing_new = summary.dataset is not None and summary.problems_total == 0
+    title = f"build {summary.build_id}: {summary.status}" + (" (nothing new to label)" if nothing_new else "")
+    table = Table(title=title, show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value", overflow="fold")  # paths wrap, never cut with an ellipsis
     labeled = summary.problems_total - summary.problems_failed - summary.problems_skipped

@@ -385,7 +385,7 @@ def test_dataset_choice_on_the_command_line(tmp_path):
 
 
 def test_datasets_export_and_stats_cli(relabeled_dataset, tmp_path):
-    root, _, _ = relabeled_dataset
+    root, problems, _ = relabeled_dataset
     listing = run_cli("datasets", "--root", str(root))
     assert listing.exit_code == 0, listing.output
     assert "nightly" in listing.output
@@ -397,9 +397,14 @@ def test_datasets_export_and_stats_cli(relabeled_dataset, tmp_path):
     with Catalog(str(root), dataset="nightly") as catalog:
         paths = catalog.query("SELECT count(DISTINCT (problem_id, path_id)) FROM dataset_steps").column(0)[0].as_py()
     assert len(records) == paths
+    # The CLI with nothing new: says so, loads no model, starts no Prefect.
+    sets = [arg for o in overrides(root, problems, "search.mc_rollouts=3") for arg in ("--set", o)]
+    again = run_cli("build", "--preset", "small", *sets)
+    assert again.exit_code == 0, again.output
+    assert "nothing new to label" in again.output and "3 already labeled" in again.output
     stats = run_cli("stats", "--dataset", "nightly", "--root", str(root))
     assert stats.exit_code == 0, stats.output
-    assert "builds: a-1, a-2, a-3" in stats.output
+    assert "builds: a-1, a-2, a-3" in stats.output.replace("\n", " ")
 
 
 def test_new_files_in_a_problem_folder_are_picked_up(tmp_path):
@@ -418,3 +423,12 @@ def test_new_files_in_a_problem_folder_are_picked_up(tmp_path):
 
     with pytest.raises(InputError, match="no problem files"):
         run_build(dataset_config(root, tmp_path / "nothing-*.jsonl"), policy_factory=FACTORY)
+
+
+def test_scheduled_run_of_a_dataset_reports_its_plan(relabeled_dataset, capsys):
+    from flows.build import scheduled_build
+
+    root, problems, _ = relabeled_dataset
+    summary = scheduled_build(preset="small", overrides=overrides(root, problems, "search.mc_rollouts=3"), policy_factory=FACTORY)
+    assert summary.dataset == "nightly" and summary.problems_total == 0
+    assert "3 already labeled (skipped) - nothing new to label" in capsys.readouterr().out

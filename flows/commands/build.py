@@ -119,15 +119,22 @@ def build(
         )
         config = with_dataset(config, dataset, no_dataset, preset)
     configure_prefect_environment(config.output.root, verbose=verbose)
-    from flows.build import live_usage_probe, run_build
+    from flows.build import live_usage_probe, run_build, start_dataset_build
     from flows.progress import BuildProgress
     from flows.resources import PROCESS_RESOURCES, prewarm
 
+    progress = BuildProgress(stream=sys.stdout, live_usage=live_usage_probe() if config.flow.task_runner == "threads" else None)
+    build_id = resume
+    if config.output.dataset is not None and resume is None:
+        build_id, nothing_new = start_dataset_build(config, relabel=relabel, relabel_where=where)  # before loading a model
+        if nothing_new is not None:
+            progress.print_summary(nothing_new)
+            return
+    elif relabel or where is not None:
+        raise ConfigError("--relabel and --where apply to a dataset build: give --dataset NAME")
     if config.flow.task_runner == "threads":  # the tasks run in this process: load while Prefect starts
         prewarm(PROCESS_RESOURCES, config)
-
-    progress = BuildProgress(stream=sys.stdout, live_usage=live_usage_probe() if config.flow.task_runner == "threads" else None)
-    summary = run_build(config, build_id=resume, progress=progress, relabel=relabel, relabel_where=where)
+    summary = run_build(config, build_id=build_id, progress=progress)
     progress.print_summary(summary)
 
 
