@@ -88,6 +88,24 @@ def run_cli(*args: str):
     return CliRunner().invoke(app, list(args), catch_exceptions=True)
 
 
+def running_prefect_api() -> dict[str, str]:
+    """PREFECT_API_URL of this process's temporary Prefect server when one runs (else nothing).
+
+    A subprocess build pointed at it skips starting its own server (10-20 s on a busy machine).
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        return {}
+    try:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()
+        if server.running:
+            return {"PREFECT_API_URL": server.api_url}
+    except (ImportError, AttributeError):
+        pass
+    return {}
+
+
 GROW_SCRIPT = """
 import sys
 from flows.build import run_build
@@ -101,14 +119,14 @@ run_build(config, build_id=sys.argv[2], policy_factory=sys.argv[1])
 def test_dataset_grows_by_new_problems_survives_a_kill_and_skips_what_it_holds(tmp_path: Path):
     root, problems = tmp_path / "data", tmp_path / "problems.jsonl"
     write_problems(problems, 0, 10)
-    first = run_build(dataset_config(root, problems), build_id="night-1", policy_factory=FACTORY)
+    first = run_build(dataset_config(root, problems, "output.batch_size=5"), build_id="night-1", policy_factory=FACTORY)
     assert first.problems_total == 10 and first.dataset == "nightly" and first.dataset_plan["new"] == 10
     after_first = dataset_rows(root)
     first_ids = labeled_ids(root, "night-1")
 
     # Five problems appended; the second run is killed after its first batch's shards.
     write_problems(problems, 10, 15, mode="a")
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PYTHONPATH": str(REPO), **running_prefect_api()}
     process = subprocess.Popen(
         [sys.executable, "-c", GROW_SCRIPT, SLOW_FACTORY, "night-2", *overrides(root, problems, "output.batch_size=1")],
         cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
