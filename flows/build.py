@@ -40,7 +40,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.futures import as_completed
 
-from data_schemas.datasets import ClaimHeartbeat, utc_now_precise
+from data_schemas.datasets import ClaimHeartbeat, remove_claim, utc_now_precise
 from data_schemas.errors import ConfigError, InputError, PrmforgeError
 from data_schemas.manifest import Manifest, finish_build, read_manifest, start_build, write_manifest
 from data_schemas.problems import FILE_TYPES, bundled_problems_path, load_problems
@@ -560,6 +560,15 @@ def start_dataset_build(
     if plan.selected:
         return build_id, None
     return build_id, _nothing_new(config, manifest, len(problems), skipped_rows, duplicate_rows)
+
+
+def abandon_dataset_build(config: BuildConfig, build_id: str, error: BaseException) -> None:
+    """A planned dataset build that cannot start: record it ``failed`` and release its claim."""
+    root = config.output.root
+    manifest = read_manifest(root, build_id, allow_incomplete=True)
+    finish_build(root, manifest, [], status="failed", error=f"{type(error).__name__}: {error}"[:2000])
+    if config.output.dataset is not None:
+        remove_claim(root, config.output.dataset, build_id)
 
 
 def _existing_manifest(root: str, build_id: str) -> Manifest | None:

@@ -45,7 +45,12 @@ class PolicyConfig(_Section):
     request_timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=4, ge=0)
     n_ctx: int = Field(default=4096, ge=512)  # embedded: context window
-    n_threads: int | None = Field(default=None, ge=1)  # embedded: default = half the cores (docs/generation.md)
+    n_threads: int | None = Field(default=None, ge=1)  # embedded: default in docs/generation.md ("Threads")
+    # embedded: "batched" decodes up to max_sequences completions per llama.cpp call in a KV
+    # cache of kv_cells cells (continuous batching); "sequential" one completion at a time.
+    decode: Literal["batched", "sequential"] = "batched"
+    max_sequences: int = Field(default=32, ge=1, le=255)
+    kv_cells: int = Field(default=16384, ge=512)
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)  # vllm
     enable_prefix_caching: bool = True  # vllm
     temperature: float = Field(default=0.8, ge=0)

@@ -25,9 +25,10 @@ def pool():
     models.close()
 
 
-@pytest.fixture(scope="module")
-def policy(pool: ModelPool) -> EmbeddedPolicy:
-    return EmbeddedPolicy("small", n_ctx=1024, pool=pool)
+@pytest.fixture(scope="module", params=["batched", "sequential"])
+def policy(pool: ModelPool, request: pytest.FixtureRequest) -> EmbeddedPolicy:
+    """The same tests hold for both decode modes (batched is the default)."""
+    return EmbeddedPolicy("small", n_ctx=1024, pool=pool, decode=request.param)
 
 
 def _step_request(steps: list[str], **fields) -> GenerationRequest:
@@ -80,8 +81,9 @@ def test_same_seed_same_text_independent_of_batch(policy: EmbeddedPolicy) -> Non
 
 
 @pytest.mark.slow
-def test_rollouts_reuse_the_shared_prefix(pool: ModelPool) -> None:
-    policy = EmbeddedPolicy("small", n_ctx=1024, pool=pool)
+@pytest.mark.parametrize("decode", ["batched", "sequential"])
+def test_rollouts_reuse_the_shared_prefix(pool: ModelPool, decode: str) -> None:
+    policy = EmbeddedPolicy("small", n_ctx=1024, pool=pool, decode=decode)
     request = _step_request([], n=4, max_tokens=4, stop=())
     [result] = policy.generate([request])
     assert len(result.completions) == 4
@@ -111,6 +113,63 @@ def test_factory_and_pool_load_the_model_once(pool: ModelPool) -> None:
     assert first.model_id == "Qwen2.5-Coder-0.5B-Instruct-Q4_K_M"
     assert len(pool) == max(loaded, 1)
     assert second.n_ctx == 1024
+
+
+@pytest.mark.slow
+def test_each_sequence_keeps_its_own_stop_strings_and_token_limit(pool: ModelPool) -> None:
+    policy = EmbeddedPolicy("small", n_ctx=1024, pool=pool)
+    short = _step_request([], max_tokens=3, stop=())
+    stepped = _step_request([], max_tokens=48, stop=("apples",))
+    free = _step_request([], max_tokens=12, stop=(), temperature=1.0, n=3, seed=5)
+    results = policy.generate([short, stepped, free])
+    assert [len(r.completions) for r in results] == [1, 1, 3]
+    assert results[0].completions[0].finish_reason == "length" and results[0].completions[0].completion_tokens == 3
+    step = results[1].completions[0]
+    assert step.finish_reason == "stop" and 0 < step.completion_tokens < 48 and "\nStep " not in step.text
+    assert all(c.finish_reason == "length" and c.completion_tokens == 12 for c in results[2].completions)
+    assert policy.usage.completion_tokens == sum(c.completion_tokens for r in results for c in r.completions)
+
+
+@pytest.mark.slow
+def test_a_sequence_finishing_early_does_not_disturb_the_others(pool: ModelPool) -> None:
+    policy = EmbeddedPolicy("small", n_ctx=1024, pool=pool)
+    long = _step_request([], max_tokens=40, stop=())
+    [alone] = policy.generate([long])
+    quick = _step_request(["Tom has 3 boxes."], max_tokens=2, stop=(), n=2, temperature=1.0, seed=3)
+    together = policy.generate([quick, long])
+    assert [c.completion_tokens for c in together[0].completions] == [2, 2]
+    assert together[1].completions[0].text == alone.completions[0].text
+    assert together[1].completions[0].completion_tokens == 40
+
+
+@pytest.mark.slow
+def test_batched_runs_repeat_exactly(pool: ModelPool) -> None:
+    policy = EmbeddedPolicy("small", n_ctx=1024, pool=pool)
+    requests = [_step_request([], n=4, temperature=1.0, seed=11), _step_request(["Tom has 36 apples."], n=4, temperature=1.0, seed=12)]
+    first = policy.generate(requests)
+    second = policy.generate(requests)
+    texts = [[c.text for c in r.completions] for r in first]
+    assert texts == [[c.text for c in r.completions] for r in second]
+    assert len({t for row in texts for t in row}) > 2  # sampled, not all one text
+
+
+@pytest.mark.slow
+def test_more_requests_than_sequences_stay_within_the_kv_budget(pool: ModelPool) -> None:
+    policy = EmbeddedPolicy("small", n_ctx=1024, pool=pool, max_sequences=3, kv_cells=1024)
+    requests = [_step_request(["Step %d." % i], n=2, max_tokens=16, stop=(), temperature=1.0, seed=i) for i in range(5)]
+    results = policy.generate(requests)
+    assert all(r.ok for r in results), [r.error for r in results]
+    for result in results:
+        assert len(result.completions) == 2
+        for completion in result.completions:
+            assert 0 < completion.completion_tokens <= 16
+            assert (completion.finish_reason == "length") == (completion.completion_tokens == 16)
+    decoder = policy._decoder
+    assert decoder is not None
+    assert decoder.peak_sequences <= 3 and decoder.peak_reserved_cells <= 1024
+    roomy = EmbeddedPolicy("small", n_ctx=1024, pool=pool, max_sequences=16, kv_cells=4096)
+    assert all(r.ok for r in roomy.generate(requests))
+    assert roomy._decoder is not None and roomy._decoder.peak_sequences == 10  # all at once
 
 
 def test_completion_seeds_are_distinct_and_stable() -> None:

@@ -15,7 +15,7 @@ import typer
 
 from data_schemas.errors import ConfigError
 from flows.config_load import load_build_config, parse_override, set_dotted, validate_config
-from flows.runners import configure_prefect_environment
+from flows.runners import configure_prefect_environment, parent_bound_api_server
 from labelers.config import BuildConfig
 
 CONFIG_OPTION = typer.Option(None, "--config", "-c", help="TOML build config file.", dir_okay=False)
@@ -119,23 +119,43 @@ def build(
         )
         config = with_dataset(config, dataset, no_dataset, preset)
     configure_prefect_environment(config.output.root, verbose=verbose)
-    from flows.build import live_usage_probe, run_build, start_dataset_build
-    from flows.progress import BuildProgress
-    from flows.resources import PROCESS_RESOURCES, prewarm
+    server = parent_bound_api_server()
+    try:
+        from flows.build import abandon_dataset_build, live_usage_probe, load_build_problems, run_build, start_dataset_build
+        from flows.progress import BuildProgress
+        from flows.resources import PROCESS_RESOURCES, prewarm
+        from labelers.policy.factory import check_policy_runs
 
-    progress = BuildProgress(stream=sys.stdout, live_usage=live_usage_probe() if config.flow.task_runner == "threads" else None)
-    build_id = resume
-    if config.output.dataset is not None and resume is None:
-        build_id, nothing_new = start_dataset_build(config, relabel=relabel, relabel_where=where)  # before loading a model
-        if nothing_new is not None:
-            progress.print_summary(nothing_new)
-            return
-    elif relabel or where is not None:
-        raise ConfigError("--relabel and --where apply to a dataset build: give --dataset NAME")
-    if config.flow.task_runner == "threads":  # the tasks run in this process: load while Prefect starts
-        prewarm(PROCESS_RESOURCES, config)
-    summary = run_build(config, build_id=build_id, progress=progress)
-    progress.print_summary(summary)
+        # User mistakes and a llama.cpp that cannot run here end as one line before anything starts.
+        load_build_problems(config)
+        progress = BuildProgress(stream=sys.stdout, live_usage=live_usage_probe() if config.flow.task_runner == "threads" else None)
+        build_id = resume
+        if config.output.dataset is not None and resume is None:
+            # Planned before the model check: a run with nothing new loads no model, starts no Prefect.
+            build_id, nothing_new = start_dataset_build(config, relabel=relabel, relabel_where=where)
+            if nothing_new is not None:
+                progress.print_summary(nothing_new)
+                return
+        elif relabel or where is not None:
+            raise ConfigError("--relabel and --where apply to a dataset build: give --dataset NAME")
+        try:
+            check_policy_runs(config.policy)
+        except BaseException as error:
+            if build_id is not None and resume is None:
+                abandon_dataset_build(config, build_id, error)  # release the claim, record why
+            raise
+        if server is not None:
+            server.start()
+        if config.flow.task_runner == "threads":  # the tasks run in this process: load while Prefect starts
+            prewarm(PROCESS_RESOURCES, config)
+        if server is not None:
+            server.wait_ready()
+
+        summary = run_build(config, build_id=build_id, progress=progress)
+        progress.print_summary(summary)
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def builds(
@@ -196,16 +216,23 @@ def serve(
     if config.output.dataset is not None:
         overrides = [*(overrides or []), f"output.dataset={json.dumps(config.output.dataset)}"]
     configure_prefect_environment(config.output.root, verbose=verbose)
-    from prefect import serve as prefect_serve
+    server = parent_bound_api_server()
+    try:
+        from prefect import serve as prefect_serve
 
-    from flows.build import make_deployment
+        from flows.build import make_deployment
 
-    config_data = read_config_file(config_file) if config_file is not None else None
-    if config.output.dataset is None and config_data is not None:  # --no-dataset over the file's output.dataset
-        config_data.get("output", {}).pop("dataset", None)
-    deployment = make_deployment(name, cron, preset=preset, config=config_data, overrides=list(overrides or []), timezone_name=timezone_name)
-    typer.echo(f"serving deployment scheduled-build/{name} on cron {cron!r} ({timezone_name}); Ctrl-C stops")
-    prefect_serve(deployment)
+        config_data = read_config_file(config_file) if config_file is not None else None
+        if config.output.dataset is None and config_data is not None:  # --no-dataset over the file's output.dataset
+            config_data.get("output", {}).pop("dataset", None)
+        deployment = make_deployment(name, cron, preset=preset, config=config_data, overrides=list(overrides or []), timezone_name=timezone_name)
+        if server is not None:
+            server.wait_ready()
+        typer.echo(f"serving deployment scheduled-build/{name} on cron {cron!r} ({timezone_name}); Ctrl-C stops")
+        prefect_serve(deployment)
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def register(app: typer.Typer) -> None:

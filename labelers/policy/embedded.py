@@ -27,12 +27,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from data_schemas.errors import PrmforgeError
 from labelers.doctor import DoctorItem
+from labelers.policy.batch_decoder import BatchDecoder, DecodeJob
 from labelers.policy.base import Completion, GenerationRequest, GenerationResult, TokenUsage
 from labelers.policy.usage import record_usage
+from labelers.policy.llama_build import preflight
 from labelers.policy.model_files import PRESETS, default_cache_dir, preset_status, resolve_model
 
 if TYPE_CHECKING:  # llama_cpp is an optional dependency, imported where a model is loaded
@@ -105,7 +107,11 @@ class ModelPool:
 
 
 def load_llama(path: Path, n_ctx: int, n_threads: int) -> "llama_cpp.Llama":
+    """Load a GGUF model in this process, after :func:`llama_build.preflight` proved in a child
+    process that the installed llama.cpp can decode with it (a crash there is one error line;
+    a crash here would kill the build)."""
     llama_cpp = _import_llama_cpp()
+    preflight(Path(path), n_threads, default_cache_dir().parent)
     try:
         return llama_cpp.Llama(
             str(path),
@@ -174,17 +180,27 @@ class EmbeddedPolicy:
         pool: ModelPool | None = None,
         cache_dir: Path | None = None,
         reuse_prefix: bool = True,
+        decode: Literal["batched", "sequential"] = "batched",
+        max_sequences: int = 32,
+        kv_cells: int = 16384,
     ) -> None:
         """``model``: a preset name (see model_files.PRESETS) or a GGUF path. ``pool``: share
         loaded models across policies (the caller owns and closes it); without one the policy
-        owns its model. ``reuse_prefix=False`` clears the KV cache before every completion (for
-        measuring what prefix reuse saves)."""
+        owns its model. ``decode``: ``batched`` decodes up to ``max_sequences`` completions per
+        llama.cpp call in a KV cache of ``kv_cells`` cells (labelers/policy/batch_decoder.py);
+        ``sequential`` runs them one after another with llama-cpp-python's own completion loop.
+        ``reuse_prefix=False`` (sequential only) clears the KV cache before every completion
+        (for measuring what prefix reuse saves)."""
         path, self._model_id = resolve_model(model, cache_dir)
-        threads = n_threads or default_threads()
+        self._threads = n_threads or default_threads()
         self._owns_model = pool is None
-        self._loaded = (pool if pool is not None else ModelPool()).get(path, n_ctx, threads)
+        self._loaded = (pool if pool is not None else ModelPool()).get(path, n_ctx, self._threads)
         self._renderer = ChatRenderer(self._loaded.llama)
         self._reuse_prefix = reuse_prefix
+        self._decode = decode
+        self._max_sequences = max_sequences
+        self._kv_cells = max(kv_cells, n_ctx)
+        self._decoder: BatchDecoder | None = None  # created on the first batched generate
         self.usage = TokenUsage()
         # Prompt tokens actually evaluated (after prefix reuse); benchmarks compare it with usage.
         self.evaluated_prompt_tokens = 0
@@ -215,14 +231,59 @@ class EmbeddedPolicy:
                 except Exception as exc:  # a template error belongs to this request only
                     prompts.append(None)
                     results[index] = GenerationResult(request, (), 0, error=f"render failed: {exc}")
-            # Lexicographic order of prompt tokens puts prompts with shared prefixes side by side.
-            order = sorted((i for i, p in enumerate(prompts) if p is not None), key=lambda i: prompts[i])
-            for index in order:
-                results[index] = self._generate_one(requests[index], prompts[index])
+            if self._decode == "batched":
+                self._generate_batched(requests, prompts, results)
+            else:
+                # Lexicographic order of prompt tokens puts prompts with shared prefixes side by side.
+                order = sorted((i for i, p in enumerate(prompts) if p is not None), key=lambda i: prompts[i])
+                for index in order:
+                    results[index] = self._generate_one(requests[index], prompts[index])
             finished = [r for r in results if r is not None]
             # Still under the lock: threads sharing this policy must not interleave the counts.
             record_usage(self.usage, finished, time.perf_counter() - started)
         return finished
+
+    def _generate_batched(
+        self, requests: Sequence[GenerationRequest], prompts: Sequence[list[int] | None], results: list[GenerationResult | None]
+    ) -> None:
+        """All requests of the call through one :class:`BatchDecoder` run (results filled in place)."""
+        if self._decoder is None:
+            self._decoder = BatchDecoder(
+                self._loaded.llama,
+                max_sequences=self._max_sequences,
+                kv_cells=self._kv_cells,
+                n_threads=self._threads,
+                n_ctx_per_sequence=self._loaded.llama.n_ctx(),
+            )
+        indices = [i for i, prompt in enumerate(prompts) if prompt is not None]
+        jobs = []
+        for index in indices:
+            request, prompt = requests[index], prompts[index]
+            base_seed = request.seed if request.seed is not None else _prompt_seed(prompt)
+            jobs.append(
+                DecodeJob(
+                    prompt=tuple(prompt),
+                    seeds=tuple(completion_seed(base_seed, i) for i in range(request.n)),
+                    max_tokens=request.max_tokens,
+                    temperature=request.temperature,
+                    top_p=request.top_p,
+                    stop=tuple(request.stop),
+                )
+            )
+        before = self._decoder.evaluated_prompt_tokens
+        outcomes = self._decoder.run(jobs)
+        self.evaluated_prompt_tokens += self._decoder.evaluated_prompt_tokens - before
+        for index, outcome in zip(indices, outcomes):
+            request, prompt_tokens = requests[index], len(prompts[index] or ())
+            if outcome.error is not None:
+                results[index] = GenerationResult(request, (), prompt_tokens, error=outcome.error)
+                continue
+            completions = tuple(
+                Completion(text=done.text, finish_reason=done.finish_reason, completion_tokens=done.completion_tokens)
+                for done in outcome.completions
+                if done is not None
+            )
+            results[index] = GenerationResult(request, completions, prompt_tokens)
 
     def _generate_one(self, request: GenerationRequest, prompt: list[int]) -> GenerationResult:
         llama = self._loaded.llama
@@ -270,6 +331,10 @@ class EmbeddedPolicy:
         return GenerationResult(request, tuple(completions), len(prompt))
 
     def close(self) -> None:
+        if self._decoder is not None:
+            with self._loaded.lock:
+                self._decoder.close()
+                self._decoder = None
         if self._owns_model:
             self._loaded.llama.close()
 

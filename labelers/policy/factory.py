@@ -28,7 +28,14 @@ def make_policy(config: PolicyConfig, *, pool: "ModelPool | None" = None, cache_
         from labelers.policy.embedded import EmbeddedPolicy
 
         return EmbeddedPolicy(
-            config.model, n_ctx=config.n_ctx, n_threads=config.n_threads, pool=pool, cache_dir=cache_dir
+            config.model,
+            n_ctx=config.n_ctx,
+            n_threads=config.n_threads,
+            pool=pool,
+            cache_dir=cache_dir,
+            decode=config.decode,
+            max_sequences=config.max_sequences,
+            kv_cells=config.kv_cells,
         )
     if config.backend == "vllm":
         from labelers.policy.vllm_backend import VllmPolicy
@@ -53,3 +60,20 @@ def make_policy(config: PolicyConfig, *, pool: "ModelPool | None" = None, cache_
             max_retries=config.max_retries,
         )
     raise ConfigError(f"unknown policy.backend {config.backend!r}; expected embedded, vllm or openai")
+
+
+def check_policy_runs(config: PolicyConfig, cache_dir: Path | None = None) -> None:
+    """Fail early, with one line, when the configured policy cannot run on this machine.
+
+    embedded: the model file is resolved (a preset is assembled on first use) and the llama.cpp
+    preflight decodes with it in a child process (labelers/policy/llama_build.py). The other
+    backends are checked when they are built.
+    """
+    if config.backend != "embedded":
+        return
+    from labelers.policy.embedded import default_threads
+    from labelers.policy.llama_build import preflight
+    from labelers.policy.model_files import default_cache_dir, resolve_model
+
+    path, _ = resolve_model(config.model, cache_dir)
+    preflight(path, config.n_threads or default_threads(), default_cache_dir().parent)
