@@ -450,3 +450,18 @@ def test_scheduled_run_of_a_dataset_reports_its_plan(relabeled_dataset, capsys):
     summary = scheduled_build(preset="small", overrides=overrides(root, problems, "search.mc_rollouts=3"), policy_factory=FACTORY)
     assert summary.dataset == "nightly" and summary.problems_total == 0
     assert "3 already labeled (skipped) - nothing new to label" in capsys.readouterr().out
+
+
+def test_cli_build_that_cannot_start_releases_its_claim(tmp_path):
+    """Planned, then the policy check fails: one line, the build recorded failed, no claim left."""
+    root, problems = tmp_path / "data", tmp_path / "problems.jsonl"
+    write_problems(problems, 0, 2)
+    sets = [arg for o in overrides(root, problems, 'policy.model="/no/such/model.gguf"') for arg in ("--set", o)]
+    result = run_cli("build", "--preset", "small", *sets)
+    assert result.exit_code != 0
+    assert isinstance(result.exception, PrmforgeError) and "\n" not in str(result.exception)
+    [manifest] = list_builds(str(root))
+    assert manifest.status == "failed" and manifest.dataset["plan"]["new"] == 2
+    assert live_claims(str(root), "nightly") == []
+    with Catalog(str(root), dataset="nightly") as catalog:  # a failed build is not part of the dataset
+        assert catalog.build_ids == []
