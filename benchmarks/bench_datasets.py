@@ -25,6 +25,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_storage import QUERIES as STORAGE_QUERIES  # noqa: E402
+from bench_storage import figure  # noqa: E402
 
 from data_schemas.catalog import Catalog  # noqa: E402
 from data_schemas.compaction import compact_dataset, dataset_view_files  # noqa: E402
@@ -34,23 +38,11 @@ from data_schemas.shards import ShardWriter  # noqa: E402
 from data_schemas.synthetic import synthetic_batch  # noqa: E402
 
 DATASET = "bench"
+# bench_storage's three queries, over the dataset's current rows.
 QUERIES = {
-    "count by label": "SELECT fused_label, count(*) AS steps FROM dataset_steps GROUP BY 1 ORDER BY 1",
-    "first-error histogram": """
-        SELECT first_error, count(*) AS paths FROM (
-          SELECT build_id, problem_id, path_id, min(step_index) FILTER (WHERE is_first_error) AS first_error
-          FROM dataset_steps GROUP BY 1, 2, 3)
-        GROUP BY 1 ORDER BY 1 NULLS LAST""",
-    "join steps-problems": """
-        SELECT p.source, p.status, count(*) AS steps, avg(s.fused_label::INT) AS positive_share
-        FROM dataset_steps s JOIN dataset_problems p USING (build_id, problem_id)
-        GROUP BY 1, 2 ORDER BY 1, 2""",
+    name: sql.replace("FROM steps", "FROM dataset_steps").replace("JOIN problems", "JOIN dataset_problems")
+    for name, sql in STORAGE_QUERIES.items()
 }
-
-
-def figure(name: str, value: float | None, unit: str, goal: str = "") -> None:
-    shown = "-" if value is None else f"{value:.4g}"
-    print(f"FIGURE\t{name}\t{shown}\t{unit}\t{goal}", flush=True)
 
 
 def write_dataset(root: Path, builds: int, problems: int) -> int:

@@ -84,6 +84,18 @@ def labeled_ids(root: Path, build_id: str) -> set[str]:
         return set(catalog.query("SELECT problem_id FROM problems").column(0).to_pylist())
 
 
+@pytest.fixture(autouse=True)
+def restore_prefect_api_url():
+    """`prmforge build` points PREFECT_API_URL at its own API server (flows/runners.py); an
+    in-process CLI call must not leave that URL to later tests and their subprocesses."""
+    saved = os.environ.get("PREFECT_API_URL")
+    yield
+    if saved is None:
+        os.environ.pop("PREFECT_API_URL", None)
+    else:
+        os.environ["PREFECT_API_URL"] = saved
+
+
 def run_cli(*args: str):
     return CliRunner().invoke(app, list(args), catch_exceptions=True)
 
@@ -188,7 +200,7 @@ def test_dataset_grows_by_new_problems_survives_a_kill_and_skips_what_it_holds(t
     assert third.dataset_plan == {"new": 0, "changed": 0, "relabeled": 0, "already_labeled": 15, "claimed_elsewhere": 0}
     assert read_manifest(str(root), third.build_id).status == "complete"
     with Catalog(str(root), dataset="nightly") as catalog:
-        assert catalog.query(f"SELECT count(*) FROM dataset_steps").column(0)[0].as_py() == len(keys)
+        assert catalog.query("SELECT count(*) FROM dataset_steps").column(0)[0].as_py() == len(keys)
 
 
 @pytest.fixture(scope="module")

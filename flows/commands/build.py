@@ -174,13 +174,14 @@ def builds(
         console.print(f"no builds under {data_root}")
         return
     table = Table(title=f"builds under {data_root}", title_justify="left")
-    for column in ("build id", "status", "started (UTC)", "finished", "problems", "failed", "steps", "shards"):
+    for column in ("build id", "dataset", "status", "started (UTC)", "finished", "problems", "failed", "steps", "shards"):
         table.add_column(column)
     for manifest in manifests:
         stages = manifest.counts.get("stages", {})
         running = manifest.status == "running"
         table.add_row(
             manifest.build_id,
+            (manifest.dataset or {}).get("name") or "-",
             manifest.status + (" (or interrupted: --resume)" if running else ""),
             manifest.started_at,
             manifest.finished_at or "-",
