@@ -95,7 +95,10 @@ def _share(part: int, whole: int) -> str:
 
 
 def query_example(summary: BuildSummary) -> str:
-    """A ready command that reads this build's step labels with DuckDB."""
+    """A ready command that reads this build's step labels (a dataset's current ones) with DuckDB."""
+    if summary.dataset is not None:
+        sql = "SELECT fused_label, count(*) AS steps FROM dataset_steps GROUP BY fused_label"
+        return f"prmforge query {shlex.quote(sql)} --root {shlex.quote(summary.root)} --dataset {summary.dataset}"
     sql = "SELECT fused_label, count(*) AS steps FROM steps GROUP BY fused_label"
     return f"prmforge query {shlex.quote(sql)} --root {shlex.quote(summary.root)} --build {summary.build_id}"
 
@@ -118,6 +121,10 @@ def summary_table(summary: BuildSummary) -> Table:
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value", overflow="fold")  # paths wrap, never cut with an ellipsis
+    if nothing_new:
+        table.add_row("dataset", dataset_plan_line(summary.dataset, summary.dataset_plan))
+        table.add_row("manifest", summary.manifest_path)
+        return table
     labeled = summary.problems_total - summary.problems_failed - summary.problems_skipped
     table.add_row(
         "problems",
