@@ -12,6 +12,11 @@ Walk of one build (all algorithms live in labelers/ and data_schemas/; this modu
    (atomic, deterministic names) and the running manifest is updated with them;
 6. the final manifest (``complete``, counts computed from the shards) is written last.
 
+Datasets: ``run_build`` first plans a build of ``output.dataset`` (flows/datasets.py): under the
+dataset lock it keeps only the problems the dataset does not hold under the same labeling key,
+writes the running manifest with that plan and a claim; the flow then labels the planned
+problems (on resume too), and the claim is renewed until the build ends.
+
 Resume: ``label-batch`` results are cached and persisted under the build's directory, keyed on
 (build id, batch problem ids, config hash, code version, policy factory). A rerun of the same
 build id skips every batch whose shards the manifest lists with matching checksums, takes the

@@ -477,3 +477,60 @@ def test_cli_build_that_cannot_start_releases_its_claim(tmp_path):
     assert live_claims(str(root), "nightly") == []
     with Catalog(str(root), dataset="nightly") as catalog:  # a failed build is not part of the dataset
         assert catalog.build_ids == []
+
+
+def _synthetic_dataset_build(root: str, build_id: str, batch_index: int, seed: int = 0) -> None:
+    """A complete one-batch synthetic build of dataset "nightly" (the benchmark's kind of build)."""
+    from data_schemas.datasets import labeling_key, problem_content_hash, utc_now_precise
+    from data_schemas.manifest import finish_build, start_build
+    from data_schemas.shards import ShardWriter
+    from data_schemas.synthetic import synthetic_batch
+
+    batch = synthetic_batch(build_id, "gsm8k", batch_index, num_problems=3, seed=seed)
+    manifest = start_build(root, build_id, {"name": "synthetic", "seed": seed}, policy_model="synthetic/none")
+    shards = ShardWriter(root, build_id).write_batch("gsm8k", "b00000", batch.steps, batch.nodes, batch.outcomes)
+    keys = {o.problem_id: labeling_key(o.problem_id, problem_content_hash(o.source, o.question, o.gold_answer), "m", str(seed)) for o in batch.outcomes}
+    manifest.dataset = {"name": "nightly", "labeling_keys": keys, "plan": {}, "completed_at": utc_now_precise()}
+    finish_build(root, manifest, shards)
+
+
+def test_dataset_views_and_compaction_on_a_remote_root():
+    """memory:// stands in for s3://: views through pyarrow datasets, compaction, latest build wins."""
+    import uuid
+
+    import fsspec
+
+    root = f"memory://datasets-{uuid.uuid4().hex[:8]}"
+    try:
+        _synthetic_dataset_build(root, "r1", 0)
+        _synthetic_dataset_build(root, "r2", 1)
+        compact_dataset(root, "nightly")
+        _synthetic_dataset_build(root, "r3", 1, seed=5)  # the problems of r2 again, after the compaction
+        with Catalog(root, dataset="nightly") as catalog:
+            current = dict(catalog.connection.sql("SELECT build_id, count(DISTINCT problem_id) FROM dataset_problems GROUP BY 1").fetchall())
+            keys = catalog.query(f"SELECT {STEP_KEY}, build_id FROM dataset_steps").to_pylist()
+        assert current == {"r1": 3, "r3": 3}
+        assert {k["build_id"] for k in keys} == {"r1", "r3"}
+        assert len({(k["problem_id"], k["path_id"], k["step_index"]) for k in keys}) == len(keys)
+        verify_compaction(root, read_compaction(root, "nightly"))
+    finally:
+        fsspec.filesystem("memory").rm(root.removeprefix("memory://"), recursive=True)
+
+
+def test_planning_lock_is_exclusive_and_a_stale_one_is_broken(tmp_path):
+    from data_schemas import datasets
+    from data_schemas.datasets import DatasetLock
+
+    with DatasetLock(str(tmp_path), "d"):
+        with pytest.raises(PrmforgeError, match="held for over"):
+            with DatasetLock(str(tmp_path), "d", timeout_s=0.2):
+                pass
+    with DatasetLock(str(tmp_path), "d", timeout_s=0.2):  # released on exit
+        pass
+    lock = tmp_path / "datasets" / "d" / ".lock"
+    lock.write_text("{}")  # left by a killed planner
+    old = time.time() - datasets.STALE_LOCK_S - 5
+    os.utime(lock, (old, old))
+    with DatasetLock(str(tmp_path), "d", timeout_s=2):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
