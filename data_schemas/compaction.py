@@ -10,7 +10,8 @@ the build shards folded in). A reader opens the pointer once, so it sees the old
 new one, never a mix. Builds that complete after a compaction are read from their own shards
 until the next compaction folds them in. The builds themselves are left untouched (their
 per-build views stay for inspection); the previous generation is kept for readers that opened
-the old pointer, older ones are deleted.
+the old pointer, older ones are deleted. One compaction of a dataset runs at a time
+(``<dataset>/.compact.lock``); a second one started meanwhile is refused with a one-line error.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ import pyarrow.fs as pafs
 
 from data_schemas.catalog import DATASET_VIEWS, VIEWS, Catalog
 from data_schemas.datasets import (
+    COMPACT_LOCK_NAME,
+    STALE_COMPACT_LOCK_S,
     CompactedFile,
+    DatasetLock,
     Compaction,
     dataset_dir,
     read_compaction,
@@ -61,6 +65,12 @@ def dataset_view_files(catalog: Catalog) -> int:
 def compact_dataset(root: str | DataRoot, name: str, row_group_rows: int = DEFAULT_ROW_GROUP_ROWS) -> CompactionResult:
     """Compact dataset ``name`` (see the module docstring); a one-line error when it has no builds."""
     data_root = resolve_root(root)
+    # One compaction at a time: a second one would delete the generation the first publishes.
+    with DatasetLock(data_root, name, timeout_s=1.0, lock_name=COMPACT_LOCK_NAME, stale_s=STALE_COMPACT_LOCK_S):
+        return _compact(data_root, name, row_group_rows)
+
+
+def _compact(data_root: DataRoot, name: str, row_group_rows: int) -> CompactionResult:
     generation = f"g-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
     previous = read_compaction(data_root, name)
     files: list[CompactedFile] = []

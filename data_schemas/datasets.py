@@ -17,6 +17,7 @@ current row failed, or its current labeling key differs from the key this build 
 Files under ``<root>/datasets/<name>/``:
 
 ``.lock``                 held for the few milliseconds a build plans (exclusive create)
+``.compact.lock``         held while a compaction runs (one at a time)
 ``claims/<build_id>.json`` a running build's claim on its planned problems, with a lease the
                           build renews while it runs; an expired claim (a killed run) is ignored
 ``compacted.json``        the current compaction (files + checksums + covered builds)
@@ -45,6 +46,9 @@ from data_schemas.shards import DataRoot, check_name, file_sha256, resolve_root,
 
 DATASETS_DIR = "datasets"
 LOCK_NAME = ".lock"
+COMPACT_LOCK_NAME = ".compact.lock"
+#: A compaction lock older than this is a leftover of a killed compaction.
+STALE_COMPACT_LOCK_S = 6 * 3600.0
 COMPACTED_POINTER = "compacted.json"
 #: A planning lock older than this is a leftover of a killed planner (planning takes milliseconds).
 STALE_LOCK_S = 120.0
@@ -201,10 +205,18 @@ class DatasetLock:
     :data:`STALE_LOCK_S` is a leftover of a killed planner and is broken.
     """
 
-    def __init__(self, root: str | DataRoot, name: str, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        root: str | DataRoot,
+        name: str,
+        timeout_s: float = 60.0,
+        lock_name: str = LOCK_NAME,
+        stale_s: float = STALE_LOCK_S,
+    ) -> None:
         self.root = resolve_root(root)
-        self.path = f"{dataset_dir(name)}/{LOCK_NAME}"
+        self.path = f"{dataset_dir(name)}/{lock_name}"
         self.timeout_s = timeout_s
+        self.stale_s = stale_s
         self.token = uuid.uuid4().hex
 
     def _try_acquire(self) -> bool:
@@ -235,7 +247,7 @@ class DatasetLock:
         info = self.root.filesystem.get_file_info(self.root.join(self.path))
         if info.type == pafs.FileType.File and info.mtime is not None:
             age = time.time() - info.mtime.timestamp()
-            if age > STALE_LOCK_S:
+            if age > self.stale_s:
                 try:
                     self.root.filesystem.delete_file(self.root.join(self.path))
                 except (FileNotFoundError, OSError):
@@ -247,8 +259,8 @@ class DatasetLock:
             self._break_if_stale()
             if time.monotonic() > deadline:
                 raise PrmforgeError(
-                    f"dataset lock {self.root.join(self.path)} held for over {self.timeout_s:.0f} s by another run; "
-                    "delete the file if no prmforge run is planning"
+                    f"dataset lock {self.root.join(self.path)} held for over {self.timeout_s:g} s by another run; "
+                    "delete the file if no prmforge run is using the dataset"
                 )
             time.sleep(0.05)
         return self

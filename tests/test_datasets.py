@@ -258,6 +258,11 @@ def test_compaction_keeps_rows_lineage_and_checksums(relabeled_dataset, tmp_path
     assert dataset_rows(root) == before
     assert again.compaction.covered_builds == ["a-1", "a-2", "a-3"]
     assert again.generations_removed == 0  # the previous generation stays for readers that opened it
+    from data_schemas.datasets import COMPACT_LOCK_NAME, DatasetLock
+
+    with DatasetLock(str(root), "nightly", lock_name=COMPACT_LOCK_NAME):  # a compaction is running
+        with pytest.raises(PrmforgeError, match="held for over 1 s"):
+            compact_dataset(str(root), "nightly")
     third = compact_dataset(str(root), "nightly")
     assert third.generations_removed == 1 and third.files_before == 3  # the compacted files only
     generations = sorted(p.name for p in (root / "datasets" / "nightly" / "compacted").iterdir())
