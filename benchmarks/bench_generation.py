@@ -5,6 +5,9 @@
     python benchmarks/bench_generation.py --sections vllm --vllm-model Qwen/Qwen2.5-1.5B-Instruct
 
 Sections:
+  batched   8 rollouts x 4 nested prefixes, 128 new tokens each, decoded one sequence at a time
+            (llama-cpp-python's loop) and then all together (labelers/policy/batch_decoder.py):
+            rollouts/s of each and the ratio. 1.5B preset (--quick: 0.5B).
   embedded  0.5B preset: completion tokens/s for one greedy completion, and k=8 sampled rollouts
             from one solution prefix with llama.cpp prefix reuse on and off (ratio).
   better    1.5B preset: completion tokens/s for one greedy completion.
@@ -16,7 +19,7 @@ Sections:
 
 Figures are wall-clock on whatever machine runs the script; it prints the CPU count and load.
 Each figure is also printed as a ``FIGURE<TAB>name<TAB>value<TAB>unit<TAB>goal`` line
-(benchmarks/run_all.py convention). ``--quick``: sections embedded and http only (no 1.5B load),
+(benchmarks/run_all.py convention). ``--quick``: sections batched (0.5B), embedded and http only (no 1.5B load),
 32-token completions instead of 64.
 """
 
@@ -97,7 +100,7 @@ def bench_rollouts(model: str, k: int, max_tokens: int) -> None:
                                 max_tokens=max_tokens, temperature=0.8, top_p=0.95, seed=1)
     rates = {}
     for reuse in (True, False):
-        policy = EmbeddedPolicy(model, n_ctx=2048, n_threads=_threads(), pool=pool, reuse_prefix=reuse)
+        policy = EmbeddedPolicy(model, n_ctx=2048, n_threads=_threads(), pool=pool, reuse_prefix=reuse, decode="sequential")
         policy.generate([GenerationRequest(solution_messages("1+1?"), max_tokens=2, temperature=0.0)])
         evaluated_before = policy.evaluated_prompt_tokens
         started = time.perf_counter()
@@ -113,6 +116,40 @@ def bench_rollouts(model: str, k: int, max_tokens: int) -> None:
     print(f"  prefix reuse speed-up (tok/s on / off): {rates[True] / rates[False]:.2f}x")
     figure(f"generation.embedded.{model}.rollouts_k{k}.reuse_ratio [max {max_tokens} tok each]",
            rates[True] / rates[False], "x (tok/s on / off)", "> 1")
+    pool.close()
+
+
+def bench_batched(model: str, k: int, prefixes: int, max_tokens: int) -> None:
+    """k rollouts x ``prefixes`` nested prefixes, sequential vs batched decoding, same seeds."""
+    from labelers.policy.embedded import EmbeddedPolicy, ModelPool
+
+    pool = ModelPool()
+    scaffold = PREFIX_STEPS + ["She sells 9 eggs at $2 each."]
+    requests = [GenerationRequest(solution_messages(QUESTION), assistant_prefix(scaffold[:i + 1]), n=k,
+                                  max_tokens=max_tokens, temperature=0.8, top_p=0.95, seed=100 + i)
+                for i in range(prefixes)]
+    rates = {}
+    texts = {}
+    for decode in ("sequential", "batched"):
+        policy = EmbeddedPolicy(model, n_ctx=2048, n_threads=_threads(), pool=pool, decode=decode)
+        policy.generate([GenerationRequest(solution_messages("1+1?"), max_tokens=2, temperature=0.0)])  # warm-up
+        started = time.perf_counter()
+        results = policy.generate(requests)
+        seconds = time.perf_counter() - started
+        rollouts = sum(len(r.completions) for r in results)
+        tokens = sum(c.completion_tokens for r in results for c in r.completions)
+        rates[decode] = rollouts / seconds
+        texts[decode] = [c.text for r in results for c in r.completions]
+        print(f"  {decode:10s}: {prefixes} prefixes ({min(r.prompt_tokens for r in results)}-"
+              f"{max(r.prompt_tokens for r in results)} prompt tok) x {k} rollouts, {tokens} completion tok "
+              f"in {seconds:.1f} s = {rates[decode]:.2f} rollouts/s, {tokens / seconds:.1f} tok/s", flush=True)
+        policy.close()
+    same = sum(a == b for a, b in zip(texts["sequential"], texts["batched"]))
+    print(f"  texts equal in both modes (same seeds): {same}/{len(texts['batched'])}")
+    shape = f"[{model}, {prefixes} prefixes x {k} rollouts, {max_tokens} tok, {_threads()} threads]"
+    figure(f"embedded_rollouts_per_s_sequential {shape}", rates["sequential"], "rollouts/s")
+    figure(f"embedded_rollouts_per_s_batched {shape}", rates["batched"], "rollouts/s")
+    figure(f"embedded_batched_speedup {shape}", rates["batched"] / rates["sequential"], "x", ">= 4")
     pool.close()
 
 
@@ -221,7 +258,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="reduced run: sections embedded,http (unless --sections is given), 32-token completions")
     parser.add_argument("--sections", default=None,
-                        help="comma list of: embedded, better, http, gsm8k, vllm")
+                        help="comma list of: batched, embedded, better, http, gsm8k, vllm")
     parser.add_argument("--max-tokens", type=int, default=None,
                         help="completion length of the throughput runs (default 64, --quick 32)")
     parser.add_argument("--rollouts", type=int, default=8)
@@ -233,10 +270,10 @@ def main() -> None:
     parser.add_argument("--vllm-model", default="Qwen/Qwen2.5-1.5B-Instruct")
     parser.add_argument("--vllm-prefixes", type=int, default=256)
     parser.add_argument("--vllm-caching", choices=("on", "off"), default=None, help="one setting only (internal)")
-    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: half the cores)")
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: the policy's default)")
     args = parser.parse_args()
     if args.sections is None:
-        args.sections = "embedded,http" if args.quick else "embedded,better,http"
+        args.sections = "batched,embedded,http" if args.quick else "batched,embedded,better,http"
     if args.max_tokens is None:
         args.max_tokens = 32 if args.quick else 64
     from labelers.policy.embedded import default_threads
@@ -246,7 +283,10 @@ def main() -> None:
     print(f"machine: {_machine()}; llama.cpp threads: {_threads()}")
     for section in sections:
         print(f"[{section}]")
-        if section == "embedded":
+        if section == "batched":
+            # The issue's shape: 8 rollouts x 4 prefixes, 128 new tokens each; --quick on the 0.5B model.
+            bench_batched("small" if args.quick else "better", args.rollouts, 4, 128)
+        elif section == "embedded":
             bench_single("small", args.max_tokens)
             # Rollout-like (long completions) and expansion-like (one short step) shapes.
             bench_rollouts("small", args.rollouts, args.max_tokens // 2)

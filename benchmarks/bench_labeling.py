@@ -159,6 +159,8 @@ def section_scripted(items: list[Item], seed: int, k: int) -> None:
             ("MC only, binary + early stop 4", "mc_binary_early_stop", {"fuse.rule": "mc", "search.first_error_search": True, "search.mc_early_stop": 4}, False),
             ("tool only", "tool_only", {"fuse.rule": "tool"}, True),
             ("hybrid, per-step MC", "hybrid_per_step", {"fuse.rule": "hybrid", "search.first_error_search": False, "search.mc_early_stop": 0}, True),
+            ("hybrid, per-step MC, MC after disproved", "hybrid_per_step_no_skip", {"fuse.rule": "hybrid", "search.first_error_search": False, "search.mc_early_stop": 0, "search.skip_mc_after_disproved": False}, True),
+            ("hybrid, binary + early stop, MC after disproved", "hybrid_binary_early_stop_no_skip", {"fuse.rule": "hybrid", "search.first_error_search": True, "search.mc_early_stop": 4, "search.skip_mc_after_disproved": False}, True),
             ("hybrid, binary search + early stop", "hybrid_binary_early_stop", {"fuse.rule": "hybrid", "search.first_error_search": True, "search.mc_early_stop": 4}, True),
         ]
         measured = []
@@ -170,6 +172,14 @@ def section_scripted(items: list[Item], seed: int, k: int) -> None:
         for key, f1, per_step in measured:
             if key != "tool_only":
                 figure(f"labeling.simulated.{key}.rollouts_per_labeled_step {scale}", per_step, "rollouts/step")
+        by_key = {key: (f1, per_step) for key, f1, per_step in measured}
+        hybrid_f1, hybrid_cost = by_key["hybrid_binary_early_stop"]
+        mc_f1, mc_cost = by_key["mc_per_step"]
+        figure(f"hybrid_rollouts_per_labeled_step {scale}", hybrid_cost, "rollouts/step")
+        figure(f"hybrid_rollouts_ratio_to_per_step_mc {scale}", hybrid_cost / mc_cost, "x", "<= 0.25")
+        figure(f"hybrid_f1_minus_per_step_mc_f1 {scale}", hybrid_f1 - mc_f1, "F1", ">= 0")
+        before_f1, before_cost = by_key["hybrid_binary_early_stop_no_skip"]
+        figure(f"hybrid_rollouts_after_disproved_skip_ratio {scale}", hybrid_cost / before_cost, "x (skip on / off)", "<= 1")
 
         print("\nMCTS build (label_batch, default search config: 8 rounds, 3 children, stop at 3+3 paths):")
         for name, overrides in [

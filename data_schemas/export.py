@@ -2,8 +2,10 @@
 
 One exported record is one labeled solution *path* (the step rows sharing build_id, problem_id
 and path_id, in step_index order), joined with its problem's question and gold answer. The step
-label is ``steps.fused_label``. Steps after a path's first error are exported exactly as the
-shards hold them (the labeling core truncates or keeps them per its config).
+label is ``steps.fused_label``. Steps after a path's first error are handled per format
+(``after_first_error``; defaults in :data:`DEFAULT_AFTER_FIRST_ERROR`): ``truncate`` ends the path
+at its first negative step, ``negative`` keeps the later steps as negatives (possible only where
+the build kept them: ``fuse.after_first_error = "negative"``).
 
 Formats (``--format``):
 
@@ -21,14 +23,20 @@ Formats (``--format``):
                   assistant turn with the step's rationale ending in its verdict token.
 
 Every record also carries ``build_id``, ``problem_id``, ``path_id`` and ``source`` so an example
-can be traced back to its rows. The output is Parquet, or JSON Lines when the path ends in
-``.jsonl``.
+can be traced back to its rows, and ``mc_values`` (the steps' Monte Carlo values, null where not
+sampled: soft labels kept as metadata). ``math-shepherd`` adds ``value``, the per-step labels
+OpenRLHF's ``train_prm`` reads (``"+"``/``"-"``, or with ``soft_labels`` the MC values). The
+output is Parquet, or JSON Lines when the path ends in ``.jsonl``; what was exported and for which
+trainer is in the Parquet footer (key ``prmforge.export``) or, for JSON Lines, in
+``<out>.meta.json``.
 
 Filters, applied in this order: ``where`` (a SQL predicate over the ``steps`` view; a path is
 kept when *at least one* of its steps satisfies it, and then exported whole), ``consensus``
 (keep paths whose steps all have ``consensus = true``), ``balance`` (seeded downsampling of the
 larger class so positive : negative paths ≈ ratio, where a path is positive when all its step
-labels are true).
+labels are true). Between consensus and balance: after-first-error handling, then
+``min_confidence`` (a path is cut before its first step whose signals disagree or whose MC value
+rests on fewer than ``min_confidence`` rollouts; a path with no step left is dropped).
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -46,6 +54,24 @@ from data_schemas.errors import PrmforgeError
 from data_schemas.shards import DataRoot, resolve_root, write_bytes_atomic, write_chunks_atomic
 
 FORMATS = ("trl", "math-shepherd", "prm800k", "generative")
+
+#: The trainer each format is written for (also in every export's metadata and docs/storage.md).
+TRAINERS = {
+    "trl": "trl==1.13.0 PRMTrainer (trl.experimental.prm; the last trl release that has it)",
+    "math-shepherd": "OpenRLHF train_prm: --input_key input --label_key value --placeholder_token ки --reward_tokens + -",
+    "prm800k": "PRM800K phase-2 JSON Lines readers (openai/prm800k layout); no trainer pinned",
+    "generative": "trl==1.13.0 SFTTrainer on conversational 'messages' (any chat SFT trainer reads it)",
+}
+AFTER_FIRST_ERROR = ("truncate", "negative")
+#: Steps after the first error, per format: Math-Shepherd and TRL's stepwise data label every step
+#: (later steps negative); PRM800K stops rating at the first -1 step, and a generative verifier's
+#: critique ends at the first wrong step.
+DEFAULT_AFTER_FIRST_ERROR = {"trl": "negative", "math-shepherd": "negative", "prm800k": "truncate", "generative": "truncate"}
+#: Formats whose label column can hold the MC value (OpenRLHF reads float labels as soft labels;
+#: TRL's PRMTrainer casts labels to int, PRM800K ratings and verdict tokens are discrete).
+SOFT_LABEL_FORMATS = ("math-shepherd",)
+#: Parquet footer key of an export's metadata (JSON).
+EXPORT_METADATA_KEY = "prmforge.export"
 
 #: Math-Shepherd's step tag (the Cyrillic "ки", one token in its tokenizer).
 STEP_TAG = "ки"
@@ -64,14 +90,17 @@ _ID_FIELDS = [
     pa.field("problem_id", pa.string()),
     pa.field("path_id", pa.string()),
     pa.field("source", pa.string()),
+    pa.field("mc_values", pa.list_(pa.float64())),
 ]
 TRL_SCHEMA = pa.schema(
     [pa.field("prompt", pa.string()), pa.field("completions", pa.list_(pa.string())), pa.field("labels", pa.list_(pa.bool_()))]
     + _ID_FIELDS
 )
 MATH_SHEPHERD_SCHEMA = pa.schema(
-    [pa.field("input", pa.string()), pa.field("label", pa.string()), pa.field("task", pa.string())] + _ID_FIELDS
+    [pa.field("input", pa.string()), pa.field("label", pa.string()), pa.field("task", pa.string()),
+     pa.field("value", pa.list_(pa.string()))] + _ID_FIELDS
 )
+MATH_SHEPHERD_SOFT_SCHEMA = MATH_SHEPHERD_SCHEMA.set(3, pa.field("value", pa.list_(pa.float64())))
 _PRM800K_COMPLETION = pa.struct([("text", pa.string()), ("rating", pa.int64()), ("flagged", pa.bool_())])
 _PRM800K_HUMAN = pa.struct([("text", pa.string()), ("rating", pa.int64()), ("source", pa.string()), ("flagged", pa.bool_())])
 PRM800K_SCHEMA = pa.schema(
@@ -133,6 +162,24 @@ class LabeledPath:
     final_answer: str | None
     generator_model: str
     finished_at: str | None
+    # Per-step evidence (empty = unknown, e.g. a path made by hand): MC value and rollouts
+    # (None where not sampled), signal agreement, fusion branch; the path's length in the build.
+    mc_values: Sequence[float | None] = ()
+    mc_totals: Sequence[int | None] = ()
+    signals_agree: Sequence[bool] = ()
+    label_sources: Sequence[str] = ()
+    num_steps: int | None = None
+
+    def step_mc_values(self) -> list[float | None]:
+        return list(self.mc_values) if self.mc_values else [None] * len(self.steps)
+
+    def prefix(self, count: int) -> "LabeledPath":
+        """The path's first ``count`` steps (per-step lists cut alike)."""
+        return replace(
+            self, steps=self.steps[:count], labels=self.labels[:count], rationales=self.rationales[:count],
+            mc_values=self.mc_values[:count], mc_totals=self.mc_totals[:count],
+            signals_agree=self.signals_agree[:count], label_sources=self.label_sources[:count],
+        )
 
     @property
     def positive(self) -> bool:
@@ -154,6 +201,11 @@ class ExportResult:
     positive_paths: int
     negative_paths: int
     notes: list[str] = field(default_factory=list)
+    after_first_error: str = "negative"
+    soft_labels: bool = False
+    min_confidence: int | None = None
+    paths_after_confidence: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def path_query(where: str | None) -> str:
@@ -170,6 +222,11 @@ def path_query(where: str | None) -> str:
              list(step_text ORDER BY step_index) AS steps,
              list(fused_label ORDER BY step_index) AS labels,
              list(rationale ORDER BY step_index) AS rationales,
+             list(mc_value ORDER BY step_index) AS mc_values,
+             list(mc_total ORDER BY step_index) AS mc_totals,
+             list(signals_agree ORDER BY step_index) AS signals_agree,
+             list(label_source ORDER BY step_index) AS label_sources,
+             any_value(num_steps) AS num_steps,
              bool_and(consensus) AS consensus,
              any_value(path_final_answer) AS final_answer,
              any_value(generator_model) AS generator_model
@@ -205,7 +262,9 @@ def load_paths(catalog: Catalog, where: str | None = None) -> list[LabeledPath]:
             build_id=r["build_id"], problem_id=r["problem_id"], path_id=r["path_id"], source=r["source"],
             question=r["question"], gold_answer=r["gold_answer"], steps=r["steps"], labels=r["labels"],
             rationales=r["rationales"], consensus=bool(r["consensus"]), final_answer=r["final_answer"],
-            generator_model=r["generator_model"], finished_at=r["finished_at"],
+            generator_model=r["generator_model"], finished_at=r["finished_at"], mc_values=r["mc_values"],
+            mc_totals=r["mc_totals"], signals_agree=r["signals_agree"], label_sources=r["label_sources"],
+            num_steps=r["num_steps"],
         )
         for r in rows
     ]
@@ -243,16 +302,68 @@ def balance_paths(paths: Sequence[LabeledPath], ratio: float, seed: int = 0) -> 
     return [p for p in paths if id(p) in kept]
 
 
-def _ids(path: LabeledPath) -> dict[str, str]:
-    return {"build_id": path.build_id, "problem_id": path.problem_id, "path_id": path.path_id, "source": path.source}
+def apply_after_first_error(path: LabeledPath, after_first_error: str) -> LabeledPath:
+    """``truncate``: the path up to and including its first negative step; ``negative``: as is
+    (the labeling core already labels the steps after the first error negative)."""
+    if after_first_error not in AFTER_FIRST_ERROR:
+        raise PrmforgeError(f"--after-first-error must be one of {', '.join(AFTER_FIRST_ERROR)}, got {after_first_error!r}")
+    if after_first_error == "truncate" and not path.positive:
+        return path.prefix(path.labels.index(False) + 1)
+    return path
+
+
+def step_is_confident(path: LabeledPath, index: int, min_rollouts: int) -> bool:
+    """A step is confident when its signals agree and its label does not rest on an MC value of
+    fewer than ``min_rollouts`` rollouts. Not resting on a sampled value: no MC value (the label
+    came from a verifier, the path outcome or an inferred first-error search label), or the
+    path's last step when the path states a final answer (its value is that answer checked
+    against gold, exact with one "rollout")."""
+    if path.signals_agree and not path.signals_agree[index]:
+        return False
+    total = path.mc_totals[index] if path.mc_totals else None
+    if total is None:
+        return True
+    exact_last = path.num_steps is not None and index == path.num_steps - 1 and path.final_answer is not None
+    return exact_last or total >= min_rollouts
+
+
+def apply_min_confidence(path: LabeledPath, min_rollouts: int) -> LabeledPath | None:
+    """The path cut before its first unconfident step (a step's label is a statement about its
+    prefix, so the steps before it keep their meaning); None when no step is left."""
+    for index in range(len(path.steps)):
+        if not step_is_confident(path, index, min_rollouts):
+            return path.prefix(index) if index else None
+    return path
+
+
+def soft_values(path: LabeledPath) -> tuple[list[float], int]:
+    """(soft label per step, steps without an MC value): the step's MC value; 0.0 for a step
+    labeled negative only because it follows the first error; the hard label (1.0 / 0.0) where
+    no MC value was sampled."""
+    values, fallback = [], 0
+    for label, value, source in zip(path.labels, path.step_mc_values(), path.label_sources or [""] * len(path.labels)):
+        if source == "after_first_error":
+            values.append(0.0)
+        elif value is None:
+            values.append(1.0 if label else 0.0)
+            fallback += 1
+        else:
+            values.append(float(value))
+    return values, fallback
+
+
+def _ids(path: LabeledPath) -> dict[str, Any]:
+    return {"build_id": path.build_id, "problem_id": path.problem_id, "path_id": path.path_id, "source": path.source,
+            "mc_values": path.step_mc_values()}
 
 
 def trl_record(path: LabeledPath) -> dict[str, Any]:
     return {"prompt": path.question, "completions": list(path.steps), "labels": list(path.labels), **_ids(path)}
 
 
-def math_shepherd_record(path: LabeledPath) -> tuple[dict[str, Any], int]:
-    """(record, number of step tags escaped inside step texts)."""
+def math_shepherd_record(path: LabeledPath, soft_labels: bool = False) -> tuple[dict[str, Any], int]:
+    """(record, number of step tags escaped inside step texts). ``value``: one label per step
+    tag, ``"+"``/``"-"`` or (``soft_labels``) the soft values of :func:`soft_values`."""
     escaped = sum(step.count(STEP_TAG) for step in path.steps) + path.question.count(STEP_TAG)
     question = path.question.replace(STEP_TAG, STEP_TAG_ESCAPE)
     lines_input = []
@@ -265,6 +376,7 @@ def math_shepherd_record(path: LabeledPath) -> tuple[dict[str, Any], int]:
         "input": f"{question} " + "\n".join(lines_input),
         "label": f"{question} " + "\n".join(lines_label),
         "task": path.source,
+        "value": soft_values(path)[0] if soft_labels else ["+" if label else "-" for label in path.labels],
         **_ids(path),
     }
     return record, escaped
@@ -340,17 +452,26 @@ def generative_record(path: LabeledPath) -> tuple[dict[str, Any], int, int]:
     return {"messages": messages, "labels": list(path.labels), **_ids(path)}, appended, contradicting
 
 
-def build_records(paths: Sequence[LabeledPath], format: str) -> tuple[list[dict[str, Any]], list[str]]:
+def build_records(paths: Sequence[LabeledPath], format: str, soft_labels: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
     """Records of ``format`` for ``paths`` and notes on anything altered."""
     notes: list[str] = []
+    if soft_labels and format not in SOFT_LABEL_FORMATS:
+        raise PrmforgeError(
+            f"--soft-labels: the {format} layout holds hard labels only ({TRAINERS[format]}); soft labels go in "
+            f"--format {' or '.join(SOFT_LABEL_FORMATS)}; every format carries the MC values in its mc_values column"
+        )
     if format == "trl":
         return [trl_record(p) for p in paths], notes
     if format == "math-shepherd":
         records, escaped = [], 0
         for path in paths:
-            record, count = math_shepherd_record(path)
+            record, count = math_shepherd_record(path, soft_labels)
             records.append(record)
             escaped += count
+        if soft_labels:
+            fallback = sum(soft_values(p)[1] for p in paths)
+            if fallback:
+                notes.append(f"{fallback} step(s) have no MC value; their soft label is the hard label (1.0 / 0.0)")
         if escaped:
             notes.append(f"{escaped} step tag(s) '{STEP_TAG}' inside questions or step texts were written as '{STEP_TAG_ESCAPE}'")
         return records, notes
@@ -371,17 +492,48 @@ def build_records(paths: Sequence[LabeledPath], format: str) -> tuple[list[dict[
     raise PrmforgeError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
 
 
-def write_records(records: list[dict[str, Any]], schema: pa.Schema, out: str) -> None:
-    """Write records as Parquet (zstd) or, for ``*.jsonl``, JSON Lines — atomically."""
+def schema_for(format: str, soft_labels: bool = False) -> pa.Schema:
+    return MATH_SHEPHERD_SOFT_SCHEMA if format == "math-shepherd" and soft_labels else SCHEMAS[format]
+
+
+def _parent_and_name(out: str) -> tuple[DataRoot, str]:
     target = resolve_root(out)
     directory, name = target.base.rsplit("/", 1) if "/" in target.base else (".", target.base)
-    parent = DataRoot(target.uri, target.filesystem, directory or "/", target.is_local)
+    return DataRoot(target.uri, target.filesystem, directory or "/", target.is_local), name
+
+
+def write_records(records: list[dict[str, Any]], schema: pa.Schema, out: str, metadata: dict[str, Any] | None = None) -> None:
+    """Write records as Parquet (zstd) or, for ``*.jsonl``, JSON Lines — atomically. ``metadata``
+    goes in the Parquet footer (key ``prmforge.export``), or next to a JSON Lines file as
+    ``<out>.meta.json``."""
+    parent, name = _parent_and_name(out)
     if name.endswith(".jsonl"):
         data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+        if metadata is not None:
+            write_bytes_atomic(parent, name + ".meta.json", (json.dumps(metadata, indent=1, sort_keys=True) + "\n").encode())
         write_bytes_atomic(parent, name, data)
     else:
+        if metadata is not None:
+            schema = schema.with_metadata({**(schema.metadata or {}), EXPORT_METADATA_KEY: json.dumps(metadata, sort_keys=True)})
         table = pa.Table.from_pylist(records, schema=schema)
         write_chunks_atomic(parent, name, schema, [table])
+
+
+def read_export_metadata(out: str) -> dict[str, Any] | None:
+    """The metadata an export wrote (Parquet footer or ``<out>.meta.json``); None when absent."""
+    import pyarrow.parquet as pq
+
+    parent, name = _parent_and_name(out)
+    fs = parent.filesystem
+    if name.endswith(".jsonl"):
+        try:
+            with fs.open_input_stream(parent.join(name + ".meta.json")) as stream:
+                return json.loads(stream.read())
+        except FileNotFoundError:
+            return None
+    with fs.open_input_file(parent.join(name)) as handle:
+        raw = (pq.read_schema(handle).metadata or {}).get(EXPORT_METADATA_KEY.encode())
+    return json.loads(raw) if raw else None
 
 
 def export_paths(
@@ -392,21 +544,76 @@ def export_paths(
     consensus: bool = False,
     balance: float | None = None,
     seed: int = 0,
+    after_first_error: str | None = None,
+    soft_labels: bool = False,
+    min_confidence: int | None = None,
 ) -> ExportResult:
-    """Select, filter and write the catalog's labeled paths in ``format`` to ``out``."""
+    """Select, filter and write the catalog's labeled paths in ``format`` to ``out``, with the
+    export's metadata (trainer, label kind, filters, after-first-error handling, counts)."""
     if format not in FORMATS:
         raise PrmforgeError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    handling = after_first_error or DEFAULT_AFTER_FIRST_ERROR[format]
+    if handling not in AFTER_FIRST_ERROR:
+        raise PrmforgeError(f"--after-first-error must be one of {', '.join(AFTER_FIRST_ERROR)}, got {handling!r}")
+    if min_confidence is not None and min_confidence < 1:
+        raise PrmforgeError(f"--min-confidence is a number of rollouts (>= 1), got {min_confidence}")
+    if soft_labels and format not in SOFT_LABEL_FORMATS:
+        build_records([], format, soft_labels)  # raises the one-line error
     total = catalog.query("SELECT count(*) AS n FROM (SELECT DISTINCT build_id, problem_id, path_id FROM steps)")
     paths = load_paths(catalog, where)
     after_where = len(paths)
     if consensus:
         paths = [p for p in paths if p.consensus]
     after_consensus = len(paths)
+    notes: list[str] = []
+    cut_by_build = sum(1 for p in paths if p.num_steps is not None and len(p.steps) < p.num_steps)
+    if handling == "negative" and cut_by_build:
+        notes.append(
+            f"{cut_by_build} path(s) were truncated after their first error by the build (fuse.after_first_error = "
+            "truncate): they have no later steps to keep as negatives"
+        )
+    steps_before = sum(len(p.steps) for p in paths)
+    paths = [apply_after_first_error(p, handling) for p in paths]
+    cut_after_error = steps_before - sum(len(p.steps) for p in paths)
+    low_confidence_steps = low_confidence_paths = 0
+    if min_confidence is not None:
+        kept: list[LabeledPath] = []
+        for path in paths:
+            confident = apply_min_confidence(path, min_confidence)
+            low_confidence_steps += len(path.steps) - (len(confident.steps) if confident else 0)
+            if confident is None:
+                low_confidence_paths += 1
+            else:
+                kept.append(confident)
+        paths = kept
+    after_confidence = len(paths)
     if balance is not None:
         paths = balance_paths(paths, balance, seed)
-    records, notes = build_records(paths, format)
-    write_records(records, SCHEMAS[format], out)
+    records, record_notes = build_records(paths, format, soft_labels)
+    notes += record_notes
     positive = sum(p.positive for p in paths)
+    metadata = {
+        "format": format,
+        "trainer": TRAINERS[format],
+        "labels": "soft (MC value)" if soft_labels else "hard (fused_label)",
+        "after_first_error": handling,
+        "after_first_error_steps_removed": cut_after_error,
+        "paths_truncated_by_build": cut_by_build,
+        "min_confidence_rollouts": min_confidence,
+        "low_confidence_steps_removed": low_confidence_steps,
+        "low_confidence_paths_removed": low_confidence_paths,
+        "where": where,
+        "consensus": consensus,
+        "balance": balance,
+        "seed": seed,
+        "builds": sorted({p.build_id for p in paths}),
+        "records": len(records),
+        "steps": sum(len(p.steps) for p in paths),
+        "positive_paths": positive,
+        "negative_paths": len(paths) - positive,
+        "notes": notes,
+    }
+    write_records(records, schema_for(format, soft_labels), out, metadata)
     return ExportResult(
         format=format,
         out=out,
@@ -414,8 +621,13 @@ def export_paths(
         paths_after_where=after_where,
         paths_after_consensus=after_consensus,
         records=len(records),
-        steps=sum(len(p.steps) for p in paths),
+        steps=metadata["steps"],
         positive_paths=positive,
         negative_paths=len(paths) - positive,
         notes=notes,
+        after_first_error=handling,
+        soft_labels=soft_labels,
+        min_confidence=min_confidence,
+        paths_after_confidence=after_confidence,
+        metadata=metadata,
     )

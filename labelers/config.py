@@ -78,6 +78,10 @@ class SearchConfig(_Section):
     # their steps are inferred positive (the path itself reaches gold from every prefix).
     # Without first_error_search every path gets per-step MC (Math-Shepherd).
     mc_correct_paths: bool = False
+    # Hybrid rule: no rollouts from a step the tool or Lean disproved, nor after it (the step is
+    # negative whatever MC says; later steps follow the path's first error). Path consensus then
+    # asks only that MC finds no error before the verifier's (docs/algorithms.md).
+    skip_mc_after_disproved: bool = True
     max_paths_per_problem: int = Field(default=6, ge=1)  # labeled paths kept per problem
 
 
@@ -221,3 +225,24 @@ def load_toml(path: Path) -> dict:
 
     with path.open("rb") as handle:
         return tomllib.load(handle)
+
+
+class TrainConfig(_Section):
+    """``prmforge train``: the settings passed to the pinned trainer (trl 1.13.0 PRMTrainer for
+    the ``trl`` layout, SFTTrainer for ``generative``). Defaults are the trainer's own, except
+    ``bf16`` (None: on when a CUDA device supports it, off on the CPU, where trl's default of on
+    fails) and ``max_steps`` (None: train ``epochs`` epochs)."""
+
+    format: Literal["trl", "generative"] = "trl"
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int | None = Field(default=None, ge=1)
+    learning_rate: float = Field(default=1e-5, gt=0)
+    batch_size: int = Field(default=4, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    max_length: int = Field(default=1024, ge=8)
+    step_separator: str = "\n"  # PRMTrainer: appended to each step; its last token carries the label
+    train_on_last_step_only: bool = False
+    gradient_checkpointing: bool = True
+    bf16: bool | None = None
+    seed: int = 0
+    logging_steps: int = Field(default=10, ge=1)

@@ -128,6 +128,21 @@ def check_scale_out(name: str, distributions: tuple[str, ...]) -> DoctorItem:
     return DoctorItem(name, not missing, detail, f"pip install 'prmforge[{extra}]'" if missing else None)
 
 
+TRAIN_PACKAGES = ("torch", "transformers", "trl", "accelerate", "datasets")
+
+
+def check_training() -> DoctorItem:
+    """``prmforge train`` needs the [train] extra and exactly trl 1.13.0 (PRMTrainer)."""
+    versions = {dist: _version(dist) for dist in TRAIN_PACKAGES}
+    missing = [dist for dist, version in versions.items() if version is None]
+    detail = ", ".join(f"{dist} {version or 'missing'}" for dist, version in versions.items())
+    wrong_trl = versions["trl"] is not None and versions["trl"] != "1.13.0"
+    hint = None
+    if missing or wrong_trl:
+        hint = "pip install 'prmforge[train]' (trl==1.13.0: later releases have no PRMTrainer)"
+    return DoctorItem("PRM training", not missing and not wrong_trl, detail, hint)
+
+
 def run_checks() -> list[DoctorItem]:
     """One item per optional part; a check that fails unexpectedly is reported, not raised."""
     checks: list[tuple[str, Callable[[], DoctorItem]]] = [
@@ -136,6 +151,7 @@ def run_checks() -> list[DoctorItem]:
         ("embedded model", check_embedded_model),
         ("vLLM / GPU", check_vllm_gpu),
         ("Lean 4", check_lean),
+        ("PRM training", check_training),
     ]
     checks += [(name, lambda name=name, dists=dists: check_scale_out(name, dists)) for name, dists in SCALE_OUT_PACKAGES.items()]
     items = []

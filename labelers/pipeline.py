@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from data_schemas.records import NodeRow, Problem, ProblemOutcome, StepRow
 from labelers.answers import AnswerJudge
 from labelers.config import BuildConfig
-from labelers.fuse import NO_MC, FusedStep, MCSignal, fuse_step, path_consensus, rows_to_keep
+from labelers.fuse import NO_MC, FusedStep, MCSignal, fuse_step, path_consensus, rows_to_keep, verifier_decision
 from labelers.identity import derive_seed
 from labelers.policy.base import GenerationRequest, Policy, TokenUsage
 from labelers.rationale import build_rationale
@@ -92,6 +92,7 @@ class _Path:
     lean: list[LeanCheck] = field(default_factory=list)
     mc: list[MCSignal] = field(default_factory=list)
     search: FirstErrorSearch | None = None
+    mc_horizon: int | None = None  # first disproved step when MC was skipped from there on
 
 
 @dataclass
@@ -267,21 +268,31 @@ def _estimate_paths(
 
     per_step: list[tuple[tuple[_State, _Path, int], int]] = []
     searches: list[tuple[_State, _Path, int]] = []
+    skip_disproved = config.fuse.rule == "hybrid" and config.search.skip_mc_after_disproved
     for state in states:
         if not state.ok:
             continue
         for path_no, path in enumerate(state.paths):
             owner = (state, path, path_no)
             n = len(path.nodes)
+            # Hybrid: a disproved step is negative whatever MC says, and the steps after it come
+            # after the path's first error, so MC is spent only on the prefixes before it.
+            spends_mc = not path.correct or config.search.mc_correct_paths or not config.search.first_error_search
+            path.mc_horizon = _first_disproved(path) if (skip_disproved and spends_mc) else None
+            sampled = n if path.mc_horizon is None else path.mc_horizon
             if path.correct:
-                if config.search.mc_correct_paths or not config.search.first_error_search:
-                    per_step += [(owner, i) for i in range(n)]
+                if spends_mc:
+                    per_step += [(owner, i) for i in range(sampled)]
             elif config.search.first_error_search:
-                answered = path.final_answer is not None
-                path.search = FirstErrorSearch(n, assume_last_wrong=answered)
+                if path.mc_horizon is not None:
+                    # The search looks for the first error in steps 0..horizon; the disproved
+                    # step stands in for the wrong final answer (assume_last_wrong).
+                    path.search = FirstErrorSearch(path.mc_horizon + 1, assume_last_wrong=True)
+                else:
+                    path.search = FirstErrorSearch(n, assume_last_wrong=path.final_answer is not None)
                 searches.append(owner)
             else:
-                per_step += [(owner, i) for i in range(n)]
+                per_step += [(owner, i) for i in range(sampled)]
     jobs: dict[str, PrefixJob] = {}
     for owner, index in per_step:
         item = job(owner, index)
@@ -307,6 +318,15 @@ def _estimate_paths(
     return known
 
 
+def _first_disproved(path: _Path) -> int | None:
+    """Index of the path's first step the tool or Lean disproved (Lean results come first)."""
+    for index, node in enumerate(path.nodes):
+        lean = path.lean[index] if index < len(path.lean) else None
+        if verifier_decision(node.tool_check, lean) is False:
+            return index
+    return None
+
+
 def _signals(path: _Path, keys: list[str], known: dict[str, MCEstimate], config: BuildConfig) -> list[MCSignal]:
     n = len(path.nodes)
     # The path's own final answer is an exact value of its full prefix (no rollout needed).
@@ -318,6 +338,10 @@ def _signals(path: _Path, keys: list[str], known: dict[str, MCEstimate], config:
         estimate = known.get(key)
         if estimate is None and index == n - 1:
             estimate = last_exact
+        if estimate is None and path.mc_horizon is not None and index >= path.mc_horizon:
+            # Not sampled (hybrid skip): a prefix holding a disproved step is taken as wrong.
+            signals.append(MCSignal(inferred_label=False))
+            continue
         if estimate is not None:
             signals.append(MCSignal(estimate.correct, estimate.total, exact=estimate.exact))
         elif path.search is not None:

@@ -121,3 +121,14 @@ def test_doctor_imports_no_optional_package():
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "[]"
+
+
+def test_cli_start_and_train_help_import_no_training_package():
+    code = (
+        "import sys; from typer.testing import CliRunner; from flows.cli import app; "
+        "r = CliRunner().invoke(app, ['train', '--help']); assert r.exit_code == 0, r.output; "
+        "print(sorted(m for m in ('torch', 'transformers', 'trl') if m in sys.modules))"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"

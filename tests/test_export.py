@@ -12,15 +12,20 @@ from typer.testing import CliRunner
 from data_schemas.catalog import Catalog
 from data_schemas.errors import PrmforgeError
 from data_schemas.export import (
+    DEFAULT_AFTER_FIRST_ERROR,
     FORMATS,
     STEP_TAG,
     LabeledPath,
+    apply_after_first_error,
+    apply_min_confidence,
     balance_paths,
     export_paths,
     load_paths,
     math_shepherd_record,
     parse_math_shepherd,
     prm800k_record,
+    read_export_metadata,
+    soft_values,
 )
 from data_schemas.synthetic import write_synthetic_build
 from flows.cli import app
@@ -44,6 +49,13 @@ def shard_labels(root: Path, where: str = "true") -> dict[tuple[str, str, str], 
             f"FROM steps WHERE {where} GROUP BY ALL"
         ).to_pylist()
     return {(r["build_id"], r["problem_id"], r["path_id"]): r["labels"] for r in rows}
+
+
+def truncated(labels_by_path: dict, format: str) -> dict:
+    """The labels a format's default after-first-error handling keeps."""
+    if DEFAULT_AFTER_FIRST_ERROR[format] == "negative":
+        return labels_by_path
+    return {k: v[: v.index(False) + 1] if False in v else v for k, v in labels_by_path.items()}
 
 
 def key(record: dict) -> tuple[str, str, str]:
@@ -72,8 +84,10 @@ def test_export_round_trips_labels_and_loads_with_datasets(data_root, tmp_path, 
     out = tmp_path / f"{format}.parquet"
     with Catalog(data_root) as catalog:
         result = export_paths(catalog, format, str(out))
-    expected = shard_labels(data_root)
+    expected = truncated(shard_labels(data_root), format)
     assert result.records == len(expected) == result.paths_total
+    assert result.metadata["after_first_error"] == DEFAULT_AFTER_FIRST_ERROR[format]
+    assert read_export_metadata(str(out)) == result.metadata
     loaded = datasets.load_dataset("parquet", data_files=str(out), split="train", cache_dir=str(tmp_path / "cache"))
     assert len(loaded) == len(expected)
     exported = {key(r): labels_of(format, r) for r in loaded}
@@ -137,7 +151,10 @@ def test_jsonl_output(data_root, tmp_path):
         result = export_paths(catalog, "prm800k", str(out))
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == result.records
-    assert {key(r): labels_of("prm800k", r) for r in records} == shard_labels(data_root)
+    assert {key(r): labels_of("prm800k", r) for r in records} == truncated(shard_labels(data_root), "prm800k")
+    metadata = read_export_metadata(str(out))
+    assert metadata["after_first_error"] == "truncate" and metadata["records"] == result.records
+    assert metadata["after_first_error_steps_removed"] > 0
 
 
 def test_generative_turns_carry_rationales(data_root, tmp_path):
@@ -156,7 +173,9 @@ def test_generative_turns_carry_rationales(data_root, tmp_path):
         roles = [m["role"] for m in record["messages"]]
         assert roles[0] == "system" and roles[1:] == ["user", "assistant"] * len(record["labels"])
         assistant = [m["content"] for m in record["messages"] if m["role"] == "assistant"]
-        assert assistant == rationales[(record["problem_id"], record["path_id"])]
+        expected = rationales[(record["problem_id"], record["path_id"])]
+        assert assistant == expected[: len(assistant)] and len(assistant) == len(record["labels"])
+        assert all(record["labels"][:-1])  # cut after the first error (the generative default)
         assert record["messages"][1]["content"].startswith("Problem: ")
 
 
@@ -229,3 +248,123 @@ def test_export_cli(data_root, tmp_path):
     labels = [parse_math_shepherd(r["input"], r["label"]) for r in table.to_pylist()]
     positive = sum(all(x) for x in labels)
     assert abs(positive - (len(labels) - positive)) <= 1
+
+
+def _path(labels, mc_totals=None, agree=None, sources=None, final_answer="1", num_steps=None):
+    n = len(labels)
+    return LabeledPath(
+        "b", "p", "x", "s", "Q", "1", [f"s{i}" for i in range(n)], list(labels), [""] * n, True, final_answer, "m",
+        None, mc_values=[None if t is None else 0.5 for t in (mc_totals or [None] * n)], mc_totals=mc_totals or [None] * n,
+        signals_agree=agree or [True] * n, label_sources=sources or ["mc"] * n, num_steps=num_steps or n,
+    )
+
+
+def test_after_first_error_truncates_or_keeps_negatives():
+    path = _path([True, False, False, True])
+    assert apply_after_first_error(path, "truncate").labels == [True, False]
+    assert apply_after_first_error(path, "truncate").steps == ["s0", "s1"]
+    assert apply_after_first_error(path, "negative") is path
+    assert apply_after_first_error(_path([True, True]), "truncate").labels == [True, True]
+    with pytest.raises(PrmforgeError, match="after-first-error"):
+        apply_after_first_error(path, "drop")
+
+
+def test_min_confidence_cuts_before_the_first_unconfident_step():
+    # step 1 rests on 4 rollouts: with 8 required the path keeps only step 0
+    path = _path([True, True, False], mc_totals=[8, 4, 8])
+    assert apply_min_confidence(path, 4).labels == [True, True, False]
+    assert apply_min_confidence(path, 8).steps == ["s0"]
+    # disagreeing signals cut too; nothing left -> None
+    assert apply_min_confidence(_path([True, True], mc_totals=[8, 8], agree=[False, True]), 1) is None
+    # no sampled value (verifier or inferred label): not an estimate, kept
+    assert apply_min_confidence(_path([True, True], mc_totals=[None, None]), 16).labels == [True, True]
+    # the last step of a path with a final answer is exact (1 "rollout": its own answer)
+    assert apply_min_confidence(_path([True, True], mc_totals=[8, 1]), 8).labels == [True, True]
+    assert apply_min_confidence(_path([True, True], mc_totals=[8, 1], final_answer=None), 8).labels == [True]
+
+
+def test_min_confidence_export_keeps_only_agreeing_well_sampled_prefixes(data_root, tmp_path):
+    out = tmp_path / "conf.parquet"
+    with Catalog(data_root) as catalog:
+        plain = export_paths(catalog, "trl", str(tmp_path / "plain.parquet"))
+        result = export_paths(catalog, "trl", str(out), min_confidence=8)
+        agree = {
+            (r["build_id"], r["problem_id"], r["path_id"]): r["agree"]
+            for r in catalog.query(
+                "SELECT build_id, problem_id, path_id, list(signals_agree ORDER BY step_index) AS agree FROM steps GROUP BY ALL"
+            ).to_pylist()
+        }
+    import pyarrow.parquet as pq
+
+    records = pq.read_table(out).to_pylist()
+    assert 0 < result.records < plain.records and result.steps < plain.steps
+    for record in records:
+        flags = agree[key(record)]
+        n = len(record["labels"])
+        assert all(flags[:n]) and (n == len(flags) or not flags[n])  # cut exactly at the first disagreement
+    metadata = read_export_metadata(str(out))
+    assert metadata["min_confidence_rollouts"] == 8
+    assert metadata["low_confidence_steps_removed"] == plain.steps - result.steps
+    assert metadata["low_confidence_paths_removed"] == plain.records - result.records
+
+
+def test_soft_labels_math_shepherd_and_refused_elsewhere(data_root, tmp_path):
+    out = tmp_path / "soft.parquet"
+    with Catalog(data_root) as catalog:
+        result = export_paths(catalog, "math-shepherd", str(out), soft_labels=True)
+        with pytest.raises(PrmforgeError, match="soft"):
+            export_paths(catalog, "trl", str(tmp_path / "t.parquet"), soft_labels=True)
+        values = {
+            (r["build_id"], r["problem_id"], r["path_id"]): r["values"]
+            for r in catalog.query(
+                "SELECT build_id, problem_id, path_id, list(mc_value ORDER BY step_index) AS values FROM steps GROUP BY ALL"
+            ).to_pylist()
+        }
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out)
+    assert table.schema.field("value").type.value_type == "double"
+    for record in table.to_pylist():
+        assert record["value"] == values[key(record)] == record["mc_values"]
+        assert len(record["value"]) == record["input"].count(STEP_TAG)
+    assert result.metadata["labels"].startswith("soft")
+    # a step labeled negative only because it follows the first error gets 0.0, not its MC value
+    path = _path([False, False], mc_totals=[8, 8], sources=["mc", "after_first_error"])
+    assert soft_values(path) == ([0.5, 0.0], 0)
+    assert soft_values(_path([True, False]))[1] == 2
+
+
+def test_hard_math_shepherd_value_column_matches_the_tags(data_root, tmp_path):
+    out = tmp_path / "hard.parquet"
+    with Catalog(data_root) as catalog:
+        export_paths(catalog, "math-shepherd", str(out))
+    import pyarrow.parquet as pq
+
+    for record in pq.read_table(out).to_pylist():
+        labels = parse_math_shepherd(record["input"], record["label"])
+        assert record["value"] == ["+" if x else "-" for x in labels]
+
+
+def test_negative_after_first_error_says_when_the_build_truncated(tmp_path):
+    from data_schemas.manifest import finish_build, start_build
+    from data_schemas.shards import ShardWriter
+    from data_schemas.synthetic import synthetic_batch
+
+    # a build made with fuse.after_first_error = "truncate": no rows after a path's first error
+    batch = synthetic_batch("t1", "gsm8k", 0)
+    first_error = {}
+    for row in batch.steps:
+        if row.is_first_error:
+            first_error[(row.problem_id, row.path_id)] = row.step_index
+    kept = [r for r in batch.steps if r.step_index <= first_error.get((r.problem_id, r.path_id), r.step_index)]
+    cut = {k for k, index in first_error.items()
+           if any(r.step_index > index for r in batch.steps if (r.problem_id, r.path_id) == k)}
+    assert cut  # the synthetic batch has paths with steps after their first error
+    manifest = start_build(tmp_path, "t1", {"name": "truncated"}, policy_model="m")
+    shards = ShardWriter(tmp_path, "t1").write_batch("gsm8k", "b0", kept, batch.nodes, batch.outcomes)
+    finish_build(tmp_path, manifest, shards)
+    with Catalog(tmp_path) as catalog:
+        result = export_paths(catalog, "trl", str(tmp_path / "n.parquet"))
+    assert result.after_first_error == "negative"
+    assert result.metadata["paths_truncated_by_build"] == len(cut)
+    assert any("truncated after their first error by the build" in note for note in result.notes)

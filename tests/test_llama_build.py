@@ -165,3 +165,22 @@ def test_sigkilled_build_leaves_no_process_behind(tmp_path):
     while _session_members(build.pid) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _session_members(build.pid) == []
+
+
+@pytest.mark.skipif(bool(preset_status(PRESETS["small"]).missing_packages), reason="0.5B model parts not installed")
+def test_doctor_reports_a_crashing_build_with_the_fix(crashing_llama, monkeypatch):
+    import importlib.metadata
+
+    from labelers.policy.embedded import doctor_check
+    from labelers.policy.model_files import resolve_model
+
+    try:
+        importlib.metadata.version("llama-cpp-python")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("llama-cpp-python not installed")
+    resolve_model("small")  # assembled, so doctor has a model to decode with
+    monkeypatch.setenv("PYTHONPATH", crashing_llama["PYTHONPATH"])
+    item = doctor_check()
+    assert not item.ok
+    assert "killed by SIGSEGV" in item.detail and "AMX_INT8" in item.detail
+    assert f"{INSTALL_COMMAND} --force" in (item.hint or "")

@@ -246,13 +246,19 @@ def test_label_given_solutions_binary_search_is_cheaper(gsm8k_rows, tool) -> Non
             solutions.append([steps])
             errors.append(-1)
 
-    def run(binary: bool, rule: str):
+    def run(binary: bool, rule: str, skip: bool = True):
         config = CONFIG.with_overrides(
-            {"search.first_error_search": binary, "fuse.rule": rule, "fuse.after_first_error": "negative", "search.mc_early_stop": 0}
+            {"search.first_error_search": binary, "fuse.rule": rule, "fuse.after_first_error": "negative",
+             "search.mc_early_stop": 0, "search.skip_mc_after_disproved": skip}
         )
         return label_given_solutions(problems, solutions, config, ScriptedPolicy(scripted), tool if rule == "hybrid" else None, None)
 
     results = {(binary, rule): run(binary, rule) for binary in (False, True) for rule in ("mc", "hybrid")}
+    # Hybrid without skipping MC after a disproved step: same labels, more rollouts.
+    for binary in (False, True):
+        results[(binary, "hybrid-no-skip")] = run(binary, "hybrid", skip=False)
+        skipped = sum(o.rollouts for o in results[(binary, "hybrid")].outcomes)
+        assert skipped < sum(o.rollouts for o in results[(binary, "hybrid-no-skip")].outcomes)
     for result in results.values():
         for problem, error in zip(problems, errors):
             steps = sorted((r for r in result.steps if r.problem_id == problem.problem_id), key=lambda r: r.step_index)

@@ -246,6 +246,9 @@ def export(
     consensus: bool = typer.Option(False, "--consensus", help="Only paths that pass the consensus filter."),
     balance: float | None = typer.Option(None, "--balance", help="Downsample to positive:negative paths ≈ RATIO."),
     seed: int = typer.Option(0, "--seed", help="Seed of the --balance draw."),
+    after_first_error: str | None = typer.Option(None, "--after-first-error", help="Steps after a path's first error: truncate or negative (default per format: negative for trl and math-shepherd, truncate for prm800k and generative)."),
+    soft_labels: bool = typer.Option(False, "--soft-labels", help="Label column = the MC value (math-shepherd, for OpenRLHF); every format has mc_values anyway."),
+    min_confidence: int | None = typer.Option(None, "--min-confidence", help="Cut each path before its first step whose signals disagree or whose MC value rests on fewer than N rollouts.", min=1),
     dataset: str | None = typer.Option(None, "--dataset", help="Export dataset NAME's current rows (each step once)."),
 ) -> None:
     """Export labeled solution paths for PRM training (one record per path)."""
@@ -256,11 +259,15 @@ def export(
     with _catalog(root, builds, include_incomplete, dataset, current_rows=True) as catalog:
         if not catalog.build_ids:
             raise PrmforgeError(f"no complete builds under {root} (--include-incomplete reads running ones)")
-        result = export_paths(catalog, format, out, where=where, consensus=consensus, balance=balance, seed=seed)
+        result = export_paths(catalog, format, out, where=where, consensus=consensus, balance=balance, seed=seed,
+                              after_first_error=after_first_error, soft_labels=soft_labels,
+                              min_confidence=min_confidence)
     typer.echo(
         f"wrote {result.records} {format} record(s) ({result.steps} steps; {result.positive_paths} positive, "
         f"{result.negative_paths} negative paths) to {out}; paths: {result.paths_total} in builds, "
         f"{result.paths_after_where} after --where, {result.paths_after_consensus} after --consensus"
+        + (f", {result.paths_after_confidence} after --min-confidence" if min_confidence is not None else "")
+        + f"; steps after the first error: {result.after_first_error}; labels: {result.metadata['labels']}"
     )
     for note in result.notes:
         typer.echo(f"note: {note}")

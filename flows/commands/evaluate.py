@@ -34,6 +34,8 @@ MC_MODE_OPTION = typer.Option("per-step", "--mc-mode", help="MC rollouts from ev
 K_OPTION = typer.Option(None, "--k", help="Rollouts per estimated prefix (default: search.mc_rollouts of the config).", min=1)
 LIMIT_OPTION = typer.Option(None, "--limit", help="Evaluate only the first N records of the set.", min=1)
 SEED_OPTION = typer.Option(None, "--seed", help="Seed of the rollouts (default: the config's).")
+PRM_OPTION = typer.Option(None, "--prm", help="Directory of a PRM trained by prmforge train (signal prm).", file_okay=False)
+THRESHOLD_OPTION = typer.Option(0.5, "--threshold", help="Signal prm: a step is bad when its P(good) is below this.")
 
 
 def _load_config(config_file: Path | None, preset: str | None, overrides: list[str] | None, model: str | None,
@@ -73,8 +75,10 @@ def parse_signals(text: str) -> list[tuple[str, str | None]]:
 class _Resources:
     """Policy and verifiers, made on first use and closed once."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, prm_dir: Path | None = None) -> None:
         self.config = config
+        self.prm_dir = prm_dir
+        self._prm = None
         self._policy = None
         self._tool = None
         self._lean = None
@@ -100,6 +104,15 @@ class _Resources:
             self._lean = make_lean_verifier(self.config.lean.model_copy(update={"enabled": True}), None)
         return self._lean
 
+    def prm(self) -> Any:
+        if self._prm is None:
+            if self.prm_dir is None:
+                raise InputError("--labels prm needs --prm DIR (a model trained by prmforge train)")
+            from labelers.training import PRMScorer
+
+            self._prm = PRMScorer(self.prm_dir)
+        return self._prm
+
     def close(self) -> None:
         for resource in (self._tool, self._lean, self._policy):
             if resource is not None:
@@ -107,7 +120,7 @@ class _Resources:
 
 
 def run_signals(records: Sequence[Any], signals: Sequence[tuple[str, str | None]], config: Any,
-                default_mode: str, k: int | None, resources: _Resources) -> list[Any]:
+                default_mode: str, k: int | None, resources: _Resources, threshold: float = 0.5) -> list[Any]:
     from labelers.evaluation import runner
 
     results = []
@@ -116,6 +129,8 @@ def run_signals(records: Sequence[Any], signals: Sequence[tuple[str, str | None]
             run = runner.run_tool(records, resources.tool())
         elif signal == "lean":
             run = runner.run_lean(records, resources.lean())
+        elif signal == "prm":
+            run = runner.run_prm(records, resources.prm(), threshold)
         else:
             runner.require_gold(records, signal)
             run = runner.run_mc(
@@ -196,7 +211,7 @@ def make_set(
 @eval_app.command("run")
 def run(
     set_file: Path = SET_FILE_OPTION,
-    labels: str = typer.Option(..., "--labels", help="Signal: tool, lean, mc or hybrid."),
+    labels: str = typer.Option(..., "--labels", help="Signal: tool, lean, mc, hybrid or prm (a trained PRM, --prm DIR)."),
     config_file: Path | None = CONFIG_OPTION,
     preset: str | None = PRESET_OPTION,
     overrides: list[str] | None = OVERRIDE_OPTION,
@@ -207,13 +222,15 @@ def run(
     limit: int | None = LIMIT_OPTION,
     seed: int | None = SEED_OPTION,
     out: Path | None = typer.Option(None, "--out", help="Write the scores, costs and per-record failures as JSON.", dir_okay=False),
+    prm: Path | None = PRM_OPTION,
+    threshold: float = THRESHOLD_OPTION,
 ) -> None:
     """Label a set's steps with one signal and score earliest-error identification (ProcessBench)."""
     signals = parse_signals(labels)
     if len(signals) != 1:
         raise InputError("eval run takes one signal; use eval compare for several")
     _evaluate(set_file, signals, config_file, preset, overrides, model, backend, mc_mode, k, limit, seed, out,
-              f"ProcessBench score on {set_file.name}")
+              f"ProcessBench score on {set_file.name}", prm, threshold)
 
 
 @eval_app.command("compare")
@@ -230,24 +247,27 @@ def compare(
     limit: int | None = LIMIT_OPTION,
     seed: int | None = SEED_OPTION,
     out: Path | None = typer.Option(None, "--out", help="Write all results as JSON.", dir_okay=False),
+    prm: Path | None = PRM_OPTION,
+    threshold: float = THRESHOLD_OPTION,
 ) -> None:
     """Several signals on the same set, one table side by side."""
     _evaluate(set_file, parse_signals(labels), config_file, preset, overrides, model, backend, mc_mode, k, limit,
-              seed, out, f"Signals compared on {set_file.name}")
+              seed, out, f"Signals compared on {set_file.name}", prm, threshold)
 
 
 def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file: Path | None, preset: str | None,
               overrides: list[str] | None, model: str | None, backend: str | None, mc_mode: str, k: int | None,
-              limit: int | None, seed: int | None, out: Path | None, title: str) -> None:
+              limit: int | None, seed: int | None, out: Path | None, title: str, prm: Path | None = None,
+              threshold: float = 0.5) -> None:
     from labelers.evaluation.runner import MC_MODES
 
     if mc_mode not in MC_MODES:
         raise InputError(f"--mc-mode must be one of {', '.join(MC_MODES)}, got {mc_mode!r}")
     records = _read_records(set_file, limit)
     config = _load_config(config_file, preset, overrides, model, backend, seed)
-    resources = _Resources(config)
+    resources = _Resources(config, prm)
     try:
-        results = run_signals(records, signals, config, mc_mode, k, resources)
+        results = run_signals(records, signals, config, mc_mode, k, resources, threshold)
     finally:
         resources.close()
     # The table has 15 columns: never squeeze it below a readable width (pipes, CI logs).

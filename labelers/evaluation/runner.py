@@ -10,6 +10,8 @@ Signals:
   from each step prefix (``per-step``) or only from the prefixes an OmegaPRM binary search
   probes (``binary``); fused with rule ``mc``.
 - ``hybrid``: tool verdicts and MC fused with rule ``hybrid`` (labelers/fuse.py).
+- ``prm``: a PRM trained by ``prmforge train`` (labelers/training.py): a step is bad when its
+  P(good) is below a threshold (0.5 by default). Needs the ``[train]`` extra.
 
 ``mc`` and ``hybrid`` go through the labeling core's given-solutions function
 (:func:`labelers.pipeline.label_given_solutions`), so the evaluation measures exactly the code
@@ -32,7 +34,7 @@ from labelers.evaluation.processbench import BenchRecord, Prediction, Score, sco
 from labelers.policy.base import Policy
 from labelers.verify.base import LeanState, StepContext, StepVerifier, LeanVerifier, ToolVerdict
 
-SIGNALS: tuple[str, ...] = ("tool", "lean", "mc", "hybrid")
+SIGNALS: tuple[str, ...] = ("tool", "lean", "mc", "hybrid", "prm")
 MC_MODES: tuple[str, ...] = ("per-step", "binary")
 
 
@@ -142,6 +144,32 @@ def run_lean(records: Sequence[BenchRecord], lean: LeanVerifier) -> SignalRun:
         )
         run.predictions[record.id] = Prediction(record.id, negative)
         run.labeled_steps += len(record.steps)
+    run.wall_seconds = time.perf_counter() - started
+    return run
+
+
+def run_prm(records: Sequence[BenchRecord], scorer: Any, threshold: float = 0.5) -> SignalRun:
+    """Step scores of a trained PRM (``scorer.step_scores(problem, steps)`` = P(good) per step);
+    a step is bad when its score is below ``threshold``. A record the scorer cannot take (cut by
+    its max_length, ...) is kept in ``failures``."""
+    if not 0 < threshold < 1:
+        raise InputError(f"--threshold must be between 0 and 1, got {threshold}")
+    started = time.perf_counter()
+    run = SignalRun("prm", {}, model_id=getattr(scorer, "model_dir", None))
+    scores: list[float] = []
+    for record in records:
+        try:
+            step_scores = scorer.step_scores(record.problem, record.steps)
+        except PrmforgeError as error:
+            run.failures[record.id] = str(error)
+            continue
+        scores += step_scores
+        run.predictions[record.id] = Prediction(record.id, tuple(score < threshold for score in step_scores))
+        run.labeled_steps += len(record.steps)
+    if scores:
+        run.notes.append(
+            f"threshold {threshold}: step P(good) min {min(scores):.3f}, mean {sum(scores) / len(scores):.3f}, max {max(scores):.3f}"
+        )
     run.wall_seconds = time.perf_counter() - started
     return run
 

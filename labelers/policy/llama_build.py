@@ -37,6 +37,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from data_schemas.errors import PrmforgeError
 
@@ -228,18 +229,31 @@ def preflight(model_path: Path, n_threads: int, cache_dir: Path) -> None:
         marker.write_text(json.dumps({"system_info": result.system_info}) + "\n")
 
 
-def system_info() -> str:
-    """llama.cpp's description of the compiled library (imports llama_cpp; decodes nothing)."""
+def import_llama_cpp() -> Any:
+    """Import llama_cpp with OpenMP's passive wait policy unless the user chose one.
+
+    llama.cpp's OpenMP worker threads spin at every barrier by default. On a 2-core machine
+    with anything else runnable (the tool verifier's workers, another job) a spinning thread
+    waits for a descheduled one and a 2-thread decode collapsed to 4-10 tokens/s; with
+    ``OMP_WAIT_POLICY=PASSIVE`` the same runs kept their speed (docs/generation.md, "Threads").
+    libgomp reads the variable once, when llama.cpp's library is loaded, hence before the import.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import llama_cpp
 
+    return llama_cpp
+
+
+def system_info() -> str:
+    """llama.cpp's description of the compiled library (imports llama_cpp; decodes nothing)."""
+    llama_cpp = import_llama_cpp()
     return llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()
 
 
 def _probe(model_path: str, n_threads: int) -> int:
     """Child side of the preflight: print the build's features, then decode."""
     print(f"system_info: {system_info()}", flush=True)
-    import llama_cpp
-
+    llama_cpp = import_llama_cpp()
     llama = llama_cpp.Llama(model_path, n_ctx=256, n_batch=64, n_threads=n_threads, n_threads_batch=n_threads, verbose=False)
     # A batch of prompt tokens (the matrix kernels) and then one token (the vector kernels).
     prompt = llama.tokenize(b"Question: what is 12 + 30? Answer step by step. First, 12 + 30 = 42.", add_bos=True)
