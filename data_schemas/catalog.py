@@ -14,6 +14,14 @@ manifest, is never read). ``build_id`` narrows to given builds; ``include_incomp
 running/failed builds, whose shards are found by listing ``part-*.parquet`` files (temporary
 files of writers never match). Nothing is copied: DuckDB scans the Parquet files at query time
 (local paths natively; other filesystems through a pyarrow dataset).
+
+``dataset`` (a dataset name, data_schemas/datasets.py) narrows the views to the complete builds
+of that dataset and adds ``dataset_steps``, ``dataset_nodes``, ``dataset_problems`` and
+``dataset_builds``: for every problem, the rows of the latest complete build that labeled it,
+with lineage columns (:data:`LINEAGE_SCHEMA`). They read the dataset's compacted files where a
+compaction covers a build, the build's own shards otherwise. ``as_of`` (a build id of the
+dataset) gives the dataset as it was when that build completed; ``dataset_as_default`` makes
+``steps``/``nodes``/``problems`` those current rows (what ``export``/``stats --dataset`` read).
 """
 
 from __future__ import annotations
@@ -29,9 +37,17 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from data_schemas.datasets import (
+    HELD_STATUSES,
+    Compaction,
+    check_dataset_name,
+    dataset_manifests,
+    member_rows,
+    read_compaction,
+)
 from data_schemas.errors import PrmforgeError
 from data_schemas.manifest import Manifest, list_builds, read_manifest
-from data_schemas.schemas import NODES, OUTCOMES, STEPS
+from data_schemas.schemas import DATASET_LINEAGE, NODES, OUTCOMES, STEPS
 from data_schemas.shards import DataRoot, check_schema_version, list_shards, resolve_root
 
 #: view name -> (shard table directory, schema)
@@ -40,6 +56,12 @@ VIEWS: dict[str, tuple[str, pa.Schema]] = {
     "nodes": ("nodes", NODES),
     "problems": ("outcomes", OUTCOMES),
 }
+
+#: Lineage columns the dataset views add to every row: where and how the row was made.
+LINEAGE_SCHEMA = DATASET_LINEAGE.remove_metadata()
+MEMBERS_SCHEMA = pa.schema([("build_id", pa.string()), ("problem_id", pa.string()), *LINEAGE_SCHEMA])
+#: dataset view -> base view / shard table it extends
+DATASET_VIEWS: dict[str, str] = {"dataset_steps": "steps", "dataset_nodes": "nodes", "dataset_problems": "problems"}
 
 BUILDS_SCHEMA = pa.schema(
     [
@@ -100,10 +122,18 @@ class Catalog:
         root: str | DataRoot,
         build_id: str | Sequence[str] | None = None,
         include_incomplete: bool = False,
+        dataset: str | None = None,
+        as_of: str | None = None,
+        dataset_as_default: bool = False,
     ) -> None:
         self.root = resolve_root(root)
         self.include_incomplete = include_incomplete
-        if build_id is None:
+        self.dataset = check_dataset_name(dataset) if dataset is not None else None
+        if self.dataset is not None:
+            if build_id is not None or include_incomplete:
+                raise PrmforgeError("--dataset reads the dataset's complete builds; leave out --build and --include-incomplete")
+            self.manifests = self._dataset_builds(as_of)
+        elif build_id is None:
             self.manifests = [m for m in list_builds(self.root) if include_incomplete or m.is_complete]
         else:
             ids = [build_id] if isinstance(build_id, str) else list(build_id)
@@ -114,6 +144,13 @@ class Catalog:
             for view, (table, schema) in VIEWS.items():
                 self._define_view(view, schema, self.shard_files(table))
             self._define_builds_view()
+            if self.dataset is not None:
+                # A compaction is a snapshot of the latest state: an earlier state reads the builds' shards.
+                self._define_dataset_views(read_compaction(self.root, self.dataset) if as_of is None else None)
+                if dataset_as_default:
+                    for view, base in DATASET_VIEWS.items():
+                        columns = ", ".join(f'"{name}"' for name in VIEWS[base][1].names)
+                        self.connection.execute(f"CREATE OR REPLACE VIEW {base} AS SELECT {columns} FROM {view}")
         except BaseException:
             self.connection.close()
             raise
@@ -135,24 +172,77 @@ class Catalog:
                 files += found
         return files
 
-    def _define_view(self, view: str, schema: pa.Schema, files: list[str]) -> None:
-        columns = ", ".join(f'"{name}"' for name in schema.names)
+    def _dataset_builds(self, as_of: str | None) -> list[Manifest]:
+        members = dataset_manifests(list_builds(self.root), self.dataset)
+        if as_of is None:
+            return members
+        ids = [m.build_id for m in members]
+        if as_of not in ids:
+            raise PrmforgeError(f"build {as_of!r} is not a complete build of dataset {self.dataset!r}")
+        return members[: ids.index(as_of) + 1]
+
+    def _source(self, name: str, schema: pa.Schema, files: list[str]) -> str:
+        """A DuckDB table expression reading ``files`` (an empty typed table when there are none)."""
         if not files:
             empty = schema.empty_table()
             self._keep_alive.append(empty)
-            self.connection.register(f"_empty_{view}", empty)
-            source = f"_empty_{view}"
-        elif self.root.is_local:
+            self.connection.register(f"_empty_{name}", empty)
+            return f"_empty_{name}"
+        if self.root.is_local:
             paths = ", ".join(_sql_string(self.root.join(f)) for f in files)
-            source = f"read_parquet([{paths}], hive_partitioning = false)"
-        else:
-            dataset = pads.dataset(
-                [self.root.join(f) for f in files], schema=schema, format="parquet", filesystem=self.root.filesystem
+            return f"read_parquet([{paths}], hive_partitioning = false)"
+        dataset = pads.dataset(
+            [self.root.join(f) for f in files], schema=schema, format="parquet", filesystem=self.root.filesystem
+        )
+        self._keep_alive.append(dataset)
+        self.connection.register(f"_dataset_{name}", dataset)
+        return f"_dataset_{name}"
+
+    def _define_view(self, view: str, schema: pa.Schema, files: list[str]) -> None:
+        columns = ", ".join(f'"{name}"' for name in schema.names)
+        self.connection.execute(f"CREATE VIEW {view} AS SELECT {columns} FROM {self._source(view, schema, files)}")
+
+    def _define_dataset_views(self, compaction: Compaction | None) -> None:
+        """``dataset_*`` views: per problem, the rows of the latest complete build that labeled it.
+
+        Candidates are the compacted rows (already one build per problem, lineage included) and
+        the rows of builds the compaction does not cover, joined with their manifest's lineage.
+        The current build of a problem: a labeled/skipped outcome before a failed one, then the
+        build that completed last (``build_finished_at``, microseconds), then the build id.
+        """
+        covered = set(compaction.covered_builds) if compaction is not None else set()
+        uncovered = [m for m in self.manifests if m.build_id not in covered]
+        members = pa.Table.from_pylist(member_rows(uncovered), schema=MEMBERS_SCHEMA)
+        self._keep_alive.append(members)
+        self.connection.register("_dataset_members", members)
+        lineage = ", ".join(f'm."{name}"' for name in LINEAGE_SCHEMA.names)
+        for view, base in DATASET_VIEWS.items():
+            table, schema = VIEWS[base]
+            files = [f for m in uncovered for f in sorted(s.path for s in m.shards if s.table == table)]
+            fresh = (
+                f"SELECT b.*, {lineage} FROM {self._source(f'new_{view}', schema, files)} AS b "
+                "JOIN _dataset_members AS m USING (build_id, problem_id)"
             )
-            self._keep_alive.append(dataset)
-            self.connection.register(f"_dataset_{view}", dataset)
-            source = f"_dataset_{view}"
-        self.connection.execute(f"CREATE VIEW {view} AS SELECT {columns} FROM {source}")
+            if compaction is not None:
+                full_schema = pa.schema([*schema, *LINEAGE_SCHEMA])
+                compacted = self._source(f"compacted_{view}", full_schema, compaction.table_files(table))
+                fresh += f" UNION ALL BY NAME SELECT * FROM {compacted}"
+            self.connection.execute(f"CREATE VIEW _all_{view} AS {fresh}")
+        held = ", ".join(_sql_string(s) for s in HELD_STATUSES)
+        self.connection.execute(
+            f"""CREATE VIEW _dataset_current AS SELECT build_id, problem_id FROM _all_dataset_problems
+            QUALIFY row_number() OVER (
+              PARTITION BY problem_id ORDER BY status NOT IN ({held}), build_finished_at DESC, build_id DESC) = 1"""
+        )
+        for view in DATASET_VIEWS:
+            self.connection.execute(
+                f"CREATE VIEW {view} AS SELECT * FROM _all_{view} SEMI JOIN _dataset_current USING (build_id, problem_id)"
+            )
+        lineage_names = ", ".join(f"any_value({name}) AS {name}" for name in LINEAGE_SCHEMA.names if name != "labeling_key")
+        self.connection.execute(
+            f"""CREATE VIEW dataset_builds AS SELECT build_id, {lineage_names}, count(*) AS current_problems
+            FROM dataset_problems GROUP BY build_id ORDER BY build_finished_at"""
+        )
 
     def _define_builds_view(self) -> None:
         rows = [self._build_row(m) for m in self.manifests]

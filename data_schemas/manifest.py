@@ -79,6 +79,9 @@ class Manifest:
     token_usage: dict[str, int] = field(default_factory=dict)
     error: str | None = None
     manifest_version: int = MANIFEST_VERSION
+    # Builds that grow a named dataset: name, labeling keys of the problems this build labels,
+    # the plan's counts (data_schemas/datasets.py). None for a standalone build.
+    dataset: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,6 +101,7 @@ class Manifest:
             "token_usage": self.token_usage,
             "error": self.error,
             "shards": [s.to_dict() for s in self.shards],
+            **({"dataset": self.dataset} if self.dataset is not None else {}),
         }
 
     def to_json(self) -> str:
@@ -122,6 +126,7 @@ class Manifest:
             token_usage=dict(data.get("token_usage") or {}),
             error=data.get("error"),
             manifest_version=int(data.get("manifest_version", MANIFEST_VERSION)),
+            dataset=dict(data["dataset"]) if data.get("dataset") else None,
         )
 
     @property

@@ -15,6 +15,10 @@ TABLE_INTROS = {
     "steps": "One row per step of each labeled solution path: the PRM training signal.",
     "nodes": "One row per node of each problem's MCTS tree (the root is the empty prefix).",
     "outcomes": "One row per problem and build: what happened to it (labeled, failed or skipped) and what it cost.",
+    "dataset_lineage": (
+        "Columns the dataset views `dataset_steps`, `dataset_nodes`, `dataset_problems` add to the\n"
+        "columns of `steps`, `nodes`, `outcomes` (docs/operations.md, \"Datasets\"); from the build's manifest."
+    ),
 }
 
 HEADER = """# Table schemas

@@ -120,4 +120,24 @@ OUTCOMES = _schema(
     ],
 )
 
-TABLES: dict[str, pa.Schema] = {"problems": PROBLEMS, "steps": STEPS, "nodes": NODES, "outcomes": OUTCOMES}
+# Columns the dataset views (dataset_steps, dataset_nodes, dataset_problems) add to the rows of
+# their tables; also stored in a dataset's compacted files (data_schemas/compaction.py).
+DATASET_LINEAGE = _schema(
+    "dataset_lineage",
+    [
+        _field("labeling_key", pa.string(), "Hash of problem id, problem content, policy model, labeling config and schema version; a problem is labeled again when it changes.", False),
+        _field("build_finished_at", pa.timestamp("us", tz="UTC"), "When the build that made the row completed (the latest build of a problem wins)."),
+        _field("policy_model", pa.string(), "Policy backend and model of that build (backend:model)."),
+        _field("config_hash", pa.string(), "Config hash of that build."),
+        _field("prmforge_version", pa.string(), "prmforge version that made the row."),
+        _field("git_revision", pa.string(), "git revision of the prmforge checkout that made the row, when known."),
+    ],
+)
+
+TABLES: dict[str, pa.Schema] = {
+    "problems": PROBLEMS,
+    "steps": STEPS,
+    "nodes": NODES,
+    "outcomes": OUTCOMES,
+    "dataset_lineage": DATASET_LINEAGE,
+}

@@ -12,6 +12,11 @@ Walk of one build (all algorithms live in labelers/ and data_schemas/; this modu
    (atomic, deterministic names) and the running manifest is updated with them;
 6. the final manifest (``complete``, counts computed from the shards) is written last.
 
+Datasets: ``run_build`` first plans a build of ``output.dataset`` (flows/datasets.py): under the
+dataset lock it keeps only the problems the dataset does not hold under the same labeling key,
+writes the running manifest with that plan and a claim; the flow then labels the planned
+problems (on resume too), and the claim is renewed until the build ends.
+
 Resume: ``label-batch`` results are cached and persisted under the build's directory, keyed on
 (build id, batch problem ids, config hash, code version, policy factory). A rerun of the same
 build id skips every batch whose shards the manifest lists with matching checksums, takes the
@@ -21,6 +26,7 @@ deterministic, so no row is ever written twice.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import re
@@ -39,12 +45,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.futures import as_completed
 
-from data_schemas.errors import ConfigError, PrmforgeError
+from data_schemas.datasets import ClaimHeartbeat, remove_claim, utc_now_precise
+from data_schemas.errors import ConfigError, InputError, PrmforgeError
 from data_schemas.manifest import Manifest, finish_build, read_manifest, start_build, write_manifest
-from data_schemas.problems import bundled_problems_path, load_problems
+from data_schemas.problems import FILE_TYPES, bundled_problems_path, load_problems
 from data_schemas.records import NodeRow, Problem, ProblemOutcome, StepRow
 from data_schemas.shards import ShardInfo, ShardWriter, file_sha256, read_shard, resolve_root
-from flows.progress import BuildProgress, BuildSummary
+from flows.datasets import plan_dataset_build, planned_problems
+from flows.progress import BuildProgress, BuildSummary, dataset_plan_line
 from flows.resources import PROCESS_RESOURCES, PolicyFactorySpec, factory_label
 from flows.runners import make_task_runner
 from labelers.config import BuildConfig
@@ -112,19 +120,54 @@ def unused_build_id(root: str, candidate: str) -> str:
     return build_id
 
 
+def problem_files(spec: str) -> list[Path]:
+    """The files ``problems.path`` names: one file, every problem file in a folder, or a glob.
+
+    Folder and glob matches are sorted by name and filtered to the known problem file types, so
+    a scheduled dataset build picks up files added since the last run.
+    """
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FILE_TYPES and not p.name.startswith("."))
+    elif any(char in spec for char in "*?["):
+        matches = glob.glob(str(Path(spec).expanduser()), recursive=True)
+        files = sorted(Path(m) for m in matches if Path(m).is_file() and Path(m).suffix.lower() in FILE_TYPES)
+    else:
+        return [path]
+    if not files:
+        raise InputError(f"{spec}: no problem files ({', '.join(FILE_TYPES)}) there")
+    return files
+
+
 def load_build_problems(config: BuildConfig) -> tuple[list[Problem], int, int]:
-    """(problems after ``limit``, input rows skipped as invalid, duplicate rows dropped)."""
+    """(problems after ``limit``, input rows skipped as invalid, duplicate rows dropped).
+
+    Several files (a folder or a glob) are read in name order; a problem id seen in an earlier
+    file is a duplicate like one repeated within a file.
+    """
     section = config.problems
-    path = bundled_problems_path() if section.path == "bundled" else Path(section.path).expanduser()
-    loaded = load_problems(
-        path,
-        format=section.format,
-        source=section.source,
-        columns=section.columns or None,
-        skip_invalid=section.skip_invalid,
-    )
-    problems = loaded.problems[: section.limit] if section.limit is not None else loaded.problems
-    return problems, len(loaded.skipped), len(loaded.duplicates)
+    files = [bundled_problems_path()] if section.path == "bundled" else problem_files(section.path)
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    skipped = duplicates = 0
+    for path in files:
+        loaded = load_problems(
+            path,
+            format=section.format,
+            source=section.source,
+            columns=section.columns or None,
+            skip_invalid=section.skip_invalid,
+        )
+        skipped += len(loaded.skipped)
+        duplicates += len(loaded.duplicates)
+        for problem in loaded.problems:
+            if problem.problem_id in seen:
+                duplicates += 1
+                continue
+            seen.add(problem.problem_id)
+            problems.append(problem)
+    problems = problems[: section.limit] if section.limit is not None else problems
+    return problems, skipped, duplicates
 
 
 def results_storage(root: str, build_id: str) -> Any:
@@ -313,8 +356,11 @@ def build_dataset(
     build_id = build_id or unused_build_id(root, new_build_id(config))
     reporter: BuildProgress | None = progress
     problems, skipped_rows, duplicate_rows = load_build_problems(config)
-    batches = make_batches(problems, config.output.batch_size)
+    input_problems = len(problems)
     manifest, resumed = _open_manifest(root, build_id, config)
+    if manifest.dataset is not None:  # a dataset build labels what its plan chose (flows/datasets.py)
+        problems = planned_problems(problems, manifest, config)
+    batches = make_batches(problems, config.output.batch_size)
     if resumed:
         ShardWriter(root, build_id).remove_temp_files()  # left by a killed writer of this build
 
@@ -396,13 +442,15 @@ def build_dataset(
     lean_checked = sum(1 for row in steps_seen if row.lean_state in ("proved", "disproved"))
     if model_ids:
         manifest = replace(manifest, policy_model=",".join(sorted(model_ids)))
+    if manifest.dataset is not None:
+        manifest = replace(manifest, dataset={**manifest.dataset, "completed_at": utc_now_precise()})
     final = finish_build(
         root,
         manifest,
         shards,
         status="complete",
         extra_counts={
-            "input": {"problems": len(problems), "skipped_rows": skipped_rows, "duplicate_rows": duplicate_rows},
+            "input": {"problems": input_problems, "skipped_rows": skipped_rows, "duplicate_rows": duplicate_rows},
             "pipeline": dict(sorted(pipeline_counters.items())),
             "verification": {"steps": len(steps_seen), "tool_checked": tool_checked, "lean_checked": lean_checked},
             "run": {
@@ -441,6 +489,8 @@ def build_dataset(
         generation_seconds=generation_seconds,
         wall_seconds=wall_seconds,
         failures=failures,
+        dataset=(manifest.dataset or {}).get("name"),
+        dataset_plan=dict((manifest.dataset or {}).get("plan") or {}),
     )
     if reporter is not None:
         reporter.stop()
@@ -454,12 +504,34 @@ def run_build(
     progress: BuildProgress | None = None,
     reuse_written_shards: bool = True,
     release_resources: bool = True,
+    relabel: bool = False,
+    relabel_where: str | None = None,
 ) -> BuildSummary:
     """Run ``build_dataset`` with the task runner ``config.flow`` asks for.
 
     ``release_resources`` closes the models this process loaded (thread runner) when the build
     ends; a long-lived caller that runs many builds (``serve``) may keep them.
+
+    With ``config.output.dataset``, a new build is first planned against the dataset (only new
+    or changed problems; ``relabel`` forces held ones, all or those matching ``relabel_where``
+    over ``dataset_problems``) and claims its problems while it runs; a build with nothing to
+    label is recorded as an empty complete build without starting Prefect. An existing
+    ``build_id`` resumes that build with its own plan.
     """
+    heartbeat: ClaimHeartbeat | None = None
+    dataset = config.output.dataset
+    if dataset is not None:
+        existing = _existing_manifest(config.output.root, build_id) if build_id is not None else None
+        if existing is None:  # a new build of the dataset: plan it (resume keeps its plan)
+            build_id, nothing_new = start_dataset_build(config, build_id, relabel, relabel_where)
+            if nothing_new is not None:
+                return nothing_new
+            existing = read_manifest(config.output.root, build_id, allow_incomplete=True)
+        planned = list((existing.dataset or {}).get("labeling_keys") or {})
+        if planned:
+            heartbeat = ClaimHeartbeat(config.output.root, dataset, build_id, planned, config.output.claim_lease_s).start()
+    elif relabel or relabel_where is not None:
+        raise ConfigError("--relabel and --where apply to a dataset build: give --dataset NAME")
     runner = make_task_runner(config.flow)
     configured = build_dataset.with_options(task_runner=runner)
     try:
@@ -471,8 +543,91 @@ def run_build(
             reuse_written_shards=reuse_written_shards,
         )
     finally:
+        if heartbeat is not None:
+            heartbeat.stop()  # after the final manifest: the problems are never unclaimed and unlabeled
         if release_resources:
             PROCESS_RESOURCES.close_all()
+
+
+def start_dataset_build(
+    config: BuildConfig, build_id: str | None = None, relabel: bool = False, relabel_where: str | None = None
+) -> tuple[str, BuildSummary | None]:
+    """Plan a new build of ``config.output.dataset`` (flows/datasets.py) before any model loads.
+
+    Returns (build id, None) when the build has problems to label: its running manifest and
+    claim are written, and ``run_build(config, build_id=...)`` labels them. Returns (build id,
+    summary) when there is nothing to label: the build is already finished as an empty complete
+    build (no Prefect, no model).
+    """
+    build_id = build_id or unused_build_id(config.output.root, new_build_id(config))
+    problems, skipped_rows, duplicate_rows = load_build_problems(config)
+    plan, manifest = plan_dataset_build(config, problems, build_id, relabel, relabel_where)
+    if plan.selected:
+        return build_id, None
+    return build_id, _nothing_new(config, manifest, len(problems), skipped_rows, duplicate_rows)
+
+
+def abandon_dataset_build(config: BuildConfig, build_id: str, error: BaseException) -> None:
+    """A planned dataset build that cannot start: record it ``failed`` and release its claim."""
+    root = config.output.root
+    manifest = read_manifest(root, build_id, allow_incomplete=True)
+    finish_build(root, manifest, [], status="failed", error=f"{type(error).__name__}: {error}"[:2000])
+    if config.output.dataset is not None:
+        remove_claim(root, config.output.dataset, build_id)
+
+
+def _existing_manifest(root: str, build_id: str) -> Manifest | None:
+    try:
+        return read_manifest(root, build_id, allow_incomplete=True)
+    except PrmforgeError as error:
+        if "missing" in str(error):
+            return None
+        raise
+
+
+def _nothing_new(
+    config: BuildConfig,
+    manifest: Manifest,
+    input_problems: int,
+    skipped_rows: int,
+    duplicate_rows: int,
+) -> BuildSummary:
+    """Finish a dataset build that found nothing to label as an empty complete build (no Prefect)."""
+    root = config.output.root
+    dataset = {**(manifest.dataset or {}), "completed_at": utc_now_precise()}
+    final = finish_build(
+        root,
+        replace(manifest, dataset=dataset),
+        [],
+        extra_counts={"input": {"problems": input_problems, "skipped_rows": skipped_rows, "duplicate_rows": duplicate_rows}},
+    )
+    data_root = resolve_root(root)
+    return BuildSummary(
+        build_id=final.build_id,
+        status=final.status,
+        root=root,
+        manifest_path=data_root.join("builds", final.build_id, "manifest.json"),
+        shards_dir=data_root.join("builds", final.build_id),
+        shard_files=0,
+        problems_total=0,
+        problems_failed=0,
+        problems_skipped=0,
+        input_rows_skipped=skipped_rows,
+        batches_total=0,
+        batches_reused=0,
+        steps=0,
+        positive_steps=0,
+        tool_checked_steps=0,
+        lean_checked_steps=0,
+        rollouts=0,
+        prompt_tokens=0,
+        completion_tokens=0,
+        generation_seconds=0.0,
+        wall_seconds=0.0,
+        failures=(),
+        dataset=dataset["name"],
+        dataset_plan=dict(dataset.get("plan") or {}),
+    )
 
 
 def live_usage_probe() -> Callable[[], TokenUsage]:
@@ -489,7 +644,8 @@ def scheduled_build(
 ) -> BuildSummary:
     """Deployment entry point: a fresh build from a preset and/or a config mapping + overrides.
 
-    Each run gets a new build id. The batch tasks run on the task runner ``flow.task_runner``
+    Each run gets a new build id; with ``output.dataset`` it labels only what the dataset does
+    not hold yet and prints what it planned (new, changed, relabeled, already labeled). The batch tasks run on the task runner ``flow.task_runner``
     asks for (the labeling flow runs as a subflow with that runner). ``policy_factory``:
     ``"module:function"`` making a custom Policy from the policy config (None: the built-in
     backends).
@@ -497,7 +653,10 @@ def scheduled_build(
     from flows.config_load import config_from_parts
 
     build_config = config_from_parts(preset, config, overrides or [])
-    return run_build(build_config, policy_factory=policy_factory, release_resources=False)
+    summary = run_build(build_config, policy_factory=policy_factory, release_resources=False)
+    if summary.dataset is not None:  # what a scheduled run did, on the serving process's stdout
+        print(f"build {summary.build_id} ({summary.status}), dataset {dataset_plan_line(summary.dataset, summary.dataset_plan)}", flush=True)
+    return summary
 
 
 def make_deployment(

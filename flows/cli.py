@@ -12,7 +12,7 @@ import sys
 import typer
 
 from data_schemas.errors import PrmforgeError
-from flows.commands import build, data, doctor, evaluate, problems, train
+from flows.commands import build, data, datasets, doctor, evaluate, problems, train
 
 app = typer.Typer(
     name="prmforge",
@@ -22,7 +22,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for group in (problems, doctor, build, data, evaluate, train):
+for group in (problems, doctor, build, data, datasets, evaluate, train):
     group.register(app)
 
 

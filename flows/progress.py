@@ -76,6 +76,9 @@ class BuildSummary:
     generation_seconds: float
     wall_seconds: float
     failures: tuple[tuple[str, str, str], ...]
+    dataset: str | None = None  # the dataset this build grows
+    # Its plan: new, changed, relabeled, already_labeled, claimed_elsewhere (flows/datasets.py).
+    dataset_plan: dict[str, int] = field(default_factory=dict)
 
     @property
     def negative_steps(self) -> int:
@@ -92,15 +95,36 @@ def _share(part: int, whole: int) -> str:
 
 
 def query_example(summary: BuildSummary) -> str:
-    """A ready command that reads this build's step labels with DuckDB."""
+    """A ready command that reads this build's step labels (a dataset's current ones) with DuckDB."""
+    if summary.dataset is not None:
+        sql = "SELECT fused_label, count(*) AS steps FROM dataset_steps GROUP BY fused_label"
+        return f"prmforge query {shlex.quote(sql)} --root {shlex.quote(summary.root)} --dataset {summary.dataset}"
     sql = "SELECT fused_label, count(*) AS steps FROM steps GROUP BY fused_label"
     return f"prmforge query {shlex.quote(sql)} --root {shlex.quote(summary.root)} --build {summary.build_id}"
 
 
+def dataset_plan_line(dataset: str, plan: dict[str, int]) -> str:
+    """``dataset nightly: 5 new, 0 changed, 0 relabeled; 10 already labeled (skipped), ...``."""
+    labeled = plan.get("new", 0) + plan.get("changed", 0) + plan.get("relabeled", 0)
+    text = (
+        f"{dataset}: {plan.get('new', 0)} new, {plan.get('changed', 0)} changed (content, model or label config), "
+        f"{plan.get('relabeled', 0)} relabeled; {plan.get('already_labeled', 0)} already labeled (skipped)"
+    )
+    if plan.get("claimed_elsewhere"):
+        text += f", {plan['claimed_elsewhere']} being labeled by another run"
+    return text + ("" if labeled else " - nothing new to label")
+
+
 def summary_table(summary: BuildSummary) -> Table:
-    table = Table(title=f"build {summary.build_id}: {summary.status}", show_header=False, title_justify="left")
+    nothing_new = summary.dataset is not None and summary.problems_total == 0
+    title = f"build {summary.build_id}: {summary.status}" + (" (nothing new to label)" if nothing_new else "")
+    table = Table(title=title, show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value", overflow="fold")  # paths wrap, never cut with an ellipsis
+    if nothing_new:
+        table.add_row("dataset", dataset_plan_line(summary.dataset, summary.dataset_plan))
+        table.add_row("manifest", summary.manifest_path)
+        return table
     labeled = summary.problems_total - summary.problems_failed - summary.problems_skipped
     table.add_row(
         "problems",
@@ -108,6 +132,8 @@ def summary_table(summary: BuildSummary) -> Table:
     )
     if summary.input_rows_skipped:
         table.add_row("input rows skipped", str(summary.input_rows_skipped))
+    if summary.dataset is not None:
+        table.add_row("dataset", dataset_plan_line(summary.dataset, summary.dataset_plan))
     table.add_row("step rows", f"{summary.steps} ({summary.positive_steps} positive, {summary.negative_steps} negative)")
     table.add_row("rollouts", str(summary.rollouts))
     table.add_row("tokens", f"{summary.prompt_tokens} prompt, {summary.completion_tokens} generated")

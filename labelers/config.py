@@ -21,7 +21,8 @@ class _Section(BaseModel):
 class ProblemsConfig(_Section):
     """Where problems come from."""
 
-    # "bundled" = the small GSM8K + MATH-500 set shipped inside the package.
+    # "bundled" = the small GSM8K + MATH-500 set shipped inside the package; else a file, a
+    # folder (every problem file in it) or a glob ("data/*.jsonl"), read in name order.
     path: str = "bundled"
     format: Literal["auto", "gsm8k", "math", "generic"] = "auto"
     source: str | None = None  # source name recorded in rows; default: derived from format/file
@@ -134,6 +135,12 @@ class OutputConfig(_Section):
 
     root: str = "prmforge-data"  # local path or fsspec URI (s3://bucket/prefix)
     batch_size: int = Field(default=8, ge=1)  # problems per batch = per shard
+    # A named dataset the build grows: only problems it does not hold under the same labeling
+    # key are labeled (docs/operations.md "Datasets"). None: a standalone build of every problem.
+    dataset: str | None = None
+    # How long a running build's claim on its problems lives without a heartbeat (a killed run's
+    # problems become eligible again after this).
+    claim_lease_s: float = Field(default=600.0, gt=0)
 
 
 class FlowConfig(_Section):
@@ -168,7 +175,35 @@ class BuildConfig(_Section):
         Output location and orchestration settings are left out: moving a build or running it
         with more workers must not change its identity.
         """
-        payload = self.model_dump(mode="json", exclude={"output": {"root"}, "flow": True, "name": True})
+        payload = self.model_dump(
+            mode="json", exclude={"output": {"root", "dataset", "claim_lease_s"}, "flow": True, "name": True}
+        )
+        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def labeling_hash(self) -> str:
+        """sha256 (16 hex) of the sections that change a problem's labels.
+
+        Seed, search (MCTS and Monte Carlo), tool, Lean and fusion settings, and the policy's
+        sampling settings; not the problem file, output, orchestration, or how the policy is
+        reached (URL, key, concurrency, timeouts, threads: same model, same rows), nor tool/Lean
+        parallelism and locations. The policy
+        model id is a separate part of the labeling key. Policy keys not listed as transport
+        count as label-changing, so a new setting errs towards relabeling.
+        """
+        policy_transport = {
+            "backend", "model", "base_url", "api_key", "max_concurrency", "request_timeout_s",
+            "max_retries", "n_threads", "gpu_memory_utilization",
+        }
+        payload = self.model_dump(
+            mode="json",
+            include={"seed", "policy", "search", "tool", "lean", "fuse"},
+            exclude={
+                "policy": policy_transport,
+                "tool": {"workers", "chunk_size"},  # parallelism only
+                "lean": {"project", "cache_dir", "batch_size"},  # where Lean runs, not what it checks
+            },
+        )
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -6,6 +6,7 @@ pointed it at a local home (ephemeral mode, no server) unless the user configure
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,24 @@ BACKEND_OPTION = typer.Option(None, "--backend", help="Policy backend: embedded,
 SEED_OPTION = typer.Option(None, "--seed", help="Build seed (same seed + inputs + backend = same rows).")
 ROOT_OPTION = typer.Option(None, "--root", help="Data root: a directory or a filesystem URI (s3://bucket/prefix).")
 VERBOSE_OPTION = typer.Option(False, "--verbose", "-v", help="Show Prefect's own log lines.")
+DATASET_OPTION = typer.Option(
+    None, "--dataset", help="Grow dataset NAME: label only problems it does not hold (default with --preset: the preset's name)."
+)
+NO_DATASET_OPTION = typer.Option(False, "--no-dataset", help="A standalone build of every problem, in no dataset.")
+
+
+def with_dataset(config: BuildConfig, dataset: str | None, no_dataset: bool, preset: str | None) -> BuildConfig:
+    """``output.dataset``: --dataset, else the config's, else the preset's name; None with --no-dataset."""
+    if no_dataset:
+        if dataset is not None:
+            raise ConfigError("give --dataset NAME or --no-dataset, not both")
+        return config.with_overrides({"output.dataset": None})
+    chosen = dataset or config.output.dataset or preset
+    if chosen is not None:
+        from data_schemas.datasets import check_dataset_name
+
+        check_dataset_name(chosen)
+    return config.with_overrides({"output.dataset": chosen})
 
 
 def _flag_values(problems: Path | None, limit: int | None, model: str | None, backend: str | None, seed: int | None, root: str | None) -> dict[str, Any]:
@@ -74,15 +93,21 @@ def build(
     seed: int | None = SEED_OPTION,
     root: str | None = ROOT_OPTION,
     resume: str | None = typer.Option(None, "--resume", help="Continue build BUILD_ID (its own config; finished batches are skipped)."),
+    dataset: str | None = DATASET_OPTION,
+    no_dataset: bool = NO_DATASET_OPTION,
+    relabel: bool = typer.Option(False, "--relabel", help="Dataset build: label held problems again (all, or those --where selects)."),
+    where: str | None = typer.Option(None, "--where", help="With --relabel: SQL predicate over dataset_problems choosing what to relabel."),
     verbose: bool = VERBOSE_OPTION,
 ) -> None:
-    """Label problems and write a dataset build (Parquet shards + manifest).
+    """Label problems and write a build (Parquet shards + manifest), growing a dataset.
 
     Every run starts a new build id (<name>-<time>-<config hash>); after a crash or Ctrl-C,
     `prmforge build --resume BUILD_ID --root ROOT` finishes it without relabeling what is done.
+    With --dataset NAME (default with --preset: the preset's name) a build labels only the
+    problems the dataset does not already hold under the same labeling key.
     """
     if resume is not None:
-        if config_file or preset or any(v is not None for v in (problems, limit, model, backend, seed)):
+        if config_file or preset or any(v is not None for v in (problems, limit, model, backend, seed, dataset, where)) or relabel:
             raise ConfigError("--resume takes the build's own config; only --root and --set flow.*=... may be given")
         config = resume_config(root or BuildConfig().output.root, resume, list(overrides or []))
     else:
@@ -92,17 +117,33 @@ def build(
             overrides=overrides or [],
             flag_values=_flag_values(problems, limit, model, backend, seed, root),
         )
+        config = with_dataset(config, dataset, no_dataset, preset)
     configure_prefect_environment(config.output.root, verbose=verbose)
     server = parent_bound_api_server()
     try:
-        from flows.build import live_usage_probe, load_build_problems, run_build
+        from flows.build import abandon_dataset_build, live_usage_probe, load_build_problems, run_build, start_dataset_build
         from flows.progress import BuildProgress
         from flows.resources import PROCESS_RESOURCES, prewarm
         from labelers.policy.factory import check_policy_runs
 
         # User mistakes and a llama.cpp that cannot run here end as one line before anything starts.
         load_build_problems(config)
-        check_policy_runs(config.policy)
+        progress = BuildProgress(stream=sys.stdout, live_usage=live_usage_probe() if config.flow.task_runner == "threads" else None)
+        build_id = resume
+        if config.output.dataset is not None and resume is None:
+            # Planned before the model check: a run with nothing new loads no model, starts no Prefect.
+            build_id, nothing_new = start_dataset_build(config, relabel=relabel, relabel_where=where)
+            if nothing_new is not None:
+                progress.print_summary(nothing_new)
+                return
+        elif relabel or where is not None:
+            raise ConfigError("--relabel and --where apply to a dataset build: give --dataset NAME")
+        try:
+            check_policy_runs(config.policy)
+        except BaseException as error:
+            if build_id is not None and resume is None:
+                abandon_dataset_build(config, build_id, error)  # release the claim, record why
+            raise
         if server is not None:
             server.start()
         if config.flow.task_runner == "threads":  # the tasks run in this process: load while Prefect starts
@@ -110,8 +151,7 @@ def build(
         if server is not None:
             server.wait_ready()
 
-        progress = BuildProgress(stream=sys.stdout, live_usage=live_usage_probe() if config.flow.task_runner == "threads" else None)
-        summary = run_build(config, build_id=resume, progress=progress)
+        summary = run_build(config, build_id=build_id, progress=progress)
         progress.print_summary(summary)
     finally:
         if server is not None:
@@ -134,13 +174,14 @@ def builds(
         console.print(f"no builds under {data_root}")
         return
     table = Table(title=f"builds under {data_root}", title_justify="left")
-    for column in ("build id", "status", "started (UTC)", "finished", "problems", "failed", "steps", "shards"):
+    for column in ("build id", "dataset", "status", "started (UTC)", "finished", "problems", "failed", "steps", "shards"):
         table.add_column(column)
     for manifest in manifests:
         stages = manifest.counts.get("stages", {})
         running = manifest.status == "running"
         table.add_row(
             manifest.build_id,
+            (manifest.dataset or {}).get("name") or "-",
             manifest.status + (" (or interrupted: --resume)" if running else ""),
             manifest.started_at,
             manifest.finished_at or "-",
@@ -159,16 +200,22 @@ def serve(
     overrides: list[str] | None = SET_OPTION,
     name: str = typer.Option("prmforge-build", "--name", help="Deployment name."),
     timezone_name: str = typer.Option("UTC", "--timezone", help="Time zone of the cron schedule."),
+    dataset: str | None = DATASET_OPTION,
+    no_dataset: bool = NO_DATASET_OPTION,
     verbose: bool = VERBOSE_OPTION,
 ) -> None:
     """Run builds on a cron schedule: serves a deployment until stopped (Ctrl-C).
 
-    Each scheduled run is a fresh build from the preset/config (+ --set overrides). Point
-    PREFECT_API_URL at a Prefect server (`prefect server start`) to see runs in the UI.
+    Each scheduled run is a new build of the dataset (--dataset NAME; default with --preset: the
+    preset's name) that labels only new or changed problems. Point PREFECT_API_URL at a Prefect
+    server (`prefect server start`) to see runs in the UI.
     """
     from flows.config_load import read_config_file
 
     config = load_build_config(config_file=config_file, preset=preset, overrides=overrides or [])  # validate now
+    config = with_dataset(config, dataset, no_dataset, preset)
+    if config.output.dataset is not None:
+        overrides = [*(overrides or []), f"output.dataset={json.dumps(config.output.dataset)}"]
     configure_prefect_environment(config.output.root, verbose=verbose)
     server = parent_bound_api_server()
     try:
@@ -177,6 +224,8 @@ def serve(
         from flows.build import make_deployment
 
         config_data = read_config_file(config_file) if config_file is not None else None
+        if config.output.dataset is None and config_data is not None:  # --no-dataset over the file's output.dataset
+            config_data.get("output", {}).pop("dataset", None)
         deployment = make_deployment(name, cron, preset=preset, config=config_data, overrides=list(overrides or []), timezone_name=timezone_name)
         if server is not None:
             server.wait_ready()

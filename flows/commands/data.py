@@ -29,13 +29,18 @@ ROOT_OPTION = typer.Option(
 )
 BUILD_OPTION = typer.Option(None, "--build", "-b", help="Only this build (repeatable); default: every complete build.")
 INCOMPLETE_OPTION = typer.Option(False, "--include-incomplete", help="Also read running or failed builds.")
+DATASET_OPTION = typer.Option(
+    None, "--dataset", help="Read dataset NAME: its builds, and its current rows (dataset_steps, ... views)."
+)
 QUERY_FORMATS = ("table", "csv", "json", "parquet")
 
 
-def _catalog(root: str, builds: list[str] | None, include_incomplete: bool) -> Any:
+def _catalog(root: str, builds: list[str] | None, include_incomplete: bool, dataset: str | None = None, current_rows: bool = False) -> Any:
     from data_schemas.catalog import Catalog
 
-    return Catalog(root, build_id=builds or None, include_incomplete=include_incomplete)
+    return Catalog(
+        root, build_id=builds or None, include_incomplete=include_incomplete, dataset=dataset, dataset_as_default=current_rows
+    )
 
 
 def _plain(value: Any) -> Any:
@@ -120,7 +125,8 @@ def print_result(table: pa.Table, format: str, out: Path | None, max_rows: int) 
         typer.echo(f"wrote {table.num_rows} row(s) to {out}", err=True)
 
 
-SHELL_HELP = """Statements end with ';' (they may span lines). Views: steps, nodes, problems, builds.
+SHELL_HELP = """Statements end with ';' (they may span lines). Views: steps, nodes, problems, builds
+(with --dataset also dataset_steps, dataset_nodes, dataset_problems, dataset_builds).
 .tables   list the views      .schema VIEW   columns of a view
 .help     this text           .quit / .exit  leave (or Ctrl-D)"""
 
@@ -186,6 +192,7 @@ def query(
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the result to FILE instead of stdout.", dir_okay=False),
     max_rows: int = typer.Option(100, "--max-rows", min=1, help="Rows shown by --format table."),
     shell: bool = typer.Option(False, "--shell", help="Interactive SQL session with the views defined."),
+    dataset: str | None = DATASET_OPTION,
 ) -> None:
     """Run SQL over the dataset with DuckDB (in-memory, reading the Parquet shards in place).
 
@@ -195,7 +202,7 @@ def query(
         raise PrmforgeError(f"unknown --format {format!r}; choose one of {', '.join(QUERY_FORMATS)}")
     if shell == (sql is not None):
         raise PrmforgeError("give either an SQL statement or --shell")
-    with _catalog(root, builds, include_incomplete) as catalog:
+    with _catalog(root, builds, include_incomplete, dataset) as catalog:
         if shell:
             run_shell(catalog, max_rows)
             return
@@ -207,13 +214,14 @@ def stats(
     root: str = ROOT_OPTION,
     include_incomplete: bool = INCOMPLETE_OPTION,
     plot: Path | None = typer.Option(None, "--plot", help="Also draw the main figures to FILE.png.", dir_okay=False),
+    dataset: str | None = typer.Option(None, "--dataset", help="Statistics of dataset NAME's current rows."),
 ) -> None:
     """Label distribution, steps per path, signal agreement, outcomes, rollouts and tokens."""
     from rich.console import Console
 
     from data_schemas.stats import compute_stats, plot_stats
 
-    with _catalog(root, [build] if build else None, include_incomplete) as catalog:
+    with _catalog(root, [build] if build else None, include_incomplete, dataset, current_rows=True) as catalog:
         if not catalog.build_ids:
             raise PrmforgeError(f"no complete builds under {root} (--include-incomplete reads running ones)")
         result = compute_stats(catalog)
@@ -241,13 +249,14 @@ def export(
     after_first_error: str | None = typer.Option(None, "--after-first-error", help="Steps after a path's first error: truncate or negative (default per format: negative for trl and math-shepherd, truncate for prm800k and generative)."),
     soft_labels: bool = typer.Option(False, "--soft-labels", help="Label column = the MC value (math-shepherd, for OpenRLHF); every format has mc_values anyway."),
     min_confidence: int | None = typer.Option(None, "--min-confidence", help="Cut each path before its first step whose signals disagree or whose MC value rests on fewer than N rollouts.", min=1),
+    dataset: str | None = typer.Option(None, "--dataset", help="Export dataset NAME's current rows (each step once)."),
 ) -> None:
     """Export labeled solution paths for PRM training (one record per path)."""
     from data_schemas.export import FORMATS, export_paths
 
     if format not in FORMATS:
         raise PrmforgeError(f"unknown --format {format!r}; choose one of {', '.join(FORMATS)}")
-    with _catalog(root, builds, include_incomplete) as catalog:
+    with _catalog(root, builds, include_incomplete, dataset, current_rows=True) as catalog:
         if not catalog.build_ids:
             raise PrmforgeError(f"no complete builds under {root} (--include-incomplete reads running ones)")
         result = export_paths(catalog, format, out, where=where, consensus=consensus, balance=balance, seed=seed,

@@ -1,0 +1,446 @@
+"""Named datasets: many builds that grow one set of labeled problems (docs/operations.md "Datasets").
+
+A *dataset* is a name under the data root. Each build that grows it records in its manifest a
+``dataset`` section: the dataset name and, for every problem it labels, the problem's
+*labeling key*::
+
+    labeling key = sha256(problem_id, content hash, policy model id, labeling config hash,
+                          label schema version)[:16]
+
+The dataset's current state is derived from the manifests alone (no second truth to drift):
+for every problem, the rows of the latest complete build that labeled it (a labeled or skipped
+outcome beats a failed one; among equals the build that completed last wins). The catalog
+exposes that state as the ``dataset_*`` views (data_schemas/catalog.py). A build plans its
+problems against it: a problem is eligible when the dataset has no current row for it, its
+current row failed, or its current labeling key differs from the key this build would give it.
+
+Files under ``<root>/datasets/<name>/``:
+
+``.lock``                 held for the few milliseconds a build plans (exclusive create)
+``.compact.lock``         held while a compaction runs (one at a time)
+``claims/<build_id>.json`` a running build's claim on its planned problems, with a lease the
+                          build renews while it runs; an expired claim (a killed run) is ignored
+``compacted.json``        the current compaction (files + checksums + covered builds)
+``compacted/<gen>/...``   the compacted Parquet files of a generation
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from data_schemas.errors import PrmforgeError
+from data_schemas.manifest import Manifest
+from data_schemas.schemas import SCHEMA_VERSION
+from data_schemas.shards import DataRoot, check_name, file_sha256, resolve_root, write_bytes_atomic
+
+DATASETS_DIR = "datasets"
+LOCK_NAME = ".lock"
+COMPACT_LOCK_NAME = ".compact.lock"
+#: A compaction lock older than this is a leftover of a killed compaction.
+STALE_COMPACT_LOCK_S = 6 * 3600.0
+COMPACTED_POINTER = "compacted.json"
+#: A planning lock older than this is a leftover of a killed planner (planning takes milliseconds).
+STALE_LOCK_S = 120.0
+#: Outcome statuses that mean "labeled under this key" (a failed problem is retried next run).
+HELD_STATUSES = ("labeled", "skipped")
+
+
+def check_dataset_name(name: str) -> str:
+    return check_name("dataset name", name)
+
+
+def dataset_dir(name: str) -> str:
+    """Path of a dataset's directory relative to the data root."""
+    return f"{DATASETS_DIR}/{check_dataset_name(name)}"
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+
+
+def problem_content_hash(source: str, question: str, gold_answer: str) -> str:
+    """What the labels of a problem depend on in the problem itself: an edited answer is a new problem."""
+    return _digest(source, question, gold_answer)
+
+
+def labeling_key(problem_id: str, content_hash: str, policy_model: str, labeling_hash: str) -> str:
+    """sha256(problem id, content hash, policy model id, labeling config hash, schema version), 16 hex."""
+    return _digest(problem_id, content_hash, policy_model, labeling_hash, SCHEMA_VERSION)
+
+
+def utc_now_precise() -> str:
+    """ISO 8601 UTC with microseconds: orders builds that finish within the same second."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+# -- planning ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CurrentProblem:
+    """A problem's current state in a dataset (its row in ``dataset_problems``)."""
+
+    labeling_key: str
+    status: str
+    build_id: str
+
+
+@dataclass
+class DatasetPlan:
+    """Which problems a build of a dataset labels, and why the others are left out."""
+
+    dataset: str
+    selected: dict[str, str]  # problem_id -> labeling key, in input order
+    new: int = 0  # never labeled in the dataset (or only failed)
+    changed: int = 0  # held under another key: problem content, model or label config changed
+    relabeled: int = 0  # held under this key, forced by --relabel
+    already_labeled: int = 0  # held under this key: skipped
+    claimed_elsewhere: int = 0  # being labeled by another running build of the dataset
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "new": self.new,
+            "changed": self.changed,
+            "relabeled": self.relabeled,
+            "already_labeled": self.already_labeled,
+            "claimed_elsewhere": self.claimed_elsewhere,
+        }
+
+
+def plan_problems(
+    dataset: str,
+    wanted: Mapping[str, str],
+    current: Mapping[str, CurrentProblem],
+    claimed: Iterable[str] = (),
+    relabel: Iterable[str] | None = None,
+) -> DatasetPlan:
+    """Choose the problems to label.
+
+    ``wanted``: problem_id -> labeling key this build would give it (input order). ``current``:
+    the dataset's current state. ``claimed``: problem ids other running builds hold a live claim
+    on (never taken, even with --relabel). ``relabel``: problem ids forced even when held under
+    the same key (None: none).
+    """
+    claimed_ids = set(claimed)
+    forced = set(relabel or ())
+    plan = DatasetPlan(dataset, {})
+    for problem_id, key in wanted.items():
+        if problem_id in claimed_ids:
+            plan.claimed_elsewhere += 1
+            continue
+        held = current.get(problem_id)
+        if held is None or held.status not in HELD_STATUSES:
+            plan.new += 1
+        elif held.labeling_key != key:
+            plan.changed += 1
+        elif problem_id in forced:
+            plan.relabeled += 1
+        else:
+            plan.already_labeled += 1
+            continue
+        plan.selected[problem_id] = key
+    return plan
+
+
+def dataset_section(plan: DatasetPlan, policy_model: str, labeling_hash: str) -> dict[str, Any]:
+    """The manifest's ``dataset`` section for a planned build."""
+    return {
+        "name": plan.dataset,
+        "policy_model": policy_model,
+        "labeling_hash": labeling_hash,
+        "plan": plan.counts(),
+        "labeling_keys": dict(plan.selected),
+        "completed_at": None,  # set when the build completes (utc_now_precise)
+    }
+
+
+def dataset_manifests(manifests: Iterable[Manifest], name: str) -> list[Manifest]:
+    """The complete builds of dataset ``name``, in completion order."""
+    members = [m for m in manifests if m.is_complete and m.dataset and m.dataset.get("name") == name]
+    return sorted(members, key=lambda m: (m.dataset.get("completed_at") or m.finished_at or "", m.build_id))
+
+
+def member_rows(manifests: Iterable[Manifest]) -> list[dict[str, Any]]:
+    """One row per (build, problem) of complete dataset builds, with the build's lineage."""
+    rows = []
+    for manifest in manifests:
+        section = manifest.dataset or {}
+        finished = section.get("completed_at") or manifest.finished_at
+        for problem_id, key in (section.get("labeling_keys") or {}).items():
+            rows.append(
+                {
+                    "build_id": manifest.build_id,
+                    "problem_id": problem_id,
+                    "labeling_key": key,
+                    "build_finished_at": datetime.fromisoformat(finished) if finished else None,
+                    "policy_model": section.get("policy_model") or manifest.policy_model,
+                    "config_hash": manifest.config_hash,
+                    "prmforge_version": manifest.package_versions.get("prmforge"),
+                    "git_revision": manifest.git_revision,
+                }
+            )
+    return rows
+
+
+# -- planning lock -----------------------------------------------------------------------------
+
+
+class DatasetLock:
+    """Exclusive lock on a dataset for planning (choose problems, write the claim and manifest).
+
+    Local roots: ``O_CREAT | O_EXCL`` on ``<dataset>/.lock`` (atomic). Other filesystems have no
+    exclusive create through pyarrow: the lock is written with a random token and read back
+    after a short settle time (best effort; docs/operations.md). A lock older than
+    :data:`STALE_LOCK_S` is a leftover of a killed planner and is broken.
+    """
+
+    def __init__(
+        self,
+        root: str | DataRoot,
+        name: str,
+        timeout_s: float = 60.0,
+        lock_name: str = LOCK_NAME,
+        stale_s: float = STALE_LOCK_S,
+    ) -> None:
+        self.root = resolve_root(root)
+        self.path = f"{dataset_dir(name)}/{lock_name}"
+        self.timeout_s = timeout_s
+        self.stale_s = stale_s
+        self.token = uuid.uuid4().hex
+
+    def _try_acquire(self) -> bool:
+        full = self.root.join(self.path)
+        if self.root.is_local:
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            try:
+                descriptor = os.open(full, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(json.dumps({"token": self.token, "pid": os.getpid(), "at": time.time()}))
+            return True
+        if self.root.filesystem.get_file_info(full).type != pafs.FileType.NotFound:
+            return False
+        write_bytes_atomic(self.root, self.path, json.dumps({"token": self.token, "at": time.time()}).encode())
+        time.sleep(0.2)
+        return self._holder_token() == self.token
+
+    def _holder_token(self) -> str | None:
+        try:
+            with self.root.filesystem.open_input_stream(self.root.join(self.path)) as stream:
+                return json.loads(stream.read().decode()).get("token")
+        except (FileNotFoundError, OSError, ValueError):
+            return None
+
+    def _break_if_stale(self) -> None:
+        info = self.root.filesystem.get_file_info(self.root.join(self.path))
+        if info.type == pafs.FileType.File and info.mtime is not None:
+            age = time.time() - info.mtime.timestamp()
+            if age > self.stale_s:
+                try:
+                    self.root.filesystem.delete_file(self.root.join(self.path))
+                except (FileNotFoundError, OSError):
+                    pass
+
+    def __enter__(self) -> DatasetLock:
+        deadline = time.monotonic() + self.timeout_s
+        while not self._try_acquire():
+            self._break_if_stale()
+            if time.monotonic() > deadline:
+                raise PrmforgeError(
+                    f"dataset lock {self.root.join(self.path)} held for over {self.timeout_s:g} s by another run; "
+                    "delete the file if no prmforge run is using the dataset"
+                )
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._holder_token() == self.token:
+            try:
+                self.root.filesystem.delete_file(self.root.join(self.path))
+            except (FileNotFoundError, OSError):
+                pass
+
+
+# -- claims ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A running build's claim on problems of a dataset, valid until ``expires_at`` (epoch s)."""
+
+    build_id: str
+    problem_ids: tuple[str, ...]
+    expires_at: float
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {"build_id": self.build_id, "expires_at": self.expires_at, "problem_ids": list(self.problem_ids)}
+        ).encode()
+
+
+def claim_path(name: str, build_id: str) -> str:
+    return f"{dataset_dir(name)}/claims/{check_name('build id', build_id)}.json"
+
+
+def write_claim(root: str | DataRoot, name: str, build_id: str, problem_ids: Sequence[str], lease_s: float) -> Claim:
+    claim = Claim(build_id, tuple(problem_ids), time.time() + lease_s)
+    write_bytes_atomic(root, claim_path(name, build_id), claim.to_json())
+    return claim
+
+
+def remove_claim(root: str | DataRoot, name: str, build_id: str) -> None:
+    data_root = resolve_root(root)
+    try:
+        data_root.filesystem.delete_file(data_root.join(claim_path(name, build_id)))
+    except (FileNotFoundError, OSError):
+        pass
+
+
+def live_claims(root: str | DataRoot, name: str, now: float | None = None, exclude: str | None = None) -> list[Claim]:
+    """Claims of other running builds whose lease has not expired (unreadable files are skipped)."""
+    data_root = resolve_root(root)
+    moment = time.time() if now is None else now
+    selector = pafs.FileSelector(data_root.join(dataset_dir(name), "claims"), allow_not_found=True)
+    claims = []
+    for info in data_root.filesystem.get_file_info(selector):
+        if info.type != pafs.FileType.File or not info.base_name.endswith(".json") or info.base_name.startswith("."):
+            continue
+        try:
+            with data_root.filesystem.open_input_stream(info.path) as stream:
+                data = json.loads(stream.read().decode())
+            claim = Claim(str(data["build_id"]), tuple(data["problem_ids"]), float(data["expires_at"]))
+        except (FileNotFoundError, OSError, ValueError, KeyError, TypeError):
+            continue  # removed while listing, or written by a killed process: not a live claim
+        if claim.expires_at > moment and claim.build_id != exclude:
+            claims.append(claim)
+    return claims
+
+
+class ClaimHeartbeat:
+    """Renews a build's claim every ``lease_s / 4`` seconds from a daemon thread until stopped."""
+
+    def __init__(self, root: str | DataRoot, name: str, build_id: str, problem_ids: Sequence[str], lease_s: float) -> None:
+        self.root = resolve_root(root)
+        self.name, self.build_id, self.problem_ids, self.lease_s = name, build_id, tuple(problem_ids), lease_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"claim-{build_id}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease_s / 4):
+            try:
+                write_claim(self.root, self.name, self.build_id, self.problem_ids, self.lease_s)
+            except OSError:
+                continue  # a transient storage error: the next beat tries again
+
+    def start(self) -> ClaimHeartbeat:
+        write_claim(self.root, self.name, self.build_id, self.problem_ids, self.lease_s)
+        self._thread.start()
+        return self
+
+    def stop(self, release: bool = True) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        if release:
+            remove_claim(self.root, self.name, self.build_id)
+
+
+# -- compaction pointer ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompactedFile:
+    table: str  # steps, nodes or outcomes
+    path: str  # relative to the data root
+    rows: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class Compaction:
+    """``<dataset>/compacted.json``: the compacted current rows of a dataset at one moment."""
+
+    dataset: str
+    generation: str
+    created_at: str
+    covered_builds: list[str]
+    files: list[CompactedFile]
+    source_shards: dict[str, str] = field(default_factory=dict)  # folded-in shard path -> sha256
+
+    def to_json(self) -> bytes:
+        return (
+            json.dumps(
+                {
+                    "dataset": self.dataset,
+                    "generation": self.generation,
+                    "created_at": self.created_at,
+                    "covered_builds": self.covered_builds,
+                    "files": [vars(f) for f in self.files],
+                    "source_shards": self.source_shards,
+                },
+                indent=2,
+            )
+            + "\n"
+        ).encode()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Compaction:
+        return cls(
+            dataset=str(data["dataset"]),
+            generation=str(data["generation"]),
+            created_at=str(data["created_at"]),
+            covered_builds=[str(b) for b in data["covered_builds"]],
+            files=[CompactedFile(**f) for f in data["files"]],
+            source_shards=dict(data.get("source_shards") or {}),
+        )
+
+    def table_files(self, table: str) -> list[str]:
+        return [f.path for f in self.files if f.table == table]
+
+
+def read_compaction(root: str | DataRoot, name: str) -> Compaction | None:
+    """The dataset's current compaction, None when it was never compacted."""
+    data_root = resolve_root(root)
+    try:
+        with data_root.filesystem.open_input_stream(data_root.join(dataset_dir(name), COMPACTED_POINTER)) as stream:
+            text = stream.read().decode()
+    except FileNotFoundError:
+        return None
+    try:
+        return Compaction.from_dict(json.loads(text))
+    except (ValueError, KeyError, TypeError) as error:
+        raise PrmforgeError(f"{dataset_dir(name)}/{COMPACTED_POINTER}: unreadable ({error})") from None
+
+
+def write_compaction(root: str | DataRoot, compaction: Compaction) -> None:
+    """Publish a compaction: one atomic move of the pointer file (readers see old or new)."""
+    write_bytes_atomic(root, f"{dataset_dir(compaction.dataset)}/{COMPACTED_POINTER}", compaction.to_json())
+
+
+def verify_compaction(root: str | DataRoot, compaction: Compaction) -> None:
+    """Re-hash the compacted files against the pointer's checksums (one-line error naming a bad file)."""
+    for item in compaction.files:
+        try:
+            digest, size = file_sha256(root, item.path)
+        except FileNotFoundError:
+            raise PrmforgeError(f"dataset {compaction.dataset!r}: compacted file {item.path} is missing") from None
+        if (digest, size) != (item.sha256, item.bytes):
+            raise PrmforgeError(f"dataset {compaction.dataset!r}: compacted file {item.path} checksum mismatch")
+
+
+def list_datasets(manifests: Iterable[Manifest]) -> list[str]:
+    """Names of the datasets that complete or running builds belong to, sorted."""
+    return sorted({m.dataset["name"] for m in manifests if m.dataset and m.dataset.get("name")})
