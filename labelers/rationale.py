@@ -59,6 +59,8 @@ def tool_line(tool: ToolCheck | None) -> str:
         return "Tool check: not run."
     evidence = tool.evidence or {}
     claims = [c for c in evidence.get("claims", []) if isinstance(c, dict)]
+    if tool.verdict == ToolVerdict.ERROR:
+        return f"Tool check: failed ({_short(evidence.get('error') or 'verifier error')})."
     if tool.verdict == ToolVerdict.UNVERIFIABLE:
         reason = evidence.get("reason") or evidence.get("error") or "no checkable claim"
         return f"Tool check: unverifiable ({_short(reason)})."

@@ -102,6 +102,7 @@ def run_tool(records: Sequence[BenchRecord], tool: StepVerifier) -> SignalRun:
     run = SignalRun("tool", {})
     position = 0
     unverifiable = 0
+    failed: list[str] = []
     for record in records:
         verdicts = checks[position : position + len(record.steps)]
         position += len(record.steps)
@@ -114,9 +115,13 @@ def run_tool(records: Sequence[BenchRecord], tool: StepVerifier) -> SignalRun:
             else:
                 negative.append(None)
                 unverifiable += 1
+                if check.verdict == ToolVerdict.ERROR:
+                    failed.append(f"{record.id}: {check.evidence.get('error')}")
         run.predictions[record.id] = Prediction(record.id, tuple(negative))
         run.labeled_steps += len(record.steps)
     run.notes.append(f"{unverifiable} of {len(flat)} steps unverifiable by the tool")
+    if failed:
+        run.notes.append(f"{len(failed)} step(s) got verdict 'error' (no label; first: {failed[0]})")
     run.wall_seconds = time.perf_counter() - started
     return run
 
