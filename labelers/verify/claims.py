@@ -95,6 +95,7 @@ _DENIAL_CUE = re.compile(
     r"does not hold|doesn't hold|not a (solution|root)|absurd|fails|never)\b",
     re.IGNORECASE,
 )
+_HYPOTHETICAL_CUE = re.compile(r"\b(if|suppose|assume|assuming|whenever|for all|for any|for every)\b", re.IGNORECASE)
 _NEGATION_CUE = re.compile(
     r"\b(not|isn't|doesn't|does not|fails?|extraneous|reject(ed)?|invalid|impossible|contradiction|none|neither|never)\b",
     re.IGNORECASE,
@@ -1595,6 +1596,8 @@ def _substitutions(
     """Substituted claims for "x = 5 solves 2x + 1 = 11" (see the module doc)."""
     if len(trees) < 2 or _NEGATION_CUE.search(text) or not _SUBSTITUTION_CUE.search(text):
         return []
+    if _HYPOTHETICAL_CUE.search(text):
+        return []  # "n = 4 works ... if n >= 5, then ...": n is not 4 there
     bound: dict[str, list[tuple]] = {}
     binding_claims: set[int] = set()
     for idx, (claim, lt, rt, _) in enumerate(trees):
@@ -1612,8 +1615,8 @@ def _substitutions(
         return []
     out: list[tuple[Claim, tuple, tuple, int]] = []
     for idx, (claim, lt, rt, rhs_start) in enumerate(trees):
-        if idx in binding_claims:
-            continue
+        if idx in binding_claims or claim.relation != "=":
+            continue  # an inequality in a bound symbol is a condition, not a claim about it
         names = free_symbols(lt) | free_symbols(rt)
         if not names or not names <= bindings.keys():
             continue
