@@ -73,6 +73,9 @@ STEPS = _schema(
         _field("path_correct", pa.bool_(), "Whether the path's final answer equals the gold answer; null when the path has none."),
         _field("generator_model", pa.string(), "Model id of the policy that wrote the step.", False),
         _field("seed", pa.int64(), "Seed derived for the path from (build seed, problem_id, node path).", False),
+        _field("judge_verdict", pa.string(), "Step judge verdict (an LLM grounded in the tool result): correct or incorrect; null when it gave none or did not run."),
+        _field("judge_reply", pa.string(), "The step judge's raw reply (or the request's error when it failed); null when it did not run."),
+        _field("judge_status", pa.string(), "Step judge outcome: ok, unparsed (no verdict in the reply), failed (the request failed) or not_run.", False),
     ],
 )
 

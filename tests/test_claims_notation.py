@@ -118,8 +118,8 @@ def test_acceptance_eval_run_labels_no_notation_step_negative(tmp_path):
     bench = tmp_path / "set.json"
     bench.write_text(json.dumps(records), encoding="utf-8")
     out = tmp_path / "out.json"
-    result = CliRunner().invoke(app, ["eval", "run", "--set", str(bench), "--labels", "tool",
-                                      "--override", "tool.workers=1", "--out", str(out)])
+    result = CliRunner().invoke(app, ["eval", "run", "--input", str(bench), "--labels", "tool",
+                                      "--set", "tool.workers=1", "--out", str(out)])
     assert result.exit_code == 0, result.output
     score = json.loads(out.read_text())["results"][0]["score"]
     assert score["acc_cor"] == 1.0  # the notation solution gets no negative step
