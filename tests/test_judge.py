@@ -203,3 +203,16 @@ def test_cli_set_is_overrides_and_the_old_spelling_is_one_line(tmp_path):
     assert old.exit_code != 0
     bad = CliRunner().invoke(app, ["eval", "run", "--input", str(bench), "--labels", "tool", "--set", str(bench)])
     assert bad.exit_code != 0 and "the set file is --input" in str(bad.exception)
+
+
+def test_f1_interval_is_seeded_and_brackets_the_point():
+    from labelers.evaluation.processbench import f1_interval, f1_score
+
+    errors = [True] * 45 + [False] * 15
+    corrects = [True] * 54 + [False] * 6
+    low, high = f1_interval(errors, corrects)
+    point = f1_score(45 / 60, 54 / 60)
+    assert low < point < high and 0 < high - low < 0.3
+    assert f1_interval(errors, corrects) == (low, high)
+    assert f1_interval([True] * 5, [True] * 5) == (1.0, 1.0)
+    assert f1_interval([], corrects) is None

@@ -191,14 +191,15 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def results_table(results: Sequence[Any], title: str) -> Table:
     table = Table(title=title)
-    for column in ("signal", "mode", "k", "model", "err/cor", "acc_err", "acc_cor", "F1", "step P(neg)", "step R(neg)",
+    for column in ("signal", "mode", "k", "model", "err/cor", "acc_err", "acc_cor", "F1", "F1 95% CI", "step P(neg)", "step R(neg)",
                    "rollouts", "rollouts/step", "tokens", "failed", "seconds"):
         table.add_column(column, justify="left" if column in ("signal", "mode", "model") else "right")
     for result in results:
         run, score = result.run, result.score
         table.add_row(
             run.signal, run.mc_mode or "-", _fmt(run.k), run.model_id or "-", f"{score.n_error}/{score.n_correct}",
-            _fmt(score.acc_err), _fmt(score.acc_cor), _fmt(score.f1), _fmt(score.step_precision),
+            _fmt(score.acc_err), _fmt(score.acc_cor), _fmt(score.f1),
+            "-" if score.f1_ci is None else f"{score.f1_ci[0]:.3f}-{score.f1_ci[1]:.3f}", _fmt(score.step_precision),
             _fmt(score.step_recall), str(run.rollouts), _fmt(run.rollouts_per_step, 2),
             str(run.prompt_tokens + run.completion_tokens), str(len(run.failures)), _fmt(run.wall_seconds, 1),
         )
@@ -304,10 +305,13 @@ def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file
         results = run_signals(records, signals, config, mc_mode, k, resources)
     finally:
         resources.close()
-    # The table has 15 columns: never squeeze it below a readable width (pipes, CI logs).
+    # The table has 16 columns: never squeeze it below a readable width (pipes, CI logs).
     console = Console(width=max(Console().width, 200))
     console.print(results_table(results, title))
     for result in results:
+        if result.score.by_corruption:
+            kinds = ", ".join(f"{kind} {accuracy:.3f}" for kind, accuracy in result.score.by_corruption.items())
+            console.print(f"{result.run.signal}: exact-index accuracy by corruption kind: {kinds}")
         for note in result.run.notes:
             console.print(f"{result.run.signal}: {note}")
         if result.run.failures:
