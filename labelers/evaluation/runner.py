@@ -204,52 +204,9 @@ def run_mc(
     k: int | None = None,
 ) -> SignalRun:
     """MC (``signal="mc"``) or hybrid labels through the labeling core's given-solutions
-    function; per-record failures are kept in ``failures`` (they score as misses)."""
-    from labelers import pipeline
-    from labelers.identity import problem_id
-    from data_schemas.records import Problem
-
-    require_gold(records, signal)
-    run_config = mc_config(config, signal, mc_mode, k)
-    started = time.perf_counter()
-    problems = []
-    solutions = []
-    for record in records:
-        problems.append(
-            Problem(problem_id(record.problem + "\x1f" + record.id, "eval"), "eval", record.problem, str(record.gold_answer))
-        )
-        solutions.append(list(record.steps))
-    result = pipeline.label_given_solutions(
-        problems, [[s] for s in solutions], run_config, policy, tool if signal == "hybrid" else None,
-        lean if signal == "hybrid" else None, build_id="eval",
-    )
-    by_problem: dict[str, list[Any]] = {}
-    for row in result.steps:
-        by_problem.setdefault(row.problem_id, []).append(row)
-    outcomes = {o.problem_id: o for o in result.outcomes}
-    run = SignalRun(signal, {}, model_id=getattr(policy, "model_id", None), mc_mode=mc_mode,
-                    k=run_config.search.mc_rollouts)
-    for record, problem in zip(records, problems):
-        outcome = outcomes.get(problem.problem_id)
-        if outcome is not None:
-            run.rollouts += outcome.rollouts
-            run.prompt_tokens += outcome.prompt_tokens
-            run.completion_tokens += outcome.completion_tokens
-        if outcome is None or outcome.status != "labeled":
-            error = "no outcome" if outcome is None else f"{outcome.failed_stage}: {outcome.error}"
-            run.failures[record.id] = error
-            continue
-        rows = sorted(by_problem.get(problem.problem_id, []), key=lambda r: r.step_index)
-        negative: list[bool | None] = [None] * len(record.steps)
-        for row in rows:
-            if row.step_index < len(negative):
-                negative[row.step_index] = not row.fused_label
-            if row.mc_total is not None and not row.mc_inferred:
-                run.estimated_steps += 1
-        run.predictions[record.id] = Prediction(record.id, tuple(negative))
-        run.labeled_steps += len(record.steps)
-    run.wall_seconds = time.perf_counter() - started
-    return run
+    function (one signal of :func:`run_shared`); per-record failures are kept in ``failures``
+    (they score as misses)."""
+    return run_shared(records, [signal], config, policy, tool, lean, mc_mode, k)[0]
 
 
 def _given_problems(records: Sequence[BenchRecord]) -> list[Any]:

@@ -698,6 +698,12 @@ class _Tokenizer:
         self.depth -= 1
         self.in_latex = self.depth > 0
 
+    def group(self, start: int, end: int) -> None:
+        """The LaTeX text[start:end] as one parenthesized operand (a \\frac or \\binom argument)."""
+        self.emit("LP", "(", start, start)
+        self.latex(start, end)
+        self.emit("RP", ")", end, end)
+
     def group_end(self, i: int, end: int) -> int:
         """Index just past the brace group opening at text[i] == '{' (or end if unbalanced)."""
         depth = 0
@@ -800,14 +806,10 @@ class _Tokenizer:
                 self.emit("RP", ")", b2, n2)
                 return n2
             self.emit("LP", "(", i, j)
-            self.emit("LP", "(", a1, a1)
-            self.latex(a1, b1)
-            self.emit("RP", ")", b1, b1)
+            self.group(a1, b1)
             self.emit("OP", "/", b1, a2)
-            self.emit("LP", "(", a2, a2)
-            self.latex(a2, b2)
+            self.group(a2, b2)
             self.emit("RP", ")", b2, n2)
-            self.emit("RP", ")", n2, n2)
             return n2
         if name == "sqrt":
             index: tuple[int, int] | None = None
@@ -862,13 +864,9 @@ class _Tokenizer:
             a2, b2, n2 = self.argument(n1, end)
             self.emit("FN", "binom", i, j)
             self.emit("LP", "(", i, j)
-            self.emit("LP", "(", a1, a1)
-            self.latex(a1, b1)
-            self.emit("RP", ")", b1, b1)
+            self.group(a1, b1)
             self.emit("SEP", ",", b1, a2)
-            self.emit("LP", "(", a2, a2)
-            self.latex(a2, b2)
-            self.emit("RP", ")", b2, b2)
+            self.group(a2, b2)
             self.emit("RP", ")", b2, n2)
             return n2
         if name in _LATEX_RELS:
