@@ -7,7 +7,9 @@ signal next to the tool, Lean and Monte Carlo:
 - :func:`judge_messages` builds the prompt (the tool line is the same text the rationale uses);
 - :func:`parse_judge_reply` reads the reply: the *last* ``Verdict: correct`` /
   ``Verdict: incorrect`` line (case-insensitive; ``\\boxed{correct}``, ``\\boxed{+}``/``\\boxed{-}``
-  are read too) and the text before it as the reason;
+  are read too) and the text before it as the reason; without one, the first sentence of the
+  form "Step 3 is (not) correct" / "The step is incorrect" / "This step is valid" (small models
+  answer so: the embedded 1.5B model wrote it in 47 of 49 replies), the whole reply as reason;
 - :func:`judge_steps` judges many steps with ONE batched ``generate`` call.
 
 Statuses (stored in ``steps.judge_status``): ``ok`` (a verdict was read), ``unparsed`` (the reply
@@ -38,6 +40,10 @@ _VERDICT_LINE = re.compile(
     r"verdict\s*[:：]\s*\**\s*(?:\\boxed\{\s*)?(correct|incorrect|right|wrong|\+|-)", re.IGNORECASE
 )
 _BOXED = re.compile(r"\\boxed\{\s*(correct|incorrect|\+|-)\s*\}", re.IGNORECASE)
+_SENTENCE_VERDICT = re.compile(
+    r"\b(?:step\s*\d*|this step|the step|it)\s+is\s+(not\s+)?(correct|incorrect|right|wrong|valid|invalid)\b",
+    re.IGNORECASE,
+)
 _MAX_STEP_CHARS = 4000  # a pathological step is cut in the prompt (the row keeps it whole)
 
 
@@ -69,7 +75,8 @@ def judge_messages(context: StepContext, tool_result: str) -> tuple[ChatMessage,
         f"Previous steps:\n{previous}\n\n"
         f"Step {step_number} (check this one):\n{context.step.strip()[:_MAX_STEP_CHARS]}\n\n"
         f"Tool result: {tool_result}\n\n"
-        f"Is step {step_number} correct? Give a short reason, then 'Verdict: correct' or 'Verdict: incorrect'."
+        f"Is step {step_number} correct? Answer in exactly this format:\n"
+        f"Reason: <one or two sentences>\nVerdict: correct OR Verdict: incorrect"
     )
     return (ChatMessage("system", JUDGE_SYSTEM_PROMPT), ChatMessage("user", user))
 
@@ -80,7 +87,12 @@ def parse_judge_reply(reply: str) -> JudgeVerdict:
     boxed = list(_BOXED.finditer(reply))
     last = max(matches + boxed, key=lambda m: m.start(), default=None)
     if last is None:
-        return JudgeVerdict(None, "unparsed", reply, None)
+        sentence = _SENTENCE_VERDICT.search(reply)
+        if sentence is None:
+            return JudgeVerdict(None, "unparsed", reply, None)
+        positive = sentence.group(2).lower() in ("correct", "right", "valid")
+        correct = positive != bool(sentence.group(1))
+        return JudgeVerdict(correct, "ok", reply, " ".join(reply.split())[:500] or None)
     word = last.group(1).lower()
     correct = word in ("correct", "right", "+")
     reason = " ".join(reply[: last.start()].split()).strip() or None

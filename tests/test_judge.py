@@ -216,3 +216,18 @@ def test_f1_interval_is_seeded_and_brackets_the_point():
     assert f1_interval(errors, corrects) == (low, high)
     assert f1_interval([True] * 5, [True] * 5) == (1.0, 1.0)
     assert f1_interval([], corrects) is None
+
+
+@pytest.mark.parametrize(
+    ("reply", "correct"),
+    [
+        ("Step 2 is correct. The tool's result confirms the calculations.", True),  # embedded 1.5B, verbatim
+        ("Step 3 is incorrect because it adds instead of multiplying.", False),
+        ("The step is not correct: the 5 is dropped.", False),
+        ("This step is valid since 3 * 4 = 12.", True),
+        ("Step 1 is correct. On reflection... Verdict: incorrect", False),  # a verdict line wins
+    ],
+)
+def test_sentence_verdicts_of_small_models(reply, correct):
+    verdict = parse_judge_reply(reply)
+    assert (verdict.correct, verdict.status) == (correct, "ok")
