@@ -15,9 +15,15 @@ A step is *expected correct* when a person rated it 0 or +1, when Math-Shepherd 
     false_alarms / checked,  checked = expected-correct steps the tool judged correct or incorrect,
                              false_alarms = those it judged incorrect.
 
-Every false alarm is listed with the failing claim so a person can read it: a real error in a
-step rated correct (people and MC miss slips) is kept as a golden case in the tests, a reader
-mistake is fixed in the extractor.
+Every flagged step is listed with the failing claim so a person can read it; the verdicts of
+that reading are kept in a review file (tests/data/real_text/reviewed.json): ``real_error`` (a
+real slip in a step rated correct or in a solution that still reaches gold: people and MC miss
+slips; kept as a golden case), ``false_as_written`` (loose notation: the relation written is
+false, the writer meant something else), ``reader_error`` (the tool read something the step does
+not say). The **wrongly flagged** rate counts reader errors and flags nobody reviewed yet:
+
+    wrongly_flagged / checked,  wrongly_flagged = flagged steps not reviewed as real_error or
+                                                  false_as_written.
 """
 
 from __future__ import annotations
@@ -164,7 +170,22 @@ class FalseAlarmReport:
 
     @property
     def rate(self) -> float | None:
+        """Flagged expected-correct steps / checked ones (every flag, reviewed or not)."""
         return len(self.false_alarms) / self.checked if self.checked else None
+
+    def wrongly_flagged(self, reviewed: dict[str, dict[str, str]]) -> list[FalseAlarm]:
+        """Flags that are reader errors or not reviewed yet (module doc)."""
+        excused = ("real_error", "false_as_written")
+        return [a for a in self.false_alarms if reviewed.get(a.step.id, {}).get("kind") not in excused]
+
+    def wrong_rate(self, reviewed: dict[str, dict[str, str]]) -> float | None:
+        return len(self.wrongly_flagged(reviewed)) / self.checked if self.checked else None
+
+
+def read_reviewed(path: Path) -> dict[str, dict[str, str]]:
+    """The review file: step id -> {"kind": ..., "note": ...} (keys starting with "_" are notes)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return {key: value for key, value in data.items() if not key.startswith("_")}
 
 
 def measure_false_alarms(steps: Sequence[CorpusStep], tool: StepVerifier) -> FalseAlarmReport:
