@@ -231,3 +231,26 @@ def test_f1_interval_is_seeded_and_brackets_the_point():
 def test_sentence_verdicts_of_small_models(reply, correct):
     verdict = parse_judge_reply(reply)
     assert (verdict.correct, verdict.status) == (correct, "ok")
+
+
+def test_label_batch_with_the_policy_as_judge_is_schema_valid():
+    """A build (MCTS, MC, fusion) with judge.enabled: the policy itself judges, rows carry the
+    judge columns and still convert to the steps schema."""
+    from data_schemas.records import Problem, to_table
+    from data_schemas.schemas import STEPS
+    from labelers.identity import problem_id
+    from labelers.pipeline import label_batch
+    from tests.conftest import TEST_DATA
+    from tests.support.scripted_policy import ScriptedPolicy, gsm8k_scripted_problems
+
+    rows = [json.loads(line) for _, line in zip(range(3), (TEST_DATA / "gsm8k_test.jsonl").open())]
+    scripted = gsm8k_scripted_problems(rows, seed=1, p_correct=0.7, step_error_rate=0.4, recovery_rate=0.1)
+    problems = [Problem(problem_id(p.question, "gsm8k"), "gsm8k", p.question, p.gold_answer) for p in scripted]
+    policy = ScriptedJudge(lambda step, tool: "Reason: fine.\nVerdict: correct", fallback=ScriptedPolicy(scripted))
+    config = BuildConfig(seed=3).with_overrides({"search.rounds": 4, "search.mc_rollouts": 3, "judge.enabled": True,
+                                                 "fuse.judge": "tiebreak"})
+    result = label_batch(problems, config, policy, None, None, "b")
+    assert result.steps and to_table(result.steps, STEPS).num_rows == len(result.steps)
+    assert {r.judge_status for r in result.steps} == {"ok"} and {r.judge_verdict for r in result.steps} == {"correct"}
+    assert len(policy.judge_calls) == 1  # one batched judge call for the whole batch
+    assert all(o.rollouts >= 0 for o in result.outcomes)
