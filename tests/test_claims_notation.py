@@ -157,3 +157,13 @@ def test_error_verdict_is_no_decision_downstream():
     assert tool_line(failed).startswith("Tool check: failed (tool verifier failed")
     fused = fuse_step(failed, None, NO_MC, FuseConfig(rule="hybrid"), path_correct=True)
     assert fused.label is True and fused.source == "path_outcome"
+
+
+def test_a_contradiction_derived_from_an_equation_is_not_an_error(tool):
+    derived = tool.check_text(r"If $b=2$, then $4a=4(a-3)\qquad\Rightarrow 0=-12$.")  # MATH-500 reference text
+    assert derived.verdict == ToolVerdict.UNVERIFIABLE
+    assert "a contradiction derived" in json.dumps(derived.evidence)
+    # constants after constants, or without an arrow, are still checked
+    assert tool.check_text(r"$12 + 5 = 18 \Rightarrow 3 = 4$").verdict == ToolVerdict.INCORRECT
+    assert tool.check_text(r"$x = 2$, so $3 \cdot 4 = 13$").verdict == ToolVerdict.INCORRECT
+    assert tool.check_text(r"$2x + 4 = 10 \Rightarrow 2 + 4 = 6$").verdict == ToolVerdict.CORRECT

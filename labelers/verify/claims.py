@@ -166,6 +166,9 @@ class Claim:
     percent_sides: tuple[str, ...] = ()
     substitution: tuple[tuple[str, str], ...] = ()
     exclamation_sides: tuple[str, ...] = ()
+    # a relation between constants right after an implication arrow that follows an equation in
+    # unknowns ("4a = 4(a-3) \Rightarrow 0 = -12"): when false, the step derives a contradiction
+    derived: bool = False
 
 
 @dataclass(frozen=True)
@@ -270,6 +273,7 @@ _GREEK = {
     Upsilon Phi Psi Omega""".split()
 }
 _LATEX_SKIP_CONNECTIVES = frozenset({"Rightarrow", "implies", "Longrightarrow", "therefore", "iff", "Leftrightarrow"})
+_IMPLICATIONS = frozenset({"Rightarrow", "implies", "Longrightarrow", "=>", "->"})
 
 
 class _Tokenizer:
@@ -1378,11 +1382,14 @@ def _claims_from_tokens(
     # A CUT ("half of", "twice") cuts the first side of the next non-empty run if at most two
     # more words come between ("half of the 10 = 5").
     pending_cut = 0
+    symbolic_relation = False  # the last run with a relation had unknowns ("4a = 4(a-3)")
     for tok in tokens + [Token("BRK", "", len(text), len(text))]:
         if tok.kind not in _BREAKS:
             run.append(tok)
             continue
         if any(t.kind == "REL" for t in run):
+            # "4a=4(a-3) \Rightarrow 0=-12": constants derived from an equation in unknowns
+            derived = symbolic_relation and before is not None and before.value in _IMPLICATIONS
             # "foo(3) = 5": a run that opens with "(" right after a word is a call of an
             # unknown function; its first side is not the whole expression. Next to an unknown
             # command or symbol ("\dots + 10 = 55") the side is not the whole expression either.
@@ -1396,7 +1403,8 @@ def _claims_from_tokens(
             )
             first_cut = first_cut or dangling or pending_cut > 0 or (before is not None and before.kind == "CUT1" and _lone_number_first(run))
             last_cut = tok.kind == "POISON"
-            _claims_from_run(text, run, origin, step_rounds, claims, rejected, trees, first_cut, last_cut)
+            _claims_from_run(text, run, origin, step_rounds, claims, rejected, trees, first_cut, last_cut, derived)
+            symbolic_relation = any(t.kind in ("ID", "CALL") and t.value != "pi" for t in run)
         # "25 + shoe size 5 = 30": a run ending in an operator continues after the words, so
         # the next run's first side is not the whole expression.
         if run:
@@ -1423,6 +1431,7 @@ def _claims_from_run(
     trees: list[tuple[Claim, tuple, tuple, int]],
     first_cut: bool = False,
     last_cut: bool = False,
+    derived: bool = False,
 ) -> None:
     sides: list[list[Token]] = [[]]
     relations: list[tuple[str, bool]] = []
@@ -1500,6 +1509,7 @@ def _claims_from_run(
             origin=origin,
             percent_sides=percent,
             exclamation_sides=exclaimed,
+            derived=derived and not free_symbols(lhs_tree) and not free_symbols(rhs_tree),
         )
         claims.append(claim)
         trees.append((claim, lhs_tree, rhs_tree, right.start))

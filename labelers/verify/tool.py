@@ -658,6 +658,8 @@ def _claim_entry(claim: Claim, result: dict[str, Any]) -> dict[str, Any]:
         entry["rounded"] = True
     if claim.substitution:
         entry["substitution"] = [list(pair) for pair in claim.substitution]
+    if claim.derived:
+        entry["derived"] = True
     entry.update({k: v for k, v in result.items() if v is not None or k == "holds"})
     return entry
 
@@ -786,6 +788,12 @@ def _verdict(entries: list[dict[str, Any]], extraction: Extraction) -> ToolCheck
             if e.get("holds") is False and e["kind"] == "sympy":
                 e["holds"] = None
                 e["reason"] = "the step says a relation is false"
+    for e in entries:
+        if e.get("holds") is False and e.get("derived"):
+            # "4a = 4(a-3) => 0 = -12": a contradiction derived from an equation in unknowns
+            # shows the equation has no solution; it is not a computation the step gets wrong
+            e["holds"] = None
+            e["reason"] = "a contradiction derived from an equation in unknowns"
     checked = [e for e in entries if e.get("holds") is not None]
     failing = [e for e in checked if e["holds"] is False]
     unchecked = [
