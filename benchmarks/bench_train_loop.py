@@ -42,7 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", help="data root with complete builds (default: a synthetic build)")
     parser.add_argument("--base-model", help="base model dir or hub id (default: a tiny random model)")
-    parser.add_argument("--set", dest="set_file", help="ProcessBench-format set (default: eval make-set)")
+    parser.add_argument("--input", dest="set_file", help="ProcessBench-format set (default: eval make-set)")
     parser.add_argument("--max-steps", type=int, default=20)
     parser.add_argument("--n", type=int, default=50, help="erroneous and correct solutions of the made set")
     parser.add_argument("--workdir", help="keep the files here (default: a temporary directory)")
@@ -83,7 +83,7 @@ def main() -> None:
     print(train_out.strip())
     info = json.loads((model_dir / "prmforge_train.json").read_text())
     out = work / "scores.json"
-    eval_s, eval_out = prmforge("eval", "run", "--set", set_file, "--labels", "prm", "--prm", str(model_dir), "--out", str(out))
+    eval_s, eval_out = prmforge("eval", "run", "--input", set_file, "--labels", "prm", "--prm", str(model_dir), "--out", str(out))
     print(eval_out.strip())
     score = json.loads(out.read_text())["results"][0]["score"]
     figure("train_loop.train_seconds", train_s, "s (prmforge train, whole process)")

@@ -58,6 +58,10 @@ class StepRow:
     path_correct: bool | None
     generator_model: str
     seed: int
+    # The step judge (labelers/judge.py); null when it did not run (judge_status "not_run").
+    judge_verdict: str | None = None
+    judge_reply: str | None = None
+    judge_status: str = "not_run"
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ STEPS = _schema(
         _field("num_steps", pa.int32(), "Number of steps in the path.", False),
         _field("step_text", pa.string(), "The step as the policy wrote it.", False),
         _field("prefix_hash", pa.string(), "Hash of the question plus the steps up to and including this one.", False),
-        _field("tool_verdict", pa.string(), "Tool check verdict: correct, incorrect or unverifiable.", False),
+        _field("tool_verdict", pa.string(), "Tool check verdict: correct, incorrect, unverifiable or error (the verifier failed on the step; tool_evidence has the message).", False),
         _field("tool_kind", pa.string(), "Which tool judged the step: sympy, python or none.", False),
         _field("tool_evidence", pa.string(), "JSON record of the checked claims, their values and the failing claim."),
         _field("lean_state", pa.string(), "Lean 4 result: proved, disproved, no_check, formalization_failed, lean_unavailable, timeout or disabled.", False),
@@ -73,6 +73,9 @@ STEPS = _schema(
         _field("path_correct", pa.bool_(), "Whether the path's final answer equals the gold answer; null when the path has none."),
         _field("generator_model", pa.string(), "Model id of the policy that wrote the step.", False),
         _field("seed", pa.int64(), "Seed derived for the path from (build seed, problem_id, node path).", False),
+        _field("judge_verdict", pa.string(), "Step judge verdict (an LLM grounded in the tool result): correct or incorrect; null when it gave none or did not run."),
+        _field("judge_reply", pa.string(), "The step judge's raw reply (or the request's error when it failed); null when it did not run."),
+        _field("judge_status", pa.string(), "Step judge outcome: ok, unparsed (no verdict in the reply), failed (the request failed) or not_run.", False),
     ],
 )
 

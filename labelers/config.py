@@ -121,13 +121,34 @@ class LeanConfig(_Section):
     leandojo_line: int = Field(default=0, ge=0)
 
 
+class JudgeConfig(_Section):
+    """The LLM step judge grounded in the tool (GroundedPRM's verifier), docs/algorithms.md.
+
+    It reads the question, the previous steps, the step and the tool's result and answers
+    correct/incorrect with a reason. Runs when ``enabled``, or when ``fuse.rule = "judge"`` or
+    ``fuse.judge`` is not ``"off"``."""
+
+    enabled: bool = False
+    # None: the policy model judges (same backend, one more batched generate call per round);
+    # else a separate judge model on ``backend`` (default: the policy's backend).
+    model: str | None = None
+    backend: Literal["embedded", "vllm", "openai"] | None = None
+    base_url: str | None = None  # openai backend of a separate judge
+    max_tokens: int = Field(default=192, ge=8)
+    temperature: float = Field(default=0.0, ge=0)  # greedy: the same step gets the same verdict
+
+
 class FuseConfig(_Section):
     """How tool verdict, Lean state and MC value become a step label."""
 
-    rule: Literal["hybrid", "mc", "tool", "lean"] = "hybrid"
+    rule: Literal["hybrid", "mc", "tool", "lean", "judge"] = "hybrid"
     mc_threshold: float = Field(default=0.0, ge=0, le=1)  # MC label positive when mc_value > this
     after_first_error: Literal["truncate", "negative"] = "truncate"
     consensus_filter: bool = False  # keep only paths whose MC and verifier agree on the first error
+    # How the hybrid rule uses the judge (labelers/fuse.py): "off" (stored, not fused),
+    # "verifier" (a verifier of lower rank than tool and Lean), "tiebreak" (decides only where
+    # neither a verifier nor MC does).
+    judge: Literal["off", "verifier", "tiebreak"] = "off"
 
 
 class OutputConfig(_Section):
@@ -166,6 +187,7 @@ class BuildConfig(_Section):
     tool: ToolConfig = ToolConfig()
     lean: LeanConfig = LeanConfig()
     fuse: FuseConfig = FuseConfig()
+    judge: JudgeConfig = JudgeConfig()
     output: OutputConfig = OutputConfig()
     flow: FlowConfig = FlowConfig()
 
@@ -175,37 +197,46 @@ class BuildConfig(_Section):
         Output location and orchestration settings are left out: moving a build or running it
         with more workers must not change its identity.
         """
-        payload = self.model_dump(
-            mode="json", exclude={"output": {"root", "dataset", "claim_lease_s"}, "flow": True, "name": True}
-        )
+        exclude: dict = {"output": {"root", "dataset", "claim_lease_s"}, "flow": True, "name": True}
+        if not self.judge_runs:
+            # builds without the judge keep the hash they had before the judge existed
+            exclude.update({"judge": True, "fuse": {"judge"}})
+        payload = self.model_dump(mode="json", exclude=exclude)
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def labeling_hash(self) -> str:
         """sha256 (16 hex) of the sections that change a problem's labels.
 
-        Seed, search (MCTS and Monte Carlo), tool, Lean and fusion settings, and the policy's
-        sampling settings; not the problem file, output, orchestration, or how the policy is
-        reached (URL, key, concurrency, timeouts, threads: same model, same rows), nor tool/Lean
-        parallelism and locations. The policy
-        model id is a separate part of the labeling key. Policy keys not listed as transport
-        count as label-changing, so a new setting errs towards relabeling.
+        Seed, search (MCTS and Monte Carlo), tool, Lean, fusion and judge settings, and the
+        policy's sampling settings; not the problem file, output, orchestration, or how the policy
+        is reached (URL, key, concurrency, timeouts, threads: same model, same rows), nor tool/Lean
+        parallelism and locations. The policy model id is a separate part of the labeling key.
+        Policy keys not listed as transport count as label-changing, so a new setting errs
+        towards relabeling. The judge counts only when it runs (as in :meth:`config_hash`).
         """
         policy_transport = {
             "backend", "model", "base_url", "api_key", "max_concurrency", "request_timeout_s",
             "max_retries", "n_threads", "gpu_memory_utilization",
         }
+        exclude: dict = {
+            "policy": policy_transport,
+            "tool": {"workers", "chunk_size"},  # parallelism only
+            "lean": {"project", "cache_dir", "batch_size"},  # where Lean runs, not what it checks
+            "judge": {"base_url"},  # where a separate judge is served, not which model judges
+        }
+        if not self.judge_runs:
+            exclude.update({"judge": True, "fuse": {"judge"}})
         payload = self.model_dump(
-            mode="json",
-            include={"seed", "policy", "search", "tool", "lean", "fuse"},
-            exclude={
-                "policy": policy_transport,
-                "tool": {"workers", "chunk_size"},  # parallelism only
-                "lean": {"project", "cache_dir", "batch_size"},  # where Lean runs, not what it checks
-            },
+            mode="json", include={"seed", "policy", "search", "tool", "lean", "fuse", "judge"}, exclude=exclude
         )
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
+    def judge_runs(self) -> bool:
+        """Whether the step judge runs in this build (asked for, or needed by fusion)."""
+        return self.judge.enabled or self.fuse.rule == "judge" or self.fuse.judge != "off"
 
     def with_overrides(self, overrides: dict[str, object]) -> "BuildConfig":
         """A copy with dotted-key overrides applied (``{"search.rounds": 4}``), validated."""

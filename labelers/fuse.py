@@ -28,6 +28,18 @@ tool
 lean
   disproved -> -, -1 (``lean_disproved``); proved -> +, +1 (``lean_proved``); other -> +, 0
   (``lean_no_verdict``).
+judge
+  the step judge (labelers/judge.py) alone: incorrect -> -, -1 (``judge_incorrect``); correct ->
+  +, +1 (``judge_correct``); no verdict -> +, 0 (``judge_no_verdict``).
+
+The judge in the hybrid rule (``FuseConfig.judge``; ``j`` = the judge's verdict):
+
+- ``off``: not used (the verdict is still stored and named in the rationale);
+- ``verifier``: when tool and Lean give no decision, ``j`` takes their place, ranked below
+  them: incorrect -> -, reward -1 (``judge_disproved``); correct -> rule 2/3 with ``j`` as the
+  verification (``judge_verified`` / ``mc_over_judge``);
+- ``tiebreak``: ``j`` decides only where neither a verifier nor MC does (instead of
+  ``path_outcome``): label ``j``, reward +-0.5 (``judge_tiebreak``).
 
 ``signals_agree`` is false when the verifier decision and the MC label are both known and
 differ, or when the tool and Lean contradict each other (one verifies, the other disproves).
@@ -121,8 +133,11 @@ def fuse_step(
     mc: MCSignal,
     config: FuseConfig,
     path_correct: bool | None = None,
+    judge: bool | None = None,
 ) -> FusedStep:
-    """Fused reward, label, rule branch and agreement flag of one step (rules: module doc)."""
+    """Fused reward, label, rule branch and agreement flag of one step (rules: module doc).
+
+    ``judge``: the step judge's verdict (True correct, False incorrect, None none)."""
     decision = verifier_decision(tool, lean)
     mc_label = mc.label(config.mc_threshold)
     agree = not _verifiers_conflict(tool, lean) and (decision is None or mc_label is None or decision == mc_label)
@@ -141,18 +156,30 @@ def fuse_step(
         if state == LeanState.PROVED:
             return FusedStep(1.0, True, "lean_proved", agree)
         return FusedStep(0.0, True, "lean_no_verdict", agree)
+    if rule == "judge":
+        if judge is False:
+            return FusedStep(-1.0, False, "judge_incorrect", agree)
+        if judge is True:
+            return FusedStep(1.0, True, "judge_correct", agree)
+        return FusedStep(0.0, True, "judge_no_verdict", agree)
     if rule == "hybrid":
+        by_judge = decision is None and judge is not None and config.judge == "verifier"
+        if by_judge:
+            decision = judge
         if decision is False:
-            return FusedStep(-1.0, False, "verifier_disproved", agree)
+            return FusedStep(-1.0, False, "judge_disproved" if by_judge else "verifier_disproved", agree)
         if decision is True:
             hard = mc.hard_label
             if hard is None or hard:
                 value = mc.value
-                return FusedStep(1.0 if value is None else 0.5 + 0.5 * value, True, "verified", agree)
-            return FusedStep(-0.5, False, "mc_over_verified", agree)
+                return FusedStep(1.0 if value is None else 0.5 + 0.5 * value, True,
+                                 "judge_verified" if by_judge else "verified", agree)
+            return FusedStep(-0.5, False, "mc_over_judge" if by_judge else "mc_over_verified", agree)
     # rule "mc", and hybrid without a verifier decision
     if mc_label is not None:
         return FusedStep(_mc_reward(mc, mc_label), mc_label, "mc", agree)
+    if rule == "hybrid" and config.judge == "tiebreak" and judge is not None:
+        return FusedStep(0.5 if judge else -0.5, judge, "judge_tiebreak", agree)
     return FusedStep(0.0, path_correct is not False, "path_outcome", agree)
 
 

@@ -10,7 +10,10 @@ the batch:
    complete path (root to a terminal node with a final answer) is labeled on tree nodes.
 2. **paths** -- up to ``max_paths_per_problem`` complete paths per problem, alternating
    correct / wrong (a mix first), each list in tree order (deterministic).
-3. **Lean** -- all steps of the chosen paths in one ``check_steps`` call (when enabled).
+3. **Lean** -- all steps of the chosen paths in one ``check_steps`` call (when enabled); then
+   the **step judge** (labelers/judge.py, when ``config.judge_runs``): all steps of the chosen
+   paths in ONE ``generate`` call of the judge policy (the policy itself unless a separate
+   judge model is given); a failed judge request leaves that step without a judge verdict.
 4. **MC** -- with ``search.first_error_search`` (default, OmegaPRM): wrong paths get the
    first-error binary search, all searches of all problems in lock-step; correct paths get no
    rollouts, their steps are inferred positive (the path itself is a completion from each of
@@ -42,6 +45,7 @@ from labelers.answers import AnswerJudge
 from labelers.config import BuildConfig
 from labelers.fuse import NO_MC, FusedStep, MCSignal, fuse_step, path_consensus, rows_to_keep, verifier_decision
 from labelers.identity import derive_seed
+from labelers.judge import JUDGE_NOT_RUN, JudgeVerdict, judge_steps
 from labelers.policy.base import GenerationRequest, Policy, TokenUsage
 from labelers.rationale import build_rationale
 from labelers.search.first_error import FirstErrorSearch, run_searches
@@ -90,6 +94,7 @@ class _Path:
     correct: bool
     final_answer: str | None
     lean: list[LeanCheck] = field(default_factory=list)
+    judge: list[JudgeVerdict] = field(default_factory=list)
     mc: list[MCSignal] = field(default_factory=list)
     search: FirstErrorSearch | None = None
     mc_horizon: int | None = None  # first disproved step when MC was skipped from there on
@@ -366,7 +371,8 @@ def _step_rows(state: _State, config: BuildConfig, build_id: str, model_id: str)
         tools = [n.tool_check or TOOL_DISABLED for n in path.nodes]
         leans = path.lean or [LEAN_DISABLED] * len(path.nodes)
         mcs = path.mc or [NO_MC] * len(path.nodes)
-        fused = [fuse_step(t, l, m, fuse, path.correct) for t, l, m in zip(tools, leans, mcs)]
+        judges = path.judge or [JUDGE_NOT_RUN] * len(path.nodes)
+        fused = [fuse_step(t, l, m, fuse, path.correct, j.correct) for t, l, m, j in zip(tools, leans, mcs, judges)]
         consensus, _, _ = path_consensus(mcs, tools, leans, fuse)
         state.counters["paths_consensus" if consensus else "paths_no_consensus"] += 1
         if fuse.consensus_filter and not consensus:
@@ -378,6 +384,7 @@ def _step_rows(state: _State, config: BuildConfig, build_id: str, model_id: str)
         seed = derive_seed(config.seed, problem.problem_id, path.leaf.path)
         for index in range(keep):
             node, tool, lean, mc, step = path.nodes[index], tools[index], leans[index], mcs[index], fused[index]
+            judged = judges[index]
             if first >= 0 and index > first and step.label:
                 step = FusedStep(-1.0, False, "after_first_error", step.signals_agree)
             sampled = mc.total is not None
@@ -408,12 +415,15 @@ def _step_rows(state: _State, config: BuildConfig, build_id: str, model_id: str)
                     label_source=step.source,
                     signals_agree=step.signals_agree,
                     consensus=consensus,
-                    rationale=build_rationale(tool, lean, mc, step),
+                    rationale=build_rationale(tool, lean, mc, step, judged),
                     is_first_error=index == first,
                     path_final_answer=path.final_answer,
                     path_correct=path.correct if path.final_answer is not None else None,
                     generator_model=model_id,
                     seed=seed,
+                    judge_verdict=judged.verdict,
+                    judge_reply=judged.reply,
+                    judge_status=judged.status,
                 )
             )
     return rows
@@ -479,6 +489,34 @@ def _outcome(state: _State, build_id: str, steps: list[StepRow], ledger: Ledger,
     )
 
 
+def _judge_paths(states: Sequence[_State], config: BuildConfig, step_judge: Policy, ledger: Ledger) -> None:
+    """The step judge on every step of every chosen path: ONE generate call (module doc)."""
+    items: list[tuple[_Path, int]] = []
+    accounts: list[str] = []  # the problem each request is charged to
+    contexts: list[StepContext] = []
+    for state in states:
+        if not state.ok:
+            continue
+        for path in state.paths:
+            for index, node in enumerate(path.nodes):
+                items.append((path, index))
+                contexts.append(StepContext(state.problem.question, node.steps[:-1], node.step_text))
+                accounts.append(state.problem.problem_id)
+    if not items:
+        return
+    tools = [path.nodes[index].tool_check for path, index in items]
+    seeds = [derive_seed(config.seed, path.problem.problem_id, ("judge", *path.nodes[index].path)) for path, index in items]
+
+    def generate(requests: list[GenerationRequest]) -> list:
+        return ledger.generate(step_judge, list(zip(accounts, requests, strict=True)), rollouts=False)
+
+    verdicts = judge_steps(contexts, tools, generate, config.judge.max_tokens, config.judge.temperature, seeds)
+    for path in {id(p): p for p, _ in items}.values():
+        path.judge = [JUDGE_NOT_RUN] * len(path.nodes)
+    for (path, index), verdict in zip(items, verdicts, strict=True):
+        path.judge[index] = verdict
+
+
 def _label_paths(
     states: list[_State],
     config: BuildConfig,
@@ -488,8 +526,9 @@ def _label_paths(
     judge: OutcomeJudge,
     build_id: str,
     account_by_path: bool = False,
+    step_judge: Policy | None = None,
 ) -> BatchResult:
-    """Stages 3-5 (Lean, MC, fusion and rows) for the paths already on ``states``."""
+    """Stages 3-5 (Lean, step judge, MC, fusion and rows) for the paths already on ``states``."""
     # Lean: one call for all steps of all chosen paths.
     use_lean = lean if (lean is not None and config.lean.enabled) else None
     work = {
@@ -509,9 +548,16 @@ def _label_paths(
         for path in state.paths:
             path.lean = list(lean_checks[pid][offset : offset + len(path.nodes)])
             offset += len(path.nodes)
+    if config.judge_runs:
+        try:
+            _judge_paths(states, config, step_judge or policy, ledger)
+        except Exception as error:  # noqa: BLE001 - a crashed judge backend fails the problems it judged
+            for state in states:
+                if state.paths:
+                    state.fail("judge", _error_text(error))
     try:
         # Rules "tool" and "lean" never read MC: no rollouts are spent on them.
-        needs_mc = config.fuse.rule in ("hybrid", "mc")
+        needs_mc = config.fuse.rule in ("hybrid", "mc")  # "tool", "lean", "judge": no rollouts
         known = _estimate_paths(states, config, policy, ledger, judge, account_by_path) if needs_mc else {}
     except Exception as error:  # noqa: BLE001 - a crashed backend fails the problems still in MC
         known = {}
@@ -553,9 +599,11 @@ def label_batch(
     tool: StepVerifier | None,
     lean: LeanVerifier | None,
     build_id: str,
+    step_judge: Policy | None = None,
 ) -> BatchResult:
     """Label a batch of problems (stages: module doc). Never raises for a problem-level
-    failure: that problem's outcome has ``status = "failed"``, ``failed_stage`` and ``error``."""
+    failure: that problem's outcome has ``status = "failed"``, ``failed_stage`` and ``error``.
+    ``step_judge``: a separate judge model's policy (default: ``policy`` judges)."""
     ledger = Ledger()
     settings = search_settings(config)
     use_tool = tool if config.tool.enabled else None
@@ -583,7 +631,7 @@ def label_batch(
             state.paths = [_path_of(state.problem, leaf) for leaf in choose_paths(state.tree, config.search.max_paths_per_problem)]
             if not state.paths:
                 state.skipped = "no complete solution path within the search budget"
-        result = _label_paths(states, config, policy, lean, ledger, judge, build_id)
+        result = _label_paths(states, config, policy, lean, ledger, judge, build_id, step_judge=step_judge)
     result.counters["search_rounds"] = rounds
     result.counters["duplicate_problems"] = duplicates
     result.counters["generate_calls"] = ledger.generate_calls
@@ -598,6 +646,7 @@ def label_given_solutions(
     tool: StepVerifier | None,
     lean: LeanVerifier | None,
     build_id: str = "given",
+    step_judge: Policy | None = None,
 ) -> BatchResult:
     """Label given step lists: ``solutions[i]`` holds the solutions (each a list of step
     texts) of ``problems[i]``. Tool checks (one call), Lean (one call), MC (per-step, or
@@ -645,7 +694,8 @@ def label_given_solutions(
                 for node, check in zip(path.nodes, checks[pid][offset : offset + len(path.nodes)]):
                     node.tool_check = check
                 offset += len(path.nodes)
-        return _label_paths(states, config, policy, lean, ledger, judge, build_id, account_by_path=True)
+        return _label_paths(states, config, policy, lean, ledger, judge, build_id, account_by_path=True,
+                            step_judge=step_judge)
 
 
 def _given_child(tree: TreeSearch, parent: Node, text: str) -> Node:

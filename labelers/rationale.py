@@ -20,6 +20,7 @@ import re
 from typing import Any
 
 from labelers.fuse import FusedStep, MCSignal
+from labelers.judge import JudgeVerdict
 from labelers.verify.base import LeanCheck, LeanState, ToolCheck, ToolVerdict
 
 VERDICT_RE = re.compile(r"^Verdict: \\boxed\{([+-])\}\s*$")
@@ -37,6 +38,13 @@ _DECISIONS = {
     "lean_proved": "Lean proved the step",
     "lean_no_verdict": "Lean gave no verdict",
     "after_first_error": "the step comes after the path's first error",
+    "judge_incorrect": "the step judge found the step incorrect",
+    "judge_correct": "the step judge found the step correct",
+    "judge_no_verdict": "the step judge gave no verdict",
+    "judge_disproved": "no checker decided; the step judge found the step incorrect",
+    "judge_verified": "no checker decided; the step judge found it correct and the rollouts do not contradict it",
+    "mc_over_judge": "the step judge found it correct but no rollout from here reaches the answer",
+    "judge_tiebreak": "neither a checker nor the rollouts decided; the step judge breaks the tie",
 }
 
 
@@ -59,6 +67,8 @@ def tool_line(tool: ToolCheck | None) -> str:
         return "Tool check: not run."
     evidence = tool.evidence or {}
     claims = [c for c in evidence.get("claims", []) if isinstance(c, dict)]
+    if tool.verdict == ToolVerdict.ERROR:
+        return f"Tool check: failed ({_short(evidence.get('error') or 'verifier error')})."
     if tool.verdict == ToolVerdict.UNVERIFIABLE:
         reason = evidence.get("reason") or evidence.get("error") or "no checkable claim"
         return f"Tool check: unverifiable ({_short(reason)})."
@@ -97,13 +107,27 @@ def mc_line(mc: MCSignal) -> str:
     return "Monte Carlo: not estimated."
 
 
-def build_rationale(tool: ToolCheck | None, lean: LeanCheck | None, mc: MCSignal, fused: FusedStep) -> str:
-    """The rationale text of one step (format: module doc)."""
+def judge_line(judge: JudgeVerdict) -> str:
+    if judge.status == "ok":
+        reason = f": {_short(judge.reason, 160)}" if judge.reason else ""
+        return f"Step judge: {judge.verdict}{reason}."
+    if judge.status == "unparsed":
+        return "Step judge: no verdict in its reply."
+    return f"Step judge: failed ({_short(judge.reply or 'no reply')})."
+
+
+def build_rationale(
+    tool: ToolCheck | None, lean: LeanCheck | None, mc: MCSignal, fused: FusedStep, judge: JudgeVerdict | None = None
+) -> str:
+    """The rationale text of one step (format: module doc); a ``Step judge:`` line follows the
+    Monte Carlo line when the judge ran."""
     decision = _DECISIONS.get(fused.source, fused.source)
+    judged = [judge_line(judge)] if judge is not None and judge.status != "not_run" else []
     lines = [
         tool_line(tool),
         lean_line(lean),
         mc_line(mc),
+        *judged,
         f"Decision: {decision} (rule: {fused.source}).",
         f"Verdict: \\boxed{{{'+' if fused.label else '-'}}}",
     ]

@@ -73,7 +73,7 @@ def test_extracts_expected_claims(text: str, expected: list[tuple[str, str, str]
         "2 hours = 120 minutes",  # a conversion, not arithmetic
         "4 students drank 1.5 quarts = 4 * 1.5",  # "1.5 quarts" labels the product
         r"$(1-2)+(3-4)+ \dots +(99-100) = -50$",  # the sum's start is not read, so no "= -50"
-        r"$\binom{7}{4}=35$",
+        r"$\binom{7}{4}+\dots=35$",
         r"$110_2=6_8$",
         r"Let $x = 0.\overline{1331}$",
         r"$9\&2 = 3$",

@@ -116,7 +116,7 @@ def test_cli_make_set_run_tool_and_compare(tmp_path, monkeypatch, small_set):
     assert set_file.read_bytes() == again.read_bytes()
 
     out = tmp_path / "tool.json"
-    ran = cli.invoke(app, ["eval", "run", "--set", str(set_file), "--labels", "tool", "--override", "tool.workers=1", "--out", str(out)])
+    ran = cli.invoke(app, ["eval", "run", "--input", str(set_file), "--labels", "tool", "--set", "tool.workers=1", "--out", str(out)])
     assert ran.exit_code == 0, ran.output
     payload = json.loads(out.read_text())
     score = payload["results"][0]["score"]
@@ -130,8 +130,8 @@ def test_cli_make_set_run_tool_and_compare(tmp_path, monkeypatch, small_set):
     bench.write_text(json.dumps([r.to_json() for r in records]))
     monkeypatch.setattr("labelers.policy.factory.make_policy", lambda config, **_: scripted_for(records, references))
     compared_out = tmp_path / "compare.json"
-    compared = cli.invoke(app, ["eval", "compare", "--set", str(bench), "--labels", "tool,mc:per-step,mc:binary",
-                                "--k", "2", "--override", "tool.workers=1", "--out", str(compared_out)])
+    compared = cli.invoke(app, ["eval", "compare", "--input", str(bench), "--labels", "tool,mc:per-step,mc:binary",
+                                "--k", "2", "--set", "tool.workers=1", "--out", str(compared_out)])
     assert compared.exit_code == 0, compared.output
     results = json.loads(compared_out.read_text())["results"]
     assert [(r["signal"], r["mc_mode"]) for r in results] == [("tool", None), ("mc", "per-step"), ("mc", "binary")]
@@ -148,12 +148,12 @@ def test_cli_errors_are_one_line(tmp_path):
 
     pb = tmp_path / "pb.json"
     pb.write_text(json.dumps([{"id": "a", "problem": "p", "steps": ["x"], "label": -1}]))
-    completed = subprocess.run([sys.executable, "-m", "flows.cli", "eval", "run", "--set", str(pb), "--labels", "mc"],
+    completed = subprocess.run([sys.executable, "-m", "flows.cli", "eval", "run", "--input", str(pb), "--labels", "mc"],
                                capture_output=True, text=True, cwd=Path(__file__).parent.parent, timeout=120)
     assert completed.returncode == 2
     assert completed.stderr.startswith("error: --labels mc needs a gold answer")
     assert "Traceback" not in completed.stderr
-    bad = CliRunner().invoke(app, ["eval", "run", "--set", str(pb), "--labels", "magic"])
+    bad = CliRunner().invoke(app, ["eval", "run", "--input", str(pb), "--labels", "magic"])
     assert bad.exit_code != 0
 
 
@@ -165,6 +165,6 @@ def test_lean_signal_without_toolchain_says_so(tmp_path, small_set):
     records, _ = small_set
     pb = tmp_path / "set.json"
     pb.write_text(json.dumps([r.to_json() for r in records[:2]]))
-    result = CliRunner().invoke(app, ["eval", "run", "--set", str(pb), "--labels", "lean"])
+    result = CliRunner().invoke(app, ["eval", "run", "--input", str(pb), "--labels", "lean"])
     assert result.exit_code != 0
     assert "Lean is not available" in str(result.exception)

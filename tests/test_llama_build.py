@@ -94,7 +94,7 @@ def test_preflight_child_on_a_file_that_is_no_model_fails_without_a_signal(tmp_p
 
 
 @pytest.mark.skipif(bool(preset_status(PRESETS["small"]).missing_packages), reason="0.5B model parts not installed")
-def test_build_with_a_crashing_llama_is_one_line_and_leaves_no_build(tmp_path, crashing_llama):
+def test_build_with_a_crashing_llama_is_one_line_and_leaves_nothing_running(tmp_path, crashing_llama):
     root = tmp_path / "data"
     crashing_llama["PRMFORGE_CACHE_DIR"] = os.environ.get("PRMFORGE_CACHE_DIR", str(Path.home() / ".cache" / "prmforge"))
     done = subprocess.run(
@@ -105,7 +105,13 @@ def test_build_with_a_crashing_llama_is_one_line_and_leaves_no_build(tmp_path, c
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert "SIGSEGV" in lines[0] and INSTALL_COMMAND in lines[0]
-    assert not (root / "builds").exists()  # nothing started, so nothing is left 'running'
+    # The demo preset builds into a dataset: the planned build is recorded failed with the
+    # reason and its claim released; nothing is left 'running'.
+    from data_schemas.manifest import list_builds
+
+    manifests = list_builds(str(root))
+    assert [m.status for m in manifests] == ["failed"]
+    assert "SIGSEGV" in (manifests[0].error or "")
 
 
 def test_build_with_a_missing_problem_file_is_one_line_before_prefect_starts(tmp_path):

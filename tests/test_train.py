@@ -167,7 +167,7 @@ def test_build_train_eval_loop_on_the_cli(built, tmp_path):
     made = runner.invoke(app, ["eval", "make-set", "--out", str(eval_set), "--n-error", "4", "--n-correct", "4"])
     assert made.exit_code == 0, made.output
     out = tmp_path / "scores.json"
-    scored = runner.invoke(app, ["eval", "run", "--set", str(eval_set), "--labels", "prm", "--prm", str(model_dir),
+    scored = runner.invoke(app, ["eval", "run", "--input", str(eval_set), "--labels", "prm", "--prm", str(model_dir),
                                  "--out", str(out)])
     assert scored.exit_code == 0, scored.output
     import json
@@ -175,7 +175,7 @@ def test_build_train_eval_loop_on_the_cli(built, tmp_path):
     result = json.loads(out.read_text())["results"][0]
     assert result["signal"] == "prm" and result["score"]["n_error"] == 4 and result["score"]["n_correct"] == 4
     assert result["score"]["f1"] is not None and not result["failures"]
-    missing = runner.invoke(app, ["eval", "run", "--set", str(eval_set), "--labels", "prm"])
+    missing = runner.invoke(app, ["eval", "run", "--input", str(eval_set), "--labels", "prm"])
     assert "--prm DIR" in user_error(missing)
 
 

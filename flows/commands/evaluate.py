@@ -1,8 +1,12 @@
 """prmforge CLI: label-quality evaluation and build reports.
 
 ``eval make-set``  error-injection set (GSM8K reference solutions with a known earliest error)
-``eval run``       label a ProcessBench-format set with one signal, print the ProcessBench score
-``eval compare``   several signals on the same set, side by side
+``eval run``       label a ProcessBench-format set with one or several signals (sharing their
+                   rollouts), print the ProcessBench scores side by side
+``eval compare``   the same as ``eval run`` (kept for scripts written before run took several)
+
+Options follow the CLI's one convention: the input file is ``--input``, config overrides are
+``--set key=value`` (as in ``build``).
 ``report``         a self-contained HTML report of a build, from its shards
 
 The work is done in labelers/evaluation and data_schemas/report; this module only parses flags,
@@ -24,10 +28,13 @@ from data_schemas.errors import InputError, PrmforgeError
 
 eval_app = typer.Typer(help="Measure label quality: error-injection sets, ProcessBench scores.", no_args_is_help=True)
 
-SET_FILE_OPTION = typer.Option(..., "--set", help="ProcessBench-format file (JSON list or JSONL).", dir_okay=False)
+INPUT_OPTION = typer.Option(..., "--input", "-i", help="ProcessBench-format file (JSON list or JSONL).", dir_okay=False)
 CONFIG_OPTION = typer.Option(None, "--config", "-c", help="TOML build config (policy, search, tool, fuse sections).", dir_okay=False)
 PRESET_OPTION = typer.Option(None, "--preset", "-p", help="Start from a shipped preset: demo, small, gsm8k, math500.")
-OVERRIDE_OPTION = typer.Option(None, "--override", help="Override one config key: --override policy.temperature=0.7 (repeatable).")
+SET_OPTION = typer.Option(None, "--set", help="Override one config key: --set policy.temperature=0.7 (repeatable), as in build.")
+LABELS_HELP = ("Signals, comma-separated or repeated: tool, lean, mc, hybrid, judge, prm (a trained PRM, --prm DIR); "
+               "mc and hybrid take a mode "
+               "(mc:per-step, mc:binary, hybrid:binary). Signals of one mode share one labeling pass (rollouts, judge).")
 MODEL_OPTION = typer.Option(None, "--model", help="Policy model for MC rollouts (embedded preset name or GGUF path, vLLM model, served name).")
 BACKEND_OPTION = typer.Option(None, "--backend", help="Policy backend: embedded, vllm or openai.")
 MC_MODE_OPTION = typer.Option("per-step", "--mc-mode", help="MC rollouts from every prefix (per-step) or binary first-error search (binary).")
@@ -38,10 +45,20 @@ PRM_OPTION = typer.Option(None, "--prm", help="Directory of a PRM trained by prm
 THRESHOLD_OPTION = typer.Option(0.5, "--threshold", help="Signal prm: a step is bad when its P(good) is below this.")
 
 
+def _check_overrides(overrides: list[str] | None) -> list[str]:
+    """``--set`` takes key=value; a bare file name there is the old ``--set FILE`` spelling."""
+    for item in overrides or []:
+        if "=" not in item:
+            hint = " (the set file is --input now)" if Path(item).suffix in (".json", ".jsonl") or Path(item).exists() else ""
+            raise InputError(f"--set takes key=value, got {item!r}{hint}")
+    return list(overrides or [])
+
+
 def _load_config(config_file: Path | None, preset: str | None, overrides: list[str] | None, model: str | None,
                  backend: str | None, seed: int | None) -> Any:
     from flows.config_load import load_build_config
 
+    overrides = _check_overrides(overrides)
     return load_build_config(
         config_file, preset, overrides or [],
         {"policy.model": model, "policy.backend": backend, "seed": seed},
@@ -55,17 +72,21 @@ def _read_records(set_file: Path, limit: int | None) -> list[Any]:
     return records[:limit] if limit is not None else records
 
 
-def parse_signals(text: str) -> list[tuple[str, str | None]]:
-    """``"tool,mc:binary,hybrid"`` -> [("tool", None), ("mc", "binary"), ("hybrid", None)]."""
+def parse_signals(text: str | Sequence[str]) -> list[tuple[str, str | None]]:
+    """``"tool,mc:binary,hybrid"`` (or a list of such, from a repeated ``--labels``) ->
+    [("tool", None), ("mc", "binary"), ("hybrid", None)]."""
     from labelers.evaluation.runner import MC_MODES, SIGNALS
 
     parsed: list[tuple[str, str | None]] = []
-    for item in text.split(","):
+    items = [piece for chunk in ([text] if isinstance(text, str) else text) for piece in chunk.split(",") if piece.strip()]
+    for item in items:
         name, _, mode = item.strip().partition(":")
         if name not in SIGNALS:
             raise InputError(f"--labels: unknown signal {name!r}; choose from {', '.join(SIGNALS)}")
         if mode and (name not in ("mc", "hybrid") or mode not in MC_MODES):
             raise InputError(f"--labels: {item.strip()!r}: a mode ({', '.join(MC_MODES)}) goes only with mc or hybrid")
+        if (name, mode or None) in parsed:
+            raise InputError(f"--labels: {item.strip()!r} is named twice")
         parsed.append((name, mode or None))
     if not parsed:
         raise InputError("--labels: name at least one signal")
@@ -80,6 +101,7 @@ class _Resources:
         self.prm_dir = prm_dir
         self._prm = None
         self._policy = None
+        self._judge = None
         self._tool = None
         self._lean = None
 
@@ -89,6 +111,20 @@ class _Resources:
 
             self._policy = make_policy(self.config.policy)
         return self._policy
+
+    def step_judge(self) -> Any:
+        """A separate judge model's policy when ``judge.model`` is set, else None (the policy judges)."""
+        judge = self.config.judge
+        if judge.model is None:
+            return None
+        if self._judge is None:
+            from labelers.policy.factory import make_policy
+
+            policy = self.config.policy
+            self._judge = make_policy(policy.model_copy(update={
+                "model": judge.model, "backend": judge.backend or policy.backend, "base_url": judge.base_url or policy.base_url,
+            }))
+        return self._judge
 
     def tool(self) -> Any:
         if self._tool is None:
@@ -114,15 +150,39 @@ class _Resources:
         return self._prm
 
     def close(self) -> None:
-        for resource in (self._tool, self._lean, self._policy):
+        for resource in (self._tool, self._lean, self._judge, self._policy):
             if resource is not None:
                 resource.close()
 
 
 def run_signals(records: Sequence[Any], signals: Sequence[tuple[str, str | None]], config: Any,
                 default_mode: str, k: int | None, resources: _Resources, threshold: float = 0.5) -> list[Any]:
+    """Results in the order asked. ``tool``, ``lean`` and ``prm`` run on their own; ``mc``,
+    ``hybrid`` and ``judge`` share one labeling pass per MC mode (the judge joins the first pass,
+    or runs alone without rollouts when no mc/hybrid signal is asked)."""
     from labelers.evaluation import runner
 
+    runs: dict[tuple[str, str | None], Any] = {}
+    for signal, mode in signals:
+        if signal in ("mc", "hybrid"):
+            runner.require_gold(records, signal)
+    modes: list[str] = []
+    for signal, mode in signals:
+        if signal in ("mc", "hybrid") and (mode or default_mode) not in modes:
+            modes.append(mode or default_mode)
+    wants_judge = any(signal == "judge" for signal, _ in signals)
+    for index, mode in enumerate(modes):
+        group = [(s, m) for s, m in signals if s in ("mc", "hybrid") and (m or default_mode) == mode]
+        names = [s for s, _ in group] + (["judge"] if wants_judge and index == 0 else [])
+        shared = runner.run_shared(records, names, config, resources.policy(), resources.tool(), None,
+                                   mc_mode=mode, k=k, step_judge=resources.step_judge())
+        for (signal, asked_mode), run in zip(group, shared, strict=False):
+            runs[(signal, asked_mode)] = run
+        if wants_judge and index == 0:
+            runs[("judge", None)] = shared[-1]
+    if wants_judge and not modes:
+        runs[("judge", None)] = runner.run_shared(records, ["judge"], config, resources.policy(), resources.tool(), None,
+                                                  step_judge=resources.step_judge())[0]
     results = []
     for signal, mode in signals:
         if signal == "tool":
@@ -132,11 +192,7 @@ def run_signals(records: Sequence[Any], signals: Sequence[tuple[str, str | None]
         elif signal == "prm":
             run = runner.run_prm(records, resources.prm(), threshold)
         else:
-            runner.require_gold(records, signal)
-            run = runner.run_mc(
-                records, signal, config, resources.policy(), resources.tool() if signal == "hybrid" else None,
-                None, mc_mode=mode or default_mode, k=k,
-            )
+            run = runs[(signal, mode)]
         results.append(runner.evaluate(records, run))
     return results
 
@@ -151,14 +207,15 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def results_table(results: Sequence[Any], title: str) -> Table:
     table = Table(title=title)
-    for column in ("signal", "mode", "k", "model", "err/cor", "acc_err", "acc_cor", "F1", "step P(neg)", "step R(neg)",
+    for column in ("signal", "mode", "k", "model", "err/cor", "acc_err", "acc_cor", "F1", "F1 95% CI", "step P(neg)", "step R(neg)",
                    "rollouts", "rollouts/step", "tokens", "failed", "seconds"):
         table.add_column(column, justify="left" if column in ("signal", "mode", "model") else "right")
     for result in results:
         run, score = result.run, result.score
         table.add_row(
             run.signal, run.mc_mode or "-", _fmt(run.k), run.model_id or "-", f"{score.n_error}/{score.n_correct}",
-            _fmt(score.acc_err), _fmt(score.acc_cor), _fmt(score.f1), _fmt(score.step_precision),
+            _fmt(score.acc_err), _fmt(score.acc_cor), _fmt(score.f1),
+            "-" if score.f1_ci is None else f"{score.f1_ci[0]:.3f}-{score.f1_ci[1]:.3f}", _fmt(score.step_precision),
             _fmt(score.step_recall), str(run.rollouts), _fmt(run.rollouts_per_step, 2),
             str(run.prompt_tokens + run.completion_tokens), str(len(run.failures)), _fmt(run.wall_seconds, 1),
         )
@@ -210,11 +267,11 @@ def make_set(
 
 @eval_app.command("run")
 def run(
-    set_file: Path = SET_FILE_OPTION,
-    labels: str = typer.Option(..., "--labels", help="Signal: tool, lean, mc, hybrid or prm (a trained PRM, --prm DIR)."),
+    set_file: Path = INPUT_OPTION,
+    labels: list[str] = typer.Option(..., "--labels", help=LABELS_HELP),
     config_file: Path | None = CONFIG_OPTION,
     preset: str | None = PRESET_OPTION,
-    overrides: list[str] | None = OVERRIDE_OPTION,
+    overrides: list[str] | None = SET_OPTION,
     model: str | None = MODEL_OPTION,
     backend: str | None = BACKEND_OPTION,
     mc_mode: str = MC_MODE_OPTION,
@@ -225,21 +282,21 @@ def run(
     prm: Path | None = PRM_OPTION,
     threshold: float = THRESHOLD_OPTION,
 ) -> None:
-    """Label a set's steps with one signal and score earliest-error identification (ProcessBench)."""
+    """Label a set's steps with one or more signals and score earliest-error identification
+    (ProcessBench); signals of one MC mode share their rollouts."""
     signals = parse_signals(labels)
-    if len(signals) != 1:
-        raise InputError("eval run takes one signal; use eval compare for several")
-    _evaluate(set_file, signals, config_file, preset, overrides, model, backend, mc_mode, k, limit, seed, out,
-              f"ProcessBench score on {set_file.name}", prm, threshold)
+    title = f"ProcessBench score on {set_file.name}" if len(signals) == 1 else f"Signals compared on {set_file.name}"
+    _evaluate(set_file, signals, config_file, preset, overrides, model, backend, mc_mode, k, limit, seed, out, title,
+              prm, threshold)
 
 
 @eval_app.command("compare")
 def compare(
-    set_file: Path = SET_FILE_OPTION,
-    labels: str = typer.Option("tool,mc,hybrid", "--labels", help="Comma list of signals; mc and hybrid take a mode: mc:per-step,mc:binary,hybrid:binary."),
+    set_file: Path = INPUT_OPTION,
+    labels: list[str] = typer.Option(["tool,mc,hybrid"], "--labels", help=LABELS_HELP),
     config_file: Path | None = CONFIG_OPTION,
     preset: str | None = PRESET_OPTION,
-    overrides: list[str] | None = OVERRIDE_OPTION,
+    overrides: list[str] | None = SET_OPTION,
     model: str | None = MODEL_OPTION,
     backend: str | None = BACKEND_OPTION,
     mc_mode: str = MC_MODE_OPTION,
@@ -250,7 +307,7 @@ def compare(
     prm: Path | None = PRM_OPTION,
     threshold: float = THRESHOLD_OPTION,
 ) -> None:
-    """Several signals on the same set, one table side by side."""
+    """Several signals on the same set, one table side by side (same as eval run)."""
     _evaluate(set_file, parse_signals(labels), config_file, preset, overrides, model, backend, mc_mode, k, limit,
               seed, out, f"Signals compared on {set_file.name}", prm, threshold)
 
@@ -270,10 +327,13 @@ def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file
         results = run_signals(records, signals, config, mc_mode, k, resources, threshold)
     finally:
         resources.close()
-    # The table has 15 columns: never squeeze it below a readable width (pipes, CI logs).
+    # The table has 16 columns: never squeeze it below a readable width (pipes, CI logs).
     console = Console(width=max(Console().width, 200))
     console.print(results_table(results, title))
     for result in results:
+        if result.score.by_corruption:
+            kinds = ", ".join(f"{kind} {accuracy:.3f}" for kind, accuracy in result.score.by_corruption.items())
+            console.print(f"{result.run.signal}: exact-index accuracy by corruption kind: {kinds}")
         for note in result.run.notes:
             console.print(f"{result.run.signal}: {note}")
         if result.run.failures:

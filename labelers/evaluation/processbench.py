@@ -196,9 +196,42 @@ class Score:
     # (an error in the answer step is found by anything that compares the final answer with gold)
     acc_err_before_last: float | None = None
     n_error_before_last: int = 0
+    # 95% percentile-bootstrap interval of f1 (f1_interval); None when f1 is undefined
+    f1_ci: tuple[float, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def f1_interval(
+    error_hits: Sequence[bool], correct_hits: Sequence[bool], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the ProcessBench F1.
+
+    Erroneous and correct solutions are resampled separately with replacement (each group keeps
+    its size, as the set was built with fixed counts); each resample's F1 is
+    ``2 * a_e * a_c / (a_e + a_c)`` of the resampled accuracies; the interval is the
+    ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles. Seeded: the same hits give the same
+    interval."""
+    import random
+
+    if not error_hits or not correct_hits:
+        return None
+    rng = random.Random(seed)
+    n_e, n_c = len(error_hits), len(correct_hits)
+    values = []
+    for _ in range(resamples):
+        a_e = sum(error_hits[rng.randrange(n_e)] for _ in range(n_e)) / n_e
+        a_c = sum(correct_hits[rng.randrange(n_c)] for _ in range(n_c)) / n_c
+        values.append(f1_score(a_e, a_c) or 0.0)
+    values.sort()
+    low = values[int((1 - level) / 2 * (resamples - 1))]
+    high = values[int((1 + level) / 2 * (resamples - 1))]
+    return (round(low, 4), round(high, 4))
 
 
 def score(records: Sequence[BenchRecord], predictions: Mapping[str, Prediction]) -> Score:
@@ -210,6 +243,8 @@ def score(records: Sequence[BenchRecord], predictions: Mapping[str, Prediction])
     inner_total = inner_hits = 0
     kind_total: dict[str, int] = {}
     kind_hits: dict[str, int] = {}
+    error_hits: list[bool] = []
+    correct_hits: list[bool] = []
     for record in records:
         prediction = predictions.get(record.id)
         if prediction is None:
@@ -224,6 +259,7 @@ def score(records: Sequence[BenchRecord], predictions: Mapping[str, Prediction])
             inner = record.label < len(record.steps) - 1
             inner_total += inner
             inner_hits += inner and predicted == record.label
+            error_hits.append(predicted == record.label)
             if predicted == record.label:
                 hits_error += 1
                 kind_hits[kind] = kind_hits.get(kind, 0) + 1
@@ -233,6 +269,7 @@ def score(records: Sequence[BenchRecord], predictions: Mapping[str, Prediction])
                 too_late += 1
         else:
             n_correct += 1
+            correct_hits.append(predicted == -1)
             if predicted == -1:
                 hits_correct += 1
         last_gold = record.label if record.label >= 0 else len(record.steps) - 1
@@ -267,4 +304,5 @@ def score(records: Sequence[BenchRecord], predictions: Mapping[str, Prediction])
         too_late=too_late,
         acc_err_before_last=inner_hits / inner_total if inner_total else None,
         n_error_before_last=inner_total,
+        f1_ci=f1_interval(error_hits, correct_hits),
     )

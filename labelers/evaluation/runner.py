@@ -9,9 +9,17 @@ Signals:
 - ``mc``: Monte Carlo labels (Math-Shepherd): the configured policy samples ``k`` rollouts
   from each step prefix (``per-step``) or only from the prefixes an OmegaPRM binary search
   probes (``binary``); fused with rule ``mc``.
-- ``hybrid``: tool verdicts and MC fused with rule ``hybrid`` (labelers/fuse.py).
+- ``hybrid``: tool verdicts and MC fused with rule ``hybrid`` (labelers/fuse.py), the judge
+  included as ``fuse.judge`` says;
+- ``judge``: the step judge (labelers/judge.py, GroundedPRM's tool-grounded LLM verifier) alone:
+  ``incorrect`` = bad, ``correct`` = good, no verdict = none. Needs no gold answer.
 - ``prm``: a PRM trained by ``prmforge train`` (labelers/training.py): a step is bad when its
   P(good) is below a threshold (0.5 by default). Needs the ``[train]`` extra.
+
+Signals of one run share their work (:func:`run_shared`): per MC mode, ONE pass of the labeling
+core computes tool verdicts, the judge (when asked) and the rollouts, and every signal's labels
+are fused from those same signals, so ``tool,mc:binary,judge,hybrid:binary`` costs the rollouts
+of one binary run.
 
 ``mc`` and ``hybrid`` go through the labeling core's given-solutions function
 (:func:`labelers.pipeline.label_given_solutions`), so the evaluation measures exactly the code
@@ -24,6 +32,7 @@ The predicted earliest error of a solution is its first step labeled bad (-1 whe
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +43,7 @@ from labelers.evaluation.processbench import BenchRecord, Prediction, Score, sco
 from labelers.policy.base import Policy
 from labelers.verify.base import LeanState, StepContext, StepVerifier, LeanVerifier, ToolVerdict
 
-SIGNALS: tuple[str, ...] = ("tool", "lean", "mc", "hybrid", "prm")
+SIGNALS: tuple[str, ...] = ("tool", "lean", "mc", "hybrid", "judge", "prm")
 MC_MODES: tuple[str, ...] = ("per-step", "binary")
 
 
@@ -104,6 +113,7 @@ def run_tool(records: Sequence[BenchRecord], tool: StepVerifier) -> SignalRun:
     run = SignalRun("tool", {})
     position = 0
     unverifiable = 0
+    failed: list[str] = []
     for record in records:
         verdicts = checks[position : position + len(record.steps)]
         position += len(record.steps)
@@ -116,9 +126,13 @@ def run_tool(records: Sequence[BenchRecord], tool: StepVerifier) -> SignalRun:
             else:
                 negative.append(None)
                 unverifiable += 1
+                if check.verdict == ToolVerdict.ERROR:
+                    failed.append(f"{record.id}: {check.evidence.get('error')}")
         run.predictions[record.id] = Prediction(record.id, tuple(negative))
         run.labeled_steps += len(record.steps)
     run.notes.append(f"{unverifiable} of {len(flat)} steps unverifiable by the tool")
+    if failed:
+        run.notes.append(f"{len(failed)} step(s) got verdict 'error' (no label; first: {failed[0]})")
     run.wall_seconds = time.perf_counter() - started
     return run
 
@@ -218,52 +232,115 @@ def run_mc(
     k: int | None = None,
 ) -> SignalRun:
     """MC (``signal="mc"``) or hybrid labels through the labeling core's given-solutions
-    function; per-record failures are kept in ``failures`` (they score as misses)."""
-    from labelers import pipeline
-    from labelers.identity import problem_id
-    from data_schemas.records import Problem
+    function (one signal of :func:`run_shared`); per-record failures are kept in ``failures``
+    (they score as misses)."""
+    return run_shared(records, [signal], config, policy, tool, lean, mc_mode, k)[0]
 
-    require_gold(records, signal)
-    run_config = mc_config(config, signal, mc_mode, k)
+
+def _given_problems(records: Sequence[BenchRecord]) -> list[Any]:
+    from data_schemas.records import Problem
+    from labelers.identity import problem_id
+
+    return [
+        Problem(problem_id(r.problem + "\x1f" + r.id, "eval"), "eval", r.problem, str(r.gold_answer or ""))
+        for r in records
+    ]
+
+
+def _refuse(row: Any, rule: str, config: BuildConfig) -> bool:
+    """A step row's label under ``rule`` from the signals stored on the row (the same fusion
+    the labeling core applies; rollouts are rule-independent, so this equals a run with that
+    rule)."""
+    import json
+
+    from labelers.fuse import MCSignal, fuse_step
+    from labelers.verify.base import LeanCheck, ToolCheck
+
+    tool = ToolCheck(ToolVerdict(row.tool_verdict), row.tool_kind, json.loads(row.tool_evidence or "{}"))
+    lean = LeanCheck(LeanState(row.lean_state))
+    mc = MCSignal(row.mc_correct, row.mc_total, row.hard_label if row.mc_inferred else None)
+    judge = None if row.judge_verdict is None else row.judge_verdict == "correct"
+    fuse_config = config.fuse.model_copy(update={"rule": rule})
+    return fuse_step(tool, lean, mc, fuse_config, row.path_correct, judge).label
+
+
+def run_shared(
+    records: Sequence[BenchRecord],
+    signals: Sequence[str],
+    config: BuildConfig,
+    policy: Policy,
+    tool: StepVerifier | None,
+    lean: LeanVerifier | None,
+    mc_mode: str = "per-step",
+    k: int | None = None,
+    step_judge: Policy | None = None,
+) -> list[SignalRun]:
+    """``mc`` / ``hybrid`` / ``judge`` labels of the same records from ONE pass of the labeling
+    core (rollouts in ``mc_mode`` only when ``mc`` or ``hybrid`` is asked; the judge only when
+    ``judge`` is asked or ``fuse.judge`` uses it); one :class:`SignalRun` per signal, in order.
+    Every run reports the whole pass's cost (shared, noted)."""
+    from labelers import pipeline
+
+    unknown = [s for s in signals if s not in ("mc", "hybrid", "judge")]
+    if unknown:
+        raise InputError(f"run_shared: {unknown[0]!r} is not a labeling-core signal")
+    needs_mc = any(s in ("mc", "hybrid") for s in signals)
+    if needs_mc:
+        require_gold(records, next(s for s in signals if s in ("mc", "hybrid")))
+        run_config = mc_config(config, "hybrid", mc_mode, k)
+    else:
+        run_config = config.with_overrides({"fuse.rule": "judge", "fuse.after_first_error": "negative"})
+    if "judge" in signals:
+        run_config = run_config.with_overrides({"judge.enabled": True})
     started = time.perf_counter()
-    problems = []
-    solutions = []
-    for record in records:
-        problems.append(
-            Problem(problem_id(record.problem + "\x1f" + record.id, "eval"), "eval", record.problem, str(record.gold_answer))
-        )
-        solutions.append(list(record.steps))
+    problems = _given_problems(records)
+    use_tool = tool if (needs_mc or "judge" in signals) else None
     result = pipeline.label_given_solutions(
-        problems, [[s] for s in solutions], run_config, policy, tool if signal == "hybrid" else None,
-        lean if signal == "hybrid" else None, build_id="eval",
+        problems, [[list(r.steps)] for r in records], run_config, policy, use_tool, lean, build_id="eval",
+        step_judge=step_judge,
     )
+    seconds = time.perf_counter() - started
     by_problem: dict[str, list[Any]] = {}
     for row in result.steps:
         by_problem.setdefault(row.problem_id, []).append(row)
     outcomes = {o.problem_id: o for o in result.outcomes}
-    run = SignalRun(signal, {}, model_id=getattr(policy, "model_id", None), mc_mode=mc_mode,
-                    k=run_config.search.mc_rollouts)
-    for record, problem in zip(records, problems):
-        outcome = outcomes.get(problem.problem_id)
-        if outcome is not None:
-            run.rollouts += outcome.rollouts
-            run.prompt_tokens += outcome.prompt_tokens
-            run.completion_tokens += outcome.completion_tokens
-        if outcome is None or outcome.status != "labeled":
-            error = "no outcome" if outcome is None else f"{outcome.failed_stage}: {outcome.error}"
-            run.failures[record.id] = error
-            continue
-        rows = sorted(by_problem.get(problem.problem_id, []), key=lambda r: r.step_index)
-        negative: list[bool | None] = [None] * len(record.steps)
-        for row in rows:
-            if row.step_index < len(negative):
-                negative[row.step_index] = not row.fused_label
-            if row.mc_total is not None and not row.mc_inferred:
-                run.estimated_steps += 1
-        run.predictions[record.id] = Prediction(record.id, tuple(negative))
-        run.labeled_steps += len(record.steps)
-    run.wall_seconds = time.perf_counter() - started
-    return run
+    judge_model = getattr(step_judge or policy, "model_id", None)
+    runs = []
+    for signal in signals:
+        run = SignalRun(signal, {}, model_id=judge_model if signal == "judge" else getattr(policy, "model_id", None),
+                        mc_mode=mc_mode if signal != "judge" else None,
+                        k=run_config.search.mc_rollouts if signal != "judge" else None)
+        judge_status: Counter = Counter()
+        for record, problem in zip(records, problems):
+            outcome = outcomes.get(problem.problem_id)
+            if outcome is not None:
+                run.rollouts += outcome.rollouts
+                run.prompt_tokens += outcome.prompt_tokens
+                run.completion_tokens += outcome.completion_tokens
+            if outcome is None or outcome.status != "labeled":
+                run.failures[record.id] = "no outcome" if outcome is None else f"{outcome.failed_stage}: {outcome.error}"
+                continue
+            rows = sorted(by_problem.get(problem.problem_id, []), key=lambda r: r.step_index)
+            negative: list[bool | None] = [None] * len(record.steps)
+            for row in rows:
+                if row.step_index >= len(negative):
+                    continue
+                if signal == "judge":
+                    judge_status[row.judge_status] += 1
+                    negative[row.step_index] = None if row.judge_verdict is None else row.judge_verdict == "incorrect"
+                else:
+                    negative[row.step_index] = not _refuse(row, signal, run_config)
+                if row.mc_total is not None and not row.mc_inferred:
+                    run.estimated_steps += 1
+            run.predictions[record.id] = Prediction(record.id, tuple(negative))
+            run.labeled_steps += len(record.steps)
+        run.wall_seconds = seconds
+        if signal == "judge":
+            run.notes.append("judge replies: " + ", ".join(f"{n} {s}" for s, n in sorted(judge_status.items())))
+        if len(signals) > 1:
+            run.notes.append(f"cost shared with {', '.join(s for s in signals if s != signal)} (one labeling pass)")
+        runs.append(run)
+    return runs
 
 
 def evaluate(records: Sequence[BenchRecord], run: SignalRun) -> SignalResult:

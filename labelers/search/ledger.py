@@ -36,8 +36,13 @@ class Ledger:
     usage: TokenUsage = field(default_factory=TokenUsage)
     generate_calls: int = 0
 
-    def generate(self, policy: Policy, tagged: Sequence[tuple[str, GenerationRequest]]) -> list[GenerationResult]:
+    def generate(
+        self, policy: Policy, tagged: Sequence[tuple[str, GenerationRequest]], rollouts: bool = True
+    ) -> list[GenerationResult]:
         """One ``policy.generate`` call for all ``(problem_id, request)`` pairs, in order.
+
+        ``rollouts=False``: the completions are not rollouts (the step judge's replies): their
+        tokens and time are charged, the rollout count is not.
 
         Never raises: when the call itself raises (a backend crash, not a per-request error),
         each problem's requests are retried in a call of their own, and a problem whose call
@@ -60,7 +65,7 @@ class Ledger:
             tokens = sum(c.completion_tokens for c in result.completions)
             entry = self.per_problem[problem]
             entry.requests += 1
-            entry.rollouts += len(result.completions)
+            entry.rollouts += len(result.completions) if rollouts else 0
             entry.prompt_tokens += result.prompt_tokens
             entry.completion_tokens += tokens
             entry.failed_requests += result.error is not None

@@ -167,8 +167,8 @@ def backup(node: Node, reward: float, gamma: float) -> None:
 
 def verdict_value(check: ToolCheck | None) -> int:
     """Tool verdict as v in {-1, 0, +1}."""
-    if check is None or check.verdict == ToolVerdict.UNVERIFIABLE:
-        return 0
+    if check is None or check.verdict not in (ToolVerdict.CORRECT, ToolVerdict.INCORRECT):
+        return 0  # unverifiable, or the verifier failed on the step
     return 1 if check.verdict == ToolVerdict.CORRECT else -1
 
 

@@ -13,6 +13,7 @@ class ToolVerdict(StrEnum):
     CORRECT = "correct"  # every checkable claim holds
     INCORRECT = "incorrect"  # at least one claim fails
     UNVERIFIABLE = "unverifiable"  # no checkable claim, or the check could not run
+    ERROR = "error"  # the verifier itself failed on this step (evidence["error"] has the message)
 
 
 class LeanState(StrEnum):

@@ -95,6 +95,7 @@ _DENIAL_CUE = re.compile(
     r"does not hold|doesn't hold|not a (solution|root)|absurd|fails|never)\b",
     re.IGNORECASE,
 )
+_HYPOTHETICAL_CUE = re.compile(r"\b(if|suppose|assume|assuming|whenever|for all|for any|for every)\b", re.IGNORECASE)
 _NEGATION_CUE = re.compile(
     r"\b(not|isn't|doesn't|does not|fails?|extraneous|reject(ed)?|invalid|impossible|contradiction|none|neither|never)\b",
     re.IGNORECASE,
@@ -106,10 +107,38 @@ _MATH_ENV = re.compile(
     r"\\begin\{(align|equation|eqnarray|gather|multline|split|aligned|gathered)(\*?)\}(.*?)\\end\{\1\2\}",
     re.DOTALL,
 )
-_PLAIN_NUMBER = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d,]\d)|\d+(?:\.\d+)?|\.\d+")
-_LATEX_NUMBER = re.compile(r"\d{1,3}(?:(?:\{,\}|,\\!)\d{3})+(?:\.\d+)?(?!\d)|\d+(?:\.\d+)?|\.\d+")
+_PLAIN_NUMBER = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d,]\d)|\d+(?:\.\d+)?|\.\d+", re.ASCII)
+_LATEX_NUMBER = re.compile(r"\d{1,3}(?:(?:\{,\}|,\\!)\d{3})+(?:\.\d+)?(?!\d)|\d+(?:\.\d+)?|\.\d+", re.ASCII)
 _WORD = re.compile(r"[A-Za-z]+")
 _PLAIN_WORD = re.compile(r"[A-Za-z]+(?:['’][A-Za-z]+)*")  # "Janet's" is one word
+_DIGITS = frozenset("0123456789")  # str.isdigit() is also true for "²" and "٣": never use it here
+# Unicode superscripts: a run of them after an operand is a power ("c²", "2¹⁰", "x⁻¹").
+_SUPERSCRIPTS = {
+    "⁰": "0", "¹": "1", "²": "2", "³": "3", "⁴": "4", "⁵": "5", "⁶": "6", "⁷": "7", "⁸": "8", "⁹": "9",
+    "⁻": "-", "⁺": "+", "⁽": "(", "⁾": ")", "ⁿ": "n", "ˣ": "x", "ʸ": "y", "ⁱ": "i", "ᵏ": "k", "ᵐ": "m",
+}
+_SUPERSCRIPT_POWER = re.compile(r"[⁻⁺]?[⁰¹²³⁴⁵⁶⁷⁸⁹]+|[ⁿˣʸⁱᵏᵐ]")
+# Unicode subscripts: after a letter they are part of a symbol's name ("x₁" is x_1).
+_SUBSCRIPTS = {"₀": "0", "₁": "1", "₂": "2", "₃": "3", "₄": "4", "₅": "5", "₆": "6", "₇": "7", "₈": "8", "₉": "9"}
+# Words that change the number right before them ("5 squared", "1.5 million", "2 raised to"):
+# that number is not a whole side, and neither is the math after the word.
+_MODIFIER_WORDS = frozenset(
+    """squared cubed million millions billion billions trillion trillions thousand thousands hundred
+    hundreds factorial raised""".split()
+)
+# Words that join two numbers into one expression ("3 over 4", "3 by 4", "12 into 3"): between
+# two numbers, neither number is a whole side ("10 over weekends" is prose).
+_INFIX_WORDS = frozenset("over by into divides div rem".split())
+# Words that take the number after them as an operand of something said before ("subtract 5
+# from 12 = 7", "the sum of 3 and 5 = 8", "5 less than 12 = 7"): between two numbers, in a run
+# that states no relation yet, a lone number after them is not a whole side ("increased by $20
+# to $45+$20=$65" keeps its claim).
+_OPERAND_WORDS = frozenset("and to from versus vs".split())
+_COMPARATIVES = re.compile(r"(?:less|more|fewer|greater|smaller|larger)\s+than\b", re.IGNORECASE)
+_MOD_WORDS = frozenset({"mod", "modulo"})
+# "(mod 3)", "(\\bmod 3)", "(\\text{mod } 3)": a congruence's modulus, not a remark in parentheses.
+_MODULUS_PAREN = re.compile(r"\(\s*(?:mod(?:ulo)?\b|\\[bp]?mod\b|\\(?:text|mathrm|operatorname)\{\s*mod\s*\})")
+_BINOM_CALL = re.compile(r"\(\s*(\d{1,6})\s*,\s*(\d{1,6})\s*\)", re.ASCII)  # C(10, 3)
 
 
 @dataclass(frozen=True)
@@ -122,6 +151,9 @@ class Claim:
     (a GSM8K ``<<...>>``), ``"text"`` or ``"substitution"``. ``percent_sides``: which sides are a
     lone percentage (``"lhs"``/``"rhs"``), which a checker may also read as the bare number.
     ``substitution``: for substituted claims, the bindings used, e.g. ``(("x", "5"),)``.
+    ``exclamation_sides``: sides ending in ``n!`` at a sentence end (``120 = 5!``), where the
+    ``!`` may be an exclamation mark; a checker may also read them without that factorial.
+    A congruence ``a ≡ b (mod n)`` (or ``a = b mod n``) is the claim ``Mod(a, n) = Mod(b, n)``.
     """
 
     text: str
@@ -133,6 +165,10 @@ class Claim:
     origin: str = "text"
     percent_sides: tuple[str, ...] = ()
     substitution: tuple[tuple[str, str], ...] = ()
+    exclamation_sides: tuple[str, ...] = ()
+    # a relation between constants right after an implication arrow that follows an equation in
+    # unknowns ("4a = 4(a-3) \Rightarrow 0 = -12"): when false, the step derives a contradiction
+    derived: bool = False
 
 
 @dataclass(frozen=True)
@@ -161,7 +197,8 @@ class Extraction:
 
 @dataclass(frozen=True)
 class Token:
-    # NUM ID FN CALL OP LP RP REL PCT DEG BANG APPROX UNIT, and two breaks: BRK (prose word,
+    # NUM ID FN CALL OP LP RP REL PCT DEG BANG APPROX UNIT SEP (the comma of C(n, k) and
+    # \binom), the cuts CUT / CUT1 (see _BREAKS), and two breaks: BRK (prose word,
     # punctuation, line end) and POISON (an unknown command or symbol: the math next to it is
     # not read, so "\dots + 10 = 55" or "9 \& 2 = 3" give no claim).
     kind: str
@@ -183,6 +220,7 @@ _REL_CHARS = {
     "≥": ">=",
     "≠": "!=",
     "≈": "≈",
+    "≡": "≡",
     "=": "=",
     "<": "<",
     ">": ">",
@@ -217,6 +255,7 @@ _LATEX_RELS = {
     "sim": "≈",
     "simeq": "≈",
     "thickapprox": "≈",
+    "equiv": "≡",
 }
 _LATEX_SPACING = frozenset(
     """left right big bigl bigr Big Bigl Bigr bigg biggl biggr Bigg Biggl Biggr quad qquad
@@ -234,6 +273,7 @@ _GREEK = {
     Upsilon Phi Psi Omega""".split()
 }
 _LATEX_SKIP_CONNECTIVES = frozenset({"Rightarrow", "implies", "Longrightarrow", "therefore", "iff", "Leftrightarrow"})
+_IMPLICATIONS = frozenset({"Rightarrow", "implies", "Longrightarrow", "=>", "->"})
 
 
 class _Tokenizer:
@@ -251,6 +291,25 @@ class _Tokenizer:
 
     def last_is_label(self) -> bool:
         return bool(self.tokens) and self.tokens[-1].kind == "LABEL"
+
+    def run_has_relation(self) -> bool:
+        """A relation was written since the last break ("= 120 and 28 * 5 = 140")."""
+        for tok in reversed(self.tokens):
+            if tok.kind in _BREAKS:
+                return False
+            if tok.kind == "REL":
+                return True
+        return False
+
+    def binom_call(self, start: int, call: re.Match[str]) -> int:
+        """``C(10, 3)``: the binomial coefficient; returns where scanning goes on."""
+        self.emit("FN", "binom", start, start + 1)
+        self.emit("LP", "(", call.start(), call.start() + 1)
+        self.emit("NUM", call.group(1), call.start(1), call.end(1))
+        self.emit("SEP", ",", call.end(1), call.start(2))
+        self.emit("NUM", call.group(2), call.start(2), call.end(2))
+        self.emit("RP", ")", call.end() - 1, call.end())
+        return call.end()
 
     def after_fraction(self) -> bool:
         """The last tokens are ``NUM / NUM`` (a fraction written in prose: "1/2 of ...")."""
@@ -278,6 +337,28 @@ class _Tokenizer:
             self.emit("UNIT", low.rstrip("s") or low, start, end)  # stripped, but compared
             power = re.match(r"\^\{?[23]\}?|[²³]", self.text[end:stop])
             return end + power.end() if power else end
+        last = self.tokens[-1].kind if self.tokens else None
+        if low in _MOD_WORDS and last in ("NUM", "RP", "ID", "BANG", "LP"):
+            self.emit("OP", "mod", start, end)  # "9 mod 3", "(mod 7)"
+            return end
+        if low == "choose" and last in ("NUM", "RP", "ID", "BANG"):
+            self.emit("OP", "choose", start, end)  # "101 choose 2"
+            return end
+        operand_next = self.next_nonspace(end, stop)[:1] in _DIGITS | {"(", "$", "."}
+        if prev in ("NUM", "RP", "PCT", "ID", "BANG") and (
+            low in _MODIFIER_WORDS or (low in _INFIX_WORDS and operand_next)
+        ):
+            # "25 = 5 squared", "3 over 4", "1.5 million": neither neighbour is a whole side
+            self.emit("POISON", low, start, end)
+            return end
+        if not latex and prev in ("NUM", "RP", "PCT", "BANG") and not self.run_has_relation():
+            comparative = _COMPARATIVES.match(self.text, start, stop)
+            if comparative is not None or (low in _OPERAND_WORDS and operand_next):
+                # "the sum of 3 and 5 = 8", "subtract 5 from 12 = 7", "5 less than 12 = 7":
+                # a lone 5 / 12 / 12 after the words is not a whole side
+                stop_at = comparative.end() if comparative is not None else end
+                self.emit("CUT1", low, start, stop_at)
+                return stop_at
         if (
             not latex
             and len(word) >= 2
@@ -309,6 +390,12 @@ class _Tokenizer:
                 if by and self.next_nonspace(end + by.end(), stop)[:1].isdigit():
                     self.emit("OP", "/", start, end + by.end())
                     return end + by.end()
+            if low in ("divided", "multiplied"):
+                by = re.match(r"\s+by\b", self.text[end:stop])
+                if by:
+                    # "45 is divided by 11 = 1": a lone 11 after it is not a whole side
+                    self.emit("CUT1", low, start, end + by.end())
+                    return end + by.end()
             if low == "percent" and prev == "NUM":
                 self.emit("PCT", "%", start, end)
                 return end
@@ -331,6 +418,9 @@ class _Tokenizer:
                 self.emit("ID", "pi", start, end)
                 return end
             if len(word) == 1:
+                call = _BINOM_CALL.match(self.text, end, stop) if word == "C" else None
+                if call is not None:
+                    return self.binom_call(start, call)
                 if end < stop and self.text[end] == "(":
                     self.emit("CALL", word, start, end)  # f(3): a function value, not f*3
                 else:
@@ -356,15 +446,17 @@ class _Tokenizer:
                 self.emit("BRK", "\n", i, i + 1)
                 i += 1
                 continue
-            if c.isdigit() or (c == "." and i + 1 < end and text[i + 1].isdigit() and not (i > 0 and text[i - 1].isdigit())):
+            if c in _DIGITS or (c == "." and i + 1 < end and text[i + 1] in _DIGITS and not (i > 0 and text[i - 1] in _DIGITS)):
                 m = _PLAIN_NUMBER.match(text, i, end)
-                assert m is not None
+                if m is None:  # cannot happen for an ASCII digit; never let odd text raise
+                    raise ParseError(f"unreadable number at {i}")
                 self.number(m.group(0).replace(",", ""), i, m.end())
                 i = m.end()
                 continue
             if c.isalpha() and c.isascii():
                 m = _PLAIN_WORD.match(text, i, end)
-                assert m is not None
+                if m is None:
+                    raise ParseError(f"unreadable word at {i}")
                 i = self.word(m.group(0), i, m.end(), end, latex=False)
                 continue
             i = self.symbol(i, end)
@@ -380,6 +472,14 @@ class _Tokenizer:
         text = self.text
         two = text[i : i + 2]
         c = text[i]
+        if two == "!=" and self.tokens and self.tokens[-1].end == i and self.tokens[-1].kind in ("NUM", "RP"):
+            if self.in_latex:  # "$7!\\times 2!=10$": LaTeX writes "not equal" as \\neq
+                self.emit("BANG", "!", i, i + 1)
+                self.emit("REL", "=", i + 1, i + 2)
+            else:  # "3!=6": 3! = 6 or 3 != 6? not guessed
+                self.poison_previous_number(i)
+                self.emit("POISON", "!=", i, i + 2)
+            return i + 2
         if two in ("<=", ">=", "!=", "=="):
             self.emit("REL", _REL_CHARS[two], i, i + 2)
             return i + 2
@@ -411,7 +511,13 @@ class _Tokenizer:
             self.emit("OP", _OP_CHARS[c], i, i + 1)
             return i + 1
         if c in "([":
-            if not self.in_latex and self.prev_kind() in ("NUM", "PCT") and i > 0 and text[i - 1].isspace():
+            if (
+                not self.in_latex
+                and self.prev_kind() in ("NUM", "PCT")
+                and i > 0
+                and text[i - 1].isspace()
+                and not _MODULUS_PAREN.match(text, i, end)
+            ):
                 # "= 4 (15 minutes)": a remark in parentheses after a number, not a product;
                 # "1/2 (68) + 10": what follows is not a whole expression either
                 self.emit("CUT", "", i, i)
@@ -430,18 +536,33 @@ class _Tokenizer:
             return i + 1
         if c == "!":
             nxt = self.next_nonspace(i + 1, end)
+            attached = bool(self.tokens) and self.tokens[-1].end == i and self.tokens[-1].kind in ("NUM", "RP", "BANG")
+            after = text[i + 1] if i + 1 < end else ""
             if self.prev_kind() in ("NUM", "RP") and nxt and nxt in "=<>+-*/)^×·≤≥≠":
                 self.emit("BANG", "!", i, i + 1)
+            elif attached and self.in_latex:
+                self.emit("BANG", "!", i, i + 1)  # math mode has no exclamation marks
+            elif attached and (after == "" or after.isspace() or after in ".,;:?$"):
+                # "120 = 5!": a factorial or an exclamation mark; the checker tries both
+                self.emit("BANG", "!?", i, i + 1)
+            elif attached:
+                # "5!!", "3!x": notation not read; the number is not a whole side
+                self.poison_previous_number(i)
+                self.emit("POISON", "!", i, i + 1)
             else:
                 self.emit("BRK", "!", i, i + 1)
             return i + 1
         if c == "√":
             self.emit("FN", "sqrt", i, i + 1)
             return i + 1
-        if c in "²³":
-            self.emit("OP", "**", i, i + 1)
-            self.emit("NUM", "2" if c == "²" else "3", i, i + 1)
-            return i + 1
+        if c in _SUPERSCRIPTS:
+            return self.superscript_run(i, end)
+        if c in _SUBSCRIPTS:
+            return self.subscript_run(i, end)
+        if c == "\\" and not self.in_latex:
+            m = re.match(r"\\(b?mod|pmod|binom|dbinom|tbinom|choose|equiv|cdot|times|div)(?![A-Za-z])", text[i:end])
+            if m:
+                return self.command(i, end)  # LaTeX notation written outside $...$
         if c == "π":
             self.emit("ID", "pi", i, i + 1)
             return i + 1
@@ -456,6 +577,45 @@ class _Tokenizer:
         else:
             self.emit("POISON", c, i, i + 1)
         return i + 1
+
+    def superscript_run(self, i: int, end: int) -> int:
+        """``c²``, ``2¹⁰``, ``x⁻¹``, ``aⁿ``: a power of the operand right before; else unknown."""
+        text = self.text
+        m = _SUPERSCRIPT_POWER.match(text, i, end)
+        last = self.tokens[-1] if self.tokens else None
+        if m is None or last is None or last.end != i or last.kind not in ("NUM", "ID", "RP", "BANG"):
+            j = i
+            while j < end and text[j] in _SUPERSCRIPTS:
+                j += 1
+            self.poison_previous_number(i)
+            self.emit("POISON", text[i:j], i, j)
+            return j
+        power = "".join(_SUPERSCRIPTS[ch] for ch in m.group(0))
+        stop = m.end()
+        self.emit("OP", "**", i, i)
+        self.emit("LP", "(", i, i)
+        if power[0] in "+-":
+            self.emit("OP", power[0], i, i + 1)
+            power = power[1:]
+        self.emit("ID" if power.isalpha() else "NUM", power, i, stop)
+        self.emit("RP", ")", stop, stop)
+        return stop
+
+    def subscript_run(self, i: int, end: int) -> int:
+        """``x₁`` is the symbol x_1; a subscript on anything else (``110₂``) is not read."""
+        text = self.text
+        j = i
+        while j < end and text[j] in _SUBSCRIPTS:
+            j += 1
+        last = self.tokens[-1] if self.tokens else None
+        if last is not None and last.end == i and last.kind in ("ID", "CALL") and last.value != "pi":
+            self.tokens.pop()
+            name = last.value + "_" + "".join(_SUBSCRIPTS[ch] for ch in text[i:j])
+            self.emit("CALL" if text[j : j + 1] == "(" else "ID", name, last.start, j)
+            return j
+        self.poison_previous_number(i)
+        self.emit("POISON", text[i:j], i, j)
+        return j
 
     def poison_previous_number(self, i: int) -> None:
         """Replace a number written right before text[i] by a POISON token."""
@@ -487,13 +647,18 @@ class _Tokenizer:
             if c.isspace() or c == "&":
                 i += 1
                 continue
-            if c.isdigit() or (c == "." and i + 1 < end and text[i + 1].isdigit()):
+            if c in _DIGITS or (c == "." and i + 1 < end and text[i + 1] in _DIGITS):
                 m = _LATEX_NUMBER.match(text, i, end)
-                assert m is not None
+                if m is None:
+                    raise ParseError(f"unreadable number at {i}")
                 self.number(m.group(0).replace("{,}", "").replace(",\\!", ""), i, m.end())
                 i = m.end()
                 continue
             if c.isalpha() and c.isascii():
+                call = _BINOM_CALL.match(text, i + 1, end) if c == "C" else None
+                if call is not None:
+                    i = self.binom_call(i, call)
+                    continue
                 # In math mode each letter is a symbol; x_1 / x_{12} are one symbol.
                 j = i + 1
                 name = c
@@ -536,6 +701,12 @@ class _Tokenizer:
             i = self.symbol(i, end)
         self.depth -= 1
         self.in_latex = self.depth > 0
+
+    def group(self, start: int, end: int) -> None:
+        """The LaTeX text[start:end] as one parenthesized operand (a \\frac or \\binom argument)."""
+        self.emit("LP", "(", start, start)
+        self.latex(start, end)
+        self.emit("RP", ")", end, end)
 
     def group_end(self, i: int, end: int) -> int:
         """Index just past the brace group opening at text[i] == '{' (or end if unbalanced)."""
@@ -639,14 +810,10 @@ class _Tokenizer:
                 self.emit("RP", ")", b2, n2)
                 return n2
             self.emit("LP", "(", i, j)
-            self.emit("LP", "(", a1, a1)
-            self.latex(a1, b1)
-            self.emit("RP", ")", b1, b1)
+            self.group(a1, b1)
             self.emit("OP", "/", b1, a2)
-            self.emit("LP", "(", a2, a2)
-            self.latex(a2, b2)
+            self.group(a2, b2)
             self.emit("RP", ")", b2, n2)
-            self.emit("RP", ")", n2, n2)
             return n2
         if name == "sqrt":
             index: tuple[int, int] | None = None
@@ -681,6 +848,31 @@ class _Tokenizer:
         if name in _LATEX_OPS:
             self.emit("OP", _LATEX_OPS[name], i, j)
             return j
+        if name in ("bmod", "mod"):
+            self.emit("OP", "mod", i, j)
+            return j
+        if name == "pmod":
+            a, b, nxt = self.argument(j, end)
+            self.emit("LP", "(", i, i)
+            self.emit("OP", "mod", i, j)
+            self.emit("LP", "(", a, a)
+            self.latex(a, b)
+            self.emit("RP", ")", b, nxt)
+            self.emit("RP", ")", nxt, nxt)
+            return nxt
+        if name == "choose":
+            self.emit("OP", "choose", i, j)
+            return j
+        if name in ("binom", "dbinom", "tbinom"):
+            a1, b1, n1 = self.argument(j, end)
+            a2, b2, n2 = self.argument(n1, end)
+            self.emit("FN", "binom", i, j)
+            self.emit("LP", "(", i, j)
+            self.group(a1, b1)
+            self.emit("SEP", ",", b1, a2)
+            self.group(a2, b2)
+            self.emit("RP", ")", b2, n2)
+            return n2
         if name in _LATEX_RELS:
             self.emit("REL", _LATEX_RELS[name], i, j)
             return j
@@ -826,9 +1018,14 @@ def _is_atom_start(tok: Token) -> bool:
 
 
 class _Parser:
-    """expr := term (('+'|'-') term)*; term := unary (('*'|'/'|implicit) unary)*;
-    unary := ('-'|'+') unary | power; power := postfix ('**' unary)?; postfix := atom ('%'|'!')*;
-    atom := NUM | ID | FN atom | '(' expr ')'."""
+    """choice := expr ('choose' expr)?; expr := term (('+'|'-') term)*;
+    term := unary (('*'|'/'|'mod'|implicit) unary)*; unary := ('-'|'+') unary | power;
+    power := postfix ('**' unary)?; postfix := atom ('%'|'!')*;
+    atom := NUM | ID | FN atom | binom '(' choice ',' choice ')' | '(' choice ')'.
+
+    ``choose`` binds loosest ("99+3-1 choose 3-1" reads as (101) choose (2)); a side where that
+    or ``mod`` next to ``+``/``-`` could be read two ways is refused before parsing
+    (:func:`_ambiguous`)."""
 
     def __init__(self, tokens: list[Token]) -> None:
         self.tokens = tokens
@@ -841,15 +1038,30 @@ class _Parser:
     def parse(self) -> tuple:
         if not self.tokens:
             raise ParseError("empty side")
-        tree = self.expr()
+        tree = self.choice()
         if self.pos != len(self.tokens):
             raise ParseError(f"unexpected {self.tokens[self.pos].value!r}")
         return tree
+
+    def expect(self, kind: str) -> None:
+        t = self.peek()
+        if t is None or t.kind != kind:
+            raise ParseError(f"expected {kind}, got {t.value if t else 'the end'!r}")
+        self.pos += 1
 
     def enter(self) -> None:
         self.depth += 1
         if self.depth > MAX_NESTING:
             raise ParseError(f"nested deeper than {MAX_NESTING}")
+
+    def choice(self) -> tuple:
+        left = self.expr()
+        t = self.peek()
+        if t is not None and t.kind == "OP" and t.value == "choose":
+            self.pos += 1
+            right = self.expr()
+            return ("binom", left, right)
+        return left
 
     def expr(self) -> tuple:
         self.enter()
@@ -864,10 +1076,10 @@ class _Parser:
     def term(self) -> tuple:
         left = self.unary()
         while (t := self.peek()) is not None:
-            if t.kind == "OP" and t.value in ("*", "/"):
+            if t.kind == "OP" and t.value in ("*", "/", "mod"):
                 self.pos += 1
                 right = self.unary()
-                left = ("mul" if t.value == "*" else "div", left, right)
+                left = ({"*": "mul", "/": "div", "mod": "mod"}[t.value], left, right)
             elif _is_atom_start(t) and not (t.kind == "NUM" and self.tokens[self.pos - 1].kind in ("NUM", "PCT")):
                 # implicit product: 2x, 3\sqrt{13}, (a)(b), xy; never "3 4"
                 right = self.power()
@@ -913,6 +1125,15 @@ class _Parser:
             return ("num", t.value)
         if t.kind == "ID":
             return ("pi",) if t.value == "pi" else ("sym", t.value)
+        if t.kind == "FN" and t.value == "binom":
+            self.enter()
+            self.expect("LP")
+            n = self.choice()
+            self.expect("SEP")
+            k = self.choice()
+            self.expect("RP")
+            self.depth -= 1
+            return ("binom", n, k)
         if t.kind == "FN":
             self.enter()
             arg = self.power()
@@ -928,7 +1149,7 @@ class _Parser:
             return ("call", t.value, arg)
         if t.kind == "LP":
             self.enter()
-            inner = self.expr()
+            inner = self.choice()
             close = self.peek()
             if close is None or close.kind != "RP":
                 raise ParseError("unbalanced parentheses")
@@ -939,6 +1160,31 @@ class _Parser:
 
 
 _PREC = {"add": 1, "sub": 1, "mul": 2, "div": 2, "neg": 3, "pow": 4}
+
+
+def _ambiguous(tokens: list[Token]) -> str | None:
+    """Why a side's unparenthesized ``choose``/``mod`` could be read two ways, or None.
+
+    ``2 * 5 choose 2`` (10 choose 2, or 2 times 5 choose 2) and ``10 + 5 mod 3`` ((15) mod 3 as
+    prose means it, or 10 + (5 mod 3) as precedence says) are not guessed."""
+    depth = 0
+    ops: list[str] = []
+    previous: Token | None = None
+    for tok in tokens:
+        if tok.kind == "LP":
+            depth += 1
+        elif tok.kind == "RP":
+            depth -= 1
+        elif depth == 0 and tok.kind == "OP":
+            binary = previous is not None and previous.kind not in ("OP", "LP", "SEP")
+            if binary or tok.value in ("mod", "choose"):
+                ops.append(tok.value)
+        previous = tok
+    if "choose" in ops and len(ops) > 1:
+        return "'choose' next to another operator without parentheses"
+    if "mod" in ops and ("+" in ops or "-" in ops):
+        return "'mod' next to + or - without parentheses"
+    return None
 
 
 def to_plain(tree: tuple) -> str:
@@ -958,6 +1204,10 @@ def _emit(node: tuple, parent: int = 0, right: bool = False) -> str:
         return f"({_emit(node[1], 2)}/100)"
     if kind == "fact":
         return f"factorial({_emit(node[1])})"
+    if kind in ("mod", "residue"):
+        return f"Mod({_emit(node[1])}, {_emit(node[2])})"
+    if kind == "binom":
+        return f"binomial({_emit(node[1])}, {_emit(node[2])})"
     if kind == "deg":
         return f"({_emit(node[1], 2)}*pi/180)"
     if kind == "call":
@@ -989,8 +1239,8 @@ def parse_plain(expression: str) -> tuple:
             merged.append(Token("FN", "factorial", t.start, t.end))
         else:
             merged.append(t)
-    if any(t.kind in ("BRK", "POISON", "CUT", "REL") for t in merged):
-        bad = next(t for t in merged if t.kind in ("BRK", "POISON", "CUT", "REL"))
+    if any(t.kind in _BREAKS or t.kind == "REL" for t in merged):
+        bad = next(t for t in merged if t.kind in _BREAKS or t.kind == "REL")
         raise ParseError(f"not a plain expression: {bad.value!r}")
     tree = _Parser(merged).parse()
     return _fn_factorial(tree)
@@ -1060,6 +1310,10 @@ def _parse_side(tokens: list[Token], lead_plus: bool = False) -> _Side:
         # "+ 10 = 55" is the tail of a longer sum whose start was not read
         side.error = f"starts with {tokens[0].value!r}"
         return side
+    ambiguity = _ambiguous(tokens)
+    if ambiguity is not None:
+        side.error = ambiguity
+        return side
     try:
         side.tree = _Parser(tokens).parse()
     except ParseError as exc:
@@ -1069,8 +1323,50 @@ def _parse_side(tokens: list[Token], lead_plus: bool = False) -> _Side:
     return side
 
 
+def _split_modulus(tokens: list[Token]) -> tuple[list[Token], list[Token]] | None:
+    """(rest, modulus) of a last side that ends in a modulus: ``b (mod n)``, ``b \\pmod{n}``
+    or ``b mod n`` (the last ``mod`` outside parentheses); None when it ends in none."""
+    if len(tokens) >= 4 and tokens[-1].kind == "RP":
+        depth = 0
+        for index in range(len(tokens) - 1, -1, -1):
+            kind = tokens[index].kind
+            depth += kind == "RP"
+            depth -= kind == "LP"
+            if depth == 0:
+                after = tokens[index + 1] if index + 1 < len(tokens) else None
+                if index > 0 and after is not None and after.kind == "OP" and after.value == "mod":
+                    return tokens[:index], tokens[index + 2 : -1]
+                break
+    depth = 0
+    last_mod = -1
+    for index, tok in enumerate(tokens):
+        depth += tok.kind == "LP"
+        depth -= tok.kind == "RP"
+        if depth == 0 and tok.kind == "OP" and tok.value == "mod":
+            last_mod = index
+    if last_mod > 0 and last_mod < len(tokens) - 1:
+        return tokens[:last_mod], tokens[last_mod + 1 :]
+    return None
+
+
 def _is_lone_percent(tree: tuple) -> bool:
     return tree[0] == "pct" and tree[1][0] == "num"
+
+
+# Token kinds that end a run: prose (BRK), unknown notation (POISON), a cut of the next run's
+# first side (CUT), a cut of it only when it is a lone number (CUT1).
+_BREAKS = frozenset({"BRK", "POISON", "CUT", "CUT1"})
+
+
+def _lone_number_first(run: list[Token]) -> bool:
+    """The run's first side is one number ("12 = 7" after "subtract 5 from")."""
+    first: list[Token] = []
+    for tok in run:
+        if tok.kind == "REL":
+            break
+        if tok.kind not in ("UNIT", "LABEL"):
+            first.append(tok)
+    return len(first) == 1 and first[0].kind == "NUM"
 
 
 def _claims_from_tokens(
@@ -1086,11 +1382,14 @@ def _claims_from_tokens(
     # A CUT ("half of", "twice") cuts the first side of the next non-empty run if at most two
     # more words come between ("half of the 10 = 5").
     pending_cut = 0
+    symbolic_relation = False  # the last run with a relation had unknowns ("4a = 4(a-3)")
     for tok in tokens + [Token("BRK", "", len(text), len(text))]:
-        if tok.kind not in ("BRK", "POISON", "CUT"):
+        if tok.kind not in _BREAKS:
             run.append(tok)
             continue
         if any(t.kind == "REL" for t in run):
+            # "4a=4(a-3) \Rightarrow 0=-12": constants derived from an equation in unknowns
+            derived = symbolic_relation and before is not None and before.value in _IMPLICATIONS
             # "foo(3) = 5": a run that opens with "(" right after a word is a call of an
             # unknown function; its first side is not the whole expression. Next to an unknown
             # command or symbol ("\dots + 10 = 55") the side is not the whole expression either.
@@ -1102,9 +1401,10 @@ def _claims_from_tokens(
                     and not re.sub(r"\\(left|bigl?|Bigl?)|\s", "", text[before.end : run[0].start])
                 )
             )
-            first_cut = first_cut or dangling or pending_cut > 0
+            first_cut = first_cut or dangling or pending_cut > 0 or (before is not None and before.kind == "CUT1" and _lone_number_first(run))
             last_cut = tok.kind == "POISON"
-            _claims_from_run(text, run, origin, step_rounds, claims, rejected, trees, first_cut, last_cut)
+            _claims_from_run(text, run, origin, step_rounds, claims, rejected, trees, first_cut, last_cut, derived)
+            symbolic_relation = any(t.kind in ("ID", "CALL") and t.value != "pi" for t in run)
         # "25 + shoe size 5 = 30": a run ending in an operator continues after the words, so
         # the next run's first side is not the whole expression.
         if run:
@@ -1131,6 +1431,7 @@ def _claims_from_run(
     trees: list[tuple[Claim, tuple, tuple, int]],
     first_cut: bool = False,
     last_cut: bool = False,
+    derived: bool = False,
 ) -> None:
     sides: list[list[Token]] = [[]]
     relations: list[tuple[str, bool]] = []
@@ -1146,9 +1447,21 @@ def _claims_from_run(
     units = [{t.value for t in side if t.kind == "UNIT"} for side in sides]
     # Calculator annotations are machine-written: "<<+8=8>>" is a complete claim.
     lead_plus = origin == "annotation"
-    parsed = [
-        _parse_side([t for t in s if t.kind not in ("UNIT", "LABEL")], lead_plus) if s else None for s in sides
-    ]
+    math_sides = [[t for t in s if t.kind not in ("UNIT", "LABEL")] for s in sides]
+    modulus: _Side | None = None
+    split = _split_modulus(math_sides[-1]) if len(sides) > 1 and not last_cut else None
+    if split is not None:
+        # "a ≡ b (mod n)", "2^10 = 1024 ≡ 1 \pmod{11}", "1024 = 1 mod 11": the whole run is
+        # a congruence; "=" there reads as "≡" (weaker, so never a false "incorrect")
+        math_sides[-1], modulus_tokens = split
+        modulus = _parse_side(modulus_tokens)
+        if modulus.tree is None:
+            start, end = math_sides[0][0].start if math_sides[0] else run[0].start, run[-1].end
+            rejected.append(RejectedClaim(text[start:end], (start, end), f"modulus: {modulus.error}"))
+            return
+    elif any(rel == "≡" for rel, _ in relations):
+        return  # "≡" without a modulus this reader understands: nothing checked
+    parsed = [_parse_side(s, lead_plus) if s else None for s in math_sides]
     if first_cut:
         parsed[0] = None
     if last_cut:
@@ -1162,28 +1475,44 @@ def _claims_from_run(
             # arithmetic. Units on the result alone ("3 * 5 = 15 dollars") are fine.
             continue
         start, end = left.start, right.end
+        if modulus is not None and k == len(relations) - 1:
+            end = max(end, modulus.end + (1 if text[modulus.end : modulus.end + 1] in ")}" else 0))
         if left.tree is None or right.tree is None:
             reason = left.error if left.tree is None else right.error
             # Only report sides that look like math gone wrong, not ordinary prose fragments.
             rejected.append(RejectedClaim(text[start:end], (start, end), reason or "unparsable"))
             continue
         rounded = rel == "≈" or approx_word or step_rounds
-        relation = "=" if rel == "≈" else rel
+        relation = "=" if rel in ("≈", "≡") else rel
+        lhs_tree, rhs_tree = left.tree, right.tree
+        if modulus is not None:
+            if relation != "=":
+                continue  # "a < b (mod n)" means nothing checkable
+            # residues: in a congruence 17^{-1} is the inverse of 17 modulo n
+            lhs_tree, rhs_tree = ("residue", lhs_tree, modulus.tree), ("residue", rhs_tree, modulus.tree)
+            rounded = False
         percent = tuple(
             name for name, side in (("lhs", left), ("rhs", right)) if _is_lone_percent(side.tree)  # type: ignore[arg-type]
+        )
+        exclaimed = tuple(
+            name
+            for name, side in (("lhs", left), ("rhs", right))
+            if modulus is None and side.tokens and side.tokens[-1].kind == "BANG" and side.tokens[-1].value == "!?"
         )
         claim = Claim(
             text=text[start:end],
             span=(start, end),
-            lhs=to_plain(left.tree),
-            rhs=to_plain(right.tree),
+            lhs=to_plain(lhs_tree),
+            rhs=to_plain(rhs_tree),
             relation=relation,
             rounded=rounded,
             origin=origin,
             percent_sides=percent,
+            exclamation_sides=exclaimed,
+            derived=derived and not free_symbols(lhs_tree) and not free_symbols(rhs_tree),
         )
         claims.append(claim)
-        trees.append((claim, left.tree, right.tree, right.start))
+        trees.append((claim, lhs_tree, rhs_tree, right.start))
 
 
 def extract_claims(step_text: str) -> list[Claim]:
@@ -1275,6 +1604,8 @@ def _substitutions(
     """Substituted claims for "x = 5 solves 2x + 1 = 11" (see the module doc)."""
     if len(trees) < 2 or _NEGATION_CUE.search(text) or not _SUBSTITUTION_CUE.search(text):
         return []
+    if _HYPOTHETICAL_CUE.search(text):
+        return []  # "n = 4 works ... if n >= 5, then ...": n is not 4 there
     bound: dict[str, list[tuple]] = {}
     binding_claims: set[int] = set()
     for idx, (claim, lt, rt, _) in enumerate(trees):
@@ -1292,8 +1623,8 @@ def _substitutions(
         return []
     out: list[tuple[Claim, tuple, tuple, int]] = []
     for idx, (claim, lt, rt, rhs_start) in enumerate(trees):
-        if idx in binding_claims:
-            continue
+        if idx in binding_claims or claim.relation != "=":
+            continue  # an inequality in a bound symbol is a condition, not a claim about it
         names = free_symbols(lt) | free_symbols(rt)
         if not names or not names <= bindings.keys():
             continue

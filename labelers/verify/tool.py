@@ -129,6 +129,31 @@ def eval_exact(node: tuple) -> Fraction:
         if value > MAX_EXACT_FACTORIAL:
             raise _NeedsSympy("factorial too large for the exact path")
         return Fraction(math.factorial(value.numerator))
+    if kind == "mod":
+        value, modulus = eval_exact(node[1]), eval_exact(node[2])
+        if modulus == 0:
+            raise _Undefined("modulo zero")
+        return value % modulus  # Python's floor rule: -7 mod 3 = 2, as in number theory
+    if kind == "residue":
+        # a congruence's side: the residue modulo an integer n; a fraction a/b with b coprime
+        # to n is a * b^-1 (mod n), so 17^-1 ≡ 44 (mod 83) holds
+        value, modulus = eval_exact(node[1]), eval_exact(node[2])
+        if modulus.denominator != 1 or modulus == 0:
+            raise _Undefined("a congruence modulo something other than a non-zero integer")
+        n = abs(modulus.numerator)
+        if math.gcd(value.denominator, n) != 1:
+            raise _Undefined("a fraction whose denominator is not invertible modulo n")
+        return Fraction(value.numerator * pow(value.denominator, -1, n) % n)
+    if kind == "binom":
+        n, k = eval_exact(node[1]), eval_exact(node[2])
+        if n.denominator != 1 or k.denominator != 1 or n < 0:
+            raise _NeedsSympy("binomial of a non-natural number")
+        if k < 0 or k > n:
+            return Fraction(0)
+        smaller = min(k, n - k)
+        if smaller * max(1, n.numerator.bit_length()) > MAX_EXACT_BITS:
+            raise _NeedsSympy("binomial too large for the exact path")
+        return Fraction(math.comb(n.numerator, k.numerator))
     if kind == "fn" and node[1] == "sqrt":
         value = eval_exact(node[2])
         root = _exact_root(value, Fraction(1, 2))
@@ -270,10 +295,48 @@ def compare(
     return False, "exact"
 
 
+def without_final_factorial(node: tuple) -> tuple:
+    """The side read with its last ``!`` as an exclamation mark: ``120 = 5!`` -> ``5``.
+
+    The ``!`` that ended the side is the factorial on the tree's right spine (it was the last
+    token, so everything above it is a binary operator or a negation with it on the right)."""
+    kind = node[0]
+    if kind == "fact":
+        return node[1]
+    if kind in ("add", "sub", "mul", "div", "pow", "mod", "residue"):
+        return (kind, node[1], without_final_factorial(node[2]))
+    if kind == "neg":
+        return ("neg", without_final_factorial(node[1]))
+    return node
+
+
+def _either_reading(check: Any, lhs_tree: tuple, rhs_tree: tuple, args: tuple, exclamation_sides: tuple[str, ...]) -> Any:
+    """``check`` on the factorial reading; when that fails, also on the exclamation reading of
+    ``exclamation_sides`` (``120 = 5!`` and ``2 + 3 = 5!`` both hold; ``120 = 6!`` fails both)."""
+    result = check(lhs_tree, rhs_tree, *args)
+    if not exclamation_sides or result is None or result.get("holds") is not False:
+        return result
+    lhs_alt = without_final_factorial(lhs_tree) if "lhs" in exclamation_sides else lhs_tree
+    rhs_alt = without_final_factorial(rhs_tree) if "rhs" in exclamation_sides else rhs_tree
+    alternative = check(lhs_alt, rhs_alt, *args)
+    if alternative is not None and alternative.get("holds") is True:
+        alternative["method"] = f"'!' read as an exclamation mark; {alternative.get('method', 'exact')}"
+        return alternative
+    return result
+
+
 def check_claim_exact(
-    lhs_tree: tuple, rhs_tree: tuple, relation: str, rounded: bool, tolerance: float, percent_sides: tuple[str, ...]
+    lhs_tree: tuple,
+    rhs_tree: tuple,
+    relation: str,
+    rounded: bool,
+    tolerance: float,
+    percent_sides: tuple[str, ...],
+    exclamation_sides: tuple[str, ...] = (),
 ) -> dict[str, Any] | None:
     """The fast path: a result dict, or None when the claim needs the sympy workers."""
+    if exclamation_sides:
+        return _either_reading(check_claim_exact, lhs_tree, rhs_tree, (relation, rounded, tolerance, percent_sides), exclamation_sides)
     try:
         lhs_value = eval_exact(lhs_tree)
         rhs_value = eval_exact(rhs_tree)
@@ -338,6 +401,10 @@ def _to_sympy(node: tuple) -> Any:
         return _to_sympy(node[1]) / 100
     if kind == "fact":
         return sympy.factorial(_to_sympy(node[1]))
+    if kind in ("mod", "residue"):
+        return sympy.Mod(_to_sympy(node[1]), _to_sympy(node[2]))
+    if kind == "binom":
+        return sympy.binomial(_to_sympy(node[1]), _to_sympy(node[2]))
     if kind == "deg":
         return _to_sympy(node[1]) * sympy.pi / 180
     if kind == "call":
@@ -360,10 +427,19 @@ def _to_sympy(node: tuple) -> Any:
 
 
 def check_claim_sympy(
-    lhs_tree: tuple, rhs_tree: tuple, relation: str, rounded: bool, tolerance: float, percent_sides: tuple[str, ...]
+    lhs_tree: tuple,
+    rhs_tree: tuple,
+    relation: str,
+    rounded: bool,
+    tolerance: float,
+    percent_sides: tuple[str, ...],
+    exclamation_sides: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Check a claim with sympy (runs in a worker process; see the module doc for the rules)."""
     import sympy
+
+    if exclamation_sides:
+        return _either_reading(check_claim_sympy, lhs_tree, rhs_tree, (relation, rounded, tolerance, percent_sides), exclamation_sides)
 
     fast = check_claim_exact(lhs_tree, rhs_tree, relation, rounded, tolerance, percent_sides)
     if fast is not None and not (fast.get("holds") is None and "too large" in str(fast.get("reason"))):
@@ -582,6 +658,8 @@ def _claim_entry(claim: Claim, result: dict[str, Any]) -> dict[str, Any]:
         entry["rounded"] = True
     if claim.substitution:
         entry["substitution"] = [list(pair) for pair in claim.substitution]
+    if claim.derived:
+        entry["derived"] = True
     entry.update({k: v for k, v in result.items() if v is not None or k == "holds"})
     return entry
 
@@ -616,43 +694,90 @@ class ToolStepVerifier:
         return self.check_steps([StepContext(question="", previous_steps=(), step=step)])[0]
 
     def check_steps(self, steps: Sequence[StepContext]) -> list[ToolCheck]:
-        """One ToolCheck per step, in order. Never raises for anything a step contains."""
+        """One ToolCheck per step, in order. Never raises for anything a step contains: an
+        exception while checking a step (a bug, or input nobody foresaw) becomes that step's
+        ``error`` verdict with the message; the other steps are checked as usual."""
         tolerance = self.config.rounding_tolerance
-        extractions = [extract(s.step) for s in steps]
+        errors: dict[int, str] = {}
+        extractions: list[Extraction | None] = []
+        for index, context in enumerate(steps):
+            try:
+                extractions.append(extract(context.step))
+            except Exception as exc:  # noqa: BLE001 - recorded as the step's error verdict
+                extractions.append(None)
+                errors[index] = _error_message("reading the step's claims", exc)
         entries: list[list[dict[str, Any]]] = [[] for _ in steps]
         pool_tasks: list[tuple] = []
         pool_slots: list[tuple[int, Claim]] = []
         code_tasks: list[_CodeTask] = []
         for index, (context, extraction) in enumerate(zip(steps, extractions, strict=True)):
-            for claim, (lhs_tree, rhs_tree) in zip(extraction.claims, extraction.sides, strict=True):
-                result = _prefilter(claim, lhs_tree, rhs_tree)
-                if result is None:
-                    result = check_claim_exact(
-                        lhs_tree, rhs_tree, claim.relation, claim.rounded, tolerance, claim.percent_sides
-                    )
-                if result is None:
-                    pool_tasks.append(
-                        (lhs_tree, rhs_tree, claim.relation, claim.rounded, tolerance, claim.percent_sides)
-                    )
-                    pool_slots.append((index, claim))
-                    continue
-                entries[index].append(_claim_entry(claim, result))
-            if self.config.run_code:
-                code_tasks += _code_tasks(index, context.step, extraction)
-        code_results: list[SandboxResult] = []
+            if extraction is None:
+                continue
+            try:
+                step_pool: list[tuple[tuple, Claim]] = []
+                for claim, (lhs_tree, rhs_tree) in zip(extraction.claims, extraction.sides, strict=True):
+                    result = _prefilter(claim, lhs_tree, rhs_tree)
+                    if result is None:
+                        result = check_claim_exact(
+                            lhs_tree, rhs_tree, claim.relation, claim.rounded, tolerance, claim.percent_sides,
+                            claim.exclamation_sides,
+                        )
+                    if result is None:
+                        task = (lhs_tree, rhs_tree, claim.relation, claim.rounded, tolerance, claim.percent_sides,
+                                claim.exclamation_sides)
+                        step_pool.append((task, claim))
+                        continue
+                    entries[index].append(_claim_entry(claim, result))
+                step_code = _code_tasks(index, context.step, extraction) if self.config.run_code else []
+            except Exception as exc:  # noqa: BLE001
+                errors[index] = _error_message("checking a claim", exc)
+                continue
+            pool_tasks += [task for task, _ in step_pool]
+            pool_slots += [(index, claim) for _, claim in step_pool]
+            code_tasks += step_code
+        code_results: list[SandboxResult | None] = []
         with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(code_tasks) or 1))) as executor:
             futures = [
                 executor.submit(run_python, t.code, self.config.sandbox_timeout_s, self.config.sandbox_memory_mb)
                 for t in code_tasks
             ]
-            for (index, claim), result in zip(pool_slots, self._pool.run(pool_tasks), strict=True):
+            try:
+                pool_results = self._pool.run(pool_tasks)
+            except Exception as exc:  # noqa: BLE001 - the worker pool itself failed
+                message = _error_message("the sympy workers", exc)
+                pool_results = [{"holds": None, "reason": message} for _ in pool_tasks]
+                for index, _ in pool_slots:
+                    errors.setdefault(index, message)
+            for (index, claim), result in zip(pool_slots, pool_results, strict=True):
                 entries[index].append(_claim_entry(claim, result))
-            code_results = [f.result() for f in futures]
+            for task, future in zip(code_tasks, futures, strict=True):
+                try:
+                    code_results.append(future.result())
+                except Exception as exc:  # noqa: BLE001
+                    code_results.append(None)
+                    errors.setdefault(task.step_index, _error_message("running the step's code", exc))
         for task, run in zip(code_tasks, code_results, strict=True):
-            entries[task.step_index].append(_compare_code(task, run, tolerance))
-        return [
-            _verdict(entry_list, extraction) for entry_list, extraction in zip(entries, extractions, strict=True)
-        ]
+            if run is None or task.step_index in errors:
+                continue
+            try:
+                entries[task.step_index].append(_compare_code(task, run, tolerance))
+            except Exception as exc:  # noqa: BLE001
+                errors[task.step_index] = _error_message("comparing the code's output", exc)
+        checks: list[ToolCheck] = []
+        for index, (entry_list, extraction) in enumerate(zip(entries, extractions, strict=True)):
+            if index not in errors and extraction is not None:
+                try:
+                    checks.append(_verdict(entry_list, extraction))
+                    continue
+                except Exception as exc:  # noqa: BLE001
+                    errors[index] = _error_message("deciding the verdict", exc)
+            checks.append(ToolCheck(ToolVerdict.ERROR, "none", {"error": errors[index]}))
+        return checks
+
+
+def _error_message(stage: str, exc: BaseException) -> str:
+    """One line naming where checking failed and the exception (stored in the evidence)."""
+    return f"tool verifier failed while {stage}: {type(exc).__name__}: {exc}"[:400]
 
 
 def _verdict(entries: list[dict[str, Any]], extraction: Extraction) -> ToolCheck:
@@ -663,6 +788,12 @@ def _verdict(entries: list[dict[str, Any]], extraction: Extraction) -> ToolCheck
             if e.get("holds") is False and e["kind"] == "sympy":
                 e["holds"] = None
                 e["reason"] = "the step says a relation is false"
+    for e in entries:
+        if e.get("holds") is False and e.get("derived"):
+            # "4a = 4(a-3) => 0 = -12": a contradiction derived from an equation in unknowns
+            # shows the equation has no solution; it is not a computation the step gets wrong
+            e["holds"] = None
+            e["reason"] = "a contradiction derived from an equation in unknowns"
     checked = [e for e in entries if e.get("holds") is not None]
     failing = [e for e in checked if e["holds"] is False]
     unchecked = [
