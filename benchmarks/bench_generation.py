@@ -276,7 +276,7 @@ def main() -> None:
         args.sections = "batched,embedded,http" if args.quick else "batched,embedded,better,http"
     if args.max_tokens is None:
         args.max_tokens = 32 if args.quick else 64
-    from labelers.policy.embedded import default_threads
+    from labelers.policy.threads import default_threads
 
     THREADS.append(args.threads or default_threads())
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]

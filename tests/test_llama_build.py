@@ -192,12 +192,51 @@ def test_doctor_reports_a_crashing_build_with_the_fix(crashing_llama, monkeypatc
     assert f"{INSTALL_COMMAND} --force" in (item.hint or "")
 
 
-def test_default_threads_follow_the_load(monkeypatch):
-    """All cores on an idle machine, half when another process keeps a core busy."""
-    from labelers.policy import embedded
+def test_default_threads_leave_the_cores_other_processes_use(monkeypatch):
+    """All cores on an idle machine; a core another process keeps busy is left to it."""
+    from labelers.policy import threads
 
-    monkeypatch.setattr(embedded.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    monkeypatch.setattr(embedded.os, "getloadavg", lambda: (0.9, 0.0, 0.0))
-    assert embedded.default_threads() == 4
-    monkeypatch.setattr(embedded.os, "getloadavg", lambda: (3.6, 0.0, 0.0))
-    assert embedded.default_threads() == 2
+    monkeypatch.setattr(threads, "usable_cores", lambda: 4)
+    monkeypatch.setattr(threads, "busy_cores_of_others", lambda: 0.3)
+    assert threads.default_threads() == 4
+    monkeypatch.setattr(threads, "busy_cores_of_others", lambda: 1.2)
+    assert threads.default_threads() == 3
+    monkeypatch.setattr(threads, "busy_cores_of_others", lambda: 7.0)
+    assert threads.default_threads() == 1
+
+
+def test_busy_cores_subtract_this_process_tree(monkeypatch, tmp_path):
+    """Busy ticks minus this tree's own ticks, over all ticks, times the CPUs; parsed from /proc."""
+    from labelers.policy import threads
+
+    me = os.getpid()
+    processes = {me: 1, 4001: me, 4002: 4001, 4003: 1}  # pid -> parent: a child, a grandchild, a stranger
+    for pid, parent in processes.items():
+        (tmp_path / str(pid)).mkdir()
+        # comm may hold spaces and parentheses; utime and stime are fields 14 and 15.
+        (tmp_path / str(pid) / "stat").write_text(f"{pid} (a (b) c) S {parent} " + "0 " * 9 + f"{pid % 100} 1 0 0\n")
+    (tmp_path / "self").mkdir()  # non-numeric entries are skipped
+    assert threads._own_tree_ticks(tmp_path) == (me % 100 + 1) + (1 + 1) + (2 + 1)
+
+    samples = iter([threads._CpuTicks(busy=1000, total=4000, own=100), threads._CpuTicks(busy=1400, total=4400, own=200)])
+    monkeypatch.setattr(threads, "_sample", lambda proc: next(samples))
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(threads.time, "sleep", lambda seconds: None)
+    # 400 busy ticks of 400, 100 of them this tree's: 300/400 of 4 CPUs = 3 cores busy elsewhere.
+    assert threads.busy_cores_of_others() == 3.0
+
+
+def test_own_tree_ticks_include_a_spinning_child():
+    import time
+
+    from labelers.policy.threads import _own_tree_ticks
+
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        first = _own_tree_ticks(Path("/proc"))
+        time.sleep(0.5)
+        assert _own_tree_ticks(Path("/proc")) - first >= 10  # >= 0.1 s of CPU at USER_HZ 100
+    finally:
+        child.kill()
+        child.wait()

@@ -36,6 +36,7 @@ from labelers.policy.base import Completion, GenerationRequest, GenerationResult
 from labelers.policy.usage import record_usage
 from labelers.policy.llama_build import INSTALL_COMMAND, compiled_features, preflight, run_preflight_child
 from labelers.policy.model_files import PRESETS, default_cache_dir, preset_status, resolve_model
+from labelers.policy.threads import default_threads
 
 if TYPE_CHECKING:  # llama_cpp is an optional dependency, imported where a model is loaded
     import llama_cpp
@@ -49,26 +50,6 @@ def _import_llama_cpp() -> Any:
             f"the embedded backend needs llama-cpp-python ({exc}); install it with: pip install 'prmforge[embedded]'"
         ) from None
     return llama_cpp
-
-
-def default_threads() -> int:
-    """All the cores this process may use when the machine is otherwise idle, else half.
-
-    llama.cpp's OpenMP threads spin at every barrier: on the idle 2-core machine 2 threads
-    decode 1.3x (one sequence) to 1.9x (32-token batches) faster than 1, but with one other busy
-    process 2 threads fall to 0.4x (one sequence) and 0.65x (batches) of a single thread
-    (docs/generation.md, "Threads"). The 1-minute load average at load time decides: it counts
-    this process too, hence the half-core margin. Set ``policy.n_threads`` to override.
-    """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:  # not available: assume idle
-        busy = 0.0
-    return cores if busy < cores - 0.5 else max(1, cores // 2)
 
 
 @dataclass

@@ -71,7 +71,7 @@ def check_policy_runs(config: PolicyConfig, cache_dir: Path | None = None) -> No
     """
     if config.backend != "embedded":
         return
-    from labelers.policy.embedded import default_threads
+    from labelers.policy.threads import default_threads
     from labelers.policy.llama_build import preflight
     from labelers.policy.model_files import default_cache_dir, resolve_model
 
