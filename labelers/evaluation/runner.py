@@ -292,6 +292,11 @@ def run_shared(
         run_config = config.with_overrides({"fuse.rule": "judge", "fuse.after_first_error": "negative"})
     if "judge" in signals:
         run_config = run_config.with_overrides({"judge.enabled": True})
+    if "mc" in signals:
+        # The pass runs under rule hybrid, which skips rollouts from and after a step the tool
+        # disproved; MC alone must not see the tool. The hybrid's labels are the same either way
+        # (a disproved step is bad whatever MC says); only its cost is that of the unskipped run.
+        run_config = run_config.with_overrides({"search.skip_mc_after_disproved": False})
     started = time.perf_counter()
     problems = _given_problems(records)
     use_tool = tool if (needs_mc or "judge" in signals) else None
