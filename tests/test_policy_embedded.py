@@ -153,6 +153,19 @@ def test_batched_runs_repeat_exactly(pool: ModelPool) -> None:
     assert len({t for row in texts for t in row}) > 2  # sampled, not all one text
 
 
+@pytest.mark.parametrize("decode", ["batched", "sequential"])
+def test_texts_do_not_depend_on_the_thread_count(pool: ModelPool, decode: str) -> None:
+    """The default thread count follows the machine's load (labelers/policy/threads.py), so the
+    same seeded requests must give the same texts with 1 and with 2 threads."""
+    requests = [_step_request([], n=2, max_tokens=24, temperature=0.8, seed=21),
+                _step_request(["Tom has 36 apples."], n=2, max_tokens=24, temperature=0.8, seed=22)]
+    texts = []
+    for threads in (1, 2):
+        policy = EmbeddedPolicy("small", n_ctx=1024, n_threads=threads, pool=pool, decode=decode)
+        texts.append([c.text for r in policy.generate(requests) for c in r.completions])
+    assert texts[0] == texts[1]
+
+
 @pytest.mark.slow
 def test_more_requests_than_sequences_stay_within_the_kv_budget(pool: ModelPool) -> None:
     policy = EmbeddedPolicy("small", n_ctx=1024, pool=pool, max_sequences=3, kv_cells=1024)
