@@ -123,6 +123,8 @@ def test_cli_make_set_run_tool_and_compare(tmp_path, monkeypatch, small_set):
     assert (score["n_error"], score["n_correct"]) == (9, 6)
     assert payload["results"][0]["cost"]["rollouts"] == 0
     assert 0 <= score["f1"] <= 1 and score["acc_err"] > 0  # slips are caught by the tool
+    predictions = payload["results"][0]["predictions"]  # per solution, per step: where signals differ
+    assert len(predictions) == 15 and any(True in steps for steps in predictions.values())
 
     # compare with MC through a scripted policy in place of the configured backend
     records, references = small_set

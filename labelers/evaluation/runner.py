@@ -94,6 +94,8 @@ class SignalResult:
             },
             "failures": dict(sorted(run.failures.items())),
             "notes": run.notes,
+            # Per solution: each step's verdict (true = bad, null = none), to see where signals differ.
+            "predictions": {pid: list(p.step_negative) for pid, p in sorted(run.predictions.items())},
         }
 
 
