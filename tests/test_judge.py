@@ -219,6 +219,9 @@ def test_cli_several_labels_share_a_pass_and_set_overrides(tmp_path, monkeypatch
     assert payload[1]["cost"]["rollouts"] == payload[3]["cost"]["rollouts"] > 0
     assert payload[2]["score"]["f1"] == 1.0
     assert "cost shared" in result.output
+    # progress on stderr: one pass (binary) for mc, hybrid and the judge, started and done
+    assert "labeling pass 1 of 1 (binary: mc, hybrid, judge) over 10 solutions" in result.stderr
+    assert "labeling pass 1 of 1 done in" in result.stderr
 
 
 def test_cli_set_is_overrides_and_the_old_spelling_is_one_line(tmp_path):
