@@ -197,10 +197,7 @@ class BuildConfig(_Section):
         Output location and orchestration settings are left out: moving a build or running it
         with more workers must not change its identity.
         """
-        exclude: dict = {"output": {"root", "dataset", "claim_lease_s"}, "flow": True, "name": True}
-        if not self.judge_runs:
-            # builds without the judge keep the hash they had before the judge existed
-            exclude.update({"judge": True, "fuse": {"judge"}})
+        exclude = {"output": {"root", "dataset", "claim_lease_s"}, "flow": True, "name": True, **self._judge_exclusion()}
         payload = self.model_dump(mode="json", exclude=exclude)
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
@@ -224,14 +221,18 @@ class BuildConfig(_Section):
             "tool": {"workers", "chunk_size"},  # parallelism only
             "lean": {"project", "cache_dir", "batch_size"},  # where Lean runs, not what it checks
             "judge": {"base_url"},  # where a separate judge is served, not which model judges
+            **self._judge_exclusion(),
         }
-        if not self.judge_runs:
-            exclude.update({"judge": True, "fuse": {"judge"}})
         payload = self.model_dump(
             mode="json", include={"seed", "policy", "search", "tool", "lean", "fuse", "judge"}, exclude=exclude
         )
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def _judge_exclusion(self) -> dict:
+        """Without the judge, its settings are left out of the hashes, so builds without it keep
+        the hashes they had before the judge existed."""
+        return {} if self.judge_runs else {"judge": True, "fuse": {"judge"}}
 
     @property
     def judge_runs(self) -> bool:

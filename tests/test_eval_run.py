@@ -20,10 +20,11 @@ from tests.support.scripted_policy import ScriptedPolicy, ScriptedProblem
 DATA = Path(__file__).parent / "data" / "gsm8k_test.jsonl"
 
 
-@pytest.fixture(scope="module")
-def small_set():
+def injected_set(n_error: int, n_correct: int, seed: int):
+    """Records of an error-injection set from the first 100 bundled GSM8K rows, and each record's
+    reference steps (what the scripted policy knows)."""
     sources = read_gsm8k(DATA)[:100]
-    rows, _ = build_injection_set(sources, 6, 4, seed=11)
+    rows, _ = build_injection_set(sources, n_error, n_correct, seed=seed)
     by_row = {s.source_row: s for s in sources}
     records = [record_from_json(row, row["id"]) for row in rows]
     references = {}
@@ -31,6 +32,11 @@ def small_set():
         source = by_row[row["source_row"]]
         references[row["id"]] = parse_reference(source.question, source.answer, source.source_row).render()
     return records, references
+
+
+@pytest.fixture(scope="module")
+def small_set():
+    return injected_set(6, 4, seed=11)
 
 
 def scripted_for(records, references, recovery_rate: float = 0.0) -> ScriptedPolicy:

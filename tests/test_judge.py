@@ -176,17 +176,10 @@ def test_shared_run_equals_separate_runs(small_set):
 def test_mc_alone_does_not_see_the_tool(mc_mode):
     """The shared pass runs under rule hybrid, which skips rollouts after a tool-disproved step;
     the ``mc`` signal must still be MC alone: the same rollouts and labels as without a tool."""
-    from labelers.evaluation.inject import build_injection_set, parse_reference, read_gsm8k
-    from labelers.evaluation.processbench import record_from_json
     from labelers.verify.tool import ToolStepVerifier
-    from tests.test_eval_run import DATA
+    from tests.test_eval_run import injected_set
 
-    sources = read_gsm8k(DATA)[:100]
-    rows, _ = build_injection_set(sources, 3, 1, seed=25)  # an arithmetic slip in step 1 of 4
-    by_row = {s.source_row: s for s in sources}
-    records = [record_from_json(row, row["id"]) for row in rows]
-    references = {row["id"]: parse_reference(by_row[row["source_row"]].question, by_row[row["source_row"]].answer,
-                                             row["source_row"]).render() for row in rows}
+    records, references = injected_set(3, 1, seed=25)  # an arithmetic slip in step 1 of 4
     config = _config()
     with ToolStepVerifier(config.tool) as tool:
         with_tool = runner.run_mc(records, "mc", config, scripted_for(records, references), tool, None, mc_mode, 4)

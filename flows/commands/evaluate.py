@@ -176,17 +176,18 @@ def run_signals(records: Sequence[Any], signals: Sequence[tuple[str, str | None]
         group = [(s, m) for s, m in signals if s in ("mc", "hybrid") and (m or default_mode) == mode]
         names = [s for s, _ in group] + (["judge"] if wants_judge and index == 0 else [])
         # A pass over a real set takes minutes to an hour on a CPU: say what runs, and for how long.
-        started = _progress(f"labeling pass {index + 1} of {len(modes)} ({mode}: {', '.join(names)}) "
-                            f"over {len(records)} solutions ...")
+        typer.echo(f"labeling pass {index + 1} of {len(modes)} ({mode}: {', '.join(names)}) "
+                   f"over {len(records)} solutions ...", err=True)
+        started = time.perf_counter()
         shared = runner.run_shared(records, names, config, resources.policy(), resources.tool(), None,
                                    mc_mode=mode, k=k, step_judge=resources.step_judge())
-        _progress(f"labeling pass {index + 1} of {len(modes)} done in {time.perf_counter() - started:.0f} s")
+        typer.echo(f"labeling pass {index + 1} of {len(modes)} done in {time.perf_counter() - started:.0f} s", err=True)
         for (signal, asked_mode), run in zip(group, shared, strict=False):
             runs[(signal, asked_mode)] = run
         if wants_judge and index == 0:
             runs[("judge", None)] = shared[-1]
     if wants_judge and not modes:
-        _progress(f"judging the {sum(len(r.steps) for r in records)} steps of {len(records)} solutions ...")
+        typer.echo(f"judging the {sum(len(r.steps) for r in records)} steps of {len(records)} solutions ...", err=True)
         runs[("judge", None)] = runner.run_shared(records, ["judge"], config, resources.policy(), resources.tool(), None,
                                                   step_judge=resources.step_judge())[0]
     results = []
@@ -201,12 +202,6 @@ def run_signals(records: Sequence[Any], signals: Sequence[tuple[str, str | None]
             run = runs[(signal, mode)]
         results.append(runner.evaluate(records, run))
     return results
-
-
-def _progress(message: str) -> float:
-    """One progress line on stderr (stdout keeps the table); returns the time it was written."""
-    typer.echo(message, err=True)
-    return time.perf_counter()
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

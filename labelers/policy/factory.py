@@ -73,7 +73,6 @@ def check_policy_runs(config: PolicyConfig, cache_dir: Path | None = None) -> No
         return
     from labelers.policy.llama_build import preflight
     from labelers.policy.model_files import default_cache_dir, resolve_model
-    from labelers.policy.threads import default_threads
 
     path, _ = resolve_model(config.model, cache_dir)
-    preflight(path, config.n_threads or default_threads(), default_cache_dir().parent)
+    preflight(path, config.n_threads, default_cache_dir().parent)

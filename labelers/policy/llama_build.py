@@ -207,11 +207,12 @@ def run_preflight_child(model_path: Path, n_threads: int, timeout_s: float = PRE
     return PreflightResult(False, info, f"failed (exit code {child.returncode}: {last.strip()[:300]})")
 
 
-def preflight(model_path: Path, n_threads: int, cache_dir: Path) -> None:
+def preflight(model_path: Path, n_threads: int | None, cache_dir: Path) -> None:
     """Raise :class:`LlamaBuildError` (one line) unless a child process can decode with the model.
 
     Passing results are remembered under ``cache_dir/preflight`` keyed by the library and model
     files (path, size, modification time), so a reinstall or a new model runs it again.
+    ``n_threads=None``: the default thread count, sampled only when the child has to run.
     """
     import importlib.util
 
@@ -220,6 +221,10 @@ def preflight(model_path: Path, n_threads: int, cache_dir: Path) -> None:
     marker = _marker_path(cache_dir, model_path)
     if marker is not None and marker.exists():
         return
+    if n_threads is None:
+        from labelers.policy.threads import default_threads
+
+        n_threads = default_threads()
     result = run_preflight_child(model_path, n_threads)
     if not result.ok:
         raise LlamaBuildError(result.message(model_path))

@@ -40,7 +40,7 @@ def usable_cores() -> int:
 
 def _own_tree_ticks(proc: Path) -> int:
     """utime + stime of this process and its descendants (clock ticks, as /proc/stat)."""
-    parents: dict[int, int] = {}
+    children: dict[int, list[int]] = {}
     ticks: dict[int, int] = {}
     for entry in proc.iterdir():
         if not entry.name.isdigit():
@@ -51,15 +51,14 @@ def _own_tree_ticks(proc: Path) -> int:
             continue
         # Fields after the command name (which may contain spaces) start at ')'.
         fields = stat[stat.rindex(")") + 2 :].split()
-        parents[int(entry.name)] = int(fields[1])
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
         ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
-    tree = {os.getpid()}
-    grew = True
-    while grew:
-        children = {pid for pid, parent in parents.items() if parent in tree} - tree
-        grew = bool(children)
-        tree |= children
-    return sum(ticks.get(pid, 0) for pid in tree)
+    total, pending = 0, [os.getpid()]
+    while pending:
+        pid = pending.pop()
+        total += ticks.get(pid, 0)
+        pending.extend(children.get(pid, ()))
+    return total
 
 
 def _sample(proc: Path) -> _CpuTicks:
