@@ -150,7 +150,58 @@ def bench_batched(model: str, k: int, prefixes: int, max_tokens: int) -> None:
     figure(f"embedded_rollouts_per_s_sequential {shape}", rates["sequential"], "rollouts/s")
     figure(f"embedded_rollouts_per_s_batched {shape}", rates["batched"], "rollouts/s")
     figure(f"embedded_batched_speedup {shape}", rates["batched"] / rates["sequential"], "x", ">= 4")
+    decode_ceiling(pool, model, k * prefixes)
     pool.close()
+
+
+def decode_ceiling(pool, model: str, width: int, prompt_tokens: int = 160, steps: int = 6) -> None:
+    """What the kernels allow a batched step, sampling and scheduling left out: the tokens/s of
+    one ``llama_decode`` of ``width`` tokens (one per sequence, after a shared prompt of
+    ``prompt_tokens``, logits for every row as sampling needs) over one-token decodes.
+    Median of ``steps`` decodes each."""
+    import llama_cpp
+
+    from labelers.policy.model_files import resolve_model
+
+    path, _ = resolve_model(model, None)
+    llama = pool.get(path, 2048, _threads()).llama
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_ubatch = 4096, 512, 512
+    params.n_seq_max, params.kv_unified = width, True
+    params.n_threads = params.n_threads_batch = _threads()
+    ctx = llama_cpp.llama_init_from_model(llama.model, params)
+    memory = llama_cpp.llama_get_memory(ctx)
+    batch = llama_cpp.llama_batch_init(512, 0, width)
+
+    def fill(rows: list[tuple[int, int, list[int], bool]]) -> None:
+        for row, (token, pos, seq_ids, logits) in enumerate(rows):
+            batch.token[row], batch.pos[row], batch.n_seq_id[row], batch.logits[row] = token, pos, len(seq_ids), logits
+            for slot, seq_id in enumerate(seq_ids):
+                batch.seq_id[row][slot] = seq_id
+        batch.n_tokens = len(rows)
+
+    try:
+        fill([(100 + i, i, list(range(width)), i == prompt_tokens - 1) for i in range(prompt_tokens)])
+        llama_cpp.llama_decode(ctx, batch)
+        seconds = {}
+        for size in (1, width):
+            times = []
+            for step in range(steps):
+                fill([(200 + seq, prompt_tokens + step, [seq], True) for seq in range(size)])
+                started = time.perf_counter()
+                llama_cpp.llama_decode(ctx, batch)
+                times.append(time.perf_counter() - started)
+            for seq in range(size):
+                llama_cpp.llama_memory_seq_rm(memory, seq, prompt_tokens, -1)
+            seconds[size] = sorted(times)[steps // 2]
+    finally:
+        llama_cpp.llama_batch_free(batch)
+        llama_cpp.llama_free(ctx)
+    ceiling = seconds[1] * width / seconds[width]
+    print(f"  decode ceiling: one decode of {width} tokens (logits for all) {seconds[width] * 1000:.0f} ms, "
+          f"one token {seconds[1] * 1000:.1f} ms: {ceiling:.2f}x the tokens/s (no sampling, full batch)")
+    figure(f"embedded_decode_ceiling [{model}, {width} sequences, logits for every row, {_threads()} threads]",
+           ceiling, "x (tok/s of one {width}-token decode / one-token decodes)".format(width=width))
 
 
 def bench_http(levels: tuple[int, ...], requests_per_level: int, max_tokens: int) -> None:

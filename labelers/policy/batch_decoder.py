@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ctypes
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -125,6 +126,10 @@ class BatchDecoder:
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, max_sequences + 1)
         self._cache_seq = max_sequences
         self._cache_tokens: list[int] = []
+        # Sampling a token scans the whole vocabulary (about 1 ms per sequence and token for
+        # 151,936 entries) while the decode's threads idle; ctypes releases the GIL, so the
+        # live sequences are sampled on the decode's threads in parallel.
+        self._samplers = ThreadPoolExecutor(max_workers=n_threads) if n_threads > 1 else None
         # Lifetime counters (benchmarks and tests read them).
         self.evaluated_prompt_tokens = 0  # prompt tokens decoded, after prefix reuse
         self.decode_calls = 0
@@ -172,8 +177,8 @@ class BatchDecoder:
                     live.extend(self._start_group(admitting, jobs, logits_row=rows - 1))
                     admitting = None
                 still_live = []
-                for sequence in live:
-                    if self._advance(sequence):
+                for sequence, token in zip(live, self._sample(live)):
+                    if self._advance(sequence, token):
                         still_live.append(sequence)
                     else:
                         self._finish(sequence, outcomes, free_ids)
@@ -194,6 +199,9 @@ class BatchDecoder:
         return outcomes
 
     def close(self) -> None:
+        if self._samplers is not None:
+            self._samplers.shutdown()
+            self._samplers = None
         if self._ctx is not None:
             self._lib.llama_batch_free(self._batch)
             self._lib.llama_free(self._ctx)
@@ -312,10 +320,20 @@ class BatchDecoder:
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         return chain
 
-    def _advance(self, sequence: _Live) -> bool:
-        """Sample the sequence's next token from the last decode; False when it is finished."""
+    def _sample(self, live: Sequence[_Live]) -> list[int]:
+        """Each live sequence's next token from the last decode, drawn by its own sampler (so
+        the order and the threads do not change any draw)."""
+        lib, ctx = self._lib, self._ctx
+        if self._samplers is None or len(live) < 2:
+            return [lib.llama_sampler_sample(s.sampler, ctx, s.logits_index) for s in live]
+        # The first logits read after a decode may reorder the outputs inside llama.cpp: done
+        # here, once, before the threads only read them.
+        lib.llama_get_logits(ctx)
+        return list(self._samplers.map(lambda s: lib.llama_sampler_sample(s.sampler, ctx, s.logits_index), live))
+
+    def _advance(self, sequence: _Live, token: int) -> bool:
+        """Append the sequence's sampled ``token``; False when it is finished."""
         lib = self._lib
-        token = lib.llama_sampler_sample(sequence.sampler, self._ctx, sequence.logits_index)
         if lib.llama_vocab_is_eog(self._vocab, token):
             sequence.finish_reason = "stop"
             return False
