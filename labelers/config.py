@@ -82,6 +82,9 @@ class SearchConfig(_Section):
     # negative whatever MC says; later steps follow the path's first error). Path consensus then
     # asks only that MC finds no error before the verifier's (docs/algorithms.md).
     skip_mc_after_disproved: bool = True
+    # Hybrid rule: a prefix estimated at 0 whose last step the tool or Lean verified gets
+    # mc_rollouts more rollouts before the zero overrules the verifier (docs/algorithms.md).
+    mc_confirm_verified_zero: bool = True
     max_paths_per_problem: int = Field(default=6, ge=1)  # labeled paths kept per problem
 
 

@@ -51,7 +51,15 @@ from labelers.rationale import build_rationale
 from labelers.search.first_error import FirstErrorSearch, run_searches
 from labelers.search.ledger import Ledger
 from labelers.search.mcts import Node, SearchSettings, TreeSearch
-from labelers.search.montecarlo import MCBatch, MCEstimate, MCSettings, OutcomeJudge, PrefixJob, estimate_prefixes
+from labelers.search.montecarlo import (
+    MCBatch,
+    MCEstimate,
+    MCSettings,
+    OutcomeJudge,
+    PrefixJob,
+    confirm_zeros,
+    estimate_prefixes,
+)
 from labelers.verify.base import (
     LeanCheck,
     LeanState,
@@ -258,16 +266,33 @@ def _estimate_paths(
     known: dict[str, MCEstimate] = {}
     failed_keys: dict[str, str] = {}
 
+    # Hybrid: where MC finds 0 after a verified step, the two disagree and MC's zero would
+    # overrule the verifier (rule 3): confirm it with more rollouts first.
+    confirm = config.fuse.rule == "hybrid" and config.search.mc_confirm_verified_zero
+    verified_keys: set[str] = set()
+
     def job(state_path: tuple[_State, _Path, int], step_index: int) -> PrefixJob:
         state, path, path_no = state_path
         node = path.nodes[step_index]
         pid = state.problem.problem_id
         account = f"{pid}#{path_no}" if account_by_path else pid
         key = f"{account}:{node.prefix_hash}"
+        lean = path.lean[step_index] if step_index < len(path.lean) else None
+        if verifier_decision(node.tool_check, lean) is True:
+            verified_keys.add(key)
         return PrefixJob(key, pid, state.problem.question, state.problem.gold_answer, node.steps, account)
 
     def estimate(jobs: list[PrefixJob]) -> MCBatch:
         batch = estimate_prefixes(jobs, policy, settings, ledger, judge)
+        zeros = [(job, batch.estimates[job.key]) for job in jobs
+                 if confirm and job.key in verified_keys and job.key in batch.estimates
+                 and batch.estimates[job.key].correct == 0 and not batch.estimates[job.key].exact]
+        if zeros:
+            confirmed = confirm_zeros(zeros, settings.rollouts, policy, settings, ledger, judge)
+            batch.estimates.update(confirmed.estimates)
+            for key, error in confirmed.errors.items():
+                batch.estimates.pop(key, None)
+                batch.errors[key] = error
         failed_keys.update(batch.errors)
         return batch
 

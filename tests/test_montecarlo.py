@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from labelers.search.ledger import Ledger
-from labelers.search.montecarlo import MCSettings, OutcomeJudge, PrefixJob, estimate_prefixes
+from labelers.search.montecarlo import MCEstimate, MCSettings, OutcomeJudge, PrefixJob, confirm_zeros, estimate_prefixes
 from tests.support.scripted_policy import ScriptedPolicy, ScriptedProblem
 
 CORRECT = ("We have 3 * 4 = 12 apples.", "Adding 5 gives 12 + 5 = 17. The final answer is \\boxed{17}.")
@@ -101,3 +101,14 @@ def test_scripted_policy_respects_stop_n_max_tokens_and_records_calls() -> None:
     assert "\\boxed{18}" in odd.completions[0].text  # wrong_answer(): gold + 1
     unknown = policy.generate([GenerationRequest(solution_messages("another question"), "", seed=2)])[0]
     assert unknown.error is not None and not unknown.completions
+
+
+def test_confirm_zeros_pools_n_more_rollouts_in_one_call() -> None:
+    policy = _policy(p_correct=1.0)
+    ledger = Ledger()
+    zeros = [(_job("a", CORRECT[:1]), MCEstimate(0, 4)), (_job("b", WRONG[:1]), MCEstimate(0, 4, early_stopped=True))]
+    batch = confirm_zeros(zeros, 4, policy, MCSettings(build_seed=7), ledger, OutcomeJudge())
+    assert batch.estimates == {"a": MCEstimate(4, 8), "b": MCEstimate(0, 8)}
+    assert len(policy.calls) == 1 and [r.n for r in policy.calls[0]] == [4, 4]
+    assert all(r.tag.endswith("/3") for r in policy.calls[0])  # seed chunk 3: new draws, not chunk 1's again
+    assert ledger.per_problem["p1"].rollouts == 8

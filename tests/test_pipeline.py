@@ -269,6 +269,33 @@ def test_label_given_solutions_binary_search_is_cheaper(gsm8k_rows, tool) -> Non
     assert 0 < binary < per_step
 
 
+def test_hybrid_confirms_an_mc_zero_after_a_verified_step(gsm8k_rows, tool) -> None:
+    """A weak policy (a clean prefix reaches gold 1 time in 4): k-rollout zeros after steps the
+    tool verified are re-sampled with k more, and fewer of them overrule the verifier."""
+    rows = gsm8k_rows[:8]
+    scripted = _scripted(rows, p_correct=0.25, step_error_rate=0.0, recovery_rate=0.0)
+    solutions = [[reference_steps(row["answer"])[0]] for row in rows]
+    k = 6
+
+    def run(confirm: bool):
+        config = CONFIG.with_overrides({
+            "search.first_error_search": False, "search.mc_early_stop": 0, "search.mc_rollouts": k,
+            "search.mc_confirm_verified_zero": confirm,
+        })
+        return label_given_solutions(_problems(scripted), solutions, config, ScriptedPolicy(scripted), tool, None)
+
+    overruled = {}
+    for confirm in (False, True):
+        result = run(confirm)
+        zeros = [r for r in result.steps if r.tool_verdict == "correct" and r.mc_correct == 0 and r.mc_total and r.mc_total > 1]
+        assert zeros and all(r.mc_total == (2 * k if confirm else k) for r in zeros)
+        # elsewhere (no zero, or no verified step) nothing more was sampled
+        others = [r for r in result.steps if r.mc_total and r.mc_total > 1 and r not in zeros]
+        assert all(r.mc_total == k or (r.tool_verdict == "correct" and r.mc_total == 2 * k) for r in others)
+        overruled[confirm] = sum(r.label_source == "mc_over_verified" for r in result.steps)
+    assert overruled[True] < overruled[False]
+
+
 class _CrashingPolicy(ScriptedPolicy):
     """Raises from generate() whenever a batch holds a request of the poisoned question."""
 

@@ -296,9 +296,17 @@ def run_shared(
         run_config = run_config.with_overrides({"judge.enabled": True})
     if "mc" in signals:
         # The pass runs under rule hybrid, which skips rollouts from and after a step the tool
-        # disproved; MC alone must not see the tool. The hybrid's labels are the same either way
-        # (a disproved step is bad whatever MC says); only its cost is that of the unskipped run.
-        run_config = run_config.with_overrides({"search.skip_mc_after_disproved": False})
+        # disproved and confirms MC zeros after verified steps; MC alone must not see the tool.
+        # Without the confirmation the hybrid's labels would be the same either way (a disproved
+        # step is bad whatever MC says; only the cost is that of the unskipped run); with it the
+        # hybrid samples differently, so it gets a pass of its own.
+        if "hybrid" in signals and config.search.mc_confirm_verified_zero:
+            rest = [s for s in signals if s != "hybrid"]
+            runs = run_shared(records, rest, config, policy, tool, lean, mc_mode, k, step_judge)
+            [hybrid] = run_shared(records, ["hybrid"], config, policy, tool, lean, mc_mode, k)
+            by_signal = {run.signal: run for run in [*runs, hybrid]}
+            return [by_signal[s] for s in signals]
+        run_config = run_config.with_overrides({"search.skip_mc_after_disproved": False, "search.mc_confirm_verified_zero": False})
     started = time.perf_counter()
     problems = _given_problems(records)
     use_tool = tool if (needs_mc or "judge" in signals) else None

@@ -13,6 +13,12 @@ is exact for the hard label when all m succeed (c > 0 either way); when all m fa
 could still have found a success: the probability of missing one is (1 - p)^(k - m) for a true
 success rate p, the (documented) bias of early stopping toward 0 on hard prefixes.
 
+**Confirmation** (:func:`confirm_zeros`): an estimate of 0 where a verifier proved the prefix's
+last step gets ``n`` more rollouts (seed chunk 3) and is replaced by the pooled estimate. A
+zero from k rollouts of a weak policy is the noisiest evidence the fusion acts on: from a
+correct prefix with success rate p it happens with probability (1 - p)^k; pooling 2k rollouts
+squares that.
+
 A prefix whose last step already gives a final answer needs no rollout: its value is exact,
 1/1 when the answer equals gold, 0/1 otherwise (``exact = True``).
 
@@ -166,4 +172,21 @@ def estimate_prefixes(
         correct += sum(judge.reaches_gold(c.text, job.gold_answer) for c in result.completions)
         total += len(result.completions)
         batch.estimates[job.key] = MCEstimate(correct, total)
+    return batch
+
+
+def confirm_zeros(
+    zeros: Sequence[tuple[PrefixJob, MCEstimate]], n: int, policy: Policy, settings: MCSettings, ledger: Ledger,
+    judge: OutcomeJudge,
+) -> MCBatch:
+    """``n`` more rollouts from each prefix estimated at 0 (one batched call, seed chunk 3); the
+    pooled estimates (correct, total + n), by job key (see the module doc)."""
+    batch = MCBatch()
+    results = ledger.generate(policy, [(job.account or job.problem_id, _request(job, settings, n, 3)) for job, _ in zeros])
+    for (job, estimate), result in zip(zeros, results):
+        if result.error is not None:
+            batch.errors[job.key] = result.error
+            continue
+        correct = estimate.correct + sum(judge.reaches_gold(c.text, job.gold_answer) for c in result.completions)
+        batch.estimates[job.key] = MCEstimate(correct, estimate.total + len(result.completions))
     return batch
