@@ -35,7 +35,8 @@ PRESET_OPTION = typer.Option(None, "--preset", "-p", help="Start from a shipped 
 SET_OPTION = typer.Option(None, "--set", help="Override one config key: --set policy.temperature=0.7 (repeatable), as in build.")
 LABELS_HELP = ("Signals, comma-separated or repeated: tool, lean, mc, hybrid, judge, prm (a trained PRM, --prm DIR); "
                "mc and hybrid take a mode "
-               "(mc:per-step, mc:binary, hybrid:binary). Signals of one mode share one labeling pass (rollouts, judge).")
+               "(mc:per-step, mc:binary, hybrid:binary). Signals of one mode share one labeling pass (rollouts, judge); "
+               "hybrid gets its own when mc is asked too (MC alone must not see the tool).")
 MODEL_OPTION = typer.Option(None, "--model", help="Policy model for MC rollouts (embedded preset name or GGUF path, vLLM model, served name).")
 BACKEND_OPTION = typer.Option(None, "--backend", help="Policy backend: embedded, vllm or openai.")
 MC_MODE_OPTION = typer.Option("per-step", "--mc-mode", help="MC rollouts from every prefix (per-step) or binary first-error search (binary).")
@@ -160,7 +161,8 @@ def run_signals(records: Sequence[Any], signals: Sequence[tuple[str, str | None]
                 default_mode: str, k: int | None, resources: _Resources, threshold: float = 0.5) -> list[Any]:
     """Results in the order asked. ``tool``, ``lean`` and ``prm`` run on their own; ``mc``,
     ``hybrid`` and ``judge`` share one labeling pass per MC mode (the judge joins the first pass,
-    or runs alone without rollouts when no mc/hybrid signal is asked)."""
+    or runs alone without rollouts when no mc/hybrid signal is asked; the runner splits off a
+    pass of the hybrid's own when it samples with the tool's help and ``mc`` is asked too)."""
     from labelers.evaluation import runner
 
     runs: dict[tuple[str, str | None], Any] = {}
