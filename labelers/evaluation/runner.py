@@ -303,7 +303,7 @@ def run_shared(
         if "hybrid" in signals and config.search.mc_confirm_verified_zero:
             rest = [s for s in signals if s != "hybrid"]
             runs = run_shared(records, rest, config, policy, tool, lean, mc_mode, k, step_judge)
-            [hybrid] = run_shared(records, ["hybrid"], config, policy, tool, lean, mc_mode, k)
+            [hybrid] = run_shared(records, ["hybrid"], config, policy, tool, lean, mc_mode, k, step_judge)
             by_signal = {run.signal: run for run in [*runs, hybrid]}
             return [by_signal[s] for s in signals]
         run_config = run_config.with_overrides({"search.skip_mc_after_disproved": False, "search.mc_confirm_verified_zero": False})
