@@ -6,7 +6,8 @@ rollouts of a prefix, and the prefixes of every problem of a batch, are decoded 
 
 - **Sequences.** Each completion is one llama.cpp sequence id (``0 .. max_sequences-1``) with its
   own sampler chain (``temp -> top_p -> dist(seed)``, or greedy at temperature 0), so its text
-  depends on its own seed, not on its neighbours' draws.
+  depends on its own seed, not on its neighbours' draws. After each decode the live sequences
+  are sampled on a pool of the decode's thread count (ctypes releases the GIL).
 - **Shared prompts.** The KV cache is unified: one cell can belong to several sequences. A prompt
   is evaluated once, its tokens tagged with every sequence that continues it; sequence id
   ``max_sequences`` (the *prompt cache*) keeps the last evaluated prompt of the call, and the
@@ -32,8 +33,8 @@ from __future__ import annotations
 
 import ctypes
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
