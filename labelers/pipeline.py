@@ -18,8 +18,9 @@ the batch:
    first-error binary search, all searches of all problems in lock-step; correct paths get no
    rollouts, their steps are inferred positive (the path itself is a completion from each of
    its prefixes that reaches gold, so c >= 1), unless ``search.mc_correct_paths`` asks for
-   per-step soft values. Hybrid: an estimate of 0 after a verified step is confirmed with k more
-   rollouts (``search.mc_confirm_verified_zero``). Without it (Math-Shepherd): per-step MC on every path. Estimates are shared between
+   per-step soft values. Without it (Math-Shepherd): per-step MC on every path. Hybrid: an
+   estimate of 0 after a verified step is confirmed with k more rollouts
+   (``search.mc_confirm_verified_zero``). Estimates are shared between
    paths with the same prefix (key: problem_id + prefix_hash). The last step of a path that
    gives a final answer has an exact value (1/1 or 0/1) without rollouts.
 5. **fuse** -- labelers/fuse.py per step, path consensus (optional filter: non-consensus paths
@@ -52,15 +53,7 @@ from labelers.rationale import build_rationale
 from labelers.search.first_error import FirstErrorSearch, run_searches
 from labelers.search.ledger import Ledger
 from labelers.search.mcts import Node, SearchSettings, TreeSearch
-from labelers.search.montecarlo import (
-    MCBatch,
-    MCEstimate,
-    MCSettings,
-    OutcomeJudge,
-    PrefixJob,
-    confirm_zeros,
-    estimate_prefixes,
-)
+from labelers.search.montecarlo import MCBatch, MCEstimate, MCSettings, OutcomeJudge, PrefixJob, estimate_prefixes
 from labelers.verify.base import (
     LeanCheck,
     LeanState,
@@ -270,7 +263,6 @@ def _estimate_paths(
     # Hybrid: where MC finds 0 after a verified step, the two disagree and MC's zero would
     # overrule the verifier (rule 3): confirm it with more rollouts first.
     confirm = config.fuse.rule == "hybrid" and config.search.mc_confirm_verified_zero
-    verified_keys: set[str] = set()
 
     def job(state_path: tuple[_State, _Path, int], step_index: int) -> PrefixJob:
         state, path, path_no = state_path
@@ -279,21 +271,11 @@ def _estimate_paths(
         account = f"{pid}#{path_no}" if account_by_path else pid
         key = f"{account}:{node.prefix_hash}"
         lean = path.lean[step_index] if step_index < len(path.lean) else None
-        if verifier_decision(node.tool_check, lean) is True:
-            verified_keys.add(key)
-        return PrefixJob(key, pid, state.problem.question, state.problem.gold_answer, node.steps, account)
+        confirm_zero = confirm and verifier_decision(node.tool_check, lean) is True
+        return PrefixJob(key, pid, state.problem.question, state.problem.gold_answer, node.steps, account, confirm_zero)
 
     def estimate(jobs: list[PrefixJob]) -> MCBatch:
         batch = estimate_prefixes(jobs, policy, settings, ledger, judge)
-        zeros = [(job, batch.estimates[job.key]) for job in jobs
-                 if confirm and job.key in verified_keys and job.key in batch.estimates
-                 and batch.estimates[job.key].correct == 0 and not batch.estimates[job.key].exact]
-        if zeros:
-            confirmed = confirm_zeros(zeros, settings.rollouts, policy, settings, ledger, judge)
-            batch.estimates.update(confirmed.estimates)
-            for key, error in confirmed.errors.items():
-                batch.estimates.pop(key, None)
-                batch.errors[key] = error
         failed_keys.update(batch.errors)
         return batch
 

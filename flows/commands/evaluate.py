@@ -178,8 +178,7 @@ def run_signals(records: Sequence[Any], signals: Sequence[tuple[str, str | None]
         group = [(s, m) for s, m in signals if s in ("mc", "hybrid") and (m or default_mode) == mode]
         names = [s for s, _ in group] + (["judge"] if wants_judge and index == 0 else [])
         # A pass over a real set takes minutes to an hour on a CPU: say what runs, and for how long.
-        # The runner gives the hybrid a pass of its own when mc is asked too (runner.run_shared).
-        own = "mc" in names and "hybrid" in names and config.search.mc_confirm_verified_zero
+        own = runner.hybrid_has_own_pass(names, config)
         shown = ", ".join(n for n in names if not (own and n == "hybrid")) + ("; then hybrid on its own" if own else "")
         typer.echo(f"labeling pass {index + 1} of {len(modes)} ({mode}: {shown}) "
                    f"over {len(records)} solutions ...", err=True)

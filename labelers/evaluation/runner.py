@@ -266,6 +266,12 @@ def _refuse(row: Any, rule: str, config: BuildConfig) -> bool:
     return fuse_step(tool, lean, mc, fuse_config, row.path_correct, judge).label
 
 
+def hybrid_has_own_pass(signals: Sequence[str], config: BuildConfig) -> bool:
+    """Whether :func:`run_shared` labels ``hybrid`` in a pass of its own: when ``mc`` is asked
+    too and the hybrid samples with the tool's help (it confirms MC zeros after verified steps)."""
+    return "mc" in signals and "hybrid" in signals and config.search.mc_confirm_verified_zero
+
+
 def run_shared(
     records: Sequence[BenchRecord],
     signals: Sequence[str],
@@ -300,7 +306,7 @@ def run_shared(
         # Without the confirmation the hybrid's labels would be the same either way (a disproved
         # step is bad whatever MC says; only the cost is that of the unskipped run); with it the
         # hybrid samples differently, so it gets a pass of its own.
-        if "hybrid" in signals and config.search.mc_confirm_verified_zero:
+        if hybrid_has_own_pass(signals, config):
             rest = [s for s in signals if s != "hybrid"]
             runs = run_shared(records, rest, config, policy, tool, lean, mc_mode, k, step_judge)
             [hybrid] = run_shared(records, ["hybrid"], config, policy, tool, lean, mc_mode, k, step_judge)

@@ -23,7 +23,7 @@ A prefix whose last step already gives a final answer needs no rollout: its valu
 1/1 when the answer equals gold, 0/1 otherwise (``exact = True``).
 
 All prefixes of all problems of a round are sampled in one ``generate`` call (chunk 1), then
-the undecided ones in a second call (chunk 2). Seeds: ``derive_seed(build_seed, problem_id,
+the undecided ones in a second call (chunk 2), then the zeros to confirm in a third (chunk 3). Seeds: ``derive_seed(build_seed, problem_id,
 ("mc", prefix_hash, chunk))`` -- independent of the batch.
 """
 
@@ -72,6 +72,7 @@ class PrefixJob:
     gold_answer: str
     steps: tuple[str, ...]
     account: str | None = None  # ledger key the rollouts are charged to (default: problem_id)
+    confirm_zero: bool = False  # an estimate of 0 gets k more rollouts (:func:`confirm_zeros`)
 
 
 @dataclass
@@ -172,6 +173,14 @@ def estimate_prefixes(
         correct += sum(judge.reaches_gold(c.text, job.gold_answer) for c in result.completions)
         total += len(result.completions)
         batch.estimates[job.key] = MCEstimate(correct, total)
+    zeros = [(job, batch.estimates[job.key]) for job in sampled
+             if job.confirm_zero and job.key in batch.estimates and batch.estimates[job.key].correct == 0]
+    if zeros:
+        confirmed = confirm_zeros(zeros, k, policy, settings, ledger, judge)
+        batch.estimates.update(confirmed.estimates)
+        for key, error in confirmed.errors.items():
+            del batch.estimates[key]
+            batch.errors[key] = error
     return batch
 
 
