@@ -152,6 +152,10 @@ class FuseConfig(_Section):
     # "verifier" (a verifier of lower rank than tool and Lean), "tiebreak" (decides only where
     # neither a verifier nor MC does).
     judge: Literal["off", "verifier", "tiebreak"] = "off"
+    # Hybrid path rule (labelers/fuse.py): on a path with a disproved step, MC zeros before it
+    # that no measured positive precedes (a zero at step 0: the question is never sampled) are
+    # not taken as errors; the disproved step is the first error.
+    zero_without_drop_yields: bool = True
 
 
 class OutputConfig(_Section):

@@ -41,6 +41,15 @@ The judge in the hybrid rule (``FuseConfig.judge``; ``j`` = the judge's verdict)
 - ``tiebreak``: ``j`` decides only where neither a verifier nor MC does (instead of
   ``path_outcome``): label ``j``, reward +-0.5 (``judge_tiebreak``).
 
+Path rule of the hybrid (``FuseConfig.zero_without_drop_yields``, :func:`fuse_path`): an MC
+negative is evidence of an error at its step only as a *drop*: the prefix before it reached the
+answer and this one does not. Binary search always measures that drop except at step 0, whose
+predecessor is the question, never sampled; with a weak policy a zero at step 0 often means "this
+problem is too hard for the policy", not "step 0 is wrong". So on a path with a disproved step d,
+MC negatives before d that no measured positive precedes (``mc``, ``mc_over_verified``) yield:
+label +, reward 0.5 when verified and 0 otherwise, ``zero_before_disproved``; d stays the first
+error. The first MC negative after a measured positive stands, as does everything after it.
+
 ``signals_agree`` is false when the verifier decision and the MC label are both known and
 differ, or when the tool and Lean contradict each other (one verifies, the other disproves).
 
@@ -181,6 +190,38 @@ def fuse_step(
     if rule == "hybrid" and config.judge == "tiebreak" and judge is not None:
         return FusedStep(0.5 if judge else -0.5, judge, "judge_tiebreak", agree)
     return FusedStep(0.0, path_correct is not False, "path_outcome", agree)
+
+
+_YIELDING_SOURCES = frozenset({"mc", "mc_over_verified"})
+
+
+def fuse_path(
+    tools: Sequence[ToolCheck | None],
+    leans: Sequence[LeanCheck | None],
+    mcs: Sequence[MCSignal],
+    config: FuseConfig,
+    path_correct: bool | None = None,
+    judges: Sequence[bool | None] | None = None,
+) -> list[FusedStep]:
+    """Fused steps of one path: :func:`fuse_step` per step, then the hybrid's path rule (module
+    doc): before the first disproved step, MC negatives with no measured positive before them
+    yield to the disproof."""
+    verdicts = judges if judges is not None else [None] * len(mcs)
+    fused = [fuse_step(t, l, m, config, path_correct, j) for t, l, m, j in zip(tools, leans, mcs, verdicts)]
+    if config.rule != "hybrid" or not config.zero_without_drop_yields:
+        return fused
+    disproved = first_negative([verifier_decision(t, l) for t, l in zip(tools, leans)])
+    for index in range(max(disproved, 0)):
+        step, mc = fused[index], mcs[index]
+        if step.label:
+            if mc.total and mc.label(config.mc_threshold):
+                break  # a measured positive: a later zero is a measured drop and stands
+            continue
+        if step.source not in _YIELDING_SOURCES:
+            break  # negative for another reason (judge): not MC's to yield
+        reward = 0.5 if step.source == "mc_over_verified" else 0.0
+        fused[index] = FusedStep(reward, True, "zero_before_disproved", step.signals_agree)
+    return fused
 
 
 def first_negative(labels: Sequence[bool | None]) -> int:

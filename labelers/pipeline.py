@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from data_schemas.records import NodeRow, Problem, ProblemOutcome, StepRow
 from labelers.answers import AnswerJudge
 from labelers.config import BuildConfig
-from labelers.fuse import NO_MC, FusedStep, MCSignal, fuse_step, path_consensus, rows_to_keep, verifier_decision
+from labelers.fuse import NO_MC, FusedStep, MCSignal, fuse_path, path_consensus, rows_to_keep, verifier_decision
 from labelers.identity import derive_seed
 from labelers.judge import JUDGE_NOT_RUN, JudgeVerdict, judge_steps
 from labelers.policy.base import GenerationRequest, Policy, TokenUsage
@@ -380,7 +380,7 @@ def _step_rows(state: _State, config: BuildConfig, build_id: str, model_id: str)
         leans = path.lean or [LEAN_DISABLED] * len(path.nodes)
         mcs = path.mc or [NO_MC] * len(path.nodes)
         judges = path.judge or [JUDGE_NOT_RUN] * len(path.nodes)
-        fused = [fuse_step(t, l, m, fuse, path.correct, j.correct) for t, l, m, j in zip(tools, leans, mcs, judges)]
+        fused = fuse_path(tools, leans, mcs, fuse, path.correct, [j.correct for j in judges])
         consensus, _, _ = path_consensus(mcs, tools, leans, fuse)
         state.counters["paths_consensus" if consensus else "paths_no_consensus"] += 1
         if fuse.consensus_filter and not consensus:

@@ -29,6 +29,10 @@ _DECISIONS = {
     "verifier_disproved": "a checker disproved the step",
     "verified": "verified by a checker and not contradicted by the rollouts",
     "mc_over_verified": "the computation checks out but no rollout from here reaches the answer",
+    "zero_before_disproved": (
+        "no rollout from here reaches the answer, but none from an earlier step was seen to either, "
+        "and a later step is disproved: that step is taken as the first error"
+    ),
     "mc": "no checker could decide; the rollouts decide",
     "path_outcome": "no signal; the path's final answer decides",
     "tool_incorrect": "the tool found a false claim",

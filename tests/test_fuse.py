@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from labelers.config import FuseConfig
-from labelers.fuse import MCSignal, NO_MC, fuse_step, path_consensus, rows_to_keep
+from labelers.fuse import MCSignal, NO_MC, first_negative, fuse_path, fuse_step, path_consensus, rows_to_keep
 from labelers.rationale import build_rationale, parse_verdict
 from labelers.verify.base import LeanCheck, LeanState, ToolCheck, ToolVerdict
 
@@ -81,6 +81,66 @@ def test_mc_threshold_applies_to_unverifiable_only() -> None:
 def test_single_signal_rules(rule, tool, lean, mc, expected) -> None:
     fused = fuse_step(tool, lean, mc, FuseConfig(rule=rule), True)
     assert (fused.reward, fused.label, fused.source) == pytest.approx(expected)
+
+
+# A binary search whose first zero is at step 0 (every probe 0), on a path whose step 3 the tool
+# disproves: the zero at step 0 has no measured positive before it.
+ZERO_AT_START = [MC_ZERO, INFERRED_NEG, MC_ZERO, INFERRED_NEG, INFERRED_NEG]
+TOOLS_SLIP_AT_3 = [CORRECT, UNVERIFIABLE, CORRECT, INCORRECT, CORRECT]
+
+
+def _sources(fused) -> list[str]:
+    return [step.source for step in fused]
+
+
+def test_zero_without_a_measured_drop_yields_to_a_later_disproof() -> None:
+    fused = fuse_path(TOOLS_SLIP_AT_3, [None] * 5, ZERO_AT_START, HYBRID, False)
+    assert first_negative([step.label for step in fused]) == 3
+    assert _sources(fused) == ["zero_before_disproved"] * 3 + ["verifier_disproved", "mc_over_verified"]
+    assert [step.reward for step in fused[:3]] == [0.5, 0.0, 0.5]  # verified 0.5, unverifiable 0
+    # What fuse_step alone says (and the rule switched off): step 0 is the first error.
+    plain = [fuse_step(t, None, m, HYBRID, False) for t, m in zip(TOOLS_SLIP_AT_3, ZERO_AT_START)]
+    off = fuse_path(TOOLS_SLIP_AT_3, [None] * 5, ZERO_AT_START, FuseConfig(zero_without_drop_yields=False), False)
+    assert _sources(off) == _sources(plain) and first_negative([s.label for s in off]) == 0
+
+
+def test_a_measured_drop_stands_before_a_disproof() -> None:
+    # step 0 measured positive, step 1 zero: a drop, so step 1 is the first error.
+    mcs = [MC_HIGH, MC_ZERO, INFERRED_NEG, INFERRED_NEG, INFERRED_NEG]
+    fused = fuse_path(TOOLS_SLIP_AT_3, [None] * 5, mcs, HYBRID, False)
+    assert first_negative([step.label for step in fused]) == 1
+    assert "zero_before_disproved" not in _sources(fused)
+    # an inferred positive is not a measurement: the zero after it still yields
+    mcs = [INFERRED_POS, MC_ZERO, INFERRED_NEG, INFERRED_NEG, INFERRED_NEG]
+    assert first_negative([s.label for s in fuse_path(TOOLS_SLIP_AT_3, [None] * 5, mcs, HYBRID, False)]) == 3
+
+
+@pytest.mark.parametrize(
+    ("tools", "config"),
+    [
+        ([CORRECT, UNVERIFIABLE, CORRECT, CORRECT, CORRECT], HYBRID),  # nothing disproved: MC decides
+        (TOOLS_SLIP_AT_3, FuseConfig(rule="mc")),  # MC alone never sees the tool
+        ([INCORRECT, UNVERIFIABLE, CORRECT, CORRECT, CORRECT], HYBRID),  # disproved at 0: nothing before
+    ],
+)
+def test_path_rule_leaves_other_paths_alone(tools, config) -> None:
+    fused = fuse_path(tools, [None] * 5, ZERO_AT_START, config, False)
+    assert _sources(fused) == _sources([fuse_step(t, None, m, config, False) for t, m in zip(tools, ZERO_AT_START)])
+    assert first_negative([step.label for step in fused]) == 0
+
+
+def test_a_judge_negative_does_not_yield() -> None:
+    config = FuseConfig(judge="verifier")
+    tools = [UNVERIFIABLE, CORRECT, INCORRECT]
+    fused = fuse_path(tools, [None] * 3, [MC_ZERO, INFERRED_NEG, INFERRED_NEG], config, False, [False, None, None])
+    assert _sources(fused)[0] == "judge_disproved"
+
+
+def test_rationale_of_a_yielded_zero() -> None:
+    fused = fuse_path(TOOLS_SLIP_AT_3, [None] * 5, ZERO_AT_START, HYBRID, False)
+    text = build_rationale(CORRECT, LEAN_OFF, MC_ZERO, fused[0])
+    assert "0 of 8 rollouts" in text and "later step is disproved" in text
+    assert parse_verdict(text) is True
 
 
 def test_path_consensus_defined_for_correct_and_wrong_paths() -> None:

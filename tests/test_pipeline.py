@@ -296,6 +296,42 @@ def test_hybrid_confirms_an_mc_zero_after_a_verified_step(gsm8k_rows, tool) -> N
     assert overruled[True] < overruled[False]
 
 
+def test_hybrid_lets_a_zero_at_step_0_yield_to_a_later_disproved_step(gsm8k_rows, tool) -> None:
+    """A policy that never reaches gold (too hard for it): binary search finds its first zero at
+    step 0 of every wrong solution. With a slip the tool disproves later, that zero is no measured
+    drop, and the slip is the first error (fuse.zero_without_drop_yields); switched off, step 0 is."""
+    rows, solutions, errors = [], [], []
+    for index, row in enumerate(gsm8k_rows):
+        slip = first_slip(row["answer"], random.Random(index))
+        if slip is None or slip.error_index == 0:
+            continue
+        checks = tool.check_steps([StepContext(row["question"], tuple(slip.steps[:i]), s) for i, s in enumerate(slip.steps)])
+        verdicts = [check.verdict.value for check in checks]
+        if "incorrect" not in verdicts or verdicts.index("incorrect") != slip.error_index:
+            continue  # this test is about MC zeros before a disproof, not the tool
+        rows.append(row)
+        solutions.append([list(slip.steps)])
+        errors.append(slip.error_index)
+    assert len(rows) >= 3
+    scripted = _scripted(rows, p_correct=0.0, step_error_rate=0.0, recovery_rate=0.0)
+
+    def first_errors(yields: bool) -> list[int]:
+        config = CONFIG.with_overrides({"search.mc_early_stop": 0, "fuse.after_first_error": "negative",
+                                        "fuse.zero_without_drop_yields": yields})
+        result = label_given_solutions(_problems(scripted), solutions, config, ScriptedPolicy(scripted), tool, None)
+        firsts = []
+        for problem in _problems(scripted):
+            steps = sorted((r for r in result.steps if r.problem_id == problem.problem_id), key=lambda r: r.step_index)
+            assert steps[0].mc_total and steps[0].mc_correct == 0  # the search's zero at step 0
+            firsts.append(next(r.step_index for r in steps if not r.fused_label))
+            if yields:
+                assert {r.label_source for r in steps[: firsts[-1]]} == {"zero_before_disproved"}
+        return firsts
+
+    assert first_errors(True) == errors
+    assert first_errors(False) == [0] * len(errors)
+
+
 class _CrashingPolicy(ScriptedPolicy):
     """Raises from generate() whenever a batch holds a request of the poisoned question."""
 

@@ -249,21 +249,22 @@ def _given_problems(records: Sequence[BenchRecord]) -> list[Any]:
     ]
 
 
-def _refuse(row: Any, rule: str, config: BuildConfig) -> bool:
-    """A step row's label under ``rule`` from the signals stored on the row (the same fusion
-    the labeling core applies; rollouts are rule-independent, so this equals a run with that
-    rule)."""
+def _refuse(rows: Sequence[Any], rule: str, config: BuildConfig) -> list[bool]:
+    """The labels of one path's step rows (in step order) under ``rule``, from the signals stored
+    on the rows (the same fusion the labeling core applies, path rule included; rollouts are
+    rule-independent, so this equals a run with that rule)."""
     import json
 
-    from labelers.fuse import MCSignal, fuse_step
+    from labelers.fuse import MCSignal, fuse_path
     from labelers.verify.base import LeanCheck, ToolCheck
 
-    tool = ToolCheck(ToolVerdict(row.tool_verdict), row.tool_kind, json.loads(row.tool_evidence or "{}"))
-    lean = LeanCheck(LeanState(row.lean_state))
-    mc = MCSignal(row.mc_correct, row.mc_total, row.hard_label if row.mc_inferred else None)
-    judge = None if row.judge_verdict is None else row.judge_verdict == "correct"
+    tools = [ToolCheck(ToolVerdict(r.tool_verdict), r.tool_kind, json.loads(r.tool_evidence or "{}")) for r in rows]
+    leans = [LeanCheck(LeanState(r.lean_state)) for r in rows]
+    mcs = [MCSignal(r.mc_correct, r.mc_total, r.hard_label if r.mc_inferred else None) for r in rows]
+    judges = [None if r.judge_verdict is None else r.judge_verdict == "correct" for r in rows]
     fuse_config = config.fuse.model_copy(update={"rule": rule})
-    return fuse_step(tool, lean, mc, fuse_config, row.path_correct, judge).label
+    path_correct = rows[0].path_correct if rows else None
+    return [step.label for step in fuse_path(tools, leans, mcs, fuse_config, path_correct, judges)]
 
 
 def hybrid_has_own_pass(signals: Sequence[str], config: BuildConfig) -> bool:
@@ -343,14 +344,15 @@ def run_shared(
                 continue
             rows = sorted(by_problem.get(problem.problem_id, []), key=lambda r: r.step_index)
             negative: list[bool | None] = [None] * len(record.steps)
-            for row in rows:
+            labels = None if signal == "judge" else _refuse(rows, signal, run_config)
+            for position, row in enumerate(rows):
                 if row.step_index >= len(negative):
                     continue
-                if signal == "judge":
+                if labels is None:
                     judge_status[row.judge_status] += 1
                     negative[row.step_index] = None if row.judge_verdict is None else row.judge_verdict == "incorrect"
                 else:
-                    negative[row.step_index] = not _refuse(row, signal, run_config)
+                    negative[row.step_index] = not labels[position]
                 if row.mc_total is not None and not row.mc_inferred:
                     run.estimated_steps += 1
             run.predictions[record.id] = Prediction(record.id, tuple(negative))
