@@ -210,8 +210,7 @@ def fuse_path(
     fused = [fuse_step(t, l, m, config, path_correct, j) for t, l, m, j in zip(tools, leans, mcs, verdicts)]
     if config.rule != "hybrid" or not config.zero_without_drop_yields:
         return fused
-    disproved = first_negative([verifier_decision(t, l) for t, l in zip(tools, leans)])
-    for index in range(max(disproved, 0)):
+    for index in range(max(first_disproved(tools, leans), 0)):
         step, mc = fused[index], mcs[index]
         if step.label:
             if mc.total and mc.label(config.mc_threshold):
@@ -232,12 +231,17 @@ def first_negative(labels: Sequence[bool | None]) -> int:
     return -1
 
 
+def first_disproved(tools: Sequence[ToolCheck | None], leans: Sequence[LeanCheck | None]) -> int:
+    """Index of a path's first step the tool or Lean disproved, or -1 when there is none."""
+    return first_negative([verifier_decision(t, l) for t, l in zip(tools, leans)])
+
+
 def path_consensus(
     mc_signals: Sequence[MCSignal], tools: Sequence[ToolCheck | None], leans: Sequence[LeanCheck | None], config: FuseConfig
 ) -> tuple[bool, int, int]:
     """(consensus, mc_first_error, verifier_first_error) of a path (definitions: module doc)."""
     mc_first = first_negative([signal.label(config.mc_threshold) for signal in mc_signals])
-    verifier_first = first_negative([verifier_decision(t, l) for t, l in zip(tools, leans)])
+    verifier_first = first_disproved(tools, leans)
     return mc_first == verifier_first, mc_first, verifier_first
 
 

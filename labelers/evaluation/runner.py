@@ -348,7 +348,7 @@ def run_shared(
             for position, row in enumerate(rows):
                 if row.step_index >= len(negative):
                     continue
-                if labels is None:
+                if signal == "judge":
                     judge_status[row.judge_status] += 1
                     negative[row.step_index] = None if row.judge_verdict is None else row.judge_verdict == "incorrect"
                 else:
