@@ -34,6 +34,7 @@ without saying so.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -55,7 +56,9 @@ from labelers.verify.claims import (
     to_plain,
 )
 from labelers.verify.pool import ClaimPool
-from labelers.verify.sandbox import SandboxResult, run_python
+from labelers.verify.sandbox import SandboxResult, probe_isolation, run_python
+
+log = logging.getLogger("prmforge.tool")
 
 MAX_EXACT_EXPONENT = 10_000
 MAX_EXACT_BITS = 100_000
@@ -608,6 +611,11 @@ def _printed_value(result: SandboxResult) -> str | None:
     return result.result
 
 
+def _code_not_run(task: _CodeTask, reason: str) -> dict[str, Any]:
+    return {"kind": "python", "span": list(task.span), "text": f"```python block ({len(task.code)} chars)",
+            "status": "unavailable", "claimed": task.claimed, "holds": None, "reason": reason[:300]}
+
+
 def _compare_code(task: _CodeTask, run: SandboxResult, tolerance: float) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "kind": "python",
@@ -679,6 +687,29 @@ class ToolStepVerifier:
             memory_mb=self.config.worker_memory_mb,
             chunk_size=self.config.chunk_size,
         )
+        self._code_unavailable: str | None = None  # "" once the sandbox is known to start
+
+    def code_unavailable_reason(self) -> str | None:
+        """Why code checks are off here (None when they run): asked once, on the first code block.
+
+        With ``code_isolation = "bubblewrap"`` a machine where bwrap cannot start gets no code
+        checks (one warning), never a silent weaker sandbox.
+        """
+        if self._code_unavailable is None:
+            if self.config.code_isolation == "bubblewrap":
+                support = probe_isolation()
+                self._code_unavailable = "" if support.available else f"code checks are off: {support.reason}"
+                if self._code_unavailable:
+                    log.warning("%s (prmforge doctor explains; tool.code_isolation can opt into a weaker mode)",
+                                self._code_unavailable)
+            else:
+                self._code_unavailable = ""
+        return self._code_unavailable or None
+
+    def _run_code(self, code: str) -> SandboxResult:
+        return run_python(
+            code, self.config.sandbox_timeout_s, self.config.sandbox_memory_mb, isolation=self.config.code_isolation
+        )
 
     def __enter__(self) -> ToolStepVerifier:
         return self
@@ -736,11 +767,13 @@ class ToolStepVerifier:
             pool_slots += [(index, claim) for _, claim in step_pool]
             code_tasks += step_code
         code_results: list[SandboxResult | None] = []
+        code_off = self.code_unavailable_reason() if code_tasks else None
+        if code_off:
+            for task in code_tasks:
+                entries[task.step_index].append(_code_not_run(task, code_off))
+            code_tasks = []
         with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(code_tasks) or 1))) as executor:
-            futures = [
-                executor.submit(run_python, t.code, self.config.sandbox_timeout_s, self.config.sandbox_memory_mb)
-                for t in code_tasks
-            ]
+            futures = [executor.submit(self._run_code, t.code) for t in code_tasks]
             try:
                 pool_results = self._pool.run(pool_tasks)
             except Exception as exc:  # noqa: BLE001 - the worker pool itself failed
