@@ -293,9 +293,10 @@ def _bwrap_argv(bwrap: str, seccomp_fd: int) -> tuple[list[str], str]:
         shared = os.path.realpath(os.path.join(libdir, libname))
         binds += ["--ro-bind", shared, shared]
     hidden = []
-    for key in ("stdlib", "platstdlib"):
-        stdlib = os.path.realpath(sysconfig.get_paths()[key])
-        if os.path.isdir(stdlib) and stdlib not in binds:
+    # The base interpreter's standard library and extension modules (not a virtual environment's).
+    stdlib_dirs = [os.path.dirname(os.__file__), sysconfig.get_config_var("DESTSHARED") or ""]
+    for stdlib in dict.fromkeys(os.path.realpath(path) for path in stdlib_dirs if path):
+        if os.path.isdir(stdlib) and not any(stdlib.startswith(b + os.sep) for b in binds if b.startswith("/")):
             binds += ["--ro-bind", stdlib, stdlib]
             if os.path.isdir(os.path.join(stdlib, "site-packages")):
                 hidden.append(os.path.join(stdlib, "site-packages"))
