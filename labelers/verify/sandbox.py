@@ -273,8 +273,11 @@ def _package_dirs() -> list[tuple[str, str]]:
     return found
 
 
-def _bwrap_argv(bwrap: str, seccomp_fd: int) -> tuple[list[str], str]:
-    """The bwrap command line up to the interpreter, and the interpreter's path inside."""
+def bwrap_command(bwrap: str, seccomp_fd: int, extra_binds: tuple[tuple[str, str], ...] = ()) -> tuple[list[str], str]:
+    """The bwrap command line up to the interpreter, and the interpreter's path inside.
+
+    ``extra_binds``: more (host path, path inside) pairs mounted read-only (the claim workers'
+    code and packages)."""
     python = os.path.realpath(sys.executable)
     argv = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
             "--clearenv", "--cap-drop", "ALL", "--uid", "65534", "--gid", "65534", "--hostname", "sandbox"]
@@ -306,6 +309,8 @@ def _bwrap_argv(bwrap: str, seccomp_fd: int) -> tuple[list[str], str]:
         binds += ["--tmpfs", path]
     for path, name in _package_dirs():
         binds += ["--ro-bind", path, f"{SANDBOX_LIB}/{name}"]
+    for host, inside in extra_binds:
+        binds += ["--ro-bind", host, inside]
     argv += binds
     argv += ["--size", str(TMPFS_BYTES), "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev", "--chdir", "/tmp",
              "--remount-ro", "/"]
@@ -412,7 +417,7 @@ def run_python(
         os.close(filter_write)
         filter_write = -1
         config["report_fd"] = report_write  # bwrap passes inherited descriptors on unchanged
-        prefix, python = _bwrap_argv(bwrap, filter_read)
+        prefix, python = bwrap_command(bwrap, filter_read)
         argv = prefix + [python, "-I", "-S", "-c", _RUNNER, json.dumps(config)]
         outcome = _spawn(argv, code, {}, None, timeout_s, (filter_read, report_write), report_read)
         report_write = -1  # closed by _spawn
