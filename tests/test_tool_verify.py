@@ -118,6 +118,7 @@ def test_correct_and_unverifiable_evidence(verifier: ToolStepVerifier) -> None:
     assert "defines r" in definition.evidence["reason"]
 
 
+@pytest.mark.usefixtures("kernel_sandbox")
 def test_program_of_thought_code_is_run_and_compared(verifier: ToolStepVerifier) -> None:
     good = verifier.check_text("```python\nfrom fractions import Fraction\nprint(Fraction(3, 4) * 8)\n```\nSo 6 cookies.")
     assert (good.verdict, good.kind) == (ToolVerdict.CORRECT, "python")
@@ -176,7 +177,11 @@ def test_close_shuts_workers_down() -> None:
         ("```python\nwhile True:\n    pass\n```\nThe value is 5.", "timeout"),
     ],
 )
-def test_hostile_input_ends_unverifiable_within_limit(verifier: ToolStepVerifier, text: str, reason_part: str) -> None:
+def test_hostile_input_ends_unverifiable_within_limit(
+    verifier: ToolStepVerifier, text: str, reason_part: str, request: pytest.FixtureRequest
+) -> None:
+    if "```python" in text:
+        request.getfixturevalue("kernel_sandbox")
     started = time.perf_counter()
     check = verifier.check_text(text)
     elapsed = time.perf_counter() - started

@@ -125,7 +125,7 @@ class ClaimPool:
         return prefix + [python, "-I", "-S", "-c", _BOOT, json.dumps(paths)] + args, (filter_read,), filter_read
 
     def _start_worker(self) -> _Worker:
-        if self.isolation == "auto":
+        if self.isolation == "auto" or (self.isolation == "bubblewrap" and self._bwrap is None):
             self._resolve_isolation()
         argv, keep, to_close = self._command()
         try:
