@@ -188,7 +188,9 @@ def _fake_bwrap(tmp_path: Path) -> str:
     return str(fake)
 
 
-def test_tool_verifier_turns_code_checks_off_with_one_warning(tmp_path: Path, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_tool_verifier_turns_code_checks_off_with_one_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     from labelers.config import ToolConfig
     from labelers.verify import sandbox
     from labelers.verify.base import ToolVerdict

@@ -430,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
-            print(f"error: --api-key-env {args.api_key_env}: that environment variable is unset or empty", file=sys.stderr)
+            print(f"error: --api-key-env {args.api_key_env}: that environment variable is unset or empty",
+                  file=sys.stderr)
             return 2
     if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         print(f"warning: serving on {args.host} without a bearer token (--api-key-env); anyone who can reach "

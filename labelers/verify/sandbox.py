@@ -57,7 +57,7 @@ from typing import Any
 
 MAX_OUTPUT_CHARS = 20_000
 MAX_OUTPUT_BYTES = 4 * MAX_OUTPUT_CHARS  # read from each pipe at most; more stdout is output_limit
-MAX_CODE_CHARS = 100_000
+MAX_CODE_BYTES = 60_000  # below a pipe's buffer: writing the program to the sandbox never blocks
 _FILE_LIMIT_BYTES = 4 * 1024 * 1024
 TMPFS_BYTES = 16 * 1024 * 1024
 MAX_OPEN_FILES = 64
@@ -295,17 +295,18 @@ def bwrap_command(bwrap: str, seccomp_fd: int, extra_binds: tuple[tuple[str, str
     if libdir and libname and os.path.isfile(os.path.join(libdir, libname)):
         shared = os.path.realpath(os.path.join(libdir, libname))
         binds += ["--ro-bind", shared, shared]
-    hidden = []
-    # The base interpreter's standard library and extension modules (not a virtual environment's).
+    # The base interpreter's standard library and extension modules (not a virtual environment's);
+    # its own site-packages/dist-packages are hidden under empty tmpfs mounts.
     stdlib_dirs = [os.path.dirname(os.__file__), sysconfig.get_config_var("DESTSHARED") or ""]
+    hidden = []
     for stdlib in dict.fromkeys(os.path.realpath(path) for path in stdlib_dirs if path):
-        if os.path.isdir(stdlib) and not any(stdlib.startswith(b + os.sep) for b in binds if b.startswith("/")):
-            binds += ["--ro-bind", stdlib, stdlib]
-            if os.path.isdir(os.path.join(stdlib, "site-packages")):
-                hidden.append(os.path.join(stdlib, "site-packages"))
-            if os.path.isdir(os.path.join(stdlib, "dist-packages")):
-                hidden.append(os.path.join(stdlib, "dist-packages"))
-    for path in hidden:  # the base interpreter's own packages are not part of the stdlib
+        if not os.path.isdir(stdlib):
+            continue
+        if not any(stdlib.startswith(bound + os.sep) for bound in binds if bound.startswith("/")):
+            binds += ["--ro-bind", stdlib, stdlib]  # (lib-dynload usually lies inside the stdlib)
+        hidden += [os.path.join(stdlib, d) for d in ("site-packages", "dist-packages")
+                   if os.path.isdir(os.path.join(stdlib, d))]
+    for path in hidden:
         binds += ["--tmpfs", path]
     for path, name in _package_dirs():
         binds += ["--ro-bind", path, f"{SANDBOX_LIB}/{name}"]
@@ -358,7 +359,10 @@ def doctor_check() -> Any:
 
     support = probe_isolation()
     if support.available:
-        return DoctorItem("code sandbox", True, f"{support.reason}: user/mount/PID/network namespaces, seccomp, rlimits")
+        detail = f"{support.reason}: user/mount/PID/network namespaces, seccomp, rlimits"
+        if os.geteuid() == 0:
+            detail += " (running as root: RLIMIT_NPROC does not bind, the seccomp filter stops process creation)"
+        return DoctorItem("code sandbox", True, detail)
     return DoctorItem(
         "code sandbox",
         False,
@@ -390,8 +394,8 @@ def run_python(
     if isolation not in ISOLATION_MODES:
         raise ValueError(f"isolation must be one of {', '.join(ISOLATION_MODES)}, not {isolation!r}")
     started = time.perf_counter()
-    if len(code) > MAX_CODE_CHARS:
-        return _failed("error", f"program longer than {MAX_CODE_CHARS} characters", started, isolation)
+    if len(code.encode("utf-8", errors="replace")) > MAX_CODE_BYTES:
+        return _failed("error", f"program longer than {MAX_CODE_BYTES} bytes", started, isolation)
     nonce = secrets.token_hex(8)
     config = {
         "nonce": nonce,
@@ -541,10 +545,6 @@ def _failed(status: str, error: str, started: float, isolation: str) -> SandboxR
     return SandboxResult(status, "", "", None, error, time.perf_counter() - started, False, (), isolation)
 
 
-def _decode(data: bytes, limit: int) -> str:
-    return data.decode("utf-8", errors="replace")[:limit]
-
-
 def _result(outcome: _Outcome, nonce: str, wall: float, isolation: str) -> SandboxResult:
     namespaced = isolation == "bubblewrap"
     if outcome.start_error is not None:
@@ -558,7 +558,7 @@ def _result(outcome: _Outcome, nonce: str, wall: float, isolation: str) -> Sandb
         if isinstance(candidate, dict) and candidate.get("nonce") == nonce:
             report = candidate
             break
-    stdout = _decode(outcome.stdout, MAX_OUTPUT_CHARS)
+    stdout = outcome.stdout.decode("utf-8", errors="replace")[:MAX_OUTPUT_CHARS]
     stderr = outcome.stderr.decode("utf-8", errors="replace").strip()[-MAX_OUTPUT_CHARS:]
     returncode = outcome.returncode
     signum = None
