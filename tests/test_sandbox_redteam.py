@@ -182,6 +182,15 @@ def test_read_of_etc() -> None:
     assert first_line not in _everything(result)
 
 
+def test_host_name_is_not_visible() -> None:
+    host = socket.gethostname()
+    code = "import os\nprint(os.uname().nodename, flush=True)\nprint(open('/etc/hostname').read())"
+    result = _run(code)
+    assert not result.ok  # /etc/hostname is not there
+    if host not in ("sandbox", "localhost"):
+        assert host not in _everything(result)
+
+
 # ---------------------------------------------------------------------------------------------
 # The parent's environment
 
