@@ -7,6 +7,14 @@ Side by side: a naive per-claim sympy check (``sympify`` both sides, ``simplify(
 on a sample of the same claims.
 
     python benchmarks/bench_tool_verify.py [--workers 2] [--repeat 3] [--naive-sample 300] [--quick]
+    python benchmarks/bench_tool_verify.py --code-only [--code-steps 60] [--starts 30]
+
+Code checks (``--code-steps``): GSM8K calculator annotations rewritten as program-of-thought steps
+(```` ```python print(48/2) ``` So 24. ````), judged with code checks on: steps/s of wall time
+with ``--workers`` sandboxes at a time. Sandbox start cost (``--starts``): mean wall time of
+``run_python("pass")`` one after another, next to a bare ``python -I -S -c pass``; the difference
+is what the isolation adds per snippet. The script runs unchanged on older checkouts (only
+``run_python(code, timeout_s, memory_mb)`` and ``ToolStepVerifier`` are used) for before/after.
 
 Figures are also printed as ``FIGURE<TAB>name<TAB>value<TAB>unit<TAB>goal`` lines
 (benchmarks/run_all.py convention). ``--quick``: best of 1 instead of 3, naive sample 100.
@@ -85,13 +93,81 @@ def naive_sympy(steps: list[str], sample: int) -> tuple[float, int]:
     return time.perf_counter() - started, len(claims)
 
 
+def code_steps(limit: int) -> list[str]:
+    """Program-of-thought steps from GSM8K calculator annotations ``<<48/2=24>>``."""
+    steps = []
+    for step in gsm8k_steps():
+        for expression, value in re.findall(r"<<([^=<>]+)=([^<>]+)>>", step):
+            steps.append(f"We compute it:\n```python\nprint({expression})\n```\nSo the result is {value}.")
+            break
+        if len(steps) >= limit:
+            break
+    return steps
+
+
+def sandbox_start_costs(starts: int) -> tuple[float, float, float]:
+    """Mean wall seconds: bare interpreter start, run_python('pass'), run_python('import sympy')."""
+    import subprocess
+
+    from labelers.verify.sandbox import run_python
+
+    bare = []
+    for _ in range(starts):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-I", "-S", "-c", "pass"], check=True)
+        bare.append(time.perf_counter() - started)
+    runs = []
+    for _ in range(starts):
+        result = run_python("pass", 10.0, 512)
+        assert result.ok, result.error
+        runs.append(result.wall_s)
+    sympy_runs = []
+    for _ in range(max(3, starts // 5)):
+        result = run_python("import sympy", 30.0, 512)
+        assert result.ok, result.error
+        sympy_runs.append(result.wall_s)
+    return sum(bare) / len(bare), sum(runs) / len(runs), sum(sympy_runs) / len(sympy_runs)
+
+
+def code_section(args: argparse.Namespace) -> None:
+    bare_s, start_s, sympy_s = sandbox_start_costs(args.starts)
+    print(f"sandbox start, mean of {args.starts}: bare interpreter {bare_s * 1000:.1f} ms, "
+          f"run_python('pass') {start_s * 1000:.1f} ms (isolation adds {(start_s - bare_s) * 1000:.1f} ms); "
+          f"run_python('import sympy') {sympy_s * 1000:.0f} ms")
+    figure(f"tool_verify.code.sandbox_start_ms [run_python('pass'), mean of {args.starts}, sequential]",
+           start_s * 1000, "ms/snippet")
+    figure(f"tool_verify.code.bare_interpreter_start_ms [python -I -S -c pass, mean of {args.starts}]",
+           bare_s * 1000, "ms")
+    figure("tool_verify.code.sandbox_import_sympy_ms [run_python('import sympy')]", sympy_s * 1000, "ms/snippet")
+    steps = code_steps(args.code_steps)
+    contexts = [StepContext("", (), s) for s in steps]
+    with ToolStepVerifier(ToolConfig(workers=args.workers)) as tool:
+        tool.check_text("```python\nprint(6 * 7)\n```\nSo 42.")  # probe and warm outside the timing
+        started = time.perf_counter()
+        checks = tool.check_steps(contexts)
+        elapsed = time.perf_counter() - started
+    verdicts = [c.verdict.value for c in checks]
+    kinds = sum(1 for c in checks if c.kind == "python")
+    print(f"code steps: {len(steps)} steps, {kinds} judged by code, verdicts "
+          f"{ {v: verdicts.count(v) for v in sorted(set(verdicts))} }, {elapsed:.2f} s: "
+          f"{len(steps) / elapsed:.1f} steps/s with {args.workers} sandboxes at a time")
+    figure(f"tool_verify.code.steps_per_s [{len(steps)} GSM8K program-of-thought steps, code checks on, "
+           f"{args.workers} at a time]", len(steps) / elapsed, "steps/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=None, help="best of N runs on GSM8K (default 3, --quick 1)")
     parser.add_argument("--naive-sample", type=int, default=None, help="claims for the naive check (default 300, --quick 100)")
     parser.add_argument("--quick", action="store_true", help="reduced run: best of 1, naive sample 100")
+    parser.add_argument("--code-steps", type=int, default=60, help="program-of-thought steps for the code figure")
+    parser.add_argument("--starts", type=int, default=30, help="sandbox starts for the start-cost figure")
+    parser.add_argument("--code-only", action="store_true", help="only the code-check figures")
     args = parser.parse_args()
+    if args.code_only:
+        code_section(args)
+        return
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
     if args.naive_sample is None:
@@ -125,6 +201,7 @@ def main() -> None:
           f"{math_claims / math_s / cores:,.0f} claims/s/core (counting {cores} cores)")
     figure(f"tool_verify.math500.steps_per_s_per_core [{len(math)} reference steps, {args.workers} sympy workers, "
            f"counting {cores} cores]", len(math) / math_s / cores, "steps/s/core")
+    code_section(args)
 
 
 if __name__ == "__main__":

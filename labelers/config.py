@@ -100,6 +100,9 @@ class ToolConfig(_Section):
     worker_memory_mb: int = Field(default=1024, ge=64)  # sympy worker headroom (RLIMIT_AS)
     chunk_size: int = Field(default=16, ge=1)  # claims sent to a sympy worker at a time
     run_code: bool = True  # run ```python blocks of a step in the sandbox
+    # "bubblewrap": kernel namespaces (code checks are off, with a warning, where it cannot start);
+    # "process-unsafe": a limited process that can read host files and reach the network (opt-in)
+    code_isolation: Literal["bubblewrap", "process-unsafe"] = "bubblewrap"
 
 
 class LeanConfig(_Section):

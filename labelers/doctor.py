@@ -151,6 +151,7 @@ def run_checks() -> list[DoctorItem]:
         ("embedded model", check_embedded_model),
         ("vLLM / GPU", check_vllm_gpu),
         ("Lean 4", check_lean),
+        ("code sandbox", lambda: importlib.import_module("labelers.verify.sandbox").doctor_check()),
         ("PRM training", check_training),
     ]
     checks += [(name, lambda name=name, dists=dists: check_scale_out(name, dists)) for name, dists in SCALE_OUT_PACKAGES.items()]

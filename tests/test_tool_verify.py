@@ -118,6 +118,7 @@ def test_correct_and_unverifiable_evidence(verifier: ToolStepVerifier) -> None:
     assert "defines r" in definition.evidence["reason"]
 
 
+@pytest.mark.usefixtures("kernel_sandbox")
 def test_program_of_thought_code_is_run_and_compared(verifier: ToolStepVerifier) -> None:
     good = verifier.check_text("```python\nfrom fractions import Fraction\nprint(Fraction(3, 4) * 8)\n```\nSo 6 cookies.")
     assert (good.verdict, good.kind) == (ToolVerdict.CORRECT, "python")
@@ -168,14 +169,19 @@ def test_close_shuts_workers_down() -> None:
         ("```python\n9**9**9**9\n```\nThe value is 5.", "timeout"),
         ("```python\nimport math\nprint(math.factorial(10**9))\n```\nThe value is 5.", "timeout"),
         ("```python\nx = 'a'*10**10\nprint(len(x))\n```\nThe value is 5.", "memory"),
-        ("```python\n__import__('os').system('echo pwned')\n```\nThe value is 5.", "os.system"),
+        ("```python\nimport subprocess\nprint(subprocess.run(['echo', '5']).returncode)\n```\nThe value is 5.",
+         "code blocked: PermissionError"),
         ("```python\nprint(" + "(" * 10_000 + "1" + ")" * 10_000 + ")\n```\nThe value is 1.", "SyntaxError"),
-        ("```python\nimport socket\nsocket.create_connection(('1.1.1.1', 80))\nprint(5)\n```\nSo 5.", "socket"),
-        ("```python\nopen('/tmp/prmforge-escape.txt', 'w').write('x')\nprint(5)\n```\nSo 5.", "open for writing"),
+        ("```python\nimport socket\nsocket.create_connection(('1.1.1.1', 80))\nprint(5)\n```\nSo 5.", "unreachable"),
+        ("```python\nopen('/usr/lib/prmforge-escape.txt', 'w').write('x')\nprint(5)\n```\nSo 5.", "Read-only file system"),
         ("```python\nwhile True:\n    pass\n```\nThe value is 5.", "timeout"),
     ],
 )
-def test_hostile_input_ends_unverifiable_within_limit(verifier: ToolStepVerifier, text: str, reason_part: str) -> None:
+def test_hostile_input_ends_unverifiable_within_limit(
+    verifier: ToolStepVerifier, text: str, reason_part: str, request: pytest.FixtureRequest
+) -> None:
+    if "```python" in text:
+        request.getfixturevalue("kernel_sandbox")
     started = time.perf_counter()
     check = verifier.check_text(text)
     elapsed = time.perf_counter() - started
@@ -183,7 +189,7 @@ def test_hostile_input_ends_unverifiable_within_limit(verifier: ToolStepVerifier
     assert reason_part in check.evidence["reason"], check.evidence["reason"]
     limit = max(CLAIM_TIMEOUT_S, verifier.config.sandbox_timeout_s) + OVERHEAD_S
     assert elapsed < limit, f"took {elapsed:.1f} s, limit {limit:.1f} s"
-    assert not Path("/tmp/prmforge-escape.txt").exists()
+    assert not Path("/usr/lib/prmforge-escape.txt").exists()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ How a claim is checked (docs/verification.md gives the full rules):
    squares. Size guards (exponent at most :data:`MAX_EXACT_EXPONENT`, results at most
    :data:`MAX_EXACT_BITS` bits, factorial argument at most :data:`MAX_EXACT_FACTORIAL`) stop before
    anything large is computed; such claims go to step 2, where the limits apply.
-2. **sympy in a worker process** (:class:`labelers.verify.pool.ClaimPool`), with a per-claim
+2. **sympy in a worker process** (:func:`labelers.verify.symbolic.check_claim_sympy` in a
+   :class:`labelers.verify.pool.ClaimPool` worker, sandboxed where bubblewrap starts), with a per-claim
    wall-time limit and a memory limit: numeric sides are compared at 50 significant digits
    (``|lhs - rhs| <= 1e-40 * max(1, |lhs|, |rhs|)`` counts as equal); sides with unknowns hold
    when ``simplify(lhs - rhs) == 0`` (an identity); otherwise they are an equation, which is not
@@ -34,6 +35,7 @@ without saying so.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -55,7 +57,9 @@ from labelers.verify.claims import (
     to_plain,
 )
 from labelers.verify.pool import ClaimPool
-from labelers.verify.sandbox import SandboxResult, run_python
+from labelers.verify.sandbox import SandboxResult, probe_isolation, run_python
+
+log = logging.getLogger("prmforge.tool")
 
 MAX_EXACT_EXPONENT = 10_000
 MAX_EXACT_BITS = 100_000
@@ -385,140 +389,12 @@ def check_claim_exact(
     }
 
 
-def _to_sympy(node: tuple) -> Any:
-    import sympy
-
-    kind = node[0]
-    if kind == "num":
-        return sympy.Rational(node[1])
-    if kind == "sym":
-        return sympy.Symbol(node[1])
-    if kind == "pi":
-        return sympy.pi
-    if kind == "neg":
-        return -_to_sympy(node[1])
-    if kind == "pct":
-        return _to_sympy(node[1]) / 100
-    if kind == "fact":
-        return sympy.factorial(_to_sympy(node[1]))
-    if kind in ("mod", "residue"):
-        return sympy.Mod(_to_sympy(node[1]), _to_sympy(node[2]))
-    if kind == "binom":
-        return sympy.binomial(_to_sympy(node[1]), _to_sympy(node[2]))
-    if kind == "deg":
-        return _to_sympy(node[1]) * sympy.pi / 180
-    if kind == "call":
-        return sympy.Function(node[1])(_to_sympy(node[2]))
-    if kind == "fn":
-        fn = {"sqrt": sympy.sqrt, "sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan, "log": sympy.log, "ln": sympy.log, "exp": sympy.exp}[node[1]]
-        return fn(_to_sympy(node[2]))
-    a, b = _to_sympy(node[1]), _to_sympy(node[2])
-    if kind == "add":
-        return a + b
-    if kind == "sub":
-        return a - b
-    if kind == "mul":
-        return a * b
-    if kind == "div":
-        return a / b
-    if kind == "pow":
-        return a**b
-    raise ValueError(f"unknown node {kind}")
-
-
-def check_claim_sympy(
-    lhs_tree: tuple,
-    rhs_tree: tuple,
-    relation: str,
-    rounded: bool,
-    tolerance: float,
-    percent_sides: tuple[str, ...],
-    exclamation_sides: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    """Check a claim with sympy (runs in a worker process; see the module doc for the rules)."""
-    import sympy
-
-    if exclamation_sides:
-        return _either_reading(check_claim_sympy, lhs_tree, rhs_tree, (relation, rounded, tolerance, percent_sides), exclamation_sides)
-
-    fast = check_claim_exact(lhs_tree, rhs_tree, relation, rounded, tolerance, percent_sides)
-    if fast is not None and not (fast.get("holds") is None and "too large" in str(fast.get("reason"))):
-        return fast
-    lhs, rhs = _to_sympy(lhs_tree), _to_sympy(rhs_tree)
-    unknowns = sorted(free_symbols(lhs_tree) | free_symbols(rhs_tree))
-    if unknowns:
-        if relation != "=":
-            return {"holds": None, "reason": f"inequality in unknowns {', '.join(unknowns)}"}
-        return _identity(lhs, rhs, unknowns)
-    lhs_num = lhs.evalf(NUMERIC_DIGITS)
-    rhs_num = rhs.evalf(NUMERIC_DIGITS)
-    if not (lhs_num.is_real and rhs_num.is_real and lhs_num.is_finite and rhs_num.is_finite):
-        if relation == "=" and sympy.simplify(lhs - rhs) == 0:
-            return {"holds": True, "method": "simplify", "lhs_value": str(lhs)[:80], "rhs_value": str(rhs)[:80]}
-        return {"holds": None, "reason": "not a finite real number", "lhs_value": str(lhs_num)[:60], "rhs_value": str(rhs_num)[:60]}
-    lhs_q = Fraction(str(sympy.Float(lhs_num, NUMERIC_DIGITS)))
-    rhs_q = Fraction(str(sympy.Float(rhs_num, NUMERIC_DIGITS)))
-    equal = abs(lhs_q - rhs_q) <= NUMERIC_EQUAL * max(1, abs(lhs_q), abs(rhs_q))
-    holds, method = compare(
-        lhs_q,
-        rhs_q,
-        relation,
-        rounded,
-        tolerance,
-        _shown_decimals(lhs_tree),
-        _shown_decimals(rhs_tree),
-        percent_sides,
-        exactly_equal=equal,
-    )
-    if method == "exact":
-        method = f"numeric ({NUMERIC_DIGITS} digits)"
-    return {
-        "holds": holds,
-        "method": method,
-        "lhs_value": f"{float(lhs_q):.10g}" if lhs_q.denominator != 1 else format_value(lhs_q),
-        "rhs_value": f"{float(rhs_q):.10g}" if rhs_q.denominator != 1 else format_value(rhs_q),
-    }
-
-
 # Fixed probe points for the cheap identity test (deterministic; unlikely roots of a step's
 # polynomial). Symbol number k gets _PROBES[p][k % len] at probe p.
 _PROBES = (
     tuple(Fraction(n, d) for n, d in ((7, 3), (11, 5), (13, 7), (17, 4), (19, 9), (23, 6), (29, 8), (31, 10))),
     tuple(Fraction(n, d) for n, d in ((-5, 2), (37, 11), (-41, 13), (43, 3), (-47, 7), (53, 5), (-59, 9), (61, 4))),
 )
-
-
-def _identity(lhs: Any, rhs: Any, unknowns: list[str]) -> dict[str, Any]:
-    """Whether ``lhs = rhs`` holds for all values of the unknowns.
-
-    Cheapest first: if ``lhs - rhs`` is non-zero (beyond 1e-20) at a probe point it is an
-    equation, not an identity; if it is zero at all three probes, ``expand`` and then
-    ``simplify`` are asked to prove ``lhs - rhs == 0``; when they cannot, agreement at three
-    points to 30 digits is taken as an identity (method says so).
-    """
-    import sympy
-
-    difference = lhs - rhs
-    if difference == 0:
-        return {"holds": True, "method": "identity (same expression)"}
-    symbols = sorted(difference.free_symbols, key=str)
-    probes = (
-        (Fraction(7, 3), Fraction(11, 5), Fraction(13, 7), Fraction(17, 4), Fraction(19, 9)),
-        (Fraction(-5, 2), Fraction(37, 11), Fraction(3, 13), Fraction(43, 3), Fraction(-7, 47)),
-        (Fraction(5, 17), Fraction(-9, 4), Fraction(29, 8), Fraction(-31, 10), Fraction(2, 3)),
-    )
-    for probe in probes:
-        point = {sym: sympy.Rational(probe[k % len(probe)]) for k, sym in enumerate(symbols)}
-        value = difference.subs(point).evalf(30)
-        if not value.is_number:
-            return {"holds": None, "reason": f"an equation in {', '.join(unknowns)}, not an identity"}
-        if value.is_finite and abs(value) > sympy.Float("1e-20"):
-            return {"holds": None, "reason": f"an equation in {', '.join(unknowns)}, not an identity"}
-    if sympy.expand(difference) == 0:
-        return {"holds": True, "method": "identity (expand)"}
-    if sympy.simplify(difference) == 0:
-        return {"holds": True, "method": "identity (simplify)"}
-    return {"holds": True, "method": "identity (numeric, 3 points, 30 digits)"}
 
 
 def _prefilter(claim: Claim, lhs_tree: tuple, rhs_tree: tuple) -> dict[str, Any] | None:
@@ -608,6 +484,11 @@ def _printed_value(result: SandboxResult) -> str | None:
     return result.result
 
 
+def _code_not_run(task: _CodeTask, reason: str) -> dict[str, Any]:
+    return {"kind": "python", "span": list(task.span), "text": f"```python block ({len(task.code)} chars)",
+            "status": "unavailable", "claimed": task.claimed, "holds": None, "reason": reason[:300]}
+
+
 def _compare_code(task: _CodeTask, run: SandboxResult, tolerance: float) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "kind": "python",
@@ -679,6 +560,29 @@ class ToolStepVerifier:
             memory_mb=self.config.worker_memory_mb,
             chunk_size=self.config.chunk_size,
         )
+        self._code_unavailable: str | None = None  # "" once the sandbox is known to start
+
+    def code_unavailable_reason(self) -> str | None:
+        """Why code checks are off here (None when they run): asked once, on the first code block.
+
+        With ``code_isolation = "bubblewrap"`` a machine where bwrap cannot start gets no code
+        checks (one warning), never a silent weaker sandbox.
+        """
+        if self._code_unavailable is None:
+            if self.config.code_isolation == "bubblewrap":
+                support = probe_isolation()
+                self._code_unavailable = "" if support.available else f"code checks are off: {support.reason}"
+                if self._code_unavailable:
+                    log.warning("%s (prmforge doctor explains; tool.code_isolation can opt into a weaker mode)",
+                                self._code_unavailable)
+            else:
+                self._code_unavailable = ""
+        return self._code_unavailable or None
+
+    def _run_code(self, code: str) -> SandboxResult:
+        return run_python(
+            code, self.config.sandbox_timeout_s, self.config.sandbox_memory_mb, isolation=self.config.code_isolation
+        )
 
     def __enter__(self) -> ToolStepVerifier:
         return self
@@ -736,11 +640,13 @@ class ToolStepVerifier:
             pool_slots += [(index, claim) for _, claim in step_pool]
             code_tasks += step_code
         code_results: list[SandboxResult | None] = []
+        code_off = self.code_unavailable_reason() if code_tasks else None
+        if code_off:
+            for task in code_tasks:
+                entries[task.step_index].append(_code_not_run(task, code_off))
+            code_tasks = []
         with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(code_tasks) or 1))) as executor:
-            futures = [
-                executor.submit(run_python, t.code, self.config.sandbox_timeout_s, self.config.sandbox_memory_mb)
-                for t in code_tasks
-            ]
+            futures = [executor.submit(self._run_code, t.code) for t in code_tasks]
             try:
                 pool_results = self._pool.run(pool_tasks)
             except Exception as exc:  # noqa: BLE001 - the worker pool itself failed
@@ -829,4 +735,4 @@ def _verdict(entries: list[dict[str, Any]], extraction: Extraction) -> ToolCheck
     return ToolCheck(ToolVerdict.UNVERIFIABLE, kind, evidence)
 
 
-__all__ = ["ToolStepVerifier", "check_claim_exact", "check_claim_sympy", "compare", "eval_exact", "to_plain"]
+__all__ = ["ToolStepVerifier", "check_claim_exact", "compare", "eval_exact", "to_plain"]
