@@ -60,6 +60,8 @@ STALE_LOCK_S = 120.0
 STALE_COMPACT_LOCK_S = 120.0
 #: How often a lock holder touches its lock (at most a quarter of the stale time).
 LOCK_HEARTBEAT_S = 10.0
+#: How long a planner waits for another run's planning (alive: heartbeating) before a one-line error.
+PLAN_LOCK_WAIT_S = 600.0
 #: Outcome statuses that mean "labeled under this key" (a failed problem is retried next run).
 HELD_STATUSES = ("labeled", "skipped")
 
@@ -232,7 +234,7 @@ class DatasetLock(FencedLock):
         self,
         root: str | DataRoot,
         name: str,
-        timeout_s: float = 60.0,
+        timeout_s: float | None = None,
         lock_name: str = LOCK_NAME,
         stale_s: float | None = None,
         heartbeat_s: float | None = None,
@@ -241,7 +243,7 @@ class DatasetLock(FencedLock):
         super().__init__(
             root,
             f"{dataset_dir(name)}/{lock_name}",
-            timeout_s=timeout_s,
+            timeout_s=PLAN_LOCK_WAIT_S if timeout_s is None else timeout_s,
             stale_s=default_stale if stale_s is None else stale_s,
             heartbeat_s=LOCK_HEARTBEAT_S if heartbeat_s is None else heartbeat_s,
             what="dataset lock" if lock_name == LOCK_NAME else "compaction lock",
@@ -345,7 +347,6 @@ class ClaimHeartbeat:
         self.root = resolve_root(root)
         self.name, self.build_id, self.problem_ids, self.lease_s = name, build_id, tuple(problem_ids), lease_s
         self._heartbeat = Heartbeat(f"claim of build {build_id} on dataset {name}", self._renew, lease_s / 4)
-        self._stopped = False
 
     def _renew(self) -> None:
         write_claim(self.root, self.name, self.build_id, self.problem_ids, self.lease_s)
@@ -366,9 +367,8 @@ class ClaimHeartbeat:
     def stop(self, release: bool = True) -> None:
         """Stop renewing (idempotent); ``release`` removes the claim file."""
         self._heartbeat.stop()
-        if release and not self._stopped:
+        if release:
             remove_claim(self.root, self.name, self.build_id)
-        self._stopped = True
 
 
 # -- compaction pointer ------------------------------------------------------------------------

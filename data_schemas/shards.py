@@ -275,6 +275,26 @@ def fsync_directory(directory: str) -> None:
         os.close(descriptor)
 
 
+def make_directory(data_root: DataRoot, directory: str) -> None:
+    """Create ``directory`` and its missing parents; on a local root each new entry is fsynced in its parent."""
+    if not data_root.is_local:
+        data_root.filesystem.create_dir(directory, recursive=True)
+        return
+    missing = []
+    current = directory
+    while current and not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    if not missing:
+        return
+    os.makedirs(directory, exist_ok=True)
+    for created in reversed(missing):
+        fsync_directory(os.path.dirname(created))
+
+
 def _open_temp(data_root: DataRoot, temp: str) -> Any:
     """A writable stream for a temporary file: a plain Python file on local roots (it can be fsynced)."""
     if data_root.is_local:
@@ -325,7 +345,7 @@ def write_chunks_atomic(
     target = data_root.join(relative_path)
     directory, name = target.rsplit("/", 1)
     temp = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
-    fs.create_dir(directory, recursive=True)
+    make_directory(data_root, directory)
     sink = _HashingSink(_open_temp(data_root, temp))
     rows = 0
     step = max(1, row_group_rows)
@@ -376,7 +396,7 @@ def write_bytes_atomic(root: str | DataRoot, relative_path: str, data: bytes) ->
     target = data_root.join(relative_path)
     directory, name = target.rsplit("/", 1)
     temp = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
-    fs.create_dir(directory, recursive=True)
+    make_directory(data_root, directory)
     try:
         _write_temp(data_root, temp, data)
         _publish(data_root, temp, target)
@@ -401,7 +421,7 @@ def write_bytes_exclusive(root: str | DataRoot, relative_path: str, data: bytes)
         raise ValueError("write_bytes_exclusive needs a local data root (object stores have no exclusive create here)")
     target = data_root.join(relative_path)
     directory, name = target.rsplit("/", 1)
-    os.makedirs(directory, exist_ok=True)
+    make_directory(data_root, directory)
     temp = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
     _write_temp(data_root, temp, data)
     try:

@@ -325,7 +325,7 @@ def _open_manifest(root: str, build_id: str, config: BuildConfig) -> tuple[Manif
         if "missing" not in str(error):
             raise
         return start_build(root, build_id, config, policy_model=config.policy.model), False
-    refuse_complete(existing)
+    refuse_complete(existing, standalone_too=False)
     if existing.config_hash != config.config_hash():
         raise ConfigError(
             f"build {build_id!r} was started with config hash {existing.config_hash}, this config has "
@@ -518,7 +518,8 @@ def run_build(
     or changed problems; ``relabel`` forces held ones, all or those matching ``relabel_where``
     over ``dataset_problems``) and claims its problems while it runs; a build with nothing to
     label is recorded as an empty complete build without starting Prefect. An existing
-    ``build_id`` resumes that build with its own plan (a complete one is refused: one line).
+    ``build_id`` resumes that build with its own plan; a complete dataset build is refused (one
+    line), a complete standalone build runs again reusing its verified shards.
     ``claim``: the running claim :func:`start_dataset_build` returned for ``build_id`` (it keeps
     beating from planning on; stopped here when the build ends).
     """
@@ -527,7 +528,7 @@ def run_build(
     existing = _existing_manifest(config.output.root, build_id) if build_id is not None else None
     if existing is not None:
         try:
-            refuse_complete(existing)
+            refuse_complete(existing, standalone_too=False)
         except PrmforgeError:
             if heartbeat is not None:
                 heartbeat.stop(release=False)

@@ -112,10 +112,11 @@ def commit_section(root: str, manifest: Manifest) -> dict:
     return section
 
 
-def refuse_complete(manifest: Manifest) -> None:
-    """A one-line error for resuming a build that is already complete (it would change nothing,
-    and re-stamping it would make its old labels look new)."""
-    if not manifest.is_complete:
+def refuse_complete(manifest: Manifest, standalone_too: bool = True) -> None:
+    """A one-line error for resuming a build that is already complete (it would change nothing;
+    a dataset build re-committed would make its old labels look new). ``standalone_too=False``
+    lets a complete build in no dataset run again (the API's rerun: shards verified and reused)."""
+    if not manifest.is_complete or (not standalone_too and not (manifest.dataset or {}).get("name")):
         return
     section = manifest.dataset or {}
     where = ""

@@ -382,9 +382,59 @@ def test_local_writes_are_fsynced_before_the_rename(tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
-    shards.write_bytes_atomic(str(tmp_path), "a/manifest.json", b"{}")
-    assert events == ["fsync-file", "rename", "fsync-dir"]
+    shards.write_bytes_atomic(str(tmp_path), "a/b/manifest.json", b"{}")
+    # two new directories, each made durable in its parent; then the file, the rename, the directory
+    assert events == ["fsync-dir", "fsync-dir", "fsync-file", "rename", "fsync-dir"]
     events.clear()
-    shards.write_table_atomic(str(tmp_path), "a/part-0.parquet", pa.table({"x": [1, 2]}))
+    shards.write_table_atomic(str(tmp_path), "a/b/part-0.parquet", pa.table({"x": [1, 2]}))
     assert events == ["fsync-file", "rename", "fsync-dir"]
-    assert json.loads((tmp_path / "a" / "manifest.json").read_text()) == {}
+    assert json.loads((tmp_path / "a" / "b" / "manifest.json").read_text()) == {}
+
+
+def test_breaking_a_stale_lock_never_deletes_a_fresh_one_taken_meanwhile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Between judging a lock stale and deleting it, another run broke it and took a fresh one."""
+    from data_schemas import locks
+
+    lock_file = tmp_path / "datasets" / "d" / ".lock"
+    lock_file.parent.mkdir(parents=True)
+    lock_file.write_text(json.dumps({"token": "dead"}))
+    old = time.time() - 3600
+    os.utime(lock_file, (old, old))
+    real_now = locks.storage_now
+
+    def race(root, directory):
+        now = real_now(root, directory)
+        if json.loads(lock_file.read_text())["token"] == "dead":  # another waiter is faster
+            lock_file.unlink()
+            lock_file.write_text(json.dumps({"token": "fresh"}))
+            os.utime(lock_file, (old, old))  # its mtime looks just as old to this waiter's first read
+        return now
+
+    monkeypatch.setattr(locks, "storage_now", race)
+    waiter = datasets.DatasetLock(str(tmp_path), "d", timeout_s=0.3)
+    waiter._break_if_stale()
+    assert json.loads(lock_file.read_text())["token"] == "fresh"  # the token check kept it
+    assert not list(lock_file.parent.glob(".lock.broken-*"))
+
+
+def test_lock_heartbeat_survives_an_exception_and_keeps_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog):
+    from data_schemas import locks
+
+    real_utime, calls = os.utime, {"n": 0}
+
+    def flaky_utime(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ValueError("injected: not an OSError")
+        return real_utime(*args, **kwargs)
+
+    monkeypatch.setattr(locks.os, "utime", flaky_utime)
+    caplog.set_level("WARNING")
+    with datasets.DatasetLock(str(tmp_path), "d", stale_s=0.8, heartbeat_s=0.1) as holder:
+        time.sleep(1.5)  # the holder "plans" for longer than the stale time
+        with pytest.raises(PrmforgeError, match="held for over"):
+            with datasets.DatasetLock(str(tmp_path), "d", timeout_s=0.5, stale_s=0.8):
+                pass
+        holder.check()  # still ours: fenced publishing may go ahead
+    assert calls["n"] >= 5 and "ValueError: injected" in caplog.text
+    assert not (tmp_path / "datasets" / "d" / ".lock").exists()

@@ -70,7 +70,6 @@ def resume_config(root: str, build_id: str, overrides: list[str]) -> BuildConfig
     from flows.datasets import refuse_complete
 
     manifest = read_manifest(root, build_id, allow_incomplete=True)
-    refuse_complete(manifest)  # nothing to resume; re-running it would make old labels look new
     data = dict(manifest.config)
     original = validate_config(data)
     for assignment in overrides:
@@ -82,6 +81,7 @@ def resume_config(root: str, build_id: str, overrides: list[str]) -> BuildConfig
             f"--set on resume may change only flow.* and output settings; these overrides change the "
             f"labeling of build {build_id!r} (config hash {original.config_hash()} -> {config.config_hash()})"
         )
+    refuse_complete(manifest)  # nothing to resume; re-running a dataset build would make old labels look new
     return config
 
 
