@@ -438,3 +438,20 @@ def test_lock_heartbeat_survives_an_exception_and_keeps_the_lock(tmp_path: Path,
         holder.check()  # still ours: fenced publishing may go ahead
     assert calls["n"] >= 5 and "ValueError: injected" in caplog.text
     assert not (tmp_path / "datasets" / "d" / ".lock").exists()
+
+
+def test_a_claim_is_renewed_from_the_moment_it_is_written(tmp_path: Path):
+    """Planned, then a slow start (model check, Prefect server) longer than the lease: the claim holds."""
+    root, problems = tmp_path / "data", tmp_path / "problems.jsonl"
+    write_problems(problems, 0, 2)
+    config = dataset_config(root, problems, "output.claim_lease_s=0.8")
+    result = start_dataset_build(config, "planned")
+    claim = result[2] if len(result) > 2 else None
+    try:
+        time.sleep(2.0)  # the CLI's preflight and Prefect start, before run_build
+        assert [c.build_id for c in live_claims(str(root), "nightly")] == ["planned"]
+        plan, other = plan_only(dataset_config(root, problems), "meanwhile")
+        stop_claim(other)
+        assert plan.claimed_elsewhere == 2 and not plan.selected  # nothing labeled twice
+    finally:
+        stop_claim(claim)
