@@ -180,7 +180,9 @@ def main() -> None:
     figure(f"storage.writer.step_rows_per_s [{written_steps:,} step rows]", written_steps / write_s, "rows/s")
     # A durable small write (manifest, claim, pointer): temp file fsynced, renamed, directory fsynced.
     payload = b"x" * 4096
-    small_s, _ = timed(lambda: [write_bytes_atomic(root, f"small/{i % 10}.json", payload) for i in range(100)], args.repeat)
+    small_s, _ = timed(
+        lambda: [write_bytes_atomic(root, f"small/{i % 10}.json", payload) for i in range(100)], args.repeat
+    )
     print(f"durable 4 KB write (manifest, claim, pointer): {small_s * 10:.2f} ms")
     figure("storage.small_write_ms [4 KB, fsync + rename + dir fsync]", small_s * 10, "ms")
 

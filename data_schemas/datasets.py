@@ -163,7 +163,9 @@ def plan_problems(
     return plan
 
 
-def dataset_section(plan: DatasetPlan, policy_model: str, labeling_hash: str, plan_seq: int | None = None) -> dict[str, Any]:
+def dataset_section(
+    plan: DatasetPlan, policy_model: str, labeling_hash: str, plan_seq: int | None = None
+) -> dict[str, Any]:
     """The manifest's ``dataset`` section for a planned build (``plan_seq``: data_schemas/sequence.py)."""
     return {
         "name": plan.dataset,
@@ -322,7 +324,10 @@ def live_claims(root: str | DataRoot, name: str, now: float | None = None, exclu
                 data = json.loads(stream.read().decode())
             lease = data.get("lease_s")
             claim = Claim(
-                str(data["build_id"]), tuple(data["problem_ids"]), float(data["expires_at"]), float(lease) if lease else None
+                str(data["build_id"]),
+                tuple(data["problem_ids"]),
+                float(data["expires_at"]),
+                float(lease) if lease else None,
             )
         except (FileNotFoundError, OSError, ValueError, KeyError, TypeError):
             continue  # removed while listing, or written by a killed process: not a live claim

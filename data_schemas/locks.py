@@ -92,7 +92,9 @@ class Heartbeat:
             except Exception as error:  # noqa: BLE001 - any failure of one beat; the next beat retries
                 self.failures += 1
                 self.last_error = f"{type(error).__name__}: {error}"
-                LOG.warning("%s: heartbeat failed (%s); retrying in %.3g s", self.name, self.last_error, self.interval_s)
+                LOG.warning(
+                    "%s: heartbeat failed (%s); retrying in %.3g s", self.name, self.last_error, self.interval_s
+                )
 
     def start(self) -> Heartbeat:
         self._thread.start()
@@ -118,7 +120,15 @@ class FencedLock:
     how long to wait for a live holder before a one-line error.
     """
 
-    def __init__(self, root: str | DataRoot, path: str, timeout_s: float, stale_s: float, heartbeat_s: float, what: str = "lock") -> None:
+    def __init__(
+        self,
+        root: str | DataRoot,
+        path: str,
+        timeout_s: float,
+        stale_s: float,
+        heartbeat_s: float,
+        what: str = "lock",
+    ) -> None:
         self.root = resolve_root(root)
         self.path = path
         self.full = self.root.join(path)
@@ -193,7 +203,10 @@ class FencedLock:
                 self.root.filesystem.delete_file(self.full)
             except (FileNotFoundError, OSError):
                 return
-        LOG.warning("broke stale %s %s: no heartbeat for %.1f s on the storage's clock (limit %g s)", self.what, self.full, age, self.stale_s)
+        LOG.warning(
+            "broke stale %s %s: no heartbeat for %.1f s on the storage's clock (limit %g s)",
+            self.what, self.full, age, self.stale_s,
+        )
 
     def acquire(self) -> FencedLock:
         deadline = time.monotonic() + self.timeout_s

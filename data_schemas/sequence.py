@@ -48,7 +48,8 @@ def seq_path(name: str, number: int) -> str:
 
 
 def _record(number: int, kind: str, build_id: str) -> bytes:
-    return json.dumps({"seq": number, "kind": kind, "build_id": build_id, "pid": os.getpid(), "host": socket.gethostname()}).encode()
+    record = {"seq": number, "kind": kind, "build_id": build_id, "pid": os.getpid(), "host": socket.gethostname()}
+    return json.dumps(record).encode()
 
 
 def read_seq(root: str | DataRoot, name: str, number: int) -> dict | None:

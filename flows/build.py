@@ -580,7 +580,9 @@ def start_dataset_build(
     return build_id, _nothing_new(config, manifest, len(problems), skipped_rows, duplicate_rows), None
 
 
-def abandon_dataset_build(config: BuildConfig, build_id: str, error: BaseException, claim: ClaimHeartbeat | None = None) -> None:
+def abandon_dataset_build(
+    config: BuildConfig, build_id: str, error: BaseException, claim: ClaimHeartbeat | None = None
+) -> None:
     """A planned dataset build that cannot start: record it ``failed`` and release its claim."""
     root = config.output.root
     if claim is not None:

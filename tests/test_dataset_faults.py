@@ -132,7 +132,9 @@ def test_a_resumed_stale_build_never_outranks_a_newer_committed_one(tmp_path: Pa
 # -- planning lock -----------------------------------------------------------------------------
 
 
-def test_a_planner_stalled_past_the_old_lock_limit_keeps_its_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_a_planner_stalled_past_the_old_lock_limit_keeps_its_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     """Planner 1 stalls after reading the dataset (a slow object store); planner 2 waits for it.
 
     Intervals are scaled down (stale 0.6 s, heartbeat 0.05 s, a 2 s stall), and planner 2's clock
@@ -184,7 +186,9 @@ def test_a_planner_stalled_past_the_old_lock_limit_keeps_its_lock(tmp_path: Path
 # -- clocks ------------------------------------------------------------------------------------
 
 
-def test_a_writer_clock_ten_minutes_slow_neither_loses_its_claim_nor_its_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_a_writer_clock_ten_minutes_slow_neither_loses_its_claim_nor_its_labels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     root, problems = tmp_path / "data", tmp_path / "problems.jsonl"
     write_problems(problems, 0, 2)
 
@@ -210,7 +214,8 @@ def test_a_writer_clock_ten_minutes_slow_neither_loses_its_claim_nor_its_labels(
     first = run_build(dataset_config(root, problems), build_id="right", policy_factory=FACTORY)
     with monkeypatch.context() as slow:
         skew_writer_clock(slow, -600.0)
-        relabel = run_build(dataset_config(root, problems, "search.mc_rollouts=3"), build_id="slow", policy_factory=FACTORY)
+        relabel_config = dataset_config(root, problems, "search.mc_rollouts=3")
+        relabel = run_build(relabel_config, build_id="slow", policy_factory=FACTORY)
     assert first.problems_total == 2 and relabel.dataset_plan["changed"] == 2
     assert set(current_builds(root).values()) == {"slow"}  # the later labeling is current
     with Catalog(str(root), dataset="nightly") as catalog:
@@ -282,7 +287,9 @@ def test_sigkill_during_compaction_then_a_second_compaction(tmp_path: Path, monk
     assert generations == {first.compaction.generation, second.compaction.generation}
 
 
-def test_a_stalled_compaction_keeps_its_lock_and_its_generation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_a_stalled_compaction_keeps_its_lock_and_its_generation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     """A live compaction stalls; another starts, its clock reading 7 hours later (past the old 6 h limit)."""
     root = str(tmp_path / "data")
     for index, build_id in enumerate(("c1", "c2")):
@@ -338,7 +345,9 @@ def test_a_stalled_compaction_keeps_its_lock_and_its_generation(tmp_path: Path, 
 # -- heartbeats --------------------------------------------------------------------------------
 
 
-def test_claim_heartbeat_survives_an_exception_that_is_not_oserror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog):
+def test_claim_heartbeat_survives_an_exception_that_is_not_oserror(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+):
     real_write = datasets.write_claim
     calls = {"n": 0}
 
@@ -391,7 +400,9 @@ def test_local_writes_are_fsynced_before_the_rename(tmp_path: Path, monkeypatch:
     assert json.loads((tmp_path / "a" / "b" / "manifest.json").read_text()) == {}
 
 
-def test_breaking_a_stale_lock_never_deletes_a_fresh_one_taken_meanwhile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_breaking_a_stale_lock_never_deletes_a_fresh_one_taken_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     """Between judging a lock stale and deleting it, another run broke it and took a fresh one."""
     from data_schemas import locks
 
@@ -417,7 +428,9 @@ def test_breaking_a_stale_lock_never_deletes_a_fresh_one_taken_meanwhile(tmp_pat
     assert not list(lock_file.parent.glob(".lock.broken-*"))
 
 
-def test_lock_heartbeat_survives_an_exception_and_keeps_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog):
+def test_lock_heartbeat_survives_an_exception_and_keeps_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+):
     from data_schemas import locks
 
     real_utime, calls = os.utime, {"n": 0}
