@@ -23,8 +23,8 @@ from data_schemas.datasets import (
 )
 from data_schemas.errors import ConfigError, PrmforgeError
 from data_schemas.manifest import Manifest, new_manifest, write_manifest
-from data_schemas.sequence import next_seq
 from data_schemas.records import Problem
+from data_schemas.sequence import next_seq
 from labelers.config import BuildConfig
 
 
