@@ -37,7 +37,7 @@ import pyarrow.compute as pc  # noqa: E402
 from data_schemas.catalog import Catalog  # noqa: E402
 from data_schemas.manifest import finish_build, start_build  # noqa: E402
 from data_schemas.schemas import NODES, OUTCOMES, STEPS  # noqa: E402
-from data_schemas.shards import ShardWriter, records_to_table  # noqa: E402
+from data_schemas.shards import ShardWriter, records_to_table, write_bytes_atomic  # noqa: E402
 from data_schemas.synthetic import synthetic_batch  # noqa: E402
 
 BUILD = "bench"
@@ -178,6 +178,13 @@ def main() -> None:
     print(f"finish manifest (counts read back from shards): {manifest_s:.2f} s")
     figure(f"storage.writer.rows_per_s [{written_rows:,} rows all tables, {len(shards)} files]", written_rows / write_s, "rows/s")
     figure(f"storage.writer.step_rows_per_s [{written_steps:,} step rows]", written_steps / write_s, "rows/s")
+    # A durable small write (manifest, claim, pointer): temp file fsynced, renamed, directory fsynced.
+    payload = b"x" * 4096
+    small_s, _ = timed(
+        lambda: [write_bytes_atomic(root, f"small/{i % 10}.json", payload) for i in range(100)], args.repeat
+    )
+    print(f"durable 4 KB write (manifest, claim, pointer): {small_s * 10:.2f} ms")
+    figure("storage.small_write_ms [4 KB, fsync + rename + dir fsync]", small_s * 10, "ms")
 
     files = {
         table: [str(root / s.path) for s in manifest.shards if s.table == table] for table in ("steps", "outcomes")

@@ -17,10 +17,11 @@ files of writers never match). Nothing is copied: DuckDB scans the Parquet files
 
 ``dataset`` (a dataset name, data_schemas/datasets.py) narrows the views to the complete builds
 of that dataset and adds ``dataset_steps``, ``dataset_nodes``, ``dataset_problems`` and
-``dataset_builds``: for every problem, the rows of the latest complete build that labeled it,
-with lineage columns (:data:`LINEAGE_SCHEMA`). They read the dataset's compacted files where a
-compaction covers a build, the build's own shards otherwise. ``as_of`` (a build id of the
-dataset) gives the dataset as it was when that build completed; ``dataset_as_default`` makes
+``dataset_builds``: for every problem, the rows of the committed build that labeled it with the
+highest plan sequence number (data_schemas/datasets.py), with lineage columns
+(:data:`LINEAGE_SCHEMA`). They read the dataset's compacted files where a compaction covers a
+build, the build's own shards otherwise. ``as_of`` (a build id of the dataset) gives the dataset
+as it was when that build committed (the builds up to it in commit order); ``dataset_as_default`` makes
 ``steps``/``nodes``/``problems`` those current rows (what ``export``/``stats --dataset`` read).
 """
 
@@ -208,7 +209,8 @@ class Catalog:
         Candidates are the compacted rows (already one build per problem, lineage included) and
         the rows of builds the compaction does not cover, joined with their manifest's lineage.
         The current build of a problem: a labeled/skipped outcome before a failed one, then the
-        build that completed last (``build_finished_at``, microseconds), then the build id.
+        highest ``plan_seq`` (data_schemas/sequence.py; no clock involved), then — for builds
+        made before sequence numbers, which rank below — ``build_finished_at``, then the build id.
         """
         covered = set(compaction.covered_builds) if compaction is not None else set()
         uncovered = [m for m in self.manifests if m.build_id not in covered]
@@ -232,7 +234,8 @@ class Catalog:
         self.connection.execute(
             f"""CREATE VIEW _dataset_current AS SELECT build_id, problem_id FROM _all_dataset_problems
             QUALIFY row_number() OVER (
-              PARTITION BY problem_id ORDER BY status NOT IN ({held}), build_finished_at DESC, build_id DESC) = 1"""
+              PARTITION BY problem_id
+              ORDER BY status NOT IN ({held}), plan_seq DESC NULLS LAST, build_finished_at DESC, build_id DESC) = 1"""
         )
         for view in DATASET_VIEWS:
             self.connection.execute(
@@ -241,7 +244,7 @@ class Catalog:
         lineage_names = ", ".join(f"any_value({name}) AS {name}" for name in LINEAGE_SCHEMA.names if name != "labeling_key")
         self.connection.execute(
             f"""CREATE VIEW dataset_builds AS SELECT build_id, {lineage_names}, count(*) AS current_problems
-            FROM dataset_problems GROUP BY build_id ORDER BY build_finished_at"""
+            FROM dataset_problems GROUP BY build_id ORDER BY commit_seq NULLS FIRST, build_finished_at"""
         )
 
     def _define_builds_view(self) -> None:

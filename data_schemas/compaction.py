@@ -10,8 +10,13 @@ the build shards folded in). A reader opens the pointer once, so it sees the old
 new one, never a mix. Builds that complete after a compaction are read from their own shards
 until the next compaction folds them in. The builds themselves are left untouched (their
 per-build views stay for inspection); the previous generation is kept for readers that opened
-the old pointer, older ones are deleted. One compaction of a dataset runs at a time
-(``<dataset>/.compact.lock``); a second one started meanwhile is refused with a one-line error.
+the old pointer, older ones (a killed compaction's unpublished generation included) are
+deleted. One compaction of a dataset runs at a time (``<dataset>/.compact.lock``, a fenced lock
+the compaction heartbeats however long it runs: data_schemas/locks.py); a second one started
+meanwhile is refused with a one-line error, and breaks the lock only when its heartbeat is older
+than ``STALE_COMPACT_LOCK_S`` on the storage's clock (the holder was killed). A compaction that
+stalled that long finds its lock taken over when it is about to publish: it publishes nothing
+and removes its own generation, so no pointer ever names files another compaction deleted.
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ import pyarrow.fs as pafs
 from data_schemas.catalog import DATASET_VIEWS, VIEWS, Catalog
 from data_schemas.datasets import (
     COMPACT_LOCK_NAME,
-    STALE_COMPACT_LOCK_S,
     CompactedFile,
     DatasetLock,
     Compaction,
@@ -66,11 +70,11 @@ def compact_dataset(root: str | DataRoot, name: str, row_group_rows: int = DEFAU
     """Compact dataset ``name`` (see the module docstring); a one-line error when it has no builds."""
     data_root = resolve_root(root)
     # One compaction at a time: a second one would delete the generation the first publishes.
-    with DatasetLock(data_root, name, timeout_s=1.0, lock_name=COMPACT_LOCK_NAME, stale_s=STALE_COMPACT_LOCK_S):
-        return _compact(data_root, name, row_group_rows)
+    with DatasetLock(data_root, name, timeout_s=1.0, lock_name=COMPACT_LOCK_NAME) as lock:
+        return _compact(data_root, name, row_group_rows, lock)
 
 
-def _compact(data_root: DataRoot, name: str, row_group_rows: int) -> CompactionResult:
+def _compact(data_root: DataRoot, name: str, row_group_rows: int, lock: DatasetLock) -> CompactionResult:
     generation = f"g-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
     previous = read_compaction(data_root, name)
     files: list[CompactedFile] = []
@@ -96,18 +100,24 @@ def _compact(data_root: DataRoot, name: str, row_group_rows: int) -> CompactionR
             source_shards = {**previous.source_shards, **source_shards}
         covered = sorted(set(catalog.build_ids) | (set(previous.covered_builds) if previous else set()))
     compaction = Compaction(name, generation, utc_now_precise(), covered, files, dict(sorted(source_shards.items())))
+    try:
+        lock.check()  # fencing: a compaction whose lock was broken while it stalled publishes nothing
+    except PrmforgeError:
+        _remove_generations(data_root, name, keep=None, only={generation})
+        raise
     write_compaction(data_root, compaction)
     keep = {generation, previous.generation if previous else None}
     removed = _remove_generations(data_root, name, keep)
     return CompactionResult(compaction, files_before, len(files), removed)
 
 
-def _remove_generations(root: DataRoot, name: str, keep: set[str | None]) -> int:
-    """Delete compacted generations not in ``keep`` (the current and the previous one)."""
+def _remove_generations(root: DataRoot, name: str, keep: set[str | None] | None, only: set[str] | None = None) -> int:
+    """Delete compacted generations not in ``keep`` (the current and the previous one), or those in ``only``."""
     selector = pafs.FileSelector(root.join(dataset_dir(name), "compacted"), allow_not_found=True)
     removed = 0
     for info in root.filesystem.get_file_info(selector):
-        if info.type == pafs.FileType.Directory and info.base_name not in keep:
+        doomed = info.base_name in only if only is not None else info.base_name not in (keep or set())
+        if info.type == pafs.FileType.Directory and doomed:
             root.filesystem.delete_dir(info.path)
             removed += 1
     return removed

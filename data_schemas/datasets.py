@@ -8,18 +8,26 @@ A *dataset* is a name under the data root. Each build that grows it records in i
                           label schema version)[:16]
 
 The dataset's current state is derived from the manifests alone (no second truth to drift):
-for every problem, the rows of the latest complete build that labeled it (a labeled or skipped
-outcome beats a failed one; among equals the build that completed last wins). The catalog
-exposes that state as the ``dataset_*`` views (data_schemas/catalog.py). A build plans its
-problems against it: a problem is eligible when the dataset has no current row for it, its
-current row failed, or its current labeling key differs from the key this build would give it.
+for every problem, the rows of the committed build that labeled it with the highest *plan
+sequence number* (a labeled or skipped outcome beats a failed one). Sequence numbers come from
+the dataset's sequence (data_schemas/sequence.py: exclusive create, no clock): a build takes
+``plan_seq`` when it plans and ``commit_seq`` when it commits; its complete manifest, written
+atomically, carries both and is the commit. Ranking by the plan number means a killed build
+resumed days later never outranks a build planned — and committed — after it; views of past
+states, diff and "last build" follow ``commit_seq``. Wall-clock times are only informational.
+The catalog exposes that state as the ``dataset_*`` views (data_schemas/catalog.py). A build
+plans its problems against it: a problem is eligible when the dataset has no current row for
+it, its current row failed, or its current labeling key differs from the key this build would
+give it.
 
 Files under ``<root>/datasets/<name>/``:
 
-``.lock``                 held for the few milliseconds a build plans (exclusive create)
-``.compact.lock``         held while a compaction runs (one at a time)
+``.lock``                 held while a build plans (fenced, heartbeated lock: data_schemas/locks.py)
+``.compact.lock``         held while a compaction runs (one at a time; same kind of lock)
+``seq/<n>.json``          the dataset's sequence: one file per number handed out (plan or commit)
 ``claims/<build_id>.json`` a running build's claim on its planned problems, with a lease the
-                          build renews while it runs; an expired claim (a killed run) is ignored
+                          build renews while it runs; a claim whose file is older than its lease
+                          on the storage's clock (a killed run) is ignored
 ``compacted.json``        the current compaction (files + checksums + covered builds)
 ``compacted/<gen>/...``   the compacted Parquet files of a generation
 """
@@ -28,10 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import threading
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -40,6 +45,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from data_schemas.errors import PrmforgeError
+from data_schemas.locks import FencedLock, Heartbeat, storage_now
 from data_schemas.manifest import Manifest
 from data_schemas.schemas import SCHEMA_VERSION
 from data_schemas.shards import DataRoot, check_name, file_sha256, resolve_root, write_bytes_atomic
@@ -47,11 +53,15 @@ from data_schemas.shards import DataRoot, check_name, file_sha256, resolve_root,
 DATASETS_DIR = "datasets"
 LOCK_NAME = ".lock"
 COMPACT_LOCK_NAME = ".compact.lock"
-#: A compaction lock older than this is a leftover of a killed compaction.
-STALE_COMPACT_LOCK_S = 6 * 3600.0
 COMPACTED_POINTER = "compacted.json"
-#: A planning lock older than this is a leftover of a killed planner (planning takes milliseconds).
+#: A planning lock whose heartbeat is older than this (storage clock) is a leftover of a killed planner.
 STALE_LOCK_S = 120.0
+#: The same for the compaction lock (its holder heartbeats too, however long it runs).
+STALE_COMPACT_LOCK_S = 120.0
+#: How often a lock holder touches its lock (at most a quarter of the stale time).
+LOCK_HEARTBEAT_S = 10.0
+#: How long a planner waits for another run's planning (alive: heartbeating) before a one-line error.
+PLAN_LOCK_WAIT_S = 600.0
 #: Outcome statuses that mean "labeled under this key" (a failed problem is retried next run).
 HELD_STATUSES = ("labeled", "skipped")
 
@@ -153,22 +163,36 @@ def plan_problems(
     return plan
 
 
-def dataset_section(plan: DatasetPlan, policy_model: str, labeling_hash: str) -> dict[str, Any]:
-    """The manifest's ``dataset`` section for a planned build."""
+def dataset_section(
+    plan: DatasetPlan, policy_model: str, labeling_hash: str, plan_seq: int | None = None
+) -> dict[str, Any]:
+    """The manifest's ``dataset`` section for a planned build (``plan_seq``: data_schemas/sequence.py)."""
     return {
         "name": plan.dataset,
         "policy_model": policy_model,
         "labeling_hash": labeling_hash,
         "plan": plan.counts(),
         "labeling_keys": dict(plan.selected),
-        "completed_at": None,  # set when the build completes (utc_now_precise)
+        "plan_seq": plan_seq,  # the dataset sequence number taken when this build planned
+        "commit_seq": None,  # taken when the build commits (its complete manifest carries it)
+        "completed_at": None,  # informational: the committing machine's clock (utc_now_precise)
     }
 
 
+def commit_order(manifest: Manifest) -> tuple[int, int, str, str]:
+    """Sort key of a dataset's complete builds: by ``commit_seq``; builds committed before
+    sequence numbers existed (none) come first, in their recorded completion order."""
+    section = manifest.dataset or {}
+    commit_seq = section.get("commit_seq")
+    if commit_seq is None:
+        return (0, 0, section.get("completed_at") or manifest.finished_at or "", manifest.build_id)
+    return (1, int(commit_seq), "", manifest.build_id)
+
+
 def dataset_manifests(manifests: Iterable[Manifest], name: str) -> list[Manifest]:
-    """The complete builds of dataset ``name``, in completion order."""
+    """The complete builds of dataset ``name``, in commit order (:func:`commit_order`)."""
     members = [m for m in manifests if m.is_complete and m.dataset and m.dataset.get("name") == name]
-    return sorted(members, key=lambda m: (m.dataset.get("completed_at") or m.finished_at or "", m.build_id))
+    return sorted(members, key=commit_order)
 
 
 def member_rows(manifests: Iterable[Manifest]) -> list[dict[str, Any]]:
@@ -184,6 +208,8 @@ def member_rows(manifests: Iterable[Manifest]) -> list[dict[str, Any]]:
                     "problem_id": problem_id,
                     "labeling_key": key,
                     "build_finished_at": datetime.fromisoformat(finished) if finished else None,
+                    "plan_seq": section.get("plan_seq"),
+                    "commit_seq": section.get("commit_seq"),
                     "policy_model": section.get("policy_model") or manifest.policy_model,
                     "config_hash": manifest.config_hash,
                     "prmforge_version": manifest.package_versions.get("prmforge"),
@@ -193,84 +219,37 @@ def member_rows(manifests: Iterable[Manifest]) -> list[dict[str, Any]]:
     return rows
 
 
-# -- planning lock -----------------------------------------------------------------------------
+# -- locks -------------------------------------------------------------------------------------
 
 
-class DatasetLock:
-    """Exclusive lock on a dataset for planning (choose problems, write the claim and manifest).
+class DatasetLock(FencedLock):
+    """Exclusive lock on a dataset: planning (``.lock``) or compaction (``.compact.lock``).
 
-    Local roots: ``O_CREAT | O_EXCL`` on ``<dataset>/.lock`` (atomic). Other filesystems have no
-    exclusive create through pyarrow: the lock is written with a random token and read back
-    after a short settle time (best effort; docs/operations.md). A lock older than
-    :data:`STALE_LOCK_S` is a leftover of a killed planner and is broken.
+    A :class:`~data_schemas.locks.FencedLock`: a unique token, a heartbeat every
+    :data:`LOCK_HEARTBEAT_S`, broken only when its heartbeat is older than ``stale_s`` on the
+    storage's clock (:data:`STALE_LOCK_S`, or :data:`STALE_COMPACT_LOCK_S` for the compaction
+    lock; read when the lock is made, so a test may shorten them). The holder calls
+    :meth:`check` before it publishes (claim + manifest, compaction pointer).
     """
 
     def __init__(
         self,
         root: str | DataRoot,
         name: str,
-        timeout_s: float = 60.0,
+        timeout_s: float | None = None,
         lock_name: str = LOCK_NAME,
-        stale_s: float = STALE_LOCK_S,
+        stale_s: float | None = None,
+        heartbeat_s: float | None = None,
     ) -> None:
-        self.root = resolve_root(root)
-        self.path = f"{dataset_dir(name)}/{lock_name}"
-        self.timeout_s = timeout_s
-        self.stale_s = stale_s
-        self.token = uuid.uuid4().hex
-
-    def _try_acquire(self) -> bool:
-        full = self.root.join(self.path)
-        if self.root.is_local:
-            os.makedirs(os.path.dirname(full), exist_ok=True)
-            try:
-                descriptor = os.open(full, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(json.dumps({"token": self.token, "pid": os.getpid(), "at": time.time()}))
-            return True
-        if self.root.filesystem.get_file_info(full).type != pafs.FileType.NotFound:
-            return False
-        write_bytes_atomic(self.root, self.path, json.dumps({"token": self.token, "at": time.time()}).encode())
-        time.sleep(0.2)
-        return self._holder_token() == self.token
-
-    def _holder_token(self) -> str | None:
-        try:
-            with self.root.filesystem.open_input_stream(self.root.join(self.path)) as stream:
-                return json.loads(stream.read().decode()).get("token")
-        except (FileNotFoundError, OSError, ValueError):
-            return None
-
-    def _break_if_stale(self) -> None:
-        info = self.root.filesystem.get_file_info(self.root.join(self.path))
-        if info.type == pafs.FileType.File and info.mtime is not None:
-            age = time.time() - info.mtime.timestamp()
-            if age > self.stale_s:
-                try:
-                    self.root.filesystem.delete_file(self.root.join(self.path))
-                except (FileNotFoundError, OSError):
-                    pass
-
-    def __enter__(self) -> DatasetLock:
-        deadline = time.monotonic() + self.timeout_s
-        while not self._try_acquire():
-            self._break_if_stale()
-            if time.monotonic() > deadline:
-                raise PrmforgeError(
-                    f"dataset lock {self.root.join(self.path)} held for over {self.timeout_s:g} s by another run; "
-                    "delete the file if no prmforge run is using the dataset"
-                )
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._holder_token() == self.token:
-            try:
-                self.root.filesystem.delete_file(self.root.join(self.path))
-            except (FileNotFoundError, OSError):
-                pass
+        default_stale = STALE_COMPACT_LOCK_S if lock_name == COMPACT_LOCK_NAME else STALE_LOCK_S
+        super().__init__(
+            root,
+            f"{dataset_dir(name)}/{lock_name}",
+            timeout_s=PLAN_LOCK_WAIT_S if timeout_s is None else timeout_s,
+            stale_s=default_stale if stale_s is None else stale_s,
+            heartbeat_s=LOCK_HEARTBEAT_S if heartbeat_s is None else heartbeat_s,
+            what="dataset lock" if lock_name == LOCK_NAME else "compaction lock",
+        )
 
 
 # -- claims ------------------------------------------------------------------------------------
@@ -278,15 +257,26 @@ class DatasetLock:
 
 @dataclass(frozen=True)
 class Claim:
-    """A running build's claim on problems of a dataset, valid until ``expires_at`` (epoch s)."""
+    """A running build's claim on problems of a dataset.
+
+    Live while the claim file's mtime (renewed by the build's heartbeat) is less than
+    ``lease_s`` old on the storage's clock. ``expires_at`` (the writer's clock + lease) is only
+    informational, and the rule for claim files without ``lease_s`` (written before it existed).
+    """
 
     build_id: str
     problem_ids: tuple[str, ...]
     expires_at: float
+    lease_s: float | None = None
 
     def to_json(self) -> bytes:
         return json.dumps(
-            {"build_id": self.build_id, "expires_at": self.expires_at, "problem_ids": list(self.problem_ids)}
+            {
+                "build_id": self.build_id,
+                "lease_s": self.lease_s,
+                "expires_at": self.expires_at,
+                "problem_ids": list(self.problem_ids),
+            }
         ).encode()
 
 
@@ -295,7 +285,7 @@ def claim_path(name: str, build_id: str) -> str:
 
 
 def write_claim(root: str | DataRoot, name: str, build_id: str, problem_ids: Sequence[str], lease_s: float) -> Claim:
-    claim = Claim(build_id, tuple(problem_ids), time.time() + lease_s)
+    claim = Claim(build_id, tuple(problem_ids), time.time() + lease_s, lease_s)
     write_bytes_atomic(root, claim_path(name, build_id), claim.to_json())
     return claim
 
@@ -309,50 +299,79 @@ def remove_claim(root: str | DataRoot, name: str, build_id: str) -> None:
 
 
 def live_claims(root: str | DataRoot, name: str, now: float | None = None, exclude: str | None = None) -> list[Claim]:
-    """Claims of other running builds whose lease has not expired (unreadable files are skipped)."""
+    """Claims of other running builds whose lease has not expired (unreadable files are skipped).
+
+    A claim's age is its file's mtime against ``now``: the storage's clock (a probe file written
+    in the claims directory) unless given, so a writer whose clock is off by minutes neither
+    loses its claim early nor keeps it past its lease. A filesystem without mtimes falls back
+    to ``expires_at`` against this machine's clock.
+    """
     data_root = resolve_root(root)
-    moment = time.time() if now is None else now
-    selector = pafs.FileSelector(data_root.join(dataset_dir(name), "claims"), allow_not_found=True)
+    directory = data_root.join(dataset_dir(name), "claims")
+    selector = pafs.FileSelector(directory, allow_not_found=True)
+    infos = [
+        info
+        for info in data_root.filesystem.get_file_info(selector)
+        if info.type == pafs.FileType.File and info.base_name.endswith(".json") and not info.base_name.startswith(".")
+    ]
+    if not infos:
+        return []
+    storage = now if now is not None else storage_now(data_root, directory)
     claims = []
-    for info in data_root.filesystem.get_file_info(selector):
-        if info.type != pafs.FileType.File or not info.base_name.endswith(".json") or info.base_name.startswith("."):
-            continue
+    for info in infos:
         try:
             with data_root.filesystem.open_input_stream(info.path) as stream:
                 data = json.loads(stream.read().decode())
-            claim = Claim(str(data["build_id"]), tuple(data["problem_ids"]), float(data["expires_at"]))
+            lease = data.get("lease_s")
+            claim = Claim(
+                str(data["build_id"]),
+                tuple(data["problem_ids"]),
+                float(data["expires_at"]),
+                float(lease) if lease else None,
+            )
         except (FileNotFoundError, OSError, ValueError, KeyError, TypeError):
             continue  # removed while listing, or written by a killed process: not a live claim
-        if claim.expires_at > moment and claim.build_id != exclude:
+        if claim.lease_s is not None and info.mtime is not None and storage is not None:
+            alive = storage - info.mtime.timestamp() < claim.lease_s
+        else:
+            alive = claim.expires_at > (time.time() if now is None else now)
+        if alive and claim.build_id != exclude:
             claims.append(claim)
     return claims
 
 
 class ClaimHeartbeat:
-    """Renews a build's claim every ``lease_s / 4`` seconds from a daemon thread until stopped."""
+    """A build's claim: written by :meth:`start`, renewed every ``lease_s / 4`` until :meth:`stop`.
+
+    Started where the claim is written (at planning), so the lease runs from its first write.
+    A renewal that raises anything is logged and retried (:class:`~data_schemas.locks.Heartbeat`);
+    ``failures`` / ``last_error`` say what went wrong.
+    """
 
     def __init__(self, root: str | DataRoot, name: str, build_id: str, problem_ids: Sequence[str], lease_s: float) -> None:
         self.root = resolve_root(root)
         self.name, self.build_id, self.problem_ids, self.lease_s = name, build_id, tuple(problem_ids), lease_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"claim-{build_id}", daemon=True)
+        self._heartbeat = Heartbeat(f"claim of build {build_id} on dataset {name}", self._renew, lease_s / 4)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.lease_s / 4):
-            try:
-                write_claim(self.root, self.name, self.build_id, self.problem_ids, self.lease_s)
-            except OSError:
-                continue  # a transient storage error: the next beat tries again
+    def _renew(self) -> None:
+        write_claim(self.root, self.name, self.build_id, self.problem_ids, self.lease_s)
+
+    @property
+    def failures(self) -> int:
+        return self._heartbeat.failures
+
+    @property
+    def last_error(self) -> str | None:
+        return self._heartbeat.last_error
 
     def start(self) -> ClaimHeartbeat:
-        write_claim(self.root, self.name, self.build_id, self.problem_ids, self.lease_s)
-        self._thread.start()
+        self._renew()
+        self._heartbeat.start()
         return self
 
     def stop(self, release: bool = True) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        """Stop renewing (idempotent); ``release`` removes the claim file."""
+        self._heartbeat.stop()
         if release:
             remove_claim(self.root, self.name, self.build_id)
 

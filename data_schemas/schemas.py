@@ -129,7 +129,9 @@ DATASET_LINEAGE = _schema(
     "dataset_lineage",
     [
         _field("labeling_key", pa.string(), "Hash of problem id, problem content, policy model, labeling config and schema version; a problem is labeled again when it changes.", False),
-        _field("build_finished_at", pa.timestamp("us", tz="UTC"), "When the build that made the row completed (the latest build of a problem wins)."),
+        _field("build_finished_at", pa.timestamp("us", tz="UTC"), "When the build that made the row completed, on that machine's clock (informational; order is by plan_seq)."),
+        _field("plan_seq", pa.int64(), "The dataset sequence number the build took when it planned: among committed builds of a problem the highest wins (null: built before sequence numbers, ranked below)."),
+        _field("commit_seq", pa.int64(), "The dataset sequence number the build took when it committed (its complete manifest): the order of the dataset's states."),
         _field("policy_model", pa.string(), "Policy backend and model of that build (backend:model)."),
         _field("config_hash", pa.string(), "Config hash of that build."),
         _field("prmforge_version", pa.string(), "prmforge version that made the row."),

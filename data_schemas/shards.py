@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import uuid
 from collections.abc import Iterable, Sequence
@@ -253,6 +254,62 @@ class _HashingSink(io.RawIOBase):
     def size(self) -> int:
         return self._size
 
+    def sync(self) -> None:
+        """Flush and, for a local file, fsync: the bytes are on disk before the file is renamed."""
+        self.flush()
+        if isinstance(self._stream, io.IOBase) and not isinstance(self._stream, pa.NativeFile):
+            os.fsync(self._stream.fileno())  # a local file (_open_temp); a store's stream has no descriptor
+
+
+def fsync_directory(directory: str) -> None:
+    """fsync a local directory, so a rename or link in it survives a power loss."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # e.g. a platform without directory descriptors
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; the rename is still atomic
+    finally:
+        os.close(descriptor)
+
+
+def make_directory(data_root: DataRoot, directory: str) -> None:
+    """Create ``directory`` and its missing parents; on a local root each new entry is fsynced in its parent."""
+    if not data_root.is_local:
+        data_root.filesystem.create_dir(directory, recursive=True)
+        return
+    missing = []
+    current = directory
+    while current and not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    if not missing:
+        return
+    os.makedirs(directory, exist_ok=True)
+    for created in reversed(missing):
+        fsync_directory(os.path.dirname(created))
+
+
+def _open_temp(data_root: DataRoot, temp: str) -> Any:
+    """A writable stream for a temporary file: a plain Python file on local roots (it can be fsynced)."""
+    if data_root.is_local:
+        return open(temp, "wb")  # noqa: SIM115 - closed by the caller
+    return data_root.filesystem.open_output_stream(temp)
+
+
+def _publish(data_root: DataRoot, temp: str, target: str) -> None:
+    """Move a complete temporary file onto its name: local rename + directory fsync, else the store's move."""
+    if data_root.is_local:
+        os.replace(temp, target)
+        fsync_directory(os.path.dirname(target))
+    else:
+        data_root.filesystem.move(temp, target)
+
 
 def write_table_atomic(
     root: str | DataRoot,
@@ -288,8 +345,8 @@ def write_chunks_atomic(
     target = data_root.join(relative_path)
     directory, name = target.rsplit("/", 1)
     temp = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
-    fs.create_dir(directory, recursive=True)
-    sink = _HashingSink(fs.open_output_stream(temp))
+    make_directory(data_root, directory)
+    sink = _HashingSink(_open_temp(data_root, temp))
     rows = 0
     step = max(1, row_group_rows)
     try:
@@ -306,8 +363,9 @@ def write_chunks_atomic(
                 rows += chunk.num_rows
             if rows == 0:
                 writer.write_table(schema.empty_table())
+        sink.sync()
         sink.close()
-        fs.move(temp, target)
+        _publish(data_root, temp, target)
     except BaseException:
         sink.close()
         try:
@@ -318,24 +376,71 @@ def write_chunks_atomic(
     return rows, sink.size, sink.sha256
 
 
+def _write_temp(data_root: DataRoot, temp: str, data: bytes) -> None:
+    """Write ``data`` to a temporary file; on a local root fsynced before it is closed."""
+    with _open_temp(data_root, temp) as stream:
+        stream.write(data)
+        if data_root.is_local:
+            stream.flush()
+            os.fsync(stream.fileno())
+
+
 def write_bytes_atomic(root: str | DataRoot, relative_path: str, data: bytes) -> None:
-    """Write a small file (manifest, JSONL export) via hidden temp file + move."""
+    """Write a small file (manifest, pointer, claim, JSONL export) via hidden temp file + move.
+
+    Local roots: the temp file is fsynced, renamed, and the directory fsynced (durable once this
+    returns). Object stores: the object appears when its upload completes (docs/storage.md).
+    """
     data_root = resolve_root(root)
     fs = data_root.filesystem
     target = data_root.join(relative_path)
     directory, name = target.rsplit("/", 1)
     temp = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
-    fs.create_dir(directory, recursive=True)
+    make_directory(data_root, directory)
     try:
-        with fs.open_output_stream(temp) as stream:
-            stream.write(data)
-        fs.move(temp, target)
+        _write_temp(data_root, temp, data)
+        _publish(data_root, temp, target)
     except BaseException:
         try:
             fs.delete_file(temp)
         except (OSError, FileNotFoundError):
             pass
         raise
+
+
+def write_bytes_exclusive(root: str | DataRoot, relative_path: str, data: bytes) -> bool:
+    """Create a file with ``data`` only if no file has that name: True when this call created it.
+
+    Local roots only (compare-and-swap on a name): the content is written to a temporary file,
+    fsynced and hard-linked onto the name — ``link`` fails when the name exists, so of two
+    writers exactly one wins and no reader sees the file half written. Filesystems without hard
+    links fall back to ``O_CREAT | O_EXCL`` (atomic too; the content follows the create).
+    """
+    data_root = resolve_root(root)
+    if not data_root.is_local:
+        raise ValueError("write_bytes_exclusive needs a local data root (object stores have no exclusive create here)")
+    target = data_root.join(relative_path)
+    directory, name = target.rsplit("/", 1)
+    make_directory(data_root, directory)
+    temp = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
+    _write_temp(data_root, temp, data)
+    try:
+        os.link(temp, target)
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links here (some network or FUSE filesystems)
+        try:
+            descriptor = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    finally:
+        os.unlink(temp)
+    fsync_directory(directory)
+    return True
 
 
 class ShardWriter:

@@ -45,13 +45,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.futures import as_completed
 
-from data_schemas.datasets import ClaimHeartbeat, remove_claim, utc_now_precise
+from data_schemas.datasets import ClaimHeartbeat, remove_claim
 from data_schemas.errors import ConfigError, InputError, PrmforgeError
 from data_schemas.manifest import Manifest, finish_build, read_manifest, start_build, write_manifest
 from data_schemas.problems import FILE_TYPES, bundled_problems_path, load_problems
 from data_schemas.records import NodeRow, Problem, ProblemOutcome, StepRow
 from data_schemas.shards import ShardInfo, ShardWriter, file_sha256, read_shard, resolve_root
-from flows.datasets import plan_dataset_build, planned_problems
+from flows.datasets import commit_section, plan_dataset_build, planned_problems, refuse_complete
 from flows.progress import BuildProgress, BuildSummary, dataset_plan_line
 from flows.resources import PROCESS_RESOURCES, PolicyFactorySpec, factory_label
 from flows.runners import make_task_runner
@@ -325,6 +325,7 @@ def _open_manifest(root: str, build_id: str, config: BuildConfig) -> tuple[Manif
         if "missing" not in str(error):
             raise
         return start_build(root, build_id, config, policy_model=config.policy.model), False
+    refuse_complete(existing, standalone_too=False)
     if existing.config_hash != config.config_hash():
         raise ConfigError(
             f"build {build_id!r} was started with config hash {existing.config_hash}, this config has "
@@ -442,8 +443,8 @@ def build_dataset(
     lean_checked = sum(1 for row in steps_seen if row.lean_state in ("proved", "disproved"))
     if model_ids:
         manifest = replace(manifest, policy_model=",".join(sorted(model_ids)))
-    if manifest.dataset is not None:
-        manifest = replace(manifest, dataset={**manifest.dataset, "completed_at": utc_now_precise()})
+    if manifest.dataset is not None:  # the commit: a sequence number, then the complete manifest
+        manifest = replace(manifest, dataset=commit_section(root, manifest))
     final = finish_build(
         root,
         manifest,
@@ -506,6 +507,7 @@ def run_build(
     release_resources: bool = True,
     relabel: bool = False,
     relabel_where: str | None = None,
+    claim: ClaimHeartbeat | None = None,
 ) -> BuildSummary:
     """Run ``build_dataset`` with the task runner ``config.flow`` asks for.
 
@@ -516,19 +518,29 @@ def run_build(
     or changed problems; ``relabel`` forces held ones, all or those matching ``relabel_where``
     over ``dataset_problems``) and claims its problems while it runs; a build with nothing to
     label is recorded as an empty complete build without starting Prefect. An existing
-    ``build_id`` resumes that build with its own plan.
+    ``build_id`` resumes that build with its own plan; a complete dataset build is refused (one
+    line), a complete standalone build runs again reusing its verified shards.
+    ``claim``: the running claim :func:`start_dataset_build` returned for ``build_id`` (it keeps
+    beating from planning on; stopped here when the build ends).
     """
-    heartbeat: ClaimHeartbeat | None = None
+    heartbeat: ClaimHeartbeat | None = claim
     dataset = config.output.dataset
+    existing = _existing_manifest(config.output.root, build_id) if build_id is not None else None
+    if existing is not None:
+        try:
+            refuse_complete(existing, standalone_too=False)
+        except PrmforgeError:
+            if heartbeat is not None:
+                heartbeat.stop(release=False)
+            raise
     if dataset is not None:
-        existing = _existing_manifest(config.output.root, build_id) if build_id is not None else None
         if existing is None:  # a new build of the dataset: plan it (resume keeps its plan)
-            build_id, nothing_new = start_dataset_build(config, build_id, relabel, relabel_where)
+            build_id, nothing_new, heartbeat = start_dataset_build(config, build_id, relabel, relabel_where)
             if nothing_new is not None:
                 return nothing_new
             existing = read_manifest(config.output.root, build_id, allow_incomplete=True)
         planned = list((existing.dataset or {}).get("labeling_keys") or {})
-        if planned:
+        if planned and heartbeat is None:  # a resume: claim again, beating from this write on
             heartbeat = ClaimHeartbeat(config.output.root, dataset, build_id, planned, config.output.claim_lease_s).start()
     elif relabel or relabel_where is not None:
         raise ConfigError("--relabel and --where apply to a dataset build: give --dataset NAME")
@@ -551,25 +563,30 @@ def run_build(
 
 def start_dataset_build(
     config: BuildConfig, build_id: str | None = None, relabel: bool = False, relabel_where: str | None = None
-) -> tuple[str, BuildSummary | None]:
+) -> tuple[str, BuildSummary | None, ClaimHeartbeat | None]:
     """Plan a new build of ``config.output.dataset`` (flows/datasets.py) before any model loads.
 
-    Returns (build id, None) when the build has problems to label: its running manifest and
-    claim are written, and ``run_build(config, build_id=...)`` labels them. Returns (build id,
-    summary) when there is nothing to label: the build is already finished as an empty complete
-    build (no Prefect, no model).
+    Returns (build id, None, claim) when the build has problems to label: its running manifest
+    and claim are written, the claim is renewed from now on, and ``run_build(config,
+    build_id=..., claim=claim)`` labels them. Returns (build id, summary, None) when there is
+    nothing to label: the build is already finished (committed) as an empty complete build (no
+    Prefect, no model).
     """
     build_id = build_id or unused_build_id(config.output.root, new_build_id(config))
     problems, skipped_rows, duplicate_rows = load_build_problems(config)
-    plan, manifest = plan_dataset_build(config, problems, build_id, relabel, relabel_where)
+    plan, manifest, claim = plan_dataset_build(config, problems, build_id, relabel, relabel_where)
     if plan.selected:
-        return build_id, None
-    return build_id, _nothing_new(config, manifest, len(problems), skipped_rows, duplicate_rows)
+        return build_id, None, claim
+    return build_id, _nothing_new(config, manifest, len(problems), skipped_rows, duplicate_rows), None
 
 
-def abandon_dataset_build(config: BuildConfig, build_id: str, error: BaseException) -> None:
+def abandon_dataset_build(
+    config: BuildConfig, build_id: str, error: BaseException, claim: ClaimHeartbeat | None = None
+) -> None:
     """A planned dataset build that cannot start: record it ``failed`` and release its claim."""
     root = config.output.root
+    if claim is not None:
+        claim.stop(release=False)  # released below, after the manifest says failed
     manifest = read_manifest(root, build_id, allow_incomplete=True)
     finish_build(root, manifest, [], status="failed", error=f"{type(error).__name__}: {error}"[:2000])
     if config.output.dataset is not None:
@@ -594,7 +611,7 @@ def _nothing_new(
 ) -> BuildSummary:
     """Finish a dataset build that found nothing to label as an empty complete build (no Prefect)."""
     root = config.output.root
-    dataset = {**(manifest.dataset or {}), "completed_at": utc_now_precise()}
+    dataset = commit_section(root, manifest)
     final = finish_build(
         root,
         replace(manifest, dataset=dataset),

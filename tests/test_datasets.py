@@ -180,7 +180,8 @@ def test_dataset_grows_by_new_problems_survives_a_kill_and_skips_what_it_holds(t
     assert all(row["config_hash"] and row["prmforge_version"] and row["policy_model"] for row in lineage)
     with Catalog(str(root), dataset="nightly") as catalog:
         current = catalog.connection.sql(
-            "SELECT * EXCLUDE (labeling_key, build_finished_at, policy_model, config_hash, prmforge_version, git_revision) "
+            "SELECT * EXCLUDE (labeling_key, build_finished_at, plan_seq, commit_seq, policy_model, config_hash, "
+            "prmforge_version, git_revision) "
             "FROM dataset_steps ORDER BY ALL"
         ).fetchall()
     assert current == build_rows(root, ["night-1", "night-2"])

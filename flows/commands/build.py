@@ -67,6 +67,8 @@ def resume_config(root: str, build_id: str, overrides: list[str]) -> BuildConfig
     """
     from data_schemas.manifest import read_manifest
 
+    from flows.datasets import refuse_complete
+
     manifest = read_manifest(root, build_id, allow_incomplete=True)
     data = dict(manifest.config)
     original = validate_config(data)
@@ -79,6 +81,7 @@ def resume_config(root: str, build_id: str, overrides: list[str]) -> BuildConfig
             f"--set on resume may change only flow.* and output settings; these overrides change the "
             f"labeling of build {build_id!r} (config hash {original.config_hash()} -> {config.config_hash()})"
         )
+    refuse_complete(manifest)  # nothing to resume; re-running a dataset build would make old labels look new
     return config
 
 
@@ -120,6 +123,7 @@ def build(
         config = with_dataset(config, dataset, no_dataset, preset)
     configure_prefect_environment(config.output.root, verbose=verbose)
     server = parent_bound_api_server()
+    claim = None  # a planned dataset build's running claim (renewed from planning on)
     try:
         from flows.build import abandon_dataset_build, live_usage_probe, load_build_problems, run_build, start_dataset_build
         from flows.progress import BuildProgress
@@ -132,7 +136,7 @@ def build(
         build_id = resume
         if config.output.dataset is not None and resume is None:
             # Planned before the model check: a run with nothing new loads no model, starts no Prefect.
-            build_id, nothing_new = start_dataset_build(config, relabel=relabel, relabel_where=where)
+            build_id, nothing_new, claim = start_dataset_build(config, relabel=relabel, relabel_where=where)
             if nothing_new is not None:
                 progress.print_summary(nothing_new)
                 return
@@ -142,7 +146,7 @@ def build(
             check_policy_runs(config.policy)
         except BaseException as error:
             if build_id is not None and resume is None:
-                abandon_dataset_build(config, build_id, error)  # release the claim, record why
+                abandon_dataset_build(config, build_id, error, claim)  # release the claim, record why
             raise
         if server is not None:
             server.start()
@@ -151,9 +155,11 @@ def build(
         if server is not None:
             server.wait_ready()
 
-        summary = run_build(config, build_id=build_id, progress=progress)
+        summary = run_build(config, build_id=build_id, progress=progress, claim=claim)
         progress.print_summary(summary)
     finally:
+        if claim is not None:
+            claim.stop(release=False)  # stopped (and released) by run_build; here only if it never ran
         if server is not None:
             server.stop()
 
