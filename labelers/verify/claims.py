@@ -92,7 +92,8 @@ _SUBSTITUTION_CUE = re.compile(
 # relations on purpose; the checker does not count them against the step.
 _DENIAL_CUE = re.compile(
     r"\b(not true|false|contradiction|contradicts|extraneous|impossible|not possible|not equal|"
-    r"does not hold|doesn't hold|not a (solution|root)|absurd|fails|never)\b",
+    r"does not hold|doesn't hold|does not work|doesn't work|not a (solution|root)|absurd|fails|never|cannot (?:happen|hold|be true)|"
+    r"can't (?:happen|hold|be true)|no such|no (?:real |integer |positive )?solutions?)\b",
     re.IGNORECASE,
 )
 _HYPOTHETICAL_CUE = re.compile(r"\b(if|suppose|assume|assuming|whenever|for all|for any|for every)\b", re.IGNORECASE)
@@ -108,7 +109,11 @@ _MATH_ENV = re.compile(
     re.DOTALL,
 )
 _PLAIN_NUMBER = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d,]\d)|\d+(?:\.\d+)?|\.\d+", re.ASCII)
-_LATEX_NUMBER = re.compile(r"\d{1,3}(?:(?:\{,\}|,\\!)\d{3})+(?:\.\d+)?(?!\d)|\d+(?:\.\d+)?|\.\d+", re.ASCII)
+# In math mode too, "15,000" is one number (steps write \\(300 \\times 50 = 15,000\\)); "1,2" is not.
+_LATEX_NUMBER = re.compile(
+    r"\d{1,3}(?:(?:\{,\}|,\\!)\d{3})+(?:\.\d+)?(?!\d)|\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d,]\d)|\d+(?:\.\d+)?|\.\d+",
+    re.ASCII,
+)
 _WORD = re.compile(r"[A-Za-z]+")
 _PLAIN_WORD = re.compile(r"[A-Za-z]+(?:['’][A-Za-z]+)*")  # "Janet's" is one word
 _DIGITS = frozenset("0123456789")  # str.isdigit() is also true for "²" and "٣": never use it here
@@ -139,6 +144,27 @@ _MOD_WORDS = frozenset({"mod", "modulo"})
 # "(mod 3)", "(\\bmod 3)", "(\\text{mod } 3)": a congruence's modulus, not a remark in parentheses.
 _MODULUS_PAREN = re.compile(r"\(\s*(?:mod(?:ulo)?\b|\\[bp]?mod\b|\\(?:text|mathrm|operatorname)\{\s*mod\s*\})")
 _BINOM_CALL = re.compile(r"\(\s*(\d{1,6})\s*,\s*(\d{1,6})\s*\)", re.ASCII)  # C(10, 3)
+# A log without a base: natural or base 10 (the parser's FN value; sides carry both readings)
+_LOG_EITHER_BASE = "log?"
+_MIXED = "mixed"  # the operator joining a whole number and a fraction written next to it
+# Text right after "a ÷ b = q" that makes q a quotient of integer division ("= 505 remainder 3",
+# "= 2 \quad (quotient)", "= 6 full turns with 90 degrees remaining")
+_QUOTIENT_CUE = re.compile(r"\b(?:quotients?|remainders?|remaining|left\s?over)\b|\bR\s*\d", re.IGNORECASE)
+# ... and the remainder's value when it is written right after ("remainder \\(133\\)", "R 3",
+# "with a remainder of 77")
+_REMAINDER_VALUE = re.compile(r"(?:\bremainder|\bR)(?:\s|\\[()]|[${}]|\\text|\bof\b|\bis\b)*(\d+)(?![\d.])", re.IGNORECASE)
+_QUOTIENT_WINDOW = 80
+# Words that make a step modular arithmetic, and the moduli it names ("mod 11", "\pmod{11}")
+_MODULAR_CUE = re.compile(r"\bmod(?:ulo|ular)?\b|\\[bp]?mod\b|\bcongruen\w*|\bresidues?\b|\\equiv|≡", re.IGNORECASE)
+# a modulus right after a claim ("= 1$ (mod 11)", "= 2$ modulo 8"), or opening a sentence
+# ("Modulo 11, ...", "Working mod 7: ...")
+_MODULUS_AFTER = re.compile(
+    r"[\s$)\]}]*(?:\\\)|\\\])?[\s$]*\(?\s*(?:\\[bp]?mod|\bmod(?:ulo)?|\\(?:text|mathrm)\{\s*mod\s*\})\s*\{?\s*(\d{1,12})(?![\d.])",
+    re.IGNORECASE,
+)
+_MODULUS_OPENING = re.compile(r"\bmod(?:ulo)?\s+(\d{1,12})\s*[,:]", re.IGNORECASE)
+# "y + 2 = 4 or y + 2 = -4", "x = \pm 3": a symbol with more than one value in the step
+_DISJUNCTION = re.compile(r"\bor\b|\\pm\b|±|\\mp\b|∓")
 
 
 @dataclass(frozen=True)
@@ -189,6 +215,10 @@ class Extraction:
     sides: list[tuple[tuple, tuple]] = field(default_factory=list)
     # The step says some relation is false ("which is not true", "extraneous").
     denies: bool = False
+    # Other readings the text allows, aligned with ``claims``: (name, lhs tree, rhs tree), or
+    # (name, None, None) for a reading that cannot be written out (a congruence modulo a number
+    # the step does not name). A checker counts a claim false only when no reading holds.
+    readings: list[tuple[tuple[str, tuple | None, tuple | None], ...]] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,7 +442,7 @@ class _Tokenizer:
                 self.emit("CUT", low, start, end)
                 return end
             if low in FUNCTIONS and nxt == "(":
-                self.emit("FN", low, start, end)
+                self.emit("FN", _LOG_EITHER_BASE if low == "log" else low, start, end)
                 return end
             if low == "pi":
                 self.emit("ID", "pi", start, end)
@@ -444,6 +474,10 @@ class _Tokenizer:
                 continue
             if c == "\n":
                 self.emit("BRK", "\n", i, i + 1)
+                i += 1
+                continue
+            if c in "-*•" and _is_bullet(text, i, end):
+                self.emit("BRK", c, i, i + 1)  # "- 10 = 2 * 5" in a list: a bullet, not a minus
                 i += 1
                 continue
             if c in _DIGITS or (c == "." and i + 1 < end and text[i + 1] in _DIGITS and not (i > 0 and text[i - 1] in _DIGITS)):
@@ -549,6 +583,9 @@ class _Tokenizer:
                 # "5!!", "3!x": notation not read; the number is not a whole side
                 self.poison_previous_number(i)
                 self.emit("POISON", "!", i, i + 1)
+            elif after in _DIGITS or after == "(":
+                # "!5 = 44": the subfactorial (derangements), a notation not read
+                self.emit("POISON", "!", i, i + 1)
             else:
                 self.emit("BRK", "!", i, i + 1)
             return i + 1
@@ -651,7 +688,7 @@ class _Tokenizer:
                 m = _LATEX_NUMBER.match(text, i, end)
                 if m is None:
                     raise ParseError(f"unreadable number at {i}")
-                self.number(m.group(0).replace("{,}", "").replace(",\\!", ""), i, m.end())
+                self.number(m.group(0).replace("{,}", "").replace(",\\!", "").replace(",", ""), i, m.end())
                 i = m.end()
                 continue
             if c.isalpha() and c.isascii():
@@ -748,6 +785,11 @@ class _Tokenizer:
         j = i + 1
         rest = text[j:end].lstrip()
         j = end - len(rest)
+        if (rest.startswith("\\circ") or rest.startswith("{\\circ}")) and _after_power(text, i):
+            # "2^4^\circ": 2^4 degrees or 2 to the 4 degrees; not guessed
+            self.poison_previous_number(i)
+            self.emit("POISON", "^\\circ", i, j + (5 if rest.startswith("\\circ") else 7))
+            return j + (5 if rest.startswith("\\circ") else 7)
         if rest.startswith("\\circ") or rest.startswith("{\\circ}"):
             self.emit("DEG", "°", i, j + (5 if rest.startswith("\\circ") else 7))
             return j + (5 if rest.startswith("\\circ") else 7)  # degrees: times pi/180
@@ -799,11 +841,12 @@ class _Tokenizer:
                 and text[a1:b1].strip().isdigit()
                 and text[a2:b2].strip().isdigit()
             ):
-                # "4\frac{5}{8}" is the mixed number 4 + 5/8
+                # "4\frac{5}{8}" is the mixed number 4 + 5/8, or 4 times 5/8 ("2\frac{1}{2}" for
+                # 2 * 1/2): the side carries both readings (_side_readings)
                 self.tokens.pop()
                 self.emit("LP", "(", prev.start, prev.start)
                 self.emit("NUM", prev.value, prev.start, prev.end)
-                self.emit("OP", "+", prev.end, i)
+                self.emit("OP", _MIXED, prev.end, i)
                 self.emit("NUM", text[a1:b1].strip(), a1, b1)
                 self.emit("OP", "/", b1, a2)
                 self.emit("NUM", text[a2:b2].strip(), a2, b2)
@@ -895,6 +938,9 @@ class _Tokenizer:
             self.emit("BRK", name, i, j)
             return j
         if name in _LATEX_FUNCS:
+            if name == "log" and text[j : j + 1] != "_":
+                self.emit("FN", _LOG_EITHER_BASE, i, j)  # "\log 100 = 2": base e or 10
+                return j
             self.emit("FN", "log" if name == "ln" else name, i, j)
             return j
         if name == "%":
@@ -1066,10 +1112,10 @@ class _Parser:
     def expr(self) -> tuple:
         self.enter()
         left = self.term()
-        while (t := self.peek()) is not None and t.kind == "OP" and t.value in "+-" and len(t.value) == 1:
+        while (t := self.peek()) is not None and t.kind == "OP" and (t.value in "+-" and len(t.value) == 1 or t.value == _MIXED):
             self.pos += 1
             right = self.term()
-            left = ("add" if t.value == "+" else "sub", left, right)
+            left = ({"+": "add", "-": "sub", _MIXED: "mixed"}[t.value], left, right)
         self.depth -= 1
         return left
 
@@ -1081,9 +1127,10 @@ class _Parser:
                 right = self.unary()
                 left = ({"*": "mul", "/": "div", "mod": "mod"}[t.value], left, right)
             elif _is_atom_start(t) and not (t.kind == "NUM" and self.tokens[self.pos - 1].kind in ("NUM", "PCT")):
-                # implicit product: 2x, 3\sqrt{13}, (a)(b), xy; never "3 4"
+                # implicit product: 2x, 3\sqrt{13}, (a)(b), xy; never "3 4"; brackets in one
+                # ("\frac{1}{2}[a - b]") only group
                 right = self.power()
-                left = ("mul", left, right)
+                left = ("mul", _unbracket(left), _unbracket(right))
             else:
                 break
         return left
@@ -1155,8 +1202,14 @@ class _Parser:
                 raise ParseError("unbalanced parentheses")
             self.pos += 1
             self.depth -= 1
-            return inner
+            # "[22.8] = 22": square brackets group, or take the integer part (_side_readings)
+            return ("bracket", inner) if t.value == "[" and close.value == "]" else inner
         raise ParseError(f"unexpected {t.value!r}")
+
+
+def _unbracket(node: tuple) -> tuple:
+    """A bracket group as a plain group (no integer-part reading)."""
+    return node[1] if node[0] == "bracket" else node
 
 
 _PREC = {"add": 1, "sub": 1, "mul": 2, "div": 2, "neg": 3, "pow": 4}
@@ -1184,7 +1237,29 @@ def _ambiguous(tokens: list[Token]) -> str | None:
         return "'choose' next to another operator without parentheses"
     if "mod" in ops and ("+" in ops or "-" in ops):
         return "'mod' next to + or - without parentheses"
+    if _juxtaposed_after_slash(tokens):
+        return "'/' before a product written without an operator (4√3 / 6√3): the denominator is not guessed"
     return None
+
+
+def _juxtaposed_after_slash(tokens: list[Token]) -> bool:
+    """A depth-0 ``/`` whose right operand is a product written by juxtaposition ("6√3", "2x",
+    "2(1+2)"): whether that whole product is the denominator is not guessed."""
+    depth = 0
+    after_slash = False
+    previous: Token | None = None
+    for tok in tokens:
+        if depth == 0 and after_slash and previous is not None and previous.kind in ("NUM", "ID", "RP", "BANG", "PCT", "DEG"):
+            if tok.kind in ("ID", "FN", "CALL", "LP"):
+                return True
+        if tok.kind == "LP":
+            depth += 1
+        elif tok.kind == "RP":
+            depth -= 1
+        elif depth == 0 and tok.kind == "OP" and tok.value != "**":
+            after_slash = tok.value == "/"
+        previous = tok
+    return False
 
 
 def to_plain(tree: tuple) -> str:
@@ -1242,7 +1317,7 @@ def parse_plain(expression: str) -> tuple:
     if any(t.kind in _BREAKS or t.kind == "REL" for t in merged):
         bad = next(t for t in merged if t.kind in _BREAKS or t.kind == "REL")
         raise ParseError(f"not a plain expression: {bad.value!r}")
-    tree = _Parser(merged).parse()
+    tree = _read(_Parser(merged).parse(), None)
     return _fn_factorial(tree)
 
 
@@ -1294,6 +1369,8 @@ class _Side:
     tokens: list[Token]
     tree: tuple | None = None
     error: str | None = None
+    # other readings the text allows (reading name -> tree), see _side_readings
+    readings: dict[str, tuple] = field(default_factory=dict)
 
     @property
     def start(self) -> int:
@@ -1315,12 +1392,58 @@ def _parse_side(tokens: list[Token], lead_plus: bool = False) -> _Side:
         side.error = ambiguity
         return side
     try:
-        side.tree = _Parser(tokens).parse()
+        side.tree, side.readings = _side_readings(_Parser(tokens).parse())
     except ParseError as exc:
         side.error = str(exc)
     except RecursionError:
         side.error = "expression too deeply nested"
     return side
+
+
+# Names of the other readings a claim may have (shown in the evidence when one of them holds).
+READ_AS_PRODUCT = "a whole number next to a fraction read as a product"
+READ_AS_INTEGER_PART = "square brackets read as the integer part"
+READ_AS_LOG10 = "log read as base 10"
+READ_AS_QUOTIENT = "÷ read as the quotient of a division with remainder"
+READ_AS_CONGRUENCE = "'=' read as a congruence"
+_MARKS = {"mixed": READ_AS_PRODUCT, "bracket": READ_AS_INTEGER_PART, "fn": READ_AS_LOG10}
+
+
+def _marks(node: tuple) -> set[str]:
+    """The readings a parsed tree's marked nodes allow (mixed numbers, brackets, a bare log)."""
+    kind = node[0]
+    found: set[str] = set()
+    if kind == "mixed" or kind == "bracket" or (kind == "fn" and node[1] == _LOG_EITHER_BASE):
+        found.add(_MARKS[kind])
+    if kind in ("num", "sym", "pi"):
+        return found
+    for child in node[2:] if kind in ("fn", "call") else node[1:]:
+        found |= _marks(child)
+    return found
+
+
+def _read(node: tuple, reading: str | None) -> tuple:
+    """The tree with its marked nodes resolved: the first reading (None) or ``reading``.
+
+    First reading: ``4\\frac{5}{8}`` is 4 + 5/8, ``[x]`` is x, a bare log is natural. Others:
+    4 * 5/8; the integer part ``x - Mod(x, 1)`` (= floor(x)); ``log(x)/log(10)``."""
+    kind = node[0]
+    if kind == "mixed":
+        return ("mul" if reading == READ_AS_PRODUCT else "add", _read(node[1], reading), _read(node[2], reading))
+    if kind == "bracket":
+        inner = _read(node[1], reading)
+        return ("sub", inner, ("mod", inner, ("num", "1"))) if reading == READ_AS_INTEGER_PART else inner
+    if kind == "fn" and node[1] == _LOG_EITHER_BASE:
+        arg = _read(node[2], reading)
+        if reading == READ_AS_LOG10:
+            return ("div", ("fn", "log", arg), ("fn", "log", ("num", "10")))
+        return ("fn", "log", arg)
+    return _map_children(node, lambda child: _read(child, reading))
+
+
+def _side_readings(tree: tuple) -> tuple[tuple, dict[str, tuple]]:
+    """(first reading, {other reading: tree}) of a parsed side (see :func:`_read`)."""
+    return _read(tree, None), {name: _read(tree, name) for name in sorted(_marks(tree))}
 
 
 def _split_modulus(tokens: list[Token]) -> tuple[list[Token], list[Token]] | None:
@@ -1349,6 +1472,17 @@ def _split_modulus(tokens: list[Token]) -> tuple[list[Token], list[Token]] | Non
     return None
 
 
+def _is_bullet(text: str, i: int, end: int) -> bool:
+    """``text[i]`` opens a list item: first on its line and followed by a space ("- 10 = 2 * 5")."""
+    line_start = text.rfind("\n", 0, i) + 1
+    return not text[line_start:i].strip() and i + 1 < end and text[i + 1] in " \t"
+
+
+def _after_power(text: str, i: int) -> bool:
+    """``text[i]`` is a ``^`` right after a superscript (``2^4^\\circ``, ``2^{4}^\\circ``)."""
+    return re.search(r"\^(?:\{[^{}]{0,20}\}|\w)\s*$", text[max(0, i - 24) : i]) is not None
+
+
 def _is_lone_percent(tree: tuple) -> bool:
     return tree[0] == "pct" and tree[1][0] == "num"
 
@@ -1370,9 +1504,11 @@ def _lone_number_first(run: list[Token]) -> bool:
 
 
 def _claims_from_tokens(
-    text: str, tokens: list[Token], origin: str, step_rounds: bool
+    text: str, tokens: list[Token], origin: str, step_rounds: bool, readings: dict[Claim, tuple] | None = None
 ) -> tuple[list[Claim], list[RejectedClaim], list[tuple[Claim, tuple, tuple, int]]]:
-    """Claims (and rejections) of one token stream; also (claim, lhs tree, rhs tree) triples."""
+    """Claims (and rejections) of one token stream; also (claim, lhs tree, rhs tree) triples.
+
+    ``readings`` (when given) receives each claim's other readings (:func:`_claim_readings`)."""
     claims: list[Claim] = []
     rejected: list[RejectedClaim] = []
     trees: list[tuple[Claim, tuple, tuple, int]] = []
@@ -1402,8 +1538,13 @@ def _claims_from_tokens(
                 )
             )
             first_cut = first_cut or dangling or pending_cut > 0 or (before is not None and before.kind == "CUT1" and _lone_number_first(run))
+            first_cut = first_cut or _minus_after_word(text, before, run)
             last_cut = tok.kind == "POISON"
-            _claims_from_run(text, run, origin, step_rounds, claims, rejected, trees, first_cut, last_cut, derived)
+            quotient = _quotient_after(text, run[-1].end)
+            _claims_from_run(
+                text, run, origin, step_rounds, claims, rejected, trees, first_cut, last_cut, derived,
+                readings if readings is not None else {}, quotient,
+            )
             symbolic_relation = any(t.kind in ("ID", "CALL") and t.value != "pi" for t in run)
         # "25 + shoe size 5 = 30": a run ending in an operator continues after the words, so
         # the next run's first side is not the whole expression.
@@ -1432,7 +1573,11 @@ def _claims_from_run(
     first_cut: bool = False,
     last_cut: bool = False,
     derived: bool = False,
+    readings: dict[Claim, tuple] | None = None,
+    quotient: tuple[str | None] | None = None,
 ) -> None:
+    """Claims of one run (see :func:`_claims_from_tokens`); ``quotient``: text right after the
+    run says its last result is a quotient with a remainder (:func:`_quotient_after`)."""
     sides: list[list[Token]] = [[]]
     relations: list[tuple[str, bool]] = []
     for tok in run:
@@ -1485,6 +1630,8 @@ def _claims_from_run(
         rounded = rel == "≈" or approx_word or step_rounds
         relation = "=" if rel in ("≈", "≡") else rel
         lhs_tree, rhs_tree = left.tree, right.tree
+        if _degrees_against_number(lhs_tree, rhs_tree):
+            continue  # "8^\circ = 2^3": the angle named by a power, not arithmetic
         if modulus is not None:
             if relation != "=":
                 continue  # "a < b (mod n)" means nothing checkable
@@ -1513,6 +1660,73 @@ def _claims_from_run(
         )
         claims.append(claim)
         trees.append((claim, lhs_tree, rhs_tree, right.start))
+        if readings is not None:
+            quotient_here = quotient if k == len(relations) - 1 and relation == "=" else None
+            other = _claim_readings(left, right, lhs_tree, rhs_tree, quotient_here, relation == "=")
+            if other:
+                readings[claim] = other
+
+
+def _quotient_after(text: str, end: int) -> tuple[str | None] | None:
+    """None, or (remainder,) when the text after ``end`` says the result before it is a quotient
+    ("= 505 remainder 3" gives ("3",); "= 2 (quotient)" gives (None,))."""
+    window = text[end : end + _QUOTIENT_WINDOW]
+    if _QUOTIENT_CUE.search(window) is None:
+        return None
+    value = _REMAINDER_VALUE.search(window)
+    return (value.group(1) if value else None,)
+
+
+def _claim_readings(
+    left: _Side, right: _Side, lhs_tree: tuple, rhs_tree: tuple, quotient: tuple[str | None] | None, equality: bool
+) -> tuple[tuple[str, tuple, tuple], ...]:
+    """Other readings of a claim: its sides' (:func:`_side_readings`), "a mod n = b" as a
+    congruence, and, for "a ÷ b = q" followed
+    by "(quotient)", q as the integer part of a/b, or, followed by "remainder r", a = b*q + r."""
+    out: list[tuple[str, tuple, tuple]] = []
+    if lhs_tree is left.tree and rhs_tree is right.tree:  # not rewritten (a congruence, a mod)
+        for name in sorted(left.readings.keys() | right.readings.keys()):
+            out.append((name, left.readings.get(name, lhs_tree), right.readings.get(name, rhs_tree)))
+    if equality and lhs_tree[0] == "mod" and not _has_kind(rhs_tree, "mod"):
+        # "385 mod 13 = -5": in modular reasoning "=" after "a mod n" may mean "≡"
+        n = lhs_tree[2]
+        out.append((f"{READ_AS_CONGRUENCE} mod {to_plain(n)}", ("residue", lhs_tree[1], n), ("residue", rhs_tree, n)))
+    if quotient is not None and lhs_tree[0] == "div" and rhs_tree[0] == "num" and "." not in rhs_tree[1]:
+        (remainder,) = quotient
+        if remainder is None:
+            out.append((READ_AS_QUOTIENT, ("sub", lhs_tree, ("mod", lhs_tree, ("num", "1"))), rhs_tree))
+        else:
+            dividend, divisor = lhs_tree[1], lhs_tree[2]
+            out.append((READ_AS_QUOTIENT, dividend, ("add", ("mul", divisor, rhs_tree), ("num", remainder))))
+    return tuple(out)
+
+
+def _has_kind(node: tuple, kind: str) -> bool:
+    """The tree has a node of this kind ("deg", "mod", "pi", ...)."""
+    if node[0] == kind:
+        return True
+    if node[0] in ("num", "sym", "pi"):
+        return False
+    return any(_has_kind(child, kind) for child in (node[2:] if node[0] in ("fn", "call") else node[1:]))
+
+
+def _degrees_against_number(lhs: tuple, rhs: tuple) -> bool:
+    """One side is a lone angle in degrees, the other has no degrees and no pi ("8° = 2^3")."""
+    for angle, other in ((lhs, rhs), (rhs, lhs)):
+        if angle[0] == "deg" and not _has_kind(other, "deg") and not _has_kind(other, "pi"):
+            return True
+    return False
+
+
+def _minus_after_word(text: str, before: Token | None, run: list[Token]) -> bool:
+    """The run opens with a binary minus whose left operand is prose ("Chenny's age - 4 = 10 - 4",
+    "2(AC)^2 - 68AC - 444 = 0"): its first side is not the whole expression."""
+    if before is None or before.kind != "BRK" or not before.value[:1].isalpha():
+        return False
+    first = run[0]
+    if first.kind != "OP" or first.value != "-" or text[first.end : first.end + 1] not in (" ", "\t"):
+        return False
+    return not text[before.end : first.start].strip(" \t}")
 
 
 def extract_claims(step_text: str) -> list[Claim]:
@@ -1529,6 +1743,7 @@ def extract(step_text: str) -> Extraction:
     ann_tokens: list[tuple[int, int, list[Token]]] = []
     rejected: list[RejectedClaim] = []
     trees: list[tuple[Claim, tuple, tuple, int]] = []
+    readings: dict[Claim, tuple] = {}
 
     # 1. calculator annotations
     for m in _ANNOTATION.finditer(text):
@@ -1539,7 +1754,7 @@ def extract(step_text: str) -> Extraction:
             rejected.append(RejectedClaim(m.group(0), (m.start(), m.end()), str(exc)))
             continue
         ann_tokens.append((m.start(), m.end(), tk.tokens))
-        _, r, t = _claims_from_tokens(text, tk.tokens, "annotation", step_rounds)
+        _, r, t = _claims_from_tokens(text, tk.tokens, "annotation", step_rounds, readings)
         rejected += r
         trees += t
 
@@ -1554,15 +1769,18 @@ def extract(step_text: str) -> Extraction:
             if outer_s < pos:
                 continue
             tk.plain(pos, outer_s, annotations)
-            tk.emit("BRK", "", outer_s, outer_s)
+            # "70 ≤ 24\( K \)": a number glued to math is a product with it, not a whole side
+            math = text[inner_s:inner_e] if inner_s is not None and inner_e is not None else ""
+            tk.emit("POISON" if _glued(text[outer_s - 1 : outer_s], math.lstrip()) else "BRK", "", outer_s, outer_s)
             if inner_s is not None and inner_e is not None:
                 tk.latex(inner_s, inner_e)
-                tk.emit("BRK", "", outer_e, outer_e)
+                glued = _glued(math.rstrip(), text[outer_e : outer_e + 1])
+                tk.emit("POISON" if glued else "BRK", "", outer_e, outer_e)
             pos = outer_e
         tk.plain(pos, len(text), annotations)
     except (ParseError, RecursionError) as exc:
         rejected.append(RejectedClaim(text[:80], (0, len(text)), f"could not read the step: {exc}"))
-    _, r, t = _claims_from_tokens(text, tk.tokens, "text", step_rounds)
+    _, r, t = _claims_from_tokens(text, tk.tokens, "text", step_rounds, readings)
     ann_ends = [e for _, e, _ in ann_tokens]
     for claim, lt, rt, rhs_start in t:
         if any(_adjacent(text, e, rhs_start) for e in ann_ends):
@@ -1574,13 +1792,54 @@ def extract(step_text: str) -> Extraction:
     trees += _substitutions(text, trees)
     trees.sort(key=lambda item: (item[0].span[0], item[0].span[1]))
     trees = trees[:MAX_CLAIMS_PER_STEP]
+    congruence = _congruence_reading(text)
     return Extraction(
         claims=[item[0] for item in trees],
         rejected=rejected,
         code_blocks=code_blocks,
         sides=[(item[1], item[2]) for item in trees],
         denies=bool(_DENIAL_CUE.search(text)),
+        readings=[readings.get(claim, ()) + congruence(claim, lt, rt) for claim, lt, rt, _ in trees],
     )
+
+
+def _glued(behind: str, ahead: str) -> bool:
+    """Text and math touch with no space between, the left one ending in a number or ")" and the
+    right one starting with a letter, digit or "(" ("24\\( K \\)", "\\(2\\)x"): a product across
+    the boundary, so neither number is a whole side."""
+    return (behind[-1:] in _DIGITS or behind[-1:] == ")") and (ahead[:1].isalnum() or ahead[:1] == "(")
+
+
+def _congruence_reading(text: str):  # type: ignore[no-untyped-def]
+    """A function giving a claim's congruence reading: "=" between numbers read as "≡" modulo n
+    when a modulus is attached to the claim but outside what was parsed: right after it
+    ("$5 \\times 25^2 = 5 \\times 3^2$ (mod 11)", "$10 = 2$ modulo 8") or opening its sentence
+    ("Modulo 11, ..."). A modulus said elsewhere in the step is not enough ("5^9 = 5^8 is what we
+    reduce modulo 10" stays a false equality)."""
+    if not _MODULAR_CUE.search(text):
+        return lambda claim, lhs, rhs: ()
+
+    def reading(claim: Claim, lhs: tuple, rhs: tuple) -> tuple:
+        if claim.relation != "=" or lhs[0] == "residue" or free_symbols(lhs) or free_symbols(rhs):
+            return ()
+        modulus = _attached_modulus(text, claim.span)
+        if modulus is None:
+            return ()
+        n = ("num", modulus)
+        return ((f"{READ_AS_CONGRUENCE} mod {modulus}", ("residue", lhs, n), ("residue", rhs, n)),)
+
+    return reading
+
+
+def _attached_modulus(text: str, span: tuple[int, int]) -> str | None:
+    """The modulus written right after a claim or opening its sentence, or None."""
+    after = _MODULUS_AFTER.match(text, span[1])
+    if after is not None:
+        return after.group(1)
+    sentence_start = max(text.rfind(". ", 0, span[0]), text.rfind("\n", 0, span[0])) + 1
+    before = _MODULUS_OPENING.search(text, sentence_start, span[0])
+    return before.group(1) if before is not None else None
+
 
 
 def _math_segments_safe(text: str, rejected: list[RejectedClaim]) -> list[tuple[int, int, int, int]]:
@@ -1606,6 +1865,8 @@ def _substitutions(
         return []
     if _HYPOTHETICAL_CUE.search(text):
         return []  # "n = 4 works ... if n >= 5, then ...": n is not 4 there
+    if _DISJUNCTION.search(text):
+        return []  # "y + 2 = 4 or y + 2 = -4 ... y = 2": each equation holds for one value only
     bound: dict[str, list[tuple]] = {}
     binding_claims: set[int] = set()
     for idx, (claim, lt, rt, _) in enumerate(trees):
@@ -1617,7 +1878,9 @@ def _substitutions(
                 binding_claims.add(idx)
     # a symbol bound to two different values ("x = 5 or x = -3") is not substituted
     bindings = {
-        name: values[0] for name, values in bound.items() if len({to_plain(v) for v in values}) == 1
+        name: values[0]
+        for name, values in bound.items()
+        if len({to_plain(v) for v in values}) == 1
     }
     if not bindings:
         return []
