@@ -152,14 +152,14 @@ _MIXED = "mixed"  # the operator joining a whole number and a fraction written n
 _QUOTIENT_CUE = re.compile(r"\b(?:quotients?|remainders?|remaining|left\s?over)\b|\bR\s*\d", re.IGNORECASE)
 # ... and the remainder's value when it is written right after ("remainder \\(133\\)", "R 3",
 # "with a remainder of 77")
-_REMAINDER_VALUE = re.compile(r"(?:\bremainder|\bR)(?:\s|\\[()]|[${}]|\\text|\bof\b|\bis\b)*(\d+)(?![\d.])", re.IGNORECASE)
+_REMAINDER_VALUE = re.compile(r"(?:\bremainder|\bR)(?:\s|\\[()]|[${}]|\\text|\bof\b|\bis\b)*(\d+)(?!\.?\d)", re.IGNORECASE)
 _QUOTIENT_WINDOW = 80
 # Words that make a step modular arithmetic, and the moduli it names ("mod 11", "\pmod{11}")
 _MODULAR_CUE = re.compile(r"\bmod(?:ulo|ular)?\b|\\[bp]?mod\b|\bcongruen\w*|\bresidues?\b|\\equiv|≡", re.IGNORECASE)
 # a modulus right after a claim ("= 1$ (mod 11)", "= 2$ modulo 8"), or opening a sentence
 # ("Modulo 11, ...", "Working mod 7: ...")
 _MODULUS_AFTER = re.compile(
-    r"[\s$)\]}]*(?:\\\)|\\\])?[\s$]*\(?\s*(?:\\[bp]?mod|\bmod(?:ulo)?|\\(?:text|mathrm)\{\s*mod\s*\})\s*\{?\s*(\d{1,12})(?![\d.])",
+    r"[\s$)\]}]*(?:\\\)|\\\])?[\s$]*\(?\s*(?:\\[bp]?mod|\bmod(?:ulo)?|\\(?:text|mathrm)\{\s*mod\s*\})\s*\{?\s*(\d{1,12})(?!\.?\d)",
     re.IGNORECASE,
 )
 _MODULUS_OPENING = re.compile(r"\bmod(?:ulo)?\s+(\d{1,12})\s*[,:]", re.IGNORECASE)
