@@ -51,18 +51,30 @@ KINDS = {
         r"Squaring again, $3^4 = 5$ (mod 11).",
     ),
     "congruence, modulo word after the math": (r"Hence $17 = 3$ modulo 7.", r"Hence $17 = 4$ modulo 7."),
-    "congruence, 'a mod n = b' with a negative b": ("So 200 mod 9 = -7, which we use next.", "So 200 mod 9 = -6, which we use next."),
+    "congruence, 'a mod n = b' with a negative b": (
+        "So 200 mod 9 = -7, which we use next.",
+        "So 200 mod 9 = -6, which we use next.",
+    ),
     "proof by contradiction": (r"Assume $k \ge 2$. Then $2 > 9$, which cannot happen.", None),
-    "proof by contradiction, 'no such'": ("Suppose such a triangle exists. Then 3 > 40, so no such triangle exists.", None),
+    "proof by contradiction, 'no such'": (
+        "Suppose such a triangle exists. Then 3 > 40, so no such triangle exists.",
+        None,
+    ),
     "a check the step says fails": ("Check: \\( 30 = 2^2 + 5^2 = 4 + 25 = 29 \\)\n- This does not work.", None),
     "a whole number next to a fraction as a product": (
         r"Each of the 3 parts is a third, so $3\frac{1}{3} = 1$.",
         r"Each of the 3 parts is a third, so $3\frac{1}{3} = 2$.",
     ),
-    "a mixed number": (r"As an improper fraction, $3\frac{1}{3} = \frac{10}{3}$.", r"As an improper fraction, $3\frac{1}{3} = \frac{11}{3}$."),
+    "a mixed number": (
+        r"As an improper fraction, $3\frac{1}{3} = \frac{10}{3}$.",
+        r"As an improper fraction, $3\frac{1}{3} = \frac{11}{3}$.",
+    ),
     "square brackets as the integer part": (r"Then $[7.4] + [2.9] = 9$.", r"Then $[7.4] + [2.9] = 10$."),
     "square brackets multiplied only group": (r"Then $\frac{1}{2}[8 - 2] = 3$.", r"Then $\frac{1}{2}[8 - 2] = 4$."),
-    "thousands separator inside math": (r"In total \(250 \times 40 = 10,000\) steps.", r"In total \(250 \times 40 = 11,000\) steps."),
+    "thousands separator inside math": (
+        r"In total \(250 \times 40 = 10,000\) steps.",
+        r"In total \(250 \times 40 = 11,000\) steps.",
+    ),
     "list bullets": ("Prime factors:\n- 21 = 3 * 7\n- 22 = 2 * 11", "Prime factors:\n- 21 = 3 * 7\n- 26 = 2 * 12"),
     "a minus after words in \\text": (
         r"\[ \text{Tom's savings} = \text{Ann's savings} - 7 = 20 - 7 = 13 \]",
@@ -81,9 +93,15 @@ KINDS = {
         r"\[ 2023 \div 4 = 505 \text{ remainder } 3. \]",
         r"\[ 2023 \div 4 = 505 \text{ remainder } 2. \]",
     ),
-    "a quotient named as such": (r"\[ 95 \div 8 = 11 \quad \text{(quotient)} \]", r"\[ 95 \div 8 = 12 \quad \text{(quotient)} \]"),
+    "a quotient named as such": (
+        r"\[ 95 \div 8 = 11 \quad \text{(quotient)} \]",
+        r"\[ 95 \div 8 = 12 \quad \text{(quotient)} \]",
+    ),
     "a number glued to math": (r"We need 45 ≤ 9\( m \), so \( m \geq 5 \).", None),
-    "'/' before a product written by juxtaposition": ("Ratio = 6√2 / 3√2 = 6 / 3 = 2.", "Ratio = 6√2 / 3√2 = 6 / 3 = 3."),
+    "'/' before a product written by juxtaposition": (
+        "Ratio = 6√2 / 3√2 = 6 / 3 = 2.",
+        "Ratio = 6√2 / 3√2 = 6 / 3 = 3.",
+    ),
     "the subfactorial": (
         r"The count is \[!3 = 3!\left(1 - 1 + \frac{1}{2} - \frac{1}{6}\right) = 2\]",
         r"The count is \[!3 = 3!\left(1 - 1 + \frac{1}{2} - \frac{1}{6}\right) = 3\]",
@@ -149,7 +167,8 @@ def test_a_reading_the_exact_path_cannot_settle_leaves_the_claim_unchecked(tool:
 
 def test_a_modulus_said_elsewhere_in_the_step_does_not_loosen_an_equality(tool: ToolStepVerifier) -> None:
     # 2^9 and 2^8 are both 0 mod 4, but the step states an exponent slip, not a congruence
-    assert _verdict(tool, r"The exponent gives \(2^{3^2} = 2^8\), which we reduce modulo 4 later.") == ToolVerdict.INCORRECT
+    text = r"The exponent gives \(2^{3^2} = 2^8\), which we reduce modulo 4 later."
+    assert _verdict(tool, text) == ToolVerdict.INCORRECT
 
 
 def test_a_false_not_equal_in_a_denying_step_is_flagged(tool: ToolStepVerifier) -> None:

@@ -98,7 +98,8 @@ def test_path_rule_moves_an_early_reasoning_error_to_the_later_slip(early_reason
     labels = [solution.label for _, solution in early_reasoning_then_slip]
     slips = [solution.errors[1].step for _, solution in early_reasoning_then_slip]
     assert labels == [0] * len(labels) and all(s > 0 for s in slips)
-    firsts = _first_negatives(early_reasoning_then_slip, {"fuse.rule": "hybrid", "fuse.zero_without_drop_yields": yields})
+    overrides = {"fuse.rule": "hybrid", "fuse.zero_without_drop_yields": yields}
+    firsts = _first_negatives(early_reasoning_then_slip, overrides)
     if yields:
         assert firsts == slips  # wrong: the earliest error is step 0
     else:

@@ -596,7 +596,9 @@ def apply_uncarried_slip(solution: ReferenceSolution, corruption: Corruption) ->
     step = target.step
     text = solution.visible_steps[step]
     result = _NUMBER.search(text, visible[-1].end)
-    if result is None or text[visible[-1].end : result.start()].strip(" =$") or number_value(result.group()) != target.stated:
+    if result is None or text[visible[-1].end : result.start()].strip(" =$"):
+        return None
+    if number_value(result.group()) != target.stated:
         return None
     written = format_like(corruption.new_value, result.group())
     if written is None:
@@ -699,7 +701,8 @@ def build_injection_set(
     Every record lists its errors in ``corruption_errors`` (step, kind, detail). Raises
     InputError when fewer eligible problems than asked exist.
     """
-    if min(n_error, n_correct, n_two_errors, n_right_answer) < 0 or n_error + n_correct + n_two_errors + n_right_answer == 0:
+    counts = (n_error, n_correct, n_two_errors, n_right_answer)
+    if min(counts) < 0 or sum(counts) == 0:
         raise InputError(
             "ask for at least one solution (--n-error/--n-correct/--n-two-errors/--n-right-answer >= 0, not all 0)"
         )

@@ -92,7 +92,8 @@ _SUBSTITUTION_CUE = re.compile(
 # relations on purpose; the checker does not count them against the step.
 _DENIAL_CUE = re.compile(
     r"\b(not true|false|contradiction|contradicts|extraneous|impossible|not possible|not equal|"
-    r"does not hold|doesn't hold|does not work|doesn't work|not a (solution|root)|absurd|fails|never|cannot (?:happen|hold|be true)|"
+    r"does not hold|doesn't hold|does not work|doesn't work|not a (solution|root)|absurd|fails|never|"
+    r"cannot (?:happen|hold|be true)|"
     r"can't (?:happen|hold|be true)|no such|no (?:real |integer |positive )?solutions?)\b",
     re.IGNORECASE,
 )
@@ -152,14 +153,17 @@ _MIXED = "mixed"  # the operator joining a whole number and a fraction written n
 _QUOTIENT_CUE = re.compile(r"\b(?:quotients?|remainders?|remaining|left\s?over)\b|\bR\s*\d", re.IGNORECASE)
 # ... and the remainder's value when it is written right after ("remainder \\(133\\)", "R 3",
 # "with a remainder of 77")
-_REMAINDER_VALUE = re.compile(r"(?:\bremainder|\bR)(?:\s|\\[()]|[${}]|\\text|\bof\b|\bis\b)*(\d+)(?!\.?\d)", re.IGNORECASE)
+_REMAINDER_VALUE = re.compile(
+    r"(?:\bremainder|\bR)(?:\s|\\[()]|[${}]|\\text|\bof\b|\bis\b)*(\d+)(?!\.?\d)", re.IGNORECASE
+)
 _QUOTIENT_WINDOW = 80
 # Words that make a step modular arithmetic, and the moduli it names ("mod 11", "\pmod{11}")
 _MODULAR_CUE = re.compile(r"\bmod(?:ulo|ular)?\b|\\[bp]?mod\b|\bcongruen\w*|\bresidues?\b|\\equiv|≡", re.IGNORECASE)
 # a modulus right after a claim ("= 1$ (mod 11)", "= 2$ modulo 8"), or opening a sentence
 # ("Modulo 11, ...", "Working mod 7: ...")
 _MODULUS_AFTER = re.compile(
-    r"[\s$)\]}]*(?:\\\)|\\\])?[\s$]*\(?\s*(?:\\[bp]?mod|\bmod(?:ulo)?|\\(?:text|mathrm)\{\s*mod\s*\})\s*\{?\s*(\d{1,12})(?!\.?\d)",
+    r"[\s$)\]}]*(?:\\\)|\\\])?[\s$]*\(?\s*"
+    r"(?:\\[bp]?mod|\bmod(?:ulo)?|\\(?:text|mathrm)\{\s*mod\s*\})\s*\{?\s*(\d{1,12})(?!\.?\d)",
     re.IGNORECASE,
 )
 _MODULUS_OPENING = re.compile(r"\bmod(?:ulo)?\s+(\d{1,12})\s*[,:]", re.IGNORECASE)
@@ -1112,7 +1116,7 @@ class _Parser:
     def expr(self) -> tuple:
         self.enter()
         left = self.term()
-        while (t := self.peek()) is not None and t.kind == "OP" and (t.value in "+-" and len(t.value) == 1 or t.value == _MIXED):
+        while (t := self.peek()) is not None and t.kind == "OP" and (t.value in ("+", "-", _MIXED)):
             self.pos += 1
             right = self.term()
             left = ({"+": "add", "-": "sub", _MIXED: "mixed"}[t.value], left, right)
@@ -1249,9 +1253,9 @@ def _juxtaposed_after_slash(tokens: list[Token]) -> bool:
     after_slash = False
     previous: Token | None = None
     for tok in tokens:
-        if depth == 0 and after_slash and previous is not None and previous.kind in ("NUM", "ID", "RP", "BANG", "PCT", "DEG"):
-            if tok.kind in ("ID", "FN", "CALL", "LP"):
-                return True
+        operand_before = previous is not None and previous.kind in ("NUM", "ID", "RP", "BANG", "PCT", "DEG")
+        if depth == 0 and after_slash and operand_before and tok.kind in ("ID", "FN", "CALL", "LP"):
+            return True
         if tok.kind == "LP":
             depth += 1
         elif tok.kind == "RP":
