@@ -35,6 +35,11 @@ How text becomes claims (docs/verification.md has the full rules):
   states an equation in that symbol, a substituted claim ``2*(5) + 1 = 11`` is added (only with a
   cue word such as "solves", "satisfies", "substituting"; not in steps that negate: "not",
   "extraneous", ...);
+- text with two meanings is read the first way and the claim carries the others in
+  ``Extraction.readings`` (``2\\frac{1}{2}`` as 2 * 1/2, ``[x]`` as the integer part, a bare
+  ``log`` as base 10, ``a ÷ b = q`` before "remainder r" as ``a = b*q + r``, ``a mod n = b`` and
+  an ``=`` with a modulus right after it as congruences); a checker counts the claim false only
+  when every reading is false;
 - a claim is ``rounded`` when its relation is ``≈``/``~``/``\\approx``, when ``about``,
   ``approximately``, ... follows the relation, or when the step says it rounds ("round",
   "rounded", "nearest").
