@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 from labelers.config import ToolConfig  # noqa: E402
 from labelers.steps import gsm8k_reference_steps  # noqa: E402
 from labelers.verify.base import StepContext  # noqa: E402
-from labelers.verify.claims import _math_segments, extract_claims  # noqa: E402
+from labelers.verify.claims import extract_claims  # noqa: E402
+from labelers.verify.claims.segments import _math_segments  # noqa: E402
 from labelers.verify.tool import ToolStepVerifier  # noqa: E402
 
 

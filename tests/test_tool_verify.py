@@ -26,7 +26,7 @@ import pytest
 from labelers.config import ToolConfig
 from labelers.steps import gsm8k_reference_steps
 from labelers.verify.base import StepContext, ToolVerdict
-from labelers.verify.claims import _math_segments
+from labelers.verify.claims.segments import _math_segments
 from labelers.verify.tool import ToolStepVerifier
 
 CLAIM_TIMEOUT_S = 1.5

@@ -250,6 +250,8 @@ def make_set(
     out: Path = typer.Option(..., "--out", help="Output file: .json = JSON list (as ProcessBench ships), else JSONL.", dir_okay=False),
     n_error: int = typer.Option(300, "--n-error", help="Solutions with one injected error.", min=0),
     n_correct: int = typer.Option(300, "--n-correct", help="Untouched correct solutions.", min=0),
+    n_two_errors: int = typer.Option(0, "--n-two-errors", help="Solutions with a reasoning error and a later slip (label: the first; gsm8k only).", min=0),
+    n_right_answer: int = typer.Option(0, "--n-right-answer", help="Solutions with a slip that is not carried forward: the final answer is right (gsm8k only).", min=0),
     seed: int = typer.Option(0, "--seed", help="Same seed + input = same file."),
     source: str = typer.Option("gsm8k", "--source", help="gsm8k (all three corruption kinds) or math500 (slips in the final computation)."),
     input_file: Path | None = typer.Option(None, "--input", help="GSM8K JSONL (question, answer) or MATH JSONL (problem, solution, answer); default: the bundled problems.", dir_okay=False),
@@ -265,13 +267,18 @@ def make_set(
 
         input_file = bundled_problems_path()
     if source == "gsm8k":
-        records, summary = build_injection_set(read_gsm8k(input_file), n_error, n_correct, seed, source)
+        records, summary = build_injection_set(read_gsm8k(input_file), n_error, n_correct, seed, source,
+                                               n_two_errors, n_right_answer)
     else:
+        if n_two_errors or n_right_answer:
+            raise InputError("--n-two-errors and --n-right-answer need --source gsm8k (calculator annotations)")
         records, summary = build_math_injection_set(read_math(input_file), n_error, n_correct, seed, source)
     write_set(out, records)
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(summary.kinds.items())) or "none"
+    extra = f"; {n_two_errors} with two errors" if n_two_errors else ""
+    extra += f"; {n_right_answer} with a right final answer despite an error" if n_right_answer else ""
     typer.echo(
-        f"wrote {len(records)} solutions to {out} ({n_error} with an injected error: {kinds}; {n_correct} correct); "
+        f"wrote {len(records)} solutions to {out} ({n_error} with an injected error{extra}: {kinds}; {n_correct} correct); "
         f"{summary.eligible} of {summary.source_rows} reference solutions could take a consistent corruption"
     )
 

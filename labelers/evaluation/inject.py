@@ -47,6 +47,11 @@ from data_schemas.errors import InputError
 from data_schemas.jsonl import read_json_objects
 
 CORRUPTION_KINDS: tuple[str, ...] = ("arithmetic_slip", "wrong_operation", "dropped_term")
+# Errors where the arithmetic is right and the reasoning is not (only Monte Carlo can see them).
+REASONING_KINDS: tuple[str, ...] = ("wrong_operation", "dropped_term")
+# Record kinds beyond one carried-forward error (make-set --n-two-errors / --n-right-answer):
+TWO_ERRORS = "two_errors"  # a reasoning error, then a later arithmetic slip; label = the first
+SLIP_NOT_CARRIED = "slip_not_carried"  # a slip the solution does not use; final answer right
 GENERATOR = "gsm8k-reference"
 SLIP_DELTAS: tuple[int, ...] = (1, -1, 2, -2, 10, -10)
 # Values too common to tell a carried-forward result from a constant of the problem.
@@ -349,12 +354,25 @@ class Corruption:
 
 
 @dataclass(frozen=True)
+class InjectedError:
+    """One error written into a solution (a record's ``corruption_errors`` entry)."""
+
+    step: int
+    kind: str  # one of CORRUPTION_KINDS
+    detail: str
+
+    def to_json(self) -> dict[str, object]:
+        return {"step": self.step, "kind": self.kind, "detail": self.detail}
+
+
+@dataclass(frozen=True)
 class InjectedSolution:
     steps: tuple[str, ...]
     label: int  # earliest wrong step
     final_answer: str
     kind: str
     detail: str
+    errors: tuple[InjectedError, ...] = ()  # every error written, in step order
 
 
 def _binary_operator_positions(tokens: Sequence[Token]) -> list[int]:
@@ -448,13 +466,25 @@ def _replace_spans(text: str, edits: Iterable[tuple[int, int, str]]) -> str:
     return text
 
 
-def apply_corruption(solution: ReferenceSolution, corruption: Corruption) -> InjectedSolution | None:
+def apply_corruption(
+    solution: ReferenceSolution, corruption: Corruption, slip: Corruption | None = None
+) -> InjectedSolution | None:
     """The corrupted solution, the changed value carried forward; None when the change cannot
-    be carried forward unambiguously or leaves the final answer unchanged."""
+    be carried forward unambiguously or leaves the final answer unchanged.
+
+    ``slip`` (an ``arithmetic_slip`` candidate of an annotation in a later step): a second error.
+    Its computation, with the first error's values carried into its operands, gets a result off
+    by the slip's delta, carried forward too (kind ``two_errors``; the label stays the first)."""
     target = solution.annotations[corruption.annotation]
     origin_step = target.step
     if corruption.new_value == target.stated:
         return None
+    slip_delta = Fraction(0)
+    if slip is not None:
+        slip_target = solution.annotations[slip.annotation]
+        slip_delta = slip.new_value - slip_target.stated
+        if slip.kind != "arithmetic_slip" or slip_target.step <= origin_step or slip_delta == 0:
+            return None
     question_numbers = {number_value(m.group()) for m in _NUMBER.finditer(solution.question)}
     # mapping old value -> (new value, step where the change happens, annotation index)
     changes: dict[Fraction, tuple[Fraction, int, int]] = {
@@ -464,7 +494,8 @@ def apply_corruption(solution: ReferenceSolution, corruption: Corruption) -> Inj
     for later_index in range(corruption.annotation + 1, len(solution.annotations)):
         later = solution.annotations[later_index]
         new_operands = [changes[v][0] if v in changes else v for v in later.operands]
-        if new_operands == later.operands:
+        slipped = slip is not None and later_index == slip.annotation
+        if new_operands == later.operands and not slipped:
             unchanged_results.append((later.stated, later.step))
             continue
         operand_iter = iter(new_operands)
@@ -472,6 +503,9 @@ def apply_corruption(solution: ReferenceSolution, corruption: Corruption) -> Inj
         value = evaluate(new_tokens)
         if value is None:
             return None
+        if slipped:
+            slip_written = (value, value + slip_delta)
+            value += slip_delta
         if value == later.stated:
             unchanged_results.append((later.stated, later.step))
             continue
@@ -532,8 +566,77 @@ def apply_corruption(solution: ReferenceSolution, corruption: Corruption) -> Inj
     reference = solution.render()
     if rendered[:origin_step] != reference[:origin_step] or rendered[origin_step] == reference[origin_step]:
         return None
-    detail = f"step {origin_step}: {corruption.detail}; final answer {solution.gold_answer} -> {final}"
-    return InjectedSolution(tuple(rendered), origin_step, final, corruption.kind, detail)
+    errors = [InjectedError(origin_step, corruption.kind, corruption.detail)]
+    if slip is not None:
+        right, written = slip_written
+        slip_step = solution.annotations[slip.annotation].step
+        if rendered[slip_step] == reference[slip_step]:
+            return None
+        errors.append(
+            InjectedError(slip_step, slip.kind, f"result {decimal_text(right)} written as {decimal_text(written)}")
+        )
+    detail = "; ".join(f"step {e.step}: {e.detail}" for e in errors)
+    detail += f"; final answer {solution.gold_answer} -> {final}"
+    kind = TWO_ERRORS if slip is not None else corruption.kind
+    return InjectedSolution(tuple(rendered), origin_step, final, kind, detail, tuple(errors))
+
+
+def apply_uncarried_slip(solution: ReferenceSolution, corruption: Corruption) -> InjectedSolution | None:
+    """An arithmetic slip the solution does not use: the step's result is written wrong, every
+    later step (and the final answer) keeps the right value (kind ``slip_not_carried``; the
+    final answer equals gold, the slip's step is the earliest error). None for a slip in the
+    computation of the final answer itself, or when the result is not written right after its
+    expression."""
+    if corruption.kind != "arithmetic_slip":
+        return None
+    target = solution.annotations[corruption.annotation]
+    visible = target.visible_tokens
+    if visible is None or target.stated == solution.gold_value or corruption.new_value < 0 <= target.stated:
+        return None
+    step = target.step
+    text = solution.visible_steps[step]
+    result = _NUMBER.search(text, visible[-1].end)
+    if result is None or text[visible[-1].end : result.start()].strip(" =$"):
+        return None
+    if number_value(result.group()) != target.stated:
+        return None
+    written = format_like(corruption.new_value, result.group())
+    if written is None:
+        return None
+    steps = list(solution.visible_steps)
+    steps[step] = _replace_spans(text, [(result.start(), result.end(), written)])
+    rendered = solution.render(steps)
+    error = InjectedError(step, corruption.kind, corruption.detail)
+    detail = f"step {step}: {corruption.detail}, not carried forward; final answer {solution.gold_answer} (right)"
+    return InjectedSolution(tuple(rendered), step, solution.gold_answer, SLIP_NOT_CARRIED, detail, (error,))
+
+
+def two_error_candidates(solution: ReferenceSolution) -> list[InjectedSolution]:
+    """Every consistent pair (a reasoning error — ``wrong_operation`` or ``dropped_term``, the
+    arithmetic right — then an arithmetic slip in a later step) of one reference solution."""
+    candidates = candidate_corruptions(solution)
+    reasoning = [c for c in candidates if c.kind in REASONING_KINDS]
+    slips = [c for c in candidates if c.kind == "arithmetic_slip"]
+    out: list[InjectedSolution] = []
+    for first in reasoning:
+        first_step = solution.annotations[first.annotation].step
+        for slip in slips:
+            if solution.annotations[slip.annotation].step <= first_step:
+                continue
+            injected = apply_corruption(solution, first, slip)
+            if injected is not None:
+                out.append(injected)
+    return out
+
+
+def uncarried_slip_candidates(solution: ReferenceSolution) -> list[InjectedSolution]:
+    """Every slip of one reference solution that can be written without being carried forward."""
+    out = []
+    for candidate in candidate_corruptions(solution):
+        injected = apply_uncarried_slip(solution, candidate)
+        if injected is not None:
+            out.append(injected)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -584,16 +687,25 @@ def build_injection_set(
     n_correct: int,
     seed: int,
     source_name: str = "gsm8k",
+    n_two_errors: int = 0,
+    n_right_answer: int = 0,
 ) -> tuple[list[dict], InjectionSummary]:
     """ProcessBench-layout records: ``n_error`` corrupted and ``n_correct`` untouched reference
     solutions of disjoint problems, shuffled, with ids ``<source>-<n>``.
 
     Kinds rotate over :data:`CORRUPTION_KINDS`; a problem without a valid candidate of the
-    wanted kind gets one of another kind. Raises InputError when fewer eligible problems than
-    asked exist.
+    wanted kind gets one of another kind. ``n_two_errors`` more solutions carry a reasoning error
+    and a later slip (:data:`TWO_ERRORS`), ``n_right_answer`` more a slip that is not carried
+    forward, so their final answer is right (:data:`SLIP_NOT_CARRIED`); both are drawn after the
+    one-error solutions, from problems not used yet, so a set without them is the same as before.
+    Every record lists its errors in ``corruption_errors`` (step, kind, detail). Raises
+    InputError when fewer eligible problems than asked exist.
     """
-    if n_error < 0 or n_correct < 0 or n_error + n_correct == 0:
-        raise InputError("ask for at least one solution (--n-error/--n-correct >= 0, not both 0)")
+    counts = (n_error, n_correct, n_two_errors, n_right_answer)
+    if min(counts) < 0 or sum(counts) == 0:
+        raise InputError(
+            "ask for at least one solution (--n-error/--n-correct/--n-two-errors/--n-right-answer >= 0, not all 0)"
+        )
     rng = random.Random(seed)
     summary = InjectionSummary(source_rows=len(sources))
     eligible: list[tuple[ReferenceSolution, dict[str, list[InjectedSolution]]]] = []
@@ -610,10 +722,10 @@ def build_injection_set(
         if by_kind:
             eligible.append((parsed, by_kind))
     summary.eligible = len(eligible)
-    if len(eligible) < n_error + n_correct:
+    if len(eligible) < n_error + n_correct + n_two_errors + n_right_answer:
         raise InputError(
             f"only {len(eligible)} of {len(sources)} reference solutions can take a consistent "
-            f"corruption; asked for {n_error} + {n_correct}"
+            f"corruption; asked for {n_error} + {n_correct} + {n_two_errors} + {n_right_answer}"
         )
     rng.shuffle(eligible)
     # Kinds get equal quotas; the scarcest kind picks its problems first, what a kind cannot
@@ -649,20 +761,35 @@ def build_injection_set(
         injected = in_step[rng.randrange(len(in_step))]
         summary.kinds[injected.kind] = summary.kinds.get(injected.kind, 0) + 1
         summary.errors_in_last_step += injected.label == len(injected.steps) - 1
-        records.append(
-            {
-                "generator": GENERATOR,
-                "problem": solution.question,
-                "steps": list(injected.steps),
-                "label": injected.label,
-                "final_answer_correct": False,
-                "gold_answer": solution.gold_answer,
-                "corruption": injected.kind,
-                "corruption_detail": injected.detail,
-                "source_row": solution.source_row,
-            }
-        )
+        records.append(_injected_record(solution, injected))
+    # the new kinds: problems not chosen yet, in the shuffled order, that can take one
+    for kind, wanted, make in ((TWO_ERRORS, n_two_errors, two_error_candidates),
+                               (SLIP_NOT_CARRIED, n_right_answer, uncarried_slip_candidates)):
+        for index, (solution, _) in enumerate(eligible):
+            if wanted == 0:
+                break
+            if index in chosen:
+                continue
+            pool = make(solution)
+            if not pool:
+                continue
+            chosen[index] = kind
+            wanted -= 1
+            steps_with = sorted({candidate.label for candidate in pool})
+            step = steps_with[rng.randrange(len(steps_with))]
+            in_step = [candidate for candidate in pool if candidate.label == step]
+            injected = in_step[rng.randrange(len(in_step))]
+            summary.kinds[kind] = summary.kinds.get(kind, 0) + 1
+            summary.errors_in_last_step += injected.label == len(injected.steps) - 1
+            records.append(_injected_record(solution, injected))
+        if wanted:
+            raise InputError(
+                f"only {summary.kinds.get(kind, 0)} problems left can take a {kind} solution; asked for "
+                f"{summary.kinds.get(kind, 0) + wanted}"
+            )
     unused = [solution for index, (solution, _) in enumerate(eligible) if index not in chosen]
+    if len(unused) < n_correct:
+        raise InputError(f"only {len(unused)} problems are left for {n_correct} correct solutions")
     for solution in unused[:n_correct]:
         records.append(
             {
@@ -674,12 +801,28 @@ def build_injection_set(
                 "gold_answer": solution.gold_answer,
                 "corruption": None,
                 "corruption_detail": None,
+                "corruption_errors": [],
                 "source_row": solution.source_row,
             }
         )
     rng.shuffle(records)
     width = len(str(len(records) - 1))
     return [{"id": f"{source_name}-{i:0{width}d}", **record} for i, record in enumerate(records)], summary
+
+
+def _injected_record(solution: ReferenceSolution, injected: InjectedSolution) -> dict:
+    return {
+        "generator": GENERATOR,
+        "problem": solution.question,
+        "steps": list(injected.steps),
+        "label": injected.label,
+        "final_answer_correct": injected.kind == SLIP_NOT_CARRIED,
+        "gold_answer": solution.gold_answer,
+        "corruption": injected.kind,
+        "corruption_detail": injected.detail,
+        "corruption_errors": [error.to_json() for error in injected.errors],
+        "source_row": solution.source_row,
+    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -329,6 +329,33 @@ def _either_reading(check: Any, lhs_tree: tuple, rhs_tree: tuple, args: tuple, e
     return result
 
 
+def settle_other_readings(
+    result: dict[str, Any],
+    claim: Claim,
+    readings: Sequence[tuple[str, tuple | None, tuple | None]],
+    tolerance: float,
+) -> dict[str, Any]:
+    """A claim false as read first but with other readings (``Extraction.readings``: a mixed
+    number that may be a product, brackets that may take the integer part, a bare log that may be
+    base 10, a quotient with a remainder, a congruence) counts false only when every other reading
+    is settled and false: the first reading that holds makes it hold; one that cannot be settled
+    on the exact path (or cannot be written out) leaves it unchecked."""
+    if result.get("holds") is not False or not readings:
+        return result
+    for name, lhs_tree, rhs_tree in readings:
+        if lhs_tree is None or rhs_tree is None:
+            return {"holds": None, "reason": f"false as written, but may hold with {name} (not checked)"}
+        other = check_claim_exact(
+            lhs_tree, rhs_tree, claim.relation, claim.rounded, tolerance, claim.percent_sides, claim.exclamation_sides
+        )
+        if other is None or other.get("holds") is None:
+            return {"holds": None, "reason": f"false as written; {name} could not be checked"}
+        if other["holds"] is True:
+            other["method"] = f"{name}; {other.get('method', 'exact')}"
+            return other
+    return result
+
+
 def check_claim_exact(
     lhs_tree: tuple,
     rhs_tree: tuple,
@@ -619,6 +646,7 @@ class ToolStepVerifier:
                 continue
             try:
                 step_pool: list[tuple[tuple, Claim]] = []
+                other_readings = dict(zip(extraction.claims, extraction.readings, strict=True))
                 for claim, (lhs_tree, rhs_tree) in zip(extraction.claims, extraction.sides, strict=True):
                     result = _prefilter(claim, lhs_tree, rhs_tree)
                     if result is None:
@@ -631,13 +659,14 @@ class ToolStepVerifier:
                                 claim.exclamation_sides)
                         step_pool.append((task, claim))
                         continue
+                    result = settle_other_readings(result, claim, other_readings.get(claim, ()), tolerance)
                     entries[index].append(_claim_entry(claim, result))
                 step_code = _code_tasks(index, context.step, extraction) if self.config.run_code else []
             except Exception as exc:  # noqa: BLE001
                 errors[index] = _error_message("checking a claim", exc)
                 continue
             pool_tasks += [task for task, _ in step_pool]
-            pool_slots += [(index, claim) for _, claim in step_pool]
+            pool_slots += [(index, claim, other_readings.get(claim, ())) for _, claim in step_pool]
             code_tasks += step_code
         code_results: list[SandboxResult | None] = []
         code_off = self.code_unavailable_reason() if code_tasks else None
@@ -652,9 +681,10 @@ class ToolStepVerifier:
             except Exception as exc:  # noqa: BLE001 - the worker pool itself failed
                 message = _error_message("the sympy workers", exc)
                 pool_results = [{"holds": None, "reason": message} for _ in pool_tasks]
-                for index, _ in pool_slots:
+                for index, _, _ in pool_slots:
                     errors.setdefault(index, message)
-            for (index, claim), result in zip(pool_slots, pool_results, strict=True):
+            for (index, claim, readings), result in zip(pool_slots, pool_results, strict=True):
+                result = settle_other_readings(result, claim, readings, tolerance)
                 entries[index].append(_claim_entry(claim, result))
             for task, future in zip(code_tasks, futures, strict=True):
                 try:
@@ -689,9 +719,10 @@ def _error_message(stage: str, exc: BaseException) -> str:
 def _verdict(entries: list[dict[str, Any]], extraction: Extraction) -> ToolCheck:
     entries.sort(key=lambda e: tuple(e["span"]))
     if extraction.denies:
-        # "1 = sqrt(9) + 4, which is not true": the step itself says a relation fails.
+        # "1 = sqrt(9) + 4, which is not true": the step itself says a relation fails. A false
+        # "≠" is not such a relation: it is the step's own denial, and wrong ("2 ≠ 2").
         for e in entries:
-            if e.get("holds") is False and e["kind"] == "sympy":
+            if e.get("holds") is False and e["kind"] == "sympy" and e.get("relation") != "!=":
                 e["holds"] = None
                 e["reason"] = "the step says a relation is false"
     for e in entries:
