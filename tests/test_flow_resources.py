@@ -93,3 +93,53 @@ def test_policy_factory_spec_errors_are_one_line():
         resolve_policy_factory("nocolon")
     with pytest.raises(ConfigError, match="cannot be imported"):
         resolve_policy_factory("flows.nope:make")
+
+
+# ---------------------------------------------------------------------------------------------
+# The judge model of a build (issue 22: `build` ignored judge.model; `eval run` honoured it).
+
+SEPARATE_JUDGE = "separate-judge-model"
+SEPARATE_JUDGE_REPLY = "Reason: checked by the separate judge model.\nVerdict: incorrect"
+
+
+def judge_model_factory(policy_config):
+    """The scripted build policy, except for the judge model: a scripted judge with its own reply."""
+    from tests.support.scripted_judge import ScriptedJudge
+    from tests.test_flow_build import scripted_policy_factory
+
+    if policy_config.model == SEPARATE_JUDGE:
+        return ScriptedJudge(lambda step, tool: SEPARATE_JUDGE_REPLY, model_id=SEPARATE_JUDGE)
+    return scripted_policy_factory(policy_config)
+
+
+def test_build_with_judge_model_judges_with_that_model(tmp_path):
+    import duckdb
+
+    from flows.build import run_build
+    from tests.test_flow_build import small_config
+
+    config = small_config(tmp_path, "judge.enabled=true", f'judge.model="{SEPARATE_JUDGE}"', "problems.limit=2")
+    summary = run_build(config, policy_factory="tests.test_flow_resources:judge_model_factory")
+    assert summary.status == "complete" and summary.steps > 0
+    pattern = str(tmp_path / "builds" / summary.build_id / "steps" / "**" / "*.parquet")
+    judged = duckdb.sql(f"SELECT judge_status, judge_verdict, judge_reply FROM read_parquet('{pattern}')").fetchall()
+    # Every step was judged by the separate model (the policy model never answers the judge prompt).
+    assert judged and set(judged) == {("ok", "incorrect", SEPARATE_JUDGE_REPLY)}
+
+
+def test_holder_gives_the_judge_its_own_policy_from_the_same_factory():
+    made = []
+
+    def factory(policy_config):
+        made.append(policy_config)
+        return _Policy()
+
+    holder = ResourceHolder()
+    plain = BuildConfig().with_overrides({"tool.enabled": False, "judge.enabled": True})
+    assert holder.resources(plain, factory).judge is None  # no judge.model: the policy judges
+    separate = plain.with_overrides({"judge.model": "j", "judge.backend": "openai", "judge.base_url": "http://x/v1"})
+    held = holder.resources(separate, factory)
+    assert held.judge is not None and held.judge is not held.policy
+    assert [(c.model, c.backend, c.base_url) for c in made] == [("better", "embedded", None), ("j", "openai", "http://x/v1")]
+    assert holder.resources(separate, factory).judge is held.judge  # held, not made again
+    holder.close_all()
