@@ -61,7 +61,7 @@ def held_models(holder: object) -> int:
     counter = getattr(holder, "held_policies", None)
     if callable(counter):
         return int(counter())
-    return len(getattr(holder, "_policies"))  # a holder from before the bound (for the "before" figure)
+    return len(holder._policies)  # a holder from before the bound (for the "before" figure)
 
 
 def main() -> None:
@@ -90,7 +90,8 @@ def main() -> None:
         started = time.perf_counter()
         overrides = [*TINY_BUILD, f"output.root={json.dumps(root)}", *sampling_overrides(index)]
         summary = scheduled_build.fn(preset="small", overrides=overrides, policy_factory=args.policy_factory)
-        rows.append((index + 1, summary.status, rss_mb(), held_models(PROCESS_RESOURCES), time.perf_counter() - started))
+        seconds = time.perf_counter() - started
+        rows.append((index + 1, summary.status, rss_mb(), held_models(PROCESS_RESOURCES), seconds))
         print(f"run {index + 1:2d}: {summary.status}, {summary.steps} steps, rss {rows[-1][2]:.0f} MB, "
               f"models held {rows[-1][3]}, {rows[-1][4]:.1f} s ({' '.join(sampling_overrides(index))})", flush=True)
         if rows[-1][2] > args.max_rss_mb:

@@ -266,7 +266,9 @@ class ResourceHolder:
         judge_key = None if judge_config is None else policy_key(judge_config, policy_factory)
         keep = {made_policy_key} | ({judge_key} if judge_key else set())
         needs_policy = policy or (lean and not lean_standalone)
-        held_policy = self._engine(made_policy_key, config.policy, policy_factory, bound, keep) if needs_policy else None
+        held_policy = None
+        if needs_policy:
+            held_policy = self._engine(made_policy_key, config.policy, policy_factory, bound, keep)
         held_judge = None
         if judge_config is not None and judge_key is not None:
             held_judge = self._engine(judge_key, judge_config, policy_factory, bound, keep)

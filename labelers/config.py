@@ -148,7 +148,11 @@ class JudgeConfig(_Section):
         if self.model is None:
             return None
         return policy.model_copy(
-            update={"model": self.model, "backend": self.backend or policy.backend, "base_url": self.base_url or policy.base_url}
+            update={
+                "model": self.model,
+                "backend": self.backend or policy.backend,
+                "base_url": self.base_url or policy.base_url,
+            }
         )
 
 

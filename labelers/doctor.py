@@ -31,8 +31,12 @@ CORE_PACKAGES = (
     "matplotlib",
 )
 # Optional parts and the distributions each needs (importlib.metadata names).
-SCALE_OUT_PACKAGES = {"Dask task runner": ("dask", "distributed", "prefect-dask"), "Ray task runner": ("ray", "prefect-ray")}
+SCALE_OUT_PACKAGES = {
+    "Dask task runner": ("dask", "distributed", "prefect-dask"),
+    "Ray task runner": ("ray", "prefect-ray"),
+}
 TRAIN_PACKAGES = ("torch", "transformers", "trl", "accelerate", "datasets")
+ANSWER_HINT = "pip install 'math-verify[antlr4_11_0]'"
 TRAIN_HINT = "pip install 'prmforge[train]' (trl==1.13.0: later releases have no PRMTrainer)"
 
 
@@ -45,7 +49,8 @@ def check_core_packages() -> DoctorItem:
     missing = [name for name, version in versions.items() if version is None]
     found = ", ".join(f"{name} {version}" for name, version in versions.items() if version)
     if missing:
-        return DoctorItem("Python dependencies", False, f"missing: {', '.join(missing)}; found: {found}", "pip install prmforge")
+        detail = f"missing: {', '.join(missing)}; found: {found}"
+        return DoctorItem("Python dependencies", False, detail, "pip install prmforge")
     return DoctorItem("Python dependencies", True, found)
 
 
@@ -57,7 +62,7 @@ def check_answer_checking() -> DoctorItem:
     rejected = not answers_equal("\\sqrt{3}", "\\sqrt{2}", timeout_s=30.0)
     if started and rejected:
         return DoctorItem("answer checking", True, f"math-verify {_version('math-verify')} in a worker process")
-    return DoctorItem("answer checking", False, "math-verify gave a wrong verdict on a known pair", "pip install 'math-verify[antlr4_11_0]'")
+    return DoctorItem("answer checking", False, "math-verify gave a wrong verdict on a known pair", ANSWER_HINT)
 
 
 def check_scale_out(name: str, distributions: tuple[str, ...]) -> DoctorItem:
@@ -87,8 +92,7 @@ def _scale_out(name: str, distributions: tuple[str, ...]) -> DoctorCheck:
 # missing distributions themselves (with versions of the rest), so they declare no requirement.
 REGISTERED_CHECKS: tuple[DoctorCheck, ...] = (
     DoctorCheck("Python dependencies", check_core_packages),
-    DoctorCheck("answer checking", check_answer_checking, requires=("math-verify",),
-                install_hint="pip install 'math-verify[antlr4_11_0]'"),
+    DoctorCheck("answer checking", check_answer_checking, requires=("math-verify",), install_hint=ANSWER_HINT),
     embedded.DOCTOR_CHECK,
     vllm_backend.DOCTOR_CHECK,
     lean.DOCTOR_CHECK,

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
+from data_schemas.errors import ConfigError
 from flows.resources import ResourceHolder, prewarm, resolve_policy_factory
 from labelers.config import BuildConfig
 from labelers.policy.base import TokenUsage
-from data_schemas.errors import ConfigError
 
 
 def test_prewarm_loads_once_and_leaves_errors_to_the_task():
@@ -174,11 +174,16 @@ def test_sampling_settings_share_one_engine_and_engine_settings_do_not():
     base = BuildConfig().with_overrides({"tool.enabled": False})
     first = holder.resources(base, factory).policy
     for index, (temperature, top_p, step_tokens) in enumerate([(0.2, 0.9, 64), (1.0, 1.0, 300), (0.0, 0.5, 8)]):
-        sampled = base.with_overrides({"policy.temperature": temperature, "policy.top_p": top_p,
-                                       "policy.max_step_tokens": step_tokens, "policy.max_solution_tokens": 100 + index})
+        sampled = base.with_overrides({
+            "policy.temperature": temperature, "policy.top_p": top_p,
+            "policy.max_step_tokens": step_tokens, "policy.max_solution_tokens": 100 + index,
+        })
         assert holder.resources(sampled, factory).policy is first
     assert len(made) == 1
-    for engine_change in ({"policy.n_ctx": 2048}, {"policy.n_threads": 1}, {"policy.kv_cells": 1024}, {"policy.model": "small"}):
+    engine_changes = (
+        {"policy.n_ctx": 2048}, {"policy.n_threads": 1}, {"policy.kv_cells": 1024}, {"policy.model": "small"},
+    )
+    for engine_change in engine_changes:
         holder.resources(base.with_overrides(engine_change), factory)
     assert len(made) == 1 + 4
 
@@ -266,7 +271,8 @@ def test_builtin_backends_key_by_the_fields_their_engine_reads():
 
     embedded = PolicyConfig(backend="embedded", model="small")
     # An HTTP timeout means nothing to an in-process model; the KV cache size does.
-    assert policy_key(embedded) == policy_key(embedded.model_copy(update={"request_timeout_s": 5.0, "temperature": 0.1}))
+    unrelated = {"request_timeout_s": 5.0, "temperature": 0.1}
+    assert policy_key(embedded) == policy_key(embedded.model_copy(update=unrelated))
     assert policy_key(embedded) != policy_key(embedded.model_copy(update={"kv_cells": 4096}))
     served = PolicyConfig(backend="openai", model="m", base_url="http://h/v1")
     assert policy_key(served) != policy_key(served.model_copy(update={"request_timeout_s": 5.0}))
