@@ -229,15 +229,16 @@ class ResourceHolder:
     # -- what a batch task needs --
 
     def resources(self, config: BuildConfig, policy_factory: PolicyFactorySpec = None) -> WorkerResources:
-        """The policy, judge model (if any), tool (if enabled) and Lean verifier (if enabled) of a build."""
-        return self._load(config, policy_factory, policy=True, judge=True, tool=config.tool.enabled,
+        """The policy, judge model (when the judge runs and ``judge.model`` is set), tool (if
+        enabled) and Lean verifier (if enabled) of a build."""
+        return self._load(config, policy_factory, policy=True, judge=config.judge_runs, tool=config.tool.enabled,
                           lean=config.lean.enabled)
 
     @contextmanager
     def lease(self, config: BuildConfig, policy_factory: PolicyFactorySpec = None) -> Iterator[WorkerResources]:
         """:meth:`resources`, held for the ``with`` block: nothing it returns is closed meanwhile."""
         with self._lock:
-            held, keys = self._load_locked(config, policy_factory, policy=True, judge=True,
+            held, keys = self._load_locked(config, policy_factory, policy=True, judge=config.judge_runs,
                                            tool=config.tool.enabled, lean=config.lean.enabled)
             self._lease(keys, 1)
         try:

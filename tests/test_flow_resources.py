@@ -142,6 +142,9 @@ def test_holder_gives_the_judge_its_own_policy_from_the_same_factory():
     assert held.judge is not None and held.judge is not held.policy
     assert [(c.model, c.backend, c.base_url) for c in made] == [("better", "embedded", None), ("j", "openai", "http://x/v1")]
     assert holder.resources(separate, factory).judge is held.judge  # held, not made again
+    idle = separate.with_overrides({"judge.enabled": False, "judge.model": "idle-judge"})
+    assert holder.resources(idle, factory).judge is None  # a judge that does not run loads no model
+    assert [c.model for c in made] == ["better", "j"]
     holder.close_all()
 
 
