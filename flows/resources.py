@@ -1,4 +1,5 @@
-"""Per-process holder of the expensive labeling resources: the policy engine and the verifiers.
+"""Per-process holder of the expensive labeling resources: the policy engine, a separate judge
+model, the tool verifier and the Lean verifier — the one holder of builds and of ``eval run``.
 
 A model is loaded once per worker process and shared by every task that runs there — never one
 engine per task or per batch. With the thread runner all batch tasks share one engine, so each
@@ -7,6 +8,10 @@ call from several threads at once, and a single CPU engine gains nothing from co
 Servers reached over HTTP (``openai`` backend) take concurrent calls themselves; their client
 still goes through the lock, which costs little since one ``generate`` call already carries a
 whole round of requests.
+
+Memory is bounded: engines are keyed by what needs a new model (:func:`policy_key`), not by
+sampling settings, and at most ``flow.max_held_models`` are held (least recently used closed
+first, never one a batch in flight holds).
 """
 
 from __future__ import annotations
