@@ -280,3 +280,19 @@ def test_builtin_backends_key_by_the_fields_their_engine_reads():
     served = PolicyConfig(backend="openai", model="m", base_url="http://h/v1")
     assert policy_key(served) != policy_key(served.model_copy(update={"request_timeout_s": 5.0}))
     assert policy_key(served) == policy_key(served.model_copy(update={"n_ctx": 8192, "top_p": 0.5}))
+
+
+def test_eval_and_build_get_the_same_policy_and_judge_from_one_holder():
+    """eval run's view (for_config) and a build's resources come from the same code path."""
+    made: list[_ClosablePolicy] = []
+    factory = _recording_factory(made)
+    holder = ResourceHolder()
+    config = BuildConfig().with_overrides({"tool.enabled": False, "judge.enabled": True, "judge.model": "j"})
+    view = holder.for_config(config, factory)
+    assert [p.model_id for p in made] == []  # nothing is made before a signal asks
+    judge = view.step_judge()
+    assert [p.model_id for p in made] == ["j"]  # the judge alone: no policy model loaded for it
+    build = holder.resources(config, factory)
+    assert build.judge is judge and build.policy is view.policy()
+    view.close()
+    assert all(p.closed for p in made)
