@@ -243,8 +243,8 @@ def label_batch_task(batch: Batch, config: BuildConfig, build_id: str, policy_fa
     from flows.resources import PROCESS_RESOURCES as process_resources
     from labelers.pipeline import label_batch
 
-    held = process_resources.resources(config, policy_factory)
-    result = label_batch(batch.problems, config, held.policy, held.tool, held.lean, build_id)
+    with process_resources.lease(config, policy_factory) as held:  # not closed while this batch runs
+        result = label_batch(batch.problems, config, held.policy, held.tool, held.lean, build_id, step_judge=held.judge)
     return LabeledBatch(
         tuple(result.steps), tuple(result.nodes), tuple(result.outcomes), result.usage, dict(result.counters)
     )

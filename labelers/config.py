@@ -143,6 +143,21 @@ class JudgeConfig(_Section):
     max_tokens: int = Field(default=192, ge=8)
     temperature: float = Field(default=0.0, ge=0)  # greedy: the same step gets the same verdict
 
+    def policy_config(self, policy: PolicyConfig) -> PolicyConfig | None:
+        """The separate judge model's policy settings, or None when the policy model judges.
+
+        The policy's settings with the judge's model, backend and URL: the one place both
+        ``build`` and ``eval run`` get the judge from (flows/resources.py)."""
+        if self.model is None:
+            return None
+        return policy.model_copy(
+            update={
+                "model": self.model,
+                "backend": self.backend or policy.backend,
+                "base_url": self.base_url or policy.base_url,
+            }
+        )
+
 
 class FuseConfig(_Section):
     """How tool verdict, Lean state and MC value become a step label."""
@@ -184,6 +199,10 @@ class FlowConfig(_Section):
     dask_address: str | None = None  # scheduler address; None = start a LocalCluster
     dask_processes: bool = True  # LocalCluster workers as processes (False: threads in this process)
     ray_address: str | None = None  # ray cluster address ("auto", "ray://host:10001"); None = local Ray
+    # Models (policy and judge engines) a worker process keeps loaded between builds; beyond it
+    # the least recently used one not in use is closed (flows/resources.py). Sampling settings
+    # never need a new model, so schedules differing only in them share one.
+    max_held_models: int = Field(default=2, ge=1)
 
 
 class BuildConfig(_Section):

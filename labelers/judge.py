@@ -14,17 +14,20 @@ signal next to the tool, Lean and Monte Carlo:
 
 Statuses (stored in ``steps.judge_status``): ``ok`` (a verdict was read), ``unparsed`` (the reply
 has no verdict line: no signal, the raw reply is kept), ``failed`` (the request failed: no
-signal, the error is kept as the reply), ``not_run`` (the judge was off).
+signal, the error is kept as the reply), ``not_run`` (the judge was off). The verdict record
+(:class:`JudgeVerdict`, ``JUDGE_NOT_RUN``) lives with the other verdict types in
+labelers/verify/base.py, so the rationale reads it without importing the judge.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from labelers.policy.base import ChatMessage, GenerationRequest, GenerationResult
-from labelers.verify.base import StepContext, ToolCheck
+from labelers.rationale import tool_line
+from labelers.verify.base import JUDGE_NOT_RUN as JUDGE_NOT_RUN  # re-exported: callers import it from here
+from labelers.verify.base import JudgeVerdict, StepContext, ToolCheck
 
 JUDGE_SYSTEM_PROMPT = (
     "You are a strict math teacher checking one step of a student's solution. "
@@ -47,22 +50,6 @@ _SENTENCE_VERDICT = re.compile(
 _MAX_STEP_CHARS = 4000  # a pathological step is cut in the prompt (the row keeps it whole)
 
 
-@dataclass(frozen=True)
-class JudgeVerdict:
-    """The judge's answer on one step: ``correct`` True/False/None (no verdict)."""
-
-    correct: bool | None
-    status: str  # "ok", "unparsed", "failed", "not_run"
-    reply: str | None = None
-    reason: str | None = None
-
-    @property
-    def verdict(self) -> str | None:
-        """``"correct"`` / ``"incorrect"`` / None, as stored in ``steps.judge_verdict``."""
-        return None if self.correct is None else ("correct" if self.correct else "incorrect")
-
-
-JUDGE_NOT_RUN = JudgeVerdict(None, "not_run")
 
 
 def judge_messages(context: StepContext, tool_result: str) -> tuple[ChatMessage, ...]:
@@ -121,8 +108,6 @@ def verdict_of(result: GenerationResult) -> JudgeVerdict:
 
 def tool_result_line(check: ToolCheck | None) -> str:
     """What the judge is told about the tool (the rationale's tool line)."""
-    from labelers.rationale import tool_line
-
     return tool_line(check)
 
 

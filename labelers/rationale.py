@@ -20,8 +20,7 @@ import re
 from typing import Any
 
 from labelers.fuse import FusedStep, MCSignal
-from labelers.judge import JudgeVerdict
-from labelers.verify.base import LeanCheck, LeanState, ToolCheck, ToolVerdict
+from labelers.verify.base import JudgeVerdict, LeanCheck, LeanState, ToolCheck, ToolVerdict
 
 VERDICT_RE = re.compile(r"^Verdict: \\boxed\{([+-])\}\s*$")
 

@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from data_schemas.errors import InputError, PrmforgeError
+from flows.resources import ConfigResources, ResourceHolder
 
 eval_app = typer.Typer(help="Measure label quality: error-injection sets, ProcessBench scores.", no_args_is_help=True)
 
@@ -95,70 +96,8 @@ def parse_signals(text: str | Sequence[str]) -> list[tuple[str, str | None]]:
     return parsed
 
 
-class _Resources:
-    """Policy and verifiers, made on first use and closed once."""
-
-    def __init__(self, config: Any, prm_dir: Path | None = None) -> None:
-        self.config = config
-        self.prm_dir = prm_dir
-        self._prm = None
-        self._policy = None
-        self._judge = None
-        self._tool = None
-        self._lean = None
-
-    def policy(self) -> Any:
-        if self._policy is None:
-            from labelers.policy.factory import make_policy
-
-            self._policy = make_policy(self.config.policy)
-        return self._policy
-
-    def step_judge(self) -> Any:
-        """A separate judge model's policy when ``judge.model`` is set, else None (the policy judges)."""
-        judge = self.config.judge
-        if judge.model is None:
-            return None
-        if self._judge is None:
-            from labelers.policy.factory import make_policy
-
-            policy = self.config.policy
-            self._judge = make_policy(policy.model_copy(update={
-                "model": judge.model, "backend": judge.backend or policy.backend, "base_url": judge.base_url or policy.base_url,
-            }))
-        return self._judge
-
-    def tool(self) -> Any:
-        if self._tool is None:
-            from labelers.verify.tool import ToolStepVerifier
-
-            self._tool = ToolStepVerifier(self.config.tool)
-        return self._tool
-
-    def lean(self) -> Any:
-        if self._lean is None:
-            from labelers.verify.lean import make_lean_verifier
-
-            self._lean = make_lean_verifier(self.config.lean.model_copy(update={"enabled": True}), None)
-        return self._lean
-
-    def prm(self) -> Any:
-        if self._prm is None:
-            if self.prm_dir is None:
-                raise InputError("--labels prm needs --prm DIR (a model trained by prmforge train)")
-            from labelers.training import PRMScorer
-
-            self._prm = PRMScorer(self.prm_dir)
-        return self._prm
-
-    def close(self) -> None:
-        for resource in (self._tool, self._lean, self._judge, self._policy):
-            if resource is not None:
-                resource.close()
-
-
 def run_signals(records: Sequence[Any], signals: Sequence[tuple[str, str | None]], config: Any,
-                default_mode: str, k: int | None, resources: _Resources, threshold: float = 0.5) -> list[Any]:
+                default_mode: str, k: int | None, resources: ConfigResources, threshold: float = 0.5) -> list[Any]:
     """Results in the order asked. ``tool``, ``lean`` and ``prm`` run on their own; ``mc``,
     ``hybrid`` and ``judge`` share one labeling pass per MC mode (the judge joins the first pass,
     or runs alone without rollouts when no mc/hybrid signal is asked; the runner splits off a
@@ -340,7 +279,8 @@ def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file
         raise InputError(f"--mc-mode must be one of {', '.join(MC_MODES)}, got {mc_mode!r}")
     records = _read_records(set_file, limit)
     config = _load_config(config_file, preset, overrides, model, backend, seed)
-    resources = _Resources(config, prm)
+    # The holder builds use too (flows/resources.py): eval and build get the same policy and judge.
+    resources = ResourceHolder().for_config(config, prm_dir=prm)
     try:
         results = run_signals(records, signals, config, mc_mode, k, resources, threshold)
     finally:

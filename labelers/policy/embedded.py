@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from data_schemas.errors import PrmforgeError
-from labelers.doctor import DoctorItem
+from labelers.diagnostics import DoctorCheck, DoctorItem
 from labelers.policy.batch_decoder import BatchDecoder, DecodeJob
 from labelers.policy.base import Completion, GenerationRequest, GenerationResult, TokenUsage
 from labelers.policy.usage import record_usage
@@ -382,3 +382,9 @@ def doctor_check(cache_dir: Path | None = None) -> DoctorItem:
         detail="; ".join(found),
         hint="; ".join(hints) or None,
     )
+
+
+# What ``prmforge doctor`` checks for this backend (registered in labelers/doctor.py).
+DOCTOR_CHECK = DoctorCheck(
+    "embedded model (llama.cpp, CPU)", doctor_check, requires=("llama-cpp-python",), install_hint=INSTALL_COMMAND
+)

@@ -17,6 +17,25 @@ if TYPE_CHECKING:
     from labelers.policy.embedded import ModelPool
 
 
+# The PolicyConfig fields make_policy reads for each backend: two configs that agree on them get
+# the same engine (one loaded model, one KV cache, one HTTP client). Sampling settings are not
+# among them: they travel with each GenerationRequest (labelers/policy/base.py), so a holder of
+# engines keys by these fields only (flows/resources.py) and never loads a model twice for a new
+# temperature. tests/test_flow_resources.py checks that every field is classified.
+ENGINE_FIELDS: dict[str, tuple[str, ...]] = {
+    "embedded": ("model", "n_ctx", "n_threads", "decode", "max_sequences", "kv_cells"),
+    "vllm": ("model", "n_ctx", "gpu_memory_utilization", "enable_prefix_caching"),
+    "openai": ("model", "base_url", "api_key", "max_concurrency", "request_timeout_s", "max_retries"),
+}
+SAMPLING_FIELDS: tuple[str, ...] = ("temperature", "top_p", "max_step_tokens", "max_solution_tokens")
+
+
+def engine_fields(config: PolicyConfig) -> dict[str, object]:
+    """What makes ``make_policy(config)`` a different engine: the backend and its ENGINE_FIELDS."""
+    fields = ENGINE_FIELDS.get(config.backend, ())
+    return {"backend": config.backend, **{name: getattr(config, name) for name in fields}}
+
+
 def make_policy(config: PolicyConfig, *, pool: "ModelPool | None" = None, cache_dir: Path | None = None) -> Policy:
     """A ready Policy for ``config``.
 

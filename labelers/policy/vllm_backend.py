@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from data_schemas.errors import PrmforgeError
-from labelers.doctor import DoctorItem
+from labelers.diagnostics import DoctorCheck, DoctorItem
 from labelers.policy.base import Completion, GenerationRequest, GenerationResult, TokenUsage
 from labelers.policy.usage import record_usage
 
@@ -172,3 +172,9 @@ def doctor_check() -> DoctorItem:
     elif not visible:
         hint = "vllm needs an NVIDIA GPU with a working driver (nvidia-smi)"
     return DoctorItem(name="vLLM / GPU", ok=installed and visible, detail=detail, hint=hint)
+
+
+# What ``prmforge doctor`` checks for this backend (registered in labelers/doctor.py).
+DOCTOR_CHECK = DoctorCheck(
+    "vLLM / GPU", doctor_check, requires=("vllm",), install_hint="on a CUDA machine: pip install 'prmforge[vllm]'"
+)

@@ -1,4 +1,5 @@
-"""Verdict records shared by the tool verifier, the Lean verifier and the fusion stage."""
+"""Verdict records shared by the tool verifier, the Lean verifier, the step judge, the fusion stage
+and the rationale: the low module every signal and every reader of signals imports (no cycles)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,24 @@ class LeanCheck:
     statement: str | None = None
     tactic: str | None = None
     message: str | None = None
+
+
+@dataclass(frozen=True)
+class JudgeVerdict:
+    """The judge's answer on one step: ``correct`` True/False/None (no verdict)."""
+
+    correct: bool | None
+    status: str  # "ok", "unparsed", "failed", "not_run"
+    reply: str | None = None
+    reason: str | None = None
+
+    @property
+    def verdict(self) -> str | None:
+        """``"correct"`` / ``"incorrect"`` / None, as stored in ``steps.judge_verdict``."""
+        return None if self.correct is None else ("correct" if self.correct else "incorrect")
+
+
+JUDGE_NOT_RUN = JudgeVerdict(None, "not_run")
 
 
 class StepVerifier(Protocol):

@@ -44,7 +44,7 @@ from typing import Any, Literal
 
 from data_schemas.errors import ConfigError
 from labelers.config import LeanConfig
-from labelers.doctor import DoctorItem
+from labelers.diagnostics import DoctorCheck, DoctorItem
 from labelers.identity import derive_seed, prefix_hash
 from labelers.policy.base import GenerationRequest, Policy
 from labelers.verify.base import LeanCheck, LeanState, StepContext
@@ -151,6 +151,11 @@ def doctor_check(config: LeanConfig | None = None, env: Mapping[str, str] | None
         return DoctorItem("Lean 4", True, f"{setup.version}; lake at {setup.lake}; Mathlib project {setup.project}")
     found = f" (found {setup.version})" if setup.version else ""
     return DoctorItem("Lean 4", False, f"{setup.problem}{found}", SETUP_HINT)
+
+
+# What ``prmforge doctor`` checks for Lean (registered in labelers/doctor.py): a toolchain and a
+# Mathlib project, not Python distributions (lean-dojo only for its optional backend).
+DOCTOR_CHECK = DoctorCheck("Lean 4", doctor_check)
 
 
 # ---------------------------------------------------------------------------------------------

