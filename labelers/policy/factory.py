@@ -36,6 +36,7 @@ def make_policy(config: PolicyConfig, *, pool: "ModelPool | None" = None, cache_
             decode=config.decode,
             max_sequences=config.max_sequences,
             kv_cells=config.kv_cells,
+            prompt_cache=config.prompt_cache,
         )
     if config.backend == "vllm":
         from labelers.policy.vllm_backend import VllmPolicy
