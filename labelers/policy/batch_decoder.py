@@ -111,9 +111,11 @@ class _Group:
     job_index: int
     completion_indices: list[int]
     seq_ids: list[int]
-    reserved_cells: int
-    cache_entry: "_CachedPrompt"
+    reserved_cells: int  # cells its completions may take (the prompt's are the cache entry's)
+    cache_entry: "_CachedPrompt"  # holds the prompt (kept while the group lives: users)
+    writes_entry: bool  # the prompt's new cells are tagged with the entry (False: it holds them all)
     prompt_done: int = 0  # prompt tokens already in the KV cache or the batch (reused prefix included)
+    remaining: int = 0  # sequences not yet released
 
 
 @dataclass
@@ -121,9 +123,10 @@ class _CachedPrompt:
     """An evaluated prompt kept in the KV cache under its own sequence id."""
 
     seq_id: int
-    tokens: tuple[int, ...]  # the tokens whose cells exist (all of them once not pending)
+    tokens: tuple[int, ...]  # its prompt (cells beyond the evaluated part exist once not pending)
     last_used: int
     pending: bool = False  # being evaluated: not a source for other prompts, not evictable
+    users: int = 0  # live or admitted groups whose sequences share its cells: not evictable
 
 
 @dataclass
@@ -278,7 +281,7 @@ class BatchDecoder:
             return  # the head job could never fit (its error is recorded): next job
         rows, started = self._fill_batch(live, admitting, jobs)
         self.peak_sequences = max(self.peak_sequences, len(live) + sum(len(g.seq_ids) for g in admitting))
-        reserved = self._reserved(live, admitting)
+        reserved = self._reserved(live, admitting) + self._cache_cells()
         self.peak_reserved_cells = max(self.peak_reserved_cells, reserved)
         clock = time.perf_counter()
         status = self._decode()
@@ -288,8 +291,8 @@ class BatchDecoder:
             raise RuntimeError(f"llama_decode returned {status} with {rows} tokens in the batch")
         for group, logits_row in started:
             admitting.remove(group)
-            group.cache_entry.tokens = jobs[group.job_index].prompt
-            group.cache_entry.pending = False
+            if group.writes_entry:
+                group.cache_entry.pending = False
             for sequence in self._start_group(group, jobs, logits_row):
                 live[sequence.seq_id] = sequence
         sequences = list(live.values())
@@ -340,26 +343,32 @@ class BatchDecoder:
 
     def _admit(self, jobs: Sequence[DecodeJob], waiting: deque[tuple[int, list[int]]], free_ids: list[int],
                live: dict[int, _Live], admitting: list[_Group], outcomes: list[JobOutcome]) -> _Group | None:
-        """Take as many waiting completions of the head job as ids and cells allow (or none)."""
+        """Take as many waiting completions of the head job as ids and cells allow (or none).
+
+        Cells: every cached prompt (this one included, at full length) counts once
+        (:meth:`_cache_cells`), every group its completions' worst case; a cached prompt that
+        a live group shares is never evicted, so the sum bounds what the KV cache holds."""
         job_index, remaining = waiting[0]
         job = jobs[job_index]
-        prompt = job.prompt
+        prompt = tuple(job.prompt)
         source, shared = self._best_source(prompt)
         if any(min(_common_prefix(jobs[g.job_index].prompt, prompt), len(prompt) - 1) > shared for g in admitting):
             return None  # a prompt being evaluated now holds more of it: admit it after that one
         max_tokens = max(1, min(job.max_tokens, self.n_ctx_per_sequence - len(prompt)))
-        entry = self._cache_entry_for(prompt, source, shared)
+        exact = source is not None and _common_prefix(source.tokens, prompt) == len(prompt)
+        entry = source if exact else self._cache_entry_for(prompt, source, shared)
         if entry is None:
-            return None  # every cache slot holds a prompt being evaluated: next step
+            return None  # every cache slot holds a prompt in use: next step
         groups_reserved = self._reserved(live, admitting)
         while True:
-            available = self.kv_cells - groups_reserved - self._cache_cells(exclude=entry) - len(prompt)
+            cached = self._cache_cells(exclude=entry, extra=entry.tokens if exact else prompt)
+            available = self.kv_cells - groups_reserved - cached - 1  # - 1: the re-read last token
             fits = min(len(remaining), len(free_ids), max(0, available // max_tokens))
-            if fits or groups_reserved or not self._evict_one(keep=(entry, source)):
-                break  # (with nothing live, cached prompts give way before the job is refused)
+            if fits or not self._evict_one(keep=(entry, source)):
+                break  # (cached prompts nobody uses give way before a job waits or is refused)
         if fits == 0:
             self._drop_entry(entry)
-            if groups_reserved == 0:  # nothing live to wait for: this job can never fit
+            if not live and not admitting:  # nothing to wait for: this job can never fit
                 waiting.popleft()
                 outcomes[job_index].error = (
                     f"prompt ({len(prompt)} tokens) + max_tokens ({max_tokens}) exceed the KV budget of {self.kv_cells} cells"
@@ -373,17 +382,24 @@ class BatchDecoder:
         seq_ids = [free_ids.pop() for _ in chosen]
         # The cache entry and the group's sequences see the shared prefix by copy (metadata only).
         lib = self._lib
-        if source is not None and entry is not source and shared:
-            lib.llama_memory_seq_cp(self._memory, source.seq_id, entry.seq_id, 0, shared)
-        lib.llama_memory_seq_rm(self._memory, entry.seq_id, shared, -1)
-        entry.tokens = tuple(prompt[:shared])
-        entry.pending = True
+        if not exact:
+            if source is not None and entry is not source and shared:
+                lib.llama_memory_seq_cp(self._memory, source.seq_id, entry.seq_id, 0, shared)
+            lib.llama_memory_seq_rm(self._memory, entry.seq_id, shared, -1)
+            entry.tokens = prompt
+            entry.pending = True
+        entry.users += 1
+        entry.last_used = self._tick()
         for seq_id in seq_ids:
             lib.llama_memory_seq_cp(self._memory, entry.seq_id, seq_id, 0, shared)
-        while self._cache_cells(exclude=entry) + len(prompt) > self.prompt_cache_cells:
-            if not self._evict_one(keep=(entry,)):
-                break
-        return _Group(job_index, chosen, seq_ids, len(prompt) + len(chosen) * max_tokens, entry, prompt_done=shared)
+        while self._cache_cells() > self.prompt_cache_cells and self._evict_one(keep=(entry,)):
+            pass
+        return _Group(job_index, chosen, seq_ids, len(chosen) * max_tokens + 1, entry, writes_entry=not exact,
+                      prompt_done=shared, remaining=len(chosen))
+
+    def _tick(self) -> int:
+        self._clock += 1
+        return self._clock
 
     def _best_source(self, prompt: Sequence[int]) -> tuple[_CachedPrompt | None, int]:
         """The evaluated cached prompt sharing the longest prefix with ``prompt``, and that
@@ -399,42 +415,44 @@ class BatchDecoder:
 
     def _cache_entry_for(self, prompt: Sequence[int], source: _CachedPrompt | None, shared: int) -> _CachedPrompt | None:
         """The cache sequence that will hold ``prompt``: the source itself when ``prompt``
-        extends it (nothing is lost: its tokens stay a prefix), else a free or evicted slot."""
-        self._clock += 1
-        if source is not None and shared >= len(source.tokens) - 1:
-            source.last_used = self._clock
+        extends it and no group shares it (its tokens stay a prefix: nothing is lost), else a
+        free slot, else the least recently used idle one."""
+        if source is not None and shared >= len(source.tokens) - 1 and source.users == 0:
             return source
         used = set(self._cache)
         for seq_id in range(self.max_sequences, self.max_sequences + self.cache_slots):
             if seq_id not in used:
-                entry = _CachedPrompt(seq_id, (), self._clock)
+                entry = _CachedPrompt(seq_id, (), self._tick())
                 self._cache[seq_id] = entry
                 return entry
-        idle = [e for e in self._cache.values() if not e.pending and e is not source]
+        idle = [e for e in self._cache.values() if not e.pending and e.users == 0 and e is not source]
         if not idle:
             return None
         victim = min(idle, key=lambda e: e.last_used)
         self._lib.llama_memory_seq_rm(self._memory, victim.seq_id, -1, -1)
-        entry = _CachedPrompt(victim.seq_id, (), self._clock)
+        entry = _CachedPrompt(victim.seq_id, (), self._tick())
         self._cache[victim.seq_id] = entry
         return entry
 
     def _drop_entry(self, entry: _CachedPrompt) -> None:
         """Undo :meth:`_cache_entry_for` for a prompt that was not admitted after all."""
-        if not entry.tokens and not entry.pending:
+        if not entry.tokens and not entry.pending and entry.users == 0:
             self._cache.pop(entry.seq_id, None)
 
-    def _cache_cells(self, exclude: _CachedPrompt | None = None) -> int:
-        """Distinct cells the cached prompts hold, ``exclude`` left out. The prompts are copied
-        from one another, so a common prefix is one set of cells (+1 per prompt: the last token
-        of a copied prefix may be evaluated again in a cell of its own)."""
-        prompts = sorted(e.tokens for e in self._cache.values() if e is not exclude and e.tokens)
+    def _cache_cells(self, exclude: _CachedPrompt | None = None, extra: Sequence[int] = ()) -> int:
+        """Distinct cells the cached prompts hold (``exclude`` left out, ``extra`` added). The
+        prompts are copied from one another, so a common prefix is one set of cells (+1 per
+        prompt: the last token of a copied prefix may be evaluated again in a cell of its own)."""
+        prompts = [tuple(e.tokens) for e in self._cache.values() if e is not exclude and e.tokens]
+        if extra:
+            prompts.append(tuple(extra))
+        prompts.sort()
         total = sum(len(p) + 1 for p in prompts)
         return total - sum(_common_prefix(a, b) for a, b in zip(prompts, prompts[1:]))
 
     def _evict_one(self, keep: tuple[_CachedPrompt | None, ...]) -> bool:
-        """Drop the least recently used cached prompt that is neither pending nor in ``keep``."""
-        idle = [e for e in self._cache.values() if not e.pending and all(e is not k for k in keep)]
+        """Drop the least recently used cached prompt that no group uses and is not in ``keep``."""
+        idle = [e for e in self._cache.values() if not e.pending and e.users == 0 and all(e is not k for k in keep)]
         if not idle:
             return False
         victim = min(idle, key=lambda e: e.last_used)
@@ -457,7 +475,7 @@ class BatchDecoder:
             if row >= self.n_batch:
                 break
             prompt = jobs[group.job_index].prompt
-            seq_ids = (group.cache_entry.seq_id, *group.seq_ids)
+            seq_ids = ((group.cache_entry.seq_id,) if group.writes_entry else ()) + tuple(group.seq_ids)
             end = min(len(prompt), group.prompt_done + self.n_batch - row)
             for pos in range(group.prompt_done, end):
                 self._put(row, prompt[pos], pos, seq_ids, pos == len(prompt) - 1)
@@ -614,6 +632,9 @@ class BatchDecoder:
         then its sampler is freed, its cells dropped and its id handed back."""
         if live.pop(sequence.seq_id, None) is not sequence:
             return
+        sequence.group.remaining -= 1
+        if sequence.group.remaining == 0:
+            sequence.group.cache_entry.users -= 1
         self._lib.llama_sampler_free(sequence.sampler)
         sequence.sampler = None
         self._lib.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
