@@ -321,6 +321,7 @@ class EmbeddedPolicy:
                 )
                 # llama-cpp-python replays the last prompt token when the whole prompt is cached.
                 self.evaluated_prompt_tokens += len(prompt) - min(cached, len(prompt) - 1)
+                self.usage.evaluated_prompt_tokens += len(prompt) - min(cached, len(prompt) - 1)
                 choice = out["choices"][0]
                 completions.append(
                     cut_at_answer(request, Completion(
