@@ -26,6 +26,7 @@ Each figure is also printed as a ``FIGURE<TAB>name<TAB>value<TAB>unit<TAB>goal``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import os
 import subprocess
@@ -130,16 +131,25 @@ def bench_batched(model: str, k: int, prefixes: int, max_tokens: int) -> None:
                 for i in range(prefixes)]
     rates = {}
     texts = {}
-    for decode in ("sequential", "batched"):
-        policy = EmbeddedPolicy(model, n_ctx=2048, n_threads=_threads(), pool=pool, decode=decode)
+    usage = {}
+    for decode in ("sequential", "batched", "batched-serial-sampling"):
+        policy = EmbeddedPolicy(model, n_ctx=2048, n_threads=_threads(), pool=pool, decode=decode.split("-")[0],
+                                sampling="serial" if decode.endswith("sampling") else "buffers")
         policy.generate([GenerationRequest(solution_messages("1+1?"), max_tokens=2, temperature=0.0)])  # warm-up
+        before = dataclasses.replace(policy.usage)
         started = time.perf_counter()
         results = policy.generate(requests)
         seconds = time.perf_counter() - started
+        usage[decode] = (policy.usage.decode_seconds - before.decode_seconds,
+                         policy.usage.sampling_seconds - before.sampling_seconds,
+                         policy.usage.stop_check_seconds - before.stop_check_seconds)
         rollouts = sum(len(r.completions) for r in results)
         tokens = sum(c.completion_tokens for r in results for c in r.completions)
         rates[decode] = rollouts / seconds
         texts[decode] = [c.text for r in results for c in r.completions]
+        if decode != "sequential":
+            print(f"  {decode}: decode {usage[decode][0]:.2f} s, sampling {usage[decode][1]:.2f} s, "
+                  f"token pieces and stops {usage[decode][2]:.2f} s, rest {seconds - sum(usage[decode]):.2f} s")
         print(f"  {decode:10s}: {prefixes} prefixes ({min(r.prompt_tokens for r in results)}-"
               f"{max(r.prompt_tokens for r in results)} prompt tok) x {k} rollouts, {tokens} completion tok "
               f"in {seconds:.1f} s = {rates[decode]:.2f} rollouts/s, {tokens / seconds:.1f} tok/s", flush=True)
@@ -150,11 +160,19 @@ def bench_batched(model: str, k: int, prefixes: int, max_tokens: int) -> None:
     figure(f"embedded_rollouts_per_s_sequential {shape}", rates["sequential"], "rollouts/s")
     figure(f"embedded_rollouts_per_s_batched {shape}", rates["batched"], "rollouts/s")
     figure(f"embedded_batched_speedup {shape}", rates["batched"] / rates["sequential"], "x", ">= 4")
-    decode_ceiling(pool, model, k * prefixes)
+    figure(f"embedded_rollouts_per_s_batched_serial_sampling {shape}", rates["batched-serial-sampling"], "rollouts/s")
+    figure(f"embedded_sampling_seconds_parallel_vs_serial {shape}", usage["batched"][1] / usage["batched-serial-sampling"][1],
+           "x (sampling seconds, parallel from copied logits / llama_sampler_sample one by one)")
+    same_sampling = sum(a == b for a, b in zip(texts["batched"], texts["batched-serial-sampling"]))
+    print(f"  texts equal with parallel and serial sampling: {same_sampling}/{len(texts['batched'])}")
+    ceiling = decode_ceiling(pool, model, k * prefixes)
+    speedup = rates["batched"] / rates["sequential"]
+    print(f"  batched speed-up {speedup:.2f}x = {speedup / ceiling:.0%} of the decode ceiling {ceiling:.2f}x")
+    figure(f"embedded_batched_share_of_ceiling {shape}", speedup / ceiling, "x (speedup / decode ceiling)", ">= 0.9")
     pool.close()
 
 
-def decode_ceiling(pool, model: str, width: int, prompt_tokens: int = 160, steps: int = 6) -> None:
+def decode_ceiling(pool, model: str, width: int, prompt_tokens: int = 160, steps: int = 6) -> float:
     """What the kernels allow a batched step, sampling and scheduling left out: the tokens/s of
     one ``llama_decode`` of ``width`` tokens (one per sequence, after a shared prompt of
     ``prompt_tokens``, logits for every row as sampling needs) over one-token decodes.
@@ -202,6 +220,7 @@ def decode_ceiling(pool, model: str, width: int, prompt_tokens: int = 160, steps
           f"one token {seconds[1] * 1000:.1f} ms: {ceiling:.2f}x the tokens/s (no sampling, full batch)")
     figure(f"embedded_decode_ceiling [{model}, {width} sequences, logits for every row, {_threads()} threads]",
            ceiling, "x (tok/s of one {width}-token decode / one-token decodes)".format(width=width))
+    return ceiling
 
 
 def bench_http(levels: tuple[int, ...], requests_per_level: int, max_tokens: int) -> None:

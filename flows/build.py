@@ -57,6 +57,7 @@ from flows.resources import PROCESS_RESOURCES, PolicyFactorySpec, factory_label
 from flows.runners import make_task_runner
 from labelers.config import BuildConfig
 from labelers.policy.base import TokenUsage
+from labelers.policy.usage import CostProfile, cpu_seconds
 
 RESULTS_DIRNAME = ".prefect-results"
 # Failed outcomes the flow writes itself when a batch task fails after all its retries.
@@ -353,6 +354,7 @@ def build_dataset(
     ``reuse_written_shards``: skip batches whose shards the manifest already lists (resume).
     """
     started = time.perf_counter()
+    cpu_started = cpu_seconds()
     root = config.output.root
     build_id = build_id or unused_build_id(root, new_build_id(config))
     reporter: BuildProgress | None = progress
@@ -438,6 +440,10 @@ def build_dataset(
         finish_build(root, manifest, shards, status="failed", error=f"{type(error).__name__}: {error}"[:2000])
         raise
     wall_seconds = time.perf_counter() - started
+    # This process's CPU (the thread runner's labeling included; process/Dask workers are not).
+    cost = CostProfile.of(usage_total, solutions=sum(1 for o in outcomes_seen if o.status == "labeled"),
+                          rollouts=sum(o.rollouts for o in outcomes_seen), wall_seconds=wall_seconds,
+                          cpu_seconds=cpu_seconds() - cpu_started)
 
     tool_checked = sum(1 for row in steps_seen if row.tool_verdict in ("correct", "incorrect"))
     lean_checked = sum(1 for row in steps_seen if row.lean_state in ("proved", "disproved"))
@@ -460,6 +466,7 @@ def build_dataset(
                 "wall_ms": int(wall_seconds * 1000),
                 "generation_ms": int(generation_seconds * 1000),
             },
+            "cost_profile": cost.to_counts(),
         },
     )
     failures = tuple(
@@ -492,6 +499,7 @@ def build_dataset(
         failures=failures,
         dataset=(manifest.dataset or {}).get("name"),
         dataset_plan=dict((manifest.dataset or {}).get("plan") or {}),
+        cost_profile=cost.line(),
     )
     if reporter is not None:
         reporter.stop()

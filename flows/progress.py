@@ -79,6 +79,7 @@ class BuildSummary:
     dataset: str | None = None  # the dataset this build grows
     # Its plan: new, changed, relabeled, already_labeled, claimed_elsewhere (flows/datasets.py).
     dataset_plan: dict[str, int] = field(default_factory=dict)
+    cost_profile: str | None = None  # labelers.policy.usage.CostProfile.line() of the labeled batches
 
     @property
     def negative_steps(self) -> int:
@@ -145,6 +146,8 @@ def summary_table(summary: BuildSummary) -> Table:
         f"{summary.wall_seconds:.1f} s wall, {summary.generation_seconds:.1f} s generating"
         + (f" ({100 * share:.0f}%)" if share is not None else ""),
     )
+    if summary.cost_profile:
+        table.add_row("cost profile", summary.cost_profile)
     table.add_row("batches", f"{summary.batches_total} ({summary.batches_reused} reused from an earlier run)")
     table.add_row("shards", f"{summary.shard_files} files under {summary.shards_dir}")
     table.add_row("manifest", summary.manifest_path)

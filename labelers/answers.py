@@ -134,6 +134,49 @@ def extract_final_answer(text: str, allow_fallback: bool = True) -> str | None:
     return None
 
 
+# A line that states the final answer on its own (after an optional "Step N:" label): the
+# extractor's phrase forms when they open the line, or a GSM8K "#### N" line.
+_ANSWER_LINE = re.compile(
+    r"^[ \t]*(?:step\s+\d+\s*[:.]\s*)?(?:\*\*)?(?:so,?\s+|therefore,?\s+|thus,?\s+)?"
+    r"(?:(?:the\s+final\s+answer|final\s+answer|the\s+answer|answer)\b|####)",
+    re.IGNORECASE,
+)
+
+
+def answer_end(text: str) -> int | None:
+    """Where a solution's answer is complete: the index of the newline that ends the first line
+    holding a closed ``\\boxed{...}``/``\\fbox{...}``, or a line that opens with "The answer is
+    X" / "Final answer: X" / "Answer: X" / "#### X" (after an optional "Step N:" label) and gives
+    a value (no ``=``, at most 4 words and 40 characters); None while there is none.
+
+    The stop rule of rollouts (``GenerationRequest.stop_at_answer``): the text is cut there, so
+    ``extract_final_answer(text[:answer_end(text)])`` is the answer of that line. Only a finished
+    line counts (``The answer is 1`` may still become ``18``), and a phrase inside a sentence
+    ("... the answer is the number of eggs left, ...") does not stop anything: only lines that
+    open with it, which the prompt's format ("give the final answer as \\boxed{ANSWER}") and
+    the models' habits make the last line of a solution.
+    """
+    start = 0
+    while True:
+        newline = text.find("\n", start)
+        if newline < 0:
+            return None
+        line = text[start:newline]
+        if _line_states_answer(line):
+            return newline
+        start = newline + 1
+
+
+def _line_states_answer(line: str) -> bool:
+    if "box" in line and last_boxed(line):
+        return True
+    if not _ANSWER_LINE.match(line):
+        return False
+    answer = extract_final_answer(line, allow_fallback=False)
+    # A value, not a description ("the number of eggs left, 16 - 3 = 13"): no "=", short.
+    return bool(answer) and "=" not in answer and len(answer) <= 40 and len(answer.split()) <= 4
+
+
 # --------------------------------------------------------------------------------------------
 # Normalization and the fast numeric layer
 # --------------------------------------------------------------------------------------------

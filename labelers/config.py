@@ -57,6 +57,12 @@ class PolicyConfig(_Section):
     top_p: float = Field(default=0.95, gt=0, le=1)
     max_step_tokens: int = Field(default=160, ge=8)  # one expansion = one step
     max_solution_tokens: int = Field(default=512, ge=16)  # a rollout to the final answer
+    # A rollout stops once its final answer is complete (labelers.answers.answer_end); off, it
+    # runs to EOS or max_solution_tokens (the earlier behaviour, for comparison).
+    stop_at_answer: bool = True
+    # embedded, batched: consecutive generate calls of one labeling pass reuse the prompts the
+    # earlier calls evaluated (docs/generation.md, "Prompt cache").
+    prompt_cache: bool = True
 
 
 class SearchConfig(_Section):

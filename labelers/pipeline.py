@@ -128,6 +128,7 @@ def search_settings(config: BuildConfig) -> SearchSettings:
         children=s.children_per_expansion, uct_c=s.uct_c, gamma=s.gamma, stop_after_positive=s.stop_after_positive,
         stop_after_negative=s.stop_after_negative, max_step_tokens=p.max_step_tokens,
         max_solution_tokens=p.max_solution_tokens, temperature=p.temperature, top_p=p.top_p,
+        stop_at_answer=p.stop_at_answer,
     )
 
 
@@ -136,6 +137,7 @@ def mc_settings(config: BuildConfig) -> MCSettings:
     return MCSettings(
         build_seed=config.seed, rollouts=s.mc_rollouts, early_stop=s.mc_early_stop,
         max_tokens=p.max_solution_tokens, temperature=p.temperature, top_p=p.top_p,
+        stop_at_answer=p.stop_at_answer,
     )
 
 
@@ -597,6 +599,7 @@ def _label_paths(
         state.counters["merged_duplicate_steps"] += state.tree.merged_duplicates
         problem_counters[pid] = dict(state.counters)
         totals.update(state.counters)
+    ledger.usage.answer_check_seconds += judge.seconds  # the pass's answer checks (cost profile)
     return BatchResult(steps, nodes, outcomes, ledger.usage, dict(totals), problem_counters)
 
 

@@ -256,3 +256,36 @@ def test_gsm8k_hash_answer_vs_last_stated_result(gsm8k_path):
             misses.append((line_number, predicted, gold))
     print(f"GSM8K last stated result: {len(rows) - len(misses)}/{len(rows)} equal; misses: {misses}")
     assert (len(rows) - len(misses)) / len(rows) >= 0.985
+
+
+# -- the answer stop rule (answer_end) ------------------------------------------------------------
+
+
+def test_answer_end_cuts_after_the_line_that_completes_the_answer() -> None:
+    from labelers.answers import answer_end
+
+    cases = {
+        "Step 3: So she makes \\boxed{18} dollars.\nStep 4: more": "Step 3: So she makes \\boxed{18} dollars.",
+        "Step 4: The answer is 18.\nextra": "Step 4: The answer is 18.",
+        "Step 4: Therefore, the answer is 18\n\\boxed{18}": "Step 4: Therefore, the answer is 18",
+        "work\n#### 42\nmore": "work\n#### 42",
+    }
+    for text, kept in cases.items():
+        end = answer_end(text)
+        assert end is not None and text[:end] == kept, text
+        assert extract_final_answer(text[:end], allow_fallback=False) == extract_final_answer(kept, allow_fallback=False)
+
+
+def test_answer_end_waits_for_a_complete_answer_line() -> None:
+    from labelers.answers import answer_end
+
+    for text in (
+        "The answer is 1",  # may still become 18
+        "Step 3: \\boxed{1",  # not closed
+        "Step 3: so \\boxed{18}",  # the line may go on
+        "Step 2: The answer is the number of eggs left, 16 - 3 = 13 eggs.\n",  # a description, not a value
+        "Step 2: We need the answer: first compute 3 * 12.\n",  # no value after the phrase
+        "To find the answer is easy, see below\n",  # the phrase inside a sentence
+        "Answer: we first add the apples of all the boxes\n",  # more than a value
+    ):
+        assert answer_end(text) is None, text

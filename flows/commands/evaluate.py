@@ -294,6 +294,8 @@ def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file
             console.print(f"{result.run.signal}: exact-index accuracy by corruption kind: {kinds}")
         for note in result.run.notes:
             console.print(f"{result.run.signal}: {note}")
+        if result.run.profile is not None:
+            console.print(f"{result.run.signal}: cost profile: {result.run.profile.line()}")
         if result.run.failures:
             first_id, first_error = sorted(result.run.failures.items())[0]
             console.print(f"{result.run.signal}: {len(result.run.failures)} record(s) failed to label "

@@ -41,6 +41,7 @@ from data_schemas.errors import InputError, PrmforgeError
 from labelers.config import BuildConfig
 from labelers.evaluation.processbench import BenchRecord, Prediction, Score, score
 from labelers.policy.base import Policy
+from labelers.policy.usage import CostProfile, cpu_seconds
 from labelers.verify.base import LeanState, StepContext, StepVerifier, LeanVerifier, ToolVerdict
 
 SIGNALS: tuple[str, ...] = ("tool", "lean", "mc", "hybrid", "judge", "prm")
@@ -64,6 +65,7 @@ class SignalRun:
     mc_mode: str | None = None
     k: int | None = None
     notes: list[str] = field(default_factory=list)
+    profile: CostProfile | None = None  # the labeling pass's cost profile (MC / hybrid / judge)
 
     @property
     def rollouts_per_step(self) -> float | None:
@@ -91,6 +93,7 @@ class SignalResult:
                 "estimated_steps": run.estimated_steps,
                 "rollouts_per_labeled_step": run.rollouts_per_step,
                 "wall_seconds": run.wall_seconds,
+                "profile": run.profile.to_json() if run.profile is not None else None,
             },
             "failures": dict(sorted(run.failures.items())),
             "notes": run.notes,
@@ -315,6 +318,7 @@ def run_shared(
             return [by_signal[s] for s in signals]
         run_config = run_config.with_overrides({"search.skip_mc_after_disproved": False, "search.mc_confirm_verified_zero": False})
     started = time.perf_counter()
+    cpu_started = cpu_seconds()
     problems = _given_problems(records)
     use_tool = tool if (needs_mc or "judge" in signals) else None
     result = pipeline.label_given_solutions(
@@ -322,6 +326,8 @@ def run_shared(
         step_judge=step_judge,
     )
     seconds = time.perf_counter() - started
+    profile = CostProfile.of(result.usage, solutions=len(records), rollouts=sum(o.rollouts for o in result.outcomes),
+                             wall_seconds=seconds, cpu_seconds=cpu_seconds() - cpu_started)
     by_problem: dict[str, list[Any]] = {}
     for row in result.steps:
         by_problem.setdefault(row.problem_id, []).append(row)
@@ -358,6 +364,7 @@ def run_shared(
             run.predictions[record.id] = Prediction(record.id, tuple(negative))
             run.labeled_steps += len(record.steps)
         run.wall_seconds = seconds
+        run.profile = profile
         if signal == "judge":
             run.notes.append("judge replies: " + ", ".join(f"{n} {s}" for s, n in sorted(judge_status.items())))
         if len(signals) > 1:

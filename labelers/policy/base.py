@@ -37,6 +37,12 @@ class GenerationRequest:
     top_p: float = 0.95
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # A rollout to the final answer: stop once the answer is complete (labelers.answers.answer_end:
+    # the line holding a closed \\boxed{} or opening with "The answer is"), text cut there.
+    stop_at_answer: bool = False
+    # The labeling pass the request belongs to (Ledger sets it): consecutive calls of one pass may
+    # reuse the prompts an earlier call evaluated (embedded prompt cache); "" = no pass.
+    cache_scope: str = ""
     # Free-form tag so the caller can route the result back (e.g. "p3/expand/0.2").
     tag: str = ""
 
@@ -46,6 +52,20 @@ class Completion:
     text: str
     finish_reason: Literal["stop", "length", "error"]
     completion_tokens: int
+
+
+def cut_at_answer(request: GenerationRequest, completion: Completion) -> Completion:
+    """``completion`` cut where its answer is complete when ``request.stop_at_answer`` (the
+    backends that cannot stop there while decoding, vllm/openai/sequential, cut afterwards: the
+    same text the embedded batched decoder stops at; the tokens generated are still counted)."""
+    if not request.stop_at_answer:
+        return completion
+    from labelers.answers import answer_end  # the answer rule lives with the extractor
+
+    cut = answer_end(completion.text)
+    if cut is None:
+        return completion
+    return Completion(completion.text[:cut], "stop", completion.completion_tokens)
 
 
 @dataclass(frozen=True)
@@ -70,6 +90,15 @@ class TokenUsage:
     completion_tokens: int = 0
     generation_seconds: float = 0.0
     failed_requests: int = 0
+    # Where the time went (embedded batched backend; 0 elsewhere): prompt tokens the model
+    # actually evaluated (after prefix/prompt-cache reuse), seconds inside llama_decode, in the
+    # samplers, and in stop strings / the answer stop rule.
+    evaluated_prompt_tokens: int = 0
+    decode_seconds: float = 0.0
+    sampling_seconds: float = 0.0
+    stop_check_seconds: float = 0.0
+    # Seconds spent deciding whether rollouts reach the gold answer (set by the labeling pass).
+    answer_check_seconds: float = 0.0
 
     def add(self, other: "TokenUsage") -> None:
         for name in self.__dataclass_fields__:

@@ -6,37 +6,57 @@ rollouts of a prefix, and the prefixes of every problem of a batch, are decoded 
 
 - **Sequences.** Each completion is one llama.cpp sequence id (``0 .. max_sequences-1``) with its
   own sampler chain (``temp -> top_p -> dist(seed)``, or greedy at temperature 0), so its text
-  depends on its own seed, not on its neighbours' draws. After each decode the live sequences
-  are sampled on a pool of the decode's thread count (ctypes releases the GIL).
-- **Shared prompts.** The KV cache is unified: one cell can belong to several sequences. A prompt
-  is evaluated once, its tokens tagged with every sequence that continues it; sequence id
-  ``max_sequences`` (the *prompt cache*) keeps the last evaluated prompt of the call, and the
-  next prompt reuses its longest common prefix by ``llama_memory_seq_cp`` (metadata only, no copy) and
-  evaluates only the rest. Prompts are admitted in lexicographic token order, so the nested
-  prefixes of one problem follow each other.
-- **Continuous batching.** Each step decodes one new token for every live sequence, plus (at
-  most) one admitted prompt's tokens, in one call. A sequence that finishes (EOS/EOG, a stop
-  string, its token limit, the context window) leaves at once, its cells are freed, and the next
-  waiting completion takes its id.
+  depends on its own seed, not on its neighbours' draws.
+- **Sampling off the context.** After a decode the main thread copies each live row's logits
+  out of the context into that sequence's own buffer; the samplers then run on those buffers
+  (``llama_sampler_apply``, exactly what ``llama_sampler_sample`` does after reading the
+  logits) on a pool of the decode's thread count. A worker touches only its sequence's buffer
+  and sampler chain, never the ``llama_context`` (``sampling="serial"``: ``llama_sampler_sample``
+  one sequence after another, for comparison).
+- **Ownership.** The ``live`` map (sequence id -> :class:`_Live`) owns every sampler: a sequence
+  leaves it and its sampler is freed in one place (:meth:`BatchDecoder._release`), so no path
+  frees a sampler twice or leaks one.
+- **Failures.** A failed step (``llama_decode`` returning an error, or an exception while
+  sampling or reading a token) fails the jobs that had a sequence or a prompt in that step;
+  the KV cache is cleared and the waiting jobs go on.
+- **Prompt cache.** The KV cache is unified: one cell can belong to several sequences. Each
+  evaluated prompt is kept under a *cache* sequence id (``max_sequences ..``); a new prompt
+  starts from the cached prompt with the longest common prefix (``llama_memory_seq_cp``,
+  metadata only, no copy) and evaluates only the rest. The cache holds at most
+  ``prompt_cache_cells`` distinct cells (least recently used prompts leave first) and, with
+  ``run(keep_prompts=True)``, lives across runs: the prompts and prefixes of one labeling pass
+  are evaluated once, not once per round (the policy decides when a pass starts).
+- **Continuous batching.** Each step decodes one new token for every live sequence plus as many
+  admitted prompts' tokens as fit in ``n_batch``. A sequence that finishes (EOS/EOG, a stop
+  string, the stop rule, its token limit, the context window) leaves at once, its cells are
+  freed, and the next waiting completions take its id.
 - **KV budget.** A group of completions is admitted only while the cells it may need
-  (prompt + completions x max_tokens) fit under ``kv_cells`` beside what live groups may need,
-  so ``llama_decode`` never runs out of cells.
+  (prompt + completions x max_tokens) fit under ``kv_cells`` beside what the live groups may
+  need and the prompt cache holds, so ``llama_decode`` never runs out of cells.
 
 Determinism: scheduling depends only on the requests (their order after sorting, their lengths
-and seeds), so the same requests give the same batches, the same floating point and the same
-texts. Which *other* requests share a call does change the batches, and the matrix kernels may
-round a row differently in a batch of another size: a request's text can then differ (rarely;
-docs/generation.md gives the measured rate).
+and seeds) and on the prompt cache a run starts with, so the same runs in the same order give
+the same batches, the same floating point and the same texts. Which *other* requests share a
+call (or which prompts an earlier run of the pass cached) does change the batches, and the
+matrix kernels may round a row differently in a batch of another size: a request's text can
+then differ (rarely; docs/generation.md gives the measured rate).
 """
 
 from __future__ import annotations
 
 import ctypes
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import numpy as np
+
+# A stop rule: given the text so far (called when a line has just ended), the index where the
+# text is cut (the completion is finished), or None to go on.
+StopRule = Callable[[str], "int | None"]
 
 
 @dataclass(frozen=True)
@@ -49,11 +69,12 @@ class DecodeJob:
     temperature: float
     top_p: float
     stop: tuple[str, ...] = ()
+    stop_rule: StopRule | None = None  # e.g. labelers.answers.answer_end for rollouts
 
 
 @dataclass(frozen=True)
 class DecodedText:
-    text: str  # up to (not including) the first stop string
+    text: str  # up to (not including) the first stop string / the stop rule's cut
     finish_reason: Literal["stop", "length"]
     completion_tokens: int  # sampled tokens, the one completing a stop string included, EOG excluded
 
@@ -65,14 +86,47 @@ class JobOutcome:
 
 
 @dataclass
+class DecoderCost:
+    """Where a decoder's time went (lifetime counters; the policy reports differences)."""
+
+    evaluated_prompt_tokens: int = 0  # prompt tokens decoded, after prefix reuse
+    generated_tokens: int = 0  # tokens sampled (EOG included: it was computed)
+    decode_calls: int = 0
+    decode_seconds: float = 0.0  # inside llama_decode
+    sampling_seconds: float = 0.0  # logits copies and samplers
+    stop_check_seconds: float = 0.0  # token pieces, stop strings and the stop rule
+    failed_steps: int = 0
+
+    def minus(self, earlier: "DecoderCost") -> "DecoderCost":
+        return DecoderCost(**{name: getattr(self, name) - getattr(earlier, name) for name in self.__dataclass_fields__})
+
+    def copy(self) -> "DecoderCost":
+        return DecoderCost(**{name: getattr(self, name) for name in self.__dataclass_fields__})
+
+
+@dataclass
 class _Group:
     """Completions of one job admitted together: they share the prompt's last logits."""
 
     job_index: int
     completion_indices: list[int]
     seq_ids: list[int]
-    reserved_cells: int
-    prompt_done: int = 0  # prompt tokens already in the batch (reused prefix included)
+    reserved_cells: int  # cells its completions may take (the prompt's are the cache entry's)
+    cache_entry: "_CachedPrompt"  # holds the prompt (kept while the group lives: users)
+    writes_entry: bool  # the prompt's new cells are tagged with the entry (False: it holds them all)
+    prompt_done: int = 0  # prompt tokens already in the KV cache or the batch (reused prefix included)
+    remaining: int = 0  # sequences not yet released
+
+
+@dataclass
+class _CachedPrompt:
+    """An evaluated prompt kept in the KV cache under its own sequence id."""
+
+    seq_id: int
+    tokens: tuple[int, ...]  # its prompt (cells beyond the evaluated part exist once not pending)
+    last_used: int
+    pending: bool = False  # being evaluated: not a source for other prompts, not evictable
+    users: int = 0  # live or admitted groups whose sequences share its cells: not evictable
 
 
 @dataclass
@@ -84,24 +138,27 @@ class _Live:
     seq_id: int
     sampler: Any
     max_tokens: int
-    stop: tuple[str, ...]
+    stop: tuple[bytes, ...]
+    stop_rule: StopRule | None
     pos: int  # position of tokens[-1], the token fed in the next decode
     group: _Group
     logits_index: int  # batch row whose logits this sequence samples from next
     tokens: list[int] = field(default_factory=list)
     text_bytes: bytearray = field(default_factory=bytearray)
     finish_reason: Literal["stop", "length"] = "length"
-    text: str | None = None  # set when a stop string cut the text
+    text: str | None = None  # set when a stop string or the stop rule cut the text
 
 
 class BatchDecoder:
     """Continuous-batching generation over one llama.cpp model (see the module docstring).
 
-    Owns a llama.cpp context of ``kv_cells`` cells shared by ``max_sequences`` sequences plus the
-    prompt cache. Not thread-safe: the policy calls it under its model lock.
+    Owns a llama.cpp context of ``kv_cells`` cells shared by ``max_sequences`` sequences plus up
+    to ``cache_slots`` cached prompts. Not thread-safe: the policy calls it under its model lock.
     """
 
-    def __init__(self, llama: Any, *, max_sequences: int, kv_cells: int, n_threads: int, n_ctx_per_sequence: int, n_batch: int = 512) -> None:
+    def __init__(self, llama: Any, *, max_sequences: int, kv_cells: int, n_threads: int, n_ctx_per_sequence: int,
+                 n_batch: int = 512, cache_slots: int = 32, prompt_cache_cells: int | None = None,
+                 sampling: Literal["buffers", "serial"] = "buffers") -> None:
         import llama_cpp
 
         self._lib = llama_cpp
@@ -110,11 +167,14 @@ class BatchDecoder:
         self.kv_cells = kv_cells
         self.n_ctx_per_sequence = min(n_ctx_per_sequence, kv_cells)
         self.n_batch = max(n_batch, max_sequences + 1)
+        self.cache_slots = max(1, min(cache_slots, 256 - max_sequences))
+        self.prompt_cache_cells = kv_cells // 4 if prompt_cache_cells is None else prompt_cache_cells
+        self.sampling = sampling
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = kv_cells
         params.n_batch = self.n_batch
         params.n_ubatch = self.n_batch
-        params.n_seq_max = max_sequences + 1  # + the prompt cache
+        params.n_seq_max = max_sequences + self.cache_slots
         params.kv_unified = True  # shared prompt cells: one cell, several sequence ids
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
@@ -124,29 +184,41 @@ class BatchDecoder:
             raise RuntimeError(f"llama.cpp could not create a context of {kv_cells} cells for {max_sequences} sequences")
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._vocab = llama_cpp.llama_model_get_vocab(llama.model)
-        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, max_sequences + 1)
-        self._cache_seq = max_sequences
-        self._cache_tokens: list[int] = []
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, params.n_seq_max)
+        self._cache: dict[int, _CachedPrompt] = {}  # cache sequence id -> prompt
+        self._clock = 0  # orders cache use (least recently used leaves first)
+        self._pieces: dict[int, bytes] = {}  # token -> its text piece (the vocabulary does not change)
         # Sampling a token scans the whole vocabulary (about 1 ms per sequence and token for
-        # 151,936 entries) while the decode's threads idle; ctypes releases the GIL, so the
-        # live sequences are sampled on the decode's threads in parallel.
+        # 151,936 entries) while the decode's threads idle: the samplers run in parallel on
+        # the decode's threads (ctypes releases the GIL), each on its own copy of its logits.
         self._samplers = ThreadPoolExecutor(max_workers=n_threads) if n_threads > 1 else None
-        # Lifetime counters (benchmarks and tests read them).
-        self.evaluated_prompt_tokens = 0  # prompt tokens decoded, after prefix reuse
-        self.decode_calls = 0
+        self._ids = np.arange(self._n_vocab, dtype=np.int32)
+        self._buffers: dict[int, tuple[Any, np.ndarray, np.ndarray]] = {}  # seq id -> (token data, view, logits)
+        self.cost = DecoderCost()
+        # Lifetime peaks (benchmarks and tests read them).
         self.peak_sequences = 0  # most sequences decoded in one call
         self.peak_reserved_cells = 0  # most KV cells reserved at once (<= kv_cells)
 
+    @property
+    def evaluated_prompt_tokens(self) -> int:
+        return self.cost.evaluated_prompt_tokens
+
+    @property
+    def decode_calls(self) -> int:
+        return self.cost.decode_calls
+
     # -- public ---------------------------------------------------------------------------------
 
-    def run(self, jobs: Sequence[DecodeJob]) -> list[JobOutcome]:
+    def run(self, jobs: Sequence[DecodeJob], *, keep_prompts: bool = False) -> list[JobOutcome]:
         """Generate every completion of every job; outcomes in job order.
 
-        The KV cache starts empty: prompts share cells within a call only, so a call's texts do
-        not depend on what earlier calls left behind (a resumed build repeats the rows of an
-        uninterrupted one).
+        ``keep_prompts=False``: the KV cache starts empty, so a run's texts do not depend on what
+        earlier runs left behind. ``True``: prompts cached by earlier runs are reused (the
+        caller guarantees those runs belong to the same labeling pass).
         """
-        self._reset_memory()
+        if not keep_prompts:
+            self.forget_prompts()
         outcomes = [JobOutcome([None] * len(job.seeds)) for job in jobs]
         waiting: deque[tuple[int, list[int]]] = deque()
         for index in sorted(range(len(jobs)), key=lambda i: jobs[i].prompt):
@@ -158,46 +230,30 @@ class BatchDecoder:
                 continue
             waiting.append((index, list(range(len(job.seeds)))))
         free_ids = list(range(self.max_sequences - 1, -1, -1))  # pop() hands out 0, 1, 2, ...
-        live: list[_Live] = []
-        admitting: _Group | None = None
+        live: dict[int, _Live] = {}  # owns the samplers (see _release)
+        admitting: list[_Group] = []
         try:
-            while waiting or live or admitting is not None:
-                if admitting is None and waiting and free_ids:
-                    admitting = self._admit(jobs, waiting, free_ids, self._reserved(live), outcomes)
-                    if admitting is None and not live:
-                        continue  # the head job can never fit (its error is recorded): next job
-                rows = self._fill_batch(live, admitting, jobs)
-                self.peak_sequences = max(self.peak_sequences, len(live) + (len(admitting.seq_ids) if admitting else 0))
-                reserved = self._reserved(live) + (admitting.reserved_cells if admitting else 0)
-                self.peak_reserved_cells = max(self.peak_reserved_cells, reserved)
-                status = self._lib.llama_decode(self._ctx, self._batch)
-                self.decode_calls += 1
-                if status != 0:
-                    raise RuntimeError(f"llama_decode returned {status} with {rows} tokens in the batch")
-                if admitting is not None and admitting.prompt_done == len(jobs[admitting.job_index].prompt):
-                    live.extend(self._start_group(admitting, jobs, logits_row=rows - 1))
-                    admitting = None
-                still_live = []
-                for sequence, token in zip(live, self._sample(live)):
-                    if self._advance(sequence, token):
-                        still_live.append(sequence)
-                    else:
-                        self._finish(sequence, outcomes, free_ids)
-                live = still_live
-        except Exception as exc:  # a failed decode fails the jobs it touched, not the process
-            message = f"{type(exc).__name__}: {exc}"
-            for sequence in live:
-                self._lib.llama_sampler_free(sequence.sampler)
-                outcomes[sequence.job_index].error = message
-            if admitting is not None:
-                outcomes[admitting.job_index].error = message
-            for job_index, _ in waiting:
-                outcomes[job_index].error = message
-            self._reset_memory()
+            while waiting or live or admitting:
+                try:
+                    self._step(jobs, outcomes, waiting, free_ids, live, admitting)
+                except (KeyboardInterrupt, MemoryError):
+                    raise
+                except Exception as exc:  # a failed step fails the jobs in it, not the run
+                    self._fail_step(f"{type(exc).__name__}: {exc}", outcomes, waiting, free_ids, live, admitting)
+        finally:
+            for sequence in list(live.values()):
+                self._release(sequence, live, free_ids)
+            if admitting:  # interrupted: those prompts' cells are incomplete
+                self.forget_prompts()
         for outcome in outcomes:
             if outcome.error is None and any(c is None for c in outcome.completions):
                 outcome.error = "generation did not finish"
         return outcomes
+
+    def forget_prompts(self) -> None:
+        """Empty the KV cache and the prompt cache."""
+        self._lib.llama_memory_clear(self._memory, True)
+        self._cache.clear()
 
     def close(self) -> None:
         if self._samplers is not None:
@@ -207,28 +263,112 @@ class BatchDecoder:
             self._lib.llama_batch_free(self._batch)
             self._lib.llama_free(self._ctx)
             self._ctx = None
+        self._buffers.clear()
+
+    # -- one step -------------------------------------------------------------------------------
+
+    def _step(self, jobs: Sequence[DecodeJob], outcomes: list[JobOutcome], waiting: deque[tuple[int, list[int]]],
+              free_ids: list[int], live: dict[int, _Live], admitting: list[_Group]) -> None:
+        """Admit what fits, decode one batch, sample every live sequence, retire the finished."""
+        rows_for_prompts = self.n_batch - len(live) - sum(1 for _ in admitting)
+        while waiting and free_ids and rows_for_prompts > 0:
+            group = self._admit(jobs, waiting, free_ids, live, admitting, outcomes)
+            if group is None:
+                break
+            admitting.append(group)
+            rows_for_prompts -= len(jobs[group.job_index].prompt) - group.prompt_done
+        if not live and not admitting:
+            return  # the head job could never fit (its error is recorded): next job
+        rows, started = self._fill_batch(live, admitting, jobs)
+        self.peak_sequences = max(self.peak_sequences, len(live) + sum(len(g.seq_ids) for g in admitting))
+        reserved = self._reserved(live, admitting) + self._cache_cells()
+        self.peak_reserved_cells = max(self.peak_reserved_cells, reserved)
+        clock = time.perf_counter()
+        status = self._decode()
+        self.cost.decode_seconds += time.perf_counter() - clock
+        self.cost.decode_calls += 1
+        if status != 0:
+            raise RuntimeError(f"llama_decode returned {status} with {rows} tokens in the batch")
+        for group, logits_row in started:
+            admitting.remove(group)
+            if group.writes_entry:
+                group.cache_entry.pending = False
+            for sequence in self._start_group(group, jobs, logits_row):
+                live[sequence.seq_id] = sequence
+        sequences = list(live.values())
+        clock = time.perf_counter()
+        tokens = self._sample(sequences)
+        self.cost.sampling_seconds += time.perf_counter() - clock
+        self.cost.generated_tokens += len(tokens)
+        clock = time.perf_counter()
+        try:
+            for sequence, token in zip(sequences, tokens):
+                if not self._advance(sequence, token):
+                    self._finish(sequence, outcomes)
+                    self._release(sequence, live, free_ids)
+        finally:
+            self.cost.stop_check_seconds += time.perf_counter() - clock
+
+    def _decode(self) -> int:
+        return self._lib.llama_decode(self._ctx, self._batch)
+
+    def _fail_step(self, message: str, outcomes: list[JobOutcome], waiting: deque[tuple[int, list[int]]],
+                   free_ids: list[int], live: dict[int, _Live], admitting: list[_Group]) -> None:
+        """Fail every job with a sequence or a prompt in the failed step; the rest wait on."""
+        self.cost.failed_steps += 1
+        failed = {s.job_index for s in live.values()} | {g.job_index for g in admitting}
+        for sequence in list(live.values()):
+            self._release(sequence, live, free_ids)
+        for group in admitting:
+            for seq_id in group.seq_ids:
+                free_ids.append(seq_id)
+        admitting.clear()
+        for job_index in failed:
+            outcomes[job_index].error = message
+            outcomes[job_index].completions = [None] * len(outcomes[job_index].completions)
+        kept = [(job_index, rest) for job_index, rest in waiting if job_index not in failed]
+        waiting.clear()
+        waiting.extend(kept)
+        free_ids.sort(reverse=True)  # the same ids in the same order as a fresh run
+        self.forget_prompts()  # what the failed decode wrote is unknown
 
     # -- scheduling -----------------------------------------------------------------------------
 
     @staticmethod
-    def _reserved(live: Sequence[_Live]) -> int:
-        """Cells the groups of the live sequences may still need (each group counted once)."""
-        groups = {id(s.group): s.group for s in live}
+    def _reserved(live: dict[int, _Live], admitting: Sequence[_Group]) -> int:
+        """Cells the live and admitted groups may still need (each group counted once)."""
+        groups = {id(s.group): s.group for s in live.values()}
+        groups.update({id(g): g for g in admitting})
         return sum(group.reserved_cells for group in groups.values())
 
     def _admit(self, jobs: Sequence[DecodeJob], waiting: deque[tuple[int, list[int]]], free_ids: list[int],
-               groups_reserved: int, outcomes: list[JobOutcome]) -> _Group | None:
-        """Take as many waiting completions of the head job as ids and cells allow (or none)."""
+               live: dict[int, _Live], admitting: list[_Group], outcomes: list[JobOutcome]) -> _Group | None:
+        """Take as many waiting completions of the head job as ids and cells allow (or none).
+
+        Cells: every cached prompt (this one included, at full length) counts once
+        (:meth:`_cache_cells`), every group its completions' worst case; a cached prompt that
+        a live group shares is never evicted, so the sum bounds what the KV cache holds."""
         job_index, remaining = waiting[0]
         job = jobs[job_index]
-        prompt = job.prompt
+        prompt = tuple(job.prompt)
+        source, shared = self._best_source(prompt)
+        if any(min(_common_prefix(jobs[g.job_index].prompt, prompt), len(prompt) - 1) > shared for g in admitting):
+            return None  # a prompt being evaluated now holds more of it: admit it after that one
         max_tokens = max(1, min(job.max_tokens, self.n_ctx_per_sequence - len(prompt)))
-        shared = self._common_prefix(prompt)
-        # Cells: the cache keeps `shared` of its tokens plus this prompt; each completion its tokens.
-        available = self.kv_cells - groups_reserved - len(prompt)
-        fits = min(len(remaining), len(free_ids), max(0, available // max_tokens))
+        exact = source is not None and _common_prefix(source.tokens, prompt) == len(prompt)
+        entry = source if exact else self._cache_entry_for(prompt, source, shared)
+        if entry is None:
+            return None  # every cache slot holds a prompt in use: next step
+        groups_reserved = self._reserved(live, admitting)
+        while True:
+            cached = self._cache_cells(exclude=entry, extra=entry.tokens if exact else prompt)
+            available = self.kv_cells - groups_reserved - cached - 1  # - 1: the re-read last token
+            fits = min(len(remaining), len(free_ids), max(0, available // max_tokens))
+            if fits or not self._evict_one(keep=(entry, source)):
+                break  # (cached prompts nobody uses give way before a job waits or is refused)
         if fits == 0:
-            if groups_reserved == 0:  # nothing live to wait for: this job can never fit
+            self._drop_entry(entry)
+            if not live and not admitting:  # nothing to wait for: this job can never fit
                 waiting.popleft()
                 outcomes[job_index].error = (
                     f"prompt ({len(prompt)} tokens) + max_tokens ({max_tokens}) exceed the KV budget of {self.kv_cells} cells"
@@ -240,43 +380,112 @@ class BatchDecoder:
         else:
             waiting.popleft()
         seq_ids = [free_ids.pop() for _ in chosen]
-        # The prompt cache keeps only the common prefix; the group's sequences see it by copy.
-        self._lib.llama_memory_seq_rm(self._memory, self._cache_seq, shared, -1)
-        self._cache_tokens = list(prompt[:shared])
+        # The cache entry and the group's sequences see the shared prefix by copy (metadata only).
+        lib = self._lib
+        if not exact:
+            if source is not None and entry is not source and shared:
+                lib.llama_memory_seq_cp(self._memory, source.seq_id, entry.seq_id, 0, shared)
+            lib.llama_memory_seq_rm(self._memory, entry.seq_id, shared, -1)
+            entry.tokens = prompt
+            entry.pending = True
+        entry.users += 1
+        entry.last_used = self._tick()
         for seq_id in seq_ids:
-            self._lib.llama_memory_seq_cp(self._memory, self._cache_seq, seq_id, 0, shared)
-        return _Group(job_index, chosen, seq_ids, len(prompt) + len(chosen) * max_tokens, prompt_done=shared)
+            lib.llama_memory_seq_cp(self._memory, entry.seq_id, seq_id, 0, shared)
+        while self._cache_cells() > self.prompt_cache_cells and self._evict_one(keep=(entry,)):
+            pass
+        return _Group(job_index, chosen, seq_ids, len(chosen) * max_tokens + 1, entry, writes_entry=not exact,
+                      prompt_done=shared, remaining=len(chosen))
 
-    def _common_prefix(self, prompt: Sequence[int]) -> int:
-        """Tokens of ``prompt`` the cache holds already; at least one token is always evaluated
-        (its logits start the completions)."""
-        count = 0
-        for cached, new in zip(self._cache_tokens, prompt):
-            if cached != new:
-                break
-            count += 1
-        return min(count, len(prompt) - 1)
+    def _tick(self) -> int:
+        self._clock += 1
+        return self._clock
 
-    def _fill_batch(self, live: Sequence[_Live], admitting: _Group | None, jobs: Sequence[DecodeJob]) -> int:
+    def _best_source(self, prompt: Sequence[int]) -> tuple[_CachedPrompt | None, int]:
+        """The evaluated cached prompt sharing the longest prefix with ``prompt``, and that
+        length; at least one token is always evaluated (its logits start the completions)."""
+        best, shared = None, 0
+        for entry in self._cache.values():
+            if entry.pending:
+                continue
+            count = _common_prefix(entry.tokens, prompt)
+            if count > shared:
+                best, shared = entry, count
+        return best, min(shared, len(prompt) - 1)
+
+    def _cache_entry_for(self, prompt: Sequence[int], source: _CachedPrompt | None, shared: int) -> _CachedPrompt | None:
+        """The cache sequence that will hold ``prompt``: the source itself when ``prompt``
+        extends it and no group shares it (its tokens stay a prefix: nothing is lost), else a
+        free slot, else the least recently used idle one."""
+        if source is not None and shared >= len(source.tokens) - 1 and source.users == 0:
+            return source
+        used = set(self._cache)
+        for seq_id in range(self.max_sequences, self.max_sequences + self.cache_slots):
+            if seq_id not in used:
+                entry = _CachedPrompt(seq_id, (), self._tick())
+                self._cache[seq_id] = entry
+                return entry
+        idle = [e for e in self._cache.values() if not e.pending and e.users == 0 and e is not source]
+        if not idle:
+            return None
+        victim = min(idle, key=lambda e: e.last_used)
+        self._lib.llama_memory_seq_rm(self._memory, victim.seq_id, -1, -1)
+        entry = _CachedPrompt(victim.seq_id, (), self._tick())
+        self._cache[victim.seq_id] = entry
+        return entry
+
+    def _drop_entry(self, entry: _CachedPrompt) -> None:
+        """Undo :meth:`_cache_entry_for` for a prompt that was not admitted after all."""
+        if not entry.tokens and not entry.pending and entry.users == 0:
+            self._cache.pop(entry.seq_id, None)
+
+    def _cache_cells(self, exclude: _CachedPrompt | None = None, extra: Sequence[int] = ()) -> int:
+        """Distinct cells the cached prompts hold (``exclude`` left out, ``extra`` added). The
+        prompts are copied from one another, so a common prefix is one set of cells (+1 per
+        prompt: the last token of a copied prefix may be evaluated again in a cell of its own)."""
+        prompts = [tuple(e.tokens) for e in self._cache.values() if e is not exclude and e.tokens]
+        if extra:
+            prompts.append(tuple(extra))
+        prompts.sort()
+        total = sum(len(p) + 1 for p in prompts)
+        return total - sum(_common_prefix(a, b) for a, b in zip(prompts, prompts[1:]))
+
+    def _evict_one(self, keep: tuple[_CachedPrompt | None, ...]) -> bool:
+        """Drop the least recently used cached prompt that no group uses and is not in ``keep``."""
+        idle = [e for e in self._cache.values() if not e.pending and e.users == 0 and all(e is not k for k in keep)]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda e: e.last_used)
+        self._lib.llama_memory_seq_rm(self._memory, victim.seq_id, -1, -1)
+        del self._cache[victim.seq_id]
+        return True
+
+    def _fill_batch(self, live: dict[int, _Live], admitting: Sequence[_Group],
+                    jobs: Sequence[DecodeJob]) -> tuple[int, list[tuple[_Group, int]]]:
         """Write this step's tokens into the batch: one per live sequence, then as much of the
-        admitted prompt as fits. Returns the number of rows."""
+        admitted prompts as fits. Returns the rows and the groups whose prompt ends in it (with
+        their logits row)."""
         row = 0
-        for sequence in live:
+        for sequence in live.values():
             self._put(row, sequence.tokens[-1], sequence.pos, (sequence.seq_id,), True)
             sequence.logits_index = row
             row += 1
-        if admitting is not None:
-            prompt = jobs[admitting.job_index].prompt
-            seq_ids = (self._cache_seq, *admitting.seq_ids)
-            end = min(len(prompt), admitting.prompt_done + self.n_batch - row)
-            for pos in range(admitting.prompt_done, end):
+        started = []
+        for group in admitting:
+            if row >= self.n_batch:
+                break
+            prompt = jobs[group.job_index].prompt
+            seq_ids = ((group.cache_entry.seq_id,) if group.writes_entry else ()) + tuple(group.seq_ids)
+            end = min(len(prompt), group.prompt_done + self.n_batch - row)
+            for pos in range(group.prompt_done, end):
                 self._put(row, prompt[pos], pos, seq_ids, pos == len(prompt) - 1)
                 row += 1
-            self.evaluated_prompt_tokens += end - admitting.prompt_done
-            admitting.prompt_done = end
-            self._cache_tokens = list(prompt[:end])
+            self.cost.evaluated_prompt_tokens += end - group.prompt_done
+            group.prompt_done = end
+            if end == len(prompt):
+                started.append((group, row - 1))
         self._batch.n_tokens = row
-        return row
+        return row, started
 
     def _put(self, row: int, token: int, pos: int, seq_ids: Sequence[int], logits: bool) -> None:
         batch = self._batch
@@ -291,6 +500,7 @@ class BatchDecoder:
         """The group's prompt is decoded: each completion samples its first token."""
         job = jobs[group.job_index]
         max_tokens = max(1, min(job.max_tokens, self.n_ctx_per_sequence - len(job.prompt)))
+        stops = tuple(s.encode("utf-8") for s in job.stop if s)
         started = []
         for completion_index, seq_id in zip(group.completion_indices, group.seq_ids):
             sequence = _Live(
@@ -299,7 +509,8 @@ class BatchDecoder:
                 seq_id=seq_id,
                 sampler=self._make_sampler(job.temperature, job.top_p, job.seeds[completion_index]),
                 max_tokens=max_tokens,
-                stop=job.stop,
+                stop=stops,
+                stop_rule=job.stop_rule,
                 pos=len(job.prompt) - 1,  # the first sampled token goes to len(prompt)
                 group=group,
                 logits_index=logits_row,
@@ -321,29 +532,75 @@ class BatchDecoder:
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         return chain
 
+    # -- sampling -------------------------------------------------------------------------------
+
     def _sample(self, live: Sequence[_Live]) -> list[int]:
         """Each live sequence's next token from the last decode, drawn by its own sampler (so
         the order and the threads do not change any draw)."""
         lib, ctx = self._lib, self._ctx
-        if self._samplers is None or len(live) < 2:
+        if self.sampling == "serial":
             return [lib.llama_sampler_sample(s.sampler, ctx, s.logits_index) for s in live]
-        # The first logits read after a decode may reorder the outputs inside llama.cpp: done
-        # here, once, before the threads only read them.
-        lib.llama_get_logits(ctx)
-        return list(self._samplers.map(lambda s: lib.llama_sampler_sample(s.sampler, ctx, s.logits_index), live))
+        # The main thread alone reads the context: each row's logits into the sequence's buffer.
+        size = self._n_vocab * ctypes.sizeof(ctypes.c_float)
+        for sequence in live:
+            logits = self._buffer(sequence.seq_id)[2]
+            ctypes.memmove(logits.ctypes.data, lib.llama_get_logits_ith(ctx, sequence.logits_index), size)
+        if self._samplers is None or len(live) < 2:
+            return [self._draw(s) for s in live]
+        return list(self._samplers.map(self._draw, live))
+
+    def _buffer(self, seq_id: int) -> tuple[Any, np.ndarray, np.ndarray]:
+        buffer = self._buffers.get(seq_id)
+        if buffer is None:
+            data = (self._lib.llama_token_data * self._n_vocab)()
+            view = np.frombuffer(data, dtype=np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]))
+            buffer = (data, view, np.empty(self._n_vocab, dtype=np.float32))
+            self._buffers[seq_id] = buffer
+        return buffer
+
+    def _draw(self, sequence: _Live) -> int:
+        """What ``llama_sampler_sample`` does after reading the logits, on the sequence's own
+        copy: candidates ``{id, logit, 0}`` in id order, unsorted, apply the chain, take the
+        selected token, accept it. Touches only this sequence's buffer and sampler."""
+        lib = self._lib
+        data, view, logits = self._buffer(sequence.seq_id)
+        view["id"] = self._ids
+        view["logit"] = logits
+        view["p"] = 0.0
+        candidates = lib.llama_token_data_array(
+            ctypes.cast(data, lib.llama_token_data_p), self._n_vocab, -1, False
+        )
+        lib.llama_sampler_apply(sequence.sampler, ctypes.byref(candidates))
+        if not 0 <= candidates.selected < candidates.size:
+            raise RuntimeError(f"the sampler selected no token (index {candidates.selected})")
+        token = candidates.data[candidates.selected].id
+        lib.llama_sampler_accept(sequence.sampler, token)
+        return token
+
+    # -- after sampling -------------------------------------------------------------------------
 
     def _advance(self, sequence: _Live, token: int) -> bool:
         """Append the sequence's sampled ``token``; False when it is finished."""
-        lib = self._lib
-        if lib.llama_vocab_is_eog(self._vocab, token):
+        if self._lib.llama_vocab_is_eog(self._vocab, token):
             sequence.finish_reason = "stop"
             return False
         sequence.tokens.append(token)
-        sequence.text_bytes.extend(self._piece(token))
+        piece = self._piece(token)
+        before = len(sequence.text_bytes)
+        sequence.text_bytes.extend(piece)
         if sequence.stop:
+            # Only the tail can hold a stop string that this token completed.
+            start = max(0, before - max(len(s) for s in sequence.stop) + 1)
+            window = bytes(sequence.text_bytes[start:])
+            found = [window.find(s) for s in sequence.stop if s in window]
+            if found:
+                sequence.text = sequence.text_bytes[: start + min(found)].decode("utf-8", errors="ignore")
+                sequence.finish_reason = "stop"
+                return False
+        if sequence.stop_rule is not None and b"\n" in piece:
             text = sequence.text_bytes.decode("utf-8", errors="ignore")
-            cut = min((text.find(stop) for stop in sequence.stop if stop in text), default=-1)
-            if cut >= 0:
+            cut = sequence.stop_rule(text)
+            if cut is not None:
                 sequence.text = text[:cut]
                 sequence.finish_reason = "stop"
                 return False
@@ -354,22 +611,40 @@ class BatchDecoder:
         return True
 
     def _piece(self, token: int) -> bytes:
-        buffer = ctypes.create_string_buffer(64)
-        size = self._lib.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
-        if size < 0:  # longer than the buffer: llama.cpp says how long
-            buffer = ctypes.create_string_buffer(-size)
+        piece = self._pieces.get(token)
+        if piece is None:
+            buffer = ctypes.create_string_buffer(64)
             size = self._lib.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
-        return buffer.raw[:size]
+            if size < 0:  # longer than the buffer: llama.cpp says how long
+                buffer = ctypes.create_string_buffer(-size)
+                size = self._lib.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
+            piece = self._pieces[token] = buffer.raw[:size]
+        return piece
 
-    def _finish(self, sequence: _Live, outcomes: list[JobOutcome], free_ids: list[int]) -> None:
+    def _finish(self, sequence: _Live, outcomes: list[JobOutcome]) -> None:
         text = sequence.text if sequence.text is not None else sequence.text_bytes.decode("utf-8", errors="ignore")
         outcomes[sequence.job_index].completions[sequence.completion_index] = DecodedText(
             text=text, finish_reason=sequence.finish_reason, completion_tokens=len(sequence.tokens)
         )
+
+    def _release(self, sequence: _Live, live: dict[int, _Live], free_ids: list[int]) -> None:
+        """The one place a sequence ends: it leaves ``live`` first (so no later path sees it),
+        then its sampler is freed, its cells dropped and its id handed back."""
+        if live.pop(sequence.seq_id, None) is not sequence:
+            return
+        sequence.group.remaining -= 1
+        if sequence.group.remaining == 0:
+            sequence.group.cache_entry.users -= 1
         self._lib.llama_sampler_free(sequence.sampler)
+        sequence.sampler = None
         self._lib.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
         free_ids.append(sequence.seq_id)
 
-    def _reset_memory(self) -> None:
-        self._lib.llama_memory_clear(self._memory, True)
-        self._cache_tokens = []
+
+def _common_prefix(cached: Sequence[int], prompt: Sequence[int]) -> int:
+    count = 0
+    for a, b in zip(cached, prompt):
+        if a != b:
+            break
+        count += 1
+    return count

@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from data_schemas.errors import PrmforgeError
+from labelers.answers import answer_end
 from labelers.diagnostics import DoctorCheck, DoctorItem
 from labelers.policy.batch_decoder import BatchDecoder, DecodeJob
-from labelers.policy.base import Completion, GenerationRequest, GenerationResult, TokenUsage
+from labelers.policy.base import Completion, GenerationRequest, GenerationResult, TokenUsage, cut_at_answer
 from labelers.policy.usage import record_usage
 from labelers.policy.llama_build import INSTALL_COMMAND, compiled_features, preflight, run_preflight_child
 from labelers.policy.model_files import PRESETS, default_cache_dir, preset_status, resolve_model
@@ -168,6 +169,8 @@ class EmbeddedPolicy:
         decode: Literal["batched", "sequential"] = "batched",
         max_sequences: int = 32,
         kv_cells: int = 16384,
+        prompt_cache: bool = True,
+        sampling: Literal["buffers", "serial"] = "buffers",
     ) -> None:
         """``model``: a preset name (see model_files.PRESETS) or a GGUF path. ``pool``: share
         loaded models across policies (the caller owns and closes it); without one the policy
@@ -175,7 +178,11 @@ class EmbeddedPolicy:
         llama.cpp call in a KV cache of ``kv_cells`` cells (labelers/policy/batch_decoder.py);
         ``sequential`` runs them one after another with llama-cpp-python's own completion loop.
         ``reuse_prefix=False`` (sequential only) clears the KV cache before every completion
-        (for measuring what prefix reuse saves)."""
+        (for measuring what prefix reuse saves). ``prompt_cache`` (batched): consecutive calls
+        whose requests carry the same ``cache_scope`` (one labeling pass) reuse the prompts the
+        earlier calls evaluated; off, every call starts with an empty KV cache. ``sampling``
+        (batched): ``buffers`` samples in parallel from copies of the logits, ``serial`` with
+        ``llama_sampler_sample`` one sequence after another (batch_decoder.py)."""
         path, self._model_id = resolve_model(model, cache_dir)
         self._threads = n_threads or default_threads()
         self._owns_model = pool is None
@@ -186,6 +193,9 @@ class EmbeddedPolicy:
         self._max_sequences = max_sequences
         self._kv_cells = max(kv_cells, n_ctx)
         self._decoder: BatchDecoder | None = None  # created on the first batched generate
+        self._prompt_cache = prompt_cache
+        self._sampling = sampling
+        self._cache_scope = ""  # the pass whose prompts the decoder's cache holds
         self.usage = TokenUsage()
         # Prompt tokens actually evaluated (after prefix reuse); benchmarks compare it with usage.
         self.evaluated_prompt_tokens = 0
@@ -239,6 +249,7 @@ class EmbeddedPolicy:
                 kv_cells=self._kv_cells,
                 n_threads=self._threads,
                 n_ctx_per_sequence=self._loaded.llama.n_ctx(),
+                sampling=self._sampling,
             )
         indices = [i for i, prompt in enumerate(prompts) if prompt is not None]
         jobs = []
@@ -253,11 +264,21 @@ class EmbeddedPolicy:
                     temperature=request.temperature,
                     top_p=request.top_p,
                     stop=tuple(request.stop),
+                    stop_rule=answer_end if request.stop_at_answer else None,
                 )
             )
-        before = self._decoder.evaluated_prompt_tokens
-        outcomes = self._decoder.run(jobs)
-        self.evaluated_prompt_tokens += self._decoder.evaluated_prompt_tokens - before
+        scopes = {requests[i].cache_scope for i in indices}
+        scope = scopes.pop() if len(scopes) == 1 else ""
+        keep = self._prompt_cache and scope != "" and scope == self._cache_scope
+        self._cache_scope = scope if self._prompt_cache else ""
+        before = self._decoder.cost.copy()
+        outcomes = self._decoder.run(jobs, keep_prompts=keep)
+        spent = self._decoder.cost.minus(before)
+        self.evaluated_prompt_tokens += spent.evaluated_prompt_tokens
+        self.usage.evaluated_prompt_tokens += spent.evaluated_prompt_tokens
+        self.usage.decode_seconds += spent.decode_seconds
+        self.usage.sampling_seconds += spent.sampling_seconds
+        self.usage.stop_check_seconds += spent.stop_check_seconds
         for index, outcome in zip(indices, outcomes):
             request, prompt_tokens = requests[index], len(prompts[index] or ())
             if outcome.error is not None:
@@ -300,13 +321,14 @@ class EmbeddedPolicy:
                 )
                 # llama-cpp-python replays the last prompt token when the whole prompt is cached.
                 self.evaluated_prompt_tokens += len(prompt) - min(cached, len(prompt) - 1)
+                self.usage.evaluated_prompt_tokens += len(prompt) - min(cached, len(prompt) - 1)
                 choice = out["choices"][0]
                 completions.append(
-                    Completion(
+                    cut_at_answer(request, Completion(
                         text=choice["text"],
                         finish_reason="length" if choice["finish_reason"] == "length" else "stop",
                         completion_tokens=out["usage"]["completion_tokens"],
-                    )
+                    ))
                 )
         except (KeyboardInterrupt, MemoryError):
             raise

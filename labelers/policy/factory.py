@@ -23,11 +23,11 @@ if TYPE_CHECKING:
 # engines keys by these fields only (flows/resources.py) and never loads a model twice for a new
 # temperature. tests/test_flow_resources.py checks that every field is classified.
 ENGINE_FIELDS: dict[str, tuple[str, ...]] = {
-    "embedded": ("model", "n_ctx", "n_threads", "decode", "max_sequences", "kv_cells"),
+    "embedded": ("model", "n_ctx", "n_threads", "decode", "max_sequences", "kv_cells", "prompt_cache"),
     "vllm": ("model", "n_ctx", "gpu_memory_utilization", "enable_prefix_caching"),
     "openai": ("model", "base_url", "api_key", "max_concurrency", "request_timeout_s", "max_retries"),
 }
-SAMPLING_FIELDS: tuple[str, ...] = ("temperature", "top_p", "max_step_tokens", "max_solution_tokens")
+SAMPLING_FIELDS: tuple[str, ...] = ("temperature", "top_p", "max_step_tokens", "max_solution_tokens", "stop_at_answer")
 
 
 def engine_fields(config: PolicyConfig) -> dict[str, object]:
@@ -55,6 +55,7 @@ def make_policy(config: PolicyConfig, *, pool: "ModelPool | None" = None, cache_
             decode=config.decode,
             max_sequences=config.max_sequences,
             kv_cells=config.kv_cells,
+            prompt_cache=config.prompt_cache,
         )
     if config.backend == "vllm":
         from labelers.policy.vllm_backend import VllmPolicy

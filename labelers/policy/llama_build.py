@@ -42,7 +42,9 @@ from data_schemas.errors import PrmforgeError
 
 # The version range of the ``embedded`` extra (pyproject.toml). The batched decoder uses the
 # llama_memory_* API of this line; a test checks that pyproject.toml says the same.
-LLAMA_CPP_REQUIREMENT = "llama-cpp-python>=0.3.36,<0.4"
+# The one version tested: the batch decoder relies on its low-level API (sampler chains, memory
+# sequences, unified KV) and on how llama_sampler_sample builds its candidates (batch_decoder.py).
+LLAMA_CPP_REQUIREMENT = "llama-cpp-python==0.3.36"
 # AMX tile code generation off; x86-64 only (other compilers' targets do not know the flags).
 NO_AMX_FLAGS = ("-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16")
 # The multimodal (llava/mtmd) library is not used by prmforge; skipping it shortens the compile.

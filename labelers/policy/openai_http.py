@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 
 from data_schemas.errors import PrmforgeError
-from labelers.policy.base import Completion, GenerationRequest, GenerationResult, TokenUsage
+from labelers.policy.base import Completion, GenerationRequest, GenerationResult, TokenUsage, cut_at_answer
 from labelers.policy.usage import record_usage
 
 _RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -88,8 +88,9 @@ def parse_chat_response(request: GenerationRequest, payload: dict[str, Any]) -> 
             tokens = fallback
         text = (choice.get("message") or {}).get("content") or ""
         completions.append(
-            Completion(text=text, finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
-                       completion_tokens=tokens)
+            cut_at_answer(request, Completion(
+                text=text, finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
+                completion_tokens=tokens))
         )
     if len(completions) != request.n:
         return GenerationResult(request, (), int(usage.get("prompt_tokens") or 0),

