@@ -95,7 +95,7 @@ def test_mc_with_recovering_rollouts_misses_errors_honestly(small_set):
 
 def test_mc_needs_gold_answers():
     record = record_from_json({"id": "pb-0", "problem": "p", "steps": ["a"], "label": -1}, "x")
-    with pytest.raises(InputError, match="gold_answer"):
+    with pytest.raises(InputError, match="gold answer"):
         runner.run_mc([record], "mc", _config(), ScriptedPolicy([]), None, None)
 
 

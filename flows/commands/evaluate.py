@@ -33,7 +33,8 @@ INPUT_OPTION = typer.Option(..., "--input", "-i", help="ProcessBench-format file
 CONFIG_OPTION = typer.Option(None, "--config", "-c", help="TOML build config (policy, search, tool, fuse sections).", dir_okay=False)
 PRESET_OPTION = typer.Option(None, "--preset", "-p", help="Start from a shipped preset: demo, small, gsm8k, math500.")
 SET_OPTION = typer.Option(None, "--set", help="Override one config key: --set policy.temperature=0.7 (repeatable), as in build.")
-LABELS_HELP = ("Signals, comma-separated or repeated: tool, lean, mc, hybrid, judge, prm (a trained PRM, --prm DIR); "
+LABELS_HELP = ("Signals, comma-separated or repeated: tool, lean, mc, hybrid, judge, prm (a trained PRM, --prm DIR), "
+               "answer:last / answer:first (baselines: the error is the last step / step 0 when the final answer is wrong); "
                "mc and hybrid take a mode "
                "(mc:per-step, mc:binary, hybrid:binary). Signals of one mode share one labeling pass (rollouts, judge); "
                "hybrid gets its own when mc is asked too (MC alone must not see the tool).")
@@ -77,7 +78,7 @@ def _read_records(set_file: Path, limit: int | None) -> list[Any]:
 def parse_signals(text: str | Sequence[str]) -> list[tuple[str, str | None]]:
     """``"tool,mc:binary,hybrid"`` (or a list of such, from a repeated ``--labels``) ->
     [("tool", None), ("mc", "binary"), ("hybrid", None)]."""
-    from labelers.evaluation.runner import MC_MODES, SIGNALS
+    from labelers.evaluation.runner import ANSWER_MODES, MC_MODES, SIGNALS
 
     parsed: list[tuple[str, str | None]] = []
     items = [piece for chunk in ([text] if isinstance(text, str) else text) for piece in chunk.split(",") if piece.strip()]
@@ -85,7 +86,10 @@ def parse_signals(text: str | Sequence[str]) -> list[tuple[str, str | None]]:
         name, _, mode = item.strip().partition(":")
         if name not in SIGNALS:
             raise InputError(f"--labels: unknown signal {name!r}; choose from {', '.join(SIGNALS)}")
-        if mode and (name not in ("mc", "hybrid") or mode not in MC_MODES):
+        if name == "answer":
+            if mode not in ANSWER_MODES:
+                raise InputError(f"--labels: {item.strip()!r}: answer takes a mode: {', '.join('answer:' + m for m in ANSWER_MODES)}")
+        elif mode and (name not in ("mc", "hybrid") or mode not in MC_MODES):
             raise InputError(f"--labels: {item.strip()!r}: a mode ({', '.join(MC_MODES)}) goes only with mc or hybrid")
         if (name, mode or None) in parsed:
             raise InputError(f"--labels: {item.strip()!r} is named twice")
@@ -108,11 +112,20 @@ class _Resources:
         self._lean = None
 
     def policy(self) -> Any:
+        """The policy, answering a request it has answered before from memory (passes of one run
+        share their rollouts: labelers/evaluation/replay.py)."""
         if self._policy is None:
+            from labelers.evaluation.replay import ReplayPolicy
             from labelers.policy.factory import make_policy
 
-            self._policy = make_policy(self.config.policy)
+            self._policy = ReplayPolicy(make_policy(self.config.policy))
         return self._policy
+
+    def watch(self, progress: Any) -> None:
+        """Feed what the policies sample to ``progress`` (a PassProgress), or stop feeding (None)."""
+        for policy in (self._policy, self._judge):
+            if policy is not None:
+                policy.on_generate = None if progress is None else progress.sampled
 
     def step_judge(self) -> Any:
         """A separate judge model's policy when ``judge.model`` is set, else None (the policy judges)."""
@@ -120,12 +133,13 @@ class _Resources:
         if judge.model is None:
             return None
         if self._judge is None:
+            from labelers.evaluation.replay import ReplayPolicy
             from labelers.policy.factory import make_policy
 
             policy = self.config.policy
-            self._judge = make_policy(policy.model_copy(update={
+            self._judge = ReplayPolicy(make_policy(policy.model_copy(update={
                 "model": judge.model, "backend": judge.backend or policy.backend, "base_url": judge.base_url or policy.base_url,
-            }))
+            })))
         return self._judge
 
     def tool(self) -> Any:
@@ -163,11 +177,12 @@ def run_signals(records: Sequence[Any], signals: Sequence[tuple[str, str | None]
     ``hybrid`` and ``judge`` share one labeling pass per MC mode (the judge joins the first pass,
     or runs alone without rollouts when no mc/hybrid signal is asked; the runner splits off a
     pass of the hybrid's own when it samples with the tool's help and ``mc`` is asked too)."""
+    from flows.progress import PassProgress
     from labelers.evaluation import runner
 
     runs: dict[tuple[str, str | None], Any] = {}
     for signal, mode in signals:
-        if signal in ("mc", "hybrid"):
+        if signal in runner.GOLD_SIGNALS:
             runner.require_gold(records, signal)
     modes: list[str] = []
     for signal, mode in signals:
@@ -183,8 +198,14 @@ def run_signals(records: Sequence[Any], signals: Sequence[tuple[str, str | None]
         typer.echo(f"labeling pass {index + 1} of {len(modes)} ({mode}: {shown}) "
                    f"over {len(records)} solutions ...", err=True)
         started = time.perf_counter()
-        shared = runner.run_shared(records, names, config, resources.policy(), resources.tool(), None,
-                                   mc_mode=mode, k=k, step_judge=resources.step_judge())
+        progress = PassProgress(f"pass {index + 1} of {len(modes)} ({mode})", len(records))
+        policy, step_judge = resources.policy(), resources.step_judge()
+        resources.watch(progress)
+        try:
+            shared = runner.run_shared(records, names, config, policy, resources.tool(), None, mc_mode=mode, k=k,
+                                       step_judge=step_judge, on_solutions=progress.solutions)
+        finally:
+            resources.watch(None)
         typer.echo(f"labeling pass {index + 1} of {len(modes)} done in {time.perf_counter() - started:.0f} s", err=True)
         for (signal, asked_mode), run in zip(group, shared, strict=False):
             runs[(signal, asked_mode)] = run
@@ -192,8 +213,14 @@ def run_signals(records: Sequence[Any], signals: Sequence[tuple[str, str | None]
             runs[("judge", None)] = shared[-1]
     if wants_judge and not modes:
         typer.echo(f"judging the {sum(len(r.steps) for r in records)} steps of {len(records)} solutions ...", err=True)
-        runs[("judge", None)] = runner.run_shared(records, ["judge"], config, resources.policy(), resources.tool(), None,
-                                                  step_judge=resources.step_judge())[0]
+        progress = PassProgress("judge", len(records))
+        policy, step_judge = resources.policy(), resources.step_judge()
+        resources.watch(progress)
+        try:
+            runs[("judge", None)] = runner.run_shared(records, ["judge"], config, policy, resources.tool(), None,
+                                                      step_judge=step_judge, on_solutions=progress.solutions)[0]
+        finally:
+            resources.watch(None)
     results = []
     for signal, mode in signals:
         if signal == "tool":
@@ -202,6 +229,8 @@ def run_signals(records: Sequence[Any], signals: Sequence[tuple[str, str | None]
             run = runner.run_lean(records, resources.lean())
         elif signal == "prm":
             run = runner.run_prm(records, resources.prm(), threshold)
+        elif signal == "answer":
+            run = runner.run_answer(records, mode or "last")
         else:
             run = runs[(signal, mode)]
         results.append(runner.evaluate(records, run))
