@@ -299,6 +299,10 @@ class PassProgress:
     of solutions, printing unless a line went out less than ``min_gap`` seconds ago. A pass that
     restarts its count (the hybrid's own pass after MC's) is numbered as a part of the pass.
     ``eta`` = elapsed / done * (total - done) within the current part.
+
+    Between :meth:`start` and :meth:`stop` a ticker thread also prints when ``interval`` seconds
+    passed without a line: one generate call of a chunk can take minutes on a CPU, and a silent
+    pass looks like a hung one.
     """
 
     def __init__(self, label: str, total: int, stream: TextIO | None = None, interval: float = 30.0,
@@ -317,21 +321,42 @@ class PassProgress:
         self.tokens = 0
         self.generation_seconds = 0.0
         self._part_started = self._started = self._last_line = clock()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._ticker = threading.Thread(target=self._tick, name="prmforge-pass-progress", daemon=True)
+        self._ticker.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=2)
+            self._ticker = None
+
+    def _tick(self) -> None:
+        while not self._stop.wait(min(self.interval, 5.0)):
+            with self._lock:
+                if self.clock() - self._last_line >= self.interval:
+                    self._print()
 
     def sampled(self, completions: int, tokens: int, seconds: float) -> None:
-        self.rollouts += completions
-        self.tokens += tokens
-        self.generation_seconds += seconds
-        if self.clock() - self._last_line >= self.interval:
-            self._print()
+        with self._lock:
+            self.rollouts += completions
+            self.tokens += tokens
+            self.generation_seconds += seconds
+            if self.clock() - self._last_line >= self.interval:
+                self._print()
 
     def solutions(self, done: int, total: int) -> None:
-        if done < self.done:
-            self.part += 1
-            self._part_started = self.clock()
-        self.done, self.total = done, total
-        if self.clock() - self._last_line >= self.min_gap or done == total:
-            self._print()
+        with self._lock:
+            if done < self.done:
+                self.part += 1
+                self._part_started = self.clock()
+            self.done, self.total = done, total
+            if self.clock() - self._last_line >= self.min_gap or done == total:
+                self._print()
 
     def line(self) -> str:
         now = self.clock()

@@ -29,7 +29,12 @@ from data_schemas.errors import InputError, PrmforgeError
 
 eval_app = typer.Typer(help="Measure label quality: error-injection sets, ProcessBench scores.", no_args_is_help=True)
 
-INPUT_OPTION = typer.Option(..., "--input", "-i", help="ProcessBench-format file (JSON list or JSONL).", dir_okay=False)
+INPUT_OPTION = typer.Option(..., "--input", "-i", dir_okay=False, help=(
+    "ProcessBench-format file (JSON list or JSONL), or processbench:SUBSET (gsm8k, math, olympiadbench, omnimath) "
+    "for the published set through datasets."))
+GOLD_OPTION = typer.Option(None, "--gold", dir_okay=False, help=(
+    "Your gold answers: JSON/JSONL objects with id or problem and gold_answer (or answer). Without it, gold is "
+    "joined from the bundled GSM8K test / MATH-500 by problem text, else from a solved sibling solution."))
 CONFIG_OPTION = typer.Option(None, "--config", "-c", help="TOML build config (policy, search, tool, fuse sections).", dir_okay=False)
 PRESET_OPTION = typer.Option(None, "--preset", "-p", help="Start from a shipped preset: demo, small, gsm8k, math500.")
 SET_OPTION = typer.Option(None, "--set", help="Override one config key: --set policy.temperature=0.7 (repeatable), as in build.")
@@ -68,11 +73,22 @@ def _load_config(config_file: Path | None, preset: str | None, overrides: list[s
     )
 
 
-def _read_records(set_file: Path, limit: int | None) -> list[Any]:
+def _read_records(set_file: Path, limit: int | None, gold_file: Path | None = None) -> tuple[list[Any], Any]:
+    """The set's records (a file, or ``processbench:SUBSET``) with gold answers joined where they
+    can be known (labelers/evaluation/goldjoin.py), then cut to ``limit``; and the coverage."""
+    from labelers.evaluation.goldjoin import GoldCoverage, join_gold, load_processbench, load_tables
     from labelers.evaluation.processbench import read_set
 
-    records = read_set(set_file)
-    return records[:limit] if limit is not None else records
+    spec = str(set_file)
+    records = load_processbench(spec) if spec.startswith("processbench:") else read_set(set_file)
+    # Joined before the cut: a solution past the limit may still tell its siblings the gold answer.
+    records, _ = join_gold(records, load_tables(gold_file))
+    records = records[:limit] if limit is not None else records
+    counts: dict[str, int] = {}
+    for record in records:
+        if record.gold_answer:
+            counts[record.gold_source or "file"] = counts.get(record.gold_source or "file", 0) + 1
+    return records, GoldCoverage(len(records), counts)
 
 
 def parse_signals(text: str | Sequence[str]) -> list[tuple[str, str | None]]:
@@ -201,10 +217,12 @@ def run_signals(records: Sequence[Any], signals: Sequence[tuple[str, str | None]
         progress = PassProgress(f"pass {index + 1} of {len(modes)} ({mode})", len(records))
         policy, step_judge = resources.policy(), resources.step_judge()
         resources.watch(progress)
+        progress.start()
         try:
             shared = runner.run_shared(records, names, config, policy, resources.tool(), None, mc_mode=mode, k=k,
                                        step_judge=step_judge, on_solutions=progress.solutions)
         finally:
+            progress.stop()
             resources.watch(None)
         typer.echo(f"labeling pass {index + 1} of {len(modes)} done in {time.perf_counter() - started:.0f} s", err=True)
         for (signal, asked_mode), run in zip(group, shared, strict=False):
@@ -216,10 +234,12 @@ def run_signals(records: Sequence[Any], signals: Sequence[tuple[str, str | None]
         progress = PassProgress("judge", len(records))
         policy, step_judge = resources.policy(), resources.step_judge()
         resources.watch(progress)
+        progress.start()
         try:
             runs[("judge", None)] = runner.run_shared(records, ["judge"], config, policy, resources.tool(), None,
                                                       step_judge=step_judge, on_solutions=progress.solutions)[0]
         finally:
+            progress.stop()
             resources.watch(None)
     results = []
     for signal, mode in signals:
@@ -321,13 +341,14 @@ def run(
     out: Path | None = typer.Option(None, "--out", help="Write the scores, costs and per-record failures as JSON.", dir_okay=False),
     prm: Path | None = PRM_OPTION,
     threshold: float = THRESHOLD_OPTION,
+    gold: Path | None = GOLD_OPTION,
 ) -> None:
     """Label a set's steps with one or more signals and score earliest-error identification
     (ProcessBench); signals of one MC mode share their rollouts."""
     signals = parse_signals(labels)
     title = f"ProcessBench score on {set_file.name}" if len(signals) == 1 else f"Signals compared on {set_file.name}"
     _evaluate(set_file, signals, config_file, preset, overrides, model, backend, mc_mode, k, limit, seed, out, title,
-              prm, threshold)
+              prm, threshold, gold)
 
 
 @eval_app.command("compare")
@@ -346,31 +367,51 @@ def compare(
     out: Path | None = typer.Option(None, "--out", help="Write all results as JSON.", dir_okay=False),
     prm: Path | None = PRM_OPTION,
     threshold: float = THRESHOLD_OPTION,
+    gold: Path | None = GOLD_OPTION,
 ) -> None:
     """Several signals on the same set, one table side by side (same as eval run)."""
     _evaluate(set_file, parse_signals(labels), config_file, preset, overrides, model, backend, mc_mode, k, limit,
-              seed, out, f"Signals compared on {set_file.name}", prm, threshold)
+              seed, out, f"Signals compared on {set_file.name}", prm, threshold, gold)
 
 
 def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file: Path | None, preset: str | None,
               overrides: list[str] | None, model: str | None, backend: str | None, mc_mode: str, k: int | None,
               limit: int | None, seed: int | None, out: Path | None, title: str, prm: Path | None = None,
-              threshold: float = 0.5) -> None:
+              threshold: float = 0.5, gold_file: Path | None = None) -> None:
     from labelers.evaluation.runner import MC_MODES
 
     if mc_mode not in MC_MODES:
         raise InputError(f"--mc-mode must be one of {', '.join(MC_MODES)}, got {mc_mode!r}")
-    records = _read_records(set_file, limit)
+    from labelers.evaluation.runner import GOLD_SIGNALS
+
+    records, coverage = _read_records(set_file, limit, gold_file)
+    typer.echo(coverage.line(), err=True)
+    with_gold = [r for r in records if r.gold_answer]
+    without_gold = [r for r in records if not r.gold_answer]
+    gold_free = [(s, m) for s, m in signals if s not in GOLD_SIGNALS]
+    needs_gold = len(gold_free) < len(signals)
+    if needs_gold and not with_gold:
+        first = next(s for s, _ in signals if s in GOLD_SIGNALS)
+        raise InputError(f"--labels {first} needs gold answers and none of the {len(records)} solutions has one "
+                         "(no GSM8K / MATH-500 match, no solved sibling): pass --gold FILE, or use gold-free signals")
     config = _load_config(config_file, preset, overrides, model, backend, seed)
     resources = _Resources(config, prm)
     try:
-        results = run_signals(records, signals, config, mc_mode, k, resources, threshold)
+        results = run_signals(with_gold if needs_gold else records, signals, config, mc_mode, k, resources, threshold)
+        apart = run_signals(without_gold, gold_free, config, mc_mode, k, resources, threshold) \
+            if needs_gold and without_gold and gold_free else []
     finally:
         resources.close()
     # The table has 16 columns: never squeeze it below a readable width (pipes, CI logs).
     console = Console(width=max(Console().width, 200))
+    if needs_gold and without_gold:
+        title += f" ({len(with_gold)} solutions with a gold answer)"
     console.print(results_table(results, title))
-    for result in results:
+    if apart:
+        console.print(results_table(apart, f"{len(without_gold)} solutions without a gold answer (gold-free signals only)"))
+    elif needs_gold and without_gold:
+        console.print(f"{len(without_gold)} solutions without a gold answer not scored: every signal asked needs gold")
+    for result in [*results, *apart]:
         if result.score.by_corruption:
             kinds = ", ".join(f"{kind} {accuracy:.3f}" for kind, accuracy in result.score.by_corruption.items())
             console.print(f"{result.run.signal}: exact-index accuracy by corruption kind: {kinds}")
@@ -380,8 +421,16 @@ def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file
             first_id, first_error = sorted(result.run.failures.items())[0]
             console.print(f"{result.run.signal}: {len(result.run.failures)} record(s) failed to label "
                           f"(scored as misses); first: {first_id}: {first_error}")
+    console.print(coverage.line())
     if out is not None:
-        _write_json(out, _payload(set_file, records, results))
+        payload = _payload(set_file, records, results)
+        payload["gold"] = coverage.to_json()
+        payload["gold_sources"] = {r.id: r.gold_source or "file" for r in records if r.gold_answer}
+        if needs_gold and without_gold:
+            payload["records"] = len(with_gold)
+            payload["results_without_gold"] = [r.to_json() for r in apart]
+            payload["records_without_gold"] = len(without_gold)
+        _write_json(out, payload)
         console.print(f"wrote {out}")
 
 
