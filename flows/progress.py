@@ -320,7 +320,7 @@ class PassProgress:
         self.rollouts = 0
         self.tokens = 0
         self.generation_seconds = 0.0
-        self._part_started = self._started = self._last_line = clock()
+        self._part_started = self._started = self._last_line = self._last_chunk = clock()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -353,7 +353,8 @@ class PassProgress:
         with self._lock:
             if done < self.done:
                 self.part += 1
-                self._part_started = self.clock()
+                self._part_started = self._last_chunk  # the new part began when the last one ended
+            self._last_chunk = self.clock()
             self.done, self.total = done, total
             if self.clock() - self._last_line >= self.min_gap or done == total:
                 self._print()
