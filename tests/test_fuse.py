@@ -104,6 +104,28 @@ def test_zero_without_a_measured_drop_yields_to_a_later_disproof() -> None:
     assert _sources(off) == _sources(plain) and first_negative([s.label for s in off]) == 0
 
 
+def test_no_evidence_is_no_label_yielded_steps_are_low_confidence() -> None:
+    """A yielded zero's + rests on nothing measured: signals_agree is false (export
+    --min-confidence cuts there) and the soft export gives the hard label, not the zero."""
+    from data_schemas.export import LabeledPath, apply_min_confidence, soft_values
+
+    fused = fuse_path(TOOLS_SLIP_AT_3, [None] * 5, ZERO_AT_START, HYBRID, False)
+    assert [step.signals_agree for step in fused[:3]] == [False, False, False]
+    # the unverifiable step agreed with MC before the rule flipped it; the rule made it disagree
+    assert fuse_step(UNVERIFIABLE, None, INFERRED_NEG, HYBRID, False).signals_agree is True
+    path = LabeledPath(
+        build_id="b", problem_id="p", path_id="x", source="given", question="q", gold_answer="1",
+        steps=[f"s{i}" for i in range(5)], labels=[step.label for step in fused], rationales=[""] * 5,
+        consensus=False, final_answer="2", generator_model="m", finished_at=None,
+        mc_values=[0.0, None, 0.0, None, None], mc_totals=[8, None, 8, None, None],
+        signals_agree=[step.signals_agree for step in fused], label_sources=[step.source for step in fused], num_steps=5,
+    )
+    values, fallback = soft_values(path)
+    assert values[:3] == [1.0, 1.0, 1.0] and [label for label in path.labels[:3]] == [True] * 3  # soft = hard
+    assert fallback >= 3
+    assert apply_min_confidence(path, 1) is None  # cut before step 0: nothing confident is left
+
+
 def test_a_measured_drop_stands_before_a_disproof() -> None:
     # step 0 measured positive, step 1 zero: a drop, so step 1 is the first error.
     mcs = [MC_HIGH, MC_ZERO, INFERRED_NEG, INFERRED_NEG, INFERRED_NEG]
