@@ -337,7 +337,7 @@ def run_shared(
     mc_mode: str = "per-step",
     k: int | None = None,
     step_judge: Policy | None = None,
-    chunk_size: int = 4,
+    chunk_size: int = 8,
     on_solutions: Callable[[int, int], None] | None = None,
 ) -> list[SignalRun]:
     """``mc`` / ``hybrid`` / ``judge`` labels of the same records from ONE pass of the labeling
