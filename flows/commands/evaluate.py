@@ -50,6 +50,9 @@ K_OPTION = typer.Option(None, "--k", help="Rollouts per estimated prefix (defaul
 LIMIT_OPTION = typer.Option(None, "--limit", help="Evaluate only the first N records of the set.", min=1)
 SEED_OPTION = typer.Option(None, "--seed", help="Seed of the rollouts (default: the config's).")
 PRM_OPTION = typer.Option(None, "--prm", help="Directory of a PRM trained by prmforge train (signal prm).", file_okay=False)
+CHUNK_OPTION = typer.Option(8, "--chunk", min=1, help=(
+    "Solutions per labeling call: progress moves per chunk; a larger chunk batches more rollouts per call "
+    "(faster on a CPU, where later first-error-search rounds are small)."))
 THRESHOLD_OPTION = typer.Option(0.5, "--threshold", help="Signal prm: a step is bad when its P(good) is below this.")
 
 
@@ -188,7 +191,8 @@ class _Resources:
 
 
 def run_signals(records: Sequence[Any], signals: Sequence[tuple[str, str | None]], config: Any,
-                default_mode: str, k: int | None, resources: _Resources, threshold: float = 0.5) -> list[Any]:
+                default_mode: str, k: int | None, resources: _Resources, threshold: float = 0.5,
+                chunk: int = 8) -> list[Any]:
     """Results in the order asked. ``tool``, ``lean`` and ``prm`` run on their own; ``mc``,
     ``hybrid`` and ``judge`` share one labeling pass per MC mode (the judge joins the first pass,
     or runs alone without rollouts when no mc/hybrid signal is asked; the runner splits off a
@@ -220,7 +224,7 @@ def run_signals(records: Sequence[Any], signals: Sequence[tuple[str, str | None]
         progress.start()
         try:
             shared = runner.run_shared(records, names, config, policy, resources.tool(), None, mc_mode=mode, k=k,
-                                       step_judge=step_judge, on_solutions=progress.solutions)
+                                       step_judge=step_judge, on_solutions=progress.solutions, chunk_size=chunk)
         finally:
             progress.stop()
             resources.watch(None)
@@ -237,7 +241,8 @@ def run_signals(records: Sequence[Any], signals: Sequence[tuple[str, str | None]
         progress.start()
         try:
             runs[("judge", None)] = runner.run_shared(records, ["judge"], config, policy, resources.tool(), None,
-                                                      step_judge=step_judge, on_solutions=progress.solutions)[0]
+                                                      step_judge=step_judge, on_solutions=progress.solutions,
+                                                      chunk_size=chunk)[0]
         finally:
             progress.stop()
             resources.watch(None)
@@ -342,13 +347,14 @@ def run(
     prm: Path | None = PRM_OPTION,
     threshold: float = THRESHOLD_OPTION,
     gold: Path | None = GOLD_OPTION,
+    chunk: int = CHUNK_OPTION,
 ) -> None:
     """Label a set's steps with one or more signals and score earliest-error identification
     (ProcessBench); signals of one MC mode share their rollouts."""
     signals = parse_signals(labels)
     title = f"ProcessBench score on {set_file.name}" if len(signals) == 1 else f"Signals compared on {set_file.name}"
     _evaluate(set_file, signals, config_file, preset, overrides, model, backend, mc_mode, k, limit, seed, out, title,
-              prm, threshold, gold)
+              prm, threshold, gold, chunk)
 
 
 @eval_app.command("compare")
@@ -368,16 +374,17 @@ def compare(
     prm: Path | None = PRM_OPTION,
     threshold: float = THRESHOLD_OPTION,
     gold: Path | None = GOLD_OPTION,
+    chunk: int = CHUNK_OPTION,
 ) -> None:
     """Several signals on the same set, one table side by side (same as eval run)."""
     _evaluate(set_file, parse_signals(labels), config_file, preset, overrides, model, backend, mc_mode, k, limit,
-              seed, out, f"Signals compared on {set_file.name}", prm, threshold, gold)
+              seed, out, f"Signals compared on {set_file.name}", prm, threshold, gold, chunk)
 
 
 def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file: Path | None, preset: str | None,
               overrides: list[str] | None, model: str | None, backend: str | None, mc_mode: str, k: int | None,
               limit: int | None, seed: int | None, out: Path | None, title: str, prm: Path | None = None,
-              threshold: float = 0.5, gold_file: Path | None = None) -> None:
+              threshold: float = 0.5, gold_file: Path | None = None, chunk: int = 8) -> None:
     from labelers.evaluation.runner import MC_MODES
 
     if mc_mode not in MC_MODES:
@@ -397,8 +404,9 @@ def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file
     config = _load_config(config_file, preset, overrides, model, backend, seed)
     resources = _Resources(config, prm)
     try:
-        results = run_signals(with_gold if needs_gold else records, signals, config, mc_mode, k, resources, threshold)
-        apart = run_signals(without_gold, gold_free, config, mc_mode, k, resources, threshold) \
+        results = run_signals(with_gold if needs_gold else records, signals, config, mc_mode, k, resources, threshold,
+                              chunk)
+        apart = run_signals(without_gold, gold_free, config, mc_mode, k, resources, threshold, chunk) \
             if needs_gold and without_gold and gold_free else []
     finally:
         resources.close()
