@@ -96,3 +96,28 @@ def test_pass_progress_lines():
     assert lines[2].startswith("pass 1 of 1 (binary): 40/40 solutions") and lines[2].endswith("eta 0 s")
     assert lines[3].startswith("pass 1 of 1 (binary) part 2: 4/40 solutions") and lines[3].endswith("eta 1 min 30 s")  # 10 s for 4
     assert len(lines) == 4
+
+
+def test_bench_processbench_rescores_stored_runs(tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    records, references = injected_set(6, 4, seed=11)
+    config = _config()
+    runs = runner.run_shared(records, ["mc", "hybrid"], config, scripted_for(records, references), None, None, "binary", 4)
+    set_file = tmp_path / "set.json"
+    set_file.write_text(json.dumps([r.to_json() for r in records]))
+    out = tmp_path / "run.json"
+    out.write_text(json.dumps({"results": [runner.evaluate(records, run).to_json() for run in runs]}))
+    path = Path(__file__).parent.parent / "benchmarks" / "bench_processbench.py"
+    spec = importlib.util.spec_from_file_location("bench_processbench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--input", str(set_file), "--runs", str(out), "--name", "t"]) == 0
+    printed = capsys.readouterr().out
+    assert "t: 10 solutions (6 erroneous)" in printed
+    figures = [line.split("\t") for line in printed.splitlines() if line.startswith("FIGURE\t")]
+    names = {f[1]: f[2] for f in figures}
+    assert names["pb.t.MC_binary.f1"] == "1.0000" and "pb.t.hybrid_no_path_rule.f1" in names
+    assert bench.main([]) == 0 and "nothing to re-score" in capsys.readouterr().out
