@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         s = row.score
         ci = "-" if s.f1_ci is None else f"{s.f1_ci[0]:.3f}-{s.f1_ci[1]:.3f}"
+        costs = f"{_fmt(row.rollouts_per_solution, 1):>8} {_fmt(row.seconds_per_solution, 1):>6}"
         print(f"{row.name:40} {row.solutions:>4} {_fmt(s.f1):>6} {ci:>13} {_fmt(s.acc_err):>7} {_fmt(s.acc_cor):>7} "
-              f"{_fmt(s.step_precision):>6} {_fmt(row.rollouts_per_solution, 1):>8} {_fmt(row.seconds_per_solution, 1):>6}"
-              f"  {row.note}")
+              f"{_fmt(s.step_precision):>6} {costs}  {row.note}")
     for row in rows:
         key = row.name.replace(" ", "_").replace(",", "").replace(":", "").replace("=", "eq")
         print(f"FIGURE\tpb.{name}.{key}.f1\t{_fmt(row.score.f1, 4)}\tF1 (n={row.solutions})\t")

@@ -39,7 +39,8 @@ CONFIG_OPTION = typer.Option(None, "--config", "-c", help="TOML build config (po
 PRESET_OPTION = typer.Option(None, "--preset", "-p", help="Start from a shipped preset: demo, small, gsm8k, math500.")
 SET_OPTION = typer.Option(None, "--set", help="Override one config key: --set policy.temperature=0.7 (repeatable), as in build.")
 LABELS_HELP = ("Signals, comma-separated or repeated: tool, lean, mc, hybrid, judge, prm (a trained PRM, --prm DIR), "
-               "answer:last / answer:first (baselines: the error is the last step / step 0 when the final answer is wrong); "
+               "answer:last / answer:first (baselines: the error is the last step / step 0 when the final answer "
+               "is wrong); "
                "mc and hybrid take a mode "
                "(mc:per-step, mc:binary, hybrid:binary). Signals of one mode share one labeling pass (rollouts, judge); "
                "hybrid gets its own when mc is asked too (MC alone must not see the tool).")
@@ -107,7 +108,8 @@ def parse_signals(text: str | Sequence[str]) -> list[tuple[str, str | None]]:
             raise InputError(f"--labels: unknown signal {name!r}; choose from {', '.join(SIGNALS)}")
         if name == "answer":
             if mode not in ANSWER_MODES:
-                raise InputError(f"--labels: {item.strip()!r}: answer takes a mode: {', '.join('answer:' + m for m in ANSWER_MODES)}")
+                modes = ", ".join("answer:" + m for m in ANSWER_MODES)
+                raise InputError(f"--labels: {item.strip()!r}: answer takes a mode: {modes}")
         elif mode and (name not in ("mc", "hybrid") or mode not in MC_MODES):
             raise InputError(f"--labels: {item.strip()!r}: a mode ({', '.join(MC_MODES)}) goes only with mc or hybrid")
         if (name, mode or None) in parsed:
@@ -416,7 +418,8 @@ def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file
         title += f" ({len(with_gold)} solutions with a gold answer)"
     console.print(results_table(results, title))
     if apart:
-        console.print(results_table(apart, f"{len(without_gold)} solutions without a gold answer (gold-free signals only)"))
+        apart_title = f"{len(without_gold)} solutions without a gold answer (gold-free signals only)"
+        console.print(results_table(apart, apart_title))
     elif needs_gold and without_gold:
         console.print(f"{len(without_gold)} solutions without a gold answer not scored: every signal asked needs gold")
     for result in [*results, *apart]:

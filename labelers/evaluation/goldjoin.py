@@ -61,10 +61,13 @@ def bundled_gold_path() -> Path:
     return Path(str(resources.files("data_schemas") / "data" / "gold_answers.jsonl"))
 
 
-def gold_table_rows(gsm8k_rows: Iterable[dict[str, Any]], math500_rows: Iterable[dict[str, Any]]) -> list[dict[str, str]]:
+def gold_table_rows(
+    gsm8k_rows: Iterable[dict[str, Any]], math500_rows: Iterable[dict[str, Any]]
+) -> list[dict[str, str]]:
     """The rows of the bundled table from the published files' rows (GSM8K ``question`` /
     ``answer``; MATH-500 ``problem`` / ``answer`` / ``unique_id``), in file order."""
-    table = [{"source": "gsm8k", "problem": r["question"], "answer": gsm8k_final_answer(r["answer"])} for r in gsm8k_rows]
+    table = [{"source": "gsm8k", "problem": r["question"], "answer": gsm8k_final_answer(r["answer"])}
+             for r in gsm8k_rows]
     table += [{"source": "math500", "problem": r["problem"], "answer": str(r["answer"]), "unique_id": r["unique_id"]}
               for r in math500_rows]
     return table
@@ -105,7 +108,8 @@ def load_tables(gold_file: Path | None = None, bundled: Path | None = None) -> G
         for index, row in enumerate(_read_rows(gold_file, "--gold")):
             answer = row.get("gold_answer", row.get("answer"))
             if answer is None or not isinstance(answer, (str, int, float)) or isinstance(answer, bool):
-                raise InputError(f"--gold {gold_file}: record {index} has no 'gold_answer' (or 'answer') string or number")
+                raise InputError(
+                    f"--gold {gold_file}: record {index} has no 'gold_answer' (or 'answer') string or number")
             if "id" in row:
                 by_id[str(row["id"])] = str(answer)
             elif isinstance(row.get("problem"), str):
@@ -209,7 +213,8 @@ def load_processbench(spec: str) -> list[BenchRecord]:
 
     subset = spec.partition(":")[2]
     if subset not in PROCESSBENCH_SUBSETS:
-        raise InputError(f"--input {spec}: the subsets are {', '.join('processbench:' + s for s in PROCESSBENCH_SUBSETS)}")
+        names = ", ".join("processbench:" + name for name in PROCESSBENCH_SUBSETS)
+        raise InputError(f"--input {spec}: the subsets are {names}")
     local = f"download Qwen/ProcessBench and pass the file instead: --input path/to/{subset}.json (JSON list or JSONL)"
     try:
         import datasets

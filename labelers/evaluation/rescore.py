@@ -67,7 +67,8 @@ def predictions_of(result: Mapping[str, Any]) -> dict[str, Prediction]:
 def refused(result: Mapping[str, Any], rule: str, fuse_config: FuseConfig) -> dict[str, Prediction]:
     """Predictions of ``result``'s stored signals re-fused under ``rule`` / ``fuse_config``."""
     if not result.get("signals"):
-        raise InputError(f"stored result of {result['signal']} has no 'signals' (written by an older prmforge): rerun eval run")
+        raise InputError(
+            f"stored result of {result['signal']} has no 'signals' (written by an older prmforge): rerun eval run")
     return {
         rid: Prediction(rid, tuple(not label for label in fuse_stored(stored, rule, fuse_config)))
         for rid, stored in result["signals"].items()
@@ -110,15 +111,14 @@ def variant_rows(
     hybrid, mc = results.get("hybrid:binary"), results.get("mc:binary")
     if hybrid is not None:
         add("hybrid as run", predictions_of(hybrid), hybrid, _config_note(hybrid))
-        add("hybrid, no path rule", refused(hybrid, "hybrid", base.model_copy(update={"zero_without_drop_yields": False})),
-            hybrid, "re-fused")
+        no_path_rule = base.model_copy(update={"zero_without_drop_yields": False})
+        add("hybrid, no path rule", refused(hybrid, "hybrid", no_path_rule), hybrid, "re-fused")
         for name, overrides in (extra or {}).items():
             add(name, refused(hybrid, "hybrid", base.model_copy(update=dict(overrides))), hybrid, "re-fused")
     if mc is not None and mc.get("signals"):
-        add("hybrid, no confirmation", refused(mc, "hybrid", base.model_copy(update={"zero_without_drop_yields": True})),
-            mc, "re-fused from the MC pass")
-        add("hybrid, no confirmation, no path rule",
-            refused(mc, "hybrid", base.model_copy(update={"zero_without_drop_yields": False})), mc, "re-fused from the MC pass")
+        for name, yields in (("hybrid, no confirmation", True), ("hybrid, no confirmation, no path rule", False)):
+            config = base.model_copy(update={"zero_without_drop_yields": yields})
+            add(name, refused(mc, "hybrid", config), mc, "re-fused from the MC pass")
         mc_predictions = predictions_of(mc)
         for key in ("tool", "judge"):
             if key in results:
