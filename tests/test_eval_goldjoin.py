@@ -129,12 +129,27 @@ def test_processbench_spec_without_hub_names_the_local_file(monkeypatch):
 
     fake.load_dataset = unreachable
     monkeypatch.setitem(sys.modules, "datasets", fake)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # skip the connection probe: load_dataset itself fails
     with pytest.raises(InputError) as raised:
         load_processbench("processbench:gsm8k")
     message = str(raised.value)
     assert "\n" not in message and "--input path/to/gsm8k.json" in message and "not reachable" in message
     with pytest.raises(InputError, match="processbench:omnimath"):
         load_processbench("processbench:aime")
+
+
+def test_processbench_spec_probes_the_hub_first(monkeypatch):
+    import sys
+    import types
+
+    fake = types.ModuleType("datasets")
+    fake.load_dataset = lambda *a, **k: pytest.fail("load_dataset must not be called when the hub is unreachable")
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://prmforge-no-such-host.invalid")
+    with pytest.raises(InputError) as raised:
+        load_processbench("processbench:gsm8k")
+    assert "prmforge-no-such-host.invalid:443" in str(raised.value) and "\n" not in str(raised.value)
 
 
 def test_processbench_spec_reads_the_published_rows(monkeypatch):
@@ -145,6 +160,7 @@ def test_processbench_spec_reads_the_published_rows(monkeypatch):
     fake.load_dataset = lambda name, split: [pb("0", "What is 6 times 7?", ["The answer is 42"], -1)] \
         if (name, split) == ("Qwen/ProcessBench", "math") else []
     monkeypatch.setitem(sys.modules, "datasets", fake)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     [record] = load_processbench("processbench:math")
     assert record.id == "0" and record.label == -1
 

@@ -220,9 +220,33 @@ def load_processbench(spec: str) -> list[BenchRecord]:
         import datasets
     except ImportError:
         raise InputError(f"--input {spec}: the 'datasets' package is not installed; {local}") from None
+    unreachable = _hub_unreachable()
+    if unreachable:
+        # datasets would retry for half a minute and log each try; one line says it all.
+        raise InputError(f"--input {spec}: the hub is not reachable ({unreachable}); {local}")
     try:
         rows = datasets.load_dataset("Qwen/ProcessBench", split=subset)
     except Exception as error:  # noqa: BLE001 - any hub/network failure means: use a local file
         reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
         raise InputError(f"--input {spec}: the hub is not reachable ({reason}); {local}") from None
     return [record_from_json(dict(row), f"{spec}: record {index}") for index, row in enumerate(rows)]
+
+
+def _hub_unreachable(timeout_s: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached from here (None when it can, or when
+    ``HF_HUB_OFFLINE`` asks ``datasets`` to read its cache): a TCP connection to the endpoint
+    (``HF_ENDPOINT``, default huggingface.co) on its port."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return None
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as error:
+        return f"{host}:{port}: {error.strerror or error}"
+    return None
