@@ -121,3 +121,27 @@ def test_bench_processbench_rescores_stored_runs(tmp_path, capsys):
     names = {f[1]: f[2] for f in figures}
     assert names["pb.t.MC_binary.f1"] == "1.0000" and "pb.t.hybrid_no_path_rule.f1" in names
     assert bench.main([]) == 0 and "nothing to re-score" in capsys.readouterr().out
+
+
+def test_cli_rescore_scores_a_fuse_variant(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    records, references = injected_set(6, 4, seed=11)
+    runs = runner.run_shared(records, ["mc", "hybrid"], _config(), scripted_for(records, references), None, None,
+                             "binary", 4)
+    set_file = tmp_path / "set.json"
+    set_file.write_text(json.dumps([r.to_json() for r in records]))
+    out = tmp_path / "run.json"
+    out.write_text(json.dumps({"results": [runner.evaluate(records, run).to_json() for run in runs]}))
+    cli = CliRunner()
+    done = cli.invoke(app, ["eval", "rescore", "--input", str(set_file), "--runs", str(out),
+                            "--set", "fuse.mc_threshold=0.5"])
+    assert done.exit_code == 0, done.output
+    assert "hybrid, no path rule" in done.output and "fuse.mc_threshold=0.5" in done.output
+    refused_out = cli.invoke(app, ["eval", "rescore", "--input", str(set_file), "--runs", str(out),
+                                   "--set", "search.mc_rollouts=8"])
+    assert refused_out.exit_code != 0 and "only fuse.* keys" in str(refused_out.exception)

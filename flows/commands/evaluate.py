@@ -445,6 +445,46 @@ def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file
         console.print(f"wrote {out}")
 
 
+@eval_app.command("rescore")
+def rescore(
+    set_file: Path = typer.Option(..., "--input", "-i", dir_okay=False, help="The set the stored runs labeled."),
+    runs: list[Path] = typer.Option(..., "--runs", dir_okay=False, help="eval run --out files (repeatable)."),
+    overrides: list[str] | None = typer.Option(None, "--set", help=(
+        "A fusion variant to score besides the standard ones: --set fuse.key=value (repeatable, one variant).")),
+    gold: Path | None = GOLD_OPTION,
+) -> None:
+    """Score fusion variants of stored runs without sampling again (docs/evaluation.md)."""
+    from labelers.evaluation.rescore import variant_rows
+
+    payloads = []
+    for path in runs:
+        try:
+            payloads.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as error:
+            raise InputError(f"--runs {path}: not a readable eval run --out file ({error})") from None
+    extra: dict[str, dict[str, Any]] = {}
+    items = _check_overrides(overrides)
+    if items:
+        off_fusion = [item for item in items if not item.startswith("fuse.")]
+        if off_fusion:
+            raise InputError(f"--set {off_fusion[0]}: only fuse.* keys change fusion (others change sampling: "
+                             "rerun eval run)")
+        fuse = _load_config(None, None, items, None, None, None).fuse
+        extra[", ".join(items)] = fuse.model_dump()
+    records, coverage = _read_records(set_file, None, gold)
+    scored = {rid for payload in payloads for result in payload.get("results", []) for rid in result["predictions"]}
+    records = [r for r in records if r.id in scored]
+    table = Table(title=f"Fusion variants re-scored on {set_file.name} ({len(records)} solutions)")
+    for column in ("variant", "n", "acc_err", "acc_cor", "F1", "F1 95% CI", "step P(neg)", "rollouts/solution", "note"):
+        table.add_column(column, justify="left" if column in ("variant", "note") else "right")
+    for row in variant_rows(records, payloads, extra=extra):
+        score = row.score
+        table.add_row(row.name, str(row.solutions), _fmt(score.acc_err), _fmt(score.acc_cor), _fmt(score.f1),
+                      "-" if score.f1_ci is None else f"{score.f1_ci[0]:.3f}-{score.f1_ci[1]:.3f}",
+                      _fmt(score.step_precision), _fmt(row.rollouts_per_solution, 1), row.note)
+    Console(width=max(Console().width, 160)).print(table)
+
+
 def report(
     build_id: str = typer.Argument(..., help="Build id (see prmforge builds)."),
     root: str = typer.Option("prmforge-data", "--root", help="Data root: a directory or a filesystem URI."),
