@@ -436,6 +436,8 @@ def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file
     if out is not None:
         payload = _payload(set_file, records, results)
         payload["gold"] = coverage.to_json()
+        # what the sampling and fusion ran with, so a reader (eval rescore) knows which variant a result is
+        payload["config"] = {"search": config.search.model_dump(mode="json"), "fuse": config.fuse.model_dump(mode="json")}
         payload["gold_sources"] = {r.id: r.gold_source or "file" for r in records if r.gold_answer}
         if needs_gold and without_gold:
             payload["records"] = len(with_gold)

@@ -51,12 +51,17 @@ class VariantRow:
 
 def stored_results(payloads: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
     """Stored results by key ``signal`` or ``signal:mode`` (``mc:binary``, ``answer:last``); a
-    later payload's result of the same key replaces an earlier one."""
+    hybrid run with confirmation off (``config`` of the payload) is ``hybrid:MODE:noconfirm``.
+    A later payload's result of the same key replaces an earlier one."""
     found: dict[str, Mapping[str, Any]] = {}
     for payload in payloads:
+        confirm = payload.get("config", {}).get("search", {}).get("mc_confirm_verified_zero", True)
         for result in payload.get("results", []):
             mode = result.get("mc_mode")
-            found[f"{result['signal']}:{mode}" if mode else result["signal"]] = result
+            key = f"{result['signal']}:{mode}" if mode else result["signal"]
+            if result["signal"] == "hybrid" and not confirm:
+                key += ":noconfirm"
+            found[key] = result
     return found
 
 
@@ -109,16 +114,26 @@ def variant_rows(
         if key in results:
             add(name, predictions_of(results[key]), results[key])
     hybrid, mc = results.get("hybrid:binary"), results.get("mc:binary")
+    no_confirm = results.get("hybrid:binary:noconfirm")
+    no_path_rule = base.model_copy(update={"zero_without_drop_yields": False})
     if hybrid is not None:
-        add("hybrid as run", predictions_of(hybrid), hybrid, _config_note(hybrid))
-        no_path_rule = base.model_copy(update={"zero_without_drop_yields": False})
-        add("hybrid, no path rule", refused(hybrid, "hybrid", no_path_rule), hybrid, "re-fused")
-        for name, overrides in (extra or {}).items():
-            add(name, refused(hybrid, "hybrid", base.model_copy(update=dict(overrides))), hybrid, "re-fused")
+        add("hybrid as run", predictions_of(hybrid), hybrid, "confirmation on")
+        if hybrid.get("signals"):
+            add("hybrid, no path rule", refused(hybrid, "hybrid", no_path_rule), hybrid, "re-fused")
+            for name, overrides in (extra or {}).items():
+                add(name, refused(hybrid, "hybrid", base.model_copy(update=dict(overrides))), hybrid, "re-fused")
+    if no_confirm is not None:
+        add("hybrid, no confirmation", predictions_of(no_confirm), no_confirm, "as run")
+    elif mc is not None and mc.get("signals"):
+        add("hybrid, no confirmation", refused(mc, "hybrid", base), mc, "re-fused from the MC pass")
+    source = no_confirm if no_confirm is not None and no_confirm.get("signals") else mc
+    if source is not None and source.get("signals"):
+        add("hybrid, no confirmation, no path rule", refused(source, "hybrid", no_path_rule), source, "re-fused")
+        if hybrid is None:
+            for name, overrides in (extra or {}).items():
+                add(f"{name} (no confirmation)", refused(source, "hybrid", base.model_copy(update=dict(overrides))),
+                    source, "re-fused")
     if mc is not None and mc.get("signals"):
-        for name, yields in (("hybrid, no confirmation", True), ("hybrid, no confirmation, no path rule", False)):
-            config = base.model_copy(update={"zero_without_drop_yields": yields})
-            add(name, refused(mc, "hybrid", config), mc, "re-fused from the MC pass")
         mc_predictions = predictions_of(mc)
         for key in ("tool", "judge"):
             if key in results:
@@ -129,6 +144,3 @@ def variant_rows(
                                        f"kept {len(subset)} of {n}", kept=len(subset)))
     return rows
 
-
-def _config_note(result: Mapping[str, Any]) -> str:
-    return result.get("mc_mode") or ""
