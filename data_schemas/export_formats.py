@@ -109,12 +109,13 @@ SCHEMAS = {"trl": TRL_SCHEMA, "math-shepherd": MATH_SHEPHERD_SCHEMA, "prm800k": 
 def soft_values(path: LabeledPath) -> tuple[list[float], int]:
     """(soft label per step, steps without an MC value): the step's MC value; 0.0 for a step
     labeled negative only because it follows the first error; the hard label (1.0 / 0.0) where
-    no MC value was sampled."""
+    no MC value was sampled or where fusion overruled the value (``zero_before_disproved``)."""
     values, fallback = [], 0
     for label, value, source in zip(path.labels, path.step_mc_values(), path.label_sources or [""] * len(path.labels)):
         if source == "after_first_error":
             values.append(0.0)
-        elif value is None:
+        elif value is None or source == "zero_before_disproved":
+            # a yielded MC zero (labelers/fuse.py, path rule) is not the step's value: its hard label is
             values.append(1.0 if label else 0.0)
             fallback += 1
         else:

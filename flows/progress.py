@@ -280,3 +280,98 @@ class BuildProgress:
         # Outside the table and never wrapped, so it can be copied as one line.
         self.console.print("query the steps:", soft_wrap=True)
         self.console.print("  " + query_example(summary), soft_wrap=True, markup=False)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(int(seconds), 0)
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class PassProgress:
+    """Progress of one labeling pass of ``eval run``: plain lines on ``stream`` (stderr) such as
+    ``pass 1 of 1 (binary: mc, hybrid): 12/40 solutions | 230 rollouts | 41.2 tok/s | elapsed 9 min
+    | eta 21 min``.
+
+    :meth:`sampled` is fed after every generate call (rollouts and tokens sampled fresh, not
+    replayed: labelers/evaluation/replay.py) and prints at most every ``interval`` seconds, so a
+    chunk of long rollouts still shows that the pass moves; :meth:`solutions` after every chunk
+    of solutions, printing unless a line went out less than ``min_gap`` seconds ago. A pass that
+    restarts its count (the hybrid's own pass after MC's) is numbered as a part of the pass.
+    ``eta`` = elapsed / done * (total - done) within the current part.
+
+    Between :meth:`start` and :meth:`stop` a ticker thread also prints when ``interval`` seconds
+    passed without a line: one generate call of a chunk can take minutes on a CPU, and a silent
+    pass looks like a hung one.
+    """
+
+    def __init__(self, label: str, total: int, stream: TextIO | None = None, interval: float = 30.0,
+                 min_gap: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        import sys
+
+        self.label = label
+        self.total = total
+        self.stream = stream if stream is not None else sys.stderr
+        self.interval = interval
+        self.min_gap = min_gap
+        self.clock = clock
+        self.done = 0
+        self.part = 1
+        self.rollouts = 0
+        self.tokens = 0
+        self.generation_seconds = 0.0
+        self._part_started = self._started = self._last_line = self._last_chunk = clock()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._ticker = threading.Thread(target=self._tick, name="prmforge-pass-progress", daemon=True)
+        self._ticker.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=2)
+            self._ticker = None
+
+    def _tick(self) -> None:
+        while not self._stop.wait(min(self.interval, 5.0)):
+            with self._lock:
+                if self.clock() - self._last_line >= self.interval:
+                    self._print()
+
+    def sampled(self, completions: int, tokens: int, seconds: float) -> None:
+        with self._lock:
+            self.rollouts += completions
+            self.tokens += tokens
+            self.generation_seconds += seconds
+            if self.clock() - self._last_line >= self.interval:
+                self._print()
+
+    def solutions(self, done: int, total: int) -> None:
+        with self._lock:
+            if done < self.done:
+                self.part += 1
+                self._part_started = self._last_chunk  # the new part began when the last one ended
+            self._last_chunk = self.clock()
+            self.done, self.total = done, total
+            if self.clock() - self._last_line >= self.min_gap or done == total:
+                self._print()
+
+    def line(self) -> str:
+        now = self.clock()
+        elapsed = now - self._started
+        in_part = now - self._part_started
+        rate = self.tokens / self.generation_seconds if self.generation_seconds > 0 else 0.0
+        eta = _duration(in_part / self.done * (self.total - self.done)) if self.done else "?"
+        part = f" part {self.part}" if self.part > 1 else ""
+        return (f"{self.label}{part}: {self.done}/{self.total} solutions | {self.rollouts} rollouts"
+                f" | {rate:.1f} tok/s | elapsed {_duration(elapsed)} | eta {eta}")
+
+    def _print(self) -> None:
+        self._last_line = self.clock()
+        print(self.line(), file=self.stream, flush=True)

@@ -49,6 +49,10 @@ problem is too hard for the policy", not "step 0 is wrong". So on a path with a 
 MC negatives before d that no measured positive precedes (``mc``, ``mc_over_verified``) yield:
 label +, reward 0.5 when verified and 0 otherwise, ``zero_before_disproved``; d stays the first
 error. The first MC negative after a measured positive stands, as does everything after it.
+No evidence is no label: such a step's + rests on nothing measured (only on the absence of a
+measured drop), so it is marked low-confidence -- ``signals_agree`` false, which ``export
+--min-confidence`` cuts, and the soft export gives it its hard label (1.0), not the MC zero it
+overruled, so soft and hard exports agree. It is + only so that d stays the path's first error.
 
 ``signals_agree`` is false when the verifier decision and the MC label are both known and
 differ, or when the tool and Lean contradict each other (one verifies, the other disproves).
@@ -219,7 +223,7 @@ def fuse_path(
         if step.source not in _YIELDING_SOURCES:
             break  # negative for another reason (judge): not MC's to yield
         reward = 0.5 if step.source == "mc_over_verified" else 0.0
-        fused[index] = FusedStep(reward, True, "zero_before_disproved", step.signals_agree)
+        fused[index] = FusedStep(reward, True, "zero_before_disproved", False)  # no evidence: low confidence
     return fused
 
 

@@ -30,7 +30,8 @@ _DECISIONS = {
     "mc_over_verified": "the computation checks out but no rollout from here reaches the answer",
     "zero_before_disproved": (
         "no rollout from here reaches the answer, but none from an earlier step was seen to either, "
-        "and a later step is disproved: that step is taken as the first error"
+        "and a later step is disproved: that step is taken as the first error; nothing measured supports "
+        "this step (low confidence)"
     ),
     "mc": "no checker could decide; the rollouts decide",
     "path_outcome": "no signal; the path's final answer decides",

@@ -95,7 +95,7 @@ def test_mc_with_recovering_rollouts_misses_errors_honestly(small_set):
 
 def test_mc_needs_gold_answers():
     record = record_from_json({"id": "pb-0", "problem": "p", "steps": ["a"], "label": -1}, "x")
-    with pytest.raises(InputError, match="gold_answer"):
+    with pytest.raises(InputError, match="gold answer"):
         runner.run_mc([record], "mc", _config(), ScriptedPolicy([]), None, None)
 
 
@@ -159,8 +159,10 @@ def test_cli_errors_are_one_line(tmp_path):
     completed = subprocess.run([sys.executable, "-m", "flows.cli", "eval", "run", "--input", str(pb), "--labels", "mc"],
                                capture_output=True, text=True, cwd=Path(__file__).parent.parent, timeout=120)
     assert completed.returncode == 2
-    assert completed.stderr.startswith("error: --labels mc needs a gold answer")
-    assert "Traceback" not in completed.stderr
+    # the gold coverage line, then the error in one line
+    assert completed.stderr.splitlines()[0].startswith("gold answers: 0 of 1 solutions")
+    assert completed.stderr.splitlines()[1].startswith("error: --labels mc needs gold answers and none of the 1")
+    assert len(completed.stderr.splitlines()) == 2 and "Traceback" not in completed.stderr
     bad = CliRunner().invoke(app, ["eval", "run", "--input", str(pb), "--labels", "magic"])
     assert bad.exit_code != 0
 

@@ -104,6 +104,28 @@ def test_zero_without_a_measured_drop_yields_to_a_later_disproof() -> None:
     assert _sources(off) == _sources(plain) and first_negative([s.label for s in off]) == 0
 
 
+def test_no_evidence_is_no_label_yielded_steps_are_low_confidence() -> None:
+    """A yielded zero's + rests on nothing measured: signals_agree is false (export
+    --min-confidence cuts there) and the soft export gives the hard label, not the zero."""
+    from data_schemas.export import LabeledPath, apply_min_confidence, soft_values
+
+    fused = fuse_path(TOOLS_SLIP_AT_3, [None] * 5, ZERO_AT_START, HYBRID, False)
+    assert [step.signals_agree for step in fused[:3]] == [False, False, False]
+    # the unverifiable step agreed with MC before the rule flipped it; the rule made it disagree
+    assert fuse_step(UNVERIFIABLE, None, INFERRED_NEG, HYBRID, False).signals_agree is True
+    path = LabeledPath(
+        build_id="b", problem_id="p", path_id="x", source="given", question="q", gold_answer="1",
+        steps=[f"s{i}" for i in range(5)], labels=[step.label for step in fused], rationales=[""] * 5,
+        consensus=False, final_answer="2", generator_model="m", finished_at=None,
+        mc_values=[0.0, None, 0.0, None, None], mc_totals=[8, None, 8, None, None],
+        signals_agree=[step.signals_agree for step in fused], label_sources=[step.source for step in fused], num_steps=5,
+    )
+    values, fallback = soft_values(path)
+    assert values[:3] == [1.0, 1.0, 1.0] and [label for label in path.labels[:3]] == [True] * 3  # soft = hard
+    assert fallback >= 3
+    assert apply_min_confidence(path, 1) is None  # cut before step 0: nothing confident is left
+
+
 def test_a_measured_drop_stands_before_a_disproof() -> None:
     # step 0 measured positive, step 1 zero: a drop, so step 1 is the first error.
     mcs = [MC_HIGH, MC_ZERO, INFERRED_NEG, INFERRED_NEG, INFERRED_NEG]
@@ -187,3 +209,80 @@ def test_parse_verdict_rejects_other_text() -> None:
     assert parse_verdict("Verdict: \\boxed{+}\nmore text") is None
     assert parse_verdict("Verdict: +") is None
     assert parse_verdict("blah\nVerdict: \\boxed{-}  ") is False
+
+
+# ---------------------------------------------------------------------------------------------
+# Documented failure cases of the hybrid's rules (docs/algorithms.md, "Fusion"). Each test
+# states the truth on a case where a rule is wrong by design; the rule's setting that is wrong
+# there is marked xfail(strict=True), so a change that makes it right (or the other setting
+# wrong) fails the suite and the documentation must follow.
+# ---------------------------------------------------------------------------------------------
+
+# A real reasoning error at step 0 (the policy could solve the problem, so the zero at step 0 IS
+# a drop from the unsampled question) and a later slip the tool disproves at step 3.
+@pytest.mark.parametrize("yields", [
+    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason="path rule: moves the first error to the slip")),
+    False,
+])
+def test_early_reasoning_error_before_a_disproved_slip(yields: bool) -> None:
+    fused = fuse_path(TOOLS_SLIP_AT_3, [None] * 5, ZERO_AT_START, FuseConfig(zero_without_drop_yields=yields), False)
+    assert first_negative([step.label for step in fused]) == 0
+
+
+# The same signals on a problem too hard for the policy: step 0 is right, the slip at 3 is the
+# first error. Without the path rule the zero at step 0 is taken as the error.
+@pytest.mark.parametrize("yields", [
+    True,
+    pytest.param(False, marks=pytest.mark.xfail(strict=True, reason="no path rule: a zero at step 0 on a hard problem")),
+])
+def test_problem_beyond_the_policy_with_a_disproved_slip(yields: bool) -> None:
+    fused = fuse_path(TOOLS_SLIP_AT_3, [None] * 5, ZERO_AT_START, FuseConfig(zero_without_drop_yields=yields), False)
+    assert first_negative([step.label for step in fused]) == 3
+
+
+def _wrong_operation_cases(count: int):
+    """Solutions whose first error (step 1) is a wrong operation with right arithmetic: the tool
+    verifies it; only MC can see it. Rollouts from the wrong prefix recover 1 time in 10."""
+    from tests.support.scripted_policy import ScriptedProblem
+
+    cases = []
+    for i in range(count):
+        a, b, c = 3 + i, 4 + i % 5, 1 + i % 3
+        question = f"Tom buys {a} bags with {b} apples each and eats {c} apples. How many apples are left?"
+        good = (f"Tom buys {a} bags.", f"Each bag has {b} apples, so {a} * {b} = {a * b} apples.",
+                f"He eats {c}, so {a * b} - {c} = {a * b - c}.", f"The answer is \\boxed{{{a * b - c}}}.")
+        bad = (f"Tom buys {a} bags.", f"Each bag has {b} apples, so {a} + {b} = {a + b} apples.",
+               f"He eats {c}, so {a + b} - {c} = {a + b - c}.", f"The answer is \\boxed{{{a + b - c}}}.")
+        cases.append((ScriptedProblem(question, str(a * b - c), good, (bad,), p_correct=1.0, recovery_rate=0.1), bad))
+    return cases
+
+
+def test_confirmation_turns_measured_zeros_at_verified_wrong_steps_positive() -> None:
+    """Confirmation re-samples only zeros after verified steps, never positives: at a wrong
+    operation with right arithmetic it can only move the label toward +. On 16 such solutions
+    (k = 4, binary search) it finds fewer first errors, with more rollouts."""
+    from data_schemas.records import Problem
+    from labelers.config import BuildConfig
+    from labelers.identity import problem_id
+    from labelers.pipeline import label_given_solutions
+    from labelers.verify.tool import ToolStepVerifier
+    from tests.support.scripted_policy import ScriptedPolicy
+
+    cases = _wrong_operation_cases(16)
+    problems = [Problem(problem_id(p.question, "t"), "t", p.question, p.gold_answer) for p, _ in cases]
+    config = BuildConfig(seed=3).with_overrides({"tool.workers": 1, "search.mc_early_stop": 0, "search.mc_rollouts": 4,
+                                                 "fuse.after_first_error": "negative"})
+    found, rollouts = {}, {}
+    with ToolStepVerifier(config.tool) as tool:
+        for confirm in (False, True):
+            run_config = config.with_overrides({"search.mc_confirm_verified_zero": confirm})
+            result = label_given_solutions(problems, [[list(bad)] for _, bad in cases], run_config,
+                                           ScriptedPolicy([p for p, _ in cases]), tool, None)
+            firsts = []
+            for problem in problems:
+                rows = sorted((r for r in result.steps if r.problem_id == problem.problem_id), key=lambda r: r.step_index)
+                assert rows[1].tool_verdict == "correct"  # the tool cannot see this error
+                firsts.append(next((r.step_index for r in rows if not r.fused_label), -1))
+            found[confirm] = sum(first == 1 for first in firsts)
+            rollouts[confirm] = sum(o.rollouts for o in result.outcomes)
+    assert found[True] < found[False] and rollouts[True] > rollouts[False]

@@ -164,7 +164,8 @@ def test_shared_run_equals_separate_runs(small_set):
         separate = runner.run_mc(records, "hybrid", config, scripted_for(records, references), tool, None, "binary", 4)
         separate_mc = runner.run_mc(records, "mc", config, scripted_for(records, references), None, None, "binary", 4)
         judge = ScriptedJudge(_oracle(references), fallback=scripted_for(records, references))
-        mc, hybrid, judged = runner.run_shared(records, ["mc", "hybrid", "judge"], config, judge, tool, None, "binary", 4)
+        mc, hybrid, judged = runner.run_shared(records, ["mc", "hybrid", "judge"], config, judge, tool, None, "binary", 4,
+                                               chunk_size=len(records))  # one labeling call: one judge call
     assert hybrid.predictions == separate.predictions and mc.predictions == separate_mc.predictions
     # mc and the judge share one pass; the hybrid, which samples with the tool's help, has its own
     assert (hybrid.rollouts, mc.rollouts) == (separate.rollouts, separate_mc.rollouts)

@@ -27,14 +27,22 @@ from rich.table import Table
 
 from data_schemas.errors import InputError, PrmforgeError
 from flows.resources import ConfigResources, ResourceHolder
+from labelers.evaluation.replay import ReplayPolicy
 
 eval_app = typer.Typer(help="Measure label quality: error-injection sets, ProcessBench scores.", no_args_is_help=True)
 
-INPUT_OPTION = typer.Option(..., "--input", "-i", help="ProcessBench-format file (JSON list or JSONL).", dir_okay=False)
+INPUT_OPTION = typer.Option(..., "--input", "-i", dir_okay=False, help=(
+    "ProcessBench-format file (JSON list or JSONL), or processbench:SUBSET (gsm8k, math, olympiadbench, omnimath) "
+    "for the published set through datasets."))
+GOLD_OPTION = typer.Option(None, "--gold", dir_okay=False, help=(
+    "Your gold answers: JSON/JSONL objects with id or problem and gold_answer (or answer). Without it, gold is "
+    "joined from the bundled GSM8K test / MATH-500 by problem text, else from a solved sibling solution."))
 CONFIG_OPTION = typer.Option(None, "--config", "-c", help="TOML build config (policy, search, tool, fuse sections).", dir_okay=False)
 PRESET_OPTION = typer.Option(None, "--preset", "-p", help="Start from a shipped preset: demo, small, gsm8k, math500.")
 SET_OPTION = typer.Option(None, "--set", help="Override one config key: --set policy.temperature=0.7 (repeatable), as in build.")
-LABELS_HELP = ("Signals, comma-separated or repeated: tool, lean, mc, hybrid, judge, prm (a trained PRM, --prm DIR); "
+LABELS_HELP = ("Signals, comma-separated or repeated: tool, lean, mc, hybrid, judge, prm (a trained PRM, --prm DIR), "
+               "answer:last / answer:first (baselines: the error is the last step / step 0 when the final answer "
+               "is wrong); "
                "mc and hybrid take a mode "
                "(mc:per-step, mc:binary, hybrid:binary). Signals of one mode share one labeling pass (rollouts, judge); "
                "hybrid gets its own when mc is asked too (MC alone must not see the tool).")
@@ -45,6 +53,9 @@ K_OPTION = typer.Option(None, "--k", help="Rollouts per estimated prefix (defaul
 LIMIT_OPTION = typer.Option(None, "--limit", help="Evaluate only the first N records of the set.", min=1)
 SEED_OPTION = typer.Option(None, "--seed", help="Seed of the rollouts (default: the config's).")
 PRM_OPTION = typer.Option(None, "--prm", help="Directory of a PRM trained by prmforge train (signal prm).", file_okay=False)
+CHUNK_OPTION = typer.Option(8, "--chunk", min=1, help=(
+    "Solutions per labeling call: progress moves per chunk; a larger chunk batches more rollouts per call "
+    "(faster on a CPU, where later first-error-search rounds are small)."))
 THRESHOLD_OPTION = typer.Option(0.5, "--threshold", help="Signal prm: a step is bad when its P(good) is below this.")
 
 
@@ -68,17 +79,28 @@ def _load_config(config_file: Path | None, preset: str | None, overrides: list[s
     )
 
 
-def _read_records(set_file: Path, limit: int | None) -> list[Any]:
+def _read_records(set_file: Path, limit: int | None, gold_file: Path | None = None) -> tuple[list[Any], Any]:
+    """The set's records (a file, or ``processbench:SUBSET``) with gold answers joined where they
+    can be known (labelers/evaluation/goldjoin.py), then cut to ``limit``; and the coverage."""
+    from labelers.evaluation.goldjoin import GoldCoverage, join_gold, load_processbench, load_tables
     from labelers.evaluation.processbench import read_set
 
-    records = read_set(set_file)
-    return records[:limit] if limit is not None else records
+    spec = str(set_file)
+    records = load_processbench(spec) if spec.startswith("processbench:") else read_set(set_file)
+    # Joined before the cut: a solution past the limit may still tell its siblings the gold answer.
+    records, _ = join_gold(records, load_tables(gold_file))
+    records = records[:limit] if limit is not None else records
+    counts: dict[str, int] = {}
+    for record in records:
+        if record.gold_answer:
+            counts[record.gold_source or "file"] = counts.get(record.gold_source or "file", 0) + 1
+    return records, GoldCoverage(len(records), counts)
 
 
 def parse_signals(text: str | Sequence[str]) -> list[tuple[str, str | None]]:
     """``"tool,mc:binary,hybrid"`` (or a list of such, from a repeated ``--labels``) ->
     [("tool", None), ("mc", "binary"), ("hybrid", None)]."""
-    from labelers.evaluation.runner import MC_MODES, SIGNALS
+    from labelers.evaluation.runner import ANSWER_MODES, MC_MODES, SIGNALS
 
     parsed: list[tuple[str, str | None]] = []
     items = [piece for chunk in ([text] if isinstance(text, str) else text) for piece in chunk.split(",") if piece.strip()]
@@ -86,7 +108,11 @@ def parse_signals(text: str | Sequence[str]) -> list[tuple[str, str | None]]:
         name, _, mode = item.strip().partition(":")
         if name not in SIGNALS:
             raise InputError(f"--labels: unknown signal {name!r}; choose from {', '.join(SIGNALS)}")
-        if mode and (name not in ("mc", "hybrid") or mode not in MC_MODES):
+        if name == "answer":
+            if mode not in ANSWER_MODES:
+                modes = ", ".join("answer:" + m for m in ANSWER_MODES)
+                raise InputError(f"--labels: {item.strip()!r}: answer takes a mode: {modes}")
+        elif mode and (name not in ("mc", "hybrid") or mode not in MC_MODES):
             raise InputError(f"--labels: {item.strip()!r}: a mode ({', '.join(MC_MODES)}) goes only with mc or hybrid")
         if (name, mode or None) in parsed:
             raise InputError(f"--labels: {item.strip()!r} is named twice")
@@ -96,17 +122,62 @@ def parse_signals(text: str | Sequence[str]) -> list[tuple[str, str | None]]:
     return parsed
 
 
+class _EvalResources:
+    """The holder's resources (flows/resources.py; builds get theirs from the same holder), with
+    the policy and the judge wrapped for evaluation: the passes of one run share their rollouts
+    (labelers/evaluation/replay.py) and tell a progress line what they sample (``watch``)."""
+
+    def __init__(self, resources: ConfigResources) -> None:
+        self.resources = resources
+        self._policy: ReplayPolicy | None = None
+        self._judge: ReplayPolicy | None = None
+        self._judge_asked = False
+
+    def policy(self) -> ReplayPolicy:
+        if self._policy is None:
+            self._policy = ReplayPolicy(self.resources.policy())
+        return self._policy
+
+    def step_judge(self) -> ReplayPolicy | None:
+        """A separate judge model's policy when ``judge.model`` is set, else None (the policy judges)."""
+        if not self._judge_asked:
+            judge = self.resources.step_judge()
+            self._judge = None if judge is None else ReplayPolicy(judge)
+            self._judge_asked = True
+        return self._judge
+
+    def watch(self, progress: Any) -> None:
+        """Feed what the policies sample to ``progress`` (a PassProgress), or stop feeding (None)."""
+        for policy in (self._policy, self._judge):
+            if policy is not None:
+                policy.on_generate = None if progress is None else progress.sampled
+
+    def tool(self) -> Any:
+        return self.resources.tool()
+
+    def lean(self) -> Any:
+        return self.resources.lean()
+
+    def prm(self) -> Any:
+        return self.resources.prm()
+
+    def close(self) -> None:
+        self.resources.close()
+
+
 def run_signals(records: Sequence[Any], signals: Sequence[tuple[str, str | None]], config: Any,
-                default_mode: str, k: int | None, resources: ConfigResources, threshold: float = 0.5) -> list[Any]:
+                default_mode: str, k: int | None, resources: _EvalResources, threshold: float = 0.5,
+                chunk: int = 8) -> list[Any]:
     """Results in the order asked. ``tool``, ``lean`` and ``prm`` run on their own; ``mc``,
     ``hybrid`` and ``judge`` share one labeling pass per MC mode (the judge joins the first pass,
     or runs alone without rollouts when no mc/hybrid signal is asked; the runner splits off a
     pass of the hybrid's own when it samples with the tool's help and ``mc`` is asked too)."""
+    from flows.progress import PassProgress
     from labelers.evaluation import runner
 
     runs: dict[tuple[str, str | None], Any] = {}
     for signal, mode in signals:
-        if signal in ("mc", "hybrid"):
+        if signal in runner.GOLD_SIGNALS:
             runner.require_gold(records, signal)
     modes: list[str] = []
     for signal, mode in signals:
@@ -122,8 +193,16 @@ def run_signals(records: Sequence[Any], signals: Sequence[tuple[str, str | None]
         typer.echo(f"labeling pass {index + 1} of {len(modes)} ({mode}: {shown}) "
                    f"over {len(records)} solutions ...", err=True)
         started = time.perf_counter()
-        shared = runner.run_shared(records, names, config, resources.policy(), resources.tool(), None,
-                                   mc_mode=mode, k=k, step_judge=resources.step_judge())
+        progress = PassProgress(f"pass {index + 1} of {len(modes)} ({mode})", len(records))
+        policy, step_judge = resources.policy(), resources.step_judge()
+        resources.watch(progress)
+        progress.start()
+        try:
+            shared = runner.run_shared(records, names, config, policy, resources.tool(), None, mc_mode=mode, k=k,
+                                       step_judge=step_judge, on_solutions=progress.solutions, chunk_size=chunk)
+        finally:
+            progress.stop()
+            resources.watch(None)
         typer.echo(f"labeling pass {index + 1} of {len(modes)} done in {time.perf_counter() - started:.0f} s", err=True)
         for (signal, asked_mode), run in zip(group, shared, strict=False):
             runs[(signal, asked_mode)] = run
@@ -131,8 +210,17 @@ def run_signals(records: Sequence[Any], signals: Sequence[tuple[str, str | None]
             runs[("judge", None)] = shared[-1]
     if wants_judge and not modes:
         typer.echo(f"judging the {sum(len(r.steps) for r in records)} steps of {len(records)} solutions ...", err=True)
-        runs[("judge", None)] = runner.run_shared(records, ["judge"], config, resources.policy(), resources.tool(), None,
-                                                  step_judge=resources.step_judge())[0]
+        progress = PassProgress("judge", len(records))
+        policy, step_judge = resources.policy(), resources.step_judge()
+        resources.watch(progress)
+        progress.start()
+        try:
+            runs[("judge", None)] = runner.run_shared(records, ["judge"], config, policy, resources.tool(), None,
+                                                      step_judge=step_judge, on_solutions=progress.solutions,
+                                                      chunk_size=chunk)[0]
+        finally:
+            progress.stop()
+            resources.watch(None)
     results = []
     for signal, mode in signals:
         if signal == "tool":
@@ -141,6 +229,8 @@ def run_signals(records: Sequence[Any], signals: Sequence[tuple[str, str | None]
             run = runner.run_lean(records, resources.lean())
         elif signal == "prm":
             run = runner.run_prm(records, resources.prm(), threshold)
+        elif signal == "answer":
+            run = runner.run_answer(records, mode or "last")
         else:
             run = runs[(signal, mode)]
         results.append(runner.evaluate(records, run))
@@ -238,13 +328,15 @@ def run(
     out: Path | None = typer.Option(None, "--out", help="Write the scores, costs and per-record failures as JSON.", dir_okay=False),
     prm: Path | None = PRM_OPTION,
     threshold: float = THRESHOLD_OPTION,
+    gold: Path | None = GOLD_OPTION,
+    chunk: int = CHUNK_OPTION,
 ) -> None:
     """Label a set's steps with one or more signals and score earliest-error identification
     (ProcessBench); signals of one MC mode share their rollouts."""
     signals = parse_signals(labels)
     title = f"ProcessBench score on {set_file.name}" if len(signals) == 1 else f"Signals compared on {set_file.name}"
     _evaluate(set_file, signals, config_file, preset, overrides, model, backend, mc_mode, k, limit, seed, out, title,
-              prm, threshold)
+              prm, threshold, gold, chunk)
 
 
 @eval_app.command("compare")
@@ -263,32 +355,55 @@ def compare(
     out: Path | None = typer.Option(None, "--out", help="Write all results as JSON.", dir_okay=False),
     prm: Path | None = PRM_OPTION,
     threshold: float = THRESHOLD_OPTION,
+    gold: Path | None = GOLD_OPTION,
+    chunk: int = CHUNK_OPTION,
 ) -> None:
     """Several signals on the same set, one table side by side (same as eval run)."""
     _evaluate(set_file, parse_signals(labels), config_file, preset, overrides, model, backend, mc_mode, k, limit,
-              seed, out, f"Signals compared on {set_file.name}", prm, threshold)
+              seed, out, f"Signals compared on {set_file.name}", prm, threshold, gold, chunk)
 
 
 def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file: Path | None, preset: str | None,
               overrides: list[str] | None, model: str | None, backend: str | None, mc_mode: str, k: int | None,
               limit: int | None, seed: int | None, out: Path | None, title: str, prm: Path | None = None,
-              threshold: float = 0.5) -> None:
+              threshold: float = 0.5, gold_file: Path | None = None, chunk: int = 8) -> None:
     from labelers.evaluation.runner import MC_MODES
 
     if mc_mode not in MC_MODES:
         raise InputError(f"--mc-mode must be one of {', '.join(MC_MODES)}, got {mc_mode!r}")
-    records = _read_records(set_file, limit)
+    from labelers.evaluation.runner import GOLD_SIGNALS
+
+    records, coverage = _read_records(set_file, limit, gold_file)
+    typer.echo(coverage.line(), err=True)
+    with_gold = [r for r in records if r.gold_answer]
+    without_gold = [r for r in records if not r.gold_answer]
+    gold_free = [(s, m) for s, m in signals if s not in GOLD_SIGNALS]
+    needs_gold = len(gold_free) < len(signals)
+    if needs_gold and not with_gold:
+        first = next(s for s, _ in signals if s in GOLD_SIGNALS)
+        raise InputError(f"--labels {first} needs gold answers and none of the {len(records)} solutions has one "
+                         "(no GSM8K / MATH-500 match, no solved sibling): pass --gold FILE, or use gold-free signals")
     config = _load_config(config_file, preset, overrides, model, backend, seed)
     # The holder builds use too (flows/resources.py): eval and build get the same policy and judge.
-    resources = ResourceHolder().for_config(config, prm_dir=prm)
+    resources = _EvalResources(ResourceHolder().for_config(config, prm_dir=prm))
     try:
-        results = run_signals(records, signals, config, mc_mode, k, resources, threshold)
+        results = run_signals(with_gold if needs_gold else records, signals, config, mc_mode, k, resources, threshold,
+                              chunk)
+        apart = run_signals(without_gold, gold_free, config, mc_mode, k, resources, threshold, chunk) \
+            if needs_gold and without_gold and gold_free else []
     finally:
         resources.close()
     # The table has 16 columns: never squeeze it below a readable width (pipes, CI logs).
     console = Console(width=max(Console().width, 200))
+    if needs_gold and without_gold:
+        title += f" ({len(with_gold)} solutions with a gold answer)"
     console.print(results_table(results, title))
-    for result in results:
+    if apart:
+        apart_title = f"{len(without_gold)} solutions without a gold answer (gold-free signals only)"
+        console.print(results_table(apart, apart_title))
+    elif needs_gold and without_gold:
+        console.print(f"{len(without_gold)} solutions without a gold answer not scored: every signal asked needs gold")
+    for result in [*results, *apart]:
         if result.score.by_corruption:
             kinds = ", ".join(f"{kind} {accuracy:.3f}" for kind, accuracy in result.score.by_corruption.items())
             console.print(f"{result.run.signal}: exact-index accuracy by corruption kind: {kinds}")
@@ -300,9 +415,59 @@ def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file
             first_id, first_error = sorted(result.run.failures.items())[0]
             console.print(f"{result.run.signal}: {len(result.run.failures)} record(s) failed to label "
                           f"(scored as misses); first: {first_id}: {first_error}")
+    console.print(coverage.line())
     if out is not None:
-        _write_json(out, _payload(set_file, records, results))
+        payload = _payload(set_file, records, results)
+        payload["gold"] = coverage.to_json()
+        # what the sampling and fusion ran with, so a reader (eval rescore) knows which variant a result is
+        payload["config"] = {"search": config.search.model_dump(mode="json"), "fuse": config.fuse.model_dump(mode="json")}
+        payload["gold_sources"] = {r.id: r.gold_source or "file" for r in records if r.gold_answer}
+        if needs_gold and without_gold:
+            payload["records"] = len(with_gold)
+            payload["results_without_gold"] = [r.to_json() for r in apart]
+            payload["records_without_gold"] = len(without_gold)
+        _write_json(out, payload)
         console.print(f"wrote {out}")
+
+
+@eval_app.command("rescore")
+def rescore(
+    set_file: Path = typer.Option(..., "--input", "-i", dir_okay=False, help="The set the stored runs labeled."),
+    runs: list[Path] = typer.Option(..., "--runs", dir_okay=False, help="eval run --out files (repeatable)."),
+    overrides: list[str] | None = typer.Option(None, "--set", help=(
+        "A fusion variant to score besides the standard ones: --set fuse.key=value (repeatable, one variant).")),
+    gold: Path | None = GOLD_OPTION,
+) -> None:
+    """Score fusion variants of stored runs without sampling again (docs/evaluation.md)."""
+    from labelers.evaluation.rescore import variant_rows
+
+    payloads = []
+    for path in runs:
+        try:
+            payloads.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as error:
+            raise InputError(f"--runs {path}: not a readable eval run --out file ({error})") from None
+    extra: dict[str, dict[str, Any]] = {}
+    items = _check_overrides(overrides)
+    if items:
+        off_fusion = [item for item in items if not item.startswith("fuse.")]
+        if off_fusion:
+            raise InputError(f"--set {off_fusion[0]}: only fuse.* keys change fusion (others change sampling: "
+                             "rerun eval run)")
+        fuse = _load_config(None, None, items, None, None, None).fuse
+        extra[", ".join(items)] = fuse.model_dump()
+    records, coverage = _read_records(set_file, None, gold)
+    scored = {rid for payload in payloads for result in payload.get("results", []) for rid in result["predictions"]}
+    records = [r for r in records if r.id in scored]
+    table = Table(title=f"Fusion variants re-scored on {set_file.name} ({len(records)} solutions)")
+    for column in ("variant", "n", "acc_err", "acc_cor", "F1", "F1 95% CI", "step P(neg)", "rollouts/solution", "note"):
+        table.add_column(column, justify="left" if column in ("variant", "note") else "right")
+    for row in variant_rows(records, payloads, extra=extra):
+        score = row.score
+        table.add_row(row.name, str(row.solutions), _fmt(score.acc_err), _fmt(score.acc_cor), _fmt(score.f1),
+                      "-" if score.f1_ci is None else f"{score.f1_ci[0]:.3f}-{score.f1_ci[1]:.3f}",
+                      _fmt(score.step_precision), _fmt(row.rollouts_per_solution, 1), row.note)
+    Console(width=max(Console().width, 160)).print(table)
 
 
 def report(

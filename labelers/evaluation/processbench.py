@@ -35,6 +35,7 @@ class BenchRecord:
     gold_answer: str | None = None
     corruption: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)  # other fields, written back as read
+    gold_source: str | None = None  # where gold_answer came from (goldjoin.py); None = the file
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -47,10 +48,12 @@ class BenchRecord:
             "gold_answer": self.gold_answer,
             "corruption": self.corruption,
             **dict(self.extra),
+            **({"gold_source": self.gold_source} if self.gold_source else {}),
         }
 
 
-_KNOWN = {"id", "generator", "problem", "steps", "label", "final_answer_correct", "gold_answer", "corruption"}
+_KNOWN = {"id", "generator", "problem", "steps", "label", "final_answer_correct", "gold_answer", "corruption",
+          "gold_source"}
 
 
 def record_from_json(row: Any, where: str) -> BenchRecord:
@@ -82,6 +85,7 @@ def record_from_json(row: Any, where: str) -> BenchRecord:
         gold_answer=str(gold) if gold is not None else None,
         corruption=row.get("corruption"),
         extra={k: v for k, v in row.items() if k not in _KNOWN},
+        gold_source=str(row["gold_source"]) if row.get("gold_source") and gold is not None else None,
     )
 
 

@@ -15,6 +15,9 @@ Signals:
   ``incorrect`` = bad, ``correct`` = good, no verdict = none. Needs no gold answer.
 - ``prm``: a PRM trained by ``prmforge train`` (labelers/training.py): a step is bad when its
   P(good) is below a threshold (0.5 by default). Needs the ``[train]`` extra.
+- ``answer``: the answer-aware baselines, no model: when the solution's final answer is not the
+  gold answer, the error is the last step (``answer:last``) or step 0 (``answer:first``); a
+  solution reaching gold has no error. What any signal that reads the gold answer must beat.
 
 Signals of one run share their work (:func:`run_shared`): per MC mode, ONE pass of the labeling
 core computes tool verdicts, the judge (when asked) and the rollouts, and every signal's labels
@@ -33,19 +36,22 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from data_schemas.errors import InputError, PrmforgeError
 from labelers.config import BuildConfig
 from labelers.evaluation.processbench import BenchRecord, Prediction, Score, score
-from labelers.policy.base import Policy
+from labelers.policy.base import Policy, TokenUsage
 from labelers.policy.usage import CostProfile, cpu_seconds
 from labelers.verify.base import LeanState, StepContext, StepVerifier, LeanVerifier, ToolVerdict
 
-SIGNALS: tuple[str, ...] = ("tool", "lean", "mc", "hybrid", "judge", "prm")
+SIGNALS: tuple[str, ...] = ("tool", "lean", "mc", "hybrid", "judge", "prm", "answer")
 MC_MODES: tuple[str, ...] = ("per-step", "binary")
+ANSWER_MODES: tuple[str, ...] = ("last", "first")
+# Signals that judge rollouts or final answers against the gold answer.
+GOLD_SIGNALS: frozenset[str] = frozenset({"mc", "hybrid", "answer"})
 
 
 @dataclass
@@ -66,6 +72,9 @@ class SignalRun:
     k: int | None = None
     notes: list[str] = field(default_factory=list)
     profile: CostProfile | None = None  # the labeling pass's cost profile (MC / hybrid / judge)
+    # Per record: the signals fusion read (stored_signals), so another fusion can be scored
+    # offline (fuse_stored) without sampling again. Labeling-core signals only.
+    signals: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def rollouts_per_step(self) -> float | None:
@@ -99,6 +108,7 @@ class SignalResult:
             "notes": run.notes,
             # Per solution: each step's verdict (true = bad, null = none), to see where signals differ.
             "predictions": {pid: list(p.step_negative) for pid, p in sorted(run.predictions.items())},
+            **({"signals": dict(sorted(run.signals.items()))} if run.signals else {}),
         }
 
 
@@ -193,13 +203,37 @@ def run_prm(records: Sequence[BenchRecord], scorer: Any, threshold: float = 0.5)
     return run
 
 
+def run_answer(records: Sequence[BenchRecord], mode: str) -> SignalRun:
+    """Answer-aware baseline ``mode`` (``last`` / ``first``, module doc): the final answer is the
+    one the labeling core reads (boxed, ``####``, "the answer is"; none stated = not gold)."""
+    from labelers.answers import AnswerJudge
+    from labelers.search.montecarlo import OutcomeJudge
+
+    if mode not in ANSWER_MODES:
+        raise InputError(f"--labels answer takes a mode ({', '.join(ANSWER_MODES)}), got {mode!r}")
+    require_gold(records, f"answer:{mode}")
+    started = time.perf_counter()
+    run = SignalRun("answer", {}, mc_mode=mode)
+    with AnswerJudge() as answer_judge:
+        judge = OutcomeJudge(answer_judge)
+        for record in records:
+            reaches = judge.reaches_gold("\n".join(record.steps), str(record.gold_answer))
+            negative = [False] * len(record.steps)
+            if not reaches:
+                negative[-1 if mode == "last" else 0] = True
+            run.predictions[record.id] = Prediction(record.id, tuple(negative))
+            run.labeled_steps += len(record.steps)
+    run.wall_seconds = time.perf_counter() - started
+    return run
+
+
 def require_gold(records: Sequence[BenchRecord], signal: str) -> None:
     missing = [r.id for r in records if not r.gold_answer]
     if missing:
         raise InputError(
             f"--labels {signal} needs a gold answer per record (rollouts are judged against it); "
-            f"{len(missing)} record(s) have no 'gold_answer' field (first: {missing[0]!r}). ProcessBench "
-            "files carry none: use --labels tool or lean there, or add gold_answer to each record"
+            f"{len(missing)} record(s) have no gold answer (first: {missing[0]!r}); eval run joins them where it "
+            "can (docs/evaluation.md), --gold FILE gives your own"
         )
 
 
@@ -252,22 +286,42 @@ def _given_problems(records: Sequence[BenchRecord]) -> list[Any]:
     ]
 
 
-def _refuse(rows: Sequence[Any], rule: str, config: BuildConfig) -> list[bool]:
-    """The labels of one path's step rows (in step order) under ``rule``, from the signals stored
-    on the rows (the same fusion the labeling core applies, path rule included; rollouts are
-    rule-independent, so this equals a run with that rule)."""
-    import json
+def stored_signals(rows: Sequence[Any]) -> dict[str, Any]:
+    """What fusion reads from one path's step rows (in step order), as plain JSON: the path's
+    outcome and, per step, the tool verdict, the Lean state, the MC evidence (sampled c of n,
+    or the label the first-error search inferred) and the judge's verdict. ``eval run --out``
+    stores it, so another fusion config re-scores a run offline (:func:`fuse_stored`)."""
+    return {
+        "path_correct": rows[0].path_correct if rows else None,
+        "steps": [
+            {
+                "tool": r.tool_verdict,
+                "lean": r.lean_state,
+                "mc_correct": r.mc_correct,
+                "mc_total": r.mc_total,
+                "mc_inferred": r.hard_label if r.mc_inferred else None,
+                "judge": r.judge_verdict,
+            }
+            for r in rows
+        ],
+    }
 
+
+def fuse_stored(stored: dict[str, Any], rule: str, fuse_config: Any) -> list[bool]:
+    """The labels (True = good) of one path under ``rule`` and ``fuse_config``, from
+    :func:`stored_signals` (the same fusion the labeling core applies, path rule included;
+    rollouts are rule-independent, so this equals a run with that rule -- except a rule that
+    changes what is sampled, such as confirmation)."""
     from labelers.fuse import MCSignal, fuse_path
     from labelers.verify.base import LeanCheck, ToolCheck
 
-    tools = [ToolCheck(ToolVerdict(r.tool_verdict), r.tool_kind, json.loads(r.tool_evidence or "{}")) for r in rows]
-    leans = [LeanCheck(LeanState(r.lean_state)) for r in rows]
-    mcs = [MCSignal(r.mc_correct, r.mc_total, r.hard_label if r.mc_inferred else None) for r in rows]
-    judges = [None if r.judge_verdict is None else r.judge_verdict == "correct" for r in rows]
-    fuse_config = config.fuse.model_copy(update={"rule": rule})
-    path_correct = rows[0].path_correct if rows else None
-    return [step.label for step in fuse_path(tools, leans, mcs, fuse_config, path_correct, judges)]
+    steps = stored["steps"]
+    tools = [ToolCheck(ToolVerdict(s["tool"]), "none", {}) for s in steps]
+    leans = [LeanCheck(LeanState(s["lean"])) for s in steps]
+    mcs = [MCSignal(s["mc_correct"], s["mc_total"], s["mc_inferred"]) for s in steps]
+    judges = [None if s["judge"] is None else s["judge"] == "correct" for s in steps]
+    config = fuse_config.model_copy(update={"rule": rule})
+    return [step.label for step in fuse_path(tools, leans, mcs, config, stored["path_correct"], judges)]
 
 
 def hybrid_has_own_pass(signals: Sequence[str], config: BuildConfig) -> bool:
@@ -286,11 +340,16 @@ def run_shared(
     mc_mode: str = "per-step",
     k: int | None = None,
     step_judge: Policy | None = None,
+    chunk_size: int = 8,
+    on_solutions: Callable[[int, int], None] | None = None,
 ) -> list[SignalRun]:
     """``mc`` / ``hybrid`` / ``judge`` labels of the same records from ONE pass of the labeling
     core (rollouts in ``mc_mode`` only when ``mc`` or ``hybrid`` is asked; the judge only when
     ``judge`` is asked or ``fuse.judge`` uses it); one :class:`SignalRun` per signal, in order.
-    Every run reports the whole pass's cost (shared, noted)."""
+    Every run reports the whole pass's cost (shared, noted).
+
+    The records are labeled ``chunk_size`` at a time; ``on_solutions(done, total)`` is called
+    after each chunk (progress)."""
     from labelers import pipeline
 
     unknown = [s for s in signals if s not in ("mc", "hybrid", "judge")]
@@ -312,8 +371,10 @@ def run_shared(
         # hybrid samples differently, so it gets a pass of its own.
         if hybrid_has_own_pass(signals, config):
             rest = [s for s in signals if s != "hybrid"]
-            runs = run_shared(records, rest, config, policy, tool, lean, mc_mode, k, step_judge)
-            [hybrid] = run_shared(records, ["hybrid"], config, policy, tool, lean, mc_mode, k, step_judge)
+            runs = run_shared(records, rest, config, policy, tool, lean, mc_mode, k, step_judge, chunk_size,
+                              on_solutions)
+            [hybrid] = run_shared(records, ["hybrid"], config, policy, tool, lean, mc_mode, k, step_judge, chunk_size,
+                                  on_solutions)
             by_signal = {run.signal: run for run in [*runs, hybrid]}
             return [by_signal[s] for s in signals]
         run_config = run_config.with_overrides({"search.skip_mc_after_disproved": False, "search.mc_confirm_verified_zero": False})
@@ -321,17 +382,26 @@ def run_shared(
     cpu_started = cpu_seconds()
     problems = _given_problems(records)
     use_tool = tool if (needs_mc or "judge" in signals) else None
-    result = pipeline.label_given_solutions(
-        problems, [[list(r.steps)] for r in records], run_config, policy, use_tool, lean, build_id="eval",
-        step_judge=step_judge,
-    )
-    seconds = time.perf_counter() - started
-    profile = CostProfile.of(result.usage, solutions=len(records), rollouts=sum(o.rollouts for o in result.outcomes),
-                             wall_seconds=seconds, cpu_seconds=cpu_seconds() - cpu_started)
     by_problem: dict[str, list[Any]] = {}
-    for row in result.steps:
-        by_problem.setdefault(row.problem_id, []).append(row)
-    outcomes = {o.problem_id: o for o in result.outcomes}
+    outcomes: dict[str, Any] = {}
+    usage = TokenUsage()
+    # In chunks, so a pass over a real set can say how far it is: every request carries its own
+    # seed (never the batch's), so the labels are the same as from one call over all records.
+    for start in range(0, len(records), chunk_size):
+        chunk = slice(start, start + chunk_size)
+        result = pipeline.label_given_solutions(
+            problems[chunk], [[list(r.steps)] for r in records[chunk]], run_config, policy, use_tool, lean,
+            build_id="eval", step_judge=step_judge,
+        )
+        for row in result.steps:
+            by_problem.setdefault(row.problem_id, []).append(row)
+        outcomes.update((o.problem_id, o) for o in result.outcomes)
+        usage.add(result.usage)
+        if on_solutions is not None:
+            on_solutions(min(start + chunk_size, len(records)), len(records))
+    seconds = time.perf_counter() - started
+    profile = CostProfile.of(usage, solutions=len(records), rollouts=sum(o.rollouts for o in outcomes.values()),
+                             wall_seconds=seconds, cpu_seconds=cpu_seconds() - cpu_started)
     judge_model = getattr(step_judge or policy, "model_id", None)
     runs = []
     for signal in signals:
@@ -350,7 +420,8 @@ def run_shared(
                 continue
             rows = sorted(by_problem.get(problem.problem_id, []), key=lambda r: r.step_index)
             negative: list[bool | None] = [None] * len(record.steps)
-            labels = None if signal == "judge" else _refuse(rows, signal, run_config)
+            signals_read = stored_signals(rows)
+            labels = None if signal == "judge" else fuse_stored(signals_read, signal, run_config.fuse)
             for position, row in enumerate(rows):
                 if row.step_index >= len(negative):
                     continue
@@ -362,6 +433,7 @@ def run_shared(
                 if row.mc_total is not None and not row.mc_inferred:
                     run.estimated_steps += 1
             run.predictions[record.id] = Prediction(record.id, tuple(negative))
+            run.signals[record.id] = signals_read
             run.labeled_steps += len(record.steps)
         run.wall_seconds = seconds
         run.profile = profile

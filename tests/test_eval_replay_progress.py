@@ -1,0 +1,147 @@
+"""Passes of one eval run: replayed requests, chunked labeling with progress, stored signals that
+re-fuse to the labels of the run (labelers/evaluation/replay.py, runner.run_shared,
+flows/progress.PassProgress, labelers/evaluation/rescore.py)."""
+
+from __future__ import annotations
+
+import io
+
+from flows.progress import PassProgress
+from labelers.evaluation import runner
+from labelers.evaluation.replay import ReplayPolicy
+from labelers.evaluation.rescore import refused, variant_rows
+from labelers.policy.base import GenerationRequest
+from labelers.policy.prompts import solution_messages
+from tests.test_eval_run import _config, injected_set, scripted_for
+
+
+def _request(question: str, seed: int | None, tag: str = "") -> GenerationRequest:
+    return GenerationRequest(tuple(solution_messages(question)), n=2, seed=seed, tag=tag)
+
+
+def test_replay_answers_a_seeded_request_once():
+    records, references = injected_set(1, 1, seed=3)
+    inner = scripted_for(records, references)
+    seen: list[tuple[int, int]] = []
+    policy = ReplayPolicy(inner, on_generate=lambda completions, tokens, seconds: seen.append((completions, tokens)))
+    question = records[0].problem
+    first = policy.generate([_request(question, 1, "a"), _request(question, 2), _request(question, 1, "b")])
+    assert all(result.error is None for result in first)
+    assert len(inner.calls) == 1 and len(inner.calls[0]) == 2  # the repeated request is sampled once
+    assert first[0].completions == first[2].completions and first[2].request.tag == "b"
+    again = policy.generate([_request(question, 2, "c"), _request(question, None), _request(question, None)])
+    assert len(inner.calls[1]) == 2  # only the unseeded ones, each asked
+    assert again[0].completions == first[1].completions and again[0].request.tag == "c"
+    assert policy.counts.replayed_completions == 4 and policy.counts.completions == 8
+    assert [c for c, _ in seen] == [4, 4]
+    assert policy.model_id == inner.model_id and policy.usage is inner.usage
+
+
+def test_chunked_pass_equals_one_call_and_replays_across_passes():
+    records, references = injected_set(6, 4, seed=11)
+    config = _config()
+    whole = runner.run_shared(records, ["mc", "hybrid"], config, scripted_for(records, references), None, None,
+                              "binary", 4, chunk_size=len(records))
+    ticks: list[tuple[int, int]] = []
+    inner = scripted_for(records, references)
+    policy = ReplayPolicy(inner)
+    chunked = runner.run_shared(records, ["mc", "hybrid"], config, policy, None, None, "binary", 4, chunk_size=3,
+                                on_solutions=lambda done, total: ticks.append((done, total)))
+    for a, b in zip(whole, chunked):
+        assert a.predictions == b.predictions and a.rollouts == b.rollouts
+    # the hybrid samples with the tool's help in a pass of its own: its count restarts
+    assert ticks == [(3, 10), (6, 10), (9, 10), (10, 10), (3, 10), (6, 10), (9, 10), (10, 10)]
+    # without a tool nothing differs between the passes' requests: the second is all replayed
+    assert policy.counts.replayed_completions >= policy.counts.completions
+
+
+def test_stored_signals_refuse_to_the_run_labels_and_variants_score():
+    from labelers.verify.tool import ToolStepVerifier
+
+    records, references = injected_set(6, 4, seed=11)
+    config = _config()
+    with ToolStepVerifier(config.tool) as tool:
+        runs = runner.run_shared(records, ["mc", "hybrid"], config, ReplayPolicy(scripted_for(records, references)), tool,
+                                 None, "binary", 4)
+    results = [runner.evaluate(records, run).to_json() for run in runs]
+    mc, hybrid = results
+    assert set(hybrid["signals"]) == {r.id for r in records}
+    assert refused(hybrid, "hybrid", config.fuse) == runs[1].predictions
+    assert refused(mc, "mc", config.fuse) == runs[0].predictions
+    rows = {row.name: row for row in variant_rows(records, [{"results": results}], config.fuse)}
+    assert {"MC binary", "hybrid as run", "hybrid, no path rule", "hybrid, no confirmation"} <= set(rows)
+    assert rows["hybrid as run"].score.f1 == runner.evaluate(records, runs[1]).score.f1
+    assert rows["hybrid as run"].rollouts_per_solution == runs[1].rollouts / len(records)
+
+
+def test_pass_progress_lines():
+    now = [0.0]
+    stream = io.StringIO()
+    progress = PassProgress("pass 1 of 1 (binary)", 40, stream=stream, interval=30, min_gap=5, clock=lambda: now[0])
+    progress.sampled(16, 400, 20.0)  # within the interval: quiet
+    assert stream.getvalue() == ""
+    now[0] = 31.0
+    progress.sampled(16, 400, 20.0)
+    now[0] = 100.0
+    progress.solutions(4, 40)
+    now[0] = 102.0
+    progress.solutions(8, 40)  # 2 s after the last line: quiet
+    now[0] = 200.0
+    progress.solutions(40, 40)
+    now[0] = 210.0
+    progress.solutions(4, 40)  # the hybrid's own pass restarts the count
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "pass 1 of 1 (binary): 0/40 solutions | 32 rollouts | 20.0 tok/s | elapsed 31 s | eta ?"
+    assert lines[1] == "pass 1 of 1 (binary): 4/40 solutions | 32 rollouts | 20.0 tok/s | elapsed 1 min 40 s | eta 15 min 00 s"
+    assert lines[2].startswith("pass 1 of 1 (binary): 40/40 solutions") and lines[2].endswith("eta 0 s")
+    assert lines[3].startswith("pass 1 of 1 (binary) part 2: 4/40 solutions") and lines[3].endswith("eta 1 min 30 s")  # 10 s for 4
+    assert len(lines) == 4
+
+
+def test_bench_processbench_rescores_stored_runs(tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    records, references = injected_set(6, 4, seed=11)
+    config = _config()
+    runs = runner.run_shared(records, ["mc", "hybrid"], config, scripted_for(records, references), None, None, "binary", 4)
+    set_file = tmp_path / "set.json"
+    set_file.write_text(json.dumps([r.to_json() for r in records]))
+    out = tmp_path / "run.json"
+    out.write_text(json.dumps({"results": [runner.evaluate(records, run).to_json() for run in runs]}))
+    path = Path(__file__).parent.parent / "benchmarks" / "bench_processbench.py"
+    spec = importlib.util.spec_from_file_location("bench_processbench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--input", str(set_file), "--runs", str(out), "--name", "t"]) == 0
+    printed = capsys.readouterr().out
+    assert "t: 10 solutions (6 erroneous)" in printed
+    figures = [line.split("\t") for line in printed.splitlines() if line.startswith("FIGURE\t")]
+    names = {f[1]: f[2] for f in figures}
+    assert names["pb.t.MC_binary.f1"] == "1.0000" and "pb.t.hybrid_no_path_rule.f1" in names
+    assert bench.main([]) == 0 and "nothing to re-score" in capsys.readouterr().out
+
+
+def test_cli_rescore_scores_a_fuse_variant(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    records, references = injected_set(6, 4, seed=11)
+    runs = runner.run_shared(records, ["mc", "hybrid"], _config(), scripted_for(records, references), None, None,
+                             "binary", 4)
+    set_file = tmp_path / "set.json"
+    set_file.write_text(json.dumps([r.to_json() for r in records]))
+    out = tmp_path / "run.json"
+    out.write_text(json.dumps({"results": [runner.evaluate(records, run).to_json() for run in runs]}))
+    cli = CliRunner()
+    done = cli.invoke(app, ["eval", "rescore", "--input", str(set_file), "--runs", str(out),
+                            "--set", "fuse.mc_threshold=0.5"])
+    assert done.exit_code == 0, done.output
+    assert "hybrid, no path rule" in done.output and "fuse.mc_threshold=0.5" in done.output
+    refused_out = cli.invoke(app, ["eval", "rescore", "--input", str(set_file), "--runs", str(out),
+                                   "--set", "search.mc_rollouts=8"])
+    assert refused_out.exit_code != 0 and "only fuse.* keys" in str(refused_out.exception)
