@@ -11,7 +11,11 @@ from labelers.search.ledger import Ledger
 from tests.test_eval_run import _config, injected_set, scripted_for
 
 
-def test_the_eval_pass_reports_its_cost_profile() -> None:
+def test_the_eval_pass_reports_its_cost_profile(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # os.times() ticks in 10 ms steps and this scripted pass takes a few ms: the clock is
+    # scripted so the test checks what the pass does with it (end - start), never a tick's luck.
+    readings = iter([100.0, 102.5])
+    monkeypatch.setattr(runner, "cpu_seconds", lambda: next(readings))
     records, references = injected_set(3, 2, seed=7)
     [run] = runner.run_shared(records, ["hybrid"], _config(), scripted_for(records, references), None, None, "binary", 4)
     profile = run.profile
@@ -19,7 +23,7 @@ def test_the_eval_pass_reports_its_cost_profile() -> None:
     assert profile.solutions == len(records) and profile.rollouts == run.rollouts > 0
     assert profile.generated_tokens == run.completion_tokens and profile.prompt_tokens == run.prompt_tokens
     assert profile.answer_check_seconds > 0  # the rollouts were checked against gold
-    assert profile.cpu_seconds > 0 and profile.cpu_seconds_per_solution == profile.cpu_seconds / len(records)
+    assert profile.cpu_seconds == 2.5 and profile.cpu_seconds_per_solution == 2.5 / len(records)
     payload = runner.evaluate(records, run).to_json()["cost"]["profile"]
     assert payload["rollouts"] == run.rollouts and payload["cpu_seconds_per_solution"] == profile.cpu_seconds_per_solution
     assert "per solution" in profile.line()
