@@ -59,7 +59,8 @@ def main() -> None:
     policy = EmbeddedPolicy(args.model, n_threads=args.threads)
     runs = {}
     for stop in (False, True):
-        requests = [GenerationRequest(solution_messages(r["problem"]), assistant_prefix(r["steps"][: len(r["steps"]) // 2]),
+        requests = [GenerationRequest(solution_messages(r["problem"]),
+                                      assistant_prefix(r["steps"][: len(r["steps"]) // 2]),
                                       n=args.k, max_tokens=args.max_tokens, temperature=0.8, top_p=0.95, seed=1000 + i,
                                       stop_at_answer=stop)
                     for i, r in enumerate(rows)]
@@ -72,26 +73,29 @@ def main() -> None:
               f"({sum(tokens) / seconds:.1f} tok/s)", flush=True)
         figure(f"answer_stop.tokens_per_rollout.{'stopped' if stop else 'full'} [{args.model}, {len(rows)} prefixes x "
                f"{args.k}, max {args.max_tokens}]", sum(tokens) / len(tokens), "tokens")
-        figure(f"answer_stop.seconds.{'stopped' if stop else 'full'} [{args.model}, {args.threads} threads]", seconds, "s")
+        figure(f"answer_stop.seconds.{'stopped' if stop else 'full'} [{args.model}, {args.threads} threads]",
+               seconds, "s")
     full, _ = runs[False]
     stopped, _ = runs[True]
     kept = total = agree = 0
+
+    def gold(text: str, gold_answer) -> bool:
+        answer = extract_final_answer(text, allow_fallback=False)
+        return answer is not None and answers_equal(answer, gold_answer)
+
     for row, a, b in zip(rows, full, stopped):
         for x, y in zip(a.completions, b.completions):
             end = answer_end(x.text)
             cut = x.text if end is None else x.text[:end]
             total += 1
-            kept += extract_final_answer(x.text, allow_fallback=False) == extract_final_answer(cut, allow_fallback=False)
-
-            def gold(text: str) -> bool:
-                answer = extract_final_answer(text, allow_fallback=False)
-                return answer is not None and answers_equal(answer, row["gold_answer"])
-
-            agree += gold(x.text) == gold(y.text)
+            kept += (extract_final_answer(x.text, allow_fallback=False)
+                     == extract_final_answer(cut, allow_fallback=False))
+            agree += gold(x.text, row["gold_answer"]) == gold(y.text, row["gold_answer"])
     full_tokens = sum(c.completion_tokens for r in full for c in r.completions)
     stopped_tokens = sum(c.completion_tokens for r in stopped for c in r.completions)
     figure("answer_stop.tokens_ratio [stopped / full, same seeds]", stopped_tokens / full_tokens, "x")
-    figure(f"answer_stop.answer_kept [{total} full rollouts: answer of the text = answer of the text cut by answer_end]",
+    figure(f"answer_stop.answer_kept [{total} full rollouts: "
+           "answer of the text = answer of the text cut by answer_end]",
            kept / total, "share", "1")
     figure(f"answer_stop.reaches_gold_agreement [{total} rollout pairs, same seeds]", agree / total, "share")
     policy.close()

@@ -58,7 +58,8 @@ def write_dataset(root: Path, builds: int, problems: int) -> int:
         manifest = start_build(root, build_id, config, policy_model="synthetic/none")
         shards = ShardWriter(root, build_id).write_batch("gsm8k", "b00000", batch.steps, batch.nodes, batch.outcomes)
         keys = {
-            o.problem_id: labeling_key(o.problem_id, problem_content_hash(o.source, o.question, o.gold_answer), "synthetic", config["config"])
+            o.problem_id: labeling_key(o.problem_id, problem_content_hash(o.source, o.question, o.gold_answer),
+                                       "synthetic", config["config"])
             for o in batch.outcomes
         }
         manifest.dataset = {"name": DATASET, "labeling_keys": keys, "plan": {}, "completed_at": utc_now_precise()}

@@ -77,7 +77,8 @@ def main() -> None:
              f"{summary.problems_total} problems, {summary.rollouts} rollouts, load {load[0]:.1f}]")
     figure(f"demo.total_wall {scale}", total, "s (process, Prefect start included)")
     figure(f"demo.flow_wall {scale}", flow_wall, "s")
-    figure(f"demo.labeled_steps_per_minute {scale}", summary.steps / (total / 60) if total > 0 else None, "steps/min (process)")
+    figure(f"demo.labeled_steps_per_minute {scale}", summary.steps / (total / 60) if total > 0 else None,
+           "steps/min (process)")
     figure(f"demo.generation_share_of_flow {scale}", generation / flow_wall if flow_wall > 0 else None,
            "share of flow wall time", ">= 0.9")
 

@@ -105,8 +105,10 @@ def print_row(result: runner.SignalResult, scale: str) -> None:
     s, r = result.score, result.run
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     print(f"{r.signal:7s} {r.mc_mode or '-':9s} {scale:38s} acc_err {fmt(s.acc_err)} acc_cor {fmt(s.acc_cor)} "
-          f"F1 {fmt(s.f1)} acc_err_before_last {fmt(s.acc_err_before_last)} (n={s.n_error_before_last}) stepP {fmt(s.step_precision)} stepR {fmt(s.step_recall)} rollouts {r.rollouts} "
-          f"per-step {fmt(r.rollouts_per_step)} failed {len(r.failures)} {r.wall_seconds:.1f}s by_kind {s.by_corruption}",
+          f"F1 {fmt(s.f1)} acc_err_before_last {fmt(s.acc_err_before_last)} (n={s.n_error_before_last}) "
+          f"stepP {fmt(s.step_precision)} stepR {fmt(s.step_recall)} rollouts {r.rollouts} "
+          f"per-step {fmt(r.rollouts_per_step)} failed {len(r.failures)} {r.wall_seconds:.1f}s "
+          f"by_kind {s.by_corruption}",
           flush=True)
 
 
@@ -127,7 +129,8 @@ def simulate(records: list[BenchRecord], sources: list, config: BuildConfig, too
     scale = (f"{args.n_error}+{args.n_correct} GSM8K, SCRIPTED policy p_correct={args.sim_p_correct} "
              f"recovery={args.sim_recovery}, k={args.k}")
     results = {}
-    for name, signal, mode, with_tool in (("mc_per_step", "mc", "per-step", False), ("mc_binary", "mc", "binary", False),
+    for name, signal, mode, with_tool in (("mc_per_step", "mc", "per-step", False),
+                                          ("mc_binary", "mc", "binary", False),
                                           ("hybrid", "hybrid", "binary", True)):
         run = runner.run_mc(records, signal, sim_config, ScriptedPolicy(problems), tool if with_tool else None, None,
                             mode, args.k)
@@ -135,7 +138,8 @@ def simulate(records: list[BenchRecord], sources: list, config: BuildConfig, too
         print_row(results[name], "simulated (scripted policy)")
         # No goals on simulated figures: a simulation meeting a goal says nothing about a model.
         figure(f"eval.simulated.{name}.f1 [{scale}]", results[name].score.f1, "F1", "")
-        figure(f"eval.simulated.{name}.rollouts_per_step [{scale}]", results[name].run.rollouts_per_step, "rollouts/step", "")
+        figure(f"eval.simulated.{name}.rollouts_per_step [{scale}]", results[name].run.rollouts_per_step,
+               "rollouts/step", "")
     per_step_rollouts = results["mc_per_step"].run.rollouts
     ratio = results["hybrid"].run.rollouts / per_step_rollouts if per_step_rollouts else None
     figure(f"eval.simulated.hybrid_vs_per_step_mc.rollout_ratio [{scale}]", ratio, "x", "")
@@ -157,11 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-model", action="store_true", help="Tool-only figures (no policy).")
     parser.add_argument("--simulate", action="store_true",
                         help="Also run MC/hybrid on the WHOLE set with the scripted test policy (a simulation of a "
-                             "policy, figures named eval.simulated.*: they measure the labeling algorithms, not a model).")
-    parser.add_argument("--sim-p-correct", type=float, default=0.8, help="Scripted: a rollout from a clean prefix reaches gold.")
-    parser.add_argument("--sim-recovery", type=float, default=0.1, help="Scripted: a rollout from a wrong prefix still reaches gold.")
+                             "policy, figures named eval.simulated.*: they measure the labeling algorithms, "
+                             "not a model).")
+    parser.add_argument("--sim-p-correct", type=float, default=0.8,
+                        help="Scripted: a rollout from a clean prefix reaches gold.")
+    parser.add_argument("--sim-recovery", type=float, default=0.1,
+                        help="Scripted: a rollout from a wrong prefix still reaches gold.")
     parser.add_argument("--quick", action="store_true",
-                        help="60 + 60 solutions for tool-only and the simulation; 1 + 1 solutions, k = 2 for the model runs.")
+                        help="60 + 60 solutions for tool-only and the simulation; "
+                             "1 + 1 solutions, k = 2 for the model runs.")
     args = parser.parse_args(argv)
     if args.quick:
         args.n_error, args.n_correct, args.mc_n_error, args.mc_n_correct, args.k = 60, 60, 1, 1, 2
@@ -171,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     rows, summary = build_injection_set(sources, args.n_error, args.n_correct, args.seed)
     records = [record_from_json(row, f"record {i}") for i, row in enumerate(rows)]
     print(f"set: {args.n_error} injected ({summary.kinds}; {summary.errors_in_last_step} in the last step) + "
-          f"{args.n_correct} correct GSM8K solutions, seed {args.seed}, {sum(len(r.steps) for r in records)} steps", flush=True)
+          f"{args.n_correct} correct GSM8K solutions, seed {args.seed}, {sum(len(r.steps) for r in records)} steps",
+          flush=True)
 
     config = BuildConfig(seed=args.seed).with_overrides({"tool.workers": 1})
     from labelers.verify.tool import ToolStepVerifier
@@ -183,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         figure(f"eval.tool.f1 [{scale_tool}]", tool_result.score.f1, "F1", "")
         figure(f"eval.tool.acc_err [{scale_tool}]", tool_result.score.acc_err, "accuracy", "")
         figure(f"eval.tool.acc_cor [{scale_tool}]", tool_result.score.acc_cor, "accuracy", "")
-        figure(f"eval.tool.acc_err_before_last_step [{scale_tool}]", tool_result.score.acc_err_before_last, "accuracy", "")
+        figure(f"eval.tool.acc_err_before_last_step [{scale_tool}]", tool_result.score.acc_err_before_last,
+               "accuracy", "")
         figure(f"eval.tool.seconds_per_step [{scale_tool}]",
                tool_result.run.wall_seconds / max(1, tool_result.run.labeled_steps), "s/step", "")
         if args.simulate:
@@ -208,9 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             started = time.perf_counter()
             tool_small = runner.evaluate(small, runner.run_tool(small, tool))
-            per_step = runner.evaluate(small, runner.run_mc(small, "mc", config, policy, None, None, "per-step", args.k))
+            per_step = runner.evaluate(small, runner.run_mc(small, "mc", config, policy, None, None, "per-step",
+                                                            args.k))
             binary = runner.evaluate(small, runner.run_mc(small, "mc", config, policy, None, None, "binary", args.k))
-            hybrid = runner.evaluate(small, runner.run_mc(small, "hybrid", config, policy, tool, None, "binary", args.k))
+            hybrid = runner.evaluate(small, runner.run_mc(small, "hybrid", config, policy, tool, None, "binary",
+                                                          args.k))
             elapsed = time.perf_counter() - started
         finally:
             policy.close()

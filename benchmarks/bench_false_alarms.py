@@ -74,7 +74,8 @@ def show(name: str, report: FalseAlarmReport, reviewed: dict[str, dict[str, str]
         print(f"  flagged {alarm.step.id} [{review['kind']}: {review['note']}]\n      failing claim "
               f"{failing.get('text')!r}: {failing.get('lhs_value')} vs {failing.get('rhs_value')}")
     if report.caught:
-        print(f"  expected-wrong steps judged incorrect: {len(report.caught)} ({', '.join(s.id for s in report.caught[:8])})")
+        print(f"  expected-wrong steps judged incorrect: {len(report.caught)} "
+              f"({', '.join(s.id for s in report.caught[:8])})")
 
 
 def main() -> None:
@@ -99,8 +100,10 @@ def main() -> None:
             total_wrong += len(report.wrongly_flagged(reviewed))
             flagged = "-" if report.rate is None else f"{report.rate:.4f}"
             wrong = report.wrong_rate(reviewed)
-            print(f"FIGURE\tfalse_alarms.{name}.flagged_rate [{report.checked} checked expected-correct steps]\t{flagged}\tfraction\t")
-            print(f"FIGURE\tfalse_alarms.{name}.wrongly_flagged_rate [{report.checked} checked expected-correct steps]\t"
+            print(f"FIGURE\tfalse_alarms.{name}.flagged_rate [{report.checked} checked expected-correct steps]\t"
+                  f"{flagged}\tfraction\t")
+            print(f"FIGURE\tfalse_alarms.{name}.wrongly_flagged_rate "
+                  f"[{report.checked} checked expected-correct steps]\t"
                   f"{'-' if wrong is None else f'{wrong:.4f}'}\tfraction\t<= 0.01")
     overall = total_wrong / total_checked if total_checked else None
     print(f"FIGURE\tfalse_alarms.all.wrongly_flagged_rate [{total_checked} checked steps]\t"

@@ -101,7 +101,8 @@ def bench_rollouts(model: str, k: int, max_tokens: int) -> None:
                                 max_tokens=max_tokens, temperature=0.8, top_p=0.95, seed=1)
     rates = {}
     for reuse in (True, False):
-        policy = EmbeddedPolicy(model, n_ctx=2048, n_threads=_threads(), pool=pool, reuse_prefix=reuse, decode="sequential")
+        policy = EmbeddedPolicy(model, n_ctx=2048, n_threads=_threads(), pool=pool, reuse_prefix=reuse,
+                                decode="sequential")
         policy.generate([GenerationRequest(solution_messages("1+1?"), max_tokens=2, temperature=0.0)])
         evaluated_before = policy.evaluated_prompt_tokens
         started = time.perf_counter()
@@ -161,7 +162,8 @@ def bench_batched(model: str, k: int, prefixes: int, max_tokens: int) -> None:
     figure(f"embedded_rollouts_per_s_batched {shape}", rates["batched"], "rollouts/s")
     figure(f"embedded_batched_speedup {shape}", rates["batched"] / rates["sequential"], "x", ">= 4")
     figure(f"embedded_rollouts_per_s_batched_serial_sampling {shape}", rates["batched-serial-sampling"], "rollouts/s")
-    figure(f"embedded_sampling_seconds_parallel_vs_serial {shape}", usage["batched"][1] / usage["batched-serial-sampling"][1],
+    figure(f"embedded_sampling_seconds_parallel_vs_serial {shape}",
+           usage["batched"][1] / usage["batched-serial-sampling"][1],
            "x (sampling seconds, parallel from copied logits / llama_sampler_sample one by one)")
     same_sampling = sum(a == b for a, b in zip(texts["batched"], texts["batched-serial-sampling"]))
     print(f"  texts equal with parallel and serial sampling: {same_sampling}/{len(texts['batched'])}")
@@ -219,7 +221,7 @@ def decode_ceiling(pool, model: str, width: int, prompt_tokens: int = 160, steps
     print(f"  decode ceiling: one decode of {width} tokens (logits for all) {seconds[width] * 1000:.0f} ms, "
           f"one token {seconds[1] * 1000:.1f} ms: {ceiling:.2f}x the tokens/s (no sampling, full batch)")
     figure(f"embedded_decode_ceiling [{model}, {width} sequences, logits for every row, {_threads()} threads]",
-           ceiling, "x (tok/s of one {width}-token decode / one-token decodes)".format(width=width))
+           ceiling, f"x (tok/s of one {width}-token decode / one-token decodes)")
     return ceiling
 
 

@@ -66,7 +66,8 @@ def main() -> None:
         share = 100.0 * covered / with_claims if with_claims else 0.0
         goal = ">= 95" if source == "gsm8k" else ">= 80"
         print(f"FIGURE\t{source}_template_coverage\t{share:.1f}\t% of steps with claims, all formalized\t{goal}")
-        print(f"FIGURE\t{source}_formalize_ms_per_step\t{1000 * elapsed / max(len(steps), 1):.2f}\tms (claims + templates)\t< 20")
+        print(f"FIGURE\t{source}_formalize_ms_per_step\t{1000 * elapsed / max(len(steps), 1):.2f}"
+              f"\tms (claims + templates)\t< 20")
 
 
 if __name__ == "__main__":

@@ -93,7 +93,8 @@ def measure(name: str, site: Path | None, model: str, threads: int) -> None:
         print(f"  {name} t{threads}: CRASHED ({signal.Signals(-child.returncode).name})", flush=True)
     elif child.returncode != 0:
         print(f"  {name} t{threads}: failed: {child.stderr.strip().splitlines()[-1:]}", flush=True)
-    figure(f"llama_{name}_crashed_t{threads}", 1.0 if child.returncode < 0 else 0.0, "1 = killed by a signal", "<= 0" if name == "native_noamx" else "")
+    figure(f"llama_{name}_crashed_t{threads}", 1.0 if child.returncode < 0 else 0.0, "1 = killed by a signal",
+           "<= 0" if name == "native_noamx" else "")
     for measure_name in ("single", "batch16", "batch32"):
         value = values.get(measure_name)
         figure(f"llama_{name}_{measure_name}_t{threads}", float(value) if value else None, "tokens/s")
@@ -145,7 +146,8 @@ def main() -> None:
                 print(f"  {name}: no wheel in {wheel_dir}", flush=True)
                 continue
             site = Path(scratch) / "site" / name
-            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheels[-1])], check=True)
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
+                            str(wheels[-1])], check=True)
             for threads in thread_counts:
                 measure(name, site, model_path, threads)
 

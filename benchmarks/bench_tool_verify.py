@@ -160,7 +160,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=None, help="best of N runs on GSM8K (default 3, --quick 1)")
-    parser.add_argument("--naive-sample", type=int, default=None, help="claims for the naive check (default 300, --quick 100)")
+    parser.add_argument("--naive-sample", type=int, default=None,
+                        help="claims for the naive check (default 300, --quick 100)")
     parser.add_argument("--quick", action="store_true", help="reduced run: best of 1, naive sample 100")
     parser.add_argument("--code-steps", type=int, default=60, help="program-of-thought steps for the code figure")
     parser.add_argument("--starts", type=int, default=30, help="sandbox starts for the start-cost figure")

@@ -83,14 +83,16 @@ def main() -> None:
     print(train_out.strip())
     info = json.loads((model_dir / "prmforge_train.json").read_text())
     out = work / "scores.json"
-    eval_s, eval_out = prmforge("eval", "run", "--input", set_file, "--labels", "prm", "--prm", str(model_dir), "--out", str(out))
+    eval_s, eval_out = prmforge("eval", "run", "--input", set_file, "--labels", "prm", "--prm", str(model_dir),
+                                "--out", str(out))
     print(eval_out.strip())
     score = json.loads(out.read_text())["results"][0]["score"]
     figure("train_loop.train_seconds", train_s, "s (prmforge train, whole process)")
     figure("train_loop.train_steps", info["global_steps"], "optimizer steps")
     figure("train_loop.final_loss", info["losses"][-1], "PRMTrainer loss")
     figure("train_loop.eval_seconds", eval_s, "s (prmforge eval run --labels prm, whole process)")
-    figure("train_loop.prm_f1", score["f1"], "ProcessBench F1 (tiny random model: meaningless)" if args.base_model is None else "ProcessBench F1")
+    figure("train_loop.prm_f1", score["f1"],
+           "ProcessBench F1 (tiny random model: meaningless)" if args.base_model is None else "ProcessBench F1")
     print(f"files in {work}")
 
 

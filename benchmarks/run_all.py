@@ -96,7 +96,8 @@ def run_script(path: Path, quick: bool, timeout_s: float) -> ScriptRun:
     try:
         completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired as expired:
-        output = expired.stdout.decode(errors="replace") if isinstance(expired.stdout, bytes) else (expired.stdout or "")
+        output = (expired.stdout.decode(errors="replace") if isinstance(expired.stdout, bytes)
+                  else (expired.stdout or ""))
         run = ScriptRun(path.name, None, time.perf_counter() - started, use_quick, parse_figures(path.name, output))
         run.error = f"timed out after {timeout_s:.0f} s"
         return run
@@ -125,7 +126,8 @@ def print_table(runs: list[ScriptRun]) -> None:
         for figure in run.figures:
             met = "-" if figure.met is None else ("yes" if figure.met else "NO")
             # Scripts' text is plain, not rich markup: "[preset demo, ...]" in a name must show as is.
-            table.add_row(run.script, escape(figure.name), escape(figure.value), escape(figure.unit), escape(figure.goal), met)
+            table.add_row(run.script, escape(figure.name), escape(figure.value), escape(figure.unit),
+                          escape(figure.goal), met)
         if run.error is not None:
             table.add_row(run.script, "[red]FAILED[/red]", "-", "-", "-", escape(run.error[:120]))
         elif not run.figures:

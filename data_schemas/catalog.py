@@ -132,7 +132,9 @@ class Catalog:
         self.dataset = check_dataset_name(dataset) if dataset is not None else None
         if self.dataset is not None:
             if build_id is not None or include_incomplete:
-                raise PrmforgeError("--dataset reads the dataset's complete builds; leave out --build and --include-incomplete")
+                raise PrmforgeError(
+                    "--dataset reads the dataset's complete builds; leave out --build and --include-incomplete"
+                )
             self.manifests = self._dataset_builds(as_of)
         elif build_id is None:
             self.manifests = [m for m in list_builds(self.root) if include_incomplete or m.is_complete]
@@ -239,9 +241,12 @@ class Catalog:
         )
         for view in DATASET_VIEWS:
             self.connection.execute(
-                f"CREATE VIEW {view} AS SELECT * FROM _all_{view} SEMI JOIN _dataset_current USING (build_id, problem_id)"
+                f"CREATE VIEW {view} AS SELECT * FROM _all_{view} "
+                "SEMI JOIN _dataset_current USING (build_id, problem_id)"
             )
-        lineage_names = ", ".join(f"any_value({name}) AS {name}" for name in LINEAGE_SCHEMA.names if name != "labeling_key")
+        lineage_names = ", ".join(
+            f"any_value({name}) AS {name}" for name in LINEAGE_SCHEMA.names if name != "labeling_key"
+        )
         self.connection.execute(
             f"""CREATE VIEW dataset_builds AS SELECT build_id, {lineage_names}, count(*) AS current_problems
             FROM dataset_problems GROUP BY build_id ORDER BY commit_seq NULLS FIRST, build_finished_at"""

@@ -33,8 +33,8 @@ from data_schemas.catalog import DATASET_VIEWS, VIEWS, Catalog
 from data_schemas.datasets import (
     COMPACT_LOCK_NAME,
     CompactedFile,
-    DatasetLock,
     Compaction,
+    DatasetLock,
     dataset_dir,
     read_compaction,
     utc_now_precise,
@@ -89,10 +89,13 @@ def _compact(data_root: DataRoot, name: str, row_group_rows: int, lock: DatasetL
             # to_arrow_reader on DuckDB >= 1.4 (fetch_record_batch before).
             reader = getattr(relation, "to_arrow_reader", None) or relation.fetch_record_batch
             reader = reader(row_group_rows)
-            schema = reader.schema.with_metadata({SCHEMA_VERSION_KEY: SCHEMA_VERSION.encode(), b"prmforge.dataset": name.encode()})
+            schema = reader.schema.with_metadata(
+                {SCHEMA_VERSION_KEY: SCHEMA_VERSION.encode(), b"prmforge.dataset": name.encode()}
+            )
             path = f"{dataset_dir(name)}/compacted/{generation}/{table}/part-00000.parquet"
             rows, size, digest = write_chunks_atomic(
-                data_root, path, schema, (t.replace_schema_metadata(schema.metadata) for t in _batches(reader)), row_group_rows
+                data_root, path, schema, (t.replace_schema_metadata(schema.metadata) for t in _batches(reader)),
+                row_group_rows,
             )
             files.append(CompactedFile(table, path, rows, size, digest))
         source_shards = {s.path: s.sha256 for m in catalog.manifests for s in m.shards}

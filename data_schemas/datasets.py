@@ -39,7 +39,7 @@ import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -91,7 +91,7 @@ def labeling_key(problem_id: str, content_hash: str, policy_model: str, labeling
 
 def utc_now_precise() -> str:
     """ISO 8601 UTC with microseconds: orders builds that finish within the same second."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 # -- planning ----------------------------------------------------------------------------------
@@ -348,7 +348,9 @@ class ClaimHeartbeat:
     ``failures`` / ``last_error`` say what went wrong.
     """
 
-    def __init__(self, root: str | DataRoot, name: str, build_id: str, problem_ids: Sequence[str], lease_s: float) -> None:
+    def __init__(
+        self, root: str | DataRoot, name: str, build_id: str, problem_ids: Sequence[str], lease_s: float
+    ) -> None:
         self.root = resolve_root(root)
         self.name, self.build_id, self.problem_ids, self.lease_s = name, build_id, tuple(problem_ids), lease_s
         self._heartbeat = Heartbeat(f"claim of build {build_id} on dataset {name}", self._renew, lease_s / 4)

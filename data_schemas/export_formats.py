@@ -22,14 +22,18 @@ FORMATS = ("trl", "math-shepherd", "prm800k", "generative")
 #: The trainer each format is written for (also in every export's metadata and docs/storage.md).
 TRAINERS = {
     "trl": "trl==1.13.0 PRMTrainer (trl.experimental.prm; the last trl release that has it)",
-    "math-shepherd": "OpenRLHF train_prm: --input_key input --label_key value --placeholder_token ки --reward_tokens + -",
+    "math-shepherd": (
+        "OpenRLHF train_prm: --input_key input --label_key value --placeholder_token ки --reward_tokens + -"
+    ),
     "prm800k": "PRM800K phase-2 JSON Lines readers (openai/prm800k layout); no trainer pinned",
     "generative": "trl==1.13.0 SFTTrainer on conversational 'messages' (any chat SFT trainer reads it)",
 }
 #: Steps after the first error, per format: Math-Shepherd and TRL's stepwise data label every step
 #: (later steps negative); PRM800K stops rating at the first -1 step, and a generative verifier's
 #: critique ends at the first wrong step.
-DEFAULT_AFTER_FIRST_ERROR = {"trl": "negative", "math-shepherd": "negative", "prm800k": "truncate", "generative": "truncate"}
+DEFAULT_AFTER_FIRST_ERROR = {
+    "trl": "negative", "math-shepherd": "negative", "prm800k": "truncate", "generative": "truncate"
+}
 #: Formats whose label column can hold the MC value (OpenRLHF reads float labels as soft labels;
 #: TRL's PRMTrainer casts labels to int, PRM800K ratings and verdict tokens are discrete).
 SOFT_LABEL_FORMATS = ("math-shepherd",)
@@ -54,7 +58,8 @@ _ID_FIELDS = [
     pa.field("mc_values", pa.list_(pa.float64())),
 ]
 TRL_SCHEMA = pa.schema(
-    [pa.field("prompt", pa.string()), pa.field("completions", pa.list_(pa.string())), pa.field("labels", pa.list_(pa.bool_()))]
+    [pa.field("prompt", pa.string()), pa.field("completions", pa.list_(pa.string())),
+     pa.field("labels", pa.list_(pa.bool_()))]
     + _ID_FIELDS
 )
 MATH_SHEPHERD_SCHEMA = pa.schema(
@@ -63,7 +68,9 @@ MATH_SHEPHERD_SCHEMA = pa.schema(
 )
 MATH_SHEPHERD_SOFT_SCHEMA = MATH_SHEPHERD_SCHEMA.set(3, pa.field("value", pa.list_(pa.float64())))
 _PRM800K_COMPLETION = pa.struct([("text", pa.string()), ("rating", pa.int64()), ("flagged", pa.bool_())])
-_PRM800K_HUMAN = pa.struct([("text", pa.string()), ("rating", pa.int64()), ("source", pa.string()), ("flagged", pa.bool_())])
+_PRM800K_HUMAN = pa.struct(
+    [("text", pa.string()), ("rating", pa.int64()), ("source", pa.string()), ("flagged", pa.bool_())]
+)
 PRM800K_SCHEMA = pa.schema(
     [
         pa.field("labeler", pa.string()),
@@ -103,7 +110,9 @@ GENERATIVE_SCHEMA = pa.schema(
     ]
     + _ID_FIELDS
 )
-SCHEMAS = {"trl": TRL_SCHEMA, "math-shepherd": MATH_SHEPHERD_SCHEMA, "prm800k": PRM800K_SCHEMA, "generative": GENERATIVE_SCHEMA}
+SCHEMAS = {
+    "trl": TRL_SCHEMA, "math-shepherd": MATH_SHEPHERD_SCHEMA, "prm800k": PRM800K_SCHEMA, "generative": GENERATIVE_SCHEMA
+}
 
 
 def soft_values(path: LabeledPath) -> tuple[list[float], int]:
@@ -223,7 +232,9 @@ def generative_record(path: LabeledPath) -> tuple[dict[str, Any], int, int]:
     return {"messages": messages, "labels": list(path.labels), **_ids(path)}, appended, contradicting
 
 
-def build_records(paths: Sequence[LabeledPath], format: str, soft_labels: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+def build_records(
+    paths: Sequence[LabeledPath], format: str, soft_labels: bool = False
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Records of ``format`` for ``paths`` and notes on anything altered."""
     notes: list[str] = []
     if soft_labels and format not in SOFT_LABEL_FORMATS:
@@ -244,7 +255,8 @@ def build_records(paths: Sequence[LabeledPath], format: str, soft_labels: bool =
             if fallback:
                 notes.append(f"{fallback} step(s) have no MC value; their soft label is the hard label (1.0 / 0.0)")
         if escaped:
-            notes.append(f"{escaped} step tag(s) '{STEP_TAG}' inside questions or step texts were written as '{STEP_TAG_ESCAPE}'")
+            notes.append(f"{escaped} step tag(s) '{STEP_TAG}' inside questions or step texts "
+                         f"were written as '{STEP_TAG_ESCAPE}'")
         return records, notes
     if format == "prm800k":
         return [prm800k_record(p) for p in paths], notes
@@ -258,7 +270,8 @@ def build_records(paths: Sequence[LabeledPath], format: str, soft_labels: bool =
         if appended:
             notes.append(f"{appended} rationale(s) had no verdict token; the label's token was appended")
         if contradicting:
-            notes.append(f"{contradicting} rationale(s) end in a verdict token that contradicts fused_label (kept as written)")
+            notes.append(f"{contradicting} rationale(s) end in a verdict token that contradicts fused_label "
+                         "(kept as written)")
         return records, notes
     raise PrmforgeError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
 

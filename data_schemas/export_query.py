@@ -158,7 +158,9 @@ def apply_after_first_error(path: LabeledPath, after_first_error: str) -> Labele
     """``truncate``: the path up to and including its first negative step; ``negative``: as is
     (the labeling core already labels the steps after the first error negative)."""
     if after_first_error not in AFTER_FIRST_ERROR:
-        raise PrmforgeError(f"--after-first-error must be one of {', '.join(AFTER_FIRST_ERROR)}, got {after_first_error!r}")
+        raise PrmforgeError(
+            f"--after-first-error must be one of {', '.join(AFTER_FIRST_ERROR)}, got {after_first_error!r}"
+        )
     if after_first_error == "truncate" and not path.positive:
         return path.prefix(path.labels.index(False) + 1)
     return path

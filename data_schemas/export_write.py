@@ -21,7 +21,9 @@ def _parent_and_name(out: str) -> tuple[DataRoot, str]:
     return DataRoot(target.uri, target.filesystem, directory or "/", target.is_local), name
 
 
-def write_records(records: list[dict[str, Any]], schema: pa.Schema, out: str, metadata: dict[str, Any] | None = None) -> None:
+def write_records(
+    records: list[dict[str, Any]], schema: pa.Schema, out: str, metadata: dict[str, Any] | None = None
+) -> None:
     """Write records as Parquet (zstd) or, for ``*.jsonl``, JSON Lines — atomically. ``metadata``
     goes in the Parquet footer (key ``prmforge.export``), or next to a JSON Lines file as
     ``<out>.meta.json``."""
@@ -29,11 +31,15 @@ def write_records(records: list[dict[str, Any]], schema: pa.Schema, out: str, me
     if name.endswith(".jsonl"):
         data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
         if metadata is not None:
-            write_bytes_atomic(parent, name + ".meta.json", (json.dumps(metadata, indent=1, sort_keys=True) + "\n").encode())
+            write_bytes_atomic(
+                parent, name + ".meta.json", (json.dumps(metadata, indent=1, sort_keys=True) + "\n").encode()
+            )
         write_bytes_atomic(parent, name, data)
     else:
         if metadata is not None:
-            schema = schema.with_metadata({**(schema.metadata or {}), EXPORT_METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+            schema = schema.with_metadata(
+                {**(schema.metadata or {}), EXPORT_METADATA_KEY: json.dumps(metadata, sort_keys=True)}
+            )
         table = pa.Table.from_pylist(records, schema=schema)
         write_chunks_atomic(parent, name, schema, [table])
 

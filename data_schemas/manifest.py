@@ -18,7 +18,7 @@ import subprocess
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -139,7 +139,7 @@ class Manifest:
 
 def utc_now() -> str:
     """Current UTC time as ISO 8601 with seconds (what manifests store)."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def package_versions() -> dict[str, str]:
@@ -185,7 +185,9 @@ def _config_payload(config: Any) -> tuple[dict[str, Any], str | None]:
     raise TypeError(f"config must be a pydantic model or a mapping, got {type(config).__name__}")
 
 
-def new_manifest(build_id: str, config: Any, policy_model: str | None = None, config_hash: str | None = None) -> Manifest:
+def new_manifest(
+    build_id: str, config: Any, policy_model: str | None = None, config_hash: str | None = None
+) -> Manifest:
     """A ``running`` manifest for a build that starts now (not written; see :func:`start_build`).
 
     ``config`` is a BuildConfig (its ``config_hash()`` is used) or a plain mapping (hashed here).
@@ -226,7 +228,9 @@ def _dedupe_shards(shards: Iterable[ShardInfo]) -> list[ShardInfo]:
     return sorted(by_path.values(), key=lambda s: s.path)
 
 
-def count_from_shards(root: str | DataRoot, shards: Iterable[ShardInfo]) -> tuple[dict[str, dict[str, int]], int, dict[str, int]]:
+def count_from_shards(
+    root: str | DataRoot, shards: Iterable[ShardInfo]
+) -> tuple[dict[str, dict[str, int]], int, dict[str, int]]:
     """(counts, failed problem count, token usage) computed by reading the shards.
 
     counts["stages"]: problems, labeled, failed, skipped, failed_at_<stage>, paths, steps, nodes;
@@ -273,7 +277,11 @@ def count_from_shards(root: str | DataRoot, shards: Iterable[ShardInfo]) -> tupl
         stages.setdefault(key, 0)
     for key in ("positive", "negative", "hard_positive", "hard_negative", "hard_unknown"):
         labels.setdefault(key, 0)
-    counts = {"stages": dict(sorted(stages.items())), "labels": dict(labels), "label_sources": dict(sorted(label_sources.items()))}
+    counts = {
+        "stages": dict(sorted(stages.items())),
+        "labels": dict(labels),
+        "label_sources": dict(sorted(label_sources.items())),
+    }
     usage_dict = {k: usage.get(k, 0) for k in ("prompt_tokens", "completion_tokens", "rollouts")}
     return counts, stages.get("failed", 0), usage_dict
 
@@ -370,7 +378,9 @@ def verify_build(root: str | DataRoot, build_id: str, allow_incomplete: bool = F
         try:
             digest, size = file_sha256(data_root, shard.path)
         except FileNotFoundError:
-            raise PrmforgeError(f"build {build_id!r}: shard {shard.path} is listed in the manifest but missing") from None
+            raise PrmforgeError(
+                f"build {build_id!r}: shard {shard.path} is listed in the manifest but missing"
+            ) from None
         if size != shard.bytes or digest != shard.sha256:
             raise PrmforgeError(
                 f"build {build_id!r}: shard {shard.path} checksum mismatch "

@@ -181,7 +181,10 @@ def _csv_rows(path: Path, name: str) -> Iterator[tuple[int, dict[str, Any] | _Ro
     try:
         for row in reader:
             if None in row:  # more cells than header columns
-                yield reader.line_num, _RowError(None, f"{len(row) - 1 + len(row[None])} cells but {len(reader.fieldnames or [])} columns in the header")
+                yield reader.line_num, _RowError(
+                    None,
+                    f"{len(row) - 1 + len(row[None])} cells but {len(reader.fieldnames or [])} columns in the header",
+                )
                 continue
             yield reader.line_num, dict(row)
     except csv.Error as error:
@@ -195,8 +198,7 @@ def _parquet_rows(path: Path, name: str) -> Iterator[tuple[int, dict[str, Any] |
         table = pq.read_table(path)
     except Exception as error:  # pyarrow raises several types for a damaged file
         raise InputError(f"{name}: not a readable Parquet file ({type(error).__name__}: {error})") from None
-    for index, row in enumerate(table.to_pylist(), start=1):
-        yield index, row
+    yield from enumerate(table.to_pylist(), start=1)
 
 
 def _file_columns(path: Path, file_type: str) -> list[str] | None:
@@ -306,7 +308,9 @@ def _problem(
     )
 
 
-def _row_source(record: Mapping[str, Any], row_format: str, source: str | None, columns: Mapping[str, str], stem: str) -> str:
+def _row_source(
+    record: Mapping[str, Any], row_format: str, source: str | None, columns: Mapping[str, str], stem: str
+) -> str:
     if source:
         return source
     value = record.get(columns["source"])
@@ -347,7 +351,11 @@ def load_problems(
     fixed_format = "generic" if (format == "auto" and columns) else (None if format == "auto" else format)
     header = _file_columns(path, file_type)
     if header is not None:
-        required = {"gsm8k": ["question", "answer"], "math": ["problem", "answer"], "generic": [mapping["question"], mapping["answer"]]}
+        required = {
+            "gsm8k": ["question", "answer"],
+            "math": ["problem", "answer"],
+            "generic": [mapping["question"], mapping["answer"]],
+        }
         header_format = fixed_format or ("math" if "problem" in header else "gsm8k")
         for column in required[header_format]:
             if column not in header:

@@ -195,7 +195,9 @@ def _render(catalog: Catalog, build_id: str) -> BuildReport:
     figure.tight_layout()
     figures.append(("first_error_position", _png(figure)))
     paths_without = _rows(
-        catalog, "SELECT count(*) AS n FROM (SELECT problem_id, path_id FROM steps GROUP BY 1, 2 HAVING NOT bool_or(is_first_error))"
+        catalog,
+        "SELECT count(*) AS n FROM "
+        "(SELECT problem_id, path_id FROM steps GROUP BY 1, 2 HAVING NOT bool_or(is_first_error))",
     )[0]["n"]
     sections["first-error"] = _img(figures[-1]) + f"<p>Paths without a negative step: {int(paths_without)}.</p>"
 
@@ -214,7 +216,8 @@ def _render(catalog: Catalog, build_id: str) -> BuildReport:
         for j, b in enumerate(names):
             share, n = matrix[(a, b)]
             text = "n/a" if share is None else f"{share:.2f}\nn={n}"
-            axis.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if (share or 0) < 0.6 else "black")
+            axis.text(j, i, text, ha="center", va="center", fontsize=7,
+                      color="white" if (share or 0) < 0.6 else "black")
     axis.set_title("agreement where both signals give a verdict", fontsize=9)
     figure.colorbar(image, ax=axis, fraction=0.046)
     figure.tight_layout()

@@ -45,7 +45,9 @@ def render() -> str:
         parts.append("| column | type | nullable | meaning |\n|---|---|---|---|\n")
         for field in schema:
             meaning = field_doc(field).replace("|", "\\|")
-            parts.append(f"| `{field.name}` | {type_name(field.type)} | {'yes' if field.nullable else 'no'} | {meaning} |\n")
+            parts.append(
+                f"| `{field.name}` | {type_name(field.type)} | {'yes' if field.nullable else 'no'} | {meaning} |\n"
+            )
     return "".join(parts)
 
 

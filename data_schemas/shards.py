@@ -204,7 +204,9 @@ def _check_rows(table_name: str, table: pa.Table, build_id: str, source: str) ->
     """Refuse rows that would corrupt the partitioning or violate non-null columns."""
     for field in table.schema:
         if not field.nullable and table.column(field.name).null_count:
-            raise ValueError(f"{table_name}.{field.name} has {table.column(field.name).null_count} null(s) but is required")
+            raise ValueError(
+                f"{table_name}.{field.name} has {table.column(field.name).null_count} null(s) but is required"
+            )
     if table.num_rows == 0:
         return
     import pyarrow.compute as pc

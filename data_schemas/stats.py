@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from data_schemas.catalog import Catalog
 
+
 def _versus_mc_sql(column: str) -> str:
     """Cross-tab of a verifier column against the MC hard label."""
     return f"""
@@ -54,10 +55,14 @@ SECTION_SQL: dict[str, str] = {
         UNPIVOT (SELECT
           count(*) AS steps,
           count(*) FILTER (WHERE signals_agree) AS signals_agree,
-          count(*) FILTER (WHERE tool_verdict IN ('correct', 'incorrect') AND hard_label IS NOT NULL) AS tool_and_mc_decided,
-          count(*) FILTER (WHERE (tool_verdict = 'correct' AND hard_label) OR (tool_verdict = 'incorrect' AND NOT hard_label)) AS tool_mc_agree,
-          count(*) FILTER (WHERE lean_state IN ('proved', 'disproved') AND hard_label IS NOT NULL) AS lean_and_mc_decided,
-          count(*) FILTER (WHERE (lean_state = 'proved' AND hard_label) OR (lean_state = 'disproved' AND NOT hard_label)) AS lean_mc_agree,
+          count(*) FILTER (WHERE tool_verdict IN ('correct', 'incorrect') AND hard_label IS NOT NULL)
+            AS tool_and_mc_decided,
+          count(*) FILTER (WHERE (tool_verdict = 'correct' AND hard_label)
+                              OR (tool_verdict = 'incorrect' AND NOT hard_label)) AS tool_mc_agree,
+          count(*) FILTER (WHERE lean_state IN ('proved', 'disproved') AND hard_label IS NOT NULL)
+            AS lean_and_mc_decided,
+          count(*) FILTER (WHERE (lean_state = 'proved' AND hard_label)
+                              OR (lean_state = 'disproved' AND NOT hard_label)) AS lean_mc_agree,
           count(DISTINCT (build_id, problem_id, path_id)) AS paths,
           count(DISTINCT (build_id, problem_id, path_id)) FILTER (WHERE consensus) AS consensus_paths
         FROM steps) ON COLUMNS(*) INTO NAME metric VALUE count""",
@@ -139,7 +144,8 @@ def plot_stats(stats: BuildStats, out: str | Path) -> Path:
     per_path = stats.steps_per_path.to_pydict()
     bars(axes[0, 1], per_path["num_steps"], per_path["paths"], "Steps per path", "steps")
     first = stats.first_error.to_pydict()
-    bars(axes[0, 2], first["first_error_step"], first["paths"], "First error position", "step index (none = all correct)", "#C44E52")
+    bars(axes[0, 2], first["first_error_step"], first["paths"], "First error position",
+         "step index (none = all correct)", "#C44E52")
 
     tool = stats.tool_vs_mc.to_pydict()
     columns = ["mc_positive", "mc_negative", "mc_not_estimated"]

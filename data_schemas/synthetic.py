@@ -99,15 +99,21 @@ def synthetic_batch(
                 token = "\\boxed{+}" if good else "\\boxed{-}"
                 path_rows.append(dict(
                     node_id=node_id, step_index=index, step_text=text, prefix_hash=_hash(prefix),
-                    tool_verdict=verdict, tool_kind="none" if verdict == "unverifiable" else ("sympy" if index % 2 else "python"),
-                    tool_evidence=None if verdict == "unverifiable" else f'{{"claims": ["{a}*{b}"], "ok": {str(verdict == "correct").lower()}}}',
+                    tool_verdict=verdict,
+                    tool_kind="none" if verdict == "unverifiable" else ("sympy" if index % 2 else "python"),
+                    tool_evidence=(None if verdict == "unverifiable"
+                                   else f'{{"claims": ["{a}*{b}"], "ok": {str(verdict == "correct").lower()}}}'),
                     lean_state=lean_state,
-                    lean_statement=f"theorem s{index} : ({a} : ℤ) * {b} = {a * b} := by sorry" if lean_state in ("proved", "disproved") else None,
+                    lean_statement=(f"theorem s{index} : ({a} : ℤ) * {b} = {a * b} := by sorry"
+                                    if lean_state in ("proved", "disproved") else None),
                     lean_message="norm_num" if lean_state == "proved" else None,
                     mc_correct=mc_correct, mc_total=mc_total, mc_value=mc_correct / mc_total, mc_inferred=inferred,
-                    hard_label=mc_correct > 0, fused_reward=round(mc_correct / mc_total if good else -1.0 + 0.1 * index, 6),
-                    fused_label=good, label_source="mc" if verdict == "unverifiable" else "tool+mc", signals_agree=agree,
-                    rationale=f"Check: {a} * {b} + {index} = {a * b + index}; the step is {'right' if good else 'wrong'}.\nVerdict: {token}",
+                    hard_label=mc_correct > 0,
+                    fused_reward=round(mc_correct / mc_total if good else -1.0 + 0.1 * index, 6),
+                    fused_label=good, label_source="mc" if verdict == "unverifiable" else "tool+mc",
+                    signals_agree=agree,
+                    rationale=f"Check: {a} * {b} + {index} = {a * b + index}; "
+                              f"the step is {'right' if good else 'wrong'}.\nVerdict: {token}",
                     is_first_error=index == first_error,
                 ))
                 nodes.append(NodeRow(build_id, problem_id, source, node_id, parent, index + 1, text, _hash(prefix),
