@@ -31,19 +31,19 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
-from pyarrow.fs import FileSelector
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.futures import as_completed
+from pyarrow.fs import FileSelector
 
 from data_schemas.datasets import ClaimHeartbeat, remove_claim
 from data_schemas.errors import ConfigError, InputError, PrmforgeError
@@ -104,7 +104,7 @@ def make_batches(problems: Sequence[Problem], batch_size: int) -> list[Batch]:
 
 def new_build_id(config: BuildConfig, now: datetime | None = None) -> str:
     """``<name>-<UTC yyyymmdd-HHMMSS>-<config hash, 6 hex>``: a fresh id per run (see docs)."""
-    moment = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
+    moment = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", config.name).strip(".-") or "build"
     return f"{name}-{moment}-{config.config_hash()[:6]}"
 
@@ -129,7 +129,9 @@ def problem_files(spec: str) -> list[Path]:
     """
     path = Path(spec).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FILE_TYPES and not p.name.startswith("."))
+        files = sorted(
+            p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FILE_TYPES and not p.name.startswith(".")
+        )
     elif any(char in spec for char in "*?["):
         matches = glob.glob(str(Path(spec).expanduser()), recursive=True)
         files = sorted(Path(m) for m in matches if Path(m).is_file() and Path(m).suffix.lower() in FILE_TYPES)
@@ -237,7 +239,9 @@ class LabeledBatch:
 
 
 @task(name="label-batch", cache_key_fn=batch_cache_key, persist_result=True)
-def label_batch_task(batch: Batch, config: BuildConfig, build_id: str, policy_factory: PolicyFactorySpec = None) -> LabeledBatch:
+def label_batch_task(
+    batch: Batch, config: BuildConfig, build_id: str, policy_factory: PolicyFactorySpec = None
+) -> LabeledBatch:
     """Label one batch with this process's shared model and verifiers."""
     # Imported here, not at module level: Dask/process runners pickle this function by value,
     # and the holder (which holds locks and models) must be looked up in the worker's process.
@@ -549,7 +553,9 @@ def run_build(
             existing = read_manifest(config.output.root, build_id, allow_incomplete=True)
         planned = list((existing.dataset or {}).get("labeling_keys") or {})
         if planned and heartbeat is None:  # a resume: claim again, beating from this write on
-            heartbeat = ClaimHeartbeat(config.output.root, dataset, build_id, planned, config.output.claim_lease_s).start()
+            heartbeat = ClaimHeartbeat(
+                config.output.root, dataset, build_id, planned, config.output.claim_lease_s
+            ).start()
     elif relabel or relabel_where is not None:
         raise ConfigError("--relabel and --where apply to a dataset build: give --dataset NAME")
     runner = make_task_runner(config.flow)
@@ -624,7 +630,9 @@ def _nothing_new(
         root,
         replace(manifest, dataset=dataset),
         [],
-        extra_counts={"input": {"problems": input_problems, "skipped_rows": skipped_rows, "duplicate_rows": duplicate_rows}},
+        extra_counts={
+            "input": {"problems": input_problems, "skipped_rows": skipped_rows, "duplicate_rows": duplicate_rows}
+        },
     )
     data_root = resolve_root(root)
     return BuildSummary(
@@ -670,7 +678,8 @@ def scheduled_build(
     """Deployment entry point: a fresh build from a preset and/or a config mapping + overrides.
 
     Each run gets a new build id; with ``output.dataset`` it labels only what the dataset does
-    not hold yet and prints what it planned (new, changed, relabeled, already labeled). The batch tasks run on the task runner ``flow.task_runner``
+    not hold yet and prints what it planned (new, changed, relabeled, already labeled). The batch
+    tasks run on the task runner ``flow.task_runner``
     asks for (the labeling flow runs as a subflow with that runner). ``policy_factory``:
     ``"module:function"`` making a custom Policy from the policy config (None: the built-in
     backends).
@@ -680,7 +689,11 @@ def scheduled_build(
     build_config = config_from_parts(preset, config, overrides or [])
     summary = run_build(build_config, policy_factory=policy_factory, release_resources=False)
     if summary.dataset is not None:  # what a scheduled run did, on the serving process's stdout
-        print(f"build {summary.build_id} ({summary.status}), dataset {dataset_plan_line(summary.dataset, summary.dataset_plan)}", flush=True)
+        print(
+            f"build {summary.build_id} ({summary.status}), "
+            f"dataset {dataset_plan_line(summary.dataset, summary.dataset_plan)}",
+            flush=True,
+        )
     return summary
 
 

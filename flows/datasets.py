@@ -37,12 +37,16 @@ def wanted_keys(problems: Sequence[Problem], config: BuildConfig) -> dict[str, s
     """problem_id -> the labeling key this config gives it, in input order."""
     model, labeling = policy_model_id(config), config.labeling_hash()
     return {
-        p.problem_id: labeling_key(p.problem_id, problem_content_hash(p.source, p.question, p.gold_answer), model, labeling)
+        p.problem_id: labeling_key(
+            p.problem_id, problem_content_hash(p.source, p.question, p.gold_answer), model, labeling
+        )
         for p in problems
     }
 
 
-def current_problems(root: str, dataset: str, relabel_where: str | None = None) -> tuple[dict[str, CurrentProblem], set[str]]:
+def current_problems(
+    root: str, dataset: str, relabel_where: str | None = None
+) -> tuple[dict[str, CurrentProblem], set[str]]:
     """(the dataset's current state per problem, ids matching ``relabel_where`` over dataset_problems)."""
     with Catalog(root, dataset=dataset) as catalog:
         rows = catalog.query("SELECT problem_id, labeling_key, status, build_id FROM dataset_problems").to_pylist()

@@ -135,7 +135,9 @@ def summary_table(summary: BuildSummary) -> Table:
         table.add_row("input rows skipped", str(summary.input_rows_skipped))
     if summary.dataset is not None:
         table.add_row("dataset", dataset_plan_line(summary.dataset, summary.dataset_plan))
-    table.add_row("step rows", f"{summary.steps} ({summary.positive_steps} positive, {summary.negative_steps} negative)")
+    table.add_row(
+        "step rows", f"{summary.steps} ({summary.positive_steps} positive, {summary.negative_steps} negative)"
+    )
     table.add_row("rollouts", str(summary.rollouts))
     table.add_row("tokens", f"{summary.prompt_tokens} prompt, {summary.completion_tokens} generated")
     table.add_row("tool-checked steps", _share(summary.tool_checked_steps, summary.steps))
@@ -220,7 +222,9 @@ class BuildProgress:
                 console=self.console,
                 transient=False,
             )
-            self._task_id = self._progress.add_task("labeling", total=problems_total, rollouts=0, tokens_per_s=0.0, failed=0)
+            self._task_id = self._progress.add_task(
+                "labeling", total=problems_total, rollouts=0, tokens_per_s=0.0, failed=0
+            )
             self._progress.start()
             if self.live_usage is not None:
                 self._ticker = threading.Thread(target=self._tick, name="prmforge-progress", daemon=True)
@@ -241,7 +245,12 @@ class BuildProgress:
                     self._progress.update(self._task_id, tokens_per_s=self._tokens_per_second())
 
     def batch_done(
-        self, batch_key: str, steps: Sequence[StepRow], outcomes: Sequence[ProblemOutcome], usage: TokenUsage, reused: bool
+        self,
+        batch_key: str,
+        steps: Sequence[StepRow],
+        outcomes: Sequence[ProblemOutcome],
+        usage: TokenUsage,
+        reused: bool,
     ) -> None:
         with self._lock:
             self.tally.add_batch(steps, outcomes, usage)

@@ -95,7 +95,9 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-_SENTENCE_BREAK = re.compile(r"(?<=[^\d])\.\s|\.\s+(?=[A-Z])|,\s+(?=[A-Za-z]{2})|\s+(?:because|since|as|so|which)\s", re.IGNORECASE)
+_SENTENCE_BREAK = re.compile(
+    r"(?<=[^\d])\.\s|\.\s+(?=[A-Z])|,\s+(?=[A-Za-z]{2})|\s+(?:because|since|as|so|which)\s", re.IGNORECASE
+)
 
 
 def _strip_sentence_end(answer: str) -> str:
@@ -355,8 +357,22 @@ def _sympy_equal(predicted: str, gold: str) -> bool:  # pragma: no cover - runs 
     local = {name: sympy.Symbol(name) for name in names}  # "S", "I", "E" stay plain symbols
     local.update({"sqrt": sympy.sqrt, "pi": sympy.pi, "oo": sympy.oo})
     transformations = standard_transformations + (implicit_multiplication_application, convert_xor)
-    a = parse_expr(plain_pred, local_dict=local, global_dict={"Integer": sympy.Integer, "Float": sympy.Float, "Rational": sympy.Rational, "Symbol": sympy.Symbol}, transformations=transformations)
-    b = parse_expr(plain_gold, local_dict=local, global_dict={"Integer": sympy.Integer, "Float": sympy.Float, "Rational": sympy.Rational, "Symbol": sympy.Symbol}, transformations=transformations)
+    a = parse_expr(
+        plain_pred,
+        local_dict=local,
+        global_dict={
+            "Integer": sympy.Integer, "Float": sympy.Float, "Rational": sympy.Rational, "Symbol": sympy.Symbol
+        },
+        transformations=transformations,
+    )
+    b = parse_expr(
+        plain_gold,
+        local_dict=local,
+        global_dict={
+            "Integer": sympy.Integer, "Float": sympy.Float, "Rational": sympy.Rational, "Symbol": sympy.Symbol
+        },
+        transformations=transformations,
+    )
     if not isinstance(a, sympy.Expr) or not isinstance(b, sympy.Expr):
         return False
     difference = a - b

@@ -232,7 +232,9 @@ class BuildConfig(_Section):
         Output location and orchestration settings are left out: moving a build or running it
         with more workers must not change its identity.
         """
-        exclude = {"output": {"root", "dataset", "claim_lease_s"}, "flow": True, "name": True, **self._judge_exclusion()}
+        exclude = {
+            "output": {"root", "dataset", "claim_lease_s"}, "flow": True, "name": True, **self._judge_exclusion()
+        }
         payload = self.model_dump(mode="json", exclude=exclude)
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]

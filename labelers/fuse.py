@@ -118,9 +118,15 @@ class FusedStep:
 
 def verifier_decision(tool: ToolCheck | None, lean: LeanCheck | None) -> bool | None:
     """True = verified, False = disproved, None = no verifier decision."""
-    if (tool is not None and tool.verdict == ToolVerdict.INCORRECT) or (lean is not None and lean.state == LeanState.DISPROVED):
+    if (
+        (tool is not None and tool.verdict == ToolVerdict.INCORRECT)
+        or (lean is not None and lean.state == LeanState.DISPROVED)
+    ):
         return False
-    if (tool is not None and tool.verdict == ToolVerdict.CORRECT) or (lean is not None and lean.state == LeanState.PROVED):
+    if (
+        (tool is not None and tool.verdict == ToolVerdict.CORRECT)
+        or (lean is not None and lean.state == LeanState.PROVED)
+    ):
         return True
     return None
 
@@ -211,7 +217,9 @@ def fuse_path(
     doc): before the first disproved step, MC negatives with no measured positive before them
     yield to the disproof."""
     verdicts = judges if judges is not None else [None] * len(mcs)
-    fused = [fuse_step(t, l, m, config, path_correct, j) for t, l, m, j in zip(tools, leans, mcs, verdicts)]
+    fused = [
+        fuse_step(t, lean, m, config, path_correct, j) for t, lean, m, j in zip(tools, leans, mcs, verdicts)
+    ]
     if config.rule != "hybrid" or not config.zero_without_drop_yields:
         return fused
     for index in range(max(first_disproved(tools, leans), 0)):
@@ -237,11 +245,14 @@ def first_negative(labels: Sequence[bool | None]) -> int:
 
 def first_disproved(tools: Sequence[ToolCheck | None], leans: Sequence[LeanCheck | None]) -> int:
     """Index of a path's first step the tool or Lean disproved, or -1 when there is none."""
-    return first_negative([verifier_decision(t, l) for t, l in zip(tools, leans)])
+    return first_negative([verifier_decision(t, lean) for t, lean in zip(tools, leans)])
 
 
 def path_consensus(
-    mc_signals: Sequence[MCSignal], tools: Sequence[ToolCheck | None], leans: Sequence[LeanCheck | None], config: FuseConfig
+    mc_signals: Sequence[MCSignal],
+    tools: Sequence[ToolCheck | None],
+    leans: Sequence[LeanCheck | None],
+    config: FuseConfig,
 ) -> tuple[bool, int, int]:
     """(consensus, mc_first_error, verifier_first_error) of a path (definitions: module doc)."""
     mc_first = first_negative([signal.label(config.mc_threshold) for signal in mc_signals])

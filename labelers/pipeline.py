@@ -220,7 +220,9 @@ def run_tree_searches(
                 state.fail("search", _error_text(error))
             offset += count
         live = [s for s in owners if s.ok and s.problem.problem_id in work]
-        checks, errors = _check_all(tool, {s.problem.problem_id: work[s.problem.problem_id] for s in live}, ledger, TOOL_DISABLED)
+        checks, errors = _check_all(
+            tool, {s.problem.problem_id: work[s.problem.problem_id] for s in live}, ledger, TOOL_DISABLED
+        )
         for state in live:
             pid = state.problem.problem_id
             if pid in errors:
@@ -255,7 +257,12 @@ def _path_of(problem: Problem, leaf: Node) -> _Path:
 
 
 def _estimate_paths(
-    states: Sequence[_State], config: BuildConfig, policy: Policy, ledger: Ledger, judge: OutcomeJudge, account_by_path: bool
+    states: Sequence[_State],
+    config: BuildConfig,
+    policy: Policy,
+    ledger: Ledger,
+    judge: OutcomeJudge,
+    account_by_path: bool,
 ) -> dict[str, MCEstimate]:
     """MC signals for every path of every live state (stage 4 of the module doc)."""
     settings = mc_settings(config)
@@ -474,7 +481,9 @@ def _node_rows(state: _State, build_id: str, known: dict[str, MCEstimate]) -> li
     return rows
 
 
-def _outcome(state: _State, build_id: str, steps: list[StepRow], ledger: Ledger, accounts: Sequence[str]) -> ProblemOutcome:
+def _outcome(
+    state: _State, build_id: str, steps: list[StepRow], ledger: Ledger, accounts: Sequence[str]
+) -> ProblemOutcome:
     problem = state.problem
     failure = state.failed or state.tree.failed
     usage = [ledger.per_problem[a] for a in accounts if a in ledger.per_problem]
@@ -515,7 +524,9 @@ def _judge_paths(states: Sequence[_State], config: BuildConfig, step_judge: Poli
     if not items:
         return
     tools = [path.nodes[index].tool_check for path, index in items]
-    seeds = [derive_seed(config.seed, path.problem.problem_id, ("judge", *path.nodes[index].path)) for path, index in items]
+    seeds = [
+        derive_seed(config.seed, path.problem.problem_id, ("judge", *path.nodes[index].path)) for path, index in items
+    ]
 
     def generate(requests: list[GenerationRequest]) -> list:
         return ledger.generate(step_judge, list(zip(accounts, requests, strict=True)), rollouts=False)
@@ -542,7 +553,9 @@ def _label_paths(
     # Lean: one call for all steps of all chosen paths.
     use_lean = lean if (lean is not None and config.lean.enabled) else None
     work = {
-        s.problem.problem_id: [StepContext(s.problem.question, n.steps[:-1], n.step_text) for p in s.paths for n in p.nodes]
+        s.problem.problem_id: [
+            StepContext(s.problem.question, n.steps[:-1], n.step_text) for p in s.paths for n in p.nodes
+        ]
         for s in states
         if s.ok
     }
@@ -630,7 +643,9 @@ def label_batch(
                 duplicates += 1
                 continue
             seen.add(problem.problem_id)
-            states.append(_State(problem, TreeSearch(problem.problem_id, problem.question, problem.gold_answer, settings, judge)))
+            states.append(
+                _State(problem, TreeSearch(problem.problem_id, problem.question, problem.gold_answer, settings, judge))
+            )
         rounds = run_tree_searches(states, policy, use_tool, ledger)
         for state in states:
             if not state.ok or state.skipped:
@@ -639,7 +654,9 @@ def label_batch(
             state.counters["paths_complete"] += len(complete)
             state.counters["paths_complete_correct"] += sum(bool(n.reached_gold) for n in complete)
             state.counters["search_iterations"] += state.tree.iterations
-            state.paths = [_path_of(state.problem, leaf) for leaf in choose_paths(state.tree, config.search.max_paths_per_problem)]
+            state.paths = [
+                _path_of(state.problem, leaf) for leaf in choose_paths(state.tree, config.search.max_paths_per_problem)
+            ]
             if not state.paths:
                 state.skipped = "no complete solution path within the search budget"
         result = _label_paths(states, config, policy, lean, ledger, judge, build_id, step_judge=step_judge)
@@ -686,12 +703,18 @@ def label_given_solutions(
                 node.is_terminal = True
                 correct = answer is not None and judge.equal(answer, problem.gold_answer)
                 node.reached_gold = correct if answer is not None else None
-                state.paths.append(_Path(problem, node, [n for n in reversed(node.ancestors()) if n.parent is not None], correct, answer))
+                state.paths.append(
+                    _Path(
+                        problem, node, [n for n in reversed(node.ancestors()) if n.parent is not None], correct, answer
+                    )
+                )
             if not any(p.nodes for p in state.paths):
                 state.skipped = "no steps given"
             state.paths = [p for p in state.paths if p.nodes]
         work = {
-            s.problem.problem_id: [StepContext(s.problem.question, n.steps[:-1], n.step_text) for p in s.paths for n in p.nodes]
+            s.problem.problem_id: [
+                StepContext(s.problem.question, n.steps[:-1], n.step_text) for p in s.paths for n in p.nodes
+            ]
             for s in states
         }
         checks, errors = _check_all(use_tool, work, ledger, TOOL_DISABLED)

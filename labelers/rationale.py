@@ -99,7 +99,10 @@ def lean_line(lean: LeanCheck | None) -> str:
 def mc_line(mc: MCSignal) -> str:
     if mc.exact:
         outcome = "is" if mc.correct else "is not"
-        return f"Monte Carlo: the step gives the final answer, which {outcome} the correct answer (value {mc.value:.3g})."
+        return (
+            f"Monte Carlo: the step gives the final answer, which {outcome} the correct answer "
+            f"(value {mc.value:.3g})."
+        )
     if mc.total:
         return (
             f"Monte Carlo: {mc.correct} of {mc.total} rollouts from this step reach the correct answer "
@@ -107,7 +110,10 @@ def mc_line(mc: MCSignal) -> str:
         )
     if mc.inferred_label is not None:
         side = "before" if mc.inferred_label else "at or after"
-        return f"Monte Carlo: inferred {'positive' if mc.inferred_label else 'negative'} by first-error search (step {side} the first error)."
+        return (
+            f"Monte Carlo: inferred {'positive' if mc.inferred_label else 'negative'} by first-error search "
+            f"(step {side} the first error)."
+        )
     return "Monte Carlo: not estimated."
 
 

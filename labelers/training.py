@@ -53,7 +53,8 @@ def require_training_packages() -> None:
             missing.append(module)
     if missing:
         raise PrmforgeError(
-            f"training needs {', '.join(missing)}: pip install -e '.[train]' (trl==1.13.0, the last release with PRMTrainer)"
+            f"training needs {', '.join(missing)}: pip install -e '.[train]' "
+            "(trl==1.13.0, the last release with PRMTrainer)"
         )
 
 
@@ -99,7 +100,9 @@ def export_format(records: Sequence[dict[str, Any]], metadata: dict[str, Any] | 
 # ------------------------------------------------------------------------------------------
 
 
-def tokenize_prm_row(record: dict[str, Any], tokenizer: Any, settings: TrainConfig, is_eval: bool = False) -> dict[str, list[int]]:
+def tokenize_prm_row(
+    record: dict[str, Any], tokenizer: Any, settings: TrainConfig, is_eval: bool = False
+) -> dict[str, list[int]]:
     """PRMTrainer's own tokenization of one ``trl`` record (its static ``tokenize_row``)."""
     from trl.experimental.prm import PRMTrainer
 
@@ -133,16 +136,20 @@ def check_prm_alignment(input_ids: Sequence[int], labels: Sequence[int], separat
         expected = expected[: len(positions)]  # the trainer cut the tail off: the steps it kept must still align
     if len(positions) != len(expected):
         raise PrmforgeError(
-            f"label alignment: {len(positions)} labeled tokens for {len(expected)} step label(s) (truncated by max_length?)"
+            f"label alignment: {len(positions)} labeled tokens for {len(expected)} step label(s) "
+            "(truncated by max_length?)"
         )
     width = len(separator_ids)
     for step, (position, label) in enumerate(zip(positions, expected)):
         if position + 1 < width or list(input_ids[position + 1 - width : position + 1]) != list(separator_ids):
             raise PrmforgeError(
-                f"label alignment: the label of step {step} sits on token {position}, which does not end a step separator"
+                f"label alignment: the label of step {step} sits on token {position}, "
+                "which does not end a step separator"
             )
         if labels[position] != label:
-            raise PrmforgeError(f"label alignment: step {step} has label {labels[position]} at its separator, expected {label}")
+            raise PrmforgeError(
+                f"label alignment: step {step} has label {labels[position]} at its separator, expected {label}"
+            )
     return positions
 
 
@@ -161,7 +168,9 @@ def check_prm_dataset(records: Sequence[dict[str, Any]], tokenizer: Any, setting
     return labeled
 
 
-def step_tag_labels(tokenizer: Any, input_text: str, values: Sequence[Any], tag: str | None = None) -> list[tuple[int, Any]]:
+def step_tag_labels(
+    tokenizer: Any, input_text: str, values: Sequence[Any], tag: str | None = None
+) -> list[tuple[int, Any]]:
     """(token position, label) of each step tag of a Math-Shepherd ``input``, tokenized as
     OpenRLHF's ProcessRewardDataset does (no special tokens; the tag's id is the single token
     the tag encodes to alone; each position holding that id takes the next label). Raises
@@ -279,7 +288,9 @@ def _finish(trainer: Any, tokenizer: Any, out_dir: str, settings: TrainConfig, b
                          time.perf_counter() - started, labeled)
     info = {"base_model": base_model, "settings": settings.model_dump(), "records": records,
             "global_steps": result.global_steps, "losses": losses, "seconds": result.seconds}
-    (Path(out_dir) / "prmforge_train.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    (Path(out_dir) / "prmforge_train.json").write_text(
+        json.dumps(info, indent=1, sort_keys=True) + "\n", encoding="utf-8"
+    )
     return result
 
 
@@ -289,7 +300,9 @@ def marks_assistant_turns(chat_template: str | None) -> bool:
     return bool(chat_template and re.search(r"\{%-?\s*generation\s*-?%\}", chat_template))
 
 
-def train(records: Sequence[dict[str, Any]], base_model: str, out_dir: str | Path, settings: TrainConfig) -> TrainResult:
+def train(
+    records: Sequence[dict[str, Any]], base_model: str, out_dir: str | Path, settings: TrainConfig
+) -> TrainResult:
     """Train ``base_model`` on export ``records`` of ``settings.format`` with the pinned trainer
     and save the model and tokenizer to ``out_dir`` (with ``prmforge_train.json``)."""
     require_training_packages()
@@ -323,7 +336,10 @@ def train(records: Sequence[dict[str, Any]], base_model: str, out_dir: str | Pat
         from trl import SFTConfig, SFTTrainer
 
         if not getattr(tokenizer, "chat_template", None):
-            raise InputError(f"--base-model {base_model}: the tokenizer has no chat template (generative training renders chat messages)")
+            raise InputError(
+                f"--base-model {base_model}: the tokenizer has no chat template "
+                "(generative training renders chat messages)"
+            )
         labeled = None
         model = AutoModelForCausalLM.from_pretrained(base_model)
         # Loss on the assistant turns (the rationales and verdicts) only, where the chat template
@@ -361,7 +377,9 @@ class PRMScorer:
         try:
             self.model = AutoModelForTokenClassification.from_pretrained(self.model_dir)
         except (OSError, ValueError) as error:
-            raise InputError(f"--prm {model_dir}: not a token-classification PRM ({str(error).splitlines()[0]})") from None
+            raise InputError(
+                f"--prm {model_dir}: not a token-classification PRM ({str(error).splitlines()[0]})"
+            ) from None
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device).eval()
         self.separator_ids = self.tokenizer.encode(self.settings.step_separator, add_special_tokens=False)

@@ -21,15 +21,21 @@ from labelers.config import BuildConfig
 CONFIG_OPTION = typer.Option(None, "--config", "-c", help="TOML build config file.", dir_okay=False)
 PRESET_OPTION = typer.Option(None, "--preset", "-p", help="Start from a shipped preset: demo, small, gsm8k, math500.")
 SET_OPTION = typer.Option(None, "--set", help="Override one config key: --set search.rounds=4 (repeatable).")
-PROBLEMS_OPTION = typer.Option(None, "--problems", help="Problem file (JSONL/JSON/CSV/Parquet); default: the bundled set.")
+PROBLEMS_OPTION = typer.Option(
+    None, "--problems", help="Problem file (JSONL/JSON/CSV/Parquet); default: the bundled set."
+)
 LIMIT_OPTION = typer.Option(None, "--limit", help="Label only the first N problems.", min=1)
-MODEL_OPTION = typer.Option(None, "--model", help="Policy model (embedded preset name or GGUF path, vLLM model, served name).")
+MODEL_OPTION = typer.Option(
+    None, "--model", help="Policy model (embedded preset name or GGUF path, vLLM model, served name)."
+)
 BACKEND_OPTION = typer.Option(None, "--backend", help="Policy backend: embedded, vllm or openai.")
 SEED_OPTION = typer.Option(None, "--seed", help="Build seed (same seed + inputs + backend = same rows).")
 ROOT_OPTION = typer.Option(None, "--root", help="Data root: a directory or a filesystem URI (s3://bucket/prefix).")
 VERBOSE_OPTION = typer.Option(False, "--verbose", "-v", help="Show Prefect's own log lines.")
 DATASET_OPTION = typer.Option(
-    None, "--dataset", help="Grow dataset NAME: label only problems it does not hold (default with --preset: the preset's name)."
+    None,
+    "--dataset",
+    help="Grow dataset NAME: label only problems it does not hold (default with --preset: the preset's name).",
 )
 NO_DATASET_OPTION = typer.Option(False, "--no-dataset", help="A standalone build of every problem, in no dataset.")
 
@@ -48,7 +54,9 @@ def with_dataset(config: BuildConfig, dataset: str | None, no_dataset: bool, pre
     return config.with_overrides({"output.dataset": chosen})
 
 
-def _flag_values(problems: Path | None, limit: int | None, model: str | None, backend: str | None, seed: int | None, root: str | None) -> dict[str, Any]:
+def _flag_values(
+    problems: Path | None, limit: int | None, model: str | None, backend: str | None, seed: int | None, root: str | None
+) -> dict[str, Any]:
     return {
         "problems.path": str(problems) if problems is not None else None,
         "problems.limit": limit,
@@ -66,7 +74,6 @@ def resume_config(root: str, build_id: str, overrides: list[str]) -> BuildConfig
     mix rows of two configurations.
     """
     from data_schemas.manifest import read_manifest
-
     from flows.datasets import refuse_complete
 
     manifest = read_manifest(root, build_id, allow_incomplete=True)
@@ -95,11 +102,17 @@ def build(
     backend: str | None = BACKEND_OPTION,
     seed: int | None = SEED_OPTION,
     root: str | None = ROOT_OPTION,
-    resume: str | None = typer.Option(None, "--resume", help="Continue build BUILD_ID (its own config; finished batches are skipped)."),
+    resume: str | None = typer.Option(
+        None, "--resume", help="Continue build BUILD_ID (its own config; finished batches are skipped)."
+    ),
     dataset: str | None = DATASET_OPTION,
     no_dataset: bool = NO_DATASET_OPTION,
-    relabel: bool = typer.Option(False, "--relabel", help="Dataset build: label held problems again (all, or those --where selects)."),
-    where: str | None = typer.Option(None, "--where", help="With --relabel: SQL predicate over dataset_problems choosing what to relabel."),
+    relabel: bool = typer.Option(
+        False, "--relabel", help="Dataset build: label held problems again (all, or those --where selects)."
+    ),
+    where: str | None = typer.Option(
+        None, "--where", help="With --relabel: SQL predicate over dataset_problems choosing what to relabel."
+    ),
     verbose: bool = VERBOSE_OPTION,
 ) -> None:
     """Label problems and write a build (Parquet shards + manifest), growing a dataset.
@@ -110,7 +123,12 @@ def build(
     problems the dataset does not already hold under the same labeling key.
     """
     if resume is not None:
-        if config_file or preset or any(v is not None for v in (problems, limit, model, backend, seed, dataset, where)) or relabel:
+        if (
+            config_file
+            or preset
+            or any(v is not None for v in (problems, limit, model, backend, seed, dataset, where))
+            or relabel
+        ):
             raise ConfigError("--resume takes the build's own config; only --root and --set flow.*=... may be given")
         config = resume_config(root or BuildConfig().output.root, resume, list(overrides or []))
     else:
@@ -125,14 +143,22 @@ def build(
     server = parent_bound_api_server()
     claim = None  # a planned dataset build's running claim (renewed from planning on)
     try:
-        from flows.build import abandon_dataset_build, live_usage_probe, load_build_problems, run_build, start_dataset_build
+        from flows.build import (
+            abandon_dataset_build,
+            live_usage_probe,
+            load_build_problems,
+            run_build,
+            start_dataset_build,
+        )
         from flows.progress import BuildProgress
         from flows.resources import PROCESS_RESOURCES, prewarm
         from labelers.policy.factory import check_policy_runs
 
         # User mistakes and a llama.cpp that cannot run here end as one line before anything starts.
         load_build_problems(config)
-        progress = BuildProgress(stream=sys.stdout, live_usage=live_usage_probe() if config.flow.task_runner == "threads" else None)
+        progress = BuildProgress(
+            stream=sys.stdout, live_usage=live_usage_probe() if config.flow.task_runner == "threads" else None
+        )
         build_id = resume
         if config.output.dataset is not None and resume is None:
             # Planned before the model check: a run with nothing new loads no model, starts no Prefect.
@@ -180,7 +206,9 @@ def builds(
         console.print(f"no builds under {data_root}")
         return
     table = Table(title=f"builds under {data_root}", title_justify="left")
-    for column in ("build id", "dataset", "status", "started (UTC)", "finished", "problems", "failed", "steps", "shards"):
+    for column in (
+        "build id", "dataset", "status", "started (UTC)", "finished", "problems", "failed", "steps", "shards"
+    ):
         table.add_column(column)
     for manifest in manifests:
         stages = manifest.counts.get("stages", {})
@@ -232,7 +260,9 @@ def serve(
         config_data = read_config_file(config_file) if config_file is not None else None
         if config.output.dataset is None and config_data is not None:  # --no-dataset over the file's output.dataset
             config_data.get("output", {}).pop("dataset", None)
-        deployment = make_deployment(name, cron, preset=preset, config=config_data, overrides=list(overrides or []), timezone_name=timezone_name)
+        deployment = make_deployment(
+            name, cron, preset=preset, config=config_data, overrides=list(overrides or []), timezone_name=timezone_name
+        )
         if server is not None:
             server.wait_ready()
         typer.echo(f"serving deployment scheduled-build/{name} on cron {cron!r} ({timezone_name}); Ctrl-C stops")

@@ -35,11 +35,21 @@ DATASET_OPTION = typer.Option(
 QUERY_FORMATS = ("table", "csv", "json", "parquet")
 
 
-def _catalog(root: str, builds: list[str] | None, include_incomplete: bool, dataset: str | None = None, current_rows: bool = False) -> Any:
+def _catalog(
+    root: str,
+    builds: list[str] | None,
+    include_incomplete: bool,
+    dataset: str | None = None,
+    current_rows: bool = False,
+) -> Any:
     from data_schemas.catalog import Catalog
 
     return Catalog(
-        root, build_id=builds or None, include_incomplete=include_incomplete, dataset=dataset, dataset_as_default=current_rows
+        root,
+        build_id=builds or None,
+        include_incomplete=include_incomplete,
+        dataset=dataset,
+        dataset_as_default=current_rows,
     )
 
 
@@ -93,7 +103,10 @@ def print_result(table: pa.Table, format: str, out: Path | None, max_rows: int) 
         console = Console(highlight=False)
         console.print(rich_table(table, max_rows=max_rows))
         hidden = table.num_rows - min(table.num_rows, max_rows)
-        console.print(f"{table.num_rows} row(s)" + (f", first {max_rows} shown (--max-rows, or --format csv/json/parquet --out FILE)" if hidden else ""))
+        console.print(
+            f"{table.num_rows} row(s)"
+            + (f", first {max_rows} shown (--max-rows, or --format csv/json/parquet --out FILE)" if hidden else "")
+        )
         return
     if format == "parquet":
         if out is None:
@@ -110,7 +123,12 @@ def print_result(table: pa.Table, format: str, out: Path | None, max_rows: int) 
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(table.column_names)
         for row in rows:
-            writer.writerow(["" if v is None else (_cell(v) if isinstance(v, (dict, list, tuple)) else _plain(v)) for v in row.values()])
+            writer.writerow(
+                [
+                    "" if v is None else (_cell(v) if isinstance(v, (dict, list, tuple)) else _plain(v))
+                    for v in row.values()
+                ]
+            )
     elif format == "json":
         # JSON Lines: one object per row, streams and appends well.
         for row in rows:
@@ -159,7 +177,9 @@ def run_shell(catalog: Any, max_rows: int) -> None:
                 console.print("  ".join(("builds", "nodes", "problems", "steps")))
             elif command == ".schema" and argument.strip():
                 try:
-                    console.print(rich_table(catalog.query(f"DESCRIBE {argument.strip()}").select(["column_name", "column_type"])))
+                    console.print(
+                        rich_table(catalog.query(f"DESCRIBE {argument.strip()}").select(["column_name", "column_type"]))
+                    )
                 except PrmforgeError as error:
                     typer.echo(f"error: {error}")
             else:
@@ -189,7 +209,9 @@ def query(
     builds: list[str] | None = BUILD_OPTION,
     include_incomplete: bool = INCOMPLETE_OPTION,
     format: str = typer.Option("table", "--format", "-f", help="table, csv, json (JSON Lines) or parquet."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Write the result to FILE instead of stdout.", dir_okay=False),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Write the result to FILE instead of stdout.", dir_okay=False
+    ),
     max_rows: int = typer.Option(100, "--max-rows", min=1, help="Rows shown by --format table."),
     shell: bool = typer.Option(False, "--shell", help="Interactive SQL session with the views defined."),
     dataset: str | None = DATASET_OPTION,
@@ -238,17 +260,40 @@ def stats(
 
 def export(
     format: str = typer.Option(..., "--format", "-f", help="trl, math-shepherd, prm800k or generative."),
-    out: str = typer.Option(..., "--out", "-o", help="Output file (.parquet, or .jsonl for JSON Lines); a path or URI."),
+    out: str = typer.Option(
+        ..., "--out", "-o", help="Output file (.parquet, or .jsonl for JSON Lines); a path or URI."
+    ),
     root: str = ROOT_OPTION,
     builds: list[str] | None = BUILD_OPTION,
     include_incomplete: bool = INCOMPLETE_OPTION,
-    where: str | None = typer.Option(None, "--where", help="SQL predicate over steps; keeps paths with at least one matching step."),
+    where: str | None = typer.Option(
+        None, "--where", help="SQL predicate over steps; keeps paths with at least one matching step."
+    ),
     consensus: bool = typer.Option(False, "--consensus", help="Only paths that pass the consensus filter."),
     balance: float | None = typer.Option(None, "--balance", help="Downsample to positive:negative paths ≈ RATIO."),
     seed: int = typer.Option(0, "--seed", help="Seed of the --balance draw."),
-    after_first_error: str | None = typer.Option(None, "--after-first-error", help="Steps after a path's first error: truncate or negative (default per format: negative for trl and math-shepherd, truncate for prm800k and generative)."),
-    soft_labels: bool = typer.Option(False, "--soft-labels", help="Label column = the MC value (math-shepherd, for OpenRLHF); every format has mc_values anyway."),
-    min_confidence: int | None = typer.Option(None, "--min-confidence", help="Cut each path before its first step whose signals disagree or whose MC value rests on fewer than N rollouts.", min=1),
+    after_first_error: str | None = typer.Option(
+        None,
+        "--after-first-error",
+        help=(
+            "Steps after a path's first error: truncate or negative (default per format: negative for trl and "
+            "math-shepherd, truncate for prm800k and generative)."
+        ),
+    ),
+    soft_labels: bool = typer.Option(
+        False,
+        "--soft-labels",
+        help="Label column = the MC value (math-shepherd, for OpenRLHF); every format has mc_values anyway.",
+    ),
+    min_confidence: int | None = typer.Option(
+        None,
+        "--min-confidence",
+        help=(
+            "Cut each path before its first step whose signals disagree or whose MC value rests on fewer than "
+            "N rollouts."
+        ),
+        min=1,
+    ),
     dataset: str | None = typer.Option(None, "--dataset", help="Export dataset NAME's current rows (each step once)."),
 ) -> None:
     """Export labeled solution paths for PRM training (one record per path)."""

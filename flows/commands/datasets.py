@@ -70,8 +70,12 @@ def diff(
     before: str | None = typer.Argument(None, help="Build A (with --dataset: the dataset as of build A)."),
     after: str | None = typer.Argument(None, help="Build B (with --dataset: as of build B; default its last build)."),
     root: str = ROOT_OPTION,
-    dataset: str | None = typer.Option(None, "--dataset", help="Compare states of dataset NAME (default: before/after its last run)."),
-    format: str = typer.Option("table", "--format", "-f", help="table (counts + changed steps), csv, json or parquet (changed steps)."),
+    dataset: str | None = typer.Option(
+        None, "--dataset", help="Compare states of dataset NAME (default: before/after its last run)."
+    ),
+    format: str = typer.Option(
+        "table", "--format", "-f", help="table (counts + changed steps), csv, json or parquet (changed steps)."
+    ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the changed steps to FILE.", dir_okay=False),
     max_rows: int = typer.Option(50, "--max-rows", min=1, help="Changed steps shown by --format table."),
     tolerance: float = typer.Option(1e-9, "--tolerance", min=0, help="Reward changes up to this are not counted."),
@@ -118,7 +122,10 @@ def diff(
         shown = result.changes.drop_columns(["build_a", "build_b"])
         console.print(rich_table(shown, title="changed steps", max_rows=max_rows))
         if result.changes.num_rows > max_rows:
-            console.print(f"{result.changes.num_rows} changed step(s), first {max_rows} shown (--format parquet --out FILE for all)")
+            console.print(
+                f"{result.changes.num_rows} changed step(s), "
+                f"first {max_rows} shown (--format parquet --out FILE for all)"
+            )
 
 
 def compact(

@@ -16,8 +16,12 @@ problems_app = typer.Typer(help="Check problem files before a build.", no_args_i
 
 FILE_ARGUMENT = typer.Argument(..., help="Problem file (.jsonl, .json, .csv, .parquet) or 'bundled'.")
 FORMAT_OPTION = typer.Option("auto", "--format", "-f", help=f"Record format: {', '.join(FORMATS)}.")
-SOURCE_OPTION = typer.Option(None, "--source", help="Source name for every row (default: row field, format or file name).")
-SKIP_OPTION = typer.Option(False, "--skip-invalid", help="Skip bad rows (each is reported) instead of stopping at the first.")
+SOURCE_OPTION = typer.Option(
+    None, "--source", help="Source name for every row (default: row field, format or file name)."
+)
+SKIP_OPTION = typer.Option(
+    False, "--skip-invalid", help="Skip bad rows (each is reported) instead of stopping at the first."
+)
 COLUMN_OPTION = typer.Option(
     None, "--column", help=f"Column mapping KEY=COLUMN (keys: {', '.join(COLUMN_KEYS)}); repeatable."
 )
@@ -31,7 +35,9 @@ def parse_columns(assignments: list[str] | None) -> dict[str, str]:
         if not sep or not key.strip() or not column.strip():
             raise typer.BadParameter(f"expected KEY=COLUMN, got {assignment!r}", param_hint="--column")
         if key.strip() not in COLUMN_KEYS:
-            raise typer.BadParameter(f"unknown key {key.strip()!r} (keys: {', '.join(COLUMN_KEYS)})", param_hint="--column")
+            raise typer.BadParameter(
+                f"unknown key {key.strip()!r} (keys: {', '.join(COLUMN_KEYS)})", param_hint="--column"
+            )
         columns[key.strip()] = column.strip()
     return columns
 
@@ -53,7 +59,12 @@ def print_report(console: Console, name: str, result: LoadResult) -> None:
         for column in ("problem_id", "kept line", "duplicate line", "same answer"):
             duplicates.add_column(column)
         for duplicate in result.duplicates:
-            duplicates.add_row(duplicate.problem_id, str(duplicate.kept_line), str(duplicate.duplicate_line), "yes" if duplicate.same_answer else "NO")
+            duplicates.add_row(
+                duplicate.problem_id,
+                str(duplicate.kept_line),
+                str(duplicate.duplicate_line),
+                "yes" if duplicate.same_answer else "NO",
+            )
         console.print(duplicates)
     if result.skipped:
         skipped = Table(title="Skipped rows")

@@ -15,31 +15,71 @@ from data_schemas.errors import InputError, PrmforgeError
 
 
 def train(
-    base_model: str = typer.Option(..., "--base-model", help="Local model directory or hub id (e.g. Qwen/Qwen2.5-Math-1.5B-Instruct)."),
-    out: Path = typer.Option(..., "--out", help="Directory for the trained model, tokenizer and prmforge_train.json.", file_okay=False),
-    data: Path | None = typer.Option(None, "--data", help="A prmforge export (trl or generative; Parquet or JSONL). Default: export the builds under --root.", dir_okay=False),
+    base_model: str = typer.Option(
+        ..., "--base-model", help="Local model directory or hub id (e.g. Qwen/Qwen2.5-Math-1.5B-Instruct)."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="Directory for the trained model, tokenizer and prmforge_train.json.", file_okay=False
+    ),
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="A prmforge export (trl or generative; Parquet or JSONL). Default: export the builds under --root.",
+        dir_okay=False,
+    ),
     root: str = typer.Option("prmforge-data", "--root", help="Data root to export from when --data is not given."),
-    builds: list[str] | None = typer.Option(None, "--build", help="Build id to train on (repeatable; default: all complete builds)."),
-    format: str = typer.Option("trl", "--format", "-f", help="trl (PRMTrainer, token-classification PRM) or generative (SFTTrainer on chat messages); math-shepherd only with --check-only."),
+    builds: list[str] | None = typer.Option(
+        None, "--build", help="Build id to train on (repeatable; default: all complete builds)."
+    ),
+    format: str = typer.Option(
+        "trl",
+        "--format",
+        "-f",
+        help=(
+            "trl (PRMTrainer, token-classification PRM) or generative (SFTTrainer on chat messages); "
+            "math-shepherd only with --check-only."
+        ),
+    ),
     consensus: bool = typer.Option(False, "--consensus", help="Export only consensus paths (recommended)."),
-    min_confidence: int | None = typer.Option(None, "--min-confidence", help="Export: cut paths at steps with disagreeing signals or fewer than N rollouts.", min=1),
+    min_confidence: int | None = typer.Option(
+        None,
+        "--min-confidence",
+        help="Export: cut paths at steps with disagreeing signals or fewer than N rollouts.",
+        min=1,
+    ),
     epochs: float = typer.Option(1.0, "--epochs", help="Training epochs (ignored with --max-steps)."),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after N optimizer steps.", min=1),
     learning_rate: float = typer.Option(1e-5, "--learning-rate", help="AdamW learning rate."),
     batch_size: int = typer.Option(4, "--batch-size", help="Per-device batch size.", min=1),
     max_length: int = typer.Option(1024, "--max-length", help="Tokens per example (longer ones are cut).", min=8),
-    gradient_checkpointing: bool = typer.Option(True, "--gradient-checkpointing/--no-gradient-checkpointing", help="Trade compute for memory (trl's default: on)."),
+    gradient_checkpointing: bool = typer.Option(
+        True,
+        "--gradient-checkpointing/--no-gradient-checkpointing",
+        help="Trade compute for memory (trl's default: on).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Training seed."),
-    check_only: bool = typer.Option(False, "--check-only", help="Only tokenize the export as the trainer would and check the label positions."),
+    check_only: bool = typer.Option(
+        False, "--check-only", help="Only tokenize the export as the trainer would and check the label positions."
+    ),
 ) -> None:
     r"""Train a PRM on prmforge data with trl 1.13.0 (needs the train extra: pip install -e '.\[train]')."""
     from labelers.config import TrainConfig
-    from labelers.training import check_prm_dataset, check_step_tags, export_format, load_tokenizer, read_export, require_training_packages
+    from labelers.training import (
+        check_prm_dataset,
+        check_step_tags,
+        export_format,
+        load_tokenizer,
+        read_export,
+        require_training_packages,
+    )
 
     if format not in ("trl", "generative", "math-shepherd"):
         raise InputError(f"--format must be trl, generative or math-shepherd, got {format!r}")
     if format == "math-shepherd" and not check_only:
-        raise InputError("math-shepherd exports are trained with OpenRLHF (docs/training.md); prmforge train --check-only checks the tokenizer")
+        raise InputError(
+            "math-shepherd exports are trained with OpenRLHF (docs/training.md); "
+            "prmforge train --check-only checks the tokenizer"
+        )
     require_training_packages()
     if data is None:
         data = out / f"train-{format}.parquet"
@@ -60,7 +100,9 @@ def train(
             typer.echo(f"ok: {len(records)} record(s), {count} step tags, each one token carrying its step's label")
         elif format == "trl":
             count = check_prm_dataset(records, tokenizer, settings)
-            typer.echo(f"ok: {len(records)} record(s), {count} labeled tokens, each on a step separator with its step's label")
+            typer.echo(
+                f"ok: {len(records)} record(s), {count} labeled tokens, each on a step separator with its step's label"
+            )
         else:
             typer.echo(f"ok: {len(records)} record(s) with chat messages (nothing to align)")
         return
@@ -71,7 +113,8 @@ def train(
     losses = result.losses
     typer.echo(
         f"trained {result.global_steps} step(s) in {result.seconds:.1f} s; loss {losses[0]:.4f} -> {losses[-1]:.4f}; "
-        f"saved to {out}" + (f"; {result.labeled_tokens} step labels checked on their separator tokens" if result.labeled_tokens else "")
+        f"saved to {out}"
+        + (f"; {result.labeled_tokens} step labels checked on their separator tokens" if result.labeled_tokens else "")
     )
 
 
@@ -85,7 +128,10 @@ def _export_build(root: str, builds: list[str] | None, format: str, out: str, co
         if not catalog.build_ids:
             raise PrmforgeError(f"no complete builds under {root}")
         result = export_paths(catalog, format, out, consensus=consensus, min_confidence=min_confidence)
-    typer.echo(f"exported {result.records} {format} record(s) ({result.steps} steps) from {', '.join(catalog.build_ids)} to {out}")
+    typer.echo(
+        f"exported {result.records} {format} record(s) ({result.steps} steps) "
+        f"from {', '.join(catalog.build_ids)} to {out}"
+    )
     for note in result.notes:
         typer.echo(f"note: {note}")
 

@@ -893,11 +893,14 @@ def _math_candidates(source: MathSource) -> tuple[list[str], list[InjectedSoluti
                     continue
                 changed = list(steps)
                 for later in range(index, len(steps)):
-                    edits = [(m.start(), m.end(), format_like(new, m.group()) or "") for m in _NUMBER.finditer(steps[later])
+                    edits = [(m.start(), m.end(), format_like(new, m.group()) or "")
+                             for m in _NUMBER.finditer(steps[later])
                              if number_value(m.group()) == gold]
                     changed[later] = _replace_spans(steps[later], edits)
                 detail = f"step {index}: result {source.answer} of '{claim.text}' written as {decimal_text(new)}"
-                injected.append(InjectedSolution(tuple(changed), index, decimal_text(new) or "", "arithmetic_slip", detail))
+                injected.append(
+                    InjectedSolution(tuple(changed), index, decimal_text(new) or "", "arithmetic_slip", detail)
+                )
             return steps, injected
         return None  # the first mention of N is not a checkable computation of it
     return None

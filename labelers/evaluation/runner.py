@@ -45,7 +45,7 @@ from labelers.config import BuildConfig
 from labelers.evaluation.processbench import BenchRecord, Prediction, Score, score
 from labelers.policy.base import Policy, TokenUsage
 from labelers.policy.usage import CostProfile, cpu_seconds
-from labelers.verify.base import LeanState, StepContext, StepVerifier, LeanVerifier, ToolVerdict
+from labelers.verify.base import LeanState, LeanVerifier, StepContext, StepVerifier, ToolVerdict
 
 SIGNALS: tuple[str, ...] = ("tool", "lean", "mc", "hybrid", "judge", "prm", "answer")
 MC_MODES: tuple[str, ...] = ("per-step", "binary")
@@ -197,7 +197,8 @@ def run_prm(records: Sequence[BenchRecord], scorer: Any, threshold: float = 0.5)
         run.labeled_steps += len(record.steps)
     if scores:
         run.notes.append(
-            f"threshold {threshold}: step P(good) min {min(scores):.3f}, mean {sum(scores) / len(scores):.3f}, max {max(scores):.3f}"
+            f"threshold {threshold}: step P(good) min {min(scores):.3f}, mean {sum(scores) / len(scores):.3f}, "
+            f"max {max(scores):.3f}"
         )
     run.wall_seconds = time.perf_counter() - started
     return run
@@ -377,7 +378,9 @@ def run_shared(
                                   on_solutions)
             by_signal = {run.signal: run for run in [*runs, hybrid]}
             return [by_signal[s] for s in signals]
-        run_config = run_config.with_overrides({"search.skip_mc_after_disproved": False, "search.mc_confirm_verified_zero": False})
+        run_config = run_config.with_overrides(
+            {"search.skip_mc_after_disproved": False, "search.mc_confirm_verified_zero": False}
+        )
     started = time.perf_counter()
     cpu_started = cpu_seconds()
     problems = _given_problems(records)
@@ -416,7 +419,9 @@ def run_shared(
                 run.prompt_tokens += outcome.prompt_tokens
                 run.completion_tokens += outcome.completion_tokens
             if outcome is None or outcome.status != "labeled":
-                run.failures[record.id] = "no outcome" if outcome is None else f"{outcome.failed_stage}: {outcome.error}"
+                run.failures[record.id] = (
+                    "no outcome" if outcome is None else f"{outcome.failed_stage}: {outcome.error}"
+                )
                 continue
             rows = sorted(by_problem.get(problem.problem_id, []), key=lambda r: r.step_index)
             negative: list[bool | None] = [None] * len(record.steps)

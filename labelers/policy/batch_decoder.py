@@ -181,7 +181,9 @@ class BatchDecoder:
         params.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(llama.model, params)
         if self._ctx is None:
-            raise RuntimeError(f"llama.cpp could not create a context of {kv_cells} cells for {max_sequences} sequences")
+            raise RuntimeError(
+                f"llama.cpp could not create a context of {kv_cells} cells for {max_sequences} sequences"
+            )
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._vocab = llama_cpp.llama_model_get_vocab(llama.model)
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
@@ -226,7 +228,9 @@ class BatchDecoder:
             if not job.seeds:
                 continue
             if len(job.prompt) >= self.n_ctx_per_sequence:
-                outcomes[index].error = f"prompt has {len(job.prompt)} tokens, context window is {self.n_ctx_per_sequence}"
+                outcomes[index].error = (
+                    f"prompt has {len(job.prompt)} tokens, context window is {self.n_ctx_per_sequence}"
+                )
                 continue
             waiting.append((index, list(range(len(job.seeds)))))
         free_ids = list(range(self.max_sequences - 1, -1, -1))  # pop() hands out 0, 1, 2, ...
@@ -371,7 +375,8 @@ class BatchDecoder:
             if not live and not admitting:  # nothing to wait for: this job can never fit
                 waiting.popleft()
                 outcomes[job_index].error = (
-                    f"prompt ({len(prompt)} tokens) + max_tokens ({max_tokens}) exceed the KV budget of {self.kv_cells} cells"
+                    f"prompt ({len(prompt)} tokens) + max_tokens ({max_tokens}) "
+                    f"exceed the KV budget of {self.kv_cells} cells"
                 )
             return None
         chosen, rest = remaining[:fits], remaining[fits:]
@@ -413,7 +418,9 @@ class BatchDecoder:
                 best, shared = entry, count
         return best, min(shared, len(prompt) - 1)
 
-    def _cache_entry_for(self, prompt: Sequence[int], source: _CachedPrompt | None, shared: int) -> _CachedPrompt | None:
+    def _cache_entry_for(
+        self, prompt: Sequence[int], source: _CachedPrompt | None, shared: int
+    ) -> _CachedPrompt | None:
         """The cache sequence that will hold ``prompt``: the source itself when ``prompt``
         extends it and no group shares it (its tokens stay a prefix: nothing is lost), else a
         free slot, else the least recently used idle one."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -32,12 +31,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from data_schemas.errors import PrmforgeError
 from labelers.answers import answer_end
 from labelers.diagnostics import DoctorCheck, DoctorItem
-from labelers.policy.batch_decoder import BatchDecoder, DecodeJob
 from labelers.policy.base import Completion, GenerationRequest, GenerationResult, TokenUsage, cut_at_answer
-from labelers.policy.usage import record_usage
+from labelers.policy.batch_decoder import BatchDecoder, DecodeJob
 from labelers.policy.llama_build import INSTALL_COMMAND, compiled_features, preflight, run_preflight_child
 from labelers.policy.model_files import PRESETS, default_cache_dir, preset_status, resolve_model
 from labelers.policy.threads import default_threads
+from labelers.policy.usage import record_usage
 
 if TYPE_CHECKING:  # llama_cpp is an optional dependency, imported where a model is loaded
     import llama_cpp
@@ -239,7 +238,10 @@ class EmbeddedPolicy:
         return finished
 
     def _generate_batched(
-        self, requests: Sequence[GenerationRequest], prompts: Sequence[list[int] | None], results: list[GenerationResult | None]
+        self,
+        requests: Sequence[GenerationRequest],
+        prompts: Sequence[list[int] | None],
+        results: list[GenerationResult | None],
     ) -> None:
         """All requests of the call through one :class:`BatchDecoder` run (results filled in place)."""
         if self._decoder is None:

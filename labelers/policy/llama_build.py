@@ -145,7 +145,9 @@ class PreflightResult:
     def message(self, model_path: Path) -> str:
         features = compiled_features(self.system_info)
         missing = missing_cpu_features(features, cpu_flags())
-        parts = [f"llama.cpp cannot run on this machine: decoding with {model_path.name} in a child process {self.failure}"]
+        parts = [
+            f"llama.cpp cannot run on this machine: decoding with {model_path.name} in a child process {self.failure}"
+        ]
         if features:
             parts.append(f"the library was compiled with {', '.join(sorted(features))}")
         if missing:
@@ -182,15 +184,20 @@ def _marker_path(cache_dir: Path, model_path: Path) -> Path | None:
     return cache_dir / "preflight" / f"{digest}.ok"
 
 
-def run_preflight_child(model_path: Path, n_threads: int, timeout_s: float = PREFLIGHT_TIMEOUT_S, python: str | None = None) -> PreflightResult:
+def run_preflight_child(
+    model_path: Path, n_threads: int, timeout_s: float = PREFLIGHT_TIMEOUT_S, python: str | None = None
+) -> PreflightResult:
     """Decode a short prompt and one token with ``model_path`` in a child process."""
-    argv = [python or sys.executable, "-m", "labelers.policy.llama_build", "probe", str(model_path), "--threads", str(n_threads)]
+    argv = [python or sys.executable, "-m", "labelers.policy.llama_build", "probe", str(model_path),
+            "--threads", str(n_threads)]
     repo_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH", "")) if p)
     env["PYTHONFAULTHANDLER"] = "0"  # the parent reports the signal; no C stack dump on the terminal
     try:
-        child = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, env=env, stdin=subprocess.DEVNULL)
+        child = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout_s, env=env, stdin=subprocess.DEVNULL
+        )
     except subprocess.TimeoutExpired:
         return PreflightResult(False, "", f"did not finish within {timeout_s:.0f} s")
     info = ""
@@ -247,7 +254,9 @@ def _probe(model_path: str, n_threads: int) -> int:
     print(f"system_info: {system_info()}", flush=True)
     import llama_cpp
 
-    llama = llama_cpp.Llama(model_path, n_ctx=256, n_batch=64, n_threads=n_threads, n_threads_batch=n_threads, verbose=False)
+    llama = llama_cpp.Llama(
+        model_path, n_ctx=256, n_batch=64, n_threads=n_threads, n_threads_batch=n_threads, verbose=False
+    )
     # A batch of prompt tokens (the matrix kernels) and then one token (the vector kernels).
     prompt = llama.tokenize(b"Question: what is 12 + 30? Answer step by step. First, 12 + 30 = 42.", add_bos=True)
     llama.eval(prompt[:32])

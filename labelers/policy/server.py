@@ -38,7 +38,6 @@ import hmac
 import json
 import os
 import queue
-import socket
 import sys
 import threading
 import time
@@ -83,7 +82,11 @@ def request_from_chat_body(body: dict[str, Any], limits: ServerLimits | None = N
         raise BadRequest(f"at most {limits.max_messages} messages per request")
     chat = []
     for position, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in _ROLES or not isinstance(message.get("content"), str):
+        if (
+            not isinstance(message, dict)
+            or message.get("role") not in _ROLES
+            or not isinstance(message.get("content"), str)
+        ):
             raise BadRequest(f"messages[{position}] needs a role in {_ROLES} and a string content")
         chat.append(ChatMessage(message["role"], message["content"]))
     prefix = ""
@@ -341,7 +344,7 @@ def _make_handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
                     self.close_connection = True
                 self.end_headers()
                 self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError, socket.timeout):
+            except (TimeoutError, BrokenPipeError, ConnectionResetError):
                 # The client gave up (its timeout) before the batch finished; nothing to answer.
                 self.close_connection = True
 
@@ -382,14 +385,16 @@ def _make_handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
                 return
             try:
                 raw = self.rfile.read(length)
-            except (socket.timeout, ConnectionError):
+            except (TimeoutError, ConnectionError):
                 self.close_connection = True
                 return
             if len(raw) < length:
                 self.close_connection = True  # the client closed before sending the whole body
                 return
             if self.path.rstrip("/") != "/v1/chat/completions":
-                self._send(404, _error(f"no route {self.path} (this server serves /v1/chat/completions)", "NotFoundError", 404))
+                self._send(
+                    404, _error(f"no route {self.path} (this server serves /v1/chat/completions)", "NotFoundError", 404)
+                )
                 return
             try:
                 body = json.loads(raw)

@@ -45,7 +45,9 @@ class CostProfile:
         return self.cpu_seconds / self.solutions if self.solutions else None
 
     @classmethod
-    def of(cls, usage: TokenUsage, *, solutions: int, rollouts: int, wall_seconds: float, cpu_seconds: float) -> "CostProfile":
+    def of(
+        cls, usage: TokenUsage, *, solutions: int, rollouts: int, wall_seconds: float, cpu_seconds: float
+    ) -> "CostProfile":
         return cls(solutions, rollouts, usage.prompt_tokens, usage.evaluated_prompt_tokens, usage.completion_tokens,
                    usage.decode_seconds, usage.sampling_seconds, usage.stop_check_seconds, usage.answer_check_seconds,
                    usage.generation_seconds, wall_seconds, cpu_seconds)
@@ -59,7 +61,9 @@ class CostProfile:
         """The manifest's form (its counts are integers): tokens and counts, seconds as ``_ms``."""
         counts = {}
         for name, value in asdict(self).items():
-            counts[name.replace("_seconds", "_ms")] = int(round(value * 1000)) if isinstance(value, float) else int(value)
+            counts[name.replace("_seconds", "_ms")] = (
+                int(round(value * 1000)) if isinstance(value, float) else int(value)
+            )
         return counts
 
     def line(self) -> str:
@@ -68,7 +72,8 @@ class CostProfile:
                 f"(evaluated {self.evaluated_prompt_tokens}), generated tokens {self.generated_tokens}; "
                 f"decode {self.decode_seconds:.1f} s, sampling {self.sampling_seconds:.1f} s, "
                 f"stop checks {self.stop_check_seconds:.1f} s, answer checks {self.answer_check_seconds:.1f} s, "
-                f"in generate {self.generation_seconds:.1f} s of {self.wall_seconds:.1f} s wall; CPU {self.cpu_seconds:.1f} s"
+                f"in generate {self.generation_seconds:.1f} s of {self.wall_seconds:.1f} s wall; "
+                f"CPU {self.cpu_seconds:.1f} s"
                 + (f" = {per:.2f} s per solution" if per is not None else ""))
 
 

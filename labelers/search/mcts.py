@@ -268,7 +268,9 @@ class TreeSearch:
             self.merged_duplicates += 1
             return existing, False
         steps = (*parent.steps, text)
-        child = Node((*parent.path, len(parent.children)), parent, text, steps, prefix_hash(self.question, steps), origin)
+        child = Node(
+            (*parent.path, len(parent.children)), parent, text, steps, prefix_hash(self.question, steps), origin
+        )
         answer = self.judge.final_answer(text)
         if answer is not None:
             child.is_terminal, child.final_answer = True, answer

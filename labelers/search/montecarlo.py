@@ -23,8 +23,8 @@ A prefix whose last step already gives a final answer needs no rollout: its valu
 1/1 when the answer equals gold, 0/1 otherwise (``exact = True``).
 
 All prefixes of all problems of a round are sampled in one ``generate`` call (chunk 1), then
-the undecided ones in a second call (chunk 2), then the zeros to confirm in a third (chunk 3). Seeds: ``derive_seed(build_seed, problem_id,
-("mc", prefix_hash, chunk))`` -- independent of the batch.
+the undecided ones in a second call (chunk 2), then the zeros to confirm in a third (chunk 3).
+Seeds: ``derive_seed(build_seed, problem_id, ("mc", prefix_hash, chunk))`` -- independent of the batch.
 """
 
 from __future__ import annotations
@@ -157,7 +157,9 @@ def estimate_prefixes(
     k, m = settings.rollouts, settings.early_stop
     first = m if 0 < m < k else k
     counts: dict[str, list[int]] = {}
-    results = ledger.generate(policy, [(job.account or job.problem_id, _request(job, settings, first, 1)) for job in sampled])
+    results = ledger.generate(
+        policy, [(job.account or job.problem_id, _request(job, settings, first, 1)) for job in sampled]
+    )
     undecided: list[PrefixJob] = []
     for job, result in zip(sampled, results):
         if result.error is not None:
@@ -172,7 +174,9 @@ def estimate_prefixes(
             undecided.append(job)
         else:
             batch.estimates[job.key] = MCEstimate(correct, total)
-    results = ledger.generate(policy, [(job.account or job.problem_id, _request(job, settings, k - first, 2)) for job in undecided])
+    results = ledger.generate(
+        policy, [(job.account or job.problem_id, _request(job, settings, k - first, 2)) for job in undecided]
+    )
     for job, result in zip(undecided, results):
         if result.error is not None:
             batch.errors[job.key] = result.error
@@ -199,7 +203,9 @@ def confirm_zeros(
     """``n`` more rollouts from each prefix estimated at 0 (one batched call, seed chunk 3); the
     pooled estimates (correct, total + n), by job key (see the module doc)."""
     batch = MCBatch()
-    results = ledger.generate(policy, [(job.account or job.problem_id, _request(job, settings, n, 3)) for job, _ in zeros])
+    results = ledger.generate(
+        policy, [(job.account or job.problem_id, _request(job, settings, n, 3)) for job, _ in zeros]
+    )
     for (job, estimate), result in zip(zeros, results):
         if result.error is not None:
             batch.errors[job.key] = result.error

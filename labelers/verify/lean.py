@@ -57,14 +57,14 @@ from labelers.verify.lean_formalize import (
     step_formalizations,
 )
 from labelers.verify.lean_runner import (
+    TRACE_PREFIX,
     BatchChecker,
-    DeclOutcome,
     Declaration,
+    DeclOutcome,
     LeanCache,
+    LeanMessage,
     declarations_for,
     outcome_from_messages,
-    LeanMessage,
-    TRACE_PREFIX,
 )
 
 log = logging.getLogger("prmforge.lean")
@@ -115,7 +115,10 @@ def project_problem(project: Path) -> str | None:
     mathlib = project / ".lake" / "packages" / "mathlib"
     if not mathlib.is_dir():
         return f"{project} has no Mathlib dependency (.lake/packages/mathlib missing; run lake update)"
-    built = [mathlib / ".lake" / "build" / "lib" / "Mathlib.olean", mathlib / ".lake" / "build" / "lib" / "lean" / "Mathlib.olean"]
+    built = [
+        mathlib / ".lake" / "build" / "lib" / "Mathlib.olean",
+        mathlib / ".lake" / "build" / "lib" / "lean" / "Mathlib.olean",
+    ]
     if not any(p.is_file() for p in built):
         return f"Mathlib in {project} is not built (run lake exe cache get in the project)"
     return None
@@ -216,11 +219,17 @@ def claim_result(form: Formalization, outcomes: Mapping[str, DeclOutcome]) -> Cl
     if check.status == "timeout":
         return ClaimResult("timeout", form, detail="; ".join(check.messages))
     if check.status != "ok":
-        return ClaimResult("formalization_failed", form, detail="Lean rejected the statement: " + "; ".join(check.messages))
+        return ClaimResult(
+            "formalization_failed", form, detail="Lean rejected the statement: " + "; ".join(check.messages)
+        )
     proved = prove.status == "ok"
     refuted = refute is not None and refute.status == "ok"
     if proved and refuted:
-        return ClaimResult("formalization_failed", form, detail="both the statement and its negation were proved (inconsistent hypotheses)")
+        return ClaimResult(
+            "formalization_failed",
+            form,
+            detail="both the statement and its negation were proved (inconsistent hypotheses)",
+        )
     if proved:
         return ClaimResult("proved", form, tactic=prove.tactic)
     if refuted:
@@ -265,7 +274,10 @@ def step_check(plan: _StepPlan, outcomes: Mapping[str, DeclOutcome]) -> LeanChec
             LeanState.DISPROVED,
             statement=statement,
             tactic=first.tactic,
-            message=f"negation of {first.formalization.name} proved by {first.tactic}: {first.formalization.claim_text}",
+            message=(
+                f"negation of {first.formalization.name} proved by {first.tactic}: "
+                f"{first.formalization.claim_text}"
+            ),
         )
     if not plan.failures and all(r.state == "proved" for r in results):
         closing = ", ".join(dict.fromkeys(tactics))
@@ -350,14 +362,18 @@ class FormalLeanVerifier:
             if not result.ok or not result.completions:
                 plan.failures.append(f"LLM formalization failed: {result.error or 'no completion'}")
                 continue
-            parsed: LlmFormalization = parse_formalization_reply(result.completions[0].text, steps[index].step.strip()[:200])
+            parsed: LlmFormalization = parse_formalization_reply(
+                result.completions[0].text, steps[index].step.strip()[:200]
+            )
             if parsed.formalization is not None:
                 plan.formalizations.append(parsed.formalization)
                 plan.failures.clear()  # the model's statement replaces the claims no template fitted
             elif parsed.no_check and not plan.failures:
                 plan.no_check_reason = "the model answered NO_CHECK"
             else:
-                plan.failures.append(f"LLM formalization rejected: {parsed.reason or 'NO_CHECK for a step with claims'}")
+                plan.failures.append(
+                    f"LLM formalization rejected: {parsed.reason or 'NO_CHECK for a step with claims'}"
+                )
 
     def check_steps(self, steps: Sequence[StepContext]) -> list[LeanCheck]:
         plans = self.plan_steps(steps)
@@ -376,7 +392,9 @@ class FormalLeanVerifier:
 class BatchLeanVerifier(FormalLeanVerifier):
     """The default backend: batch files compiled with ``lake env lean --json`` in the project."""
 
-    def __init__(self, config: LeanConfig, setup: LeanSetup, policy: Policy | None = None, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self, config: LeanConfig, setup: LeanSetup, policy: Policy | None = None, cache_dir: Path | None = None
+    ) -> None:
         super().__init__(config, policy)
         assert setup.project is not None and setup.lake is not None
         self.setup = setup
@@ -416,11 +434,15 @@ class LeanDojoVerifier(FormalLeanVerifier):
         import lean_dojo  # the optional extra; make_lean_verifier checked that it imports
 
         if not (config.leandojo_repo and config.leandojo_commit and config.leandojo_file):
-            raise ConfigError("lean.backend = 'leandojo' needs lean.leandojo_repo, lean.leandojo_commit and lean.leandojo_file")
+            raise ConfigError(
+                "lean.backend = 'leandojo' needs lean.leandojo_repo, lean.leandojo_commit and lean.leandojo_file"
+            )
         self._dojo_module = lean_dojo
         self.repo = lean_dojo.LeanGitRepo(config.leandojo_repo, config.leandojo_commit)
         self.entry = (self.repo, Path(config.leandojo_file), config.leandojo_line)
-        self.environment = f"leandojo:{config.leandojo_repo}@{config.leandojo_commit}:{config.leandojo_file}:{config.leandojo_line}"
+        self.environment = (
+            f"leandojo:{config.leandojo_repo}@{config.leandojo_commit}:{config.leandojo_file}:{config.leandojo_line}"
+        )
         self.cache = LeanCache(cache_dir / "lean-outcomes.sqlite" if cache_dir is not None else None)
         self._lock = threading.Lock()
 

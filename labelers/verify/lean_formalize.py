@@ -51,7 +51,9 @@ MAX_EXPONENT = 4096
 MAX_SIDE_CHARS = 2000
 
 _RELATIONS = {"=": "=", "!=": "≠", "<": "<", ">": ">", "<=": "≤", ">=": "≥"}
-_REAL_FUNCTIONS = {"sin": "Real.sin", "cos": "Real.cos", "tan": "Real.tan", "log": "Real.log", "ln": "Real.log", "exp": "Real.exp"}
+_REAL_FUNCTIONS = {
+    "sin": "Real.sin", "cos": "Real.cos", "tan": "Real.tan", "log": "Real.log", "ln": "Real.log", "exp": "Real.exp"
+}
 _LEAN_KEYWORDS = frozenset(
     """at by calc class def do else end example from fun have if import in instance lemma let
     match namespace open section show structure suffices then theorem universe variable where
@@ -117,7 +119,9 @@ def theorem_name(signature: str) -> str:
     return "prmforge_" + hashlib.blake2b(signature.encode(), digest_size=6).hexdigest()
 
 
-def make_formalization(binders: str, proposition: str, *, negatable: bool, origin: str, claim_text: str) -> Formalization:
+def make_formalization(
+    binders: str, proposition: str, *, negatable: bool, origin: str, claim_text: str
+) -> Formalization:
     signature = f"{binders} : {proposition}" if binders else f": {proposition}"
     return Formalization(
         name=theorem_name(signature),

@@ -91,14 +91,17 @@ def declarations_for(formalization: Formalization, tactics: Sequence[str]) -> li
     name = formalization.name
     decls = [
         Declaration(f"{name}_chk", "check", f"theorem {name}_chk {formalization.signature} := by\n  sorry"),
-        Declaration(name, "prove", f"theorem {name} {formalization.signature} := {proof_script(tactics, substitute=substitute)}"),
+        Declaration(
+            name, "prove", f"theorem {name} {formalization.signature} := {proof_script(tactics, substitute=substitute)}"
+        ),
     ]
     if formalization.negatable:
         decls.append(
             Declaration(
                 f"{name}_neg",
                 "refute",
-                f"theorem {name}_neg {formalization.negated_signature} := {proof_script(tactics, substitute=substitute)}",
+                f"theorem {name}_neg {formalization.negated_signature} := "
+                f"{proof_script(tactics, substitute=substitute)}",
             )
         )
     return decls
@@ -113,7 +116,9 @@ class BatchFile:
     header_lines: int
 
 
-BATCH_HEADER = "import Mathlib\n\n-- prmforge Lean batch (generated): every theorem below is independent of the others.\n"
+BATCH_HEADER = (
+    "import Mathlib\n\n-- prmforge Lean batch (generated): every theorem below is independent of the others.\n"
+)
 
 
 def render_batch(declarations: Sequence[Declaration]) -> BatchFile:
@@ -235,7 +240,9 @@ def outcome_from_messages(kind: DeclKind, messages: Sequence[LeanMessage]) -> De
     return None
 
 
-def assign_messages(batch: BatchFile, messages: Iterable[LeanMessage]) -> tuple[dict[str, list[LeanMessage]], list[LeanMessage]]:
+def assign_messages(
+    batch: BatchFile, messages: Iterable[LeanMessage]
+) -> tuple[dict[str, list[LeanMessage]], list[LeanMessage]]:
     """Messages per declaration (by the line of their start position), and those outside every
     declaration (the ``import`` line: Mathlib missing, a broken project)."""
     per_decl: dict[str, list[LeanMessage]] = {name: [] for name in batch.ranges}
@@ -359,7 +366,8 @@ class LeanCache:
                 except sqlite3.DatabaseError:
                     pass
                 self._db.execute(
-                    "CREATE TABLE IF NOT EXISTS lean_outcomes (key TEXT PRIMARY KEY, outcome TEXT NOT NULL, created REAL NOT NULL)"
+                    "CREATE TABLE IF NOT EXISTS lean_outcomes "
+                    "(key TEXT PRIMARY KEY, outcome TEXT NOT NULL, created REAL NOT NULL)"
                 )
 
     @staticmethod
@@ -374,7 +382,9 @@ class LeanCache:
             for start in range(0, len(keys), 500):
                 chunk = list(keys[start : start + 500])
                 marks = ",".join("?" * len(chunk))
-                for key, outcome in self._db.execute(f"SELECT key, outcome FROM lean_outcomes WHERE key IN ({marks})", chunk):
+                for key, outcome in self._db.execute(
+                    f"SELECT key, outcome FROM lean_outcomes WHERE key IN ({marks})", chunk
+                ):
                     found[key] = DeclOutcome.from_json(outcome)
             return found
 
@@ -515,7 +525,9 @@ class BatchChecker:
             if len(group) == 1:
                 decl = group[0]
                 if process is not None and process.timed_out:
-                    results[decl.name] = DeclOutcome("timeout", messages=(f"lean ran past {self._timeout_for(group):g} s",))
+                    results[decl.name] = DeclOutcome(
+                        "timeout", messages=(f"lean ran past {self._timeout_for(group):g} s",)
+                    )
                     self.stats.timeouts.append(decl.name)
                 else:
                     results[decl.name] = DeclOutcome("crashed", messages=(_process_summary(process),))
@@ -563,7 +575,11 @@ class BatchChecker:
             if _looks_unavailable(process):
                 self.unavailable_reason = _process_summary(process)
                 log.warning("Lean verification unavailable: %s", self.unavailable_reason)
-                return {d.name: DeclOutcome("unavailable", messages=(self.unavailable_reason,)) for d in group}, [], process
+                return (
+                    {d.name: DeclOutcome("unavailable", messages=(self.unavailable_reason,)) for d in group},
+                    [],
+                    process,
+                )
         determined: dict[str, DeclOutcome] = {}
         undetermined: list[Declaration] = []
         for decl in group:
@@ -592,7 +608,9 @@ def _silent_outcome(kind: DeclKind) -> DeclOutcome:
 
 def _looks_unavailable(process: ProcessResult) -> bool:
     text = (process.stderr + process.stdout).lower()
-    return any(marker in text for marker in ("unknown package", "no such file", "not found", "lakefile", "unknown executable"))
+    return any(
+        marker in text for marker in ("unknown package", "no such file", "not found", "lakefile", "unknown executable")
+    )
 
 
 def _process_summary(process: ProcessResult | None) -> str:

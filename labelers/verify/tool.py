@@ -314,7 +314,9 @@ def without_final_factorial(node: tuple) -> tuple:
     return node
 
 
-def _either_reading(check: Any, lhs_tree: tuple, rhs_tree: tuple, args: tuple, exclamation_sides: tuple[str, ...]) -> Any:
+def _either_reading(
+    check: Any, lhs_tree: tuple, rhs_tree: tuple, args: tuple, exclamation_sides: tuple[str, ...]
+) -> Any:
     """``check`` on the factorial reading; when that fails, also on the exclamation reading of
     ``exclamation_sides`` (``120 = 5!`` and ``2 + 3 = 5!`` both hold; ``120 = 6!`` fails both)."""
     result = check(lhs_tree, rhs_tree, *args)
@@ -367,7 +369,9 @@ def check_claim_exact(
 ) -> dict[str, Any] | None:
     """The fast path: a result dict, or None when the claim needs the sympy workers."""
     if exclamation_sides:
-        return _either_reading(check_claim_exact, lhs_tree, rhs_tree, (relation, rounded, tolerance, percent_sides), exclamation_sides)
+        return _either_reading(
+            check_claim_exact, lhs_tree, rhs_tree, (relation, rounded, tolerance, percent_sides), exclamation_sides
+        )
     try:
         lhs_value = eval_exact(lhs_tree)
         rhs_value = eval_exact(rhs_tree)

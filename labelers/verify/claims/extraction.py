@@ -52,7 +52,8 @@ _DENIAL_CUE = re.compile(
 )
 _HYPOTHETICAL_CUE = re.compile(r"\b(if|suppose|assume|assuming|whenever|for all|for any|for every)\b", re.IGNORECASE)
 _NEGATION_CUE = re.compile(
-    r"\b(not|isn't|doesn't|does not|fails?|extraneous|reject(ed)?|invalid|impossible|contradiction|none|neither|never)\b",
+    r"\b(not|isn't|doesn't|does not|fails?|extraneous|reject(ed)?|invalid|impossible|"
+    r"contradiction|none|neither|never)\b",
     re.IGNORECASE,
 )
 
@@ -213,7 +214,12 @@ def _claims_from_tokens(
                     and not re.sub(r"\\(left|bigl?|Bigl?)|\s", "", text[before.end : run[0].start])
                 )
             )
-            first_cut = first_cut or dangling or pending_cut > 0 or (before is not None and before.kind == "CUT1" and _lone_number_first(run))
+            first_cut = (
+                first_cut
+                or dangling
+                or pending_cut > 0
+                or (before is not None and before.kind == "CUT1" and _lone_number_first(run))
+            )
             first_cut = first_cut or _minus_after_word(text, before, run)
             last_cut = tok.kind == "POISON"
             quotient = _quotient_after(text, run[-1].end)
@@ -462,7 +468,9 @@ def extract(step_text: str) -> Extraction:
         if any(_adjacent(text, e, rhs_start) for e in ann_ends):
             continue  # "16 - 3 - 4 = <<16-3-4=9>>9": the annotation already is this claim
         trees.append((claim, lt, rt, rhs_start))
-    rejected += [x for x in r if not any(_adjacent(text, e, x.span[1] - 1) or s <= x.span[0] < e for s, e, _ in ann_tokens)]
+    rejected += [
+        x for x in r if not any(_adjacent(text, e, x.span[1] - 1) or s <= x.span[0] < e for s, e, _ in ann_tokens)
+    ]
 
     # 3. substitutions stated in the step
     trees += _substitutions(text, trees)

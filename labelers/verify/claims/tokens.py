@@ -339,7 +339,9 @@ class _Tokenizer:
                 self.emit("BRK", c, i, i + 1)  # "- 10 = 2 * 5" in a list: a bullet, not a minus
                 i += 1
                 continue
-            if c in _DIGITS or (c == "." and i + 1 < end and text[i + 1] in _DIGITS and not (i > 0 and text[i - 1] in _DIGITS)):
+            if c in _DIGITS or (
+                c == "." and i + 1 < end and text[i + 1] in _DIGITS and not (i > 0 and text[i - 1] in _DIGITS)
+            ):
                 m = _PLAIN_NUMBER.match(text, i, end)
                 if m is None:  # cannot happen for an ASCII digit; never let odd text raise
                     raise ParseError(f"unreadable number at {i}")
