@@ -13,7 +13,8 @@ from tests.test_eval_run import _config, injected_set, scripted_for
 
 def test_the_eval_pass_reports_its_cost_profile() -> None:
     records, references = injected_set(3, 2, seed=7)
-    [run] = runner.run_shared(records, ["hybrid"], _config(), scripted_for(records, references), None, None, "binary", 4)
+    [run] = runner.run_shared(records, ["hybrid"], _config(), scripted_for(records, references), None, None,
+                              "binary", 4)
     profile = run.profile
     assert profile is not None
     assert profile.solutions == len(records) and profile.rollouts == run.rollouts > 0
@@ -21,7 +22,8 @@ def test_the_eval_pass_reports_its_cost_profile() -> None:
     assert profile.answer_check_seconds > 0  # the rollouts were checked against gold
     assert profile.cpu_seconds > 0 and profile.cpu_seconds_per_solution == profile.cpu_seconds / len(records)
     payload = runner.evaluate(records, run).to_json()["cost"]["profile"]
-    assert payload["rollouts"] == run.rollouts and payload["cpu_seconds_per_solution"] == profile.cpu_seconds_per_solution
+    assert (payload["rollouts"] == run.rollouts
+            and payload["cpu_seconds_per_solution"] == profile.cpu_seconds_per_solution)
     assert "per solution" in profile.line()
 
 
