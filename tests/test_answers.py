@@ -273,7 +273,8 @@ def test_answer_end_cuts_after_the_line_that_completes_the_answer() -> None:
     for text, kept in cases.items():
         end = answer_end(text)
         assert end is not None and text[:end] == kept, text
-        assert extract_final_answer(text[:end], allow_fallback=False) == extract_final_answer(kept, allow_fallback=False)
+        assert (extract_final_answer(text[:end], allow_fallback=False)
+                == extract_final_answer(kept, allow_fallback=False))
 
 
 def test_answer_end_waits_for_a_complete_answer_line() -> None:

@@ -71,7 +71,9 @@ def pool():
 @pytest.fixture(scope="module")
 def tokenize(pool: ModelPool):
     policy = EmbeddedPolicy("small", n_ctx=1024, pool=pool, n_threads=1)
-    return lambda steps: tuple(policy._renderer.tokens(GenerationRequest(solution_messages(QUESTION), assistant_prefix(steps))))
+    return lambda steps: tuple(
+        policy._renderer.tokens(GenerationRequest(solution_messages(QUESTION), assistant_prefix(steps)))
+    )
 
 
 def _decoder(pool: ModelPool, **settings) -> BatchDecoder:
@@ -162,7 +164,8 @@ def test_the_answer_stop_cuts_a_rollout_after_its_answer_and_keeps_the_answer(po
             assert cut.text == full.text
             continue
         assert cut.text == full.text[:end] and cut.finish_reason == "stop"
-        assert extract_final_answer(cut.text, allow_fallback=False) == extract_final_answer(full.text[:end], allow_fallback=False)
+        assert (extract_final_answer(cut.text, allow_fallback=False)
+                == extract_final_answer(full.text[:end], allow_fallback=False))
         assert extract_final_answer(cut.text, allow_fallback=False) is not None
         assert cut.completion_tokens <= full.completion_tokens
         saved += full.completion_tokens - cut.completion_tokens
@@ -181,13 +184,15 @@ def test_the_prompt_cache_evaluates_a_pass_prompts_once_and_replays_exactly(pool
 
     def run_pass(policy: EmbeddedPolicy, scope: str) -> tuple[list[str], int]:
         before = policy.usage.evaluated_prompt_tokens
-        texts = [c.text for r in range(2) for result in policy.generate(round_requests(scope, r)) for c in result.completions]
+        texts = [c.text for r in range(2) for result in policy.generate(round_requests(scope, r))
+                 for c in result.completions]
         return texts, policy.usage.evaluated_prompt_tokens - before
 
     cached = EmbeddedPolicy("small", n_ctx=1024, pool=pool, n_threads=1, max_sequences=4, kv_cells=2048)
     first, evaluated = run_pass(cached, "pass-1")
     replay, evaluated_again = run_pass(cached, "pass-2")
-    plain = EmbeddedPolicy("small", n_ctx=1024, pool=pool, n_threads=1, max_sequences=4, kv_cells=2048, prompt_cache=False)
+    plain = EmbeddedPolicy("small", n_ctx=1024, pool=pool, n_threads=1, max_sequences=4, kv_cells=2048,
+                           prompt_cache=False)
     uncached, evaluated_plain = run_pass(plain, "pass-1")
     assert first == replay and evaluated == evaluated_again
     assert evaluated < evaluated_plain  # round 2 re-read only the last token of each prompt

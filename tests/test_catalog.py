@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from test_shards import kill_writer_mid_file
 from typer.testing import CliRunner
 
 from data_schemas.catalog import Catalog
@@ -23,7 +24,6 @@ from data_schemas.shards import ShardWriter
 from data_schemas.stats import compute_stats, plot_stats
 from data_schemas.synthetic import synthetic_batch, write_synthetic_build
 from flows.cli import app
-from test_shards import kill_writer_mid_file
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,7 +44,8 @@ def count(catalog: Catalog, sql: str) -> int:
 def test_views_cover_complete_builds_by_default(data_root):
     with Catalog(data_root) as catalog:
         assert catalog.build_ids == ["b1", "b2"]
-        by_build = {r["build_id"]: r["n"] for r in catalog.query("SELECT build_id, count(*) AS n FROM steps GROUP BY 1").to_pylist()}
+        by_build = {r["build_id"]: r["n"]
+                    for r in catalog.query("SELECT build_id, count(*) AS n FROM steps GROUP BY 1").to_pylist()}
         builds = {r["build_id"]: r for r in catalog.query("SELECT * FROM builds").to_pylist()}
         assert set(builds) == {"b1", "b2"}
         for build_id, row in builds.items():
@@ -56,7 +57,8 @@ def test_views_cover_complete_builds_by_default(data_root):
         failed = catalog.query("SELECT failed_stage, error FROM problems WHERE status = 'failed'").to_pylist()
         assert failed and all(r["failed_stage"] and r["error"] for r in failed)
         # steps join problems.
-        assert count(catalog, "SELECT count(*) FROM steps JOIN problems USING (build_id, problem_id)") == sum(by_build.values())
+        assert (count(catalog, "SELECT count(*) FROM steps JOIN problems USING (build_id, problem_id)")
+                == sum(by_build.values()))
 
 
 def test_build_filter_and_incomplete_builds(data_root):
@@ -67,7 +69,8 @@ def test_build_filter_and_incomplete_builds(data_root):
     with Catalog(data_root, include_incomplete=True) as catalog:
         assert catalog.build_ids == ["b1", "b2", "running"]
         assert count(catalog, "SELECT count(*) FROM steps WHERE build_id = 'running'") > 0
-        assert catalog.query("SELECT status FROM builds WHERE build_id = 'running'").column(0).to_pylist() == ["running"]
+        assert (catalog.query("SELECT status FROM builds WHERE build_id = 'running'").column(0).to_pylist()
+                == ["running"])
 
 
 def test_complete_build_reads_only_the_shards_its_manifest_lists(tmp_path):
@@ -95,13 +98,16 @@ def test_killed_writer_leaves_nothing_visible_to_queries(tmp_path):
                              [str(tmp_path / "builds/crash/steps/**/*.parquet")]).num_rows == 1
     with Catalog(tmp_path) as catalog:
         assert catalog.build_ids == [] and count(catalog, "SELECT count(*) FROM steps") == 0
-    result = run_cli("query", "SELECT count(*) AS n FROM steps", "--root", str(tmp_path), "--include-incomplete", "-f", "json")
+    result = run_cli("query", "SELECT count(*) AS n FROM steps", "--root", str(tmp_path), "--include-incomplete",
+                     "-f", "json")
     assert json.loads(result.stdout) == {"n": complete_rows}
 
 
 def test_stray_shard_of_another_schema_version_is_refused(tmp_path):
     write_synthetic_build(tmp_path, "r", num_batches=1, status="running")
-    table = to_table(synthetic_batch("r", "gsm8k", 5).steps, STEPS).replace_schema_metadata({"prmforge.schema_version": "0"})
+    table = to_table(synthetic_batch("r", "gsm8k", 5).steps, STEPS).replace_schema_metadata(
+        {"prmforge.schema_version": "0"}
+    )
     path = tmp_path / "builds/r/steps/source=gsm8k/part-old.parquet"
     pq.write_table(table, path)
     with pytest.raises(PrmforgeError, match="schema version 0"):
@@ -179,7 +185,8 @@ def test_query_cli_formats(data_root, tmp_path):
     as_parquet = run_cli("query", sql, "--root", str(data_root), "--format", "parquet", "--out", str(out))
     assert as_parquet.exit_code == 0 and pq.read_table(out).to_pylist() == expected
 
-    filtered = run_cli("query", "SELECT DISTINCT build_id FROM steps", "--root", str(data_root), "--build", "b2", "-f", "json")
+    filtered = run_cli("query", "SELECT DISTINCT build_id FROM steps", "--root", str(data_root), "--build", "b2",
+                       "-f", "json")
     assert [json.loads(line)["build_id"] for line in filtered.stdout.splitlines()] == ["b2"]
 
 

@@ -151,7 +151,8 @@ def test_error_verdict_is_no_decision_downstream():
     from labelers.search.mcts import verdict_value
     from labelers.verify.base import ToolCheck
 
-    failed = ToolCheck(ToolVerdict.ERROR, "none", {"error": "tool verifier failed while checking a claim: KeyError: 'x'"})
+    failed = ToolCheck(ToolVerdict.ERROR, "none",
+                       {"error": "tool verifier failed while checking a claim: KeyError: 'x'"})
     assert verifier_decision(failed, None) is None
     assert verdict_value(failed) == 0
     assert tool_line(failed).startswith("Tool check: failed (tool verifier failed")

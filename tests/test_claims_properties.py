@@ -111,7 +111,8 @@ def tool():
         yield verifier
 
 
-@settings(max_examples=60, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, derandomize=True, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.lists(st.one_of(math_text, mutated_steps()), min_size=1, max_size=4))
 def test_tool_verifier_never_raises_and_answers_every_step(tool, steps):
     checks = tool.check_steps([StepContext("q", tuple(steps[:i]), s) for i, s in enumerate(steps)])

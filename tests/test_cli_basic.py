@@ -48,7 +48,9 @@ def test_validate_with_column_mapping_reports_duplicates(runner, tmp_path):
     path = tmp_path / "own.jsonl"
     rows = [{"q": "1+1?", "a": "2"}, {"q": "2+2?", "a": "4"}, {"q": "1+1? ", "a": "3"}]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    result = runner.invoke(app, ["problems", "validate", str(path), "--column", "question=q", "--column", "answer=a"], env=WIDE)
+    result = runner.invoke(
+        app, ["problems", "validate", str(path), "--column", "question=q", "--column", "answer=a"], env=WIDE
+    )
     assert result.exit_code == 0, result.output
     assert "duplicates (kept once) │     1" in result.output
     assert "Duplicates (the earlier row is kept)" in result.output and "NO" in result.output
@@ -84,7 +86,8 @@ def test_validate_missing_file_and_bad_options(runner, tmp_path):
 def test_doctor_reports_every_section(runner):
     result = runner.invoke(app, ["doctor"], env=WIDE)
     assert result.exit_code == 0, result.output
-    for section in ("Python dependencies", "answer checking", "embedded model", "vLLM / GPU", "Lean 4", "Dask task runner"):
+    for section in ("Python dependencies", "answer checking", "embedded model", "vLLM / GPU", "Lean 4",
+                    "Dask task runner"):
         assert section in result.output
 
 

@@ -17,7 +17,8 @@ def test_the_eval_pass_reports_its_cost_profile(monkeypatch) -> None:  # type: i
     readings = iter([100.0, 102.5])
     monkeypatch.setattr(runner, "cpu_seconds", lambda: next(readings))
     records, references = injected_set(3, 2, seed=7)
-    [run] = runner.run_shared(records, ["hybrid"], _config(), scripted_for(records, references), None, None, "binary", 4)
+    [run] = runner.run_shared(records, ["hybrid"], _config(), scripted_for(records, references), None, None,
+                              "binary", 4)
     profile = run.profile
     assert profile is not None
     assert profile.solutions == len(records) and profile.rollouts == run.rollouts > 0
@@ -25,7 +26,8 @@ def test_the_eval_pass_reports_its_cost_profile(monkeypatch) -> None:  # type: i
     assert profile.answer_check_seconds > 0  # the rollouts were checked against gold
     assert profile.cpu_seconds == 2.5 and profile.cpu_seconds_per_solution == 2.5 / len(records)
     payload = runner.evaluate(records, run).to_json()["cost"]["profile"]
-    assert payload["rollouts"] == run.rollouts and payload["cpu_seconds_per_solution"] == profile.cpu_seconds_per_solution
+    assert (payload["rollouts"] == run.rollouts
+            and payload["cpu_seconds_per_solution"] == profile.cpu_seconds_per_solution)
     assert "per solution" in profile.line()
 
 

@@ -138,7 +138,8 @@ def test_dataset_grows_by_new_problems_survives_a_kill_and_skips_what_it_holds(t
 
     # Five problems appended; the second run is killed after its first batch's shards.
     write_problems(problems, 10, 15, mode="a")
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PYTHONPATH": str(REPO), **running_prefect_api()}
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PYTHONPATH": str(REPO),
+           **running_prefect_api()}
     process = subprocess.Popen(
         [sys.executable, "-c", GROW_SCRIPT, SLOW_FACTORY, "night-2", *overrides(root, problems, "output.batch_size=1")],
         cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -163,7 +164,8 @@ def test_dataset_grows_by_new_problems_survives_a_kill_and_skips_what_it_holds(t
     assert [c.build_id for c in live_claims(str(root), "nightly")] == ["night-2"]
 
     # Resume: the build labels exactly its five planned problems.
-    resumed = run_build(dataset_config(root, problems, "output.batch_size=1"), build_id="night-2", policy_factory=FACTORY)
+    resumed = run_build(dataset_config(root, problems, "output.batch_size=1"), build_id="night-2",
+                        policy_factory=FACTORY)
     # Batches the running manifest listed are not labeled again (one written but not yet listed is).
     assert resumed.status == "complete" and resumed.problems_total == 5 and resumed.batches_reused >= len(listed)
     second_ids = labeled_ids(root, "night-2")
@@ -174,7 +176,9 @@ def test_dataset_grows_by_new_problems_survives_a_kill_and_skips_what_it_holds(t
     with Catalog(str(root), dataset="nightly") as catalog:
         keys = catalog.query(f"SELECT {STEP_KEY} FROM dataset_steps").to_pylist()
         assert catalog.query("SELECT count(*) FROM dataset_problems").column(0)[0].as_py() == 15
-        lineage = catalog.query("SELECT DISTINCT build_id, config_hash, prmforge_version, policy_model FROM dataset_steps ORDER BY 1").to_pylist()
+        lineage = catalog.query(
+            "SELECT DISTINCT build_id, config_hash, prmforge_version, policy_model FROM dataset_steps ORDER BY 1"
+        ).to_pylist()
     assert len(keys) == len({tuple(k.values()) for k in keys}) == first.steps + resumed.steps
     assert [row["build_id"] for row in lineage] == ["night-1", "night-2"]
     assert all(row["config_hash"] and row["prmforge_version"] and row["policy_model"] for row in lineage)
@@ -224,8 +228,10 @@ def relabeled_dataset(tmp_path_factory) -> tuple[Path, Path, dict]:
         info["files_before"] = dataset_view_files(catalog)
     info["compaction"] = compact_dataset(str(root), "nightly")
     info["after_compaction"] = dataset_rows(root)
-    info["orchestration"] = run_build(dataset_config(root, problems, "flow.max_workers=2"), build_id="a-2", policy_factory=FACTORY)
-    info["relabel"] = run_build(dataset_config(root, problems, "search.mc_rollouts=3"), build_id="a-3", policy_factory=FACTORY)
+    info["orchestration"] = run_build(dataset_config(root, problems, "flow.max_workers=2"), build_id="a-2",
+                                      policy_factory=FACTORY)
+    info["relabel"] = run_build(dataset_config(root, problems, "search.mc_rollouts=3"), build_id="a-3",
+                                policy_factory=FACTORY)
     return root, problems, info
 
 
@@ -287,9 +293,11 @@ def test_compaction_keeps_rows_lineage_and_checksums(relabeled_dataset, tmp_path
 def test_diff_counts_changed_steps_between_dataset_states(relabeled_dataset, tmp_path):
     root, _, _ = relabeled_dataset
     with Catalog(str(root), build_id="a-1") as catalog:
-        before = {tuple(r[k] for k in ("problem_id", "path_id", "step_index")): r for r in diff_steps_of(catalog).to_pylist()}
+        before = {tuple(r[k] for k in ("problem_id", "path_id", "step_index")): r
+                  for r in diff_steps_of(catalog).to_pylist()}
     with Catalog(str(root), build_id="a-3") as catalog:
-        after = {tuple(r[k] for k in ("problem_id", "path_id", "step_index")): r for r in diff_steps_of(catalog).to_pylist()}
+        after = {tuple(r[k] for k in ("problem_id", "path_id", "step_index")): r
+                 for r in diff_steps_of(catalog).to_pylist()}
     expected = {"added": len(after.keys() - before.keys()), "removed": len(before.keys() - after.keys())}
     both = before.keys() & after.keys()
     expected["label_changed"] = sum(before[k]["fused_label"] != after[k]["fused_label"] for k in both)
@@ -314,7 +322,7 @@ def test_diff_counts_changed_steps_between_dataset_states(relabeled_dataset, tmp
     assert pq.read_table(out).num_rows == result.changes.num_rows
     table = run_cli("diff", "a-1", "a-3", "--root", str(root))
     assert table.exit_code == 0, table.output
-    for kind, number in result.counts.items():
+    for kind, _number in result.counts.items():
         assert f"{kind}" in table.output
     same = run_cli("diff", "a-1", "a-1", "--root", str(root), "--format", "json")
     assert same.exit_code == 0 and same.stdout == ""
@@ -325,7 +333,8 @@ def test_compact_and_query_cli(relabeled_dataset):
     result = run_cli("compact", "--dataset", "nightly", "--root", str(root))
     assert result.exit_code == 0, result.output
     assert "compacted dataset nightly" in result.output
-    query = run_cli("query", "SELECT count(DISTINCT problem_id) AS n FROM dataset_steps", "--dataset", "nightly", "--root", str(root), "-f", "json")
+    query = run_cli("query", "SELECT count(DISTINCT problem_id) AS n FROM dataset_steps", "--dataset", "nightly",
+                    "--root", str(root), "-f", "json")
     assert json.loads(query.stdout) == {"n": 3}
     missing = run_cli("compact", "--dataset", "nope", "--root", str(root))
     assert missing.exit_code != 0
@@ -340,7 +349,8 @@ def test_overlapping_runs_never_label_a_problem_twice(tmp_path: Path):
     results: dict = {}
 
     def slow_run() -> None:
-        results["slow"] = run_build(dataset_config(root, early, "output.batch_size=1"), build_id="slow", policy_factory=SLOW_FACTORY)
+        results["slow"] = run_build(dataset_config(root, early, "output.batch_size=1"), build_id="slow",
+                                    policy_factory=SLOW_FACTORY)
 
     thread = threading.Thread(target=slow_run)
     thread.start()
@@ -397,7 +407,8 @@ def test_relabel_where_and_user_errors(relabeled_dataset):
     with pytest.raises(PrmforgeError, match="not a complete build of dataset"):
         Catalog(str(root), dataset="nightly", as_of="nope")
     # --relabel --where on a predicate nothing matches: nothing to label, recorded as an empty build.
-    summary = run_build(dataset_config(root, problems, "search.mc_rollouts=3"), relabel=True, relabel_where="false", policy_factory=FACTORY)
+    summary = run_build(dataset_config(root, problems, "search.mc_rollouts=3"), relabel=True, relabel_where="false",
+                        policy_factory=FACTORY)
     assert summary.problems_total == 0 and summary.dataset_plan["already_labeled"] == 3
     assert len([m for m in list_builds(str(root)) if m.dataset]) >= 4
 
@@ -468,7 +479,8 @@ def test_scheduled_run_of_a_dataset_reports_its_plan(relabeled_dataset, capsys):
     from flows.build import scheduled_build
 
     root, problems, _ = relabeled_dataset
-    summary = scheduled_build(preset="small", overrides=overrides(root, problems, "search.mc_rollouts=3"), policy_factory=FACTORY)
+    summary = scheduled_build(preset="small", overrides=overrides(root, problems, "search.mc_rollouts=3"),
+                              policy_factory=FACTORY)
     assert summary.dataset == "nightly" and summary.problems_total == 0
     assert "3 already labeled (skipped) - nothing new to label" in capsys.readouterr().out
 
@@ -498,7 +510,11 @@ def _synthetic_dataset_build(root: str, build_id: str, batch_index: int, seed: i
     batch = synthetic_batch(build_id, "gsm8k", batch_index, num_problems=3, seed=seed)
     manifest = start_build(root, build_id, {"name": "synthetic", "seed": seed}, policy_model="synthetic/none")
     shards = ShardWriter(root, build_id).write_batch("gsm8k", "b00000", batch.steps, batch.nodes, batch.outcomes)
-    keys = {o.problem_id: labeling_key(o.problem_id, problem_content_hash(o.source, o.question, o.gold_answer), "m", str(seed)) for o in batch.outcomes}
+    keys = {
+        o.problem_id: labeling_key(o.problem_id, problem_content_hash(o.source, o.question, o.gold_answer), "m",
+                                   str(seed))
+        for o in batch.outcomes
+    }
     manifest.dataset = {"name": "nightly", "labeling_keys": keys, "plan": {}, "completed_at": utc_now_precise()}
     finish_build(root, manifest, shards)
 
@@ -516,7 +532,9 @@ def test_dataset_views_and_compaction_on_a_remote_root():
         compact_dataset(root, "nightly")
         _synthetic_dataset_build(root, "r3", 1, seed=5)  # the problems of r2 again, after the compaction
         with Catalog(root, dataset="nightly") as catalog:
-            current = dict(catalog.connection.sql("SELECT build_id, count(DISTINCT problem_id) FROM dataset_problems GROUP BY 1").fetchall())
+            current = dict(catalog.connection.sql(
+                "SELECT build_id, count(DISTINCT problem_id) FROM dataset_problems GROUP BY 1"
+            ).fetchall())
             keys = catalog.query(f"SELECT {STEP_KEY}, build_id FROM dataset_steps").to_pylist()
         assert current == {"r1": 3, "r3": 3}
         assert {k["build_id"] for k in keys} == {"r1", "r3"}

@@ -57,7 +57,8 @@ def test_counts_layout_and_kinds(injected):
     assert len({r["id"] for r in records}) == 100
     assert len({r["source_row"] for r in records}) == 100  # disjoint problems
     for record in records:
-        assert set(record) >= {"id", "generator", "problem", "steps", "label", "final_answer_correct", "gold_answer", "corruption"}
+        assert set(record) >= {"id", "generator", "problem", "steps", "label", "final_answer_correct", "gold_answer",
+                               "corruption"}
         assert all(isinstance(step, str) and step for step in record["steps"])
         assert record["final_answer_correct"] == (record["label"] == -1)
     # equal quotas: 20 of each kind
@@ -98,7 +99,8 @@ def test_slip_states_a_false_equation_and_later_steps_carry_the_value():
         "In all 27 + 48 = <<27+48=75>>75 lines.\n#### 75"
     )
     solution = parse_reference("A scene has 54 lines and Sean has 48 more lines...", answer, 1)
-    slips = {c.new_value: c for c in candidate_corruptions(solution) if c.kind == "arithmetic_slip" and c.annotation == 0}
+    slips = {c.new_value: c for c in candidate_corruptions(solution)
+             if c.kind == "arithmetic_slip" and c.annotation == 0}
     result = apply_corruption(solution, slips[Fraction(110)])
     assert result is not None and result.kind == "arithmetic_slip"
     assert result.label == 0
@@ -134,7 +136,8 @@ def test_wrong_operation_and_dropped_term_keep_arithmetic_right():
     solution = parse_reference("A hole 6 by 4 by 3 feet; 3 seconds per cubic foot.", answer, 1)
     results = [apply_corruption(solution, c) for c in candidate_corruptions(solution) if c.annotation == 0]
     by_kind = {r.kind: r for r in results if r is not None}
-    assert by_kind["dropped_term"].steps[0] in ("The hole is 6 * 3 = 18 cubic feet.", "The hole is 6 * 4 = 24 cubic feet.")
+    assert by_kind["dropped_term"].steps[0] in ("The hole is 6 * 3 = 18 cubic feet.",
+                                                "The hole is 6 * 4 = 24 cubic feet.")
     assert by_kind["wrong_operation"].steps[0].startswith("The hole is 6 / 4 * 3 = 4.5") or \
         by_kind["wrong_operation"].steps[0].startswith("The hole is 6 * 4 / 3 = 8")
 

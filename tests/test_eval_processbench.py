@@ -104,7 +104,8 @@ def test_read_json_list_and_jsonl(tmp_path):
         ('{"id": 1, "problem": "p", "steps": ["a"]}', "missing field 'label'"),
         ('{"id": 1, "problem": "p", "steps": ["a"], "label": 1}', "'label' must be -1 or a step index 0..0"),
         ('{"id": 1, "problem": "p", "steps": [], "label": -1}', "non-empty list of strings"),
-        ('{"id": 1, "problem": "p", "steps": ["a"], "label": -1}\n{"id": 1, "problem": "p", "steps": ["a"], "label": -1}', "duplicate id"),
+        ('{"id": 1, "problem": "p", "steps": ["a"], "label": -1}\n'
+         '{"id": 1, "problem": "p", "steps": ["a"], "label": -1}', "duplicate id"),
         ("not json", "not JSON"),
         ("[1, 2", "not valid JSON"),
         ("", "no records"),

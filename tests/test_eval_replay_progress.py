@@ -61,8 +61,8 @@ def test_stored_signals_refuse_to_the_run_labels_and_variants_score():
     records, references = injected_set(6, 4, seed=11)
     config = _config()
     with ToolStepVerifier(config.tool) as tool:
-        runs = runner.run_shared(records, ["mc", "hybrid"], config, ReplayPolicy(scripted_for(records, references)), tool,
-                                 None, "binary", 4)
+        runs = runner.run_shared(records, ["mc", "hybrid"], config, ReplayPolicy(scripted_for(records, references)),
+                                 tool, None, "binary", 4)
     results = [runner.evaluate(records, run).to_json() for run in runs]
     mc, hybrid = results
     assert set(hybrid["signals"]) == {r.id for r in records}
@@ -92,9 +92,11 @@ def test_pass_progress_lines():
     progress.solutions(4, 40)  # the hybrid's own pass restarts the count
     lines = stream.getvalue().splitlines()
     assert lines[0] == "pass 1 of 1 (binary): 0/40 solutions | 32 rollouts | 20.0 tok/s | elapsed 31 s | eta ?"
-    assert lines[1] == "pass 1 of 1 (binary): 4/40 solutions | 32 rollouts | 20.0 tok/s | elapsed 1 min 40 s | eta 15 min 00 s"
+    assert lines[1] == ("pass 1 of 1 (binary): 4/40 solutions | 32 rollouts | 20.0 tok/s | elapsed 1 min 40 s"
+                        " | eta 15 min 00 s")
     assert lines[2].startswith("pass 1 of 1 (binary): 40/40 solutions") and lines[2].endswith("eta 0 s")
-    assert lines[3].startswith("pass 1 of 1 (binary) part 2: 4/40 solutions") and lines[3].endswith("eta 1 min 30 s")  # 10 s for 4
+    # 10 s for 4
+    assert lines[3].startswith("pass 1 of 1 (binary) part 2: 4/40 solutions") and lines[3].endswith("eta 1 min 30 s")
     assert len(lines) == 4
 
 
@@ -105,7 +107,8 @@ def test_bench_processbench_rescores_stored_runs(tmp_path, capsys):
 
     records, references = injected_set(6, 4, seed=11)
     config = _config()
-    runs = runner.run_shared(records, ["mc", "hybrid"], config, scripted_for(records, references), None, None, "binary", 4)
+    runs = runner.run_shared(records, ["mc", "hybrid"], config, scripted_for(records, references), None, None,
+                             "binary", 4)
     set_file = tmp_path / "set.json"
     set_file.write_text(json.dumps([r.to_json() for r in records]))
     out = tmp_path / "run.json"

@@ -57,8 +57,12 @@ def _config(**overrides) -> BuildConfig:
 def test_mc_per_step_and_binary_find_every_injected_error(small_set):
     records, references = small_set
     config = _config()
-    per_step = runner.evaluate(records, runner.run_mc(records, "mc", config, scripted_for(records, references), None, None, "per-step", 4))
-    binary = runner.evaluate(records, runner.run_mc(records, "mc", config, scripted_for(records, references), None, None, "binary", 4))
+    per_step = runner.evaluate(
+        records, runner.run_mc(records, "mc", config, scripted_for(records, references), None, None, "per-step", 4)
+    )
+    binary = runner.evaluate(
+        records, runner.run_mc(records, "mc", config, scripted_for(records, references), None, None, "binary", 4)
+    )
     for result in (per_step, binary):
         assert result.run.failures == {}
         assert (result.score.acc_err, result.score.acc_cor, result.score.f1) == (1.0, 1.0, 1.0)
@@ -77,7 +81,8 @@ def test_hybrid_takes_tool_verdicts_and_mc(small_set):
 
     config = _config()
     with ToolStepVerifier(config.tool) as tool:
-        result = runner.evaluate(records, runner.run_mc(records, "hybrid", config, scripted_for(records, references), tool, None, "binary", 4))
+        result = runner.evaluate(records, runner.run_mc(records, "hybrid", config, scripted_for(records, references),
+                                                        tool, None, "binary", 4))
     assert result.run.failures == {}
     assert result.score.acc_err == 1.0
 
@@ -86,7 +91,8 @@ def test_mc_with_recovering_rollouts_misses_errors_honestly(small_set):
     # Rollouts from a wrong prefix reach gold 90% of the time: MC > 0 after the error, so per-step
     # MC calls the erroneous step good and misses errors (acc_err < 1) -- the known MC noise.
     records, references = small_set
-    result = runner.evaluate(records, runner.run_mc(records, "mc", _config(), scripted_for(records, references, 0.9), None, None, "per-step", 4))
+    result = runner.evaluate(records, runner.run_mc(records, "mc", _config(), scripted_for(records, references, 0.9),
+                                                    None, None, "per-step", 4))
     assert result.score.n_error_before_last >= 1
     assert result.score.acc_err_before_last == 0.0  # every error before the answer step is missed
     assert result.score.acc_err < 1.0
@@ -118,11 +124,13 @@ def test_cli_make_set_run_tool_and_compare(tmp_path, monkeypatch, small_set):
     assert made.exit_code == 0, made.output
     assert "wrote 15 solutions" in made.output
     again = tmp_path / "again.jsonl"
-    cli.invoke(app, ["eval", "make-set", "--out", str(again), "--input", str(source), "--n-error", "9", "--n-correct", "6", "--seed", "2"])
+    cli.invoke(app, ["eval", "make-set", "--out", str(again), "--input", str(source),
+                     "--n-error", "9", "--n-correct", "6", "--seed", "2"])
     assert set_file.read_bytes() == again.read_bytes()
 
     out = tmp_path / "tool.json"
-    ran = cli.invoke(app, ["eval", "run", "--input", str(set_file), "--labels", "tool", "--set", "tool.workers=1", "--out", str(out)])
+    ran = cli.invoke(app, ["eval", "run", "--input", str(set_file), "--labels", "tool", "--set", "tool.workers=1",
+                           "--out", str(out)])
     assert ran.exit_code == 0, ran.output
     payload = json.loads(out.read_text())
     score = payload["results"][0]["score"]
@@ -150,9 +158,10 @@ def test_cli_make_set_run_tool_and_compare(tmp_path, monkeypatch, small_set):
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    from flows.cli import main  # noqa: F401 - the CLI entry turns PrmforgeError into "error: ..."
     import subprocess
     import sys
+
+    from flows.cli import main  # noqa: F401 - the CLI entry turns PrmforgeError into "error: ..."
 
     pb = tmp_path / "pb.json"
     pb.write_text(json.dumps([{"id": "a", "problem": "p", "steps": ["x"], "label": -1}]))

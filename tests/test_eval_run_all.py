@@ -48,7 +48,8 @@ def test_goal_met(run_all):
 
 def test_run_script_quick_flag_failures_and_timeouts(run_all, tmp_path):
     good = tmp_path / "bench_good.py"
-    good.write_text("import sys\nprint('log line')\nprint('FIGURE\\tquick\\t' + str(int('--quick' in sys.argv)) + '\\tflag\\t>= 1')\n")
+    good.write_text("import sys\nprint('log line')\n"
+                    "print('FIGURE\\tquick\\t' + str(int('--quick' in sys.argv)) + '\\tflag\\t>= 1')\n")
     plain = tmp_path / "bench_plain.py"
     plain.write_text("print('FIGURE\\tx\\t3\\tu\\t')\n")
     bad = tmp_path / "bench_bad.py"

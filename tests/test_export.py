@@ -102,7 +102,8 @@ def test_trl_record_layout(data_root, tmp_path):
         steps = catalog.query(
             "SELECT problem_id, path_id, list(step_text ORDER BY step_index) AS texts FROM steps GROUP BY ALL"
         ).to_pylist()
-        questions = {r["problem_id"]: r["question"] for r in catalog.query("SELECT problem_id, question FROM problems").to_pylist()}
+        questions = {r["problem_id"]: r["question"]
+                     for r in catalog.query("SELECT problem_id, question FROM problems").to_pylist()}
     import pyarrow.parquet as pq
 
     records = {(r["problem_id"], r["path_id"]): r for r in pq.read_table(out).to_pylist()}
@@ -117,16 +118,19 @@ def test_math_shepherd_rendering_reproduces_the_published_sample():
     for line in (DATA / "math_shepherd_sample.jsonl").read_text().splitlines():
         sample = json.loads(line)
         question, body = sample["input"].split(" Step 1: ", 1)
-        steps = [re.sub(r"^Step \d+: ", "", part) for part in ("Step 1: " + body).removesuffix(f" {STEP_TAG}").split(f" {STEP_TAG}\n")]
+        steps = [re.sub(r"^Step \d+: ", "", part)
+                 for part in ("Step 1: " + body).removesuffix(f" {STEP_TAG}").split(f" {STEP_TAG}\n")]
         labels = parse_math_shepherd(sample["input"], sample["label"])
         assert len(labels) == len(steps)
-        path = LabeledPath("b", "p", "path", "gsm8k", question, "?", steps, labels, [""] * len(steps), True, None, "m", None)
+        path = LabeledPath("b", "p", "path", "gsm8k", question, "?", steps, labels, [""] * len(steps), True, None,
+                           "m", None)
         record, escaped = math_shepherd_record(path)
         assert (record["input"], record["label"], escaped) == (sample["input"], sample["label"], 0)
 
 
 def test_math_shepherd_escapes_tags_inside_step_text():
-    path = LabeledPath("b", "p", "path", "s", "Q?", "1", [f"x {STEP_TAG} y", "z"], [True, False], ["", ""], True, "1", "m", None)
+    path = LabeledPath("b", "p", "path", "s", "Q?", "1", [f"x {STEP_TAG} y", "z"], [True, False], ["", ""], True, "1",
+                       "m", None)
     record, escaped = math_shepherd_record(path)
     assert escaped == 1
     assert parse_math_shepherd(record["input"], record["label"]) == [True, False]
@@ -134,7 +138,8 @@ def test_math_shepherd_escapes_tags_inside_step_text():
 
 def test_prm800k_record_matches_the_published_layout():
     sample = json.loads((DATA / "prm800k_sample.jsonl").read_text().splitlines()[0])
-    path = LabeledPath("b", "p", "path", "math500", "Q?", "29", ["a", "b"], [True, False], ["", ""], True, "30", "m", None)
+    path = LabeledPath("b", "p", "path", "math500", "Q?", "29", ["a", "b"], [True, False], ["", ""], True, "30",
+                       "m", None)
     record = prm800k_record(path)
     assert set(sample) <= set(record)
     assert set(sample["label"]) == set(record["label"])
@@ -196,7 +201,8 @@ def test_consensus_filter(data_root, tmp_path):
     with Catalog(data_root) as catalog:
         result = export_paths(catalog, "trl", str(tmp_path / "c.parquet"), consensus=True)
         expected = catalog.query(
-            "SELECT count(*) FROM (SELECT build_id, problem_id, path_id FROM steps GROUP BY ALL HAVING bool_and(consensus))"
+            "SELECT count(*) FROM (SELECT build_id, problem_id, path_id FROM steps GROUP BY ALL"
+            " HAVING bool_and(consensus))"
         ).column(0)[0].as_py()
     assert 0 < result.records == expected < result.paths_total
 
@@ -254,7 +260,8 @@ def _path(labels, mc_totals=None, agree=None, sources=None, final_answer="1", nu
     n = len(labels)
     return LabeledPath(
         "b", "p", "x", "s", "Q", "1", [f"s{i}" for i in range(n)], list(labels), [""] * n, True, final_answer, "m",
-        None, mc_values=[None if t is None else 0.5 for t in (mc_totals or [None] * n)], mc_totals=mc_totals or [None] * n,
+        None, mc_values=[None if t is None else 0.5 for t in (mc_totals or [None] * n)],
+        mc_totals=mc_totals or [None] * n,
         signals_agree=agree or [True] * n, label_sources=sources or ["mc"] * n, num_steps=num_steps or n,
     )
 
@@ -291,7 +298,8 @@ def test_min_confidence_export_keeps_only_agreeing_well_sampled_prefixes(data_ro
         agree = {
             (r["build_id"], r["problem_id"], r["path_id"]): r["agree"]
             for r in catalog.query(
-                "SELECT build_id, problem_id, path_id, list(signals_agree ORDER BY step_index) AS agree FROM steps GROUP BY ALL"
+                "SELECT build_id, problem_id, path_id, list(signals_agree ORDER BY step_index) AS agree FROM steps"
+                " GROUP BY ALL"
             ).to_pylist()
         }
     import pyarrow.parquet as pq
@@ -317,7 +325,8 @@ def test_soft_labels_math_shepherd_and_refused_elsewhere(data_root, tmp_path):
         values = {
             (r["build_id"], r["problem_id"], r["path_id"]): r["values"]
             for r in catalog.query(
-                "SELECT build_id, problem_id, path_id, list(mc_value ORDER BY step_index) AS values FROM steps GROUP BY ALL"
+                "SELECT build_id, problem_id, path_id, list(mc_value ORDER BY step_index) AS values FROM steps"
+                " GROUP BY ALL"
             ).to_pylist()
         }
     import pyarrow.parquet as pq

@@ -35,7 +35,8 @@ BUILD_COLUMNS = ("build_id",)
 def _bundled_gsm8k_rows() -> list[dict]:
     from data_schemas.problems import bundled_problems_path
 
-    rows = [json.loads(line) for line in bundled_problems_path().read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [json.loads(line) for line in bundled_problems_path().read_text(encoding="utf-8").splitlines()
+            if line.strip()]
     return [row for row in rows if "####" in str(row.get("answer", ""))]
 
 
@@ -44,7 +45,9 @@ def scripted_policy_factory(policy_config: PolicyConfig):
     from tests.support.scripted_policy import ScriptedPolicy, gsm8k_scripted_problems
 
     problems = gsm8k_scripted_problems(_bundled_gsm8k_rows(), seed=3, p_correct=0.7, step_error_rate=0.3)
-    return ScriptedPolicy(problems, fail_questions=[q for q in os.environ.get("PRMFORGE_TEST_FAIL_QUESTION", "").split("|") if q])
+    return ScriptedPolicy(
+        problems, fail_questions=[q for q in os.environ.get("PRMFORGE_TEST_FAIL_QUESTION", "").split("|") if q]
+    )
 
 
 def slow_scripted_policy_factory(policy_config: PolicyConfig):
@@ -119,7 +122,9 @@ def test_build_writes_rows_manifest_and_duckdb_reads_them(tmp_path: Path):
     assert len(manifest.shards) == 6  # 2 batches x 3 tables, one source
 
     with Catalog(str(tmp_path), build_id=summary.build_id) as catalog:
-        steps = catalog.query("SELECT count(*) AS n, count(DISTINCT problem_id) AS p, sum(fused_label::INT) AS pos FROM steps").to_pylist()[0]
+        steps = catalog.query(
+            "SELECT count(*) AS n, count(DISTINCT problem_id) AS p, sum(fused_label::INT) AS pos FROM steps"
+        ).to_pylist()[0]
         outcomes = catalog.query("SELECT status, count(*) AS n FROM problems GROUP BY status").to_pylist()
     assert steps["n"] == summary.steps and steps["p"] == 4 and steps["pos"] == summary.positive_steps
     assert outcomes == [{"status": "labeled", "n": 4}]
@@ -191,7 +196,8 @@ def test_rerun_reuses_prefect_cache_and_written_shards(tmp_path: Path, monkeypat
 
     # Ignoring the written shards: Prefect's cache gives the rows back without asking for a policy.
     made = []
-    monkeypatch.setattr(importlib.import_module("tests.test_flow_build"), "scripted_policy_factory", lambda pc: made.append(pc) or None)
+    monkeypatch.setattr(importlib.import_module("tests.test_flow_build"), "scripted_policy_factory",
+                        lambda pc: made.append(pc) or None)
     third = run_build(config, build_id="cache-test", policy_factory=FACTORY, reuse_written_shards=False)
     assert made == []
     assert third.batches_reused == 2
@@ -230,7 +236,8 @@ def test_killed_build_resumes_to_the_same_rows(tmp_path: Path):
     ]
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(
-        [sys.executable, "-c", CRASH_SCRIPT, "tests.test_flow_build:slow_scripted_policy_factory", "crashed", *overrides],
+        [sys.executable, "-c", CRASH_SCRIPT, "tests.test_flow_build:slow_scripted_policy_factory", "crashed",
+         *overrides],
         cwd=REPO,
         env=env,
         start_new_session=True,  # its own process group: the kill takes Prefect's server with it
@@ -313,7 +320,9 @@ def test_remote_root_keeps_shards_and_resume_cache_on_the_filesystem():
     import uuid
 
     root = f"memory://prmforge-{uuid.uuid4().hex[:8]}"
-    config = load_build_config(preset="small", overrides=[f"output.root={json.dumps(root)}", "problems.limit=2", "search.max_depth=8"])
+    config = load_build_config(
+        preset="small", overrides=[f"output.root={json.dumps(root)}", "problems.limit=2", "search.max_depth=8"]
+    )
     first = run_build(config, build_id="remote", policy_factory=FACTORY)
     assert first.status == "complete" and first.steps > 0
     again = run_build(config, build_id="remote", policy_factory=FACTORY, reuse_written_shards=False)
@@ -362,7 +371,9 @@ def test_scheduled_build_entry_point_runs_a_build(tmp_path: Path):
     ).config_hash()
 
 
-def test_build_with_lean_enabled_but_no_toolchain_records_lean_unavailable(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+def test_build_with_lean_enabled_but_no_toolchain_records_lean_unavailable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
     """Lean asked for on a machine without a usable Lean project: the build still finishes, every
     step says lean_unavailable, and the reason is logged once for the build, not once per step."""
     missing_project = tmp_path / "no-lean-project"

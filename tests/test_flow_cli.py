@@ -34,7 +34,8 @@ def test_builds_lists_manifests_and_resume_keeps_identity(tmp_path: Path):
 
     config = load_build_config(
         preset="small",
-        overrides=[f"output.root={json.dumps(str(tmp_path))}", "problems.limit=2", "search.max_depth=8", "search.rounds=2"],
+        overrides=[f"output.root={json.dumps(str(tmp_path))}", "problems.limit=2", "search.max_depth=8",
+                   "search.rounds=2"],
     )
     summary = run_build(config, build_id="listed", policy_factory="tests.test_flow_build:scripted_policy_factory")
     result = runner.invoke(app, ["builds", "--root", str(tmp_path)], env={"COLUMNS": "200"})

@@ -33,7 +33,8 @@ def test_plain_lines_when_not_a_terminal():
     progress = BuildProgress(stream=stream, force_terminal=False)
     assert not progress.interactive
     progress.start("demo-1", problems_total=3, batches_total=2)
-    progress.batch_done("00000-a", [], [_outcome("p1"), _outcome("p2", "failed")], TokenUsage(completion_tokens=50), reused=False)
+    progress.batch_done("00000-a", [], [_outcome("p1"), _outcome("p2", "failed")], TokenUsage(completion_tokens=50),
+                        reused=False)
     progress.batch_done("00001-b", [], [_outcome("p3")], TokenUsage(completion_tokens=50), reused=True)
     progress.stop()
     lines = stream.getvalue().splitlines()
@@ -50,7 +51,8 @@ def test_live_bar_on_a_terminal_reads_live_usage():
     assert progress.interactive
     progress.start("demo-1", problems_total=2, batches_total=1)
     live.completion_tokens = 120  # tokens generated while the batch runs
-    progress.batch_done("00000-a", [], [_outcome("p1"), _outcome("p2")], TokenUsage(completion_tokens=120), reused=False)
+    progress.batch_done("00000-a", [], [_outcome("p1"), _outcome("p2")], TokenUsage(completion_tokens=120),
+                        reused=False)
     progress.stop()
     text = stream.getvalue()
     assert "2/2 problems" in text and "10 rollouts" in text and "tok/s" in text
@@ -60,7 +62,8 @@ def test_summary_table_names_everything_the_user_needs():
     stream = io.StringIO()
     BuildProgress(stream=stream, force_terminal=False).print_summary(_summary())
     text = stream.getvalue()
-    for expected in ("2 labeled, 1 skipped", "1 failed", "10 (7 positive, 3 negative)", "4/10 (40%)", "0/10", "(90%)", "p3 at search: boom", "prmforge query"):
+    for expected in ("2 labeled, 1 skipped", "1 failed", "10 (7 positive, 3 negative)", "4/10 (40%)", "0/10", "(90%)",
+                     "p3 at search: boom", "prmforge query"):
         assert expected in text, expected
     assert query_example(_summary()).endswith("--root '/data x' --build demo-1")
     assert _summary(wall_seconds=0.0).generation_share is None

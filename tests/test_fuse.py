@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 
 from labelers.config import FuseConfig
-from labelers.fuse import MCSignal, NO_MC, first_negative, fuse_path, fuse_step, path_consensus, rows_to_keep
+from labelers.fuse import NO_MC, MCSignal, first_negative, fuse_path, fuse_step, path_consensus, rows_to_keep
 from labelers.rationale import build_rationale, parse_verdict
 from labelers.verify.base import LeanCheck, LeanState, ToolCheck, ToolVerdict
 
-CORRECT = ToolCheck(ToolVerdict.CORRECT, "sympy", {"claims": [{"text": "3*4 = 12", "holds": True, "lhs_value": "12", "rhs_value": "12"}]})
-INCORRECT = ToolCheck(ToolVerdict.INCORRECT, "sympy", {"claims": [{"text": "3*4 = 13", "holds": False, "lhs_value": "12", "rhs_value": "13"}]})
+CORRECT = ToolCheck(ToolVerdict.CORRECT, "sympy",
+                    {"claims": [{"text": "3*4 = 12", "holds": True, "lhs_value": "12", "rhs_value": "12"}]})
+INCORRECT = ToolCheck(ToolVerdict.INCORRECT, "sympy",
+                      {"claims": [{"text": "3*4 = 13", "holds": False, "lhs_value": "12", "rhs_value": "13"}]})
 UNVERIFIABLE = ToolCheck(ToolVerdict.UNVERIFIABLE, "none", {"reason": "no checkable claim"})
 PROVED = LeanCheck(LeanState.PROVED, "theorem t : 3*4 = 12 := by sorry", "norm_num")
 DISPROVED = LeanCheck(LeanState.DISPROVED, "theorem t : 3*4 = 13 := by sorry", "norm_num")
@@ -118,7 +120,8 @@ def test_no_evidence_is_no_label_yielded_steps_are_low_confidence() -> None:
         steps=[f"s{i}" for i in range(5)], labels=[step.label for step in fused], rationales=[""] * 5,
         consensus=False, final_answer="2", generator_model="m", finished_at=None,
         mc_values=[0.0, None, 0.0, None, None], mc_totals=[8, None, 8, None, None],
-        signals_agree=[step.signals_agree for step in fused], label_sources=[step.source for step in fused], num_steps=5,
+        signals_agree=[step.signals_agree for step in fused], label_sources=[step.source for step in fused],
+        num_steps=5,
     )
     values, fallback = soft_values(path)
     assert values[:3] == [1.0, 1.0, 1.0] and [label for label in path.labels[:3]] == [True] * 3  # soft = hard
@@ -168,10 +171,12 @@ def test_rationale_of_a_yielded_zero() -> None:
 def test_path_consensus_defined_for_correct_and_wrong_paths() -> None:
     config = FuseConfig()
     # wrong path: MC and tool both put the first error at step 2
-    agree = path_consensus([MC_HIGH, MC_LOW, MC_ZERO, INFERRED_NEG], [CORRECT, UNVERIFIABLE, INCORRECT, CORRECT], [None] * 4, config)
+    agree = path_consensus([MC_HIGH, MC_LOW, MC_ZERO, INFERRED_NEG], [CORRECT, UNVERIFIABLE, INCORRECT, CORRECT],
+                           [None] * 4, config)
     assert agree == (True, 2, 2)
     # tool flags step 1, MC step 2
-    assert path_consensus([MC_HIGH, MC_LOW, MC_ZERO], [CORRECT, INCORRECT, CORRECT], [None] * 3, config) == (False, 2, 1)
+    assert (path_consensus([MC_HIGH, MC_LOW, MC_ZERO], [CORRECT, INCORRECT, CORRECT], [None] * 3, config)
+            == (False, 2, 1))
     # all-correct path: both -1
     assert path_consensus([INFERRED_POS, MC_HIGH], [CORRECT, UNVERIFIABLE], [None, None], config) == (True, -1, -1)
     # MC never estimated counts as no MC error
@@ -233,7 +238,8 @@ def test_early_reasoning_error_before_a_disproved_slip(yields: bool) -> None:
 # first error. Without the path rule the zero at step 0 is taken as the error.
 @pytest.mark.parametrize("yields", [
     True,
-    pytest.param(False, marks=pytest.mark.xfail(strict=True, reason="no path rule: a zero at step 0 on a hard problem")),
+    pytest.param(False,
+                 marks=pytest.mark.xfail(strict=True, reason="no path rule: a zero at step 0 on a hard problem")),
 ])
 def test_problem_beyond_the_policy_with_a_disproved_slip(yields: bool) -> None:
     fused = fuse_path(TOOLS_SLIP_AT_3, [None] * 5, ZERO_AT_START, FuseConfig(zero_without_drop_yields=yields), False)
@@ -280,7 +286,8 @@ def test_confirmation_turns_measured_zeros_at_verified_wrong_steps_positive() ->
                                            ScriptedPolicy([p for p, _ in cases]), tool, None)
             firsts = []
             for problem in problems:
-                rows = sorted((r for r in result.steps if r.problem_id == problem.problem_id), key=lambda r: r.step_index)
+                rows = sorted((r for r in result.steps if r.problem_id == problem.problem_id),
+                              key=lambda r: r.step_index)
                 assert rows[1].tool_verdict == "correct"  # the tool cannot see this error
                 firsts.append(next((r.step_index for r in rows if not r.fused_label), -1))
             found[confirm] = sum(first == 1 for first in firsts)

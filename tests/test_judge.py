@@ -48,7 +48,8 @@ def test_prompt_has_question_previous_steps_step_and_tool_result():
     system, user = judge_messages(context, "Tool check (sympy): 3 + 4 = 7 holds (7 vs 7).")
     assert "Verdict: correct" in system.content and "reasoning" in system.content
     text = user.content
-    for part in ("How many apples?", "Step 1: He has 3 bags.", "Step 2: Each has 4.", "Step 3 (check this one):\nSo 3 + 4 = 7 apples.",
+    for part in ("How many apples?", "Step 1: He has 3 bags.", "Step 2: Each has 4.",
+                 "Step 3 (check this one):\nSo 3 + 4 = 7 apples.",
                  "Tool result: Tool check (sympy): 3 + 4 = 7 holds"):
         assert part in text
 
@@ -118,7 +119,7 @@ def _oracle(references):
     return decide
 
 
-def test_pipeline_stores_and_fuses_the_judge(small_set):
+def test_pipeline_stores_and_fuses_the_judge(small_set):  # noqa: F811 - small_set is the fixture imported above
     from labelers import pipeline
 
     records, references = small_set
@@ -143,7 +144,7 @@ def test_pipeline_stores_and_fuses_the_judge(small_set):
             assert row.label_source == "judge_disproved" and not row.fused_label  # no tool: the judge decides
 
 
-def test_judge_not_run_by_default(small_set):
+def test_judge_not_run_by_default(small_set):  # noqa: F811 - small_set is the fixture imported above
     from labelers import pipeline
 
     records, references = small_set
@@ -155,7 +156,7 @@ def test_judge_not_run_by_default(small_set):
     assert JUDGE_NOT_RUN.verdict is None
 
 
-def test_shared_run_equals_separate_runs(small_set):
+def test_shared_run_equals_separate_runs(small_set):  # noqa: F811 - small_set is the fixture imported above
     from labelers.verify.tool import ToolStepVerifier
 
     records, references = small_set
@@ -164,7 +165,8 @@ def test_shared_run_equals_separate_runs(small_set):
         separate = runner.run_mc(records, "hybrid", config, scripted_for(records, references), tool, None, "binary", 4)
         separate_mc = runner.run_mc(records, "mc", config, scripted_for(records, references), None, None, "binary", 4)
         judge = ScriptedJudge(_oracle(references), fallback=scripted_for(records, references))
-        mc, hybrid, judged = runner.run_shared(records, ["mc", "hybrid", "judge"], config, judge, tool, None, "binary", 4,
+        mc, hybrid, judged = runner.run_shared(records, ["mc", "hybrid", "judge"], config, judge, tool, None,
+                                               "binary", 4,
                                                chunk_size=len(records))  # one labeling call: one judge call
     assert hybrid.predictions == separate.predictions and mc.predictions == separate_mc.predictions
     # mc and the judge share one pass; the hybrid, which samples with the tool's help, has its own
@@ -194,7 +196,9 @@ def test_mc_alone_does_not_see_the_tool(mc_mode):
     assert hybrid.rollouts < with_tool.rollouts  # the hybrid alone skips after the disproved slip
 
 
-def test_cli_several_labels_share_a_pass_and_set_overrides(tmp_path, monkeypatch, small_set):
+def test_cli_several_labels_share_a_pass_and_set_overrides(
+    tmp_path, monkeypatch, small_set  # noqa: F811 - small_set is the fixture imported above
+):
     records, references = small_set
     bench = tmp_path / "set.json"
     bench.write_text(json.dumps([r.to_json() for r in records]))
@@ -206,9 +210,9 @@ def test_cli_several_labels_share_a_pass_and_set_overrides(tmp_path, monkeypatch
 
     monkeypatch.setattr("labelers.policy.factory.make_policy", fake_policy)
     out = tmp_path / "out.json"
-    result = CliRunner().invoke(app, ["eval", "run", "--input", str(bench), "--labels", "tool,mc:binary", "--labels", "judge",
-                                      "--labels", "hybrid:binary", "--k", "2", "--set", "tool.workers=1",
-                                      "--set", "fuse.judge=verifier", "--out", str(out)])
+    result = CliRunner().invoke(app, ["eval", "run", "--input", str(bench), "--labels", "tool,mc:binary",
+                                      "--labels", "judge", "--labels", "hybrid:binary", "--k", "2",
+                                      "--set", "tool.workers=1", "--set", "fuse.judge=verifier", "--out", str(out)])
     assert result.exit_code == 0, result.output
     payload = json.loads(out.read_text())["results"]
     assert [r["signal"] for r in payload] == ["tool", "mc", "judge", "hybrid"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -56,7 +55,8 @@ def _expected(claims: list[Claim]) -> list[dict]:
     out = []
     for r in step_formalizations(claims):
         if r.formalization is not None:
-            out.append({"claim": r.claim_index, "statement": r.formalization.statement, "negatable": r.formalization.negatable})
+            out.append({"claim": r.claim_index, "statement": r.formalization.statement,
+                        "negatable": r.formalization.negatable})
         else:
             out.append({"claim": r.claim_index, "skipped" if r.skipped else "failed": r.reason})
     return out
@@ -89,7 +89,10 @@ def test_golden_statements_are_recomputed_exactly() -> None:
 # Lean arithmetic semantics, read back from the statement text
 
 
-_TOKEN = re.compile(r"\s*(Real\.(?:sqrt|pi|sin|cos|tan|log|exp)|Nat\.factorial|[A-Za-z_][A-Za-z0-9_]*|\d+|≤|≥|≠|∧|∨|¬|[-+*/^()=<>:]|ℕ|ℤ|ℚ|ℝ)")
+_TOKEN = re.compile(
+    r"\s*(Real\.(?:sqrt|pi|sin|cos|tan|log|exp)|Nat\.factorial|[A-Za-z_][A-Za-z0-9_]*|\d+"
+    r"|≤|≥|≠|∧|∨|¬|[-+*/^()=<>:]|ℕ|ℤ|ℚ|ℝ)"
+)
 
 
 class _LeanEval:
@@ -268,7 +271,7 @@ def claim_truth(claim: Claim) -> bool | None:
         text = claim.lhs if side == "lhs" else claim.rhs
         bare = val(text) * 100
         sides.append((bare, sides[0][1]) if side == "lhs" else (sides[0][0], bare))
-    if any(l.free_symbols or r.free_symbols for l, r in sides):
+    if any(lhs.free_symbols or rhs.free_symbols for lhs, rhs in sides):
         return None
     outcomes = []
     decimals = re.fullmatch(r"\s*\(?\s*\d*\.(\d+)\s*\)?\s*", claim.rhs)
@@ -293,7 +296,8 @@ def claim_truth(claim: Claim) -> bool | None:
             outcomes.append(bool(abs(left - right) <= tol))
             continue
         sign = 0 if zero else (1 if diff > 0 else -1)
-        outcomes.append({"=": sign == 0, "!=": sign != 0, "<": sign < 0, ">": sign > 0, "<=": sign <= 0, ">=": sign >= 0}[claim.relation])
+        outcomes.append({"=": sign == 0, "!=": sign != 0, "<": sign < 0, ">": sign > 0, "<=": sign <= 0,
+                         ">=": sign >= 0}[claim.relation])
     return any(outcomes)
 
 
@@ -401,7 +405,8 @@ def test_percentage_side_may_be_read_as_the_bare_number() -> None:
 def test_substituted_claim_binds_symbols_as_theorem_arguments() -> None:
     symbolic = Claim(text="2x + 1 = 11", span=(10, 21), lhs="2*x + 1", rhs="11", relation="=")
     substituted = Claim(
-        text="2x + 1 = 11", span=(10, 21), lhs="2*(5) + 1", rhs="11", relation="=", origin="substitution", substitution=(("x", "5"),)
+        text="2x + 1 = 11", span=(10, 21), lhs="2*(5) + 1", rhs="11", relation="=", origin="substitution",
+        substitution=(("x", "5"),)
     )
     binding = Claim(text="x = 5", span=(0, 5), lhs="x", rhs="5", relation="=")
     results = step_formalizations([binding, symbolic, substituted])
@@ -482,7 +487,8 @@ def test_a_correctly_rounded_decimal_result_is_read_as_rounded() -> None:
     rounded = formalize_claim(_c("10/3", "3.33")).formalization
     assert rounded is not None and " ∧ " in rounded.proposition and lean_truth(rounded.statement) is True
     wrong = formalize_claim(_c("10/3", "3.34")).formalization
-    assert wrong is not None and wrong.proposition == "(10 / 3 : ℚ) = (334 / 100)" and lean_truth(wrong.statement) is False
+    assert (wrong is not None and wrong.proposition == "(10 / 3 : ℚ) = (334 / 100)"
+            and lean_truth(wrong.statement) is False)
     exact = formalize_claim(_c("1/4", "0.25")).formalization
     assert exact is not None and exact.proposition == "(1 / 4 : ℚ) = (25 / 100)"
     integer = formalize_claim(_c("10/3", "3")).formalization  # no decimals written: no rounding read

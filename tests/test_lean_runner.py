@@ -27,8 +27,8 @@ from labelers.verify.lean_runner import (
     BATCH_HEADER,
     TRACE_PREFIX,
     BatchChecker,
-    DeclOutcome,
     Declaration,
+    DeclOutcome,
     LeanCache,
     LeanMessage,
     ProcessResult,
@@ -76,9 +76,12 @@ def test_declarations_and_proof_script() -> None:
     assert [d.kind for d in decls] == ["check", "prove", "refute"]
     assert [d.name for d in decls] == [f"{f.name}_chk", f.name, f"{f.name}_neg"]
     assert decls[0].text == f"theorem {f.name}_chk : (16 - 3 - 4 : ℤ) = 9 := by\n  sorry"
-    assert decls[1].text.startswith(f"theorem {f.name} : (16 - 3 - 4 : ℤ) = 9 := by\n  first\n  | (norm_num; done); trace ")
+    assert decls[1].text.startswith(
+        f"theorem {f.name} : (16 - 3 - 4 : ℤ) = 9 := by\n  first\n  | (norm_num; done); trace "
+    )
     assert decls[2].text.startswith(f"theorem {f.name}_neg : ¬ ((16 - 3 - 4 : ℤ) = 9) := by\n  first\n")
-    assert proof_script(("norm_num",), substitute=False) == f'by\n  first\n  | (norm_num; done); trace "{TRACE_PREFIX}norm_num"'
+    assert (proof_script(("norm_num",), substitute=False)
+            == f'by\n  first\n  | (norm_num; done); trace "{TRACE_PREFIX}norm_num"')
     assert proof_script(("norm_num",), substitute=True).startswith("by\n  try subst_vars\n  first\n")
     # A free-symbol identity has no refutation.
     identity = _form("(x + 1)**2", "x**2 + 2*x + 1")
@@ -109,13 +112,16 @@ def test_parse_lean_json_reads_messages_and_keeps_other_lines() -> None:
             _message("/p/B.lean", 5, 8, "warning", "declaration uses 'sorry'"),
             "✔ [1/1] Built something",
             _message("/p/B.lean", 9, 35, "information", TRACE_PREFIX + "norm_num"),
-            json.dumps({"severity": "error", "pos": {"line": 14, "column": 2}, "endPos": None, "fileName": "/p/B.lean", "data": "unsolved goals\n⊢ False", "caption": "", "keepFullRange": False}),
+            json.dumps({"severity": "error", "pos": {"line": 14, "column": 2}, "endPos": None, "fileName": "/p/B.lean",
+                        "data": "unsolved goals\n⊢ False", "caption": "", "keepFullRange": False}),
             json.dumps({"not": "a message"}),
             "",
         ]
     )
     messages, other = parse_lean_json(out)
-    assert [(m.severity, m.line, m.column) for m in messages] == [("warning", 5, 8), ("information", 9, 35), ("error", 14, 2)]
+    assert [(m.severity, m.line, m.column) for m in messages] == [
+        ("warning", 5, 8), ("information", 9, 35), ("error", 14, 2)
+    ]
     assert messages[2].data.startswith("unsolved goals") and messages[2].end_line is None
     assert other == ["✔ [1/1] Built something", '{"not": "a message"}']
 
@@ -125,11 +131,14 @@ def test_parse_lean_json_reads_messages_and_keeps_other_lines() -> None:
     [
         ("check", [LeanMessage("warning", 1, 8, "declaration uses 'sorry'")], "ok", None),
         ("check", [LeanMessage("warning", 1, 8, "declaration uses 'sorry'")] * 2, "failed", None),
-        ("check", [LeanMessage("warning", 1, 8, "declaration uses 'sorry'"), LeanMessage("error", 1, 20, "unknown identifier 'foo'")], "failed", None),
+        ("check", [LeanMessage("warning", 1, 8, "declaration uses 'sorry'"),
+                   LeanMessage("error", 1, 20, "unknown identifier 'foo'")], "failed", None),
         ("check", [LeanMessage("warning", 1, 8, "unused variable `h`")], None, None),
         ("prove", [LeanMessage("information", 3, 30, TRACE_PREFIX + "decide")], "ok", "decide"),
         ("prove", [LeanMessage("error", 9, 4, "linarith failed to find a contradiction")], "failed", None),
-        ("refute", [LeanMessage("error", 2, 2, "(deterministic) timeout at `whnf`, maximum number of heartbeats (200000) has been reached")], "timeout", None),
+        ("refute", [LeanMessage("error", 2, 2, "(deterministic) timeout at `whnf`, "
+                                               "maximum number of heartbeats (200000) has been reached")],
+         "timeout", None),
         ("prove", [], None, None),
     ],
 )
@@ -176,7 +185,8 @@ class ScriptedLeanOutput:
 
     def __call__(self, path: Path, timeout_s: float) -> ProcessResult:
         text = path.read_text(encoding="utf-8")
-        starts = [(i + 1, m.group(1)) for i, line in enumerate(text.split("\n")) if (m := re.match(r"theorem (\S+)", line))]
+        starts = [(i + 1, m.group(1)) for i, line in enumerate(text.split("\n"))
+                  if (m := re.match(r"theorem (\S+)", line))]
         self.runs.append([name for _, name in starts])
         lines = []
         if self.header_error:
@@ -295,7 +305,8 @@ def test_cache_skips_recompilation_across_checkers(project: Path, tmp_path: Path
 
 def test_cache_never_stores_crashes_or_unavailability(tmp_path: Path) -> None:
     cache = LeanCache(tmp_path / "c.sqlite")
-    cache.put_many({"a": DeclOutcome("crashed"), "b": DeclOutcome("unavailable"), "c": DeclOutcome("ok", "decide"), "d": DeclOutcome("timeout")})
+    cache.put_many({"a": DeclOutcome("crashed"), "b": DeclOutcome("unavailable"), "c": DeclOutcome("ok", "decide"),
+                    "d": DeclOutcome("timeout")})
     assert set(cache.get_many(["a", "b", "c", "d"])) == {"c", "d"}
     assert cache.get_many(["c"])["c"] == DeclOutcome("ok", "decide")
     memory = LeanCache(None)
@@ -376,8 +387,11 @@ def test_checker_runs_lake_env_lean_json_in_the_project(project: Path, tmp_path:
         tmp_path,
         f"""
         import json, os, sys
-        open({str(log_file)!r}, "a").write(json.dumps({{"cwd": os.getcwd(), "argv": sys.argv[1:], "exists": os.path.exists(sys.argv[-1])}}) + "\\n")
-        print(json.dumps({{"severity": "error", "pos": {{"line": 1, "column": 0}}, "fileName": sys.argv[-1], "data": "unknown module prefix 'Mathlib'"}}))
+        open({str(log_file)!r}, "a").write(
+            json.dumps({{"cwd": os.getcwd(), "argv": sys.argv[1:], "exists": os.path.exists(sys.argv[-1])}}) + "\\n"
+        )
+        print(json.dumps({{"severity": "error", "pos": {{"line": 1, "column": 0}}, "fileName": sys.argv[-1],
+                           "data": "unknown module prefix 'Mathlib'"}}))
         sys.exit(1)
         """,
     )

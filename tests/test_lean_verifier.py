@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -18,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from data_schemas.errors import ConfigError
 from labelers.config import LeanConfig
 from labelers.policy.base import Completion, GenerationRequest, GenerationResult, TokenUsage
-from labelers.verify.base import LeanCheck, LeanState, StepContext
+from labelers.verify.base import LeanState, StepContext
 from labelers.verify.lean import (
     BatchLeanVerifier,
     DisabledLeanVerifier,
@@ -30,7 +30,7 @@ from labelers.verify.lean import (
     make_lean_verifier,
     probe_lean,
 )
-from labelers.verify.lean_runner import DeclOutcome, Declaration
+from labelers.verify.lean_runner import Declaration, DeclOutcome
 
 GOLDEN = Path(__file__).parent / "data" / "lean_golden.jsonl"
 NO_LEAN_ENV = {"PATH": "/nonexistent-bin", "HOME": "/nonexistent-home"}
@@ -91,7 +91,9 @@ def test_doctor_reports_missing_toolchain_with_setup_hint() -> None:
         assert piece in item.hint
 
 
-def _fake_toolchain(directory: Path, version_line: str = "Lean (version 4.21.0, x86_64-unknown-linux-gnu, commit 6741444a, Release)") -> Path:
+def _fake_toolchain(
+    directory: Path, version_line: str = "Lean (version 4.21.0, x86_64-unknown-linux-gnu, commit 6741444a, Release)"
+) -> Path:
     """FAKE ``lean``/``lake`` executables that only answer ``--version`` (doctor test only)."""
     bin_dir = directory / "bin"
     bin_dir.mkdir()
@@ -174,7 +176,8 @@ class RuleBackendVerifier(FormalLeanVerifier):
 
     def __init__(self, config: LeanConfig, rules: dict[str, str], policy=None) -> None:
         super().__init__(config, policy)
-        self.rules = rules  # substring of the declaration -> "proved" | "refuted" | "timeout" | "reject" | "unproved" | "both"
+        # substring of the declaration -> "proved" | "refuted" | "timeout" | "reject" | "unproved" | "both"
+        self.rules = rules
         self.seen: list[list[Declaration]] = []
 
     def check_declarations(self, declarations: Sequence[Declaration]) -> dict[str, DeclOutcome]:
@@ -183,10 +186,12 @@ class RuleBackendVerifier(FormalLeanVerifier):
         for d in declarations:
             rule = next((r for key, r in self.rules.items() if key in d.text), "unproved")
             if d.kind == "check":
-                out[d.name] = DeclOutcome("failed", messages=("type mismatch",)) if rule == "reject" else DeclOutcome("ok")
+                out[d.name] = (DeclOutcome("failed", messages=("type mismatch",)) if rule == "reject"
+                               else DeclOutcome("ok"))
             elif rule == "timeout":
                 out[d.name] = DeclOutcome("timeout", messages=("heartbeats",))
-            elif (d.kind == "prove" and rule in ("proved", "both")) or (d.kind == "refute" and rule in ("refuted", "both")):
+            elif ((d.kind == "prove" and rule in ("proved", "both"))
+                  or (d.kind == "refute" and rule in ("refuted", "both"))):
                 out[d.name] = DeclOutcome("ok", tactic="norm_num")
             else:
                 out[d.name] = DeclOutcome("failed", messages=("norm_num failed",))
@@ -273,15 +278,19 @@ class CannedFormalizer:
 def test_llm_formalization_is_used_only_where_no_template_fits() -> None:
     policy = CannedFormalizer(
         {
-            "The triangle is isosceles": "```lean\ntheorem s (a b : ℝ) (h : a = 3) (hb : b = 3) : a = b := by\n  sorry\n```",
+            "The triangle is isosceles": (
+                "```lean\ntheorem s (a b : ℝ) (h : a = 3) (hb : b = 3) : a = b := by\n  sorry\n```"
+            ),
             "Nothing to see": "NO_CHECK",
             "Bad idea": "theorem s : 1 = 1 := by\n  #eval IO.println 1\n  sorry",
         }
     )
     rules = {"a = b": "proved", "(2 + 2 : ℕ) = 4": "proved"}
     verifier = RuleBackendVerifier(LeanConfig(enabled=True, llm_formalize=True), rules, policy)
-    checks = verifier.check_steps(_steps("The triangle is isosceles.", "2 + 2 = 4", "Nothing to see here.", "Bad idea."))
-    assert [c.state for c in checks] == [LeanState.PROVED, LeanState.PROVED, LeanState.NO_CHECK, LeanState.FORMALIZATION_FAILED]
+    checks = verifier.check_steps(_steps("The triangle is isosceles.", "2 + 2 = 4", "Nothing to see here.",
+                                         "Bad idea."))
+    assert [c.state for c in checks] == [LeanState.PROVED, LeanState.PROVED, LeanState.NO_CHECK,
+                                         LeanState.FORMALIZATION_FAILED]
     assert "(a b : ℝ) (h : a = 3) (hb : b = 3) : a = b := by norm_num" in (checks[0].statement or "")
     assert "LLM formalization rejected" in (checks[3].message or "")  # the proof is not just `sorry`
     assert len(policy.requests) == 3  # the templated step was not sent to the model
@@ -298,10 +307,12 @@ def test_llm_formalization_is_used_only_where_no_template_fits() -> None:
 
 
 def test_leandojo_verifier_needs_the_package() -> None:
-    pytest.importorskip("lean_dojo", reason="lean-dojo (prmforge[lean]) is not installed here; its backend needs a traced repo")
+    pytest.importorskip(
+        "lean_dojo", reason="lean-dojo (prmforge[lean]) is not installed here; its backend needs a traced repo"
+    )
     from labelers.verify.lean import LeanDojoVerifier
 
-    with pytest.raises(Exception):
+    with pytest.raises(ConfigError):
         LeanDojoVerifier(LeanConfig(enabled=True, backend="leandojo"))
 
 
@@ -310,7 +321,8 @@ def test_leandojo_verifier_needs_the_package() -> None:
 
 _SETUP = probe_lean(LeanConfig())
 needs_lean = pytest.mark.skipif(
-    not _SETUP.usable, reason=f"needs a Lean 4 toolchain and a Mathlib project (PRMFORGE_LEAN_PROJECT): {_SETUP.problem}"
+    not _SETUP.usable,
+    reason=f"needs a Lean 4 toolchain and a Mathlib project (PRMFORGE_LEAN_PROJECT): {_SETUP.problem}"
 )
 
 
@@ -360,8 +372,8 @@ def test_real_lean_proves_true_and_refutes_corrupted_golden_statements(tmp_path:
 @pytest.mark.slow
 @needs_lean
 def test_real_lean_elaborates_every_golden_statement_with_one_sorry(tmp_path: Path) -> None:
+    from labelers.verify.lean_formalize import make_formalization, split_signature
     from labelers.verify.lean_runner import BatchChecker, LeanCache, declarations_for
-    from labelers.verify.lean_formalize import split_signature, make_formalization
 
     records = [json.loads(line) for line in GOLDEN.read_text().splitlines()]
     decls = []
@@ -399,10 +411,13 @@ def test_leandojo_answers_map_like_batch_messages() -> None:
     check = Declaration("t_chk", "check", "theorem t_chk : 1 = 1 := by\n  sorry")
     prove = Declaration("t", "prove", "theorem t : 1 = 1 := by ...")
     baseline = ["declaration uses 'sorry'"]  # a sorry earlier in the traced file
-    assert _dojo_outcome(check, CommandState(1, "declaration uses 'sorry'\ndeclaration uses 'sorry'"), module, baseline).status == "ok"
+    assert _dojo_outcome(check, CommandState(1, "declaration uses 'sorry'\ndeclaration uses 'sorry'"), module,
+                         baseline).status == "ok"
     assert _dojo_outcome(check, CommandState(1, "declaration uses 'sorry'"), module, baseline).status == "failed"
     assert _dojo_outcome(prove, CommandState(2, "prmforge:closed-by:omega"), module).tactic == "omega"
     failed = _dojo_outcome(prove, LeanError("unsolved goals\n⊢ False"), module)
     assert failed.status == "failed" and "unsolved goals" in failed.messages[0]
-    timeout = _dojo_outcome(prove, LeanError("(deterministic) timeout at `whnf`, maximum number of heartbeats (200000)"), module)
+    timeout = _dojo_outcome(
+        prove, LeanError("(deterministic) timeout at `whnf`, maximum number of heartbeats (200000)"), module
+    )
     assert timeout.status == "timeout"

@@ -96,7 +96,8 @@ def test_preflight_child_on_a_file_that_is_no_model_fails_without_a_signal(tmp_p
 @pytest.mark.skipif(bool(preset_status(PRESETS["small"]).missing_packages), reason="0.5B model parts not installed")
 def test_build_with_a_crashing_llama_is_one_line_and_leaves_nothing_running(tmp_path, crashing_llama):
     root = tmp_path / "data"
-    crashing_llama["PRMFORGE_CACHE_DIR"] = os.environ.get("PRMFORGE_CACHE_DIR", str(Path.home() / ".cache" / "prmforge"))
+    crashing_llama["PRMFORGE_CACHE_DIR"] = os.environ.get("PRMFORGE_CACHE_DIR",
+                                                          str(Path.home() / ".cache" / "prmforge"))
     done = subprocess.run(
         [sys.executable, "-m", "flows.cli", "build", "--preset", "demo", "--model", "small", "--root", str(root)],
         cwd=ROOT, env=crashing_llama, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
@@ -116,7 +117,8 @@ def test_build_with_a_crashing_llama_is_one_line_and_leaves_nothing_running(tmp_
 
 def test_build_with_a_missing_problem_file_is_one_line_before_prefect_starts(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "build", "--problems", str(tmp_path / "missing.jsonl"), "--root", str(tmp_path / "data")],
+        [sys.executable, "-m", "flows.cli", "build", "--problems", str(tmp_path / "missing.jsonl"),
+         "--root", str(tmp_path / "data")],
         cwd=ROOT, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
     )
     assert done.returncode == 2
@@ -150,8 +152,10 @@ def test_sigkilled_build_leaves_no_process_behind(tmp_path):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed")
     root = tmp_path / "data"
     build = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "build", "--preset", "demo", "--model", "small", "--limit", "1", "--root", str(root)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True,
+        [sys.executable, "-m", "flows.cli", "build", "--preset", "demo", "--model", "small", "--limit", "1",
+         "--root", str(root)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 300
@@ -218,7 +222,8 @@ def test_busy_cores_subtract_this_process_tree(monkeypatch, tmp_path):
     (tmp_path / "self").mkdir()  # non-numeric entries are skipped
     assert threads._own_tree_ticks(tmp_path) == (me % 100 + 1) + (1 + 1) + (2 + 1)
 
-    samples = iter([threads._CpuTicks(busy=1000, total=4000, own=100), threads._CpuTicks(busy=1400, total=4400, own=200)])
+    samples = iter([threads._CpuTicks(busy=1000, total=4000, own=100),
+                    threads._CpuTicks(busy=1400, total=4400, own=200)])
     monkeypatch.setattr(threads, "_sample", lambda proc: next(samples))
     monkeypatch.setattr(threads.os, "cpu_count", lambda: 4)
     monkeypatch.setattr(threads.time, "sleep", lambda seconds: None)

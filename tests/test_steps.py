@@ -28,7 +28,8 @@ def test_numbered_steps_span_lines():
 
 
 def test_preamble_before_first_label_is_its_own_step():
-    assert split_steps("Let's solve it.\nStep 1: 1 + 1 = 2\nStep 2: \\boxed{2}") == ["Let's solve it.", "1 + 1 = 2", "\\boxed{2}"]
+    assert (split_steps("Let's solve it.\nStep 1: 1 + 1 = 2\nStep 2: \\boxed{2}")
+            == ["Let's solve it.", "1 + 1 = 2", "\\boxed{2}"])
 
 
 def test_empty_step_label_is_merged_not_an_empty_step():
@@ -44,7 +45,9 @@ def test_newline_style():
     assert split_steps(PARAGRAPHS, style="newline")[:2] == ["First we add.", "2 + 3 = 5"]
 
 
-@pytest.mark.parametrize(("text", "style"), [(NUMBERED, "step"), (PARAGRAPHS, "blank"), (LINES, "newline"), ("one line", "newline")])
+@pytest.mark.parametrize(
+    ("text", "style"), [(NUMBERED, "step"), (PARAGRAPHS, "blank"), (LINES, "newline"), ("one line", "newline")]
+)
 def test_auto_detection(text, style):
     assert detect_style(text) == style
 
@@ -52,7 +55,8 @@ def test_auto_detection(text, style):
 @pytest.mark.parametrize("style", ["auto", "step", "blank", "newline"])
 @pytest.mark.parametrize(
     "text",
-    [NUMBERED, PARAGRAPHS, LINES, "", "   \n\n ", "\n\nStep 1: a\n\n\nStep 2: b\n\n", "x\r\ny\r\n\r\nz", "  lead\n\ntrail  \n"],
+    [NUMBERED, PARAGRAPHS, LINES, "", "   \n\n ", "\n\nStep 1: a\n\n\nStep 2: b\n\n", "x\r\ny\r\n\r\nz",
+     "  lead\n\ntrail  \n"],
 )
 def test_round_trip_is_exact(text, style):
     assert _round_trip(text, style) == text or (not text.strip() and segment_steps(text, style) == [])
@@ -85,16 +89,20 @@ def test_prompt_prefix_splits_back_into_its_steps():
 
 
 def test_gsm8k_reference_steps():
-    answer = "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\nShe makes 9 * 2 = $<<9*2=18>>18 every day.\n#### 18"
-    assert gsm8k_reference_steps(answer) == ["Janet sells 16 - 3 - 4 = 9 duck eggs a day.", "She makes 9 * 2 = $18 every day."]
-    assert gsm8k_reference_steps(answer, keep_calculator=True)[0] == "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day."
+    answer = ("Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\n"
+              "She makes 9 * 2 = $<<9*2=18>>18 every day.\n#### 18")
+    assert gsm8k_reference_steps(answer) == ["Janet sells 16 - 3 - 4 = 9 duck eggs a day.",
+                                             "She makes 9 * 2 = $18 every day."]
+    assert (gsm8k_reference_steps(answer, keep_calculator=True)[0]
+            == "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.")
 
 
 def test_gsm8k_reference_steps_over_the_test_split(gsm8k_path):
     rows = [json.loads(line) for line in gsm8k_path.read_text().splitlines()]
     counts = [len(gsm8k_reference_steps(row["answer"])) for row in rows]
     assert min(counts) >= 1
-    assert all("####" not in step and "<<" not in step for row in rows[:200] for step in gsm8k_reference_steps(row["answer"]))
+    assert all("####" not in step and "<<" not in step
+               for row in rows[:200] for step in gsm8k_reference_steps(row["answer"]))
     # Each non-empty line before "####" is one step.
     for row, count in zip(rows, counts):
         assert count == sum(1 for line in row["answer"].split("\n####")[0].splitlines() if line.strip())

@@ -120,7 +120,8 @@ def test_correct_and_unverifiable_evidence(verifier: ToolStepVerifier) -> None:
 
 @pytest.mark.usefixtures("kernel_sandbox")
 def test_program_of_thought_code_is_run_and_compared(verifier: ToolStepVerifier) -> None:
-    good = verifier.check_text("```python\nfrom fractions import Fraction\nprint(Fraction(3, 4) * 8)\n```\nSo 6 cookies.")
+    good = verifier.check_text("```python\nfrom fractions import Fraction\nprint(Fraction(3, 4) * 8)\n```\n"
+                               "So 6 cookies.")
     assert (good.verdict, good.kind) == (ToolVerdict.CORRECT, "python")
     bad = verifier.check_text("```python\nprint(sum(range(1, 11)))\n```\nThe sum is 56.")
     assert (bad.verdict, bad.kind) == (ToolVerdict.INCORRECT, "python")
@@ -173,7 +174,8 @@ def test_close_shuts_workers_down() -> None:
          "code blocked: PermissionError"),
         ("```python\nprint(" + "(" * 10_000 + "1" + ")" * 10_000 + ")\n```\nThe value is 1.", "SyntaxError"),
         ("```python\nimport socket\nsocket.create_connection(('1.1.1.1', 80))\nprint(5)\n```\nSo 5.", "unreachable"),
-        ("```python\nopen('/usr/lib/prmforge-escape.txt', 'w').write('x')\nprint(5)\n```\nSo 5.", "Read-only file system"),
+        ("```python\nopen('/usr/lib/prmforge-escape.txt', 'w').write('x')\nprint(5)\n```\nSo 5.",
+         "Read-only file system"),
         ("```python\nwhile True:\n    pass\n```\nThe value is 5.", "timeout"),
     ],
 )
@@ -234,7 +236,8 @@ def _corrupt_value(value: str, kind: str, rng: random.Random) -> str | None:
         out = fmt(number * 10)
     else:  # swapped adjacent digits
         digits = list(value)
-        spots = [i for i in range(len(digits) - 1) if digits[i].isdigit() and digits[i + 1].isdigit() and digits[i] != digits[i + 1]]
+        spots = [i for i in range(len(digits) - 1)
+                 if digits[i].isdigit() and digits[i + 1].isdigit() and digits[i] != digits[i + 1]]
         if not spots:
             return None
         i = rng.choice(spots)

@@ -93,7 +93,8 @@ def _records(source: str, steps: list[tuple[int, int, str]], wanted: int) -> lis
                 continue
             corrupted = [c for c in changed if c is not None]
             records.append(
-                {**base, "corrupted": True, "claims": [_claim_dict(c) for c in corrupted], "expected": _expected(corrupted)}
+                {**base, "corrupted": True, "claims": [_claim_dict(c) for c in corrupted],
+                 "expected": _expected(corrupted)}
             )
     return records
 

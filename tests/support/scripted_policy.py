@@ -219,6 +219,7 @@ def gsm8k_scripted_problems(
             if len(wrong) >= wrong_per_problem:
                 break
         problems.append(
-            ScriptedProblem(row["question"], gold, tuple(steps), tuple(wrong), p_correct, step_error_rate, recovery_rate)
+            ScriptedProblem(row["question"], gold, tuple(steps), tuple(wrong), p_correct, step_error_rate,
+                            recovery_rate)
         )
     return problems
