@@ -16,7 +16,7 @@ from fractions import Fraction
 from typing import Any
 
 from labelers.verify.claims import free_symbols
-from labelers.verify.tool import (
+from labelers.verify.exact import (
     NUMERIC_DIGITS,
     NUMERIC_EQUAL,
     _either_reading,
@@ -52,7 +52,10 @@ def _to_sympy(node: tuple) -> Any:
     if kind == "call":
         return sympy.Function(node[1])(_to_sympy(node[2]))
     if kind == "fn":
-        fn = {"sqrt": sympy.sqrt, "sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan, "log": sympy.log, "ln": sympy.log, "exp": sympy.exp}[node[1]]
+        fn = {
+            "sqrt": sympy.sqrt, "sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan,
+            "log": sympy.log, "ln": sympy.log, "exp": sympy.exp,
+        }[node[1]]
         return fn(_to_sympy(node[2]))
     a, b = _to_sympy(node[1]), _to_sympy(node[2])
     if kind == "add":
@@ -81,7 +84,9 @@ def check_claim_sympy(
     import sympy
 
     if exclamation_sides:
-        return _either_reading(check_claim_sympy, lhs_tree, rhs_tree, (relation, rounded, tolerance, percent_sides), exclamation_sides)
+        return _either_reading(
+            check_claim_sympy, lhs_tree, rhs_tree, (relation, rounded, tolerance, percent_sides), exclamation_sides
+        )
 
     fast = check_claim_exact(lhs_tree, rhs_tree, relation, rounded, tolerance, percent_sides)
     if fast is not None and not (fast.get("holds") is None and "too large" in str(fast.get("reason"))):
@@ -97,7 +102,10 @@ def check_claim_sympy(
     if not (lhs_num.is_real and rhs_num.is_real and lhs_num.is_finite and rhs_num.is_finite):
         if relation == "=" and sympy.simplify(lhs - rhs) == 0:
             return {"holds": True, "method": "simplify", "lhs_value": str(lhs)[:80], "rhs_value": str(rhs)[:80]}
-        return {"holds": None, "reason": "not a finite real number", "lhs_value": str(lhs_num)[:60], "rhs_value": str(rhs_num)[:60]}
+        return {
+            "holds": None, "reason": "not a finite real number",
+            "lhs_value": str(lhs_num)[:60], "rhs_value": str(rhs_num)[:60],
+        }
     lhs_q = Fraction(str(sympy.Float(lhs_num, NUMERIC_DIGITS)))
     rhs_q = Fraction(str(sympy.Float(rhs_num, NUMERIC_DIGITS)))
     equal = abs(lhs_q - rhs_q) <= NUMERIC_EQUAL * max(1, abs(lhs_q), abs(rhs_q))
