@@ -16,7 +16,7 @@ from fractions import Fraction
 from typing import Any
 
 from labelers.verify.claims import free_symbols
-from labelers.verify.tool import (
+from labelers.verify.exact import (
     NUMERIC_DIGITS,
     NUMERIC_EQUAL,
     _either_reading,
@@ -103,10 +103,8 @@ def check_claim_sympy(
         if relation == "=" and sympy.simplify(lhs - rhs) == 0:
             return {"holds": True, "method": "simplify", "lhs_value": str(lhs)[:80], "rhs_value": str(rhs)[:80]}
         return {
-            "holds": None,
-            "reason": "not a finite real number",
-            "lhs_value": str(lhs_num)[:60],
-            "rhs_value": str(rhs_num)[:60],
+            "holds": None, "reason": "not a finite real number",
+            "lhs_value": str(lhs_num)[:60], "rhs_value": str(rhs_num)[:60],
         }
     lhs_q = Fraction(str(sympy.Float(lhs_num, NUMERIC_DIGITS)))
     rhs_q = Fraction(str(sympy.Float(rhs_num, NUMERIC_DIGITS)))
