@@ -155,7 +155,7 @@ def test_error_verdict_is_no_decision_downstream():
     assert verifier_decision(failed, None) is None
     assert verdict_value(failed) == 0
     assert tool_line(failed).startswith("Tool check: failed (tool verifier failed")
-    fused = fuse_step(failed, None, NO_MC, FuseConfig(rule="hybrid"), path_correct=True)
+    fused = fuse_step({"tool": failed, "lean": None, "mc": NO_MC}, FuseConfig(rule="hybrid"), path_correct=True)
     assert fused.label is True and fused.source == "path_outcome"
 
 

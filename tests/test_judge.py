@@ -14,7 +14,7 @@ from labelers.evaluation import runner
 from labelers.fuse import NO_MC, MCSignal, fuse_step
 from labelers.judge import JUDGE_NOT_RUN, judge_messages, judge_steps, parse_judge_reply
 from labelers.policy.base import GenerationResult
-from labelers.verify.base import StepContext, ToolCheck, ToolVerdict
+from labelers.verify.base import JudgeVerdict, StepContext, ToolCheck, ToolVerdict
 from tests.support.scripted_judge import ScriptedJudge
 from tests.test_eval_run import _config, scripted_for, small_set  # noqa: F401 - fixture
 
@@ -74,6 +74,11 @@ def test_judge_steps_is_one_generate_call_and_keeps_failures():
     assert verdicts[1].reply == "backend timeout" and verdicts[1].correct is None
 
 
+def _verdict(correct: bool | None) -> JudgeVerdict:
+    """The judge's result as fusion reads it (a verdict, or none: an unparsed reply)."""
+    return JudgeVerdict(correct, "ok" if correct is not None else "unparsed")
+
+
 def test_fusion_with_the_judge():
     unverifiable = ToolCheck(ToolVerdict.UNVERIFIABLE, "none", {})
     incorrect = ToolCheck(ToolVerdict.INCORRECT, "sympy", {})
@@ -83,19 +88,19 @@ def test_fusion_with_the_judge():
     as_verifier = FuseConfig(rule="hybrid", judge="verifier")
     tiebreak = FuseConfig(rule="hybrid", judge="tiebreak")
     # off: the judge changes nothing
-    assert fuse_step(unverifiable, None, mc_good, off, True, False).source == "mc"
+    assert fuse_step({"tool": unverifiable, "lean": None, "mc": mc_good, "judge": _verdict(False)}, off, True).source == "mc"
     # verifier: below the tool, in place of a missing verifier decision
-    assert fuse_step(unverifiable, None, mc_good, as_verifier, True, False).source == "judge_disproved"
-    assert fuse_step(correct_tool, None, mc_good, as_verifier, True, False).source == "verified"
-    assert fuse_step(incorrect, None, mc_good, as_verifier, True, True).source == "verifier_disproved"
-    assert fuse_step(unverifiable, None, MCSignal(0, 4), as_verifier, False, True).source == "mc_over_judge"
+    assert fuse_step({"tool": unverifiable, "lean": None, "mc": mc_good, "judge": _verdict(False)}, as_verifier, True).source == "judge_disproved"
+    assert fuse_step({"tool": correct_tool, "lean": None, "mc": mc_good, "judge": _verdict(False)}, as_verifier, True).source == "verified"
+    assert fuse_step({"tool": incorrect, "lean": None, "mc": mc_good, "judge": _verdict(True)}, as_verifier, True).source == "verifier_disproved"
+    assert fuse_step({"tool": unverifiable, "lean": None, "mc": MCSignal(0, 4), "judge": _verdict(True)}, as_verifier, False).source == "mc_over_judge"
     # tiebreak: only where neither a verifier nor MC decides
-    assert fuse_step(unverifiable, None, mc_good, tiebreak, True, False).source == "mc"
-    assert fuse_step(unverifiable, None, NO_MC, tiebreak, True, False).source == "judge_tiebreak"
-    assert fuse_step(unverifiable, None, NO_MC, tiebreak, True, None).source == "path_outcome"
+    assert fuse_step({"tool": unverifiable, "lean": None, "mc": mc_good, "judge": _verdict(False)}, tiebreak, True).source == "mc"
+    assert fuse_step({"tool": unverifiable, "lean": None, "mc": NO_MC, "judge": _verdict(False)}, tiebreak, True).source == "judge_tiebreak"
+    assert fuse_step({"tool": unverifiable, "lean": None, "mc": NO_MC, "judge": _verdict(None)}, tiebreak, True).source == "path_outcome"
     # the judge's own rule
     judge_rule = FuseConfig(rule="judge")
-    assert [fuse_step(None, None, NO_MC, judge_rule, True, j).source for j in (True, False, None)] == [
+    assert [fuse_step({"tool": None, "lean": None, "mc": NO_MC, "judge": _verdict(j)}, judge_rule, True).source for j in (True, False, None)] == [
         "judge_correct", "judge_incorrect", "judge_no_verdict"]
 
 

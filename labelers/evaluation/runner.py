@@ -45,7 +45,8 @@ from labelers.config import BuildConfig
 from labelers.evaluation.processbench import BenchRecord, Prediction, Score, score
 from labelers.policy.base import Policy, TokenUsage
 from labelers.policy.usage import CostProfile, cpu_seconds
-from labelers.verify.base import LeanState, StepContext, StepVerifier, LeanVerifier, ToolVerdict
+from labelers.signals.registry import STEP_SIGNALS
+from labelers.verify.base import LeanState, LeanVerifier, StepContext, StepVerifier, ToolVerdict
 
 SIGNALS: tuple[str, ...] = ("tool", "lean", "mc", "hybrid", "judge", "prm", "answer")
 MC_MODES: tuple[str, ...] = ("per-step", "binary")
@@ -288,22 +289,13 @@ def _given_problems(records: Sequence[BenchRecord]) -> list[Any]:
 
 def stored_signals(rows: Sequence[Any]) -> dict[str, Any]:
     """What fusion reads from one path's step rows (in step order), as plain JSON: the path's
-    outcome and, per step, the tool verdict, the Lean state, the MC evidence (sampled c of n,
-    or the label the first-error search inferred) and the judge's verdict. ``eval run --out``
-    stores it, so another fusion config re-scores a run offline (:func:`fuse_stored`)."""
+    outcome and, per step, each registered signal's part (labelers/signals/: ``tool`` verdict,
+    ``lean`` state, MC evidence ``mc_correct`` / ``mc_total`` / ``mc_inferred`` (sampled c of n, or
+    the label the first-error search inferred), ``judge`` verdict). ``eval run --out`` stores it, so
+    another fusion config re-scores a run offline (:func:`fuse_stored`)."""
     return {
         "path_correct": rows[0].path_correct if rows else None,
-        "steps": [
-            {
-                "tool": r.tool_verdict,
-                "lean": r.lean_state,
-                "mc_correct": r.mc_correct,
-                "mc_total": r.mc_total,
-                "mc_inferred": r.hard_label if r.mc_inferred else None,
-                "judge": r.judge_verdict,
-            }
-            for r in rows
-        ],
+        "steps": [{key: value for signal in STEP_SIGNALS for key, value in signal.stored(r).items()} for r in rows],
     }
 
 
@@ -312,16 +304,12 @@ def fuse_stored(stored: dict[str, Any], rule: str, fuse_config: Any) -> list[boo
     :func:`stored_signals` (the same fusion the labeling core applies, path rule included;
     rollouts are rule-independent, so this equals a run with that rule -- except a rule that
     changes what is sampled, such as confirmation)."""
-    from labelers.fuse import MCSignal, fuse_path
-    from labelers.verify.base import LeanCheck, ToolCheck
+    from labelers.fuse import fuse_path
 
     steps = stored["steps"]
-    tools = [ToolCheck(ToolVerdict(s["tool"]), "none", {}) for s in steps]
-    leans = [LeanCheck(LeanState(s["lean"])) for s in steps]
-    mcs = [MCSignal(s["mc_correct"], s["mc_total"], s["mc_inferred"]) for s in steps]
-    judges = [None if s["judge"] is None else s["judge"] == "correct" for s in steps]
+    signals = {signal.name: [signal.from_stored(step) for step in steps] for signal in STEP_SIGNALS}
     config = fuse_config.model_copy(update={"rule": rule})
-    return [step.label for step in fuse_path(tools, leans, mcs, config, stored["path_correct"], judges)]
+    return [step.label for step in fuse_path(signals, config, stored["path_correct"])]
 
 
 def hybrid_has_own_pass(signals: Sequence[str], config: BuildConfig) -> bool:
