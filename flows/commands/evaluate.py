@@ -9,14 +9,14 @@ Options follow the CLI's one convention: the input file is ``--input``, config o
 ``--set key=value`` (as in ``build``).
 ``report``         a self-contained HTML report of a build, from its shards
 
-The work is done in labelers/evaluation and data_schemas/report; this module only parses flags,
-builds the policy/verifiers a signal needs, prints and writes results.
+The work is done in labelers/evaluation (which signals share which labeling pass:
+``runner.run_signals``) and data_schemas/report; this module only parses flags, builds the
+policy/verifiers a signal needs, shows progress, prints and writes results.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -100,7 +100,7 @@ def _read_records(set_file: Path, limit: int | None, gold_file: Path | None = No
 def parse_signals(text: str | Sequence[str]) -> list[tuple[str, str | None]]:
     """``"tool,mc:binary,hybrid"`` (or a list of such, from a repeated ``--labels``) ->
     [("tool", None), ("mc", "binary"), ("hybrid", None)]."""
-    from labelers.evaluation.runner import ANSWER_MODES, MC_MODES, SIGNALS
+    from labelers.evaluation.runner import ANSWER_MODES, MC_MODES, SIGNALS, VALUE_SIGNALS
 
     parsed: list[tuple[str, str | None]] = []
     items = [piece for chunk in ([text] if isinstance(text, str) else text) for piece in chunk.split(",") if piece.strip()]
@@ -112,7 +112,7 @@ def parse_signals(text: str | Sequence[str]) -> list[tuple[str, str | None]]:
             if mode not in ANSWER_MODES:
                 modes = ", ".join("answer:" + m for m in ANSWER_MODES)
                 raise InputError(f"--labels: {item.strip()!r}: answer takes a mode: {modes}")
-        elif mode and (name not in ("mc", "hybrid") or mode not in MC_MODES):
+        elif mode and (name not in VALUE_SIGNALS or mode not in MC_MODES):
             raise InputError(f"--labels: {item.strip()!r}: a mode ({', '.join(MC_MODES)}) goes only with mc or hybrid")
         if (name, mode or None) in parsed:
             raise InputError(f"--labels: {item.strip()!r} is named twice")
@@ -165,76 +165,31 @@ class _EvalResources:
         self.resources.close()
 
 
-def run_signals(records: Sequence[Any], signals: Sequence[tuple[str, str | None]], config: Any,
-                default_mode: str, k: int | None, resources: _EvalResources, threshold: float = 0.5,
-                chunk: int = 8) -> list[Any]:
-    """Results in the order asked. ``tool``, ``lean`` and ``prm`` run on their own; ``mc``,
-    ``hybrid`` and ``judge`` share one labeling pass per MC mode (the judge joins the first pass,
-    or runs alone without rollouts when no mc/hybrid signal is asked; the runner splits off a
-    pass of the hybrid's own when it samples with the tool's help and ``mc`` is asked too)."""
-    from flows.progress import PassProgress
-    from labelers.evaluation import runner
+class _PassLines:
+    """How ``eval run`` shows a labeling pass (labelers/evaluation/runner.PassWatch): lines on
+    stderr, and a progress line the pass's policies feed while it runs."""
 
-    runs: dict[tuple[str, str | None], Any] = {}
-    for signal, mode in signals:
-        if signal in runner.GOLD_SIGNALS:
-            runner.require_gold(records, signal)
-    modes: list[str] = []
-    for signal, mode in signals:
-        if signal in ("mc", "hybrid") and (mode or default_mode) not in modes:
-            modes.append(mode or default_mode)
-    wants_judge = any(signal == "judge" for signal, _ in signals)
-    for index, mode in enumerate(modes):
-        group = [(s, m) for s, m in signals if s in ("mc", "hybrid") and (m or default_mode) == mode]
-        names = [s for s, _ in group] + (["judge"] if wants_judge and index == 0 else [])
-        # A pass over a real set takes minutes to an hour on a CPU: say what runs, and for how long.
-        own = runner.hybrid_has_own_pass(names, config)
-        shown = ", ".join(n for n in names if not (own and n == "hybrid")) + ("; then hybrid on its own" if own else "")
-        typer.echo(f"labeling pass {index + 1} of {len(modes)} ({mode}: {shown}) "
-                   f"over {len(records)} solutions ...", err=True)
-        started = time.perf_counter()
-        progress = PassProgress(f"pass {index + 1} of {len(modes)} ({mode})", len(records))
-        policy, step_judge = resources.policy(), resources.step_judge()
-        resources.watch(progress)
-        progress.start()
-        try:
-            shared = runner.run_shared(records, names, config, policy, resources.tool(), None, mc_mode=mode, k=k,
-                                       step_judge=step_judge, on_solutions=progress.solutions, chunk_size=chunk)
-        finally:
-            progress.stop()
-            resources.watch(None)
-        typer.echo(f"labeling pass {index + 1} of {len(modes)} done in {time.perf_counter() - started:.0f} s", err=True)
-        for (signal, asked_mode), run in zip(group, shared, strict=False):
-            runs[(signal, asked_mode)] = run
-        if wants_judge and index == 0:
-            runs[("judge", None)] = shared[-1]
-    if wants_judge and not modes:
-        typer.echo(f"judging the {sum(len(r.steps) for r in records)} steps of {len(records)} solutions ...", err=True)
-        progress = PassProgress("judge", len(records))
-        policy, step_judge = resources.policy(), resources.step_judge()
-        resources.watch(progress)
-        progress.start()
-        try:
-            runs[("judge", None)] = runner.run_shared(records, ["judge"], config, policy, resources.tool(), None,
-                                                      step_judge=step_judge, on_solutions=progress.solutions,
-                                                      chunk_size=chunk)[0]
-        finally:
-            progress.stop()
-            resources.watch(None)
-    results = []
-    for signal, mode in signals:
-        if signal == "tool":
-            run = runner.run_tool(records, resources.tool())
-        elif signal == "lean":
-            run = runner.run_lean(records, resources.lean())
-        elif signal == "prm":
-            run = runner.run_prm(records, resources.prm(), threshold)
-        elif signal == "answer":
-            run = runner.run_answer(records, mode or "last")
-        else:
-            run = runs[(signal, mode)]
-        results.append(runner.evaluate(records, run))
-    return results
+    def __init__(self, resources: _EvalResources) -> None:
+        self.resources = resources
+        self.progress: Any = None
+
+    def say(self, line: str) -> None:
+        typer.echo(line, err=True)
+
+    def open_pass(self, label: str, solutions: int) -> None:
+        from flows.progress import PassProgress
+
+        self.progress = PassProgress(label, solutions)
+
+    def start_pass(self) -> Any:
+        self.resources.watch(self.progress)
+        self.progress.start()
+        return self.progress.solutions
+
+    def close_pass(self) -> None:
+        self.progress.stop()
+        self.resources.watch(None)
+        self.progress = None
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -367,11 +322,10 @@ def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file
               overrides: list[str] | None, model: str | None, backend: str | None, mc_mode: str, k: int | None,
               limit: int | None, seed: int | None, out: Path | None, title: str, prm: Path | None = None,
               threshold: float = 0.5, gold_file: Path | None = None, chunk: int = 8) -> None:
-    from labelers.evaluation.runner import MC_MODES
+    from labelers.evaluation.runner import GOLD_SIGNALS, MC_MODES, run_signals
 
     if mc_mode not in MC_MODES:
         raise InputError(f"--mc-mode must be one of {', '.join(MC_MODES)}, got {mc_mode!r}")
-    from labelers.evaluation.runner import GOLD_SIGNALS
 
     records, coverage = _read_records(set_file, limit, gold_file)
     typer.echo(coverage.line(), err=True)
@@ -386,10 +340,11 @@ def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file
     config = _load_config(config_file, preset, overrides, model, backend, seed)
     # The holder builds use too (flows/resources.py): eval and build get the same policy and judge.
     resources = _EvalResources(ResourceHolder().for_config(config, prm_dir=prm))
+    watch = _PassLines(resources)
     try:
-        results = run_signals(with_gold if needs_gold else records, signals, config, mc_mode, k, resources, threshold,
-                              chunk)
-        apart = run_signals(without_gold, gold_free, config, mc_mode, k, resources, threshold, chunk) \
+        results = run_signals(with_gold if needs_gold else records, signals, config, mc_mode, k, resources, watch,
+                              threshold, chunk)
+        apart = run_signals(without_gold, gold_free, config, mc_mode, k, resources, watch, threshold, chunk) \
             if needs_gold and without_gold and gold_free else []
     finally:
         resources.close()
