@@ -56,7 +56,7 @@ from labelers.search.montecarlo import MCBatch, MCEstimate, MCSettings, OutcomeJ
 from labelers.signals.base import PathStep, SignalInputs, SignalPath, check_isolated, error_text
 from labelers.signals.lean import LEAN_DISABLED as LEAN_DISABLED  # re-exported: where callers found it
 from labelers.signals.mc import MC
-from labelers.signals.registry import STEP_SIGNALS, path_signals
+from labelers.signals.registry import path_signals, registered
 from labelers.signals.tool import TOOL, TOOL_DISABLED
 from labelers.verify.base import LeanVerifier, StepContext, StepVerifier
 
@@ -154,7 +154,7 @@ def _run_path_signals(states: Sequence[_State], inputs: SignalInputs) -> None:
     every step of every chosen path of the live states, one batched call each. A problem the
     signal reports failed fails at its ``failed_stage`` and is left out of later signals; a run
     that raises fails every problem that has paths."""
-    for signal in path_signals(STEP_SIGNALS):
+    for signal in path_signals():
         if not signal.runs(inputs.config):
             continue
         paths, seen = _signal_paths(states)
@@ -375,7 +375,7 @@ def _step_rows(state: _State, config: BuildConfig, build_id: str, model_id: str)
     for path in state.paths:
         # Every registered signal's results by name; a signal that did not run holds its
         # ``missing`` result on every step (the tool's checks are on the nodes).
-        signals = {s.name: path.results.get(s.name) or [s.missing] * len(path.nodes) for s in STEP_SIGNALS}
+        signals = {s.name: path.results.get(s.name) or [s.missing] * len(path.nodes) for s in registered()}
         signals[TOOL.name] = [n.tool_check or TOOL_DISABLED for n in path.nodes]
         fused = fuse_path(signals, fuse, path.correct)
         consensus, _, _ = path_consensus(signals, fuse)
@@ -392,7 +392,7 @@ def _step_rows(state: _State, config: BuildConfig, build_id: str, model_id: str)
             node, step, results = path.nodes[index], fused[index], steps[index]
             if first >= 0 and index > first and step.label:
                 step = FusedStep(-1.0, False, "after_first_error", step.signals_agree)
-            columns = {name: value for s in STEP_SIGNALS for name, value in s.row_fields(results[s.name]).items()}
+            columns = {name: value for s in registered() for name, value in s.row_fields(results[s.name]).items()}
             rows.append(
                 StepRow(
                     build_id=build_id,

@@ -25,7 +25,7 @@ from labelers.signals.base import StepSignal
 from labelers.signals.judge import judge_line as judge_line  # re-exported: the line functions live with their signals
 from labelers.signals.lean import lean_line as lean_line
 from labelers.signals.mc import mc_line as mc_line
-from labelers.signals.registry import STEP_SIGNALS
+from labelers.signals.registry import registered
 from labelers.signals.tool import tool_line as tool_line
 
 VERDICT_RE = re.compile(r"^Verdict: \\boxed\{([+-])\}\s*$")
@@ -59,13 +59,14 @@ _DECISIONS = {
 
 
 def build_rationale(
-    signals: Mapping[str, Any], fused: FusedStep, registered: Sequence[StepSignal] = STEP_SIGNALS
+    signals: Mapping[str, Any], fused: FusedStep, step_signals: Sequence[StepSignal] | None = None
 ) -> str:
     """The rationale text of one step (format: module doc): one line per registered signal, in
     registry order (tool, Lean, Monte Carlo, then the step judge when it ran), from its result in
-    ``signals`` (by name; a missing name = not run), then the decision and the verdict."""
+    ``signals`` (by name; a missing name = not run), then the decision and the verdict.
+    ``step_signals``: the signals whose lines to write (default: the registered ones)."""
     decision = _DECISIONS.get(fused.source, fused.source)
-    facts = [signal.rationale_line(signals.get(signal.name)) for signal in registered]
+    facts = [signal.rationale_line(signals.get(signal.name)) for signal in (registered() if step_signals is None else step_signals)]
     lines = [
         *(line for line in facts if line is not None),
         f"Decision: {decision} (rule: {fused.source}).",

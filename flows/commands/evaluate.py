@@ -100,14 +100,14 @@ def _read_records(set_file: Path, limit: int | None, gold_file: Path | None = No
 def parse_signals(text: str | Sequence[str]) -> list[tuple[str, str | None]]:
     """``"tool,mc:binary,hybrid"`` (or a list of such, from a repeated ``--labels``) ->
     [("tool", None), ("mc", "binary"), ("hybrid", None)]."""
-    from labelers.evaluation.runner import ANSWER_MODES, MC_MODES, SIGNALS, VALUE_SIGNALS
+    from labelers.evaluation.runner import ANSWER_MODES, MC_MODES, VALUE_SIGNALS, eval_signals
 
     parsed: list[tuple[str, str | None]] = []
     items = [piece for chunk in ([text] if isinstance(text, str) else text) for piece in chunk.split(",") if piece.strip()]
     for item in items:
         name, _, mode = item.strip().partition(":")
-        if name not in SIGNALS:
-            raise InputError(f"--labels: unknown signal {name!r}; choose from {', '.join(SIGNALS)}")
+        if name not in eval_signals():
+            raise InputError(f"--labels: unknown signal {name!r}; choose from {', '.join(eval_signals())}")
         if name == "answer":
             if mode not in ANSWER_MODES:
                 modes = ", ".join("answer:" + m for m in ANSWER_MODES)
@@ -322,7 +322,7 @@ def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file
               overrides: list[str] | None, model: str | None, backend: str | None, mc_mode: str, k: int | None,
               limit: int | None, seed: int | None, out: Path | None, title: str, prm: Path | None = None,
               threshold: float = 0.5, gold_file: Path | None = None, chunk: int = 8) -> None:
-    from labelers.evaluation.runner import GOLD_SIGNALS, MC_MODES, run_signals
+    from labelers.evaluation.runner import MC_MODES, gold_signals, run_signals
 
     if mc_mode not in MC_MODES:
         raise InputError(f"--mc-mode must be one of {', '.join(MC_MODES)}, got {mc_mode!r}")
@@ -331,10 +331,10 @@ def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file
     typer.echo(coverage.line(), err=True)
     with_gold = [r for r in records if r.gold_answer]
     without_gold = [r for r in records if not r.gold_answer]
-    gold_free = [(s, m) for s, m in signals if s not in GOLD_SIGNALS]
+    gold_free = [(s, m) for s, m in signals if s not in gold_signals()]
     needs_gold = len(gold_free) < len(signals)
     if needs_gold and not with_gold:
-        first = next(s for s, _ in signals if s in GOLD_SIGNALS)
+        first = next(s for s, _ in signals if s in gold_signals())
         raise InputError(f"--labels {first} needs gold answers and none of the {len(records)} solutions has one "
                          "(no GSM8K / MATH-500 match, no solved sibling): pass --gold FILE, or use gold-free signals")
     config = _load_config(config_file, preset, overrides, model, backend, seed)

@@ -47,25 +47,37 @@ from labelers.policy.base import Policy, TokenUsage
 from labelers.policy.usage import CostProfile, cpu_seconds
 from labelers.signals.lean import LEAN
 from labelers.signals.mc import MC
-from labelers.signals.registry import STEP_SIGNALS, path_signals, signal_named
+from labelers.signals.registry import path_signals, registered, signal_named
 from labelers.signals.tool import TOOL
 from labelers.verify.base import LeanState, LeanVerifier, StepContext, StepVerifier, ToolVerdict
 
-# The eval signals: every registered step signal (labelers/signals/registry.py), the hybrid fusion
-# and two references that are not step signals (a trained PRM, the answer baselines).
 HYBRID = "hybrid"
-SIGNALS: tuple[str, ...] = (*(s.name for s in STEP_SIGNALS), HYBRID, "prm", "answer")
+# Eval signals that are not step signals: the hybrid fusion and two references (a trained PRM, the
+# answer baselines).
+OTHER_SIGNALS: tuple[str, ...] = (HYBRID, "prm", "answer")
 # Signals that sample MC rollouts: they take an MC mode and share one labeling pass per mode.
 VALUE_SIGNALS: tuple[str, ...] = (MC.name, HYBRID)
 # Step signals scored on their own verifier call, without a labeling pass (run_tool, run_lean).
 ALONE_SIGNALS: tuple[str, ...] = (TOOL.name, LEAN.name)
-# Step signals the labeling pass runs on the given steps (the judge, and any new path signal):
-# they join the first pass of the MC signals, or get one of their own without rollouts.
-PASS_SIGNALS: tuple[str, ...] = tuple(s.name for s in path_signals() if s.name not in ALONE_SIGNALS)
 MC_MODES: tuple[str, ...] = ("per-step", "binary")
 ANSWER_MODES: tuple[str, ...] = ("last", "first")
-# Signals that judge rollouts or final answers against the gold answer.
-GOLD_SIGNALS: frozenset[str] = frozenset({s.name for s in STEP_SIGNALS if s.needs.gold_answer} | {HYBRID, "answer"})
+
+
+def eval_signals() -> tuple[str, ...]:
+    """What ``eval run --labels`` takes: every registered step signal (labelers/signals/registry.py),
+    then :data:`OTHER_SIGNALS`."""
+    return (*(s.name for s in registered()), *OTHER_SIGNALS)
+
+
+def pass_signals() -> tuple[str, ...]:
+    """Step signals the labeling pass runs on the given steps (the judge, and any new path signal):
+    they join the first pass of the value signals, or get one of their own without rollouts."""
+    return tuple(s.name for s in path_signals() if s.name not in ALONE_SIGNALS)
+
+
+def gold_signals() -> frozenset[str]:
+    """Signals that judge rollouts or final answers against the gold answer."""
+    return frozenset({s.name for s in registered() if s.needs.gold_answer} | {HYBRID, "answer"})
 
 
 @dataclass
@@ -300,7 +312,7 @@ def stored_signals(rows: Sequence[Any]) -> dict[str, Any]:
     another fusion config re-scores a run offline (:func:`fuse_stored`)."""
     return {
         "path_correct": rows[0].path_correct if rows else None,
-        "steps": [{key: value for signal in STEP_SIGNALS for key, value in signal.stored(r).items()} for r in rows],
+        "steps": [{key: value for signal in registered() for key, value in signal.stored(r).items()} for r in rows],
     }
 
 
@@ -312,7 +324,7 @@ def fuse_stored(stored: dict[str, Any], rule: str, fuse_config: Any) -> list[boo
     from labelers.fuse import fuse_path
 
     steps = stored["steps"]
-    signals = {signal.name: [signal.from_stored(step) for step in steps] for signal in STEP_SIGNALS}
+    signals = {signal.name: [signal.from_stored(step) for step in steps] for signal in registered()}
     config = fuse_config.model_copy(update={"rule": rule})
     return [step.label for step in fuse_path(signals, config, stored["path_correct"])]
 
@@ -336,7 +348,7 @@ def run_shared(
     chunk_size: int = 8,
     on_solutions: Callable[[int, int], None] | None = None,
 ) -> list[SignalRun]:
-    """``mc`` / ``hybrid`` / ``judge`` (any of :data:`PASS_SIGNALS`) labels of the same records from
+    """``mc`` / ``hybrid`` / ``judge`` (any of :func:`pass_signals`) labels of the same records from
     ONE pass of the labeling core (rollouts in ``mc_mode`` only when ``mc`` or ``hybrid`` is asked;
     a path signal only when it is asked or the config runs it anyway, as ``fuse.judge`` does the
     judge); one :class:`SignalRun` per signal, in order. Every run reports the whole pass's cost
@@ -346,11 +358,11 @@ def run_shared(
     after each chunk (progress)."""
     from labelers import pipeline
 
-    unknown = [s for s in signals if s not in (*VALUE_SIGNALS, *PASS_SIGNALS)]
+    unknown = [s for s in signals if s not in (*VALUE_SIGNALS, *pass_signals())]
     if unknown:
         raise InputError(f"run_shared: {unknown[0]!r} is not a labeling-core signal")
     needs_mc = any(s in VALUE_SIGNALS for s in signals)
-    stepwise = [signal_named(s) for s in signals if s in PASS_SIGNALS]  # scored from their own columns
+    stepwise = [signal_named(s) for s in signals if s in pass_signals()]  # scored from their own columns
     if needs_mc:
         require_gold(records, next(s for s in signals if s in VALUE_SIGNALS))
         run_config = mc_config(config, HYBRID, mc_mode, k)
@@ -499,19 +511,19 @@ def run_signals(records: Sequence[BenchRecord], signals: Sequence[tuple[str, str
 
     Passes: the value signals (``mc``, ``hybrid``) share one labeling pass per MC mode (mode:
     theirs, else ``default_mode``), in the order the modes are first asked; the pass signals
-    (:data:`PASS_SIGNALS`: the judge, ...) join the first of them, or get one pass of their own
+    (:func:`pass_signals`: the judge, ...) join the first of them, or get one pass of their own
     without rollouts when no value signal is asked; :func:`run_shared` splits off a pass of the
     hybrid's own when it samples with the tool's help and ``mc`` is asked too. The tool, Lean,
     ``prm`` and ``answer`` run on their own (:func:`_run_alone`)."""
     for signal, _ in signals:
-        if signal in GOLD_SIGNALS:
+        if signal in gold_signals():
             require_gold(records, signal)
     runs: dict[tuple[str, str | None], SignalRun] = {}
     modes: list[str] = []
     for signal, mode in signals:
         if signal in VALUE_SIGNALS and (mode or default_mode) not in modes:
             modes.append(mode or default_mode)
-    stepwise = [signal for signal, _ in signals if signal in PASS_SIGNALS]
+    stepwise = [signal for signal, _ in signals if signal in pass_signals()]
     for index, mode in enumerate(modes):
         group = [(s, m) for s, m in signals if s in VALUE_SIGNALS and (m or default_mode) == mode]
         names = [s for s, _ in group] + (stepwise if index == 0 else [])

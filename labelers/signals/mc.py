@@ -23,7 +23,8 @@ from labelers.signals.base import SignalNeeds
 def mc_line(mc: MCSignal) -> str:
     if mc.exact:
         outcome = "is" if mc.correct else "is not"
-        return f"Monte Carlo: the step gives the final answer, which {outcome} the correct answer (value {mc.value:.3g})."
+        return (f"Monte Carlo: the step gives the final answer, which {outcome} the correct answer "
+                f"(value {mc.value:.3g}).")
     if mc.total:
         return (
             f"Monte Carlo: {mc.correct} of {mc.total} rollouts from this step reach the correct answer "

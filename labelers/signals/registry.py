@@ -2,7 +2,8 @@
 
 A new signal: its module (implementing :class:`labelers.signals.base.PathSignal`), its entry
 here, its columns in data_schemas. The pipeline, the rationale, the stored signals of eval runs
-and the eval runner's signal list read this tuple; fusion reads the results by name.
+and the eval runner's signal lists read it (through :func:`registered`, when they run); fusion
+reads the results by name.
 """
 
 from __future__ import annotations
@@ -16,13 +17,20 @@ from labelers.signals.tool import TOOL
 STEP_SIGNALS: tuple[StepSignal, ...] = (TOOL, LEAN, MC, JUDGE)
 
 
-def path_signals(signals: tuple[StepSignal, ...] = STEP_SIGNALS) -> tuple[PathSignal, ...]:
+def registered() -> tuple[StepSignal, ...]:
+    """The registered signals. Readers call this when they run, never bind the tuple at import, so
+    a test can register a signal of its own (monkeypatch ``STEP_SIGNALS``) and see it everywhere."""
+    return STEP_SIGNALS
+
+
+def path_signals() -> tuple[PathSignal, ...]:
     """The signals the labeling core runs on chosen paths, in order: all but the tool (it ran in
     the search) and the value signal (MC, the search stage's rollouts)."""
-    return tuple(s for s in signals if s.name not in (TOOL.name, MC.name))  # type: ignore[misc]
+    return tuple(s for s in registered() if s.name not in (TOOL.name, MC.name))  # type: ignore[misc]
 
 
-def signal_named(name: str, signals: tuple[StepSignal, ...] = STEP_SIGNALS) -> StepSignal:
+def signal_named(name: str) -> StepSignal:
+    signals = registered()
     for signal in signals:
         if signal.name == name:
             return signal
