@@ -123,9 +123,11 @@ class FusedStep:
 
 def verifier_decision(tool: ToolCheck | None, lean: LeanCheck | None) -> bool | None:
     """True = verified, False = disproved, None = no verifier decision."""
-    if (tool is not None and tool.verdict == ToolVerdict.INCORRECT) or (lean is not None and lean.state == LeanState.DISPROVED):
+    tool_says = tool.verdict if tool is not None else None
+    lean_says = lean.state if lean is not None else None
+    if tool_says == ToolVerdict.INCORRECT or lean_says == LeanState.DISPROVED:
         return False
-    if (tool is not None and tool.verdict == ToolVerdict.CORRECT) or (lean is not None and lean.state == LeanState.PROVED):
+    if tool_says == ToolVerdict.CORRECT or lean_says == LeanState.PROVED:
         return True
     return None
 

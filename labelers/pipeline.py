@@ -45,7 +45,16 @@ from dataclasses import dataclass, field
 from data_schemas.records import NodeRow, Problem, ProblemOutcome, StepRow
 from labelers.answers import AnswerJudge
 from labelers.config import BuildConfig
-from labelers.fuse import NO_MC, FusedStep, MCSignal, fuse_path, path_consensus, path_steps, rows_to_keep, verifier_decision
+from labelers.fuse import (
+    NO_MC,
+    FusedStep,
+    MCSignal,
+    fuse_path,
+    path_consensus,
+    path_steps,
+    rows_to_keep,
+    verifier_decision,
+)
 from labelers.identity import derive_seed
 from labelers.policy.base import GenerationRequest, Policy, TokenUsage
 from labelers.rationale import build_rationale
@@ -248,7 +257,8 @@ def _path_of(problem: Problem, leaf: Node) -> _Path:
 
 
 def _estimate_paths(
-    states: Sequence[_State], config: BuildConfig, policy: Policy, ledger: Ledger, judge: OutcomeJudge, account_by_path: bool
+    states: Sequence[_State], config: BuildConfig, policy: Policy, ledger: Ledger, judge: OutcomeJudge,
+    account_by_path: bool,
 ) -> dict[str, MCEstimate]:
     """MC signals for every path of every live state (stage 4 of the module doc)."""
     settings = mc_settings(config)
@@ -456,7 +466,8 @@ def _node_rows(state: _State, build_id: str, known: dict[str, MCEstimate]) -> li
     return rows
 
 
-def _outcome(state: _State, build_id: str, steps: list[StepRow], ledger: Ledger, accounts: Sequence[str]) -> ProblemOutcome:
+def _outcome(state: _State, build_id: str, steps: list[StepRow], ledger: Ledger,
+             accounts: Sequence[str]) -> ProblemOutcome:
     problem = state.problem
     failure = state.failed or state.tree.failed
     usage = [ledger.per_problem[a] for a in accounts if a in ledger.per_problem]
@@ -561,7 +572,8 @@ def label_batch(
                 duplicates += 1
                 continue
             seen.add(problem.problem_id)
-            states.append(_State(problem, TreeSearch(problem.problem_id, problem.question, problem.gold_answer, settings, judge)))
+            tree = TreeSearch(problem.problem_id, problem.question, problem.gold_answer, settings, judge)
+            states.append(_State(problem, tree))
         rounds = run_tree_searches(states, policy, use_tool, ledger)
         for state in states:
             if not state.ok or state.skipped:
@@ -570,7 +582,8 @@ def label_batch(
             state.counters["paths_complete"] += len(complete)
             state.counters["paths_complete_correct"] += sum(bool(n.reached_gold) for n in complete)
             state.counters["search_iterations"] += state.tree.iterations
-            state.paths = [_path_of(state.problem, leaf) for leaf in choose_paths(state.tree, config.search.max_paths_per_problem)]
+            chosen = choose_paths(state.tree, config.search.max_paths_per_problem)
+            state.paths = [_path_of(state.problem, leaf) for leaf in chosen]
             if not state.paths:
                 state.skipped = "no complete solution path within the search budget"
         result = _label_paths(states, config, policy, lean, ledger, judge, build_id, step_judge=step_judge,
@@ -618,7 +631,8 @@ def label_given_solutions(
                 node.is_terminal = True
                 correct = answer is not None and judge.equal(answer, problem.gold_answer)
                 node.reached_gold = correct if answer is not None else None
-                state.paths.append(_Path(problem, node, [n for n in reversed(node.ancestors()) if n.parent is not None], correct, answer))
+                nodes = [n for n in reversed(node.ancestors()) if n.parent is not None]
+                state.paths.append(_Path(problem, node, nodes, correct, answer))
             if not any(p.nodes for p in state.paths):
                 state.skipped = "no steps given"
             state.paths = [p for p in state.paths if p.nodes]

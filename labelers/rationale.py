@@ -66,7 +66,8 @@ def build_rationale(
     ``signals`` (by name; a missing name = not run), then the decision and the verdict.
     ``step_signals``: the signals whose lines to write (default: the registered ones)."""
     decision = _DECISIONS.get(fused.source, fused.source)
-    facts = [signal.rationale_line(signals.get(signal.name)) for signal in (registered() if step_signals is None else step_signals)]
+    writers = registered() if step_signals is None else step_signals
+    facts = [signal.rationale_line(signals.get(signal.name)) for signal in writers]
     lines = [
         *(line for line in facts if line is not None),
         f"Decision: {decision} (rule: {fused.source}).",

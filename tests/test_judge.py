@@ -16,7 +16,14 @@ from labelers.judge import JUDGE_NOT_RUN, judge_messages, judge_steps, parse_jud
 from labelers.policy.base import GenerationResult
 from labelers.verify.base import JudgeVerdict, StepContext, ToolCheck, ToolVerdict
 from tests.support.scripted_judge import ScriptedJudge
-from tests.test_eval_run import _config, scripted_for, small_set  # noqa: F401 - fixture
+from tests.support.step_signals import signals
+from tests.test_eval_run import _config, injected_set, scripted_for
+
+
+@pytest.fixture(scope="module")
+def small_set():
+    """6 solutions with an injected error, 4 correct (as tests/test_eval_run.py's)."""
+    return injected_set(6, 4, seed=11)
 
 
 @pytest.mark.parametrize(
@@ -48,8 +55,8 @@ def test_prompt_has_question_previous_steps_step_and_tool_result():
     system, user = judge_messages(context, "Tool check (sympy): 3 + 4 = 7 holds (7 vs 7).")
     assert "Verdict: correct" in system.content and "reasoning" in system.content
     text = user.content
-    for part in ("How many apples?", "Step 1: He has 3 bags.", "Step 2: Each has 4.", "Step 3 (check this one):\nSo 3 + 4 = 7 apples.",
-                 "Tool result: Tool check (sympy): 3 + 4 = 7 holds"):
+    for part in ("How many apples?", "Step 1: He has 3 bags.", "Step 2: Each has 4.",
+                 "Step 3 (check this one):\nSo 3 + 4 = 7 apples.", "Tool result: Tool check (sympy): 3 + 4 = 7 holds"):
         assert part in text
 
 
@@ -87,20 +94,23 @@ def test_fusion_with_the_judge():
     off = FuseConfig(rule="hybrid")
     as_verifier = FuseConfig(rule="hybrid", judge="verifier")
     tiebreak = FuseConfig(rule="hybrid", judge="tiebreak")
+    def source(tool, mc, judged, config, path_correct=True) -> str:
+        return fuse_step(signals(tool, None, mc, _verdict(judged)), config, path_correct).source
+
     # off: the judge changes nothing
-    assert fuse_step({"tool": unverifiable, "lean": None, "mc": mc_good, "judge": _verdict(False)}, off, True).source == "mc"
+    assert source(unverifiable, mc_good, False, off) == "mc"
     # verifier: below the tool, in place of a missing verifier decision
-    assert fuse_step({"tool": unverifiable, "lean": None, "mc": mc_good, "judge": _verdict(False)}, as_verifier, True).source == "judge_disproved"
-    assert fuse_step({"tool": correct_tool, "lean": None, "mc": mc_good, "judge": _verdict(False)}, as_verifier, True).source == "verified"
-    assert fuse_step({"tool": incorrect, "lean": None, "mc": mc_good, "judge": _verdict(True)}, as_verifier, True).source == "verifier_disproved"
-    assert fuse_step({"tool": unverifiable, "lean": None, "mc": MCSignal(0, 4), "judge": _verdict(True)}, as_verifier, False).source == "mc_over_judge"
+    assert source(unverifiable, mc_good, False, as_verifier) == "judge_disproved"
+    assert source(correct_tool, mc_good, False, as_verifier) == "verified"
+    assert source(incorrect, mc_good, True, as_verifier) == "verifier_disproved"
+    assert source(unverifiable, MCSignal(0, 4), True, as_verifier, False) == "mc_over_judge"
     # tiebreak: only where neither a verifier nor MC decides
-    assert fuse_step({"tool": unverifiable, "lean": None, "mc": mc_good, "judge": _verdict(False)}, tiebreak, True).source == "mc"
-    assert fuse_step({"tool": unverifiable, "lean": None, "mc": NO_MC, "judge": _verdict(False)}, tiebreak, True).source == "judge_tiebreak"
-    assert fuse_step({"tool": unverifiable, "lean": None, "mc": NO_MC, "judge": _verdict(None)}, tiebreak, True).source == "path_outcome"
+    assert source(unverifiable, mc_good, False, tiebreak) == "mc"
+    assert source(unverifiable, NO_MC, False, tiebreak) == "judge_tiebreak"
+    assert source(unverifiable, NO_MC, None, tiebreak) == "path_outcome"
     # the judge's own rule
     judge_rule = FuseConfig(rule="judge")
-    assert [fuse_step({"tool": None, "lean": None, "mc": NO_MC, "judge": _verdict(j)}, judge_rule, True).source for j in (True, False, None)] == [
+    assert [source(None, NO_MC, j, judge_rule) for j in (True, False, None)] == [
         "judge_correct", "judge_incorrect", "judge_no_verdict"]
 
 
@@ -169,8 +179,8 @@ def test_shared_run_equals_separate_runs(small_set):
         separate = runner.run_mc(records, "hybrid", config, scripted_for(records, references), tool, None, "binary", 4)
         separate_mc = runner.run_mc(records, "mc", config, scripted_for(records, references), None, None, "binary", 4)
         judge = ScriptedJudge(_oracle(references), fallback=scripted_for(records, references))
-        mc, hybrid, judged = runner.run_shared(records, ["mc", "hybrid", "judge"], config, judge, tool, None, "binary", 4,
-                                               chunk_size=len(records))  # one labeling call: one judge call
+        mc, hybrid, judged = runner.run_shared(records, ["mc", "hybrid", "judge"], config, judge, tool, None, "binary",
+                                               4, chunk_size=len(records))  # one labeling call: one judge call
     assert hybrid.predictions == separate.predictions and mc.predictions == separate_mc.predictions
     # mc and the judge share one pass; the hybrid, which samples with the tool's help, has its own
     assert (hybrid.rollouts, mc.rollouts) == (separate.rollouts, separate_mc.rollouts)
@@ -211,9 +221,9 @@ def test_cli_several_labels_share_a_pass_and_set_overrides(tmp_path, monkeypatch
 
     monkeypatch.setattr("labelers.policy.factory.make_policy", fake_policy)
     out = tmp_path / "out.json"
-    result = CliRunner().invoke(app, ["eval", "run", "--input", str(bench), "--labels", "tool,mc:binary", "--labels", "judge",
-                                      "--labels", "hybrid:binary", "--k", "2", "--set", "tool.workers=1",
-                                      "--set", "fuse.judge=verifier", "--out", str(out)])
+    result = CliRunner().invoke(app, ["eval", "run", "--input", str(bench), "--labels", "tool,mc:binary",
+                                      "--labels", "judge", "--labels", "hybrid:binary", "--k", "2",
+                                      "--set", "tool.workers=1", "--set", "fuse.judge=verifier", "--out", str(out)])
     assert result.exit_code == 0, result.output
     payload = json.loads(out.read_text())["results"]
     assert [r["signal"] for r in payload] == ["tool", "mc", "judge", "hybrid"]

@@ -37,22 +37,29 @@ INPUT_OPTION = typer.Option(..., "--input", "-i", dir_okay=False, help=(
 GOLD_OPTION = typer.Option(None, "--gold", dir_okay=False, help=(
     "Your gold answers: JSON/JSONL objects with id or problem and gold_answer (or answer). Without it, gold is "
     "joined from the bundled GSM8K test / MATH-500 by problem text, else from a solved sibling solution."))
-CONFIG_OPTION = typer.Option(None, "--config", "-c", help="TOML build config (policy, search, tool, fuse sections).", dir_okay=False)
+CONFIG_OPTION = typer.Option(None, "--config", "-c", help="TOML build config (policy, search, tool, fuse sections).",
+                             dir_okay=False)
 PRESET_OPTION = typer.Option(None, "--preset", "-p", help="Start from a shipped preset: demo, small, gsm8k, math500.")
-SET_OPTION = typer.Option(None, "--set", help="Override one config key: --set policy.temperature=0.7 (repeatable), as in build.")
+SET_OPTION = typer.Option(None, "--set", help=(
+    "Override one config key: --set policy.temperature=0.7 (repeatable), as in build."))
 LABELS_HELP = ("Signals, comma-separated or repeated: tool, lean, mc, hybrid, judge, prm (a trained PRM, --prm DIR), "
                "answer:last / answer:first (baselines: the error is the last step / step 0 when the final answer "
                "is wrong); "
                "mc and hybrid take a mode "
-               "(mc:per-step, mc:binary, hybrid:binary). Signals of one mode share one labeling pass (rollouts, judge); "
+               "(mc:per-step, mc:binary, hybrid:binary). Signals of one mode share one labeling pass "
+               "(rollouts, judge); "
                "hybrid gets its own when mc is asked too (MC alone must not see the tool).")
-MODEL_OPTION = typer.Option(None, "--model", help="Policy model for MC rollouts (embedded preset name or GGUF path, vLLM model, served name).")
+MODEL_OPTION = typer.Option(None, "--model", help=(
+    "Policy model for MC rollouts (embedded preset name or GGUF path, vLLM model, served name)."))
 BACKEND_OPTION = typer.Option(None, "--backend", help="Policy backend: embedded, vllm or openai.")
-MC_MODE_OPTION = typer.Option("per-step", "--mc-mode", help="MC rollouts from every prefix (per-step) or binary first-error search (binary).")
-K_OPTION = typer.Option(None, "--k", help="Rollouts per estimated prefix (default: search.mc_rollouts of the config).", min=1)
+MC_MODE_OPTION = typer.Option("per-step", "--mc-mode", help=(
+    "MC rollouts from every prefix (per-step) or binary first-error search (binary)."))
+K_OPTION = typer.Option(None, "--k", help="Rollouts per estimated prefix (default: search.mc_rollouts of the config).",
+                        min=1)
 LIMIT_OPTION = typer.Option(None, "--limit", help="Evaluate only the first N records of the set.", min=1)
 SEED_OPTION = typer.Option(None, "--seed", help="Seed of the rollouts (default: the config's).")
-PRM_OPTION = typer.Option(None, "--prm", help="Directory of a PRM trained by prmforge train (signal prm).", file_okay=False)
+PRM_OPTION = typer.Option(None, "--prm", help="Directory of a PRM trained by prmforge train (signal prm).",
+                          file_okay=False)
 CHUNK_OPTION = typer.Option(8, "--chunk", min=1, help=(
     "Solutions per labeling call: progress moves per chunk; a larger chunk batches more rollouts per call "
     "(faster on a CPU, where later first-error-search rounds are small)."))
@@ -63,7 +70,8 @@ def _check_overrides(overrides: list[str] | None) -> list[str]:
     """``--set`` takes key=value; a bare file name there is the old ``--set FILE`` spelling."""
     for item in overrides or []:
         if "=" not in item:
-            hint = " (the set file is --input now)" if Path(item).suffix in (".json", ".jsonl") or Path(item).exists() else ""
+            looks_like_a_file = Path(item).suffix in (".json", ".jsonl") or Path(item).exists()
+            hint = " (the set file is --input now)" if looks_like_a_file else ""
             raise InputError(f"--set takes key=value, got {item!r}{hint}")
     return list(overrides or [])
 
@@ -103,7 +111,8 @@ def parse_signals(text: str | Sequence[str]) -> list[tuple[str, str | None]]:
     from labelers.evaluation.runner import ANSWER_MODES, MC_MODES, VALUE_SIGNALS, eval_signals
 
     parsed: list[tuple[str, str | None]] = []
-    items = [piece for chunk in ([text] if isinstance(text, str) else text) for piece in chunk.split(",") if piece.strip()]
+    chunks = [text] if isinstance(text, str) else text
+    items = [piece for chunk in chunks for piece in chunk.split(",") if piece.strip()]
     for item in items:
         name, _, mode = item.strip().partition(":")
         if name not in eval_signals():
@@ -202,7 +211,8 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def results_table(results: Sequence[Any], title: str) -> Table:
     table = Table(title=title)
-    for column in ("signal", "mode", "k", "model", "err/cor", "acc_err", "acc_cor", "F1", "F1 95% CI", "step P(neg)", "step R(neg)",
+    for column in ("signal", "mode", "k", "model", "err/cor", "acc_err", "acc_cor", "F1", "F1 95% CI", "step P(neg)",
+                   "step R(neg)",
                    "rollouts", "rollouts/step", "tokens", "failed", "seconds"):
         table.add_column(column, justify="left" if column in ("signal", "mode", "model") else "right")
     for result in results:
@@ -231,14 +241,19 @@ def _payload(set_file: Path, records: Sequence[Any], results: Sequence[Any]) -> 
 
 @eval_app.command("make-set")
 def make_set(
-    out: Path = typer.Option(..., "--out", help="Output file: .json = JSON list (as ProcessBench ships), else JSONL.", dir_okay=False),
+    out: Path = typer.Option(..., "--out", help="Output file: .json = JSON list (as ProcessBench ships), else JSONL.",
+                             dir_okay=False),
     n_error: int = typer.Option(300, "--n-error", help="Solutions with one injected error.", min=0),
     n_correct: int = typer.Option(300, "--n-correct", help="Untouched correct solutions.", min=0),
-    n_two_errors: int = typer.Option(0, "--n-two-errors", help="Solutions with a reasoning error and a later slip (label: the first; gsm8k only).", min=0),
-    n_right_answer: int = typer.Option(0, "--n-right-answer", help="Solutions with a slip that is not carried forward: the final answer is right (gsm8k only).", min=0),
+    n_two_errors: int = typer.Option(0, "--n-two-errors", min=0, help=(
+        "Solutions with a reasoning error and a later slip (label: the first; gsm8k only).")),
+    n_right_answer: int = typer.Option(0, "--n-right-answer", min=0, help=(
+        "Solutions with a slip that is not carried forward: the final answer is right (gsm8k only).")),
     seed: int = typer.Option(0, "--seed", help="Same seed + input = same file."),
-    source: str = typer.Option("gsm8k", "--source", help="gsm8k (all three corruption kinds) or math500 (slips in the final computation)."),
-    input_file: Path | None = typer.Option(None, "--input", help="GSM8K JSONL (question, answer) or MATH JSONL (problem, solution, answer); default: the bundled problems.", dir_okay=False),
+    source: str = typer.Option("gsm8k", "--source", help=(
+        "gsm8k (all three corruption kinds) or math500 (slips in the final computation).")),
+    input_file: Path | None = typer.Option(None, "--input", dir_okay=False, help=(
+        "GSM8K JSONL (question, answer) or MATH JSONL (problem, solution, answer); default: the bundled problems.")),
 ) -> None:
     """Build an error-injection set: solutions with a known earliest wrong step plus correct ones."""
     from labelers.evaluation.inject import build_injection_set, build_math_injection_set, read_gsm8k, read_math
@@ -262,7 +277,8 @@ def make_set(
     extra = f"; {n_two_errors} with two errors" if n_two_errors else ""
     extra += f"; {n_right_answer} with a right final answer despite an error" if n_right_answer else ""
     typer.echo(
-        f"wrote {len(records)} solutions to {out} ({n_error} with an injected error{extra}: {kinds}; {n_correct} correct); "
+        f"wrote {len(records)} solutions to {out} ({n_error} with an injected error{extra}: {kinds}; "
+        f"{n_correct} correct); "
         f"{summary.eligible} of {summary.source_rows} reference solutions could take a consistent corruption"
     )
 
@@ -280,7 +296,8 @@ def run(
     k: int | None = K_OPTION,
     limit: int | None = LIMIT_OPTION,
     seed: int | None = SEED_OPTION,
-    out: Path | None = typer.Option(None, "--out", help="Write the scores, costs and per-record failures as JSON.", dir_okay=False),
+    out: Path | None = typer.Option(None, "--out", help="Write the scores, costs and per-record failures as JSON.",
+                                    dir_okay=False),
     prm: Path | None = PRM_OPTION,
     threshold: float = THRESHOLD_OPTION,
     gold: Path | None = GOLD_OPTION,
@@ -375,7 +392,8 @@ def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file
         payload = _payload(set_file, records, results)
         payload["gold"] = coverage.to_json()
         # what the sampling and fusion ran with, so a reader (eval rescore) knows which variant a result is
-        payload["config"] = {"search": config.search.model_dump(mode="json"), "fuse": config.fuse.model_dump(mode="json")}
+        payload["config"] = {"search": config.search.model_dump(mode="json"),
+                             "fuse": config.fuse.model_dump(mode="json")}
         payload["gold_sources"] = {r.id: r.gold_source or "file" for r in records if r.gold_answer}
         if needs_gold and without_gold:
             payload["records"] = len(with_gold)

@@ -215,7 +215,8 @@ def run_prm(records: Sequence[BenchRecord], scorer: Any, threshold: float = 0.5)
         run.labeled_steps += len(record.steps)
     if scores:
         run.notes.append(
-            f"threshold {threshold}: step P(good) min {min(scores):.3f}, mean {sum(scores) / len(scores):.3f}, max {max(scores):.3f}"
+            f"threshold {threshold}: step P(good) min {min(scores):.3f}, mean {sum(scores) / len(scores):.3f}, "
+            f"max {max(scores):.3f}"
         )
     run.wall_seconds = time.perf_counter() - started
     return run
@@ -385,7 +386,8 @@ def run_shared(
                                   on_solutions)
             by_signal = {run.signal: run for run in [*runs, hybrid]}
             return [by_signal[s] for s in signals]
-        run_config = run_config.with_overrides({"search.skip_mc_after_disproved": False, "search.mc_confirm_verified_zero": False})
+        run_config = run_config.with_overrides({"search.skip_mc_after_disproved": False,
+                                                "search.mc_confirm_verified_zero": False})
     started = time.perf_counter()
     cpu_started = cpu_seconds()
     problems = _given_problems(records)
@@ -425,7 +427,8 @@ def run_shared(
                 run.prompt_tokens += outcome.prompt_tokens
                 run.completion_tokens += outcome.completion_tokens
             if outcome is None or outcome.status != "labeled":
-                run.failures[record.id] = "no outcome" if outcome is None else f"{outcome.failed_stage}: {outcome.error}"
+                failure = "no outcome" if outcome is None else f"{outcome.failed_stage}: {outcome.error}"
+                run.failures[record.id] = failure
                 continue
             rows = sorted(by_problem.get(problem.problem_id, []), key=lambda r: r.step_index)
             negative: list[bool | None] = [None] * len(record.steps)
@@ -547,7 +550,7 @@ def run_signals(records: Sequence[BenchRecord], signals: Sequence[tuple[str, str
         runs.update(((signal, None), run) for signal, run in zip(stepwise, shared, strict=True))
     results = []
     for signal, mode in signals:
-        run = runs[(signal, mode)] if (signal, mode) in runs else _run_alone(signal, mode, records, resources, threshold)
+        run = runs.get((signal, mode)) or _run_alone(signal, mode, records, resources, threshold)
         results.append(evaluate(records, run))
     return results
 
