@@ -50,8 +50,6 @@ _SENTENCE_VERDICT = re.compile(
 _MAX_STEP_CHARS = 4000  # a pathological step is cut in the prompt (the row keeps it whole)
 
 
-
-
 def judge_messages(context: StepContext, tool_result: str) -> tuple[ChatMessage, ...]:
     """The chat asking the judge about ``context.step`` (``tool_result``: one line, e.g.
     :func:`labelers.signals.tool.tool_line`, the rationale's tool line)."""

@@ -10,10 +10,12 @@ the batch:
    complete path (root to a terminal node with a final answer) is labeled on tree nodes.
 2. **paths** -- up to ``max_paths_per_problem`` complete paths per problem, alternating
    correct / wrong (a mix first), each list in tree order (deterministic).
-3. **Lean** -- all steps of the chosen paths in one ``check_steps`` call (when enabled); then
-   the **step judge** (labelers/judge.py, when ``config.judge_runs``): all steps of the chosen
-   paths in ONE ``generate`` call of the judge policy (the policy itself unless a separate
-   judge model is given); a failed judge request leaves that step without a judge verdict.
+3. **path signals** (labelers/signals/registry.py, in registry order, each that runs with the
+   config; :func:`_run_path_signals`): **Lean** -- all steps of the chosen paths in one
+   ``check_steps`` call (when enabled); then the **step judge** (labelers/judge.py, when
+   ``config.judge_runs``): all steps of the chosen paths in ONE ``generate`` call of the judge
+   policy (the policy itself unless a separate judge model is given); a failed judge request
+   leaves that step without a judge verdict. A signal registered later runs here too.
 4. **MC** -- with ``search.first_error_search`` (default, OmegaPRM): wrong paths get the
    first-error binary search, all searches of all problems in lock-step; correct paths get no
    rollouts, their steps are inferred positive (the path itself is a completion from each of

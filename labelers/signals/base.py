@@ -133,7 +133,8 @@ class StepSignal(Protocol):
         ...
 
     def from_stored(self, step: Mapping[str, Any]) -> Any:
-        """The result fusion reads, back from :meth:`stored`'s keys."""
+        """The result fusion reads, back from :meth:`stored`'s keys (a signal added later reads
+        them with ``.get``: runs stored before it existed lack them)."""
         ...
 
 
