@@ -1,4 +1,8 @@
-"""Fusion: tool verdict + Lean state + Monte Carlo estimate -> step reward, label, flags.
+"""Fusion: tool verdict + Lean state + Monte Carlo estimate (+ step judge) -> step reward, label, flags.
+
+The signals come as a mapping of signal name to result (labelers/signals/: one step's
+``{"tool": ToolCheck, "lean": LeanCheck, "mc": MCSignal, "judge": JudgeVerdict}``, or per step
+sequences for a path); the rules below read them by name.
 
 Signals of one step:
 
@@ -66,11 +70,12 @@ all-correct path (both -1) is in consensus; a path where MC was never estimated 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from labelers.config import FuseConfig
-from labelers.verify.base import LeanCheck, LeanState, ToolCheck, ToolVerdict
+from labelers.verify.base import JudgeVerdict, LeanCheck, LeanState, ToolCheck, ToolVerdict
 
 
 @dataclass(frozen=True)
@@ -118,15 +123,11 @@ class FusedStep:
 
 def verifier_decision(tool: ToolCheck | None, lean: LeanCheck | None) -> bool | None:
     """True = verified, False = disproved, None = no verifier decision."""
-    if (
-        (tool is not None and tool.verdict == ToolVerdict.INCORRECT)
-        or (lean is not None and lean.state == LeanState.DISPROVED)
-    ):
+    tool_says = tool.verdict if tool is not None else None
+    lean_says = lean.state if lean is not None else None
+    if tool_says == ToolVerdict.INCORRECT or lean_says == LeanState.DISPROVED:
         return False
-    if (
-        (tool is not None and tool.verdict == ToolVerdict.CORRECT)
-        or (lean is not None and lean.state == LeanState.PROVED)
-    ):
+    if tool_says == ToolVerdict.CORRECT or lean_says == LeanState.PROVED:
         return True
     return None
 
@@ -146,17 +147,26 @@ def _mc_reward(mc: MCSignal, label: bool) -> float:
     return value if label else -(1.0 - value)
 
 
-def fuse_step(
-    tool: ToolCheck | None,
-    lean: LeanCheck | None,
-    mc: MCSignal,
-    config: FuseConfig,
-    path_correct: bool | None = None,
-    judge: bool | None = None,
-) -> FusedStep:
-    """Fused reward, label, rule branch and agreement flag of one step (rules: module doc).
+StepSignals = Mapping[str, Any]
+"""One step's signal results by name: ``"tool"`` ToolCheck, ``"lean"`` LeanCheck, ``"mc"`` MCSignal,
+``"judge"`` JudgeVerdict (labelers/signals/registry.py); a missing name or None = did not run."""
 
-    ``judge``: the step judge's verdict (True correct, False incorrect, None none)."""
+PathSignals = Mapping[str, Sequence[Any]]
+"""A path's signal results by name, one per step in step order (names as in :data:`StepSignals`)."""
+
+
+def _judge_correct(verdict: JudgeVerdict | None) -> bool | None:
+    return None if verdict is None else verdict.correct
+
+
+def fuse_step(signals: StepSignals, config: FuseConfig, path_correct: bool | None = None) -> FusedStep:
+    """Fused reward, label, rule branch and agreement flag of one step (rules: module doc), from
+    its signal results by name: tool, lean, mc (none: :data:`NO_MC`) and judge (the step judge's
+    verdict; its ``correct`` True / False / None is what fusion reads)."""
+    tool: ToolCheck | None = signals.get("tool")
+    lean: LeanCheck | None = signals.get("lean")
+    mc: MCSignal = signals.get("mc") or NO_MC
+    judge = _judge_correct(signals.get("judge"))
     decision = verifier_decision(tool, lean)
     mc_label = mc.label(config.mc_threshold)
     agree = not _verifiers_conflict(tool, lean) and (decision is None or mc_label is None or decision == mc_label)
@@ -205,25 +215,23 @@ def fuse_step(
 _YIELDING_SOURCES = frozenset({"mc", "mc_over_verified"})
 
 
-def fuse_path(
-    tools: Sequence[ToolCheck | None],
-    leans: Sequence[LeanCheck | None],
-    mcs: Sequence[MCSignal],
-    config: FuseConfig,
-    path_correct: bool | None = None,
-    judges: Sequence[bool | None] | None = None,
-) -> list[FusedStep]:
+def path_steps(signals: PathSignals) -> list[dict[str, Any]]:
+    """The per-step mappings of a path's signals: step i holds each name's i-th result; a path has
+    as many steps as its shortest sequence."""
+    length = min((len(values) for values in signals.values()), default=0)
+    return [{name: values[index] for name, values in signals.items()} for index in range(length)]
+
+
+def fuse_path(signals: PathSignals, config: FuseConfig, path_correct: bool | None = None) -> list[FusedStep]:
     """Fused steps of one path: :func:`fuse_step` per step, then the hybrid's path rule (module
     doc): before the first disproved step, MC negatives with no measured positive before them
     yield to the disproof."""
-    verdicts = judges if judges is not None else [None] * len(mcs)
-    fused = [
-        fuse_step(t, lean, m, config, path_correct, j) for t, lean, m, j in zip(tools, leans, mcs, verdicts)
-    ]
+    steps = path_steps(signals)
+    fused = [fuse_step(step, config, path_correct) for step in steps]
     if config.rule != "hybrid" or not config.zero_without_drop_yields:
         return fused
-    for index in range(max(first_disproved(tools, leans), 0)):
-        step, mc = fused[index], mcs[index]
+    for index in range(max(first_disproved(signals), 0)):
+        step, mc = fused[index], steps[index].get("mc") or NO_MC
         if step.label:
             if mc.total and mc.label(config.mc_threshold):
                 break  # a measured positive: a later zero is a measured drop and stands
@@ -243,20 +251,16 @@ def first_negative(labels: Sequence[bool | None]) -> int:
     return -1
 
 
-def first_disproved(tools: Sequence[ToolCheck | None], leans: Sequence[LeanCheck | None]) -> int:
+def first_disproved(signals: PathSignals) -> int:
     """Index of a path's first step the tool or Lean disproved, or -1 when there is none."""
-    return first_negative([verifier_decision(t, lean) for t, lean in zip(tools, leans)])
+    return first_negative([verifier_decision(step.get("tool"), step.get("lean")) for step in path_steps(signals)])
 
 
-def path_consensus(
-    mc_signals: Sequence[MCSignal],
-    tools: Sequence[ToolCheck | None],
-    leans: Sequence[LeanCheck | None],
-    config: FuseConfig,
-) -> tuple[bool, int, int]:
+def path_consensus(signals: PathSignals, config: FuseConfig) -> tuple[bool, int, int]:
     """(consensus, mc_first_error, verifier_first_error) of a path (definitions: module doc)."""
-    mc_first = first_negative([signal.label(config.mc_threshold) for signal in mc_signals])
-    verifier_first = first_disproved(tools, leans)
+    steps = path_steps(signals)
+    mc_first = first_negative([(step.get("mc") or NO_MC).label(config.mc_threshold) for step in steps])
+    verifier_first = first_disproved(signals)
     return mc_first == verifier_first, mc_first, verifier_first
 
 

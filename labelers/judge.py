@@ -25,7 +25,7 @@ import re
 from collections.abc import Sequence
 
 from labelers.policy.base import ChatMessage, GenerationRequest, GenerationResult
-from labelers.rationale import tool_line
+from labelers.signals.tool import tool_line
 from labelers.verify.base import JUDGE_NOT_RUN as JUDGE_NOT_RUN  # re-exported: callers import it from here
 from labelers.verify.base import JudgeVerdict, StepContext, ToolCheck
 
@@ -50,11 +50,9 @@ _SENTENCE_VERDICT = re.compile(
 _MAX_STEP_CHARS = 4000  # a pathological step is cut in the prompt (the row keeps it whole)
 
 
-
-
 def judge_messages(context: StepContext, tool_result: str) -> tuple[ChatMessage, ...]:
     """The chat asking the judge about ``context.step`` (``tool_result``: one line, e.g.
-    :func:`labelers.rationale.tool_line`)."""
+    :func:`labelers.signals.tool.tool_line`, the rationale's tool line)."""
     previous = "\n".join(f"Step {i}: {s.strip()}" for i, s in enumerate(context.previous_steps, 1)) or "(none)"
     step_number = len(context.previous_steps) + 1
     user = (

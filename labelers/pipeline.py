@@ -10,10 +10,12 @@ the batch:
    complete path (root to a terminal node with a final answer) is labeled on tree nodes.
 2. **paths** -- up to ``max_paths_per_problem`` complete paths per problem, alternating
    correct / wrong (a mix first), each list in tree order (deterministic).
-3. **Lean** -- all steps of the chosen paths in one ``check_steps`` call (when enabled); then
-   the **step judge** (labelers/judge.py, when ``config.judge_runs``): all steps of the chosen
-   paths in ONE ``generate`` call of the judge policy (the policy itself unless a separate
-   judge model is given); a failed judge request leaves that step without a judge verdict.
+3. **path signals** (labelers/signals/registry.py, in registry order, each that runs with the
+   config; :func:`_run_path_signals`): **Lean** -- all steps of the chosen paths in one
+   ``check_steps`` call (when enabled); then the **step judge** (labelers/judge.py, when
+   ``config.judge_runs``): all steps of the chosen paths in ONE ``generate`` call of the judge
+   policy (the policy itself unless a separate judge model is given); a failed judge request
+   leaves that step without a judge verdict. A signal registered later runs here too.
 4. **MC** -- with ``search.first_error_search`` (default, OmegaPRM): wrong paths get the
    first-error binary search, all searches of all problems in lock-step; correct paths get no
    rollouts, their steps are inferred positive (the path itself is a completion from each of
@@ -45,27 +47,29 @@ from dataclasses import dataclass, field
 from data_schemas.records import NodeRow, Problem, ProblemOutcome, StepRow
 from labelers.answers import AnswerJudge
 from labelers.config import BuildConfig
-from labelers.fuse import NO_MC, FusedStep, MCSignal, fuse_path, path_consensus, rows_to_keep, verifier_decision
+from labelers.fuse import (
+    NO_MC,
+    FusedStep,
+    MCSignal,
+    fuse_path,
+    path_consensus,
+    path_steps,
+    rows_to_keep,
+    verifier_decision,
+)
 from labelers.identity import derive_seed
-from labelers.judge import JUDGE_NOT_RUN, JudgeVerdict, judge_steps
 from labelers.policy.base import GenerationRequest, Policy, TokenUsage
 from labelers.rationale import build_rationale
 from labelers.search.first_error import FirstErrorSearch, run_searches
 from labelers.search.ledger import Ledger
 from labelers.search.mcts import Node, SearchSettings, TreeSearch
 from labelers.search.montecarlo import MCBatch, MCEstimate, MCSettings, OutcomeJudge, PrefixJob, estimate_prefixes
-from labelers.verify.base import (
-    LeanCheck,
-    LeanState,
-    LeanVerifier,
-    StepContext,
-    StepVerifier,
-    ToolCheck,
-    ToolVerdict,
-)
-
-TOOL_DISABLED = ToolCheck(ToolVerdict.UNVERIFIABLE, "none", {"reason": "tool verification disabled"})
-LEAN_DISABLED = LeanCheck(LeanState.DISABLED)
+from labelers.signals.base import PathStep, SignalInputs, SignalPath, check_isolated, error_text
+from labelers.signals.lean import LEAN_DISABLED as LEAN_DISABLED  # re-exported: where callers found it
+from labelers.signals.mc import MC
+from labelers.signals.registry import path_signals, registered
+from labelers.signals.tool import TOOL, TOOL_DISABLED
+from labelers.verify.base import LeanVerifier, StepContext, StepVerifier
 
 
 @dataclass
@@ -95,9 +99,9 @@ class _Path:
     nodes: list[Node]  # root excluded, in order
     correct: bool
     final_answer: str | None
-    lean: list[LeanCheck] = field(default_factory=list)
-    judge: list[JudgeVerdict] = field(default_factory=list)
-    mc: list[MCSignal] = field(default_factory=list)
+    # Per signal name (labelers/signals/registry.py, the tool's checks excepted: they are on the
+    # nodes), one result per step; a signal that did not run has no entry.
+    results: dict[str, list] = field(default_factory=dict)
     search: FirstErrorSearch | None = None
     mc_horizon: int | None = None  # first disproved step when MC was skipped from there on
 
@@ -141,46 +145,45 @@ def mc_settings(config: BuildConfig) -> MCSettings:
     )
 
 
-def _error_text(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}" or type(error).__name__
+# -- signals on chosen paths ------------------------------------------------------------------
 
 
-# -- verification ----------------------------------------------------------------------------
+def _signal_paths(states: Sequence[_State]) -> tuple[list[_Path], list[SignalPath]]:
+    """The chosen paths of the live states, and what a signal sees of each."""
+    paths = [path for state in states if state.ok for path in state.paths]
+    return paths, [
+        SignalPath(path.problem, tuple(
+            PathStep(StepContext(path.problem.question, node.steps[:-1], node.step_text), node.path, node.tool_check)
+            for node in path.nodes
+        ))
+        for path in paths
+    ]
 
 
-def _check_all(
-    verifier: StepVerifier | LeanVerifier | None,
-    work: dict[str, list[StepContext]],
-    ledger: Ledger,
-    default,
-) -> tuple[dict[str, list], dict[str, str]]:
-    """Checks of every problem's contexts in ONE ``check_steps`` call; when that call raises,
-    each problem is retried alone so one bad problem fails only itself."""
-    if verifier is None:
-        return {key: [default] * len(items) for key, items in work.items()}, {}
-    keys = [key for key, items in work.items() if items]
-    flat = [context for key in keys for context in work[key]]
-    checks: dict[str, list] = {key: [] for key in work}
-    errors: dict[str, str] = {}
-    if not flat:
-        return checks, errors
-    started = time.perf_counter()
-    try:
-        results = list(verifier.check_steps(flat))
-        if len(results) != len(flat):
-            raise RuntimeError(f"verifier returned {len(results)} checks for {len(flat)} steps")
-        offset = 0
-        for key in keys:
-            checks[key] = results[offset : offset + len(work[key])]
-            offset += len(work[key])
-    except Exception:  # noqa: BLE001 - isolate the failing problem(s) below
-        for key in keys:
-            try:
-                checks[key] = list(verifier.check_steps(work[key]))
-            except Exception as error:  # noqa: BLE001 - recorded as the problem's failure
-                errors[key] = _error_text(error)
-    ledger.charge_time({key: len(work[key]) for key in keys}, time.perf_counter() - started)
-    return checks, errors
+def _run_path_signals(states: Sequence[_State], inputs: SignalInputs) -> None:
+    """Every path signal that runs with this config (Lean, the step judge, ...: registry order) on
+    every step of every chosen path of the live states, one batched call each. A problem the
+    signal reports failed fails at its ``failed_stage`` and is left out of later signals; a run
+    that raises fails every problem that has paths."""
+    for signal in path_signals():
+        if not signal.runs(inputs.config):
+            continue
+        paths, seen = _signal_paths(states)
+        if not paths:
+            continue
+        try:
+            output = signal.run(seen, inputs)
+        except Exception as error:  # noqa: BLE001 - a crashed backend fails the problems it served
+            for state in states:
+                if state.paths:
+                    state.fail(signal.failed_stage, error_text(error))
+            continue
+        for state in states:
+            if state.ok and state.problem.problem_id in output.errors:
+                state.fail(signal.failed_stage, output.errors[state.problem.problem_id])
+        for path, results in zip(paths, output.results, strict=True):
+            if path.problem.problem_id not in output.errors:
+                path.results[signal.name] = results
 
 
 # -- search ----------------------------------------------------------------------------------
@@ -201,7 +204,7 @@ def run_tree_searches(
             try:
                 requests = state.tree.requests()
             except Exception as error:  # noqa: BLE001 - the problem fails, not the batch
-                state.fail("search", _error_text(error))
+                state.fail("search", error_text(error))
                 continue
             if requests:
                 owners.append(state)
@@ -217,12 +220,11 @@ def run_tree_searches(
             try:
                 work[state.problem.problem_id] = state.tree.absorb(results[offset : offset + count])
             except Exception as error:  # noqa: BLE001
-                state.fail("search", _error_text(error))
+                state.fail("search", error_text(error))
             offset += count
         live = [s for s in owners if s.ok and s.problem.problem_id in work]
-        checks, errors = _check_all(
-            tool, {s.problem.problem_id: work[s.problem.problem_id] for s in live}, ledger, TOOL_DISABLED
-        )
+        checks, errors = check_isolated(tool, {s.problem.problem_id: work[s.problem.problem_id] for s in live}, ledger,
+                                        TOOL_DISABLED)
         for state in live:
             pid = state.problem.problem_id
             if pid in errors:
@@ -231,7 +233,7 @@ def run_tree_searches(
             try:
                 state.tree.finish_round(checks[pid])
             except Exception as error:  # noqa: BLE001
-                state.fail("search", _error_text(error))
+                state.fail("search", error_text(error))
 
 
 def choose_paths(tree: TreeSearch, limit: int) -> list[Node]:
@@ -257,11 +259,7 @@ def _path_of(problem: Problem, leaf: Node) -> _Path:
 
 
 def _estimate_paths(
-    states: Sequence[_State],
-    config: BuildConfig,
-    policy: Policy,
-    ledger: Ledger,
-    judge: OutcomeJudge,
+    states: Sequence[_State], config: BuildConfig, policy: Policy, ledger: Ledger, judge: OutcomeJudge,
     account_by_path: bool,
 ) -> dict[str, MCEstimate]:
     """MC signals for every path of every live state (stage 4 of the module doc)."""
@@ -279,7 +277,8 @@ def _estimate_paths(
         pid = state.problem.problem_id
         account = f"{pid}#{path_no}" if account_by_path else pid
         key = f"{account}:{node.prefix_hash}"
-        lean = path.lean[step_index] if step_index < len(path.lean) else None
+        leans = path.results.get("lean", [])
+        lean = leans[step_index] if step_index < len(leans) else None
         confirm_zero = confirm and verifier_decision(node.tool_check, lean) is True
         return PrefixJob(key, pid, state.problem.question, state.problem.gold_answer, node.steps, account, confirm_zero)
 
@@ -334,7 +333,7 @@ def _estimate_paths(
             if bad or (path.search is not None and path.search.failed):
                 state.fail("mc", bad[0] if bad else str(path.search.failed))
                 break
-            path.mc = _signals(path, keys, known, config)
+            path.results[MC.name] = _signals(path, keys, known, config)
             sampled_keys.update(k for k in keys if k in known and not known[k].exact)
         state.counters["mc_prefixes_sampled"] += len(sampled_keys)
     return known
@@ -342,8 +341,9 @@ def _estimate_paths(
 
 def _first_disproved(path: _Path) -> int | None:
     """Index of the path's first step the tool or Lean disproved (Lean results come first)."""
+    leans = path.results.get("lean", [])
     for index, node in enumerate(path.nodes):
-        lean = path.lean[index] if index < len(path.lean) else None
+        lean = leans[index] if index < len(leans) else None
         if verifier_decision(node.tool_check, lean) is False:
             return index
     return None
@@ -385,12 +385,12 @@ def _step_rows(state: _State, config: BuildConfig, build_id: str, model_id: str)
     fuse = config.fuse
     problem = state.problem
     for path in state.paths:
-        tools = [n.tool_check or TOOL_DISABLED for n in path.nodes]
-        leans = path.lean or [LEAN_DISABLED] * len(path.nodes)
-        mcs = path.mc or [NO_MC] * len(path.nodes)
-        judges = path.judge or [JUDGE_NOT_RUN] * len(path.nodes)
-        fused = fuse_path(tools, leans, mcs, fuse, path.correct, [j.correct for j in judges])
-        consensus, _, _ = path_consensus(mcs, tools, leans, fuse)
+        # Every registered signal's results by name; a signal that did not run holds its
+        # ``missing`` result on every step (the tool's checks are on the nodes).
+        signals = {s.name: path.results.get(s.name) or [s.missing] * len(path.nodes) for s in registered()}
+        signals[TOOL.name] = [n.tool_check or TOOL_DISABLED for n in path.nodes]
+        fused = fuse_path(signals, fuse, path.correct)
+        consensus, _, _ = path_consensus(signals, fuse)
         state.counters["paths_consensus" if consensus else "paths_no_consensus"] += 1
         if fuse.consensus_filter and not consensus:
             state.counters["paths_dropped_consensus"] += 1
@@ -399,12 +399,12 @@ def _step_rows(state: _State, config: BuildConfig, build_id: str, model_id: str)
         state.counters["paths_labeled"] += 1
         path_id = f"{problem.problem_id}:{path.leaf.node_id}"
         seed = derive_seed(config.seed, problem.problem_id, path.leaf.path)
+        steps = path_steps(signals)
         for index in range(keep):
-            node, tool, lean, mc, step = path.nodes[index], tools[index], leans[index], mcs[index], fused[index]
-            judged = judges[index]
+            node, step, results = path.nodes[index], fused[index], steps[index]
             if first >= 0 and index > first and step.label:
                 step = FusedStep(-1.0, False, "after_first_error", step.signals_agree)
-            sampled = mc.total is not None
+            columns = {name: value for s in registered() for name, value in s.row_fields(results[s.name]).items()}
             rows.append(
                 StepRow(
                     build_id=build_id,
@@ -416,31 +416,18 @@ def _step_rows(state: _State, config: BuildConfig, build_id: str, model_id: str)
                     num_steps=len(path.nodes),
                     step_text=node.step_text,
                     prefix_hash=node.prefix_hash,
-                    tool_verdict=tool.verdict.value,
-                    tool_kind=tool.kind,
-                    tool_evidence=tool.evidence_json(),
-                    lean_state=lean.state.value,
-                    lean_statement=lean.statement,
-                    lean_message=lean.message or lean.tactic,
-                    mc_correct=mc.correct if sampled else None,
-                    mc_total=mc.total if sampled else None,
-                    mc_value=mc.value if sampled else None,
-                    mc_inferred=mc.inferred,
-                    hard_label=mc.hard_label,
                     fused_reward=step.reward,
                     fused_label=step.label,
                     label_source=step.source,
                     signals_agree=step.signals_agree,
                     consensus=consensus,
-                    rationale=build_rationale(tool, lean, mc, step, judged),
+                    rationale=build_rationale(results, step),
                     is_first_error=index == first,
                     path_final_answer=path.final_answer,
                     path_correct=path.correct if path.final_answer is not None else None,
                     generator_model=model_id,
                     seed=seed,
-                    judge_verdict=judged.verdict,
-                    judge_reply=judged.reply,
-                    judge_status=judged.status,
+                    **columns,
                 )
             )
     return rows
@@ -481,9 +468,8 @@ def _node_rows(state: _State, build_id: str, known: dict[str, MCEstimate]) -> li
     return rows
 
 
-def _outcome(
-    state: _State, build_id: str, steps: list[StepRow], ledger: Ledger, accounts: Sequence[str]
-) -> ProblemOutcome:
+def _outcome(state: _State, build_id: str, steps: list[StepRow], ledger: Ledger,
+             accounts: Sequence[str]) -> ProblemOutcome:
     problem = state.problem
     failure = state.failed or state.tree.failed
     usage = [ledger.per_problem[a] for a in accounts if a in ledger.per_problem]
@@ -508,36 +494,6 @@ def _outcome(
     )
 
 
-def _judge_paths(states: Sequence[_State], config: BuildConfig, step_judge: Policy, ledger: Ledger) -> None:
-    """The step judge on every step of every chosen path: ONE generate call (module doc)."""
-    items: list[tuple[_Path, int]] = []
-    accounts: list[str] = []  # the problem each request is charged to
-    contexts: list[StepContext] = []
-    for state in states:
-        if not state.ok:
-            continue
-        for path in state.paths:
-            for index, node in enumerate(path.nodes):
-                items.append((path, index))
-                contexts.append(StepContext(state.problem.question, node.steps[:-1], node.step_text))
-                accounts.append(state.problem.problem_id)
-    if not items:
-        return
-    tools = [path.nodes[index].tool_check for path, index in items]
-    seeds = [
-        derive_seed(config.seed, path.problem.problem_id, ("judge", *path.nodes[index].path)) for path, index in items
-    ]
-
-    def generate(requests: list[GenerationRequest]) -> list:
-        return ledger.generate(step_judge, list(zip(accounts, requests, strict=True)), rollouts=False)
-
-    verdicts = judge_steps(contexts, tools, generate, config.judge.max_tokens, config.judge.temperature, seeds)
-    for path in {id(p): p for p, _ in items}.values():
-        path.judge = [JUDGE_NOT_RUN] * len(path.nodes)
-    for (path, index), verdict in zip(items, verdicts, strict=True):
-        path.judge[index] = verdict
-
-
 def _label_paths(
     states: list[_State],
     config: BuildConfig,
@@ -548,45 +504,20 @@ def _label_paths(
     build_id: str,
     account_by_path: bool = False,
     step_judge: Policy | None = None,
+    tool: StepVerifier | None = None,
 ) -> BatchResult:
-    """Stages 3-5 (Lean, step judge, MC, fusion and rows) for the paths already on ``states``."""
-    # Lean: one call for all steps of all chosen paths.
-    use_lean = lean if (lean is not None and config.lean.enabled) else None
-    work = {
-        s.problem.problem_id: [
-            StepContext(s.problem.question, n.steps[:-1], n.step_text) for p in s.paths for n in p.nodes
-        ]
-        for s in states
-        if s.ok
-    }
-    lean_checks, lean_errors = _check_all(use_lean, work, ledger, LEAN_DISABLED)
-    for state in states:
-        if not state.ok:
-            continue
-        pid = state.problem.problem_id
-        if pid in lean_errors:
-            state.fail("verify", lean_errors[pid])
-            continue
-        offset = 0
-        for path in state.paths:
-            path.lean = list(lean_checks[pid][offset : offset + len(path.nodes)])
-            offset += len(path.nodes)
-    if config.judge_runs:
-        try:
-            _judge_paths(states, config, step_judge or policy, ledger)
-        except Exception as error:  # noqa: BLE001 - a crashed judge backend fails the problems it judged
-            for state in states:
-                if state.paths:
-                    state.fail("judge", _error_text(error))
+    """Stages 3-5 (path signals: Lean, step judge; MC; fusion and rows) for the paths already on
+    ``states``. ``tool``: the tool verifier (None when off), for a path signal that reads it."""
+    inputs = SignalInputs(config, ledger, policy, step_judge or policy, tool, lean)
+    _run_path_signals(states, inputs)
     try:
-        # Rules "tool" and "lean" never read MC: no rollouts are spent on them.
-        needs_mc = config.fuse.rule in ("hybrid", "mc")  # "tool", "lean", "judge": no rollouts
-        known = _estimate_paths(states, config, policy, ledger, judge, account_by_path) if needs_mc else {}
+        # The value signal: rules "tool", "lean" and "judge" never read MC, so no rollouts for them.
+        known = _estimate_paths(states, config, policy, ledger, judge, account_by_path) if MC.runs(config) else {}
     except Exception as error:  # noqa: BLE001 - a crashed backend fails the problems still in MC
         known = {}
         for state in states:
             if state.paths:
-                state.fail("mc", _error_text(error))
+                state.fail(MC.failed_stage, error_text(error))
     steps: list[StepRow] = []
     nodes: list[NodeRow] = []
     outcomes: list[ProblemOutcome] = []
@@ -602,7 +533,7 @@ def _label_paths(
                 nodes += _node_rows(state, build_id, known)
             except Exception as error:  # noqa: BLE001
                 own_steps = []
-                state.fail("fuse", _error_text(error) + " | " + traceback.format_exc(limit=2).splitlines()[-1])
+                state.fail("fuse", error_text(error) + " | " + traceback.format_exc(limit=2).splitlines()[-1])
         state.cpu_seconds += time.perf_counter() - started
         steps += own_steps
         pid = state.problem.problem_id
@@ -643,9 +574,8 @@ def label_batch(
                 duplicates += 1
                 continue
             seen.add(problem.problem_id)
-            states.append(
-                _State(problem, TreeSearch(problem.problem_id, problem.question, problem.gold_answer, settings, judge))
-            )
+            tree = TreeSearch(problem.problem_id, problem.question, problem.gold_answer, settings, judge)
+            states.append(_State(problem, tree))
         rounds = run_tree_searches(states, policy, use_tool, ledger)
         for state in states:
             if not state.ok or state.skipped:
@@ -654,12 +584,12 @@ def label_batch(
             state.counters["paths_complete"] += len(complete)
             state.counters["paths_complete_correct"] += sum(bool(n.reached_gold) for n in complete)
             state.counters["search_iterations"] += state.tree.iterations
-            state.paths = [
-                _path_of(state.problem, leaf) for leaf in choose_paths(state.tree, config.search.max_paths_per_problem)
-            ]
+            chosen = choose_paths(state.tree, config.search.max_paths_per_problem)
+            state.paths = [_path_of(state.problem, leaf) for leaf in chosen]
             if not state.paths:
                 state.skipped = "no complete solution path within the search budget"
-        result = _label_paths(states, config, policy, lean, ledger, judge, build_id, step_judge=step_judge)
+        result = _label_paths(states, config, policy, lean, ledger, judge, build_id, step_judge=step_judge,
+                              tool=use_tool)
     result.counters["search_rounds"] = rounds
     result.counters["duplicate_problems"] = duplicates
     result.counters["generate_calls"] = ledger.generate_calls
@@ -703,33 +633,22 @@ def label_given_solutions(
                 node.is_terminal = True
                 correct = answer is not None and judge.equal(answer, problem.gold_answer)
                 node.reached_gold = correct if answer is not None else None
-                state.paths.append(
-                    _Path(
-                        problem, node, [n for n in reversed(node.ancestors()) if n.parent is not None], correct, answer
-                    )
-                )
+                nodes = [n for n in reversed(node.ancestors()) if n.parent is not None]
+                state.paths.append(_Path(problem, node, nodes, correct, answer))
             if not any(p.nodes for p in state.paths):
                 state.skipped = "no steps given"
             state.paths = [p for p in state.paths if p.nodes]
-        work = {
-            s.problem.problem_id: [
-                StepContext(s.problem.question, n.steps[:-1], n.step_text) for p in s.paths for n in p.nodes
-            ]
-            for s in states
-        }
-        checks, errors = _check_all(use_tool, work, ledger, TOOL_DISABLED)
+        # The tool signal on the given steps (in a build it runs inside the search): one call.
+        paths, seen = _signal_paths(states)
+        checked = TOOL.run(seen, SignalInputs(config, ledger, policy, step_judge or policy, use_tool, lean))
         for state in states:
-            pid = state.problem.problem_id
-            if pid in errors:
-                state.fail("verify", errors[pid])
-                continue
-            offset = 0
-            for path in state.paths:
-                for node, check in zip(path.nodes, checks[pid][offset : offset + len(path.nodes)]):
-                    node.tool_check = check
-                offset += len(path.nodes)
+            if state.problem.problem_id in checked.errors:
+                state.fail(TOOL.failed_stage, checked.errors[state.problem.problem_id])
+        for path, checks in zip(paths, checked.results, strict=True):
+            for node, check in zip(path.nodes, checks):
+                node.tool_check = check
         return _label_paths(states, config, policy, lean, ledger, judge, build_id, account_by_path=True,
-                            step_judge=step_judge)
+                            step_judge=step_judge, tool=use_tool)
 
 
 def _given_child(tree: TreeSearch, parent: Node, text: str) -> Node:

@@ -10,17 +10,23 @@ Format, one fact per line, the verdict last::
 
 The last line is always ``Verdict: \\boxed{+}`` (good step) or ``Verdict: \\boxed{-}`` (bad
 step); :func:`parse_verdict` reads it back. Lines for signals that did not run say so
-("Lean 4: not run (disabled).", "Monte Carlo: not estimated.").
+("Lean 4: not run (disabled).", "Monte Carlo: not estimated."). Each line comes from its signal
+(``rationale_line`` of labelers/signals/): a registered signal adds its line here by itself.
 """
 
 from __future__ import annotations
 
-import json
 import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from labelers.fuse import FusedStep, MCSignal
-from labelers.verify.base import JudgeVerdict, LeanCheck, LeanState, ToolCheck, ToolVerdict
+from labelers.fuse import FusedStep
+from labelers.signals.base import StepSignal
+from labelers.signals.judge import judge_line as judge_line  # re-exported: the line functions live with their signals
+from labelers.signals.lean import lean_line as lean_line
+from labelers.signals.mc import mc_line as mc_line
+from labelers.signals.registry import registered
+from labelers.signals.tool import tool_line as tool_line
 
 VERDICT_RE = re.compile(r"^Verdict: \\boxed\{([+-])\}\s*$")
 
@@ -52,92 +58,18 @@ _DECISIONS = {
 }
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _claim_line(claim: dict[str, Any]) -> str:
-    text = claim.get("text") or " ".join(str(claim.get(k, "")) for k in ("lhs", "relation", "rhs")).strip()
-    holds = claim.get("holds", claim.get("ok"))
-    status = "holds" if holds is True else "fails" if holds is False else "not decided"
-    values = [str(claim[k]) for k in ("lhs_value", "rhs_value") if claim.get(k) is not None]
-    detail = f" ({' vs '.join(values)})" if values else ""
-    return f"{_short(text)} {status}{detail}"
-
-
-def tool_line(tool: ToolCheck | None) -> str:
-    if tool is None:
-        return "Tool check: not run."
-    evidence = tool.evidence or {}
-    claims = [c for c in evidence.get("claims", []) if isinstance(c, dict)]
-    if tool.verdict == ToolVerdict.ERROR:
-        return f"Tool check: failed ({_short(evidence.get('error') or 'verifier error')})."
-    if tool.verdict == ToolVerdict.UNVERIFIABLE:
-        reason = evidence.get("reason") or evidence.get("error") or "no checkable claim"
-        return f"Tool check: unverifiable ({_short(reason)})."
-    if tool.verdict == ToolVerdict.INCORRECT:
-        failing = evidence.get("failing") or next((c for c in claims if c.get("holds") is False), None)
-        if isinstance(failing, dict):
-            return f"Tool check ({tool.kind}): {_claim_line(failing)}."
-        return f"Tool check ({tool.kind}): a claim fails."
-    if claims:
-        return f"Tool check ({tool.kind}): " + "; ".join(_claim_line(c) for c in claims[:4]) + "."
-    return f"Tool check ({tool.kind}): every claim holds."
-
-
-def lean_line(lean: LeanCheck | None) -> str:
-    if lean is None or lean.state == LeanState.DISABLED:
-        return "Lean 4: not run (disabled)."
-    if lean.state == LeanState.PROVED:
-        return f"Lean 4: proved{' by ' + lean.tactic if lean.tactic else ''}."
-    if lean.state == LeanState.DISPROVED:
-        return f"Lean 4: the negation was proved{' by ' + lean.tactic if lean.tactic else ''}."
-    return f"Lean 4: {lean.state.value.replace('_', ' ')}."
-
-
-def mc_line(mc: MCSignal) -> str:
-    if mc.exact:
-        outcome = "is" if mc.correct else "is not"
-        return (
-            f"Monte Carlo: the step gives the final answer, which {outcome} the correct answer "
-            f"(value {mc.value:.3g})."
-        )
-    if mc.total:
-        return (
-            f"Monte Carlo: {mc.correct} of {mc.total} rollouts from this step reach the correct answer "
-            f"(value {mc.value:.3g})."
-        )
-    if mc.inferred_label is not None:
-        side = "before" if mc.inferred_label else "at or after"
-        return (
-            f"Monte Carlo: inferred {'positive' if mc.inferred_label else 'negative'} by first-error search "
-            f"(step {side} the first error)."
-        )
-    return "Monte Carlo: not estimated."
-
-
-def judge_line(judge: JudgeVerdict) -> str:
-    if judge.status == "ok":
-        reason = f": {_short(judge.reason, 160)}" if judge.reason else ""
-        return f"Step judge: {judge.verdict}{reason}."
-    if judge.status == "unparsed":
-        return "Step judge: no verdict in its reply."
-    return f"Step judge: failed ({_short(judge.reply or 'no reply')})."
-
-
 def build_rationale(
-    tool: ToolCheck | None, lean: LeanCheck | None, mc: MCSignal, fused: FusedStep, judge: JudgeVerdict | None = None
+    signals: Mapping[str, Any], fused: FusedStep, step_signals: Sequence[StepSignal] | None = None
 ) -> str:
-    """The rationale text of one step (format: module doc); a ``Step judge:`` line follows the
-    Monte Carlo line when the judge ran."""
+    """The rationale text of one step (format: module doc): one line per registered signal, in
+    registry order (tool, Lean, Monte Carlo, then the step judge when it ran), from its result in
+    ``signals`` (by name; a missing name = not run), then the decision and the verdict.
+    ``step_signals``: the signals whose lines to write (default: the registered ones)."""
     decision = _DECISIONS.get(fused.source, fused.source)
-    judged = [judge_line(judge)] if judge is not None and judge.status != "not_run" else []
+    writers = registered() if step_signals is None else step_signals
+    facts = [signal.rationale_line(signals.get(signal.name)) for signal in writers]
     lines = [
-        tool_line(tool),
-        lean_line(lean),
-        mc_line(mc),
-        *judged,
+        *(line for line in facts if line is not None),
         f"Decision: {decision} (rule: {fused.source}).",
         f"Verdict: \\boxed{{{'+' if fused.label else '-'}}}",
     ]

@@ -150,13 +150,14 @@ def test_error_verdict_is_no_decision_downstream():
     from labelers.rationale import tool_line
     from labelers.search.mcts import verdict_value
     from labelers.verify.base import ToolCheck
+    from tests.support.step_signals import signals
 
     failed = ToolCheck(ToolVerdict.ERROR, "none",
                        {"error": "tool verifier failed while checking a claim: KeyError: 'x'"})
     assert verifier_decision(failed, None) is None
     assert verdict_value(failed) == 0
     assert tool_line(failed).startswith("Tool check: failed (tool verifier failed")
-    fused = fuse_step(failed, None, NO_MC, FuseConfig(rule="hybrid"), path_correct=True)
+    fused = fuse_step(signals(failed, None, NO_MC), FuseConfig(rule="hybrid"), path_correct=True)
     assert fused.label is True and fused.source == "path_outcome"
 
 

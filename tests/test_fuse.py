@@ -7,7 +7,8 @@ import pytest
 from labelers.config import FuseConfig
 from labelers.fuse import NO_MC, MCSignal, first_negative, fuse_path, fuse_step, path_consensus, rows_to_keep
 from labelers.rationale import build_rationale, parse_verdict
-from labelers.verify.base import LeanCheck, LeanState, ToolCheck, ToolVerdict
+from labelers.verify.base import JUDGE_NOT_RUN, JudgeVerdict, LeanCheck, LeanState, ToolCheck, ToolVerdict
+from tests.support.step_signals import signals
 
 CORRECT = ToolCheck(ToolVerdict.CORRECT, "sympy",
                     {"claims": [{"text": "3*4 = 12", "holds": True, "lhs_value": "12", "rhs_value": "12"}]})
@@ -53,7 +54,7 @@ HYBRID = FuseConfig()
     ],
 )
 def test_hybrid_truth_table(tool, lean, mc, path_correct, expected) -> None:
-    fused = fuse_step(tool, lean, mc, HYBRID, path_correct)
+    fused = fuse_step(signals(tool, lean, mc), HYBRID, path_correct)
     assert (fused.reward, fused.label, fused.source, fused.signals_agree) == pytest.approx(expected)
     assert -1.0 <= fused.reward <= 1.0
     assert (fused.reward > 0) == fused.label or fused.reward == 0.0
@@ -61,8 +62,8 @@ def test_hybrid_truth_table(tool, lean, mc, path_correct, expected) -> None:
 
 def test_mc_threshold_applies_to_unverifiable_only() -> None:
     config = FuseConfig(mc_threshold=0.25)
-    assert fuse_step(UNVERIFIABLE, LEAN_OFF, MC_LOW, config).label is False  # 0.125 <= 0.25
-    assert fuse_step(CORRECT, LEAN_OFF, MC_LOW, config).label is True  # verified: MC > 0 suffices
+    assert fuse_step(signals(UNVERIFIABLE, LEAN_OFF, MC_LOW), config).label is False  # 0.125 <= 0.25
+    assert fuse_step(signals(CORRECT, LEAN_OFF, MC_LOW), config).label is True  # verified: MC > 0 suffices
 
 
 @pytest.mark.parametrize(
@@ -81,7 +82,7 @@ def test_mc_threshold_applies_to_unverifiable_only() -> None:
     ],
 )
 def test_single_signal_rules(rule, tool, lean, mc, expected) -> None:
-    fused = fuse_step(tool, lean, mc, FuseConfig(rule=rule), True)
+    fused = fuse_step(signals(tool, lean, mc), FuseConfig(rule=rule), True)
     assert (fused.reward, fused.label, fused.source) == pytest.approx(expected)
 
 
@@ -89,6 +90,7 @@ def test_single_signal_rules(rule, tool, lean, mc, expected) -> None:
 # disproves: the zero at step 0 has no measured positive before it.
 ZERO_AT_START = [MC_ZERO, INFERRED_NEG, MC_ZERO, INFERRED_NEG, INFERRED_NEG]
 TOOLS_SLIP_AT_3 = [CORRECT, UNVERIFIABLE, CORRECT, INCORRECT, CORRECT]
+SLIP_PATH = signals(TOOLS_SLIP_AT_3, [None] * 5, ZERO_AT_START)
 
 
 def _sources(fused) -> list[str]:
@@ -96,13 +98,13 @@ def _sources(fused) -> list[str]:
 
 
 def test_zero_without_a_measured_drop_yields_to_a_later_disproof() -> None:
-    fused = fuse_path(TOOLS_SLIP_AT_3, [None] * 5, ZERO_AT_START, HYBRID, False)
+    fused = fuse_path(SLIP_PATH, HYBRID, False)
     assert first_negative([step.label for step in fused]) == 3
     assert _sources(fused) == ["zero_before_disproved"] * 3 + ["verifier_disproved", "mc_over_verified"]
     assert [step.reward for step in fused[:3]] == [0.5, 0.0, 0.5]  # verified 0.5, unverifiable 0
     # What fuse_step alone says (and the rule switched off): step 0 is the first error.
-    plain = [fuse_step(t, None, m, HYBRID, False) for t, m in zip(TOOLS_SLIP_AT_3, ZERO_AT_START)]
-    off = fuse_path(TOOLS_SLIP_AT_3, [None] * 5, ZERO_AT_START, FuseConfig(zero_without_drop_yields=False), False)
+    plain = [fuse_step(signals(t, None, m), HYBRID, False) for t, m in zip(TOOLS_SLIP_AT_3, ZERO_AT_START)]
+    off = fuse_path(SLIP_PATH, FuseConfig(zero_without_drop_yields=False), False)
     assert _sources(off) == _sources(plain) and first_negative([s.label for s in off]) == 0
 
 
@@ -111,10 +113,10 @@ def test_no_evidence_is_no_label_yielded_steps_are_low_confidence() -> None:
     --min-confidence cuts there) and the soft export gives the hard label, not the zero."""
     from data_schemas.export import LabeledPath, apply_min_confidence, soft_values
 
-    fused = fuse_path(TOOLS_SLIP_AT_3, [None] * 5, ZERO_AT_START, HYBRID, False)
+    fused = fuse_path(SLIP_PATH, HYBRID, False)
     assert [step.signals_agree for step in fused[:3]] == [False, False, False]
     # the unverifiable step agreed with MC before the rule flipped it; the rule made it disagree
-    assert fuse_step(UNVERIFIABLE, None, INFERRED_NEG, HYBRID, False).signals_agree is True
+    assert fuse_step(signals(UNVERIFIABLE, None, INFERRED_NEG), HYBRID, False).signals_agree is True
     path = LabeledPath(
         build_id="b", problem_id="p", path_id="x", source="given", question="q", gold_answer="1",
         steps=[f"s{i}" for i in range(5)], labels=[step.label for step in fused], rationales=[""] * 5,
@@ -132,12 +134,12 @@ def test_no_evidence_is_no_label_yielded_steps_are_low_confidence() -> None:
 def test_a_measured_drop_stands_before_a_disproof() -> None:
     # step 0 measured positive, step 1 zero: a drop, so step 1 is the first error.
     mcs = [MC_HIGH, MC_ZERO, INFERRED_NEG, INFERRED_NEG, INFERRED_NEG]
-    fused = fuse_path(TOOLS_SLIP_AT_3, [None] * 5, mcs, HYBRID, False)
+    fused = fuse_path(signals(TOOLS_SLIP_AT_3, [None] * 5, mcs), HYBRID, False)
     assert first_negative([step.label for step in fused]) == 1
     assert "zero_before_disproved" not in _sources(fused)
     # an inferred positive is not a measurement: the zero after it still yields
     mcs = [INFERRED_POS, MC_ZERO, INFERRED_NEG, INFERRED_NEG, INFERRED_NEG]
-    assert first_negative([s.label for s in fuse_path(TOOLS_SLIP_AT_3, [None] * 5, mcs, HYBRID, False)]) == 3
+    assert first_negative([s.label for s in fuse_path(signals(TOOLS_SLIP_AT_3, [None] * 5, mcs), HYBRID, False)]) == 3
 
 
 @pytest.mark.parametrize(
@@ -149,21 +151,23 @@ def test_a_measured_drop_stands_before_a_disproof() -> None:
     ],
 )
 def test_path_rule_leaves_other_paths_alone(tools, config) -> None:
-    fused = fuse_path(tools, [None] * 5, ZERO_AT_START, config, False)
-    assert _sources(fused) == _sources([fuse_step(t, None, m, config, False) for t, m in zip(tools, ZERO_AT_START)])
+    fused = fuse_path(signals(tools, [None] * 5, ZERO_AT_START), config, False)
+    plain = [fuse_step(signals(t, None, m), config, False) for t, m in zip(tools, ZERO_AT_START)]
+    assert _sources(fused) == _sources(plain)
     assert first_negative([step.label for step in fused]) == 0
 
 
 def test_a_judge_negative_does_not_yield() -> None:
     config = FuseConfig(judge="verifier")
     tools = [UNVERIFIABLE, CORRECT, INCORRECT]
-    fused = fuse_path(tools, [None] * 3, [MC_ZERO, INFERRED_NEG, INFERRED_NEG], config, False, [False, None, None])
+    judges = [JudgeVerdict(False, "ok"), JUDGE_NOT_RUN, JUDGE_NOT_RUN]
+    fused = fuse_path(signals(tools, [None] * 3, [MC_ZERO, INFERRED_NEG, INFERRED_NEG], judges), config, False)
     assert _sources(fused)[0] == "judge_disproved"
 
 
 def test_rationale_of_a_yielded_zero() -> None:
-    fused = fuse_path(TOOLS_SLIP_AT_3, [None] * 5, ZERO_AT_START, HYBRID, False)
-    text = build_rationale(CORRECT, LEAN_OFF, MC_ZERO, fused[0])
+    fused = fuse_path(SLIP_PATH, HYBRID, False)
+    text = build_rationale(signals(CORRECT, LEAN_OFF, MC_ZERO), fused[0])
     assert "0 of 8 rollouts" in text and "later step is disproved" in text
     assert parse_verdict(text) is True
 
@@ -171,16 +175,17 @@ def test_rationale_of_a_yielded_zero() -> None:
 def test_path_consensus_defined_for_correct_and_wrong_paths() -> None:
     config = FuseConfig()
     # wrong path: MC and tool both put the first error at step 2
-    agree = path_consensus([MC_HIGH, MC_LOW, MC_ZERO, INFERRED_NEG], [CORRECT, UNVERIFIABLE, INCORRECT, CORRECT],
-                           [None] * 4, config)
+    path = signals([CORRECT, UNVERIFIABLE, INCORRECT, CORRECT], [None] * 4, [MC_HIGH, MC_LOW, MC_ZERO, INFERRED_NEG])
+    agree = path_consensus(path, config)
     assert agree == (True, 2, 2)
     # tool flags step 1, MC step 2
-    assert (path_consensus([MC_HIGH, MC_LOW, MC_ZERO], [CORRECT, INCORRECT, CORRECT], [None] * 3, config)
-            == (False, 2, 1))
+    path = signals([CORRECT, INCORRECT, CORRECT], [None] * 3, [MC_HIGH, MC_LOW, MC_ZERO])
+    assert path_consensus(path, config) == (False, 2, 1)
     # all-correct path: both -1
-    assert path_consensus([INFERRED_POS, MC_HIGH], [CORRECT, UNVERIFIABLE], [None, None], config) == (True, -1, -1)
+    path = signals([CORRECT, UNVERIFIABLE], [None, None], [INFERRED_POS, MC_HIGH])
+    assert path_consensus(path, config) == (True, -1, -1)
     # MC never estimated counts as no MC error
-    assert path_consensus([NO_MC, NO_MC], [CORRECT, INCORRECT], [None, None], config) == (False, -1, 1)
+    assert path_consensus(signals([CORRECT, INCORRECT], [None, None], [NO_MC, NO_MC]), config) == (False, -1, 1)
 
 
 def test_rows_to_keep_after_first_error() -> None:
@@ -193,16 +198,16 @@ def test_rows_to_keep_after_first_error() -> None:
 @pytest.mark.parametrize("tool", [CORRECT, INCORRECT, UNVERIFIABLE, None])
 @pytest.mark.parametrize("mc", [MC_HIGH, MC_ZERO, INFERRED_POS, NO_MC])
 def test_rationale_ends_in_parseable_verdict(tool, mc) -> None:
-    fused = fuse_step(tool, LEAN_OFF, mc, HYBRID, True)
-    text = build_rationale(tool, LEAN_OFF, mc, fused)
+    fused = fuse_step(signals(tool, LEAN_OFF, mc), HYBRID, True)
+    text = build_rationale(signals(tool, LEAN_OFF, mc), fused)
     assert parse_verdict(text) is fused.label
     assert text.splitlines()[-1] in ("Verdict: \\boxed{+}", "Verdict: \\boxed{-}")
     assert f"rule: {fused.source}" in text
 
 
 def test_rationale_states_its_grounds() -> None:
-    fused = fuse_step(INCORRECT, DISPROVED, MC_ZERO, HYBRID, False)
-    text = build_rationale(INCORRECT, DISPROVED, MC_ZERO, fused)
+    fused = fuse_step(signals(INCORRECT, DISPROVED, MC_ZERO), HYBRID, False)
+    text = build_rationale(signals(INCORRECT, DISPROVED, MC_ZERO), fused)
     assert "3*4 = 13 fails (12 vs 13)" in text
     assert "negation was proved by norm_num" in text
     assert "0 of 8 rollouts" in text
@@ -230,7 +235,7 @@ def test_parse_verdict_rejects_other_text() -> None:
     False,
 ])
 def test_early_reasoning_error_before_a_disproved_slip(yields: bool) -> None:
-    fused = fuse_path(TOOLS_SLIP_AT_3, [None] * 5, ZERO_AT_START, FuseConfig(zero_without_drop_yields=yields), False)
+    fused = fuse_path(SLIP_PATH, FuseConfig(zero_without_drop_yields=yields), False)
     assert first_negative([step.label for step in fused]) == 0
 
 
@@ -238,11 +243,11 @@ def test_early_reasoning_error_before_a_disproved_slip(yields: bool) -> None:
 # first error. Without the path rule the zero at step 0 is taken as the error.
 @pytest.mark.parametrize("yields", [
     True,
-    pytest.param(False,
-                 marks=pytest.mark.xfail(strict=True, reason="no path rule: a zero at step 0 on a hard problem")),
+    pytest.param(False, marks=pytest.mark.xfail(strict=True,
+                                                reason="no path rule: a zero at step 0 on a hard problem")),
 ])
 def test_problem_beyond_the_policy_with_a_disproved_slip(yields: bool) -> None:
-    fused = fuse_path(TOOLS_SLIP_AT_3, [None] * 5, ZERO_AT_START, FuseConfig(zero_without_drop_yields=yields), False)
+    fused = fuse_path(SLIP_PATH, FuseConfig(zero_without_drop_yields=yields), False)
     assert first_negative([step.label for step in fused]) == 3
 
 

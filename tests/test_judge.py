@@ -14,9 +14,16 @@ from labelers.evaluation import runner
 from labelers.fuse import NO_MC, MCSignal, fuse_step
 from labelers.judge import JUDGE_NOT_RUN, judge_messages, judge_steps, parse_judge_reply
 from labelers.policy.base import GenerationResult
-from labelers.verify.base import StepContext, ToolCheck, ToolVerdict
+from labelers.verify.base import JudgeVerdict, StepContext, ToolCheck, ToolVerdict
 from tests.support.scripted_judge import ScriptedJudge
-from tests.test_eval_run import _config, scripted_for, small_set  # noqa: F401 - fixture
+from tests.support.step_signals import signals
+from tests.test_eval_run import _config, injected_set, scripted_for
+
+
+@pytest.fixture(scope="module")
+def small_set():
+    """6 solutions with an injected error, 4 correct (as tests/test_eval_run.py's)."""
+    return injected_set(6, 4, seed=11)
 
 
 @pytest.mark.parametrize(
@@ -49,8 +56,7 @@ def test_prompt_has_question_previous_steps_step_and_tool_result():
     assert "Verdict: correct" in system.content and "reasoning" in system.content
     text = user.content
     for part in ("How many apples?", "Step 1: He has 3 bags.", "Step 2: Each has 4.",
-                 "Step 3 (check this one):\nSo 3 + 4 = 7 apples.",
-                 "Tool result: Tool check (sympy): 3 + 4 = 7 holds"):
+                 "Step 3 (check this one):\nSo 3 + 4 = 7 apples.", "Tool result: Tool check (sympy): 3 + 4 = 7 holds"):
         assert part in text
 
 
@@ -75,6 +81,11 @@ def test_judge_steps_is_one_generate_call_and_keeps_failures():
     assert verdicts[1].reply == "backend timeout" and verdicts[1].correct is None
 
 
+def _verdict(correct: bool | None) -> JudgeVerdict:
+    """The judge's result as fusion reads it (a verdict, or none: an unparsed reply)."""
+    return JudgeVerdict(correct, "ok" if correct is not None else "unparsed")
+
+
 def test_fusion_with_the_judge():
     unverifiable = ToolCheck(ToolVerdict.UNVERIFIABLE, "none", {})
     incorrect = ToolCheck(ToolVerdict.INCORRECT, "sympy", {})
@@ -83,20 +94,23 @@ def test_fusion_with_the_judge():
     off = FuseConfig(rule="hybrid")
     as_verifier = FuseConfig(rule="hybrid", judge="verifier")
     tiebreak = FuseConfig(rule="hybrid", judge="tiebreak")
+    def source(tool, mc, judged, config, path_correct=True) -> str:
+        return fuse_step(signals(tool, None, mc, _verdict(judged)), config, path_correct).source
+
     # off: the judge changes nothing
-    assert fuse_step(unverifiable, None, mc_good, off, True, False).source == "mc"
+    assert source(unverifiable, mc_good, False, off) == "mc"
     # verifier: below the tool, in place of a missing verifier decision
-    assert fuse_step(unverifiable, None, mc_good, as_verifier, True, False).source == "judge_disproved"
-    assert fuse_step(correct_tool, None, mc_good, as_verifier, True, False).source == "verified"
-    assert fuse_step(incorrect, None, mc_good, as_verifier, True, True).source == "verifier_disproved"
-    assert fuse_step(unverifiable, None, MCSignal(0, 4), as_verifier, False, True).source == "mc_over_judge"
+    assert source(unverifiable, mc_good, False, as_verifier) == "judge_disproved"
+    assert source(correct_tool, mc_good, False, as_verifier) == "verified"
+    assert source(incorrect, mc_good, True, as_verifier) == "verifier_disproved"
+    assert source(unverifiable, MCSignal(0, 4), True, as_verifier, False) == "mc_over_judge"
     # tiebreak: only where neither a verifier nor MC decides
-    assert fuse_step(unverifiable, None, mc_good, tiebreak, True, False).source == "mc"
-    assert fuse_step(unverifiable, None, NO_MC, tiebreak, True, False).source == "judge_tiebreak"
-    assert fuse_step(unverifiable, None, NO_MC, tiebreak, True, None).source == "path_outcome"
+    assert source(unverifiable, mc_good, False, tiebreak) == "mc"
+    assert source(unverifiable, NO_MC, False, tiebreak) == "judge_tiebreak"
+    assert source(unverifiable, NO_MC, None, tiebreak) == "path_outcome"
     # the judge's own rule
     judge_rule = FuseConfig(rule="judge")
-    assert [fuse_step(None, None, NO_MC, judge_rule, True, j).source for j in (True, False, None)] == [
+    assert [source(None, NO_MC, j, judge_rule) for j in (True, False, None)] == [
         "judge_correct", "judge_incorrect", "judge_no_verdict"]
 
 
@@ -119,7 +133,7 @@ def _oracle(references):
     return decide
 
 
-def test_pipeline_stores_and_fuses_the_judge(small_set):  # noqa: F811 - small_set is the fixture imported above
+def test_pipeline_stores_and_fuses_the_judge(small_set):
     from labelers import pipeline
 
     records, references = small_set
@@ -144,7 +158,7 @@ def test_pipeline_stores_and_fuses_the_judge(small_set):  # noqa: F811 - small_s
             assert row.label_source == "judge_disproved" and not row.fused_label  # no tool: the judge decides
 
 
-def test_judge_not_run_by_default(small_set):  # noqa: F811 - small_set is the fixture imported above
+def test_judge_not_run_by_default(small_set):
     from labelers import pipeline
 
     records, references = small_set
@@ -156,7 +170,7 @@ def test_judge_not_run_by_default(small_set):  # noqa: F811 - small_set is the f
     assert JUDGE_NOT_RUN.verdict is None
 
 
-def test_shared_run_equals_separate_runs(small_set):  # noqa: F811 - small_set is the fixture imported above
+def test_shared_run_equals_separate_runs(small_set):
     from labelers.verify.tool import ToolStepVerifier
 
     records, references = small_set
@@ -165,9 +179,8 @@ def test_shared_run_equals_separate_runs(small_set):  # noqa: F811 - small_set i
         separate = runner.run_mc(records, "hybrid", config, scripted_for(records, references), tool, None, "binary", 4)
         separate_mc = runner.run_mc(records, "mc", config, scripted_for(records, references), None, None, "binary", 4)
         judge = ScriptedJudge(_oracle(references), fallback=scripted_for(records, references))
-        mc, hybrid, judged = runner.run_shared(records, ["mc", "hybrid", "judge"], config, judge, tool, None,
-                                               "binary", 4,
-                                               chunk_size=len(records))  # one labeling call: one judge call
+        mc, hybrid, judged = runner.run_shared(records, ["mc", "hybrid", "judge"], config, judge, tool, None, "binary",
+                                               4, chunk_size=len(records))  # one labeling call: one judge call
     assert hybrid.predictions == separate.predictions and mc.predictions == separate_mc.predictions
     # mc and the judge share one pass; the hybrid, which samples with the tool's help, has its own
     assert (hybrid.rollouts, mc.rollouts) == (separate.rollouts, separate_mc.rollouts)
@@ -196,9 +209,7 @@ def test_mc_alone_does_not_see_the_tool(mc_mode):
     assert hybrid.rollouts < with_tool.rollouts  # the hybrid alone skips after the disproved slip
 
 
-def test_cli_several_labels_share_a_pass_and_set_overrides(
-    tmp_path, monkeypatch, small_set  # noqa: F811 - small_set is the fixture imported above
-):
+def test_cli_several_labels_share_a_pass_and_set_overrides(tmp_path, monkeypatch, small_set):
     records, references = small_set
     bench = tmp_path / "set.json"
     bench.write_text(json.dumps([r.to_json() for r in records]))

@@ -9,14 +9,14 @@ Options follow the CLI's one convention: the input file is ``--input``, config o
 ``--set key=value`` (as in ``build``).
 ``report``         a self-contained HTML report of a build, from its shards
 
-The work is done in labelers/evaluation and data_schemas/report; this module only parses flags,
-builds the policy/verifiers a signal needs, prints and writes results.
+The work is done in labelers/evaluation (which signals share which labeling pass:
+``runner.run_signals``) and data_schemas/report; this module only parses flags, builds the
+policy/verifiers a signal needs, shows progress, prints and writes results.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,33 +37,29 @@ INPUT_OPTION = typer.Option(..., "--input", "-i", dir_okay=False, help=(
 GOLD_OPTION = typer.Option(None, "--gold", dir_okay=False, help=(
     "Your gold answers: JSON/JSONL objects with id or problem and gold_answer (or answer). Without it, gold is "
     "joined from the bundled GSM8K test / MATH-500 by problem text, else from a solved sibling solution."))
-CONFIG_OPTION = typer.Option(
-    None, "--config", "-c", help="TOML build config (policy, search, tool, fuse sections).", dir_okay=False
-)
+CONFIG_OPTION = typer.Option(None, "--config", "-c", help="TOML build config (policy, search, tool, fuse sections).",
+                             dir_okay=False)
 PRESET_OPTION = typer.Option(None, "--preset", "-p", help="Start from a shipped preset: demo, small, gsm8k, math500.")
-SET_OPTION = typer.Option(
-    None, "--set", help="Override one config key: --set policy.temperature=0.7 (repeatable), as in build."
-)
+SET_OPTION = typer.Option(None, "--set", help=(
+    "Override one config key: --set policy.temperature=0.7 (repeatable), as in build."))
 LABELS_HELP = ("Signals, comma-separated or repeated: tool, lean, mc, hybrid, judge, prm (a trained PRM, --prm DIR), "
                "answer:last / answer:first (baselines: the error is the last step / step 0 when the final answer "
                "is wrong); "
                "mc and hybrid take a mode "
-               "(mc:per-step, mc:binary, hybrid:binary). "
-               "Signals of one mode share one labeling pass (rollouts, judge); "
+               "(mc:per-step, mc:binary, hybrid:binary). Signals of one mode share one labeling pass "
+               "(rollouts, judge); "
                "hybrid gets its own when mc is asked too (MC alone must not see the tool).")
 MODEL_OPTION = typer.Option(None, "--model", help=(
     "Policy model for MC rollouts (embedded preset name or GGUF path, vLLM model, served name)."))
 BACKEND_OPTION = typer.Option(None, "--backend", help="Policy backend: embedded, vllm or openai.")
 MC_MODE_OPTION = typer.Option("per-step", "--mc-mode", help=(
     "MC rollouts from every prefix (per-step) or binary first-error search (binary)."))
-K_OPTION = typer.Option(
-    None, "--k", help="Rollouts per estimated prefix (default: search.mc_rollouts of the config).", min=1
-)
+K_OPTION = typer.Option(None, "--k", help="Rollouts per estimated prefix (default: search.mc_rollouts of the config).",
+                        min=1)
 LIMIT_OPTION = typer.Option(None, "--limit", help="Evaluate only the first N records of the set.", min=1)
 SEED_OPTION = typer.Option(None, "--seed", help="Seed of the rollouts (default: the config's).")
-PRM_OPTION = typer.Option(
-    None, "--prm", help="Directory of a PRM trained by prmforge train (signal prm).", file_okay=False
-)
+PRM_OPTION = typer.Option(None, "--prm", help="Directory of a PRM trained by prmforge train (signal prm).",
+                          file_okay=False)
 CHUNK_OPTION = typer.Option(8, "--chunk", min=1, help=(
     "Solutions per labeling call: progress moves per chunk; a larger chunk batches more rollouts per call "
     "(faster on a CPU, where later first-error-search rounds are small)."))
@@ -74,11 +70,8 @@ def _check_overrides(overrides: list[str] | None) -> list[str]:
     """``--set`` takes key=value; a bare file name there is the old ``--set FILE`` spelling."""
     for item in overrides or []:
         if "=" not in item:
-            hint = (
-                " (the set file is --input now)"
-                if Path(item).suffix in (".json", ".jsonl") or Path(item).exists()
-                else ""
-            )
+            looks_like_a_file = Path(item).suffix in (".json", ".jsonl") or Path(item).exists()
+            hint = " (the set file is --input now)" if looks_like_a_file else ""
             raise InputError(f"--set takes key=value, got {item!r}{hint}")
     return list(overrides or [])
 
@@ -115,21 +108,20 @@ def _read_records(set_file: Path, limit: int | None, gold_file: Path | None = No
 def parse_signals(text: str | Sequence[str]) -> list[tuple[str, str | None]]:
     """``"tool,mc:binary,hybrid"`` (or a list of such, from a repeated ``--labels``) ->
     [("tool", None), ("mc", "binary"), ("hybrid", None)]."""
-    from labelers.evaluation.runner import ANSWER_MODES, MC_MODES, SIGNALS
+    from labelers.evaluation.runner import ANSWER_MODES, MC_MODES, VALUE_SIGNALS, eval_signals
 
     parsed: list[tuple[str, str | None]] = []
-    items = [
-        piece for chunk in ([text] if isinstance(text, str) else text) for piece in chunk.split(",") if piece.strip()
-    ]
+    chunks = [text] if isinstance(text, str) else text
+    items = [piece for chunk in chunks for piece in chunk.split(",") if piece.strip()]
     for item in items:
         name, _, mode = item.strip().partition(":")
-        if name not in SIGNALS:
-            raise InputError(f"--labels: unknown signal {name!r}; choose from {', '.join(SIGNALS)}")
+        if name not in eval_signals():
+            raise InputError(f"--labels: unknown signal {name!r}; choose from {', '.join(eval_signals())}")
         if name == "answer":
             if mode not in ANSWER_MODES:
                 modes = ", ".join("answer:" + m for m in ANSWER_MODES)
                 raise InputError(f"--labels: {item.strip()!r}: answer takes a mode: {modes}")
-        elif mode and (name not in ("mc", "hybrid") or mode not in MC_MODES):
+        elif mode and (name not in VALUE_SIGNALS or mode not in MC_MODES):
             raise InputError(f"--labels: {item.strip()!r}: a mode ({', '.join(MC_MODES)}) goes only with mc or hybrid")
         if (name, mode or None) in parsed:
             raise InputError(f"--labels: {item.strip()!r} is named twice")
@@ -182,76 +174,31 @@ class _EvalResources:
         self.resources.close()
 
 
-def run_signals(records: Sequence[Any], signals: Sequence[tuple[str, str | None]], config: Any,
-                default_mode: str, k: int | None, resources: _EvalResources, threshold: float = 0.5,
-                chunk: int = 8) -> list[Any]:
-    """Results in the order asked. ``tool``, ``lean`` and ``prm`` run on their own; ``mc``,
-    ``hybrid`` and ``judge`` share one labeling pass per MC mode (the judge joins the first pass,
-    or runs alone without rollouts when no mc/hybrid signal is asked; the runner splits off a
-    pass of the hybrid's own when it samples with the tool's help and ``mc`` is asked too)."""
-    from flows.progress import PassProgress
-    from labelers.evaluation import runner
+class _PassLines:
+    """How ``eval run`` shows a labeling pass (labelers/evaluation/runner.PassWatch): lines on
+    stderr, and a progress line the pass's policies feed while it runs."""
 
-    runs: dict[tuple[str, str | None], Any] = {}
-    for signal, _mode in signals:
-        if signal in runner.GOLD_SIGNALS:
-            runner.require_gold(records, signal)
-    modes: list[str] = []
-    for signal, mode in signals:
-        if signal in ("mc", "hybrid") and (mode or default_mode) not in modes:
-            modes.append(mode or default_mode)
-    wants_judge = any(signal == "judge" for signal, _ in signals)
-    for index, mode in enumerate(modes):
-        group = [(s, m) for s, m in signals if s in ("mc", "hybrid") and (m or default_mode) == mode]
-        names = [s for s, _ in group] + (["judge"] if wants_judge and index == 0 else [])
-        # A pass over a real set takes minutes to an hour on a CPU: say what runs, and for how long.
-        own = runner.hybrid_has_own_pass(names, config)
-        shown = ", ".join(n for n in names if not (own and n == "hybrid")) + ("; then hybrid on its own" if own else "")
-        typer.echo(f"labeling pass {index + 1} of {len(modes)} ({mode}: {shown}) "
-                   f"over {len(records)} solutions ...", err=True)
-        started = time.perf_counter()
-        progress = PassProgress(f"pass {index + 1} of {len(modes)} ({mode})", len(records))
-        policy, step_judge = resources.policy(), resources.step_judge()
-        resources.watch(progress)
-        progress.start()
-        try:
-            shared = runner.run_shared(records, names, config, policy, resources.tool(), None, mc_mode=mode, k=k,
-                                       step_judge=step_judge, on_solutions=progress.solutions, chunk_size=chunk)
-        finally:
-            progress.stop()
-            resources.watch(None)
-        typer.echo(f"labeling pass {index + 1} of {len(modes)} done in {time.perf_counter() - started:.0f} s", err=True)
-        for (signal, asked_mode), run in zip(group, shared, strict=False):
-            runs[(signal, asked_mode)] = run
-        if wants_judge and index == 0:
-            runs[("judge", None)] = shared[-1]
-    if wants_judge and not modes:
-        typer.echo(f"judging the {sum(len(r.steps) for r in records)} steps of {len(records)} solutions ...", err=True)
-        progress = PassProgress("judge", len(records))
-        policy, step_judge = resources.policy(), resources.step_judge()
-        resources.watch(progress)
-        progress.start()
-        try:
-            runs[("judge", None)] = runner.run_shared(records, ["judge"], config, policy, resources.tool(), None,
-                                                      step_judge=step_judge, on_solutions=progress.solutions,
-                                                      chunk_size=chunk)[0]
-        finally:
-            progress.stop()
-            resources.watch(None)
-    results = []
-    for signal, mode in signals:
-        if signal == "tool":
-            run = runner.run_tool(records, resources.tool())
-        elif signal == "lean":
-            run = runner.run_lean(records, resources.lean())
-        elif signal == "prm":
-            run = runner.run_prm(records, resources.prm(), threshold)
-        elif signal == "answer":
-            run = runner.run_answer(records, mode or "last")
-        else:
-            run = runs[(signal, mode)]
-        results.append(runner.evaluate(records, run))
-    return results
+    def __init__(self, resources: _EvalResources) -> None:
+        self.resources = resources
+        self.progress: Any = None
+
+    def say(self, line: str) -> None:
+        typer.echo(line, err=True)
+
+    def open_pass(self, label: str, solutions: int) -> None:
+        from flows.progress import PassProgress
+
+        self.progress = PassProgress(label, solutions)
+
+    def start_pass(self) -> Any:
+        self.resources.watch(self.progress)
+        self.progress.start()
+        return self.progress.solutions
+
+    def close_pass(self) -> None:
+        self.progress.stop()
+        self.resources.watch(None)
+        self.progress = None
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -265,7 +212,8 @@ def _fmt(value: Any, digits: int = 3) -> str:
 def results_table(results: Sequence[Any], title: str) -> Table:
     table = Table(title=title)
     for column in ("signal", "mode", "k", "model", "err/cor", "acc_err", "acc_cor", "F1", "F1 95% CI", "step P(neg)",
-                   "step R(neg)", "rollouts", "rollouts/step", "tokens", "failed", "seconds"):
+                   "step R(neg)",
+                   "rollouts", "rollouts/step", "tokens", "failed", "seconds"):
         table.add_column(column, justify="left" if column in ("signal", "mode", "model") else "right")
     for result in results:
         run, score = result.run, result.score
@@ -293,36 +241,19 @@ def _payload(set_file: Path, records: Sequence[Any], results: Sequence[Any]) -> 
 
 @eval_app.command("make-set")
 def make_set(
-    out: Path = typer.Option(
-        ..., "--out", help="Output file: .json = JSON list (as ProcessBench ships), else JSONL.", dir_okay=False
-    ),
+    out: Path = typer.Option(..., "--out", help="Output file: .json = JSON list (as ProcessBench ships), else JSONL.",
+                             dir_okay=False),
     n_error: int = typer.Option(300, "--n-error", help="Solutions with one injected error.", min=0),
     n_correct: int = typer.Option(300, "--n-correct", help="Untouched correct solutions.", min=0),
-    n_two_errors: int = typer.Option(
-        0,
-        "--n-two-errors",
-        help="Solutions with a reasoning error and a later slip (label: the first; gsm8k only).",
-        min=0,
-    ),
-    n_right_answer: int = typer.Option(
-        0,
-        "--n-right-answer",
-        help="Solutions with a slip that is not carried forward: the final answer is right (gsm8k only).",
-        min=0,
-    ),
+    n_two_errors: int = typer.Option(0, "--n-two-errors", min=0, help=(
+        "Solutions with a reasoning error and a later slip (label: the first; gsm8k only).")),
+    n_right_answer: int = typer.Option(0, "--n-right-answer", min=0, help=(
+        "Solutions with a slip that is not carried forward: the final answer is right (gsm8k only).")),
     seed: int = typer.Option(0, "--seed", help="Same seed + input = same file."),
-    source: str = typer.Option(
-        "gsm8k", "--source", help="gsm8k (all three corruption kinds) or math500 (slips in the final computation)."
-    ),
-    input_file: Path | None = typer.Option(
-        None,
-        "--input",
-        help=(
-            "GSM8K JSONL (question, answer) or MATH JSONL (problem, solution, answer); "
-            "default: the bundled problems."
-        ),
-        dir_okay=False,
-    ),
+    source: str = typer.Option("gsm8k", "--source", help=(
+        "gsm8k (all three corruption kinds) or math500 (slips in the final computation).")),
+    input_file: Path | None = typer.Option(None, "--input", dir_okay=False, help=(
+        "GSM8K JSONL (question, answer) or MATH JSONL (problem, solution, answer); default: the bundled problems.")),
 ) -> None:
     """Build an error-injection set: solutions with a known earliest wrong step plus correct ones."""
     from labelers.evaluation.inject import build_injection_set, build_math_injection_set, read_gsm8k, read_math
@@ -346,8 +277,8 @@ def make_set(
     extra = f"; {n_two_errors} with two errors" if n_two_errors else ""
     extra += f"; {n_right_answer} with a right final answer despite an error" if n_right_answer else ""
     typer.echo(
-        f"wrote {len(records)} solutions to {out} "
-        f"({n_error} with an injected error{extra}: {kinds}; {n_correct} correct); "
+        f"wrote {len(records)} solutions to {out} ({n_error} with an injected error{extra}: {kinds}; "
+        f"{n_correct} correct); "
         f"{summary.eligible} of {summary.source_rows} reference solutions could take a consistent corruption"
     )
 
@@ -365,9 +296,8 @@ def run(
     k: int | None = K_OPTION,
     limit: int | None = LIMIT_OPTION,
     seed: int | None = SEED_OPTION,
-    out: Path | None = typer.Option(
-        None, "--out", help="Write the scores, costs and per-record failures as JSON.", dir_okay=False
-    ),
+    out: Path | None = typer.Option(None, "--out", help="Write the scores, costs and per-record failures as JSON.",
+                                    dir_okay=False),
     prm: Path | None = PRM_OPTION,
     threshold: float = THRESHOLD_OPTION,
     gold: Path | None = GOLD_OPTION,
@@ -409,29 +339,29 @@ def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file
               overrides: list[str] | None, model: str | None, backend: str | None, mc_mode: str, k: int | None,
               limit: int | None, seed: int | None, out: Path | None, title: str, prm: Path | None = None,
               threshold: float = 0.5, gold_file: Path | None = None, chunk: int = 8) -> None:
-    from labelers.evaluation.runner import MC_MODES
+    from labelers.evaluation.runner import MC_MODES, gold_signals, run_signals
 
     if mc_mode not in MC_MODES:
         raise InputError(f"--mc-mode must be one of {', '.join(MC_MODES)}, got {mc_mode!r}")
-    from labelers.evaluation.runner import GOLD_SIGNALS
 
     records, coverage = _read_records(set_file, limit, gold_file)
     typer.echo(coverage.line(), err=True)
     with_gold = [r for r in records if r.gold_answer]
     without_gold = [r for r in records if not r.gold_answer]
-    gold_free = [(s, m) for s, m in signals if s not in GOLD_SIGNALS]
+    gold_free = [(s, m) for s, m in signals if s not in gold_signals()]
     needs_gold = len(gold_free) < len(signals)
     if needs_gold and not with_gold:
-        first = next(s for s, _ in signals if s in GOLD_SIGNALS)
+        first = next(s for s, _ in signals if s in gold_signals())
         raise InputError(f"--labels {first} needs gold answers and none of the {len(records)} solutions has one "
                          "(no GSM8K / MATH-500 match, no solved sibling): pass --gold FILE, or use gold-free signals")
     config = _load_config(config_file, preset, overrides, model, backend, seed)
     # The holder builds use too (flows/resources.py): eval and build get the same policy and judge.
     resources = _EvalResources(ResourceHolder().for_config(config, prm_dir=prm))
+    watch = _PassLines(resources)
     try:
-        results = run_signals(with_gold if needs_gold else records, signals, config, mc_mode, k, resources, threshold,
-                              chunk)
-        apart = run_signals(without_gold, gold_free, config, mc_mode, k, resources, threshold, chunk) \
+        results = run_signals(with_gold if needs_gold else records, signals, config, mc_mode, k, resources, watch,
+                              threshold, chunk)
+        apart = run_signals(without_gold, gold_free, config, mc_mode, k, resources, watch, threshold, chunk) \
             if needs_gold and without_gold and gold_free else []
     finally:
         resources.close()
@@ -462,10 +392,8 @@ def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file
         payload = _payload(set_file, records, results)
         payload["gold"] = coverage.to_json()
         # what the sampling and fusion ran with, so a reader (eval rescore) knows which variant a result is
-        payload["config"] = {
-            "search": config.search.model_dump(mode="json"),
-            "fuse": config.fuse.model_dump(mode="json"),
-        }
+        payload["config"] = {"search": config.search.model_dump(mode="json"),
+                             "fuse": config.fuse.model_dump(mode="json")}
         payload["gold_sources"] = {r.id: r.gold_source or "file" for r in records if r.gold_answer}
         if needs_gold and without_gold:
             payload["records"] = len(with_gold)

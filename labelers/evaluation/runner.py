@@ -38,20 +38,46 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from data_schemas.errors import InputError, PrmforgeError
 from labelers.config import BuildConfig
 from labelers.evaluation.processbench import BenchRecord, Prediction, Score, score
 from labelers.policy.base import Policy, TokenUsage
 from labelers.policy.usage import CostProfile, cpu_seconds
+from labelers.signals.lean import LEAN
+from labelers.signals.mc import MC
+from labelers.signals.registry import path_signals, registered, signal_named
+from labelers.signals.tool import TOOL
 from labelers.verify.base import LeanState, LeanVerifier, StepContext, StepVerifier, ToolVerdict
 
-SIGNALS: tuple[str, ...] = ("tool", "lean", "mc", "hybrid", "judge", "prm", "answer")
+HYBRID = "hybrid"
+# Eval signals that are not step signals: the hybrid fusion and two references (a trained PRM, the
+# answer baselines).
+OTHER_SIGNALS: tuple[str, ...] = (HYBRID, "prm", "answer")
+# Signals that sample MC rollouts: they take an MC mode and share one labeling pass per mode.
+VALUE_SIGNALS: tuple[str, ...] = (MC.name, HYBRID)
+# Step signals scored on their own verifier call, without a labeling pass (run_tool, run_lean).
+ALONE_SIGNALS: tuple[str, ...] = (TOOL.name, LEAN.name)
 MC_MODES: tuple[str, ...] = ("per-step", "binary")
 ANSWER_MODES: tuple[str, ...] = ("last", "first")
-# Signals that judge rollouts or final answers against the gold answer.
-GOLD_SIGNALS: frozenset[str] = frozenset({"mc", "hybrid", "answer"})
+
+
+def eval_signals() -> tuple[str, ...]:
+    """What ``eval run --labels`` takes: every registered step signal (labelers/signals/registry.py),
+    then :data:`OTHER_SIGNALS`."""
+    return (*(s.name for s in registered()), *OTHER_SIGNALS)
+
+
+def pass_signals() -> tuple[str, ...]:
+    """Step signals the labeling pass runs on the given steps (the judge, and any new path signal):
+    they join the first pass of the value signals, or get one of their own without rollouts."""
+    return tuple(s.name for s in path_signals() if s.name not in ALONE_SIGNALS)
+
+
+def gold_signals() -> frozenset[str]:
+    """Signals that judge rollouts or final answers against the gold answer."""
+    return frozenset({s.name for s in registered() if s.needs.gold_answer} | {HYBRID, "answer"})
 
 
 @dataclass
@@ -134,12 +160,8 @@ def run_tool(records: Sequence[BenchRecord], tool: StepVerifier) -> SignalRun:
         position += len(record.steps)
         negative: list[bool | None] = []
         for check in verdicts:
-            if check.verdict == ToolVerdict.INCORRECT:
-                negative.append(True)
-            elif check.verdict == ToolVerdict.CORRECT:
-                negative.append(False)
-            else:
-                negative.append(None)
+            negative.append(TOOL.step_negative(check))
+            if negative[-1] is None:
                 unverifiable += 1
                 if check.verdict == ToolVerdict.ERROR:
                     failed.append(f"{record.id}: {check.evidence.get('error')}")
@@ -167,11 +189,7 @@ def run_lean(records: Sequence[BenchRecord], lean: LeanVerifier) -> SignalRun:
     for record in records:
         states = checks[position : position + len(record.steps)]
         position += len(record.steps)
-        negative = tuple(
-            True if c.state == LeanState.DISPROVED else False if c.state == LeanState.PROVED else None
-            for c in states
-        )
-        run.predictions[record.id] = Prediction(record.id, negative)
+        run.predictions[record.id] = Prediction(record.id, tuple(LEAN.step_negative(c) for c in states))
         run.labeled_steps += len(record.steps)
     run.wall_seconds = time.perf_counter() - started
     return run
@@ -289,22 +307,13 @@ def _given_problems(records: Sequence[BenchRecord]) -> list[Any]:
 
 def stored_signals(rows: Sequence[Any]) -> dict[str, Any]:
     """What fusion reads from one path's step rows (in step order), as plain JSON: the path's
-    outcome and, per step, the tool verdict, the Lean state, the MC evidence (sampled c of n,
-    or the label the first-error search inferred) and the judge's verdict. ``eval run --out``
-    stores it, so another fusion config re-scores a run offline (:func:`fuse_stored`)."""
+    outcome and, per step, each registered signal's part (labelers/signals/: ``tool`` verdict,
+    ``lean`` state, MC evidence ``mc_correct`` / ``mc_total`` / ``mc_inferred`` (sampled c of n, or
+    the label the first-error search inferred), ``judge`` verdict). ``eval run --out`` stores it, so
+    another fusion config re-scores a run offline (:func:`fuse_stored`)."""
     return {
         "path_correct": rows[0].path_correct if rows else None,
-        "steps": [
-            {
-                "tool": r.tool_verdict,
-                "lean": r.lean_state,
-                "mc_correct": r.mc_correct,
-                "mc_total": r.mc_total,
-                "mc_inferred": r.hard_label if r.mc_inferred else None,
-                "judge": r.judge_verdict,
-            }
-            for r in rows
-        ],
+        "steps": [{key: value for signal in registered() for key, value in signal.stored(r).items()} for r in rows],
     }
 
 
@@ -313,16 +322,12 @@ def fuse_stored(stored: dict[str, Any], rule: str, fuse_config: Any) -> list[boo
     :func:`stored_signals` (the same fusion the labeling core applies, path rule included;
     rollouts are rule-independent, so this equals a run with that rule -- except a rule that
     changes what is sampled, such as confirmation)."""
-    from labelers.fuse import MCSignal, fuse_path
-    from labelers.verify.base import LeanCheck, ToolCheck
+    from labelers.fuse import fuse_path
 
     steps = stored["steps"]
-    tools = [ToolCheck(ToolVerdict(s["tool"]), "none", {}) for s in steps]
-    leans = [LeanCheck(LeanState(s["lean"])) for s in steps]
-    mcs = [MCSignal(s["mc_correct"], s["mc_total"], s["mc_inferred"]) for s in steps]
-    judges = [None if s["judge"] is None else s["judge"] == "correct" for s in steps]
+    signals = {signal.name: [signal.from_stored(step) for step in steps] for signal in registered()}
     config = fuse_config.model_copy(update={"rule": rule})
-    return [step.label for step in fuse_path(tools, leans, mcs, config, stored["path_correct"], judges)]
+    return [step.label for step in fuse_path(signals, config, stored["path_correct"])]
 
 
 def hybrid_has_own_pass(signals: Sequence[str], config: BuildConfig) -> bool:
@@ -344,27 +349,30 @@ def run_shared(
     chunk_size: int = 8,
     on_solutions: Callable[[int, int], None] | None = None,
 ) -> list[SignalRun]:
-    """``mc`` / ``hybrid`` / ``judge`` labels of the same records from ONE pass of the labeling
-    core (rollouts in ``mc_mode`` only when ``mc`` or ``hybrid`` is asked; the judge only when
-    ``judge`` is asked or ``fuse.judge`` uses it); one :class:`SignalRun` per signal, in order.
-    Every run reports the whole pass's cost (shared, noted).
+    """``mc`` / ``hybrid`` / ``judge`` (any of :func:`pass_signals`) labels of the same records from
+    ONE pass of the labeling core (rollouts in ``mc_mode`` only when ``mc`` or ``hybrid`` is asked;
+    a path signal only when it is asked or the config runs it anyway, as ``fuse.judge`` does the
+    judge); one :class:`SignalRun` per signal, in order. Every run reports the whole pass's cost
+    (shared, noted).
 
     The records are labeled ``chunk_size`` at a time; ``on_solutions(done, total)`` is called
     after each chunk (progress)."""
     from labelers import pipeline
 
-    unknown = [s for s in signals if s not in ("mc", "hybrid", "judge")]
+    unknown = [s for s in signals if s not in (*VALUE_SIGNALS, *pass_signals())]
     if unknown:
         raise InputError(f"run_shared: {unknown[0]!r} is not a labeling-core signal")
-    needs_mc = any(s in ("mc", "hybrid") for s in signals)
+    needs_mc = any(s in VALUE_SIGNALS for s in signals)
+    stepwise = [signal_named(s) for s in signals if s in pass_signals()]  # scored from their own columns
     if needs_mc:
-        require_gold(records, next(s for s in signals if s in ("mc", "hybrid")))
-        run_config = mc_config(config, "hybrid", mc_mode, k)
+        require_gold(records, next(s for s in signals if s in VALUE_SIGNALS))
+        run_config = mc_config(config, HYBRID, mc_mode, k)
     else:
+        # A rule that reads no MC, so the pass samples no rollouts (the labels are not scored).
         run_config = config.with_overrides({"fuse.rule": "judge", "fuse.after_first_error": "negative"})
-    if "judge" in signals:
-        run_config = run_config.with_overrides({"judge.enabled": True})
-    if "mc" in signals:
+    for signal in stepwise:
+        run_config = run_config.with_overrides(dict(signal.enable))
+    if MC.name in signals:
         # The pass runs under rule hybrid, which skips rollouts from and after a step the tool
         # disproved and confirms MC zeros after verified steps; MC alone must not see the tool.
         # Without the confirmation the hybrid's labels would be the same either way (a disproved
@@ -378,13 +386,12 @@ def run_shared(
                                   on_solutions)
             by_signal = {run.signal: run for run in [*runs, hybrid]}
             return [by_signal[s] for s in signals]
-        run_config = run_config.with_overrides(
-            {"search.skip_mc_after_disproved": False, "search.mc_confirm_verified_zero": False}
-        )
+        run_config = run_config.with_overrides({"search.skip_mc_after_disproved": False,
+                                                "search.mc_confirm_verified_zero": False})
     started = time.perf_counter()
     cpu_started = cpu_seconds()
     problems = _given_problems(records)
-    use_tool = tool if (needs_mc or "judge" in signals) else None
+    use_tool = tool if (needs_mc or stepwise) else None
     by_problem: dict[str, list[Any]] = {}
     outcomes: dict[str, Any] = {}
     usage = TokenUsage()
@@ -408,10 +415,11 @@ def run_shared(
     judge_model = getattr(step_judge or policy, "model_id", None)
     runs = []
     for signal in signals:
-        run = SignalRun(signal, {}, model_id=judge_model if signal == "judge" else getattr(policy, "model_id", None),
-                        mc_mode=mc_mode if signal != "judge" else None,
-                        k=run_config.search.mc_rollouts if signal != "judge" else None)
-        judge_status: Counter = Counter()
+        own = next((s for s in stepwise if s.name == signal), None)  # None: a value signal (fused labels)
+        model_id = judge_model if own is not None and own.needs.policy == "judge" else getattr(policy, "model_id", None)
+        run = SignalRun(signal, {}, model_id=model_id, mc_mode=mc_mode if own is None else None,
+                        k=run_config.search.mc_rollouts if own is None else None)
+        statuses: Counter = Counter()
         for record, problem in zip(records, problems):
             outcome = outcomes.get(problem.problem_id)
             if outcome is not None:
@@ -419,20 +427,20 @@ def run_shared(
                 run.prompt_tokens += outcome.prompt_tokens
                 run.completion_tokens += outcome.completion_tokens
             if outcome is None or outcome.status != "labeled":
-                run.failures[record.id] = (
-                    "no outcome" if outcome is None else f"{outcome.failed_stage}: {outcome.error}"
-                )
+                failure = "no outcome" if outcome is None else f"{outcome.failed_stage}: {outcome.error}"
+                run.failures[record.id] = failure
                 continue
             rows = sorted(by_problem.get(problem.problem_id, []), key=lambda r: r.step_index)
             negative: list[bool | None] = [None] * len(record.steps)
             signals_read = stored_signals(rows)
-            labels = None if signal == "judge" else fuse_stored(signals_read, signal, run_config.fuse)
+            labels = None if own is not None else fuse_stored(signals_read, signal, run_config.fuse)
             for position, row in enumerate(rows):
                 if row.step_index >= len(negative):
                     continue
-                if signal == "judge":
-                    judge_status[row.judge_status] += 1
-                    negative[row.step_index] = None if row.judge_verdict is None else row.judge_verdict == "incorrect"
+                if own is not None:
+                    result = own.from_row(row)
+                    statuses[getattr(result, "status", None)] += 1
+                    negative[row.step_index] = own.step_negative(result)
                 else:
                     negative[row.step_index] = not labels[position]
                 if row.mc_total is not None and not row.mc_inferred:
@@ -442,8 +450,8 @@ def run_shared(
             run.labeled_steps += len(record.steps)
         run.wall_seconds = seconds
         run.profile = profile
-        if signal == "judge":
-            run.notes.append("judge replies: " + ", ".join(f"{n} {s}" for s, n in sorted(judge_status.items())))
+        if own is not None and hasattr(own.missing, "status"):  # a model's replies (the judge's): how many parsed
+            run.notes.append(f"{signal} replies: " + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())))
         if len(signals) > 1:
             run.notes.append(f"cost shared with {', '.join(s for s in signals if s != signal)} (one labeling pass)")
         runs.append(run)
@@ -452,3 +460,110 @@ def run_shared(
 
 def evaluate(records: Sequence[BenchRecord], run: SignalRun) -> SignalResult:
     return SignalResult(run, score(records, run.predictions))
+
+
+class EvalResources(Protocol):
+    """What the signals of an eval run are made from (flows/commands/evaluate.py wraps the resource
+    holder builds use); each is made on first use."""
+
+    def policy(self) -> Policy: ...
+
+    def step_judge(self) -> Policy | None: ...  # a separate judge model, or None: the policy judges
+
+    def tool(self) -> StepVerifier: ...
+
+    def lean(self) -> LeanVerifier: ...
+
+    def prm(self) -> Any: ...
+
+
+class PassWatch(Protocol):
+    """How a caller shows the labeling passes (the CLI: lines on stderr and a progress line fed by
+    the policies)."""
+
+    def say(self, line: str) -> None: ...
+
+    def open_pass(self, label: str, solutions: int) -> None:
+        """A pass begins (before its models are made: its clock includes loading them)."""
+        ...
+
+    def start_pass(self) -> Callable[[int, int], None]:
+        """Its policies exist now; returns the per-chunk callback ``(done, total)``."""
+        ...
+
+    def close_pass(self) -> None: ...
+
+
+def _run_alone(signal: str, mode: str | None, records: Sequence[BenchRecord], resources: EvalResources,
+               threshold: float) -> SignalRun:
+    """A signal scored without a labeling pass: the tool and Lean on their verifier, the PRM, the
+    answer baselines."""
+    if signal == TOOL.name:
+        return run_tool(records, resources.tool())
+    if signal == LEAN.name:
+        return run_lean(records, resources.lean())
+    if signal == "prm":
+        return run_prm(records, resources.prm(), threshold)
+    return run_answer(records, mode or "last")
+
+
+def run_signals(records: Sequence[BenchRecord], signals: Sequence[tuple[str, str | None]], config: BuildConfig,
+                default_mode: str, k: int | None, resources: EvalResources, watch: PassWatch,
+                threshold: float = 0.5, chunk: int = 8) -> list[SignalResult]:
+    """Results of ``signals`` (name, mode) on ``records``, in the order asked.
+
+    Passes: the value signals (``mc``, ``hybrid``) share one labeling pass per MC mode (mode:
+    theirs, else ``default_mode``), in the order the modes are first asked; the pass signals
+    (:func:`pass_signals`: the judge, ...) join the first of them, or get one pass of their own
+    without rollouts when no value signal is asked; :func:`run_shared` splits off a pass of the
+    hybrid's own when it samples with the tool's help and ``mc`` is asked too. The tool, Lean,
+    ``prm`` and ``answer`` run on their own (:func:`_run_alone`)."""
+    for signal, _ in signals:
+        if signal in gold_signals():
+            require_gold(records, signal)
+    runs: dict[tuple[str, str | None], SignalRun] = {}
+    modes: list[str] = []
+    for signal, mode in signals:
+        if signal in VALUE_SIGNALS and (mode or default_mode) not in modes:
+            modes.append(mode or default_mode)
+    stepwise = [signal for signal, _ in signals if signal in pass_signals()]
+    for index, mode in enumerate(modes):
+        group = [(s, m) for s, m in signals if s in VALUE_SIGNALS and (m or default_mode) == mode]
+        names = [s for s, _ in group] + (stepwise if index == 0 else [])
+        # A pass over a real set takes minutes to an hour on a CPU: say what runs, and for how long.
+        own = hybrid_has_own_pass(names, config)
+        shown = ", ".join(n for n in names if not (own and n == HYBRID)) + ("; then hybrid on its own" if own else "")
+        watch.say(f"labeling pass {index + 1} of {len(modes)} ({mode}: {shown}) over {len(records)} solutions ...")
+        started = time.perf_counter()
+        shared = _watched_pass(records, names, config, resources, watch, f"pass {index + 1} of {len(modes)} ({mode})",
+                               chunk, mc_mode=mode, k=k)
+        watch.say(f"labeling pass {index + 1} of {len(modes)} done in {time.perf_counter() - started:.0f} s")
+        for (signal, asked_mode), run in zip(group, shared, strict=False):
+            runs[(signal, asked_mode)] = run
+        if index == 0:
+            runs.update(((signal, None), run) for signal, run in zip(stepwise, shared[len(group):], strict=True))
+    if stepwise and not modes:
+        steps = sum(len(r.steps) for r in records)
+        doing = "judging" if stepwise == ["judge"] else f"labeling ({', '.join(stepwise)})"
+        watch.say(f"{doing} the {steps} steps of {len(records)} solutions ...")
+        shared = _watched_pass(records, stepwise, config, resources, watch, " + ".join(stepwise), chunk)
+        runs.update(((signal, None), run) for signal, run in zip(stepwise, shared, strict=True))
+    results = []
+    for signal, mode in signals:
+        run = runs.get((signal, mode)) or _run_alone(signal, mode, records, resources, threshold)
+        results.append(evaluate(records, run))
+    return results
+
+
+def _watched_pass(records: Sequence[BenchRecord], names: Sequence[str], config: BuildConfig, resources: EvalResources,
+                  watch: PassWatch, label: str, chunk: int, mc_mode: str = "per-step",
+                  k: int | None = None) -> list[SignalRun]:
+    """One :func:`run_shared` pass, shown by ``watch``."""
+    watch.open_pass(label, len(records))
+    policy, step_judge = resources.policy(), resources.step_judge()
+    on_solutions = watch.start_pass()
+    try:
+        return run_shared(records, names, config, policy, resources.tool(), None, mc_mode=mc_mode, k=k,
+                          step_judge=step_judge, on_solutions=on_solutions, chunk_size=chunk)
+    finally:
+        watch.close_pass()
