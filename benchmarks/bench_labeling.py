@@ -87,7 +87,8 @@ def build_set(count: int, seed: int) -> list[Item]:
             row["question"], gold, tuple(correct), tuple(wrong),
             p_correct=item_rng.uniform(0.3, 0.95), step_error_rate=0.3, recovery_rate=0.05,
         )
-        problem = Problem(problem_id(row["question"], "gsm8k"), "gsm8k", row["question"], gold, source_row=row_index + 1)
+        problem = Problem(problem_id(row["question"], "gsm8k"), "gsm8k", row["question"], gold,
+                          source_row=row_index + 1)
         steps = list(slip.steps) if slip else list(correct)
         items.append(Item(problem, script, steps, slip.error_index if slip else -1))
     return items
@@ -115,7 +116,8 @@ def predicted_first_errors(result: BatchResult) -> dict[str, int]:
 
 def run_given(items, config, policy, tool) -> tuple[BatchResult, float]:
     started = time.perf_counter()
-    result = label_given_solutions([i.problem for i in items], [[i.steps] for i in items], config, policy, tool, None, "bench")
+    result = label_given_solutions([i.problem for i in items], [[i.steps] for i in items], config, policy, tool, None,
+                                   "bench")
     return result, time.perf_counter() - started
 
 
@@ -145,7 +147,8 @@ def true_first_error(steps: Sequence[str], reference: Sequence[str]) -> int:
 
 def section_scripted(items: list[Item], seed: int, k: int) -> None:
     wrong = sum(i.label >= 0 for i in items)
-    print(f"Error-injected GSM8K: {len(items)} problems, {wrong} with one slip carried forward, {len(items) - wrong} correct")
+    print(f"Error-injected GSM8K: {len(items)} problems, {wrong} with one slip carried forward, "
+          f"{len(items) - wrong} correct")
     print(f"Scripted policy: p_correct ~ U[0.3, 0.95] per problem, recovery 0.05; k = {k}\n")
     base = BuildConfig(seed=seed).with_overrides({"search.mc_rollouts": k, "fuse.after_first_error": "negative"})
     scripts = [i.script for i in items]
@@ -153,23 +156,34 @@ def section_scripted(items: list[Item], seed: int, k: int) -> None:
     with ToolStepVerifier(ToolConfig()) as tool:
         print("Given solutions (label_given_solutions):")
         runs = [
-            ("MC only, per-step (Math-Shepherd)", "mc_per_step", {"fuse.rule": "mc", "search.first_error_search": False, "search.mc_early_stop": 0}, False),
-            ("MC only, per-step + early stop 4", "mc_per_step_early_stop", {"fuse.rule": "mc", "search.first_error_search": False, "search.mc_early_stop": 4}, False),
-            ("MC only, binary search (OmegaPRM)", "mc_binary", {"fuse.rule": "mc", "search.first_error_search": True, "search.mc_early_stop": 0}, False),
-            ("MC only, binary + early stop 4", "mc_binary_early_stop", {"fuse.rule": "mc", "search.first_error_search": True, "search.mc_early_stop": 4}, False),
+            ("MC only, per-step (Math-Shepherd)", "mc_per_step",
+             {"fuse.rule": "mc", "search.first_error_search": False, "search.mc_early_stop": 0}, False),
+            ("MC only, per-step + early stop 4", "mc_per_step_early_stop",
+             {"fuse.rule": "mc", "search.first_error_search": False, "search.mc_early_stop": 4}, False),
+            ("MC only, binary search (OmegaPRM)", "mc_binary",
+             {"fuse.rule": "mc", "search.first_error_search": True, "search.mc_early_stop": 0}, False),
+            ("MC only, binary + early stop 4", "mc_binary_early_stop",
+             {"fuse.rule": "mc", "search.first_error_search": True, "search.mc_early_stop": 4}, False),
             ("tool only", "tool_only", {"fuse.rule": "tool"}, True),
-            ("hybrid, per-step MC", "hybrid_per_step", {"fuse.rule": "hybrid", "search.first_error_search": False, "search.mc_early_stop": 0}, True),
-            ("hybrid, per-step MC, MC after disproved", "hybrid_per_step_no_skip", {"fuse.rule": "hybrid", "search.first_error_search": False, "search.mc_early_stop": 0, "search.skip_mc_after_disproved": False}, True),
-            ("hybrid, binary + early stop, MC after disproved", "hybrid_binary_early_stop_no_skip", {"fuse.rule": "hybrid", "search.first_error_search": True, "search.mc_early_stop": 4, "search.skip_mc_after_disproved": False}, True),
-            ("hybrid, binary search + early stop", "hybrid_binary_early_stop", {"fuse.rule": "hybrid", "search.first_error_search": True, "search.mc_early_stop": 4}, True),
+            ("hybrid, per-step MC", "hybrid_per_step",
+             {"fuse.rule": "hybrid", "search.first_error_search": False, "search.mc_early_stop": 0}, True),
+            ("hybrid, per-step MC, MC after disproved", "hybrid_per_step_no_skip",
+             {"fuse.rule": "hybrid", "search.first_error_search": False, "search.mc_early_stop": 0,
+              "search.skip_mc_after_disproved": False}, True),
+            ("hybrid, binary + early stop, MC after disproved", "hybrid_binary_early_stop_no_skip",
+             {"fuse.rule": "hybrid", "search.first_error_search": True, "search.mc_early_stop": 4,
+              "search.skip_mc_after_disproved": False}, True),
+            ("hybrid, binary search + early stop", "hybrid_binary_early_stop",
+             {"fuse.rule": "hybrid", "search.first_error_search": True, "search.mc_early_stop": 4}, True),
         ]
         measured = []
         for name, key, overrides, with_tool in runs:
-            result, seconds = run_given(items, base.with_overrides(overrides), ScriptedPolicy(scripts), tool if with_tool else None)
+            result, seconds = run_given(items, base.with_overrides(overrides), ScriptedPolicy(scripts),
+                                        tool if with_tool else None)
             measured.append((key, *report_given(name, items, result, seconds)))
-        for key, f1, per_step in measured:
+        for key, f1, _per_step in measured:
             figure(f"labeling.simulated.{key}.earliest_error_f1 {scale}", f1, "F1 (ProcessBench)")
-        for key, f1, per_step in measured:
+        for key, _f1, per_step in measured:
             if key != "tool_only":
                 figure(f"labeling.simulated.{key}.rollouts_per_labeled_step {scale}", per_step, "rollouts/step")
         by_key = {key: (f1, per_step) for key, f1, per_step in measured}
@@ -179,7 +193,8 @@ def section_scripted(items: list[Item], seed: int, k: int) -> None:
         figure(f"hybrid_rollouts_ratio_to_per_step_mc {scale}", hybrid_cost / mc_cost, "x", "<= 0.25")
         figure(f"hybrid_f1_minus_per_step_mc_f1 {scale}", hybrid_f1 - mc_f1, "F1", ">= 0")
         before_f1, before_cost = by_key["hybrid_binary_early_stop_no_skip"]
-        figure(f"hybrid_rollouts_after_disproved_skip_ratio {scale}", hybrid_cost / before_cost, "x (skip on / off)", "<= 1")
+        figure(f"hybrid_rollouts_after_disproved_skip_ratio {scale}", hybrid_cost / before_cost, "x (skip on / off)",
+               "<= 1")
 
         print("\nMCTS build (label_batch, default search config: 8 rounds, 3 children, stop at 3+3 paths):")
         for name, overrides in [
@@ -222,7 +237,8 @@ def section_scripted(items: list[Item], seed: int, k: int) -> None:
             print(
                 f"  {'':<38} first error on MCTS paths: acc_err {acc_err:6.3f}  acc_cor {acc_cor:6.3f}  F1 {f1:6.3f}; "
                 f"counters: dropped_consensus {result.counters.get('paths_dropped_consensus', 0)}, "
-                f"no_consensus {result.counters.get('paths_no_consensus', 0)}, merged {result.counters.get('merged_duplicate_steps', 0)}"
+                f"no_consensus {result.counters.get('paths_no_consensus', 0)}, "
+                f"merged {result.counters.get('merged_duplicate_steps', 0)}"
             )
             figure(f"labeling.simulated.{key}.completions_per_labeled_step {scale}", total / max(rows, 1),
                    "completions/step (expand + simulate + MC)")
@@ -231,29 +247,35 @@ def section_scripted(items: list[Item], seed: int, k: int) -> None:
             figure(f"labeling.simulated.{key}.earliest_error_f1_on_mcts_paths {scale}", f1, "F1 (ProcessBench)")
 
 
-def section_real(items: list[Item], seed: int, count: int, k: int, max_tokens: int, threads: int, parts: set[str]) -> None:
+def section_real(items: list[Item], seed: int, count: int, k: int, max_tokens: int, threads: int,
+                 parts: set[str]) -> None:
     try:
         import llama_cpp  # noqa: F401
 
-        from labelers.config import PolicyConfig
+        from labelers.config import EmbeddedPolicyConfig
         from labelers.policy.factory import make_policy
     except ImportError as error:
         print(f"\nReal model: skipped ({error})")
         return
     # The shortest solutions: each rollout costs seconds on a shared CPU.
     by_length = sorted(items, key=lambda i: (len(i.steps), i.problem.problem_id))
-    chosen = [i for i in by_length if i.label >= 0][: (count + 1) // 2] + [i for i in by_length if i.label < 0][: count // 2]
-    policy_config = PolicyConfig(backend="embedded", model="small", n_threads=threads, n_ctx=2048, max_solution_tokens=max_tokens, max_step_tokens=80)
+    chosen = ([i for i in by_length if i.label >= 0][: (count + 1) // 2]
+              + [i for i in by_length if i.label < 0][: count // 2])
+    policy_config = EmbeddedPolicyConfig(model="small", n_threads=threads, n_ctx=2048,
+                                         max_solution_tokens=max_tokens, max_step_tokens=80)
     try:
         policy = make_policy(policy_config)
     except Exception as error:  # noqa: BLE001 - optional section
         print(f"\nReal model: skipped ({error})")
         return
     print(
-        f"\nReal model {policy.model_id} (llama.cpp, {threads} threads, shared 2-core machine), {len(chosen)} problems, "
+        f"\nReal model {policy.model_id} (llama.cpp, {threads} threads, shared 2-core machine), "
+        f"{len(chosen)} problems, "
         f"k = {k}, max {max_tokens} tokens per rollout:"
     )
-    base = BuildConfig(seed=seed, policy=policy_config).with_overrides({"search.mc_rollouts": k, "search.mc_early_stop": 0, "fuse.after_first_error": "negative"})
+    base = BuildConfig(seed=seed, policy=policy_config).with_overrides(
+        {"search.mc_rollouts": k, "search.mc_early_stop": 0, "fuse.after_first_error": "negative"}
+    )
     with ToolStepVerifier(ToolConfig()) as tool:
         for name, overrides, with_tool in [
             ("tool only", {"fuse.rule": "tool"}, True),
@@ -262,12 +284,15 @@ def section_real(items: list[Item], seed: int, count: int, k: int, max_tokens: i
             result, seconds = run_given(chosen, base.with_overrides(overrides), policy, tool if with_tool else None)
             report_given(name, chosen, result, seconds)
             for row in sorted(result.steps, key=lambda r: (r.problem_id, r.step_index)):
-                mc = f"{row.mc_correct}/{row.mc_total}" if row.mc_total is not None else ("inferred" if row.mc_inferred else "-")
-                print(f"      {row.problem_id[:8]} step {row.step_index}: tool {row.tool_verdict:<12} MC {mc:<8} -> {'+' if row.fused_label else '-'} ({row.label_source})")
+                mc = (f"{row.mc_correct}/{row.mc_total}" if row.mc_total is not None
+                      else ("inferred" if row.mc_inferred else "-"))
+                print(f"      {row.problem_id[:8]} step {row.step_index}: tool {row.tool_verdict:<12} MC {mc:<8} "
+                      f"-> {'+' if row.fused_label else '-'} ({row.label_source})")
         if "mcts" in parts:
             # One problem, one MCTS iteration (2 children, their simulations) + MC on wrong paths.
             config = base.with_overrides(
-                {"search.rounds": 2, "search.children_per_expansion": 2, "search.max_depth": 6, "fuse.after_first_error": "truncate"}
+                {"search.rounds": 2, "search.children_per_expansion": 2, "search.max_depth": 6,
+                 "fuse.after_first_error": "truncate"}
             )
             started = time.perf_counter()
             result = label_batch([chosen[-1].problem], config, policy, tool, None, "bench-real")
@@ -282,10 +307,12 @@ def section_real(items: list[Item], seed: int, count: int, k: int, max_tokens: i
             for node in result.nodes:
                 print(
                     f"      {node.node_id:<10} N={node.visits} W={node.value_sum:+.3f} terminal={node.is_terminal} "
-                    f"answer={node.final_answer} gold={node.reached_gold} tool={node.tool_verdict} | {node.step_text[:70]!r}"
+                    f"answer={node.final_answer} gold={node.reached_gold} tool={node.tool_verdict} "
+                    f"| {node.step_text[:70]!r}"
                 )
             for row in result.steps:
-                print(f"      row {row.path_id.split(':')[1]} step {row.step_index}: {row.tool_verdict}, MC {row.mc_correct}/{row.mc_total} -> {'+' if row.fused_label else '-'} ({row.label_source})")
+                print(f"      row {row.path_id.split(':')[1]} step {row.step_index}: {row.tool_verdict}, "
+                      f"MC {row.mc_correct}/{row.mc_total} -> {'+' if row.fused_label else '-'} ({row.label_source})")
     policy.close()
 
 
@@ -300,7 +327,8 @@ def main() -> None:
     parser.add_argument("--real-k", type=int, default=2)
     parser.add_argument("--real-max-tokens", type=int, default=160)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--real-parts", default="given,mcts", help="comma list: given (given solutions), mcts (label_batch)")
+    parser.add_argument("--real-parts", default="given,mcts",
+                        help="comma list: given (given solutions), mcts (label_batch)")
     parser.add_argument("--skip-scripted", action="store_true")
     args = parser.parse_args()
     if args.problems is None:

@@ -145,7 +145,8 @@ def test_a_sequence_finishing_early_does_not_disturb_the_others(pool: ModelPool)
 @pytest.mark.slow
 def test_batched_runs_repeat_exactly(pool: ModelPool) -> None:
     policy = EmbeddedPolicy("small", n_ctx=1024, pool=pool)
-    requests = [_step_request([], n=4, temperature=1.0, seed=11), _step_request(["Tom has 36 apples."], n=4, temperature=1.0, seed=12)]
+    requests = [_step_request([], n=4, temperature=1.0, seed=11),
+                _step_request(["Tom has 36 apples."], n=4, temperature=1.0, seed=12)]
     first = policy.generate(requests)
     second = policy.generate(requests)
     texts = [[c.text for c in r.completions] for r in first]
@@ -169,7 +170,7 @@ def test_texts_do_not_depend_on_the_thread_count(pool: ModelPool, decode: str) -
 @pytest.mark.slow
 def test_more_requests_than_sequences_stay_within_the_kv_budget(pool: ModelPool) -> None:
     policy = EmbeddedPolicy("small", n_ctx=1024, pool=pool, max_sequences=3, kv_cells=1024)
-    requests = [_step_request(["Step %d." % i], n=2, max_tokens=16, stop=(), temperature=1.0, seed=i) for i in range(5)]
+    requests = [_step_request([f"Step {i}."], n=2, max_tokens=16, stop=(), temperature=1.0, seed=i) for i in range(5)]
     results = policy.generate(requests)
     assert all(r.ok for r in results), [r.error for r in results]
     for result in results:
