@@ -333,7 +333,7 @@ class JudgeConfig(_Section):
     policy: PolicyConfig | None = Field(
         default=None,
         description="A judge model with settings of its own: a policy section (any backend, its keys as under "
-        "[policy]). Not together with model/backend/base_url.",
+        "[policy], counting towards the hashes as they do there). Not together with model/backend/base_url.",
     )
     max_tokens: int = Field(default=192, ge=8, description="Length limit of a verdict.")
     temperature: float = Field(
@@ -592,7 +592,9 @@ class TrainConfig(_Section):
     batch_size: int = Field(default=4, ge=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)
     max_length: int = Field(default=1024, ge=8)
-    step_separator: str = "\n"  # PRMTrainer: appended to each step; its last token carries the label
+    step_separator: str = Field(
+        default="\n", description="PRMTrainer: appended to each step; its last token carries the label."
+    )
     train_on_last_step_only: bool = False
     gradient_checkpointing: bool = True
     bf16: bool | None = None
