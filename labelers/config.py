@@ -148,6 +148,10 @@ DEFAULT_BACKEND = "embedded"
 # Every key of any backend: a key of another backend than the chosen one is dropped (fit_policy_keys),
 # a key of none is an error.
 ALL_POLICY_KEYS: frozenset[str] = frozenset(name for model in POLICY_MODELS.values() for name in model.model_fields)
+_POLICY_DEFAULTS: dict[str, Any] = {
+    name: field.get_default(call_default_factory=True)
+    for model in POLICY_MODELS.values() for name, field in model.model_fields.items()
+}
 
 
 def _backend_of(value: Any) -> Any:
@@ -161,14 +165,18 @@ def fit_policy_keys(data: Mapping[str, Any], explicit: Collection[str] | None = 
     """``data`` (a policy mapping) without the keys of other backends than its ``backend``.
 
     A switch of backend (``--backend openai`` over a preset that sets ``n_ctx``) must not fail on
-    the old backend's settings. Dropped keys in ``explicit`` (None: all keys) are named in one
-    warning line; keys of no backend are left for validation to reject."""
+    the old backend's settings. Dropped keys in ``explicit`` (None: those not at their default, so
+    the flat policy of a manifest written before the split passes quietly) are named in one warning
+    line; keys of no backend are left for validation to reject."""
     backend = data.get("backend", DEFAULT_BACKEND)
     model = POLICY_MODELS.get(backend) if isinstance(backend, str) else None
     if model is None:
         return dict(data)
     foreign = [key for key in data if key in ALL_POLICY_KEYS and key not in model.model_fields]
-    noted = foreign if explicit is None else [key for key in foreign if key in explicit]
+    if explicit is None:
+        noted = [key for key in foreign if data[key] != _POLICY_DEFAULTS[key]]
+    else:
+        noted = [key for key in foreign if key in explicit]
     if noted:
         log.warning("policy settings %s dropped: not settings of the %s backend", ", ".join(sorted(noted)), backend)
     return {key: value for key, value in data.items() if key not in foreign}

@@ -165,3 +165,19 @@ def test_judge_shorthand_and_own_policy():
     moved = own.with_overrides({"judge.policy.backend": "openai", "judge.policy.base_url": "http://y/v1"})
     moved_again = moved.with_overrides({"judge.policy.base_url": "http://z/v1"})
     assert moved.labeling_hash() == moved_again.labeling_hash() and moved.config_hash() != moved_again.config_hash()
+
+
+def test_a_flat_policy_of_an_old_manifest_loads_quietly_with_its_hashes(caplog):
+    """Manifests written before the split hold every key of every backend (resume reads them)."""
+    flat = {"policy": {**EmbeddedPolicyConfig().model_dump(), **OpenAIPolicyConfig().model_dump(),
+                       **VllmPolicyConfig().model_dump(), "backend": "openai", "base_url": "http://h/v1"}}
+    with caplog.at_level(logging.WARNING, logger="labelers.config"):
+        config = BuildConfig.model_validate(flat)
+        assert caplog.records == []
+        assert type(config.policy) is OpenAIPolicyConfig
+        BuildConfig.model_validate({"policy": {**flat["policy"], "kv_cells": 1024}})
+    assert [r.getMessage() for r in caplog.records] == [
+        "policy settings kv_cells dropped: not settings of the openai backend"
+    ]
+    plain = BuildConfig().with_overrides({"policy.backend": "openai", "policy.base_url": "http://h/v1"})
+    assert config.config_hash() == plain.config_hash()
