@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 HashRole = Literal["labels", "build", "none"]
 BUILD_ONLY: dict[str, Any] = {"hash": "build"}  # in config_hash, not labeling_hash (same labels)
 NOT_HASHED: dict[str, Any] = {"hash": "none"}  # in neither (where output goes, orchestration)
+# A policy key the backend accepts but its engine does not read (labelers/policy/factory.py
+# ENGINE_FIELDS leaves it out, so it never keys a new model).
+NOT_READ: dict[str, Any] = {"engine": False}
 
 
 class _Section(BaseModel):
@@ -127,6 +130,13 @@ class OpenAIPolicyConfig(PolicySampling):
     backend: Literal["openai"] = Field(default="openai", description="The backend: an OpenAI-compatible server.",
                                        json_schema_extra=BUILD_ONLY)
     model: str = Field(default="better", description="The served model name.", json_schema_extra=BUILD_ONLY)
+    n_ctx: int = Field(
+        default=4096, ge=512,
+        description="Not read: the server's context window decides. Accepted, and counted in the hashes as before "
+        "the per-backend split, so a preset's n_ctx (math500, demo) keeps the build's identity under "
+        "--backend openai.",
+        json_schema_extra=NOT_READ,
+    )
     base_url: str | None = Field(
         default=None, description="The server's URL, e.g. http://127.0.0.1:8000/v1 (required).",
         json_schema_extra=BUILD_ONLY,

@@ -26,6 +26,7 @@ from labelers.config import (
 # (config_hash, labeling_hash) at commit 14a993e, before the per-backend models and the field
 # marks: a change here relabels every dataset built with that config. Never update these to make
 # a test pass; a deliberate identity change needs its own decision (docs/operations.md).
+OPENAI = ["policy.backend=openai", "policy.base_url=http://h/v1"]
 PINNED: dict[str, tuple[str | None, list[str], str, str]] = {
     "default": (None, [], "e2e52b37a524e4cb", "0529c6ac9fa09074"),
     "demo": ("demo", [], "f91087532e42fad8", "66114669d94a42f8"),
@@ -47,6 +48,13 @@ PINNED: dict[str, tuple[str | None, list[str], str, str]] = {
         None, ["judge.enabled=true", 'judge.model="j"', "judge.backend=openai", 'judge.base_url="http://x/v1"'],
         "9086768716068e9a", "385e2fd2eafe1ed0",
     ),
+    # presets under another backend (the presets' n_ctx: kept, unread, by the openai model)
+    "math500+openai": ("math500", OPENAI, "28aca6c33fa9c3a4", "2cd221045137cf55"),
+    "demo+openai": ("demo", OPENAI, "6359eb4952449551", "66114669d94a42f8"),
+    "small+openai": ("small", OPENAI, "70076ca43c7a8ff7", "cce19c8dc6cd4b95"),
+    "gsm8k+openai": ("gsm8k", OPENAI, "bcab49475b0deb5d", "903e36ffeb9505c9"),
+    "demo+vllm": ("demo", ["policy.backend=vllm"], "0bb5c68737896035", "66114669d94a42f8"),
+    "small+vllm": ("small", ["policy.backend=vllm"], "3cbb942b95babfcb", "cce19c8dc6cd4b95"),
     "small+fuse-judge": ("small", ["fuse.judge=tiebreak", 'judge.model="j"'], "e50b8453097406ae", "888416fc4e352a31"),
 }
 
@@ -103,7 +111,7 @@ def test_the_backend_picks_the_model_and_defaults_to_embedded():
     assert type(policy_config(backend="vllm")) is VllmPolicyConfig
     served = BuildConfig.model_validate({"policy": {"backend": "openai", "base_url": "http://h/v1"}}).policy
     assert type(served) is OpenAIPolicyConfig and served.base_url == "http://h/v1"
-    assert not hasattr(served, "n_ctx")
+    assert not hasattr(served, "decode")
 
 
 def test_errors_name_the_key_without_the_union_tag():
@@ -120,7 +128,17 @@ def test_another_backend_drops_the_preset_settings_it_lacks(caplog, tmp_path):
     with caplog.at_level(logging.WARNING, logger="labelers.config"):
         config = load_build_config(preset="math500", flag_values={"policy.backend": "openai"})
     assert type(config.policy) is OpenAIPolicyConfig and config.policy.max_step_tokens == 256
-    assert "dropped" not in caplog.text  # the preset's n_ctx goes silently
+    assert config.policy.n_ctx == 8192  # accepted, not read: the build keeps its identity
+    assert "dropped" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="labelers.config"):
+        # a preset's key the backend lacks goes silently (no shipped preset has one; demo's table here)
+        config = config_from_parts("demo", {"policy": {"backend": "vllm"}}, [])
+    assert "dropped" not in caplog.text and type(config.policy) is VllmPolicyConfig
+    with caplog.at_level(logging.WARNING, logger="labelers.config"):
+        config = load_build_config(preset="math500", flag_values={"policy.backend": "openai"},
+                                   overrides=["policy.decode=batched"])
+    assert caplog.records[-1].getMessage() == "policy settings decode dropped: not settings of the openai backend"
+    caplog.clear()
     given = tmp_path / "c.toml"
     given.write_text('[policy]\nbackend = "openai"\nbase_url = "http://h/v1"\ndecode = "sequential"\n')
     with caplog.at_level(logging.WARNING, logger="labelers.config"):
@@ -135,11 +153,16 @@ def test_with_overrides_switches_backend_and_names_what_was_set(caplog):
     with caplog.at_level(logging.WARNING, logger="labelers.config"):
         served = config.with_overrides({"policy.backend": "openai", "policy.base_url": "http://h/v1"})
     assert type(served.policy) is OpenAIPolicyConfig and served.policy.temperature == 0.5
+    assert caplog.records == [] and served.policy.n_ctx == 2048
+    with caplog.at_level(logging.WARNING, logger="labelers.config"):
+        vllm = config.with_overrides({"policy.decode": "sequential"}).with_overrides({"policy.backend": "vllm"})
     assert [r.getMessage() for r in caplog.records] == [
-        "policy settings n_ctx dropped: not settings of the openai backend"
+        "policy settings decode dropped: not settings of the vllm backend"
     ]
-    back = served.with_overrides({"policy.backend": "embedded"})
-    assert type(back.policy) is EmbeddedPolicyConfig and back.policy.n_ctx == 4096 and back.policy.temperature == 0.5
+    assert vllm.policy.n_ctx == 2048
+    back = vllm.with_overrides({"policy.backend": "embedded"})
+    assert type(back.policy) is EmbeddedPolicyConfig and back.policy.decode == "batched"
+    assert back.policy.temperature == 0.5
     with pytest.raises(ValidationError):
         config.with_overrides({"policy.backend": "openai", "policy.nonsense": 1})
 

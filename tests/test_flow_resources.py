@@ -199,14 +199,15 @@ def test_every_policy_field_is_either_engine_or_sampling():
     travelling with each request) or an engine setting of its backend's model (what make_policy reads,
     what the holder keys by): a new shared field must be declared sampling in
     labelers/policy/factory.py, or the holder would hand out an engine made with another value."""
-    from labelers.config import POLICY_MODELS, PolicySampling
+    from labelers.config import NOT_READ, POLICY_MODELS, PolicySampling
     from labelers.policy.factory import ENGINE_FIELDS, SAMPLING_FIELDS
 
     assert set(PolicySampling.model_fields) == set(SAMPLING_FIELDS)
     assert set(ENGINE_FIELDS) == set(POLICY_MODELS)
     for backend, model in POLICY_MODELS.items():
         assert model().backend == backend
-        assert set(model.model_fields) == {"backend", *SAMPLING_FIELDS, *ENGINE_FIELDS[backend]}
+        unread = {name for name, field in model.model_fields.items() if field.json_schema_extra == NOT_READ}
+        assert set(model.model_fields) == {"backend", *SAMPLING_FIELDS, *ENGINE_FIELDS[backend], *unread}
         assert "model" in ENGINE_FIELDS[backend]
 
 
@@ -288,7 +289,7 @@ def test_builtin_backends_key_by_the_fields_their_engine_reads():
     assert policy_key(embedded) != policy_key(embedded.model_copy(update={"kv_cells": 4096}))
     served = OpenAIPolicyConfig(model="m", base_url="http://h/v1")
     assert policy_key(served) != policy_key(served.model_copy(update={"request_timeout_s": 5.0}))
-    assert policy_key(served) == policy_key(served.model_copy(update={"max_step_tokens": 32, "top_p": 0.5}))
+    assert policy_key(served) == policy_key(served.model_copy(update={"n_ctx": 8192, "top_p": 0.5}))
 
 
 def test_eval_and_build_get_the_same_policy_and_judge_from_one_holder():

@@ -19,13 +19,16 @@ if TYPE_CHECKING:
 
 # Sampling settings (labelers.config.PolicySampling, shared by every backend) travel with each
 # GenerationRequest (labelers/policy/base.py); the rest of a backend's model is what make_policy
-# reads for it: two configs that agree on those get the same engine (one loaded model, one KV
-# cache, one HTTP client). So a holder of engines keys by the engine fields only
+# reads for it (all but keys marked NOT_READ): two configs that agree on those get the same
+# engine (one loaded model, one KV cache, one HTTP client). So a holder of engines keys by the engine fields only
 # (flows/resources.py) and never loads a model twice for a new temperature.
 # tests/test_flow_resources.py checks the split.
 SAMPLING_FIELDS: tuple[str, ...] = ("temperature", "top_p", "max_step_tokens", "max_solution_tokens", "stop_at_answer")
 ENGINE_FIELDS: dict[str, tuple[str, ...]] = {
-    backend: tuple(name for name in model.model_fields if name != "backend" and name not in SAMPLING_FIELDS)
+    backend: tuple(
+        name for name, field in model.model_fields.items()
+        if name != "backend" and name not in SAMPLING_FIELDS and (field.json_schema_extra or {}).get("engine", True)
+    )
     for backend, model in POLICY_MODELS.items()
 }
 
