@@ -252,7 +252,7 @@ def section_real(items: list[Item], seed: int, count: int, k: int, max_tokens: i
     try:
         import llama_cpp  # noqa: F401
 
-        from labelers.config import PolicyConfig
+        from labelers.config import EmbeddedPolicyConfig
         from labelers.policy.factory import make_policy
     except ImportError as error:
         print(f"\nReal model: skipped ({error})")
@@ -261,8 +261,8 @@ def section_real(items: list[Item], seed: int, count: int, k: int, max_tokens: i
     by_length = sorted(items, key=lambda i: (len(i.steps), i.problem.problem_id))
     chosen = ([i for i in by_length if i.label >= 0][: (count + 1) // 2]
               + [i for i in by_length if i.label < 0][: count // 2])
-    policy_config = PolicyConfig(backend="embedded", model="small", n_threads=threads, n_ctx=2048,
-                                 max_solution_tokens=max_tokens, max_step_tokens=80)
+    policy_config = EmbeddedPolicyConfig(model="small", n_threads=threads, n_ctx=2048,
+                                         max_solution_tokens=max_tokens, max_step_tokens=80)
     try:
         policy = make_policy(policy_config)
     except Exception as error:  # noqa: BLE001 - optional section

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from data_schemas.errors import ConfigError
-from labelers.config import BuildConfig
+from labelers.config import POLICY_MODELS, BuildConfig, fit_policy_keys
 
 PRESET_PACKAGE = "flows.presets"
 
@@ -101,12 +101,40 @@ def describe_validation_error(error: ValidationError) -> str:
     """One line per problem, led by the dotted key: ``config key search.rounds: Input should be ...``."""
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(root)"
-        if item["type"] == "extra_forbidden":
+        key = ".".join(_config_key(item["loc"])) or "(root)"
+        if item["type"] == "policy_backend":  # the policy union's tag names no backend
+            lines.append(f"config key {key}.backend: {item['msg']}")
+        elif item["type"] == "extra_forbidden":
             lines.append(f"config key {key}: unknown key")
         else:
             lines.append(f"config key {key}: {item['msg']}")
     return "; ".join(lines)
+
+
+def _config_key(loc: tuple[Any, ...]) -> list[str]:
+    """The dotted key of an error location, without the policy union's tag (``policy.embedded.n_ctx``
+    is ``policy.n_ctx``)."""
+    parts: list[str] = []
+    for part in loc:
+        if parts and parts[-1] == "policy" and part in POLICY_MODELS:
+            continue
+        parts.append(str(part))
+    return parts
+
+
+def fit_policy_sections(data: dict[str, Any], explicit: Mapping[str, Any]) -> None:
+    """Drop, in place, the policy keys of other backends than the chosen one (a preset's ``n_ctx``
+    under ``--backend openai``); one warning line names those ``explicit`` sets (config file,
+    flags, ``--set``), the preset's go silently."""
+    for path in (("policy",), ("judge", "policy")):
+        section: Any = data
+        given: Any = explicit
+        for key in path:
+            section = section.get(key) if isinstance(section, dict) else None
+            given = given.get(key) if isinstance(given, Mapping) else None
+        if isinstance(section, dict):
+            parent = data if len(path) == 1 else data[path[0]]
+            parent[path[-1]] = fit_policy_keys(section, set(given) if isinstance(given, Mapping) else set())
 
 
 def validate_config(data: Mapping[str, Any]) -> BuildConfig:
@@ -123,11 +151,15 @@ def config_from_parts(
 ) -> BuildConfig:
     """Preset < mapping (e.g. a parsed TOML file or deployment parameter) < ``key=value`` overrides."""
     data: dict[str, Any] = {}
+    explicit: dict[str, Any] = {}  # what the caller set, beside the preset
     if preset is not None:
         merge_into(data, parse_toml(preset_text(preset), f"preset {preset}"))
     merge_into(data, mapping or {})
+    merge_into(explicit, mapping or {})
     for assignment in overrides:
         set_dotted(data, *parse_override(assignment))
+        set_dotted(explicit, *parse_override(assignment))
+    fit_policy_sections(data, explicit)
     return validate_config(data)
 
 
@@ -143,14 +175,20 @@ def load_build_config(
     (the flag was not given). ``overrides`` are ``key=value`` strings from ``--set``.
     """
     data: dict[str, Any] = {}
+    explicit: dict[str, Any] = {}  # what the user set, beside the preset
     if preset is not None:
         merge_into(data, parse_toml(preset_text(preset), f"preset {preset}"))
     if config_file is not None:
-        merge_into(data, read_config_file(config_file))
+        from_file = read_config_file(config_file)
+        merge_into(data, from_file)
+        merge_into(explicit, from_file)
     for dotted, value in (flag_values or {}).items():
         if value is not None:
             set_dotted(data, dotted, value)
+            set_dotted(explicit, dotted, value)
     for assignment in overrides:
         dotted, value = parse_override(assignment)
         set_dotted(data, dotted, value)
+        set_dotted(explicit, dotted, value)
+    fit_policy_sections(data, explicit)
     return validate_config(data)

@@ -140,7 +140,10 @@ def test_holder_gives_the_judge_its_own_policy_from_the_same_factory():
     separate = plain.with_overrides({"judge.model": "j", "judge.backend": "openai", "judge.base_url": "http://x/v1"})
     held = holder.resources(separate, factory)
     assert held.judge is not None and held.judge is not held.policy
-    assert [(c.model, c.backend, c.base_url) for c in made] == [("better", "embedded", None), ("j", "openai", "http://x/v1")]
+    # base_url is a setting of the openai backend only
+    assert [(c.model, c.backend, getattr(c, "base_url", None)) for c in made] == [
+        ("better", "embedded", None), ("j", "openai", "http://x/v1"),
+    ]
     assert holder.resources(separate, factory).judge is held.judge  # held, not made again
     idle = separate.with_overrides({"judge.enabled": False, "judge.model": "idle-judge"})
     assert holder.resources(idle, factory).judge is None  # a judge that does not run loads no model
@@ -192,14 +195,20 @@ def test_sampling_settings_share_one_engine_and_engine_settings_do_not():
 
 
 def test_every_policy_field_is_either_engine_or_sampling():
-    """A new PolicyConfig field must be classified (labelers/policy/factory.py), or the holder
-    would either reload models for it or, worse, hand out an engine made with another value."""
-    from labelers.config import PolicyConfig
+    """A policy setting is a sampling setting (labelers.config.PolicySampling, shared by every backend,
+    travelling with each request) or an engine setting of its backend's model (what make_policy reads,
+    what the holder keys by): a new shared field must be declared sampling in
+    labelers/policy/factory.py, or the holder would hand out an engine made with another value."""
+    from labelers.config import NOT_READ, POLICY_MODELS, PolicySampling
     from labelers.policy.factory import ENGINE_FIELDS, SAMPLING_FIELDS
 
-    classified = {"backend", *SAMPLING_FIELDS, *(name for fields in ENGINE_FIELDS.values() for name in fields)}
-    assert set(PolicyConfig.model_fields) == classified
-    assert set(ENGINE_FIELDS) == set(PolicyConfig.model_fields["backend"].annotation.__args__)
+    assert set(PolicySampling.model_fields) == set(SAMPLING_FIELDS)
+    assert set(ENGINE_FIELDS) == set(POLICY_MODELS)
+    for backend, model in POLICY_MODELS.items():
+        assert model().backend == backend
+        unread = {name for name, field in model.model_fields.items() if field.json_schema_extra == NOT_READ}
+        assert set(model.model_fields) == {"backend", *SAMPLING_FIELDS, *ENGINE_FIELDS[backend], *unread}
+        assert "model" in ENGINE_FIELDS[backend]
 
 
 def test_least_recently_used_engine_is_closed_beyond_the_bound():
@@ -270,14 +279,15 @@ def test_an_evicted_engine_closes_the_lean_verifier_that_formalizes_with_it(monk
 
 def test_builtin_backends_key_by_the_fields_their_engine_reads():
     from flows.resources import policy_key
-    from labelers.config import PolicyConfig
+    from labelers.config import EmbeddedPolicyConfig, OpenAIPolicyConfig
 
-    embedded = PolicyConfig(backend="embedded", model="small")
-    # An HTTP timeout means nothing to an in-process model; the KV cache size does.
-    unrelated = {"request_timeout_s": 5.0, "temperature": 0.1}
+    embedded = EmbeddedPolicyConfig(model="small")
+    # Sampling settings mean nothing to the engine; the KV cache size does. (An HTTP timeout is
+    # no setting of an in-process model at all: the per-backend models leave it out.)
+    unrelated = {"temperature": 0.1, "max_solution_tokens": 64}
     assert policy_key(embedded) == policy_key(embedded.model_copy(update=unrelated))
     assert policy_key(embedded) != policy_key(embedded.model_copy(update={"kv_cells": 4096}))
-    served = PolicyConfig(backend="openai", model="m", base_url="http://h/v1")
+    served = OpenAIPolicyConfig(model="m", base_url="http://h/v1")
     assert policy_key(served) != policy_key(served.model_copy(update={"request_timeout_s": 5.0}))
     assert policy_key(served) == policy_key(served.model_copy(update={"n_ctx": 8192, "top_p": 0.5}))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from labelers.config import PolicyConfig
+from labelers.config import EmbeddedPolicyConfig
 from labelers.policy.base import ChatMessage, GenerationRequest, Policy
 from labelers.policy.embedded import EmbeddedPolicy, ModelPool, completion_seed, doctor_check
 from labelers.policy.factory import make_policy
@@ -107,8 +107,8 @@ def test_one_bad_request_does_not_lose_the_batch(policy: EmbeddedPolicy) -> None
 @pytest.mark.slow
 def test_factory_and_pool_load_the_model_once(pool: ModelPool) -> None:
     loaded = len(pool)
-    first = make_policy(PolicyConfig(model="small", n_ctx=1024), pool=pool)
-    second = make_policy(PolicyConfig(model="small", n_ctx=1024), pool=pool)
+    first = make_policy(EmbeddedPolicyConfig(model="small", n_ctx=1024), pool=pool)
+    second = make_policy(EmbeddedPolicyConfig(model="small", n_ctx=1024), pool=pool)
     assert isinstance(first, Policy) and isinstance(first, EmbeddedPolicy)
     assert first.model_id == "Qwen2.5-Coder-0.5B-Instruct-Q4_K_M"
     assert len(pool) == max(loaded, 1)

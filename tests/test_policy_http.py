@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from data_schemas.errors import ConfigError, PrmforgeError
-from labelers.config import PolicyConfig
+from labelers.config import OpenAIPolicyConfig
 from labelers.policy.base import GenerationRequest
 from labelers.policy.factory import make_policy
 from labelers.policy.openai_http import OpenAIHttpPolicy, ServerUnavailableError, chat_body, parse_chat_response
@@ -290,9 +290,8 @@ def test_per_choice_token_counts_are_used_when_sent() -> None:
 
 def test_factory_builds_http_policy_and_checks_base_url() -> None:
     with pytest.raises(ConfigError, match="needs policy.base_url"):
-        make_policy(PolicyConfig(backend="openai", model="m"))
-    policy = make_policy(PolicyConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1/",
-                                      max_concurrency=3))
+        make_policy(OpenAIPolicyConfig(model="m"))
+    policy = make_policy(OpenAIPolicyConfig(model="m", base_url="http://127.0.0.1:9/v1/", max_concurrency=3))
     assert isinstance(policy, OpenAIHttpPolicy) and policy.base_url == "http://127.0.0.1:9/v1"
     assert policy.model_id == "m"
     policy.close()

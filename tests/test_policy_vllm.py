@@ -9,7 +9,7 @@ import os
 import pytest
 
 from data_schemas.errors import PrmforgeError
-from labelers.config import PolicyConfig
+from labelers.config import VllmPolicyConfig
 from labelers.policy.base import GenerationRequest
 from labelers.policy.factory import make_policy
 from labelers.policy.prompts import STEP_STOP, assistant_prefix, solution_messages
@@ -31,7 +31,7 @@ def test_doctor_says_what_is_missing() -> None:
 @pytest.mark.skipif(HAS_VLLM, reason="vllm is installed here")
 def test_without_vllm_the_backend_is_a_clear_error() -> None:
     with pytest.raises(PrmforgeError, match=r"the vllm backend needs vllm .*pip install 'prmforge\[vllm\]'"):
-        make_policy(PolicyConfig(backend="vllm", model="Qwen/Qwen2.5-0.5B-Instruct"))
+        make_policy(VllmPolicyConfig(model="Qwen/Qwen2.5-0.5B-Instruct"))
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def vllm_policy():
         pytest.skip(f"no CUDA GPU: {found}")
     # A small instruct model; set PRMFORGE_VLLM_TEST_MODEL to a local path on offline machines.
     model = os.environ.get("PRMFORGE_VLLM_TEST_MODEL", "Qwen/Qwen2.5-0.5B-Instruct")
-    policy = make_policy(PolicyConfig(backend="vllm", model=model, gpu_memory_utilization=0.5, n_ctx=2048))
+    policy = make_policy(VllmPolicyConfig(model=model, gpu_memory_utilization=0.5, n_ctx=2048))
     yield policy
     policy.close()
 

@@ -10,24 +10,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from data_schemas.errors import ConfigError
-from labelers.config import PolicyConfig
+from labelers.config import POLICY_MODELS, PolicyConfig
 from labelers.policy.base import Policy
 
 if TYPE_CHECKING:
     from labelers.policy.embedded import ModelPool
 
 
-# The PolicyConfig fields make_policy reads for each backend: two configs that agree on them get
-# the same engine (one loaded model, one KV cache, one HTTP client). Sampling settings are not
-# among them: they travel with each GenerationRequest (labelers/policy/base.py), so a holder of
-# engines keys by these fields only (flows/resources.py) and never loads a model twice for a new
-# temperature. tests/test_flow_resources.py checks that every field is classified.
-ENGINE_FIELDS: dict[str, tuple[str, ...]] = {
-    "embedded": ("model", "n_ctx", "n_threads", "decode", "max_sequences", "kv_cells", "prompt_cache"),
-    "vllm": ("model", "n_ctx", "gpu_memory_utilization", "enable_prefix_caching"),
-    "openai": ("model", "base_url", "api_key", "max_concurrency", "request_timeout_s", "max_retries"),
-}
+# Sampling settings (labelers.config.PolicySampling, shared by every backend) travel with each
+# GenerationRequest (labelers/policy/base.py); the rest of a backend's model is what make_policy
+# reads for it (all but keys marked NOT_READ): two configs that agree on those get the same
+# engine (one loaded model, one KV cache, one HTTP client). So a holder of engines keys by the engine fields only
+# (flows/resources.py) and never loads a model twice for a new temperature.
+# tests/test_flow_resources.py checks the split.
 SAMPLING_FIELDS: tuple[str, ...] = ("temperature", "top_p", "max_step_tokens", "max_solution_tokens", "stop_at_answer")
+ENGINE_FIELDS: dict[str, tuple[str, ...]] = {
+    backend: tuple(
+        name for name, field in model.model_fields.items()
+        if name != "backend" and name not in SAMPLING_FIELDS and (field.json_schema_extra or {}).get("engine", True)
+    )
+    for backend, model in POLICY_MODELS.items()
+}
 
 
 def engine_fields(config: PolicyConfig) -> dict[str, object]:

@@ -38,14 +38,14 @@ OUT = DATA / "real_text" / "corpus.jsonl"
 def model_steps(n: int, model: str, seed: int) -> list[CorpusStep]:
     from data_schemas.problems import bundled_problems_path, load_problems
     from labelers.answers import answers_equal, extract_final_answer
-    from labelers.config import PolicyConfig
+    from labelers.config import EmbeddedPolicyConfig
     from labelers.policy.base import GenerationRequest
     from labelers.policy.factory import make_policy
     from labelers.policy.prompts import solution_messages
     from labelers.steps import split_steps
 
     problems = load_problems(bundled_problems_path()).problems[:n]
-    policy = make_policy(PolicyConfig(model=model))
+    policy = make_policy(EmbeddedPolicyConfig(model=model))
     try:
         requests = [GenerationRequest(solution_messages(p.question), max_tokens=512, temperature=0.0, seed=seed,
                                       tag=p.problem_id) for p in problems]
