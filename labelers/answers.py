@@ -357,22 +357,9 @@ def _sympy_equal(predicted: str, gold: str) -> bool:  # pragma: no cover - runs 
     local = {name: sympy.Symbol(name) for name in names}  # "S", "I", "E" stay plain symbols
     local.update({"sqrt": sympy.sqrt, "pi": sympy.pi, "oo": sympy.oo})
     transformations = standard_transformations + (implicit_multiplication_application, convert_xor)
-    a = parse_expr(
-        plain_pred,
-        local_dict=local,
-        global_dict={
-            "Integer": sympy.Integer, "Float": sympy.Float, "Rational": sympy.Rational, "Symbol": sympy.Symbol
-        },
-        transformations=transformations,
-    )
-    b = parse_expr(
-        plain_gold,
-        local_dict=local,
-        global_dict={
-            "Integer": sympy.Integer, "Float": sympy.Float, "Rational": sympy.Rational, "Symbol": sympy.Symbol
-        },
-        transformations=transformations,
-    )
+    constructors = {"Integer": sympy.Integer, "Float": sympy.Float, "Rational": sympy.Rational, "Symbol": sympy.Symbol}
+    a = parse_expr(plain_pred, local_dict=local, global_dict=dict(constructors), transformations=transformations)
+    b = parse_expr(plain_gold, local_dict=local, global_dict=dict(constructors), transformations=transformations)
     if not isinstance(a, sympy.Expr) or not isinstance(b, sympy.Expr):
         return False
     difference = a - b
