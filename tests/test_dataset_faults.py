@@ -87,6 +87,21 @@ def stop_claim(claim) -> None:
 # -- resume ------------------------------------------------------------------------------------
 
 
+def start_thread(name: str, work, results: dict) -> threading.Thread:
+    """Run ``work()`` in a started thread named ``name``; ``results["first"]`` gets its value or
+    the exception it raised (asserted on by the test, never lost in the thread)."""
+
+    def run() -> None:
+        try:
+            results["first"] = work()
+        except BaseException as error:  # noqa: BLE001 - reported by the test
+            results["first"] = error
+
+    thread = threading.Thread(target=run, name=name)
+    thread.start()
+    return thread
+
+
 def test_resume_of_a_complete_build_is_refused_and_changes_nothing(tmp_path: Path):
     root, problems = tmp_path / "data", tmp_path / "problems.jsonl"
     write_problems(problems, 0, 2)
@@ -159,15 +174,7 @@ def test_a_planner_stalled_past_the_old_lock_limit_keeps_its_lock(
 
     monkeypatch.setattr(flow_datasets, "live_claims", slow_claims)
     results: dict = {}
-
-    def first() -> None:
-        try:
-            results["first"] = plan_only(config, "planner-1")
-        except BaseException as error:  # noqa: BLE001 - reported below
-            results["first"] = error
-
-    thread = threading.Thread(target=first, name="planner-1")
-    thread.start()
+    thread = start_thread("planner-1", lambda: plan_only(config, "planner-1"), results)
     assert stalled.wait(30)
     try:
         second_plan, second_claim = plan_only(config, "planner-2")
@@ -310,15 +317,7 @@ def test_a_stalled_compaction_keeps_its_lock_and_its_generation(
 
     monkeypatch.setattr(compaction, "write_chunks_atomic", stalled_write)
     results: dict = {}
-
-    def first() -> None:
-        try:
-            results["first"] = compact_dataset(root, "nightly")
-        except BaseException as error:  # noqa: BLE001 - reported below
-            results["first"] = error
-
-    thread = threading.Thread(target=first, name="first-compaction")
-    thread.start()
+    thread = start_thread("first-compaction", lambda: compact_dataset(root, "nightly"), results)
     assert started.wait(30)
     offset[0] = 7 * 3600.0
     refusals, later = 0, []

@@ -363,7 +363,8 @@ def run_shared(
     if unknown:
         raise InputError(f"run_shared: {unknown[0]!r} is not a labeling-core signal")
     needs_mc = any(s in VALUE_SIGNALS for s in signals)
-    stepwise = [signal_named(s) for s in signals if s in pass_signals()]  # scored from their own columns
+    scored_alone = pass_signals()
+    stepwise = [signal_named(s) for s in signals if s in scored_alone]  # scored from their own columns
     if needs_mc:
         require_gold(records, next(s for s in signals if s in VALUE_SIGNALS))
         run_config = mc_config(config, HYBRID, mc_mode, k)
