@@ -27,8 +27,11 @@ log = logging.getLogger(__name__)
 
 # How a key counts towards the build's identity, declared on its field (``json_schema_extra``);
 # a key without a mark changes labels and counts in both hashes. hash_exclusions() reads the marks.
-HashRole = Literal["labels", "build", "none"]
+HashRole = Literal["labels", "when-set", "build", "none"]
 BUILD_ONLY: dict[str, Any] = {"hash": "build"}  # in config_hash, not labeling_hash (same labels)
+# A label-changing key added after datasets were built, whose default gives the rows they have:
+# hashed only when set to another value, so existing builds keep their identity.
+HASHED_WHEN_SET: dict[str, Any] = {"hash": "when-set"}
 NOT_HASHED: dict[str, Any] = {"hash": "none"}  # in neither (where output goes, orchestration)
 # A policy key the backend accepts but its engine does not read (labelers/policy/factory.py
 # ENGINE_FIELDS leaves it out, so it never keys a new model).
@@ -246,6 +249,13 @@ class SearchConfig(_Section):
     stop_after_negative: int = Field(default=3, ge=0, description="...and this many wrong ones exist.")
     mc_rollouts: int = Field(default=8, ge=1, description="k rollouts per prefix estimate.")
     mc_early_stop: int = Field(default=4, ge=0, description="Stop a prefix once the first m agree; 0 = off.")
+    mc_curtail: bool = Field(
+        default=False,
+        description="Stop a prefix's rollouts once its label is decided (c > fuse.mc_threshold * k): one rollout "
+        "first, the rest only when it misses. Labels are those of all k rollouts; mc_value becomes c of the "
+        "rollouts drawn (biased up), so leave it off for soft labels (docs/algorithms.md).",
+        json_schema_extra=HASHED_WHEN_SET,
+    )
     first_error_search: bool = Field(default=True, description="OmegaPRM binary search on wrong paths.")
     mc_correct_paths: bool = Field(
         default=False,
@@ -505,6 +515,11 @@ class BuildConfig(_Section):
                 payload["judge"].pop("policy")  # absent before judge.policy existed
             else:
                 payload["judge"]["policy"] = _without(flat_policy_payload(self.judge.policy), policy_exclude)
+        for name, section in self:
+            if isinstance(section, BaseModel) and isinstance(payload.get(name), dict):
+                for key, field in type(section).model_fields.items():
+                    if hash_role(field) == "when-set" and getattr(section, key) == field.default:
+                        payload[name].pop(key, None)
         if not self.judge_runs:
             # Without the judge, its settings are left out of the hashes, so builds without it keep
             # the hashes they had before the judge existed.

@@ -141,7 +141,7 @@ def mc_settings(config: BuildConfig) -> MCSettings:
     return MCSettings(
         build_seed=config.seed, rollouts=s.mc_rollouts, early_stop=s.mc_early_stop,
         max_tokens=p.max_solution_tokens, temperature=p.temperature, top_p=p.top_p,
-        stop_at_answer=p.stop_at_answer,
+        stop_at_answer=p.stop_at_answer, curtail=s.mc_curtail, label_threshold=config.fuse.mc_threshold,
     )
 
 

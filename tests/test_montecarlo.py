@@ -117,3 +117,72 @@ def test_confirm_zeros_pools_n_more_rollouts_in_one_call() -> None:
     assert len(policy.calls) == 1 and [r.n for r in policy.calls[0]] == [4, 4]
     assert all(r.tag.endswith("/3") for r in policy.calls[0])  # seed chunk 3: new draws, not chunk 1's again
     assert ledger.per_problem["p1"].rollouts == 8
+
+
+def test_wave_plan_curtailed_and_not() -> None:
+    from labelers.search.montecarlo import wave_plan
+
+    assert wave_plan(4, 0, curtail=False) == [(4, "1")]
+    assert wave_plan(8, 4, curtail=False) == [(4, "1"), (4, "2")]
+    assert wave_plan(4, 4, curtail=False) == [(4, "1")]  # m >= k: no adaptive stop
+    assert wave_plan(4, 0, curtail=True) == [(1, "c1"), (3, "c2")]
+    assert wave_plan(8, 4, curtail=True) == [(1, "c1"), (3, "c2"), (4, "c3")]
+    assert wave_plan(8, 1, curtail=True) == [(1, "c1"), (7, "c2")]
+    assert wave_plan(1, 0, curtail=True) == [(1, "c1")]
+
+
+def test_curtailed_prefix_stops_at_its_first_success_and_negatives_draw_all_k() -> None:
+    policy = _policy(p_correct=1.0)
+    ledger = Ledger()
+    settings = MCSettings(build_seed=7, rollouts=4, early_stop=0, curtail=True)
+    batch = estimate_prefixes([_job("clean", CORRECT[:1]), _job("wrong", WRONG[:1])], policy, settings, ledger,
+                              OutcomeJudge())
+    assert batch.estimates["clean"] == MCEstimate(1, 1, curtailed=True)
+    assert batch.estimates["wrong"] == MCEstimate(0, 4)
+    assert [[r.n for r in call] for call in policy.calls] == [[1, 1], [3]]
+    assert ledger.per_problem["p1"].rollouts == 5  # instead of 8
+
+
+def test_curtailing_keeps_the_label_of_all_k_rollouts_in_distribution() -> None:
+    """Positive rate of c > 0 from 300 prefixes with success rate 0.3, k = 4: both ~ 1 - 0.7^4 = 0.76;
+    curtailed rollouts ~ 1 + 3 * 0.7 = 3.1 per prefix instead of 4."""
+    jobs = [PrefixJob(f"j{i}", f"p{i}", QUESTION, "17", CORRECT[:1]) for i in range(300)]
+    rates, rollouts = {}, {}
+    for curtail in (False, True):
+        batch = estimate_prefixes(jobs, _policy(p_correct=0.3), MCSettings(build_seed=2, rollouts=4, early_stop=0,
+                                                                           curtail=curtail), Ledger(), OutcomeJudge())
+        rates[curtail] = sum(e.hard_label for e in batch.estimates.values()) / len(jobs)
+        rollouts[curtail] = sum(e.rollouts for e in batch.estimates.values()) / len(jobs)
+    assert abs(rates[True] - rates[False]) < 0.08 and abs(rates[False] - (1 - 0.7 ** 4)) < 0.08
+    assert rollouts[False] == 4 and 2.8 < rollouts[True] < 3.4
+
+
+def test_curtailing_with_a_threshold_waits_for_c_above_t_times_k() -> None:
+    """t = 0.5, k = 4: positive needs c > 2 -- three successes, not the first one."""
+    policy = _policy(p_correct=1.0)
+    settings = MCSettings(build_seed=7, rollouts=4, early_stop=0, curtail=True, label_threshold=0.5)
+    estimate = estimate_prefixes([_job("clean", CORRECT[:1])], policy, settings, Ledger(), OutcomeJudge()).estimates
+    assert estimate["clean"] == MCEstimate(4, 4)  # waves 1 + 3: c = 1 after the first does not decide
+
+
+def test_curtailed_value_is_biased_up_documented_failure() -> None:
+    """The cost of curtailing, pinned: a prefix of success rate 0.5 whose first rollout succeeds
+    gets the value 1/1 (soft labels want curtailing off); its label is right."""
+    values = []
+    for seed in range(40):
+        batch = estimate_prefixes([_job("a", CORRECT[:1])], _policy(p_correct=0.5),
+                                  MCSettings(build_seed=seed, rollouts=4, early_stop=0, curtail=True), Ledger(),
+                                  OutcomeJudge())
+        values.append(batch.estimates["a"].value)
+    assert values.count(1.0) >= 15  # ~ half the seeds stop at 1/1
+    assert sum(values) / len(values) > 0.6  # the plain estimate averages 0.5
+
+
+def test_curtailed_confirmation_stops_at_the_first_success() -> None:
+    policy = _policy(p_correct=1.0)
+    ledger = Ledger()
+    zeros = [(_job("a", CORRECT[:1]), MCEstimate(0, 4)), (_job("b", WRONG[:1]), MCEstimate(0, 4))]
+    batch = confirm_zeros(zeros, 4, policy, MCSettings(build_seed=7, curtail=True), ledger, OutcomeJudge())
+    assert batch.estimates == {"a": MCEstimate(1, 5, curtailed=True), "b": MCEstimate(0, 8)}
+    assert [[r.n for r in call] for call in policy.calls] == [[1, 1], [3]]
+    assert [r.tag.rsplit("/", 1)[1] for call in policy.calls for r in call] == ["3", "3", "3b"]

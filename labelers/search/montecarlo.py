@@ -13,6 +13,15 @@ is exact for the hard label when all m succeed (c > 0 either way); when all m fa
 could still have found a success: the probability of missing one is (1 - p)^(k - m) for a true
 success rate p, the (documented) bias of early stopping toward 0 on hard prefixes.
 
+**Curtailing** (``search.mc_curtail``): the label a consumer reads is ``c / k > t`` (t =
+``fuse.mc_threshold``, 0 by default; the first-error search reads ``c > 0``). Once ``c > t * k``
+it is positive whatever the undrawn rollouts give, so sampling stops there: rollouts are drawn in
+waves of 1, then up to m, then up to k (:func:`wave_plan`), and a prefix leaves after the wave
+that decides it. The label is the one all k rollouts would give on the same draws; only the
+value changes: c / drawn, biased up (1/1 after a first success), so soft labels want it off.
+Expected rollouts of a prefix with success rate p, k = 4, no adaptive stop:
+``1 + 3 (1 - p)`` instead of 4 (p = 0.8: 1.6). Negatives cost all k either way.
+
 **Confirmation** (:func:`confirm_zeros`): an estimate of 0 where a verifier proved the prefix's
 last step gets ``n`` more rollouts (seed chunk 3) and is replaced by the pooled estimate. A
 zero from k rollouts of a weak policy is the noisiest evidence the fusion acts on: from a
@@ -22,15 +31,16 @@ squares that.
 A prefix whose last step already gives a final answer needs no rollout: its value is exact,
 1/1 when the answer equals gold, 0/1 otherwise (``exact = True``).
 
-All prefixes of all problems of a round are sampled in one ``generate`` call (chunk 1), then
-the undecided ones in a second call (chunk 2), then the zeros to confirm in a third (chunk 3).
-Seeds: ``derive_seed(build_seed, problem_id, ("mc", prefix_hash, chunk))`` -- independent of the batch.
+All prefixes of all problems of a round are sampled in one ``generate`` call per wave (chunk 1,
+then the undecided ones in chunk 2; curtailed: chunks c1, c2, c3), then the zeros to confirm
+(chunk 3, curtailed 3 and 3b). Seeds: ``derive_seed(build_seed, problem_id, ("mc", prefix_hash,
+chunk))`` -- independent of the batch.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from labelers.answers import AnswerJudge, answers_equal, extract_final_answer
@@ -48,6 +58,7 @@ class MCEstimate:
     total: int
     early_stopped: bool = False
     exact: bool = False  # the prefix already ends in a final answer: value known without rollouts
+    curtailed: bool = False  # sampling stopped once the label was decided (value c / drawn, biased up)
 
     @property
     def value(self) -> float:
@@ -88,6 +99,8 @@ class MCSettings:
     top_p: float = 0.95
     answer_timeout_s: float = 5.0
     stop_at_answer: bool = True  # a rollout ends with the line that completes its answer
+    curtail: bool = False  # stop a prefix once its label is decided (module doc, "Curtailing")
+    label_threshold: float = 0.0  # fuse.mc_threshold: the label is c / k > this
 
 
 @dataclass
@@ -142,10 +155,66 @@ def _request(job: PrefixJob, settings: MCSettings, n: int, chunk: int) -> Genera
     )
 
 
+def wave_plan(rollouts: int, early_stop: int, curtail: bool) -> list[tuple[int, str]]:
+    """(rollouts, seed chunk) of each ``generate`` call that estimates a prefix, in order.
+
+    Without curtailing: ``[(m, "1"), (k - m, "2")]`` with adaptive k, else ``[(k, "1")]``.
+    Curtailed: one rollout first (most prefixes of a solution the policy can finish are decided
+    by it), then up to m, then up to k: ``[(1, "c1"), (m - 1, "c2"), (k - m, "c3")]``.
+    """
+    k = rollouts
+    m = early_stop if 0 < early_stop < k else 0
+    if not curtail:
+        return [(m, "1"), (k - m, "2")] if m else [(k, "1")]
+    sizes = [1] + ([m - 1] if m > 1 else []) + ([k - m] if m else [k - 1])
+    return [(size, f"c{wave}") for wave, size in enumerate((s for s in sizes if s > 0), 1)]
+
+
+def _sample_in_waves(
+    jobs: Sequence[PrefixJob], drawn: Mapping[str, tuple[int, int]], plan: Sequence[tuple[int, str]],
+    decide: Callable[[PrefixJob, int, int], MCEstimate | None], policy: Policy, settings: MCSettings, ledger: Ledger,
+    judge: OutcomeJudge, batch: MCBatch,
+) -> None:
+    """Sample ``jobs`` wave by wave (one batched ``generate`` per wave) until ``decide(job,
+    correct, total)`` gives an estimate; ``drawn`` holds counts drawn before the first wave. A job still
+    undecided after the last wave gets the plain estimate of what it drew."""
+    counts = dict(drawn)
+    pending = list(jobs)
+    for wave, (size, chunk) in enumerate(plan):
+        if not pending:
+            return
+        results = ledger.generate(
+            policy, [(job.account or job.problem_id, _request(job, settings, size, chunk)) for job in pending]
+        )
+        undecided: list[PrefixJob] = []
+        for job, result in zip(pending, results):
+            if result.error is not None:
+                batch.errors[job.key] = result.error
+                continue
+            correct, total = counts.get(job.key, (0, 0))
+            correct += sum(judge.reaches_gold(c.text, job.gold_answer) for c in result.completions)
+            total += len(result.completions)
+            counts[job.key] = (correct, total)
+            estimate = decide(job, correct, total)
+            if estimate is None and wave == len(plan) - 1:
+                estimate = MCEstimate(correct, total)
+            if estimate is None:
+                undecided.append(job)
+            else:
+                batch.estimates[job.key] = estimate
+        pending = undecided
+
+
+def _decided_positive(correct: int, planned: int, settings: MCSettings) -> bool:
+    """Curtailing: the label is positive whatever the remaining rollouts give (c > t * k, so also
+    c > 0, the first-error search's test)."""
+    return settings.curtail and correct > settings.label_threshold * planned
+
+
 def estimate_prefixes(
     jobs: Sequence[PrefixJob], policy: Policy, settings: MCSettings, ledger: Ledger, judge: OutcomeJudge
 ) -> MCBatch:
-    """MC estimates of all ``jobs`` in at most two batched ``generate`` calls (see module doc)."""
+    """MC estimates of all ``jobs``, one batched ``generate`` call per wave (see the module doc)."""
     batch = MCBatch()
     sampled: list[PrefixJob] = []
     for job in jobs:
@@ -154,37 +223,19 @@ def estimate_prefixes(
             batch.estimates[job.key] = MCEstimate(int(correct), 1, exact=True)
         else:
             sampled.append(job)
-    k, m = settings.rollouts, settings.early_stop
-    first = m if 0 < m < k else k
-    counts: dict[str, list[int]] = {}
-    results = ledger.generate(
-        policy, [(job.account or job.problem_id, _request(job, settings, first, 1)) for job in sampled]
-    )
-    undecided: list[PrefixJob] = []
-    for job, result in zip(sampled, results):
-        if result.error is not None:
-            batch.errors[job.key] = result.error
-            continue
-        correct = sum(judge.reaches_gold(c.text, job.gold_answer) for c in result.completions)
-        total = len(result.completions)
-        counts[job.key] = [correct, total]
-        if first < k and correct in (0, total):
-            batch.estimates[job.key] = MCEstimate(correct, total, early_stopped=True)
-        elif first < k:
-            undecided.append(job)
-        else:
-            batch.estimates[job.key] = MCEstimate(correct, total)
-    results = ledger.generate(
-        policy, [(job.account or job.problem_id, _request(job, settings, k - first, 2)) for job in undecided]
-    )
-    for job, result in zip(undecided, results):
-        if result.error is not None:
-            batch.errors[job.key] = result.error
-            continue
-        correct, total = counts[job.key]
-        correct += sum(judge.reaches_gold(c.text, job.gold_answer) for c in result.completions)
-        total += len(result.completions)
-        batch.estimates[job.key] = MCEstimate(correct, total)
+    k = settings.rollouts
+    m = settings.early_stop if 0 < settings.early_stop < k else 0
+
+    def decide(job: PrefixJob, correct: int, total: int) -> MCEstimate | None:
+        if total >= k:
+            return MCEstimate(correct, total)
+        if _decided_positive(correct, k, settings):
+            return MCEstimate(correct, total, curtailed=True)
+        if m and total == m and correct in (0, total):
+            return MCEstimate(correct, total, early_stopped=True)
+        return None
+
+    _sample_in_waves(sampled, {}, wave_plan(k, m, settings.curtail), decide, policy, settings, ledger, judge, batch)
     zeros = [(job, batch.estimates[job.key]) for job in sampled
              if job.confirm_zero and job.key in batch.estimates and batch.estimates[job.key].correct == 0]
     if zeros:
@@ -200,16 +251,20 @@ def confirm_zeros(
     zeros: Sequence[tuple[PrefixJob, MCEstimate]], n: int, policy: Policy, settings: MCSettings, ledger: Ledger,
     judge: OutcomeJudge,
 ) -> MCBatch:
-    """``n`` more rollouts from each prefix estimated at 0 (one batched call, seed chunk 3); the
-    pooled estimates (correct, total + n), by job key (see the module doc)."""
+    """Up to ``n`` more rollouts from each prefix estimated at 0 (seed chunk 3), pooled with the
+    zero's: (correct, total + n), by job key (see the module doc). Curtailed: one rollout first,
+    the other n - 1 only when it misses."""
     batch = MCBatch()
-    results = ledger.generate(
-        policy, [(job.account or job.problem_id, _request(job, settings, n, 3)) for job, _ in zeros]
-    )
-    for (job, estimate), result in zip(zeros, results):
-        if result.error is not None:
-            batch.errors[job.key] = result.error
-            continue
-        correct = estimate.correct + sum(judge.reaches_gold(c.text, job.gold_answer) for c in result.completions)
-        batch.estimates[job.key] = MCEstimate(correct, estimate.total + len(result.completions))
+    planned = {job.key: estimate.total + n for job, estimate in zeros}
+    plan = [(1, "3"), (n - 1, "3b")] if settings.curtail and n > 1 else [(n, "3")]
+
+    def decide(job: PrefixJob, correct: int, total: int) -> MCEstimate | None:
+        if total >= planned[job.key]:
+            return MCEstimate(correct, total)
+        if _decided_positive(correct, planned[job.key], settings):
+            return MCEstimate(correct, total, curtailed=True)
+        return None
+
+    drawn = {job.key: (estimate.correct, estimate.total) for job, estimate in zeros}
+    _sample_in_waves([job for job, _ in zeros], drawn, plan, decide, policy, settings, ledger, judge, batch)
     return batch
