@@ -27,11 +27,16 @@ log = logging.getLogger(__name__)
 
 # How a key counts towards the build's identity, declared on its field (``json_schema_extra``);
 # a key without a mark changes labels and counts in both hashes. hash_exclusions() reads the marks.
-HashRole = Literal["labels", "when-set", "build", "none"]
+HashRole = Literal["labels", "unless", "build", "none"]
 BUILD_ONLY: dict[str, Any] = {"hash": "build"}  # in config_hash, not labeling_hash (same labels)
-# A label-changing key added after datasets were built, whose default gives the rows they have:
-# hashed only when set to another value, so existing builds keep their identity.
-HASHED_WHEN_SET: dict[str, Any] = {"hash": "when-set"}
+
+
+def hashed_unless(earlier: Any) -> dict[str, Any]:
+    """Mark of a label-changing key added after datasets were built: hashed unless it holds
+    ``earlier``, the value that gives the rows built before the key existed, so a config at that
+    value keeps its identity."""
+    return {"hash": "unless", "unless": earlier}
+
 NOT_HASHED: dict[str, Any] = {"hash": "none"}  # in neither (where output goes, orchestration)
 # A policy key the backend accepts but its engine does not read (labelers/policy/factory.py
 # ENGINE_FIELDS leaves it out, so it never keys a new model).
@@ -254,7 +259,7 @@ class SearchConfig(_Section):
         description="Stop a prefix's rollouts once its label is decided (c > fuse.mc_threshold * k): one rollout "
         "first, the rest only when it misses. Labels are those of all k rollouts; mc_value becomes c of the "
         "rollouts drawn (biased up), so leave it off for soft labels (docs/algorithms.md).",
-        json_schema_extra=HASHED_WHEN_SET,
+        json_schema_extra=hashed_unless(False),
     )
     first_error_search: bool = Field(default=True, description="OmegaPRM binary search on wrong paths.")
     mc_correct_paths: bool = Field(
@@ -518,7 +523,8 @@ class BuildConfig(_Section):
         for name, section in self:
             if isinstance(section, BaseModel) and isinstance(payload.get(name), dict):
                 for key, field in type(section).model_fields.items():
-                    if hash_role(field) == "when-set" and getattr(section, key) == field.default:
+                    extra = field.json_schema_extra
+                    if hash_role(field) == "unless" and getattr(section, key) == extra["unless"]:  # type: ignore[index]
                         payload[name].pop(key, None)
         if not self.judge_runs:
             # Without the judge, its settings are left out of the hashes, so builds without it keep

@@ -26,11 +26,11 @@ and the models disagree. A build's configuration is one TOML file (or a preset,
 winning (flows/config_load.py). Unknown keys are errors.
 
 The identity column says how a key counts towards the build's hashes (docs/operations.md):
-**labels**: in `config_hash` and `labeling_hash` (a change relabels); **build**: in `config_hash`
-only (where or how it runs, not what it labels); **labels if set**: as labels, but only when set
-to another value than its default (a key added after datasets were built, whose default gives
-the rows they have); **no**: in neither (where output goes, orchestration). The `[judge]`
-section and `fuse.judge` count only when the judge runs.
+**labels**: in `config_hash` and `labeling_hash` (a change relabels); **labels unless V**: as
+labels, except at the value V that gives the rows built before the key existed (those builds keep
+their identity); **build**: in `config_hash` only (where or how it runs, not what it labels);
+**no**: in neither (where output goes, orchestration). The `[judge]` section and `fuse.judge`
+count only when the judge runs.
 """
 
 POLICY_INTRO = """The policy is one model per `backend`: the sampling settings below, which every backend
@@ -41,7 +41,7 @@ over a preset written for the embedded backend. Keys of no backend are errors. T
 every key of every backend, those of other backends at their defaults.
 """
 
-ROLES = {"labels": "labels", "when-set": "labels if set", "build": "build", "none": "no"}
+ROLES = {"labels": "labels", "unless": "labels unless", "build": "build", "none": "no"}
 
 
 def type_name(annotation: Any) -> str:
@@ -84,8 +84,10 @@ def table(model: type[BaseModel], names: list[str] | None = None, section_role: 
         if names is not None and name not in names:
             continue
         meaning = (field.description or "").replace("|", "\\|").replace("\n", " ")
-        roles = ("labels", "when-set", "build", "none")
+        roles = ("labels", "unless", "build", "none")
         role = ROLES[max(hash_role(field), section_role, key=roles.index)]
+        if role == ROLES["unless"]:
+            role += f" `{json.dumps(field.json_schema_extra['unless'])}`"  # type: ignore[index]
         rows.append(f"| `{name}` | {type_name(field.annotation)} | {default_text(field)} | {role} | {meaning} |\n")
     return "".join(rows)
 

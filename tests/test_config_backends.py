@@ -204,3 +204,13 @@ def test_a_flat_policy_of_an_old_manifest_loads_quietly_with_its_hashes(caplog):
     ]
     plain = BuildConfig().with_overrides({"policy.backend": "openai", "policy.base_url": "http://h/v1"})
     assert config.config_hash() == plain.config_hash()
+
+
+def test_a_key_added_later_counts_only_when_set():
+    """search.mc_curtail came after datasets were built: at the value that gives their rows it
+    leaves the identities alone; set to the other value it relabels."""
+    config = config_from_parts(None, None, [])
+    pinned = PINNED["default"][2:]
+    assert (config.config_hash(), config.labeling_hash()) == pinned
+    flipped = config.with_overrides({"search.mc_curtail": not config.search.mc_curtail})
+    assert flipped.config_hash() != pinned[0] and flipped.labeling_hash() != pinned[1]
