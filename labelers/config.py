@@ -279,6 +279,12 @@ class SearchConfig(_Section):
         description="Hybrid rule: a prefix estimated at 0 whose last step the tool or Lean verified gets "
         "mc_rollouts more rollouts before the zero overrules the verifier (docs/algorithms.md).",
     )
+    mc_confirm_every_zero: bool = Field(
+        default=False,
+        description="Hybrid rule: every prefix estimated at 0 gets mc_rollouts more rollouts, not only one after a "
+        "verified step (a zero from k rollouts of a weak policy is often the policy's, not the step's).",
+        json_schema_extra=hashed_unless(False),
+    )
     max_paths_per_problem: int = Field(default=6, ge=1, description="Labeled paths kept per problem.")
 
 

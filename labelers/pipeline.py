@@ -269,7 +269,9 @@ def _estimate_paths(
 
     # Hybrid: where MC finds 0 after a verified step, the two disagree and MC's zero would
     # overrule the verifier (rule 3): confirm it with more rollouts first.
-    confirm = config.fuse.rule == "hybrid" and config.search.mc_confirm_verified_zero
+    hybrid = config.fuse.rule == "hybrid"
+    confirm_verified = hybrid and config.search.mc_confirm_verified_zero
+    confirm_every = hybrid and config.search.mc_confirm_every_zero
 
     def job(state_path: tuple[_State, _Path, int], step_index: int) -> PrefixJob:
         state, path, path_no = state_path
@@ -279,7 +281,7 @@ def _estimate_paths(
         key = f"{account}:{node.prefix_hash}"
         leans = path.results.get("lean", [])
         lean = leans[step_index] if step_index < len(leans) else None
-        confirm_zero = confirm and verifier_decision(node.tool_check, lean) is True
+        confirm_zero = confirm_every or (confirm_verified and verifier_decision(node.tool_check, lean) is True)
         return PrefixJob(key, pid, state.problem.question, state.problem.gold_answer, node.steps, account, confirm_zero)
 
     def estimate(jobs: list[PrefixJob]) -> MCBatch:

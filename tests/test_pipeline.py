@@ -302,6 +302,23 @@ def test_hybrid_confirms_an_mc_zero_after_a_verified_step(gsm8k_rows, tool) -> N
     assert overruled[True] < overruled[False]
 
 
+def test_hybrid_confirms_every_zero_only_when_asked(gsm8k_rows, tool) -> None:
+    """search.mc_confirm_every_zero: a zero after a step no verifier decided gets k more rollouts
+    too (off: only zeros after verified steps do). The step here is one the scripted policy cannot
+    continue, so the zero is true and stays 0 of 2k: the cost of the rule on real errors."""
+    rows = gsm8k_rows[:4]
+    scripted = _scripted(rows, p_correct=1.0, step_error_rate=0.0, recovery_rate=0.0)
+    solutions = [["Let us read the question again carefully."] for _ in rows]
+    k = 4
+    for every in (False, True):
+        config = CONFIG.with_overrides({"search.first_error_search": False, "search.mc_early_stop": 0,
+                                        "search.mc_rollouts": k, "search.mc_confirm_every_zero": every})
+        result = label_given_solutions(_problems(scripted), solutions, config, ScriptedPolicy(scripted), tool, None)
+        assert len(result.steps) == len(rows)
+        assert all(r.tool_verdict != "correct" for r in result.steps)
+        assert [(r.mc_correct, r.mc_total) for r in result.steps] == [(0, 2 * k if every else k)] * len(rows)
+
+
 def test_hybrid_lets_a_zero_at_step_0_yield_to_a_later_disproved_step(gsm8k_rows, tool) -> None:
     """A policy that never reaches gold (too hard for it): binary search finds its first zero at
     step 0 of every wrong solution. With a slip the tool disproves later, that zero is no measured

@@ -51,15 +51,20 @@ class VariantRow:
 
 def stored_results(payloads: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
     """Stored results by key ``signal`` or ``signal:mode`` (``mc:binary``, ``answer:last``); a
-    hybrid run with confirmation off (``config`` of the payload) is ``hybrid:MODE:noconfirm``.
-    A later payload's result of the same key replaces an earlier one."""
+    hybrid run with confirmation off (``config`` of the payload) is ``hybrid:MODE:noconfirm``, one
+    that confirms every zero ``hybrid:MODE:everyzero``. A later payload's result of the same key
+    replaces an earlier one."""
     found: dict[str, Mapping[str, Any]] = {}
     for payload in payloads:
-        confirm = payload.get("config", {}).get("search", {}).get("mc_confirm_verified_zero", True)
+        search = payload.get("config", {}).get("search", {})
+        confirm = search.get("mc_confirm_verified_zero", True)
+        every_zero = search.get("mc_confirm_every_zero", False)
         for result in payload.get("results", []):
             mode = result.get("mc_mode")
             key = f"{result['signal']}:{mode}" if mode else result["signal"]
-            if result["signal"] == "hybrid" and not confirm:
+            if result["signal"] == "hybrid" and every_zero:
+                key += ":everyzero"
+            elif result["signal"] == "hybrid" and not confirm:
                 key += ":noconfirm"
             found[key] = result
     return found
@@ -122,6 +127,9 @@ def variant_rows(
             add("hybrid, no path rule", refused(hybrid, "hybrid", no_path_rule), hybrid, "re-fused")
             for name, overrides in (extra or {}).items():
                 add(name, refused(hybrid, "hybrid", base.model_copy(update=dict(overrides))), hybrid, "re-fused")
+    every_zero = results.get("hybrid:binary:everyzero")
+    if every_zero is not None:
+        add("hybrid, every zero confirmed", predictions_of(every_zero), every_zero, "as run")
     if no_confirm is not None:
         add("hybrid, no confirmation", predictions_of(no_confirm), no_confirm, "as run")
     elif mc is not None and mc.get("signals"):

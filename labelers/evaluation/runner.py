@@ -333,7 +333,8 @@ def fuse_stored(stored: dict[str, Any], rule: str, fuse_config: Any) -> list[boo
 def hybrid_has_own_pass(signals: Sequence[str], config: BuildConfig) -> bool:
     """Whether :func:`run_shared` labels ``hybrid`` in a pass of its own: when ``mc`` is asked
     too and the hybrid samples with the tool's help (it confirms MC zeros after verified steps)."""
-    return "mc" in signals and "hybrid" in signals and config.search.mc_confirm_verified_zero
+    confirms = config.search.mc_confirm_verified_zero or config.search.mc_confirm_every_zero
+    return "mc" in signals and "hybrid" in signals and confirms
 
 
 def run_shared(
@@ -388,7 +389,8 @@ def run_shared(
             by_signal = {run.signal: run for run in [*runs, hybrid]}
             return [by_signal[s] for s in signals]
         run_config = run_config.with_overrides({"search.skip_mc_after_disproved": False,
-                                                "search.mc_confirm_verified_zero": False})
+                                                "search.mc_confirm_verified_zero": False,
+                                                "search.mc_confirm_every_zero": False})
     started = time.perf_counter()
     cpu_started = cpu_seconds()
     problems = _given_problems(records)
