@@ -27,6 +27,7 @@ from rich.table import Table
 
 from data_schemas.errors import InputError, PrmforgeError
 from flows.resources import ConfigResources, ResourceHolder
+from labelers.evaluation.journal import ChunkJournal
 from labelers.evaluation.replay import ReplayPolicy
 
 eval_app = typer.Typer(help="Measure label quality: error-injection sets, ProcessBench scores.", no_args_is_help=True)
@@ -296,8 +297,9 @@ def run(
     k: int | None = K_OPTION,
     limit: int | None = LIMIT_OPTION,
     seed: int | None = SEED_OPTION,
-    out: Path | None = typer.Option(None, "--out", help="Write the scores, costs and per-record failures as JSON.",
-                                    dir_okay=False),
+    out: Path | None = typer.Option(None, "--out", dir_okay=False, help=(
+        "Write the scores, costs and per-record failures as JSON. Labeled chunks are kept in OUT.partial meanwhile: "
+        "the same command run again after an interruption labels only what is missing.")),
     prm: Path | None = PRM_OPTION,
     threshold: float = THRESHOLD_OPTION,
     gold: Path | None = GOLD_OPTION,
@@ -324,7 +326,8 @@ def compare(
     k: int | None = K_OPTION,
     limit: int | None = LIMIT_OPTION,
     seed: int | None = SEED_OPTION,
-    out: Path | None = typer.Option(None, "--out", help="Write all results as JSON.", dir_okay=False),
+    out: Path | None = typer.Option(None, "--out", dir_okay=False, help=(
+        "Write all results as JSON (an interrupted run resumes from OUT.partial, as eval run).")),
     prm: Path | None = PRM_OPTION,
     threshold: float = THRESHOLD_OPTION,
     gold: Path | None = GOLD_OPTION,
@@ -358,11 +361,20 @@ def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file
     # The holder builds use too (flows/resources.py): eval and build get the same policy and judge.
     resources = _EvalResources(ResourceHolder().for_config(config, prm_dir=prm))
     watch = _PassLines(resources)
+    journal = ChunkJournal(out.with_name(out.name + ".partial")) if out is not None else None
+    if journal is not None and journal.held:
+        typer.echo(f"resuming: {journal.path} holds {journal.held} labeled chunk(s); those asked again are not "
+                   "labeled again", err=True)
     try:
         results = run_signals(with_gold if needs_gold else records, signals, config, mc_mode, k, resources, watch,
-                              threshold, chunk)
-        apart = run_signals(without_gold, gold_free, config, mc_mode, k, resources, watch, threshold, chunk) \
-            if needs_gold and without_gold and gold_free else []
+                              threshold, chunk, journal)
+        apart = run_signals(without_gold, gold_free, config, mc_mode, k, resources, watch, threshold, chunk,
+                            journal) if needs_gold and without_gold and gold_free else []
+    except KeyboardInterrupt:
+        kept = f": {journal.path} keeps {journal.held} labeled chunk(s), the same command resumes from them" \
+            if journal is not None else " (with --out, a rerun would resume instead of starting over)"
+        typer.echo(f"interrupted{kept}", err=True)
+        raise typer.Exit(130) from None
     finally:
         resources.close()
     # The table has 16 columns: never squeeze it below a readable width (pipes, CI logs).
@@ -400,7 +412,10 @@ def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file
             payload["results_without_gold"] = [r.to_json() for r in apart]
             payload["records_without_gold"] = len(without_gold)
         _write_json(out, payload)
-        console.print(f"wrote {out}")
+        console.print(f"wrote {out}" + (f" ({journal.resumed} chunk(s) taken from the interrupted run)"
+                                        if journal is not None and journal.resumed else ""))
+        if journal is not None:
+            journal.remove()
 
 
 @eval_app.command("rescore")

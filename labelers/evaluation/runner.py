@@ -42,6 +42,7 @@ from typing import Any, Protocol
 
 from data_schemas.errors import InputError, PrmforgeError
 from labelers.config import BuildConfig
+from labelers.evaluation.journal import ChunkJournal, LabeledChunk, chunk_key
 from labelers.evaluation.processbench import BenchRecord, Prediction, Score, score
 from labelers.policy.base import Policy, TokenUsage
 from labelers.policy.usage import CostProfile, cpu_seconds
@@ -349,6 +350,7 @@ def run_shared(
     step_judge: Policy | None = None,
     chunk_size: int = 8,
     on_solutions: Callable[[int, int], None] | None = None,
+    journal: ChunkJournal | None = None,
 ) -> list[SignalRun]:
     """``mc`` / ``hybrid`` / ``judge`` (any of :func:`pass_signals`) labels of the same records from
     ONE pass of the labeling core (rollouts in ``mc_mode`` only when ``mc`` or ``hybrid`` is asked;
@@ -357,7 +359,8 @@ def run_shared(
     (shared, noted).
 
     The records are labeled ``chunk_size`` at a time; ``on_solutions(done, total)`` is called
-    after each chunk (progress)."""
+    after each chunk (progress). With a ``journal`` each labeled chunk is kept on disk and a chunk
+    it already holds is not labeled again (labelers/evaluation/journal.py)."""
     from labelers import pipeline
 
     unknown = [s for s in signals if s not in (*VALUE_SIGNALS, *pass_signals())]
@@ -383,9 +386,9 @@ def run_shared(
         if hybrid_has_own_pass(signals, config):
             rest = [s for s in signals if s != "hybrid"]
             runs = run_shared(records, rest, config, policy, tool, lean, mc_mode, k, step_judge, chunk_size,
-                              on_solutions)
+                              on_solutions, journal)
             [hybrid] = run_shared(records, ["hybrid"], config, policy, tool, lean, mc_mode, k, step_judge, chunk_size,
-                                  on_solutions)
+                                  on_solutions, journal)
             by_signal = {run.signal: run for run in [*runs, hybrid]}
             return [by_signal[s] for s in signals]
         run_config = run_config.with_overrides({"search.skip_mc_after_disproved": False,
@@ -398,23 +401,36 @@ def run_shared(
     by_problem: dict[str, list[Any]] = {}
     outcomes: dict[str, Any] = {}
     usage = TokenUsage()
+    earlier_wall = earlier_cpu = 0.0  # of chunks an interrupted run labeled (journal)
+    config_hash = run_config.config_hash()
     # In chunks, so a pass over a real set can say how far it is: every request carries its own
     # seed (never the batch's), so the labels are the same as from one call over all records.
     for start in range(0, len(records), chunk_size):
         chunk = slice(start, start + chunk_size)
-        result = pipeline.label_given_solutions(
-            problems[chunk], [[list(r.steps)] for r in records[chunk]], run_config, policy, use_tool, lean,
-            build_id="eval", step_judge=step_judge,
-        )
-        for row in result.steps:
+        key = chunk_key(signals, mc_mode, config_hash, records[chunk])
+        labeled = journal.get(key) if journal is not None else None
+        if labeled is None:
+            chunk_started, chunk_cpu = time.perf_counter(), cpu_seconds()
+            result = pipeline.label_given_solutions(
+                problems[chunk], [[list(r.steps)] for r in records[chunk]], run_config, policy, use_tool, lean,
+                build_id="eval", step_judge=step_judge,
+            )
+            labeled = LabeledChunk(result.steps, result.outcomes, result.usage, time.perf_counter() - chunk_started,
+                                   cpu_seconds() - chunk_cpu)
+            if journal is not None:
+                journal.put(key, labeled)
+        else:
+            earlier_wall += labeled.wall_seconds
+            earlier_cpu += labeled.cpu_seconds
+        for row in labeled.rows:
             by_problem.setdefault(row.problem_id, []).append(row)
-        outcomes.update((o.problem_id, o) for o in result.outcomes)
-        usage.add(result.usage)
+        outcomes.update((o.problem_id, o) for o in labeled.outcomes)
+        usage.add(labeled.usage)
         if on_solutions is not None:
             on_solutions(min(start + chunk_size, len(records)), len(records))
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started + earlier_wall
     profile = CostProfile.of(usage, solutions=len(records), rollouts=sum(o.rollouts for o in outcomes.values()),
-                             wall_seconds=seconds, cpu_seconds=cpu_seconds() - cpu_started)
+                             wall_seconds=seconds, cpu_seconds=cpu_seconds() - cpu_started + earlier_cpu)
     judge_model = getattr(step_judge or policy, "model_id", None)
     runs = []
     for signal in signals:
@@ -512,7 +528,7 @@ def _run_alone(signal: str, mode: str | None, records: Sequence[BenchRecord], re
 
 def run_signals(records: Sequence[BenchRecord], signals: Sequence[tuple[str, str | None]], config: BuildConfig,
                 default_mode: str, k: int | None, resources: EvalResources, watch: PassWatch,
-                threshold: float = 0.5, chunk: int = 8) -> list[SignalResult]:
+                threshold: float = 0.5, chunk: int = 8, journal: ChunkJournal | None = None) -> list[SignalResult]:
     """Results of ``signals`` (name, mode) on ``records``, in the order asked.
 
     Passes: the value signals (``mc``, ``hybrid``) share one labeling pass per MC mode (mode:
@@ -539,7 +555,7 @@ def run_signals(records: Sequence[BenchRecord], signals: Sequence[tuple[str, str
         watch.say(f"labeling pass {index + 1} of {len(modes)} ({mode}: {shown}) over {len(records)} solutions ...")
         started = time.perf_counter()
         shared = _watched_pass(records, names, config, resources, watch, f"pass {index + 1} of {len(modes)} ({mode})",
-                               chunk, mc_mode=mode, k=k)
+                               chunk, mc_mode=mode, k=k, journal=journal)
         watch.say(f"labeling pass {index + 1} of {len(modes)} done in {time.perf_counter() - started:.0f} s")
         for (signal, asked_mode), run in zip(group, shared, strict=False):
             runs[(signal, asked_mode)] = run
@@ -549,7 +565,8 @@ def run_signals(records: Sequence[BenchRecord], signals: Sequence[tuple[str, str
         steps = sum(len(r.steps) for r in records)
         doing = "judging" if stepwise == ["judge"] else f"labeling ({', '.join(stepwise)})"
         watch.say(f"{doing} the {steps} steps of {len(records)} solutions ...")
-        shared = _watched_pass(records, stepwise, config, resources, watch, " + ".join(stepwise), chunk)
+        shared = _watched_pass(records, stepwise, config, resources, watch, " + ".join(stepwise), chunk,
+                               journal=journal)
         runs.update(((signal, None), run) for signal, run in zip(stepwise, shared, strict=True))
     results = []
     for signal, mode in signals:
@@ -560,13 +577,13 @@ def run_signals(records: Sequence[BenchRecord], signals: Sequence[tuple[str, str
 
 def _watched_pass(records: Sequence[BenchRecord], names: Sequence[str], config: BuildConfig, resources: EvalResources,
                   watch: PassWatch, label: str, chunk: int, mc_mode: str = "per-step",
-                  k: int | None = None) -> list[SignalRun]:
+                  k: int | None = None, journal: ChunkJournal | None = None) -> list[SignalRun]:
     """One :func:`run_shared` pass, shown by ``watch``."""
     watch.open_pass(label, len(records))
     policy, step_judge = resources.policy(), resources.step_judge()
     on_solutions = watch.start_pass()
     try:
         return run_shared(records, names, config, policy, resources.tool(), None, mc_mode=mc_mode, k=k,
-                          step_judge=step_judge, on_solutions=on_solutions, chunk_size=chunk)
+                          step_judge=step_judge, on_solutions=on_solutions, chunk_size=chunk, journal=journal)
     finally:
         watch.close_pass()

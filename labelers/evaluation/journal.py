@@ -1,0 +1,117 @@
+"""What an eval run has labeled so far, kept on disk so an interrupted run picks up where it stopped.
+
+A labeling pass over a real set takes an hour or more on a CPU. ``eval run --out FILE`` appends
+every labeled chunk (its step rows, outcomes, token usage and clock) to ``FILE.partial`` as one
+JSON line, written and fsynced before the next chunk starts; the same command run again reads it
+and labels only the chunks it does not hold. The file goes once FILE is written.
+
+A chunk is found by its key (:func:`chunk_key`): the pass's signals, MC mode, config hash (seed,
+model, k and every label-changing setting) and the chunk's records (id, problem, steps, gold). A
+line whose key nothing asks for again -- another input, another config -- is ignored, so a
+rerun with other arguments never takes labels it did not ask for. A line cut off by a crash
+mid-write is skipped (that chunk is labeled again).
+
+Resumed labels equal an uninterrupted run's where the backend is batch-invariant (the scripted
+policy, vLLM with fixed seeds); llama.cpp's batched decode is not bit-for-bit, so a resumed
+chunk's rollouts can differ in text from the ones a single run would have drawn, as chunking does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from data_schemas.errors import PrmforgeError
+from data_schemas.records import ProblemOutcome, StepRow
+from labelers.policy.base import TokenUsage
+
+
+@dataclass(frozen=True)
+class LabeledChunk:
+    """One chunk of a labeling pass, as the pass needs it to score and cost its records."""
+
+    rows: list[StepRow]
+    outcomes: list[ProblemOutcome]
+    usage: TokenUsage
+    wall_seconds: float
+    cpu_seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rows": [dataclasses.asdict(row) for row in self.rows],
+            "outcomes": [dataclasses.asdict(outcome) for outcome in self.outcomes],
+            "usage": dataclasses.asdict(self.usage),
+            "wall_seconds": self.wall_seconds,
+            "cpu_seconds": self.cpu_seconds,
+        }
+
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> LabeledChunk:
+        return cls(
+            [StepRow(**row) for row in entry["rows"]],
+            [ProblemOutcome(**outcome) for outcome in entry["outcomes"]],
+            TokenUsage(**entry["usage"]),
+            float(entry["wall_seconds"]),
+            float(entry["cpu_seconds"]),
+        )
+
+
+def chunk_key(signals: Sequence[str], mc_mode: str, config_hash: str, records: Sequence[Any]) -> str:
+    """Identity of one chunk of one pass (module doc)."""
+    payload = [list(signals), mc_mode, config_hash,
+               [[r.id, r.problem, list(r.steps), r.gold_answer] for r in records]]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+class ChunkJournal:
+    """The labeled chunks of one eval run's output file (module doc)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._entries: dict[str, dict[str, Any]] = {}
+        self.resumed = 0  # chunks taken from the file instead of labeled again
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                    self._entries[entry["key"]] = entry["chunk"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # cut off by a crash mid-write: that chunk is labeled again
+
+    @property
+    def held(self) -> int:
+        """Chunks the file held when it was opened (or written since)."""
+        return len(self._entries)
+
+    def get(self, key: str) -> LabeledChunk | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        try:
+            chunk = LabeledChunk.from_json(entry)
+        except (KeyError, TypeError, ValueError):
+            return None  # written by another prmforge version: label it again
+        self.resumed += 1
+        return chunk
+
+    def put(self, key: str, chunk: LabeledChunk) -> None:
+        payload = chunk.to_json()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"key": key, "chunk": payload}) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:
+            raise PrmforgeError(f"cannot write {self.path}: {error.strerror}") from None
+        self._entries[key] = payload
+
+    def remove(self) -> None:
+        """The run's output is written: the journal has served."""
+        self.path.unlink(missing_ok=True)
