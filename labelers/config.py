@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 # a key without a mark changes labels and counts in both hashes. hash_exclusions() reads the marks.
 HashRole = Literal["labels", "unless", "build", "none"]
 BUILD_ONLY: dict[str, Any] = {"hash": "build"}  # in config_hash, not labeling_hash (same labels)
+NOT_HASHED: dict[str, Any] = {"hash": "none"}  # in neither (where output goes, orchestration)
+# A policy key the backend accepts but its engine does not read (labelers/policy/factory.py
+# ENGINE_FIELDS leaves it out, so it never keys a new model).
+NOT_READ: dict[str, Any] = {"engine": False}
 
 
 def hashed_unless(earlier: Any) -> dict[str, Any]:
@@ -36,11 +40,6 @@ def hashed_unless(earlier: Any) -> dict[str, Any]:
     ``earlier``, the value that gives the rows built before the key existed, so a config at that
     value keeps its identity."""
     return {"hash": "unless", "unless": earlier}
-
-NOT_HASHED: dict[str, Any] = {"hash": "none"}  # in neither (where output goes, orchestration)
-# A policy key the backend accepts but its engine does not read (labelers/policy/factory.py
-# ENGINE_FIELDS leaves it out, so it never keys a new model).
-NOT_READ: dict[str, Any] = {"engine": False}
 
 
 class _Section(BaseModel):

@@ -139,7 +139,7 @@ class MCBatch:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-def _request(job: PrefixJob, settings: MCSettings, n: int, chunk: int) -> GenerationRequest:
+def _request(job: PrefixJob, settings: MCSettings, n: int, chunk: int | str) -> GenerationRequest:
     digest = prefix_hash(job.question, job.steps)
     return GenerationRequest(
         messages=solution_messages(job.question),
