@@ -410,13 +410,14 @@ def run_shared(
         key = chunk_key(signals, mc_mode, config_hash, records[chunk])
         labeled = journal.get(key) if journal is not None else None
         if labeled is None:
-            chunk_started, chunk_cpu = time.perf_counter(), cpu_seconds()
+            # The chunk's own clock only for the journal (a resumed run adds it to its costs).
+            chunk_started, chunk_cpu = time.perf_counter(), cpu_seconds() if journal is not None else 0.0
             result = pipeline.label_given_solutions(
                 problems[chunk], [[list(r.steps)] for r in records[chunk]], run_config, policy, use_tool, lean,
                 build_id="eval", step_judge=step_judge,
             )
             labeled = LabeledChunk(result.steps, result.outcomes, result.usage, time.perf_counter() - chunk_started,
-                                   cpu_seconds() - chunk_cpu)
+                                   cpu_seconds() - chunk_cpu if journal is not None else 0.0)
             if journal is not None:
                 journal.put(key, labeled)
         else:
