@@ -148,3 +148,14 @@ def test_cli_rescore_scores_a_fuse_variant(tmp_path):
     refused_out = cli.invoke(app, ["eval", "rescore", "--input", str(set_file), "--runs", str(out),
                                    "--set", "search.mc_rollouts=8"])
     assert refused_out.exit_code != 0 and "only fuse.* keys" in str(refused_out.exception)
+
+
+def test_rescore_keeps_runs_of_other_confirmation_rules_apart():
+    from labelers.evaluation.rescore import stored_results
+
+    def payload(**search):
+        return {"config": {"search": search}, "results": [{"signal": "hybrid", "mc_mode": "binary", "k": 4}]}
+
+    found = stored_results([payload(), payload(mc_confirm_verified_zero=False),
+                            payload(mc_confirm_every_zero=True)])
+    assert set(found) == {"hybrid:binary", "hybrid:binary:noconfirm", "hybrid:binary:everyzero"}
