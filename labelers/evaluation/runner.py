@@ -403,6 +403,8 @@ def run_shared(
     usage = TokenUsage()
     earlier_wall = earlier_cpu = 0.0  # of chunks an interrupted run labeled (journal)
     config_hash = run_config.config_hash()
+    # A chunk's own CPU clock is kept only for the journal (a resumed run adds it to its costs).
+    chunk_clock: Callable[[], float] = cpu_seconds if journal is not None else (lambda: 0.0)
     # In chunks, so a pass over a real set can say how far it is: every request carries its own
     # seed (never the batch's), so the labels are the same as from one call over all records.
     for start in range(0, len(records), chunk_size):
@@ -410,14 +412,13 @@ def run_shared(
         key = chunk_key(signals, mc_mode, config_hash, records[chunk])
         labeled = journal.get(key) if journal is not None else None
         if labeled is None:
-            # The chunk's own clock only for the journal (a resumed run adds it to its costs).
-            chunk_started, chunk_cpu = time.perf_counter(), cpu_seconds() if journal is not None else 0.0
+            chunk_started, chunk_cpu = time.perf_counter(), chunk_clock()
             result = pipeline.label_given_solutions(
                 problems[chunk], [[list(r.steps)] for r in records[chunk]], run_config, policy, use_tool, lean,
                 build_id="eval", step_judge=step_judge,
             )
             labeled = LabeledChunk(result.steps, result.outcomes, result.usage, time.perf_counter() - chunk_started,
-                                   cpu_seconds() - chunk_cpu if journal is not None else 0.0)
+                                   chunk_clock() - chunk_cpu)
             if journal is not None:
                 journal.put(key, labeled)
         else:
