@@ -209,3 +209,21 @@ def test_the_prompt_cache_stays_within_its_budget(pool: ModelPool, tokenize) -> 
         assert all(o.error is None for o in outcomes)
         assert decoder._cache_cells() <= 200 + len(jobs[0].prompt) + 1
     decoder.close()
+
+
+def test_the_policy_counts_decode_steps_and_how_full_they_were(pool: ModelPool) -> None:
+    """Four greedy completions of six tokens decoded together: every step after the prompt
+    samples all four, so the batch fill (sampled tokens / steps) is above one and at most four;
+    one completion alone fills every step with exactly one sequence."""
+    def fill(n: int) -> tuple[int, int]:
+        policy = EmbeddedPolicy("small", n_ctx=1024, pool=pool, n_threads=1, max_sequences=4, kv_cells=2048)
+        [result] = policy.generate([GenerationRequest(solution_messages(QUESTION), n=n, max_tokens=6,
+                                                      temperature=1.0, seed=5)])
+        policy.close()
+        assert policy.usage.sampled_tokens >= sum(c.completion_tokens for c in result.completions)
+        return policy.usage.sampled_tokens, policy.usage.decode_steps
+
+    together_tokens, together_steps = fill(4)
+    alone_tokens, alone_steps = fill(1)
+    assert 1 < together_tokens / together_steps <= 4
+    assert alone_tokens <= alone_steps  # prompt-only steps sample nothing

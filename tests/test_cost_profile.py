@@ -38,6 +38,16 @@ def test_manifest_counts_are_integers_with_seconds_in_ms() -> None:
     assert counts["generated_tokens"] == 5 and all(isinstance(v, int) for v in counts.values())
 
 
+def test_the_profile_shows_how_full_the_decode_steps_were() -> None:
+    filled = CostProfile.of(TokenUsage(completion_tokens=90, decode_steps=40, sampled_tokens=100), solutions=1,
+                            rollouts=4, wall_seconds=1.0, cpu_seconds=2.0)
+    assert filled.sequences_per_decode_step == 2.5 and "in 40 steps (2.5 sequences per step)" in filled.line()
+    assert filled.to_json()["sequences_per_decode_step"] == 2.5
+    remote = CostProfile.of(TokenUsage(completion_tokens=90), solutions=1, rollouts=4, wall_seconds=1.0,
+                            cpu_seconds=2.0)  # an HTTP backend counts no decode steps
+    assert remote.sequences_per_decode_step is None and "steps" not in remote.line()
+
+
 def test_backends_that_cannot_stop_cut_the_text_where_the_embedded_decoder_stops() -> None:
     text = "Step 3: 36 - 5 = 31.\nStep 4: So the answer is \\boxed{31}.\nStep 5: Check: \\boxed{30}\n"
     request = GenerationRequest((ChatMessage("user", "q"),), stop_at_answer=True)

@@ -97,6 +97,11 @@ class TokenUsage:
     decode_seconds: float = 0.0
     sampling_seconds: float = 0.0
     stop_check_seconds: float = 0.0
+    # llama_decode calls and the tokens sampled after them (end-of-generation tokens included):
+    # sampled_tokens / decode_steps is the mean number of sequences decoded per step, i.e. how
+    # full the batches were (a CPU's batched speed-up needs full batches).
+    decode_steps: int = 0
+    sampled_tokens: int = 0
     # Seconds spent deciding whether rollouts reach the gold answer (set by the labeling pass).
     answer_check_seconds: float = 0.0
 

@@ -281,6 +281,8 @@ class EmbeddedPolicy:
         self.usage.decode_seconds += spent.decode_seconds
         self.usage.sampling_seconds += spent.sampling_seconds
         self.usage.stop_check_seconds += spent.stop_check_seconds
+        self.usage.decode_steps += spent.decode_calls
+        self.usage.sampled_tokens += spent.generated_tokens
         for index, outcome in zip(indices, outcomes):
             request, prompt_tokens = requests[index], len(prompts[index] or ())
             if outcome.error is not None:

@@ -39,6 +39,13 @@ class CostProfile:
     generation_seconds: float  # wall seconds inside generate calls
     wall_seconds: float
     cpu_seconds: float
+    decode_steps: int = 0  # llama_decode calls (embedded batched backend; 0 elsewhere)
+    sampled_tokens: int = 0  # tokens sampled after them, end-of-generation included
+
+    @property
+    def sequences_per_decode_step(self) -> float | None:
+        """Mean batch fill: sequences sampled per ``llama_decode`` = sampled_tokens / decode_steps."""
+        return self.sampled_tokens / self.decode_steps if self.decode_steps else None
 
     @property
     def cpu_seconds_per_solution(self) -> float | None:
@@ -50,11 +57,12 @@ class CostProfile:
     ) -> "CostProfile":
         return cls(solutions, rollouts, usage.prompt_tokens, usage.evaluated_prompt_tokens, usage.completion_tokens,
                    usage.decode_seconds, usage.sampling_seconds, usage.stop_check_seconds, usage.answer_check_seconds,
-                   usage.generation_seconds, wall_seconds, cpu_seconds)
+                   usage.generation_seconds, wall_seconds, cpu_seconds, usage.decode_steps, usage.sampled_tokens)
 
     def to_json(self) -> dict[str, float | int | None]:
         payload: dict[str, float | int | None] = dict(asdict(self))
         payload["cpu_seconds_per_solution"] = self.cpu_seconds_per_solution
+        payload["sequences_per_decode_step"] = self.sequences_per_decode_step
         return payload
 
     def to_counts(self) -> dict[str, int]:
@@ -68,9 +76,12 @@ class CostProfile:
 
     def line(self) -> str:
         per = self.cpu_seconds_per_solution
+        fill = self.sequences_per_decode_step
         return (f"{self.solutions} solutions, {self.rollouts} rollouts; prompt tokens {self.prompt_tokens} "
                 f"(evaluated {self.evaluated_prompt_tokens}), generated tokens {self.generated_tokens}; "
-                f"decode {self.decode_seconds:.1f} s, sampling {self.sampling_seconds:.1f} s, "
+                f"decode {self.decode_seconds:.1f} s"
+                + (f" in {self.decode_steps} steps ({fill:.1f} sequences per step)" if fill is not None else "")
+                + f", sampling {self.sampling_seconds:.1f} s, "
                 f"stop checks {self.stop_check_seconds:.1f} s, answer checks {self.answer_check_seconds:.1f} s, "
                 f"in generate {self.generation_seconds:.1f} s of {self.wall_seconds:.1f} s wall; "
                 f"CPU {self.cpu_seconds:.1f} s"

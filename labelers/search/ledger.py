@@ -88,7 +88,8 @@ class Ledger:
 
     def _add_backend_cost(self, before: dict[str, float], usage: TokenUsage | None) -> None:
         """The backend's own counters over the call (prompt tokens evaluated, decode, sampling
-        and stop-check seconds): what a pass cost where the backend measures it."""
+        and stop-check seconds, decode steps and sampled tokens): what a pass cost where the
+        backend measures it."""
         for name, value in _backend_cost(usage).items():
             setattr(self.usage, name, getattr(self.usage, name) + value - before.get(name, 0))
 
@@ -118,7 +119,8 @@ class Ledger:
             self.per_problem[problem].wall_seconds += seconds * (weight / total if total else 0.0)
 
 
-_BACKEND_COST = ("evaluated_prompt_tokens", "decode_seconds", "sampling_seconds", "stop_check_seconds")
+_BACKEND_COST = ("evaluated_prompt_tokens", "decode_seconds", "sampling_seconds", "stop_check_seconds", "decode_steps",
+                 "sampled_tokens")
 
 
 def _backend_cost(usage: TokenUsage | None) -> dict[str, float]:
