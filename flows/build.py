@@ -12,7 +12,7 @@ Walk of one build (all algorithms live in labelers/ and data_schemas/; this modu
    (atomic, deterministic names) and the running manifest is updated with them;
 6. the final manifest (``complete``, counts computed from the shards) is written last.
 
-Datasets: ``run_build`` first plans a build of ``output.dataset`` (flows/datasets.py): under the
+Datasets: ``run_build`` first plans a build of ``output.dataset`` (flows/dataset_plans.py): under the
 dataset lock it keeps only the problems the dataset does not hold under the same labeling key,
 writes the running manifest with that plan and a claim; the flow then labels the planned
 problems (on resume too), and the claim is renewed until the build ends.

@@ -32,7 +32,7 @@ from flows.build_tasks import (
     write_shards_task,
     written_batch,
 )
-from flows.datasets import commit_section, plan_dataset_build, planned_problems, refuse_complete
+from flows.dataset_plans import commit_section, plan_dataset_build, planned_problems, refuse_complete
 from flows.progress import BuildProgress, BuildSummary
 from flows.resources import PROCESS_RESOURCES, PolicyFactorySpec
 from flows.runners import make_task_runner
@@ -84,7 +84,7 @@ def build_dataset(
     problems, skipped_rows, duplicate_rows = load_build_problems(config)
     input_problems = len(problems)
     manifest, resumed = _open_manifest(root, build_id, config)
-    if manifest.dataset is not None:  # a dataset build labels what its plan chose (flows/datasets.py)
+    if manifest.dataset is not None:  # a dataset build labels what its plan chose (flows/dataset_plans.py)
         problems = planned_problems(problems, manifest, config)
     batches = make_batches(problems, config.output.batch_size)
     if resumed:
@@ -297,7 +297,7 @@ def run_build(
 def start_dataset_build(
     config: BuildConfig, build_id: str | None = None, relabel: bool = False, relabel_where: str | None = None
 ) -> tuple[str, BuildSummary | None, ClaimHeartbeat | None]:
-    """Plan a new build of ``config.output.dataset`` (flows/datasets.py) before any model loads.
+    """Plan a new build of ``config.output.dataset`` (flows/dataset_plans.py) before any model loads.
 
     Returns (build id, None, claim) when the build has problems to label: its running manifest
     and claim are written, the claim is renewed from now on, and ``run_build(config,

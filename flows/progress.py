@@ -77,7 +77,7 @@ class BuildSummary:
     wall_seconds: float
     failures: tuple[tuple[str, str, str], ...]
     dataset: str | None = None  # the dataset this build grows
-    # Its plan: new, changed, relabeled, already_labeled, claimed_elsewhere (flows/datasets.py).
+    # Its plan: new, changed, relabeled, already_labeled, claimed_elsewhere (flows/dataset_plans.py).
     dataset_plan: dict[str, int] = field(default_factory=dict)
     cost_profile: str | None = None  # labelers.policy.usage.CostProfile.line() of the labeled batches
 

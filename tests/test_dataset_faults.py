@@ -28,7 +28,7 @@ from data_schemas.catalog import Catalog
 from data_schemas.compaction import compact_dataset
 from data_schemas.datasets import live_claims, read_compaction, verify_compaction
 from data_schemas.errors import PrmforgeError
-from flows import datasets as flow_datasets
+from flows import dataset_plans as flow_datasets
 from flows.build import run_build, start_dataset_build
 from tests.test_datasets import (  # noqa: F401 - restore_prefect_api_url is an autouse fixture
     _synthetic_dataset_build,

@@ -395,7 +395,7 @@ def test_expired_claims_are_ignored(tmp_path):
 
 
 def test_relabel_where_and_user_errors(relabeled_dataset):
-    from flows.datasets import current_problems
+    from flows.dataset_plans import current_problems
 
     root, problems, _ = relabeled_dataset
     current, matching = current_problems(str(root), "nightly", "build_id = 'a-3'")

@@ -356,6 +356,26 @@ def test_prefect_yaml_deployments_point_at_a_real_flow_with_valid_configs():
         assert config.output.root
 
 
+def test_loading_the_deployment_entry_point_leaves_installed_packages_importable():
+    """Prefect's loader puts the entry point's folder (flows/) first on sys.path and leaves it
+    there, so a module in flows/ named like an installed package shadows that package for the
+    rest of the worker's process (flows/datasets.py hid Hugging Face ``datasets``: processbench:
+    SUBSET and the train loop broke after a deployment loaded). Checked in a fresh interpreter."""
+    import importlib.metadata
+
+    code = (
+        "import sys; from prefect.flows import load_flow_from_entrypoint\n"
+        f"load_flow_from_entrypoint({str(REPO / 'flows' / 'build.py') + ':scheduled_build'!r})\n"
+        "import datasets; print(datasets.__file__); assert hasattr(datasets, 'load_dataset'), datasets.__file__\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    installed = set(importlib.metadata.packages_distributions()) | set(sys.stdlib_module_names)
+    shadowing = sorted(path.name for path in (REPO / "flows").iterdir()
+                       if (path.stem if path.suffix == ".py" else path.name) in installed)
+    assert shadowing == []
+
+
 def test_scheduled_build_entry_point_runs_a_build(tmp_path: Path):
     from flows.build import scheduled_build
 

@@ -74,7 +74,7 @@ def resume_config(root: str, build_id: str, overrides: list[str]) -> BuildConfig
     mix rows of two configurations.
     """
     from data_schemas.manifest import read_manifest
-    from flows.datasets import refuse_complete
+    from flows.dataset_plans import refuse_complete
 
     manifest = read_manifest(root, build_id, allow_incomplete=True)
     data = dict(manifest.config)
