@@ -50,7 +50,7 @@ def test_chunked_pass_equals_one_call_and_replays_across_passes():
     for a, b in zip(whole, chunked):
         assert a.predictions == b.predictions and a.rollouts == b.rollouts
     # the hybrid samples with the tool's help in a pass of its own: its count restarts
-    assert ticks == [(3, 10), (6, 10), (9, 10), (10, 10), (3, 10), (6, 10), (9, 10), (10, 10)]
+    assert ticks == [(0, 10), (3, 10), (6, 10), (9, 10), (10, 10), (0, 10), (3, 10), (6, 10), (9, 10), (10, 10)]
     # without a tool nothing differs between the passes' requests: the second is all replayed
     assert policy.counts.replayed_completions >= policy.counts.completions
 
@@ -88,16 +88,19 @@ def test_pass_progress_lines():
     progress.solutions(8, 40)  # 2 s after the last line: quiet
     now[0] = 200.0
     progress.solutions(40, 40)
-    now[0] = 210.0
-    progress.solutions(4, 40)  # the hybrid's own pass restarts the count
+    now[0] = 206.0
+    progress.solutions(0, 40)  # the hybrid's own pass starts: its restart shows at once
+    now[0] = 216.0
+    progress.solutions(4, 40)
     lines = stream.getvalue().splitlines()
     assert lines[0] == "pass 1 of 1 (binary): 0/40 solutions | 32 rollouts | 20.0 tok/s | elapsed 31 s | eta ?"
     assert lines[1] == ("pass 1 of 1 (binary): 4/40 solutions | 32 rollouts | 20.0 tok/s | elapsed 1 min 40 s"
                         " | eta 15 min 00 s")
     assert lines[2].startswith("pass 1 of 1 (binary): 40/40 solutions") and lines[2].endswith("eta 0 s")
-    # 10 s for 4
-    assert lines[3].startswith("pass 1 of 1 (binary) part 2: 4/40 solutions") and lines[3].endswith("eta 1 min 30 s")
-    assert len(lines) == 4
+    assert lines[3].startswith("pass 1 of 1 (binary) part 2: 0/40 solutions") and lines[3].endswith("eta ?")
+    # 16 s for 4 (the part began when the last chunk of part 1 ended)
+    assert lines[4].startswith("pass 1 of 1 (binary) part 2: 4/40 solutions") and lines[4].endswith("eta 2 min 24 s")
+    assert len(lines) == 5
 
 
 def test_bench_processbench_rescores_stored_runs(tmp_path, capsys):

@@ -407,6 +407,10 @@ def run_shared(
     chunk_clock: Callable[[], float] = cpu_seconds if journal is not None else (lambda: 0.0)
     # In chunks, so a pass over a real set can say how far it is: every request carries its own
     # seed (never the batch's), so the labels are the same as from one call over all records.
+    if on_solutions is not None and records:
+        # 0 done: a pass that follows another in the same watch (the hybrid's own pass after MC's)
+        # shows its restart at once, not the finished pass's "N/N, eta 0 s" until its first chunk.
+        on_solutions(0, len(records))
     for start in range(0, len(records), chunk_size):
         chunk = slice(start, start + chunk_size)
         key = chunk_key(signals, mc_mode, config_hash, records[chunk])
