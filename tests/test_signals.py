@@ -208,7 +208,7 @@ def test_run_signals_groups_passes(small_set) -> None:
                                  chunk=len(records))
     assert [r.run.signal for r in results] == ["judge"]
     assert watch.lines[0] == f"judging the {sum(len(r.steps) for r in records)} steps of {len(records)} solutions ..."
-    assert watch.passes == ["open judge 10", "start", "10/10", "close"]
+    assert watch.passes == ["open judge 10", "start", "0/10", "10/10", "close"]
     assert results[0].run.rollouts == 0 and results[0].run.notes[0].startswith("judge replies: ")
 
     watch = _Watch()
