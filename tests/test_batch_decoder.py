@@ -212,9 +212,9 @@ def test_the_prompt_cache_stays_within_its_budget(pool: ModelPool, tokenize) -> 
 
 
 def test_the_policy_counts_decode_steps_and_how_full_they_were(pool: ModelPool) -> None:
-    """Four greedy completions of six tokens decoded together: every step after the prompt
-    samples all four, so the batch fill (sampled tokens / steps) is above one and at most four;
-    one completion alone fills every step with exactly one sequence."""
+    """Four sampled completions of at most six tokens decoded together: the steps after the
+    prompt sample all that are live, so the batch fill (sampled tokens / steps) is above one and
+    at most four; one completion alone samples at most one token per step."""
     def fill(n: int) -> tuple[int, int]:
         policy = EmbeddedPolicy("small", n_ctx=1024, pool=pool, n_threads=1, max_sequences=4, kv_cells=2048)
         [result] = policy.generate([GenerationRequest(solution_messages(QUESTION), n=n, max_tokens=6,

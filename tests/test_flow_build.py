@@ -360,7 +360,8 @@ def test_loading_the_deployment_entry_point_leaves_installed_packages_importable
     """Prefect's loader puts the entry point's folder (flows/) first on sys.path and leaves it
     there, so a module in flows/ named like an installed package shadows that package for the
     rest of the worker's process (flows/datasets.py hid Hugging Face ``datasets``: processbench:
-    SUBSET and the train loop broke after a deployment loaded). Checked in a fresh interpreter."""
+    SUBSET and the train loop would import the wrong module after a deployment loaded). Checked
+    in a fresh interpreter."""
     import importlib.metadata
 
     code = (
