@@ -60,10 +60,11 @@ from labelers.fuse import (
 from labelers.identity import derive_seed
 from labelers.policy.base import GenerationRequest, Policy, TokenUsage
 from labelers.rationale import build_rationale
-from labelers.search.first_error import FirstErrorSearch, run_searches
+from labelers.search.first_error import FirstErrorSearch
 from labelers.search.ledger import Ledger
 from labelers.search.mcts import Node, SearchSettings, TreeSearch
-from labelers.search.montecarlo import MCBatch, MCEstimate, MCSettings, OutcomeJudge, PrefixJob, estimate_prefixes
+from labelers.search.montecarlo import MCEstimate, MCSettings, OutcomeJudge, PrefixJob
+from labelers.search.scheduler import EstimateScheduler, search_process
 from labelers.signals.base import PathStep, SignalInputs, SignalPath, check_isolated, error_text
 from labelers.signals.lean import LEAN_DISABLED as LEAN_DISABLED  # re-exported: where callers found it
 from labelers.signals.mc import MC
@@ -265,7 +266,6 @@ def _estimate_paths(
     """MC signals for every path of every live state (stage 4 of the module doc)."""
     settings = mc_settings(config)
     known: dict[str, MCEstimate] = {}
-    failed_keys: dict[str, str] = {}
 
     # Hybrid: where MC finds 0 after a verified step, the two disagree and MC's zero would
     # overrule the verifier (rule 3): confirm it with more rollouts first.
@@ -283,11 +283,6 @@ def _estimate_paths(
         lean = leans[step_index] if step_index < len(leans) else None
         confirm_zero = confirm_every or (confirm_verified and verifier_decision(node.tool_check, lean) is True)
         return PrefixJob(key, pid, state.problem.question, state.problem.gold_answer, node.steps, account, confirm_zero)
-
-    def estimate(jobs: list[PrefixJob]) -> MCBatch:
-        batch = estimate_prefixes(jobs, policy, settings, ledger, judge)
-        failed_keys.update(batch.errors)
-        return batch
 
     per_step: list[tuple[tuple[_State, _Path, int], int]] = []
     searches: list[tuple[_State, _Path, int]] = []
@@ -316,15 +311,10 @@ def _estimate_paths(
                 searches.append(owner)
             else:
                 per_step += [(owner, i) for i in range(sampled)]
-    jobs: dict[str, PrefixJob] = {}
-    for owner, index in per_step:
-        item = job(owner, index)
-        jobs.setdefault(item.key, item)
-    if jobs:
-        batch = estimate(list(jobs.values()))
-        known.update(batch.estimates)
-    if searches:
-        run_searches([owner[1].search for owner in searches], lambda s, i: job(searches[s], i), estimate, known)
+    # Per-step estimates and every search's probes, sampled together (labelers.search.scheduler).
+    scheduler = EstimateScheduler(policy, settings, ledger, judge, known)
+    probes = [search_process(owner[1].search, lambda index, owner=owner: job(owner, index)) for owner in searches]
+    failed_keys = scheduler.run([job(owner, index) for owner, index in per_step], probes).errors
     for state in states:
         if not state.ok:
             continue

@@ -227,3 +227,52 @@ def test_the_policy_counts_decode_steps_and_how_full_they_were(pool: ModelPool) 
     alone_tokens, alone_steps = fill(1)
     assert 1 < together_tokens / together_steps <= 4
     assert alone_tokens <= alone_steps  # prompt-only steps sample nothing
+
+
+def test_jobs_asked_when_a_job_finishes_join_the_running_batch(pool: ModelPool, tokenize) -> None:
+    """Streaming: job 0 (2 tokens) finishes while job 1 (12 tokens) decodes; the job asked in
+    answer joins job 1's steps instead of waiting for a second run, decodes the text it decodes
+    alone, and a job asked with a prompt too long for the context is reported at once."""
+    short, long_job, follow_up = (DecodeJob(tokenize([f"Tom has {n} boxes."]), (7,), tokens, 0.0, 1.0)
+                                  for n, tokens in ((3, 2), (4, 12), (5, 6)))
+    too_long = DecodeJob(tuple(range(1, 1200)), (1,), 2, 0.0, 1.0)
+    reported: list[tuple[int, str | None]] = []
+
+    def on_done(index: int, outcome) -> list[DecodeJob]:
+        reported.append((index, outcome.error))
+        return [follow_up, too_long] if index == 0 else []
+
+    decoder = _decoder(pool)
+    outcomes = decoder.run([short, long_job], on_done=on_done)
+    streamed_steps = decoder.cost.decode_calls
+    # the too-long job (3) is reported as soon as it is asked; the follow-up (2) before job 1
+    assert [index for index, _ in reported] == [0, 3, 2, 1]
+    assert reported[1][1] is not None and "context window" in reported[1][1]
+    assert all(o.error is None for o in outcomes[:3])
+    apart = _decoder(pool)
+    first = apart.run([short, long_job])
+    alone = apart.run([follow_up])
+    assert streamed_steps < apart.cost.decode_calls
+    assert _texts(outcomes[2]) == _texts(alone[0]) and _texts(outcomes[1]) == _texts(first[1])
+    decoder.close()
+    apart.close()
+
+
+def test_the_policy_streams_requests_asked_in_answer_through_one_run(pool: ModelPool) -> None:
+    policy = EmbeddedPolicy("small", n_ctx=1024, pool=pool, n_threads=1, max_sequences=4, kv_cells=2048)
+    first = [GenerationRequest(solution_messages(QUESTION), assistant_prefix(["Tom has 3 boxes."][:i]), n=2,
+                               max_tokens=4, temperature=1.0, seed=i) for i in range(2)]
+    follow_up = GenerationRequest(solution_messages(QUESTION), assistant_prefix(["Tom has 3 boxes."]), n=1,
+                                  max_tokens=4, temperature=1.0, seed=11)
+    results: dict[int, object] = {}
+
+    def on_result(index: int, result) -> list[GenerationRequest]:
+        results[index] = result
+        return [follow_up] if index == 0 else []
+
+    policy.generate_streaming(first, on_result)
+    assert sorted(results) == [0, 1, 2] and results[2].request == follow_up
+    assert all(r.error is None and len(r.completions) == r.request.n for r in results.values())
+    assert policy.usage.requests == 3 and policy.usage.completions == 5
+    assert policy.usage.decode_steps > 0
+    policy.close()

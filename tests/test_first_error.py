@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from labelers.search.first_error import FirstErrorSearch, ceil_log2, run_searches
-from labelers.search.montecarlo import MCBatch, MCEstimate, PrefixJob
+from labelers.search.first_error import FirstErrorSearch, ceil_log2
+from labelers.search.montecarlo import MCEstimate
 
 
 def _oracle(first_error: int):
@@ -51,42 +51,3 @@ def test_step_signals_mark_inferred_steps() -> None:
         assert (estimate is None) == inferred
     # probes 3 (positive), 5 (zero), 4 (positive): the classic path for n=8, error 5
     assert sorted(search.probes) == [3, 4, 5]
-
-
-def test_lock_step_rounds_batch_all_searches() -> None:
-    errors = [0, 3, 6, 2]
-    searches = [FirstErrorSearch(7) for _ in errors]
-    batches: list[list[str]] = []
-
-    def job_for(search_index: int, step_index: int) -> PrefixJob:
-        return PrefixJob(f"{search_index}:{step_index}", f"p{search_index}", "q", "1", ("s",) * (step_index + 1))
-
-    def estimate(jobs: list[PrefixJob]) -> MCBatch:
-        batches.append([job.key for job in jobs])
-        batch = MCBatch()
-        for job in jobs:
-            search_index, step_index = map(int, job.key.split(":"))
-            batch.estimates[job.key] = _oracle(errors[search_index])(step_index)
-        return batch
-
-    rounds = run_searches(searches, job_for, estimate)
-    assert [s.first_error for s in searches] == errors
-    assert rounds == len(batches) == ceil_log2(7)
-    assert len(batches[0]) == len(errors)  # every search probes in the first round
-
-
-def test_failed_estimate_stops_that_search_only() -> None:
-    searches = [FirstErrorSearch(4), FirstErrorSearch(4)]
-
-    def estimate(jobs: list[PrefixJob]) -> MCBatch:
-        batch = MCBatch()
-        for job in jobs:
-            if job.key.startswith("0:"):
-                batch.errors[job.key] = "boom"
-            else:
-                batch.estimates[job.key] = MCEstimate(0, 4)
-        return batch
-
-    run_searches(searches, lambda s, i: PrefixJob(f"{s}:{i}", "p", "q", "1", ("x",) * (i + 1)), estimate)
-    assert searches[0].failed == "boom"
-    assert searches[1].first_error == 0

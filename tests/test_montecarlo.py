@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from labelers.search.ledger import Ledger
-from labelers.search.montecarlo import MCEstimate, MCSettings, OutcomeJudge, PrefixJob, confirm_zeros, estimate_prefixes
+from labelers.search.montecarlo import MCEstimate, MCSettings, OutcomeJudge, PrefixJob
+from labelers.search.scheduler import confirm_zeros, estimate_prefixes
 from tests.support.scripted_policy import ScriptedPolicy, ScriptedProblem
 
 CORRECT = ("We have 3 * 4 = 12 apples.", "Adding 5 gives 12 + 5 = 17. The final answer is \\boxed{17}.")

@@ -13,20 +13,29 @@ What a signal costs stays what it would cost alone: replayed completions still r
 labeling core's ledger as completions (rollouts and tokens are counted per signal as before);
 only the wall time is saved, and :attr:`ReplayPolicy.replayed` says how much was replayed.
 
-``on_generate`` (optional) is called after every ``generate`` call with the completions and
-completion tokens sampled fresh (not replayed) and the seconds it took: the progress line of a
-pass reads it.
+``on_generate`` (optional) is called after every ``generate`` call (streaming: after every
+request the wrapped policy answers) with the completions and completion tokens sampled fresh
+(not replayed) and the seconds it took: the progress line of a pass reads it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from labelers.policy.base import GenerationRequest, GenerationResult, Policy, TokenUsage
+from labelers.policy.base import (
+    GenerationRequest,
+    GenerationResult,
+    Policy,
+    ResultHandler,
+    StreamingPolicy,
+    TokenUsage,
+    generate_in_rounds,
+)
 
 
 @dataclass
@@ -101,6 +110,71 @@ class ReplayPolicy:
         if self.on_generate is not None:
             self.on_generate(completions, tokens, seconds)
         return results
+
+    def generate_streaming(self, requests: Sequence[GenerationRequest], on_result: ResultHandler) -> None:
+        """Streaming generation (labelers.policy.base.StreamingPolicy): a request answered before
+        is answered at once from memory, one asked while the same request is being generated
+        waits for that answer, the rest stream through the wrapped policy (in rounds of
+        :meth:`generate` where it cannot stream)."""
+        if not isinstance(self.policy, StreamingPolicy):
+            generate_in_rounds(self.generate, requests, on_result)
+            return
+        asked: list[GenerationRequest] = []  # every request asked of this wrapper, by its index
+        outer_of_inner: list[int] = []  # index in the wrapped policy's call -> index here
+        also_waiting: dict[GenerationRequest, list[int]] = {}  # request being generated -> repeats asked since
+        clock = [time.perf_counter()]
+
+        def forward(new_requests: Sequence[GenerationRequest]) -> list[GenerationRequest]:
+            """Answer what memory holds (and what those answers ask for); returns the rest."""
+            to_inner: list[GenerationRequest] = []
+            queue = deque(new_requests)  # in the order the caller numbers them
+            while queue:
+                request = queue.popleft()
+                index = len(asked)
+                asked.append(request)
+                key = self._key(request) if request.seed is not None else None
+                if key is not None and key in self._answers:
+                    answer = self._answers[key]
+                    self.counts.replayed_completions += len(answer.completions)
+                    self.counts.replayed_tokens += sum(c.completion_tokens for c in answer.completions)
+                    queue.extend(on_result(index, dataclasses.replace(answer, request=request)))
+                elif key is not None and key in also_waiting:
+                    also_waiting[key].append(index)
+                else:
+                    if key is not None:
+                        also_waiting[key] = []
+                    outer_of_inner.append(index)
+                    to_inner.append(request)
+            return to_inner
+
+        def inner_result(inner_index: int, result: GenerationResult) -> list[GenerationRequest]:
+            index = outer_of_inner[inner_index]
+            request = asked[index]
+            now = time.perf_counter()
+            completions = len(result.completions)
+            tokens = sum(c.completion_tokens for c in result.completions)
+            self.counts.completions += completions
+            self.counts.completion_tokens += tokens
+            self.counts.seconds += now - clock[0]
+            if self.on_generate is not None:
+                self.on_generate(completions, tokens, now - clock[0])
+            clock[0] = now
+            repeats: list[int] = []
+            if request.seed is not None:
+                key = self._key(request)
+                repeats = also_waiting.pop(key, [])
+                if result.error is None:
+                    self._answers[key] = result  # a failed request is asked again
+            new_requests = list(on_result(index, dataclasses.replace(result, request=request)))
+            for repeat in repeats:
+                self.counts.replayed_completions += completions
+                self.counts.replayed_tokens += tokens
+                new_requests += on_result(repeat, dataclasses.replace(result, request=asked[repeat]))
+            return forward(new_requests)
+
+        first = forward(requests)
+        if first:
+            self.policy.generate_streaming(first, inner_result)
 
     def close(self) -> None:
         self.policy.close()

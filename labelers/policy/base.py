@@ -8,7 +8,7 @@ the rest of the batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -124,3 +124,40 @@ class Policy(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+# Streaming generation: ``on_result(index, result)`` is told the result of request ``index`` as
+# soon as it is ready and returns the requests to add (numbered after all requests so far).
+ResultHandler = Callable[[int, GenerationResult], Sequence[GenerationRequest]]
+
+
+@runtime_checkable
+class StreamingPolicy(Policy, Protocol):
+    """A policy that can take new requests while it generates (the embedded batched decoder):
+    requests that depend on earlier answers join the running batch instead of waiting for the
+    slowest completion of a call. Any policy can be driven the same way in rounds
+    (:func:`generate_in_rounds`)."""
+
+    def generate_streaming(self, requests: Sequence[GenerationRequest], on_result: ResultHandler) -> None:
+        """Answer every request, those ``on_result`` adds included, each through ``on_result``."""
+        ...
+
+
+def generate_in_rounds(
+    generate: Callable[[Sequence[GenerationRequest]], list[GenerationResult]],
+    requests: Sequence[GenerationRequest],
+    on_result: ResultHandler,
+) -> None:
+    """:meth:`StreamingPolicy.generate_streaming` over a plain ``generate``: one call for the
+    requests known now, then one for those their answers asked for, and so on."""
+    pending = list(requests)
+    asked = 0
+    while pending:
+        results = generate(pending)
+        if len(results) != len(pending):
+            raise RuntimeError(f"policy returned {len(results)} results for {len(pending)} requests")
+        first, asked = asked, asked + len(pending)
+        added: list[GenerationRequest] = []
+        for offset, result in enumerate(results):
+            added.extend(on_result(first + offset, result))
+        pending = added

@@ -29,7 +29,10 @@ rollouts of a prefix, and the prefixes of every problem of a batch, are decoded 
 - **Continuous batching.** Each step decodes one new token for every live sequence plus as many
   admitted prompts' tokens as fit in ``n_batch``. A sequence that finishes (EOS/EOG, a stop
   string, the stop rule, its token limit, the context window) leaves at once, its cells are
-  freed, and the next waiting completions take its id.
+  freed, and the next waiting completions take its id. **Streaming** (``run(on_done=...)``): a job
+  that finishes is reported at once and the jobs the caller asks for in answer join the same
+  run, so requests that depend on earlier answers (the next probe of a first-error search) do
+  not wait for the slowest sequence of a round.
 - **KV budget.** A group of completions is admitted only while the cells it may need
   (prompt + completions x max_tokens) fit under ``kv_cells`` beside what the live groups may
   need and the prompt cache holds, so ``llama_decode`` never runs out of cells.
@@ -83,6 +86,11 @@ class DecodedText:
 class JobOutcome:
     completions: list[DecodedText | None]
     error: str | None = None
+
+
+# Streaming (BatchDecoder.run's on_done): told that job i has finished with its outcome, returns
+# the jobs to add to the running batch (none: nothing more to ask).
+JobsAfter = Callable[[int, JobOutcome], Sequence[DecodeJob]]
 
 
 @dataclass
@@ -212,32 +220,36 @@ class BatchDecoder:
 
     # -- public ---------------------------------------------------------------------------------
 
-    def run(self, jobs: Sequence[DecodeJob], *, keep_prompts: bool = False) -> list[JobOutcome]:
+    def run(self, jobs: Sequence[DecodeJob], *, keep_prompts: bool = False,
+            on_done: JobsAfter | None = None) -> list[JobOutcome]:
         """Generate every completion of every job; outcomes in job order.
 
         ``keep_prompts=False``: the KV cache starts empty, so a run's texts do not depend on what
         earlier runs left behind. ``True``: prompts cached by earlier runs are reused (the
         caller guarantees those runs belong to the same labeling pass).
+
+        ``on_done(job_index, outcome)`` (streaming): called as soon as a job's last completion
+        finishes (or the job fails); the jobs it returns join this run at once, numbered after
+        the jobs given so far, and wait for sequence ids beside the others. The batch then stays
+        full while the caller's next requests depend on the answers to its earlier ones (the
+        rounds of a first-error search). The returned outcomes cover the added jobs too.
         """
         if not keep_prompts:
             self.forget_prompts()
-        outcomes = [JobOutcome([None] * len(job.seeds)) for job in jobs]
+        jobs = list(jobs)
+        outcomes: list[JobOutcome] = []
         waiting: deque[tuple[int, list[int]]] = deque()
-        for index in sorted(range(len(jobs)), key=lambda i: jobs[i].prompt):
-            job = jobs[index]
-            if not job.seeds:
-                continue
-            if len(job.prompt) >= self.n_ctx_per_sequence:
-                outcomes[index].error = (
-                    f"prompt has {len(job.prompt)} tokens, context window is {self.n_ctx_per_sequence}"
-                )
-                continue
-            waiting.append((index, list(range(len(job.seeds)))))
+        open_jobs: set[int] = set()  # jobs given and not yet reported to on_done
+        self._enqueue(jobs, outcomes, waiting, open_jobs)
         free_ids = list(range(self.max_sequences - 1, -1, -1))  # pop() hands out 0, 1, 2, ...
         live: dict[int, _Live] = {}  # owns the samplers (see _release)
         admitting: list[_Group] = []
         try:
-            while waiting or live or admitting:
+            while True:
+                if on_done is not None:
+                    self._report_done(jobs, outcomes, waiting, open_jobs, on_done)
+                if not (waiting or live or admitting):
+                    break
                 try:
                     self._step(jobs, outcomes, waiting, free_ids, live, admitting)
                 except (KeyboardInterrupt, MemoryError):
@@ -253,6 +265,38 @@ class BatchDecoder:
             if outcome.error is None and any(c is None for c in outcome.completions):
                 outcome.error = "generation did not finish"
         return outcomes
+
+    def _enqueue(self, jobs: Sequence[DecodeJob], outcomes: list[JobOutcome], waiting: deque[tuple[int, list[int]]],
+                 open_jobs: set[int]) -> None:
+        """Give outcomes to the jobs that have none yet and queue them, prompts that share a
+        prefix side by side (a job whose prompt cannot fit fails here)."""
+        first = len(outcomes)
+        outcomes.extend(JobOutcome([None] * len(job.seeds)) for job in jobs[first:])
+        open_jobs.update(range(first, len(jobs)))
+        for index in sorted(range(first, len(jobs)), key=lambda i: jobs[i].prompt):
+            job = jobs[index]
+            if not job.seeds:
+                continue
+            if len(job.prompt) >= self.n_ctx_per_sequence:
+                outcomes[index].error = (
+                    f"prompt has {len(job.prompt)} tokens, context window is {self.n_ctx_per_sequence}"
+                )
+                continue
+            waiting.append((index, list(range(len(job.seeds)))))
+
+    def _report_done(self, jobs: list[DecodeJob], outcomes: list[JobOutcome], waiting: deque[tuple[int, list[int]]],
+                     open_jobs: set[int], on_done: JobsAfter) -> None:
+        """Hand every job that has finished since the last step to ``on_done``, in job order,
+        and queue the jobs it returns (those may finish at once: an empty or too long prompt)."""
+        while True:
+            done = sorted(i for i in open_jobs
+                          if outcomes[i].error is not None or all(c is not None for c in outcomes[i].completions))
+            if not done:
+                return
+            for index in done:
+                open_jobs.discard(index)
+                jobs.extend(on_done(index, outcomes[index]))
+            self._enqueue(jobs, outcomes, waiting, open_jobs)
 
     def forget_prompts(self) -> None:
         """Empty the KV cache and the prompt cache."""

@@ -23,6 +23,7 @@ import hashlib
 import importlib.metadata
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +32,16 @@ from typing import TYPE_CHECKING, Any, Literal
 from data_schemas.errors import PrmforgeError
 from labelers.answers import answer_end
 from labelers.diagnostics import DoctorCheck, DoctorItem
-from labelers.policy.base import Completion, GenerationRequest, GenerationResult, TokenUsage, cut_at_answer
-from labelers.policy.batch_decoder import BatchDecoder, DecodeJob
+from labelers.policy.base import (
+    Completion,
+    GenerationRequest,
+    GenerationResult,
+    ResultHandler,
+    TokenUsage,
+    cut_at_answer,
+    generate_in_rounds,
+)
+from labelers.policy.batch_decoder import BatchDecoder, DecodeJob, JobOutcome, JobsAfter
 from labelers.policy.llama_build import INSTALL_COMMAND, compiled_features, preflight, run_preflight_child
 from labelers.policy.model_files import PRESETS, default_cache_dir, preset_status, resolve_model
 from labelers.policy.threads import default_threads
@@ -153,6 +162,31 @@ class ChatRenderer:
         return self._llama.tokenize(self.text(request).encode("utf-8"), add_bos=True, special=True)
 
 
+def _decode_job(request: GenerationRequest, prompt: Sequence[int]) -> DecodeJob:
+    """The decoder's job for ``request`` (its tokenized prompt): seeds per completion (module doc)."""
+    base_seed = request.seed if request.seed is not None else _prompt_seed(prompt)
+    return DecodeJob(
+        prompt=tuple(prompt),
+        seeds=tuple(completion_seed(base_seed, i) for i in range(request.n)),
+        max_tokens=request.max_tokens,
+        temperature=request.temperature,
+        top_p=request.top_p,
+        stop=tuple(request.stop),
+        stop_rule=answer_end if request.stop_at_answer else None,
+    )
+
+
+def _result(request: GenerationRequest, prompt_tokens: int, outcome: JobOutcome) -> GenerationResult:
+    if outcome.error is not None:
+        return GenerationResult(request, (), prompt_tokens, error=outcome.error)
+    completions = tuple(
+        Completion(text=done.text, finish_reason=done.finish_reason, completion_tokens=done.completion_tokens)
+        for done in outcome.completions
+        if done is not None
+    )
+    return GenerationResult(request, completions, prompt_tokens)
+
+
 class EmbeddedPolicy:
     """A Policy over a llama.cpp model loaded in this process (CPU)."""
 
@@ -237,6 +271,57 @@ class EmbeddedPolicy:
             record_usage(self.usage, finished, time.perf_counter() - started)
         return finished
 
+    def generate_streaming(self, requests: Sequence[GenerationRequest], on_result: ResultHandler) -> None:
+        """Streaming generation (labelers.policy.base.StreamingPolicy): one decoder run in which
+        the requests ``on_result`` asks for join the batch as soon as they are asked."""
+        if self._decode != "batched":
+            generate_in_rounds(self.generate, requests, on_result)
+            return
+        started = time.perf_counter()
+        asked: list[GenerationRequest] = []
+        prompt_sizes: list[int] = []
+        request_of_job: list[int] = []  # decoder job index -> request index
+        answered: list[GenerationResult] = []
+        unrendered: deque[tuple[int, GenerationResult]] = deque()
+
+        def jobs_for(new_requests: Sequence[GenerationRequest]) -> list[DecodeJob]:
+            jobs = []
+            for request in new_requests:
+                index = len(asked)
+                asked.append(request)
+                try:
+                    prompt = self._renderer.tokens(request)
+                except Exception as exc:  # a template error belongs to this request only
+                    prompt_sizes.append(0)
+                    unrendered.append((index, GenerationResult(request, (), 0, error=f"render failed: {exc}")))
+                    continue
+                prompt_sizes.append(len(prompt))
+                request_of_job.append(index)
+                jobs.append(_decode_job(request, prompt))
+            return jobs
+
+        def answer(index: int, result: GenerationResult) -> list[DecodeJob]:
+            answered.append(result)
+            jobs = jobs_for(on_result(index, result))
+            while unrendered:
+                failed_index, failed = unrendered.popleft()
+                answered.append(failed)
+                jobs += jobs_for(on_result(failed_index, failed))
+            return jobs
+
+        def on_done(job_index: int, outcome: JobOutcome) -> list[DecodeJob]:
+            index = request_of_job[job_index]
+            return answer(index, _result(asked[index], prompt_sizes[index], outcome))
+
+        with self._loaded.lock:
+            jobs = jobs_for(requests)
+            while unrendered:
+                jobs += answer(*unrendered.popleft())
+            if jobs:
+                self._run_decoder(jobs, [asked[i] for i in request_of_job], on_done)
+            # Still under the lock: threads sharing this policy must not interleave the counts.
+            record_usage(self.usage, answered, time.perf_counter() - started)
+
     def _generate_batched(
         self,
         requests: Sequence[GenerationRequest],
@@ -244,6 +329,16 @@ class EmbeddedPolicy:
         results: list[GenerationResult | None],
     ) -> None:
         """All requests of the call through one :class:`BatchDecoder` run (results filled in place)."""
+        indices = [i for i, prompt in enumerate(prompts) if prompt is not None]
+        jobs = [_decode_job(requests[i], prompts[i] or []) for i in indices]
+        outcomes = self._run_decoder(jobs, [requests[i] for i in indices])
+        for index, outcome in zip(indices, outcomes):
+            results[index] = _result(requests[index], len(prompts[index] or ()), outcome)
+
+    def _run_decoder(self, jobs: list[DecodeJob], requests: Sequence[GenerationRequest],
+                     on_done: JobsAfter | None = None) -> list[JobOutcome]:
+        """One :class:`BatchDecoder` run; the prompt cache is kept when ``requests`` (those the
+        run starts with) belong to the pass whose prompts it holds."""
         if self._decoder is None:
             self._decoder = BatchDecoder(
                 self._loaded.llama,
@@ -253,47 +348,22 @@ class EmbeddedPolicy:
                 n_ctx_per_sequence=self._loaded.llama.n_ctx(),
                 sampling=self._sampling,
             )
-        indices = [i for i, prompt in enumerate(prompts) if prompt is not None]
-        jobs = []
-        for index in indices:
-            request, prompt = requests[index], prompts[index]
-            base_seed = request.seed if request.seed is not None else _prompt_seed(prompt)
-            jobs.append(
-                DecodeJob(
-                    prompt=tuple(prompt),
-                    seeds=tuple(completion_seed(base_seed, i) for i in range(request.n)),
-                    max_tokens=request.max_tokens,
-                    temperature=request.temperature,
-                    top_p=request.top_p,
-                    stop=tuple(request.stop),
-                    stop_rule=answer_end if request.stop_at_answer else None,
-                )
-            )
-        scopes = {requests[i].cache_scope for i in indices}
+        scopes = {request.cache_scope for request in requests}
         scope = scopes.pop() if len(scopes) == 1 else ""
         keep = self._prompt_cache and scope != "" and scope == self._cache_scope
         self._cache_scope = scope if self._prompt_cache else ""
         before = self._decoder.cost.copy()
-        outcomes = self._decoder.run(jobs, keep_prompts=keep)
-        spent = self._decoder.cost.minus(before)
-        self.evaluated_prompt_tokens += spent.evaluated_prompt_tokens
-        self.usage.evaluated_prompt_tokens += spent.evaluated_prompt_tokens
-        self.usage.decode_seconds += spent.decode_seconds
-        self.usage.sampling_seconds += spent.sampling_seconds
-        self.usage.stop_check_seconds += spent.stop_check_seconds
-        self.usage.decode_steps += spent.decode_calls
-        self.usage.sampled_tokens += spent.generated_tokens
-        for index, outcome in zip(indices, outcomes):
-            request, prompt_tokens = requests[index], len(prompts[index] or ())
-            if outcome.error is not None:
-                results[index] = GenerationResult(request, (), prompt_tokens, error=outcome.error)
-                continue
-            completions = tuple(
-                Completion(text=done.text, finish_reason=done.finish_reason, completion_tokens=done.completion_tokens)
-                for done in outcome.completions
-                if done is not None
-            )
-            results[index] = GenerationResult(request, completions, prompt_tokens)
+        try:
+            return self._decoder.run(jobs, keep_prompts=keep, on_done=on_done)
+        finally:
+            spent = self._decoder.cost.minus(before)
+            self.evaluated_prompt_tokens += spent.evaluated_prompt_tokens
+            self.usage.evaluated_prompt_tokens += spent.evaluated_prompt_tokens
+            self.usage.decode_seconds += spent.decode_seconds
+            self.usage.sampling_seconds += spent.sampling_seconds
+            self.usage.stop_check_seconds += spent.stop_check_seconds
+            self.usage.decode_steps += spent.decode_calls
+            self.usage.sampled_tokens += spent.generated_tokens
 
     def _generate_one(self, request: GenerationRequest, prompt: list[int]) -> GenerationResult:
         llama = self._loaded.llama

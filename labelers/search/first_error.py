@@ -19,16 +19,15 @@ lead to the gold answer somewhere later: MC > 0 at a later probe, or, left of ev
 the monotonicity assumption); the first error and everything after it are negative. Where a
 step was not itself probed its label is *inferred* (``mc_inferred = true``).
 
-:func:`run_searches` advances many searches in lock-step: each round estimates the next probe
-of every active search in one batched MC estimate (:func:`~labelers.search.montecarlo.estimate_prefixes`).
+:mod:`labelers.search.scheduler` runs many searches at once: each asks for its next probe as
+soon as the last one is estimated, beside every other search's and estimate's requests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from labelers.search.montecarlo import MCBatch, MCEstimate, PrefixJob
+from labelers.search.montecarlo import MCEstimate
 
 
 @dataclass
@@ -81,44 +80,3 @@ class FirstErrorSearch:
 
 def ceil_log2(n: int) -> int:
     return max(0, (n - 1).bit_length())
-
-
-def run_searches(
-    searches: Sequence[FirstErrorSearch],
-    job_for: Callable[[int, int], PrefixJob],
-    estimate: Callable[[list[PrefixJob]], MCBatch],
-    known: dict[str, MCEstimate] | None = None,
-) -> int:
-    """Advance ``searches`` in lock-step until all are done; returns the number of rounds.
-
-    ``job_for(search_index, step_index)`` builds the prefix job of a probe; ``estimate(jobs)``
-    makes one batched estimate. ``known`` (job key -> estimate) reuses estimates made earlier
-    (the same prefix on another path of the tree) without sampling again; it is updated.
-    """
-    known = {} if known is None else known
-    rounds = 0
-    while True:
-        pending: list[tuple[int, int, PrefixJob]] = []
-        for search_index, search in enumerate(searches):
-            probe = search.next_probe()
-            if probe is not None:
-                pending.append((search_index, probe, job_for(search_index, probe)))
-        if not pending:
-            return rounds
-        # Probes whose prefix is already known are recorded without sampling; the search then
-        # moves on in the next round.
-        fresh: dict[str, PrefixJob] = {}
-        for _, _, job in pending:
-            if job.key not in known:
-                fresh.setdefault(job.key, job)
-        if fresh:
-            rounds += 1
-            batch = estimate(list(fresh.values()))
-            known.update(batch.estimates)
-        else:
-            batch = MCBatch()
-        for search_index, probe, job in pending:
-            if job.key in known:
-                searches[search_index].record(probe, known[job.key])
-            else:
-                searches[search_index].failed = batch.errors.get(job.key, "no estimate")

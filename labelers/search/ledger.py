@@ -4,6 +4,9 @@ Every stage that samples (MCTS expansions and rollouts, MC estimates) hands the 
 problems of a round to :meth:`Ledger.generate`, which makes ONE ``policy.generate`` call and
 charges each problem its completions, tokens and a share of the call's wall time (in
 proportion to the completion tokens it received; requests without tokens share equally).
+:meth:`Ledger.stream` does the same for requests that ask for more requests as they are
+answered (MC estimates and first-error searches): one streaming call where the policy can take
+requests while it decodes, rounds of ``generate`` elsewhere.
 """
 
 from __future__ import annotations
@@ -11,10 +14,17 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
-from labelers.policy.base import GenerationRequest, GenerationResult, Policy, TokenUsage
+from labelers.policy.base import GenerationRequest, GenerationResult, Policy, StreamingPolicy, TokenUsage
+
+H = TypeVar("H")
+# Ledger.stream: what a caller asks (the problem charged, the request, the caller's handle for
+# routing the answer back), and its answer to a result: what it asks next.
+Asked = tuple[str, GenerationRequest, H]
+Responder = Callable[[H, GenerationResult], Sequence[Asked[H]]]
 
 
 @dataclass
@@ -54,8 +64,7 @@ class Ledger:
         """
         if not tagged:
             return []
-        tagged = [(problem, request if request.cache_scope else replace(request, cache_scope=self.scope))
-                  for problem, request in tagged]
+        tagged = [(problem, self._scoped(request)) for problem, request in tagged]
         before = _backend_cost(getattr(policy, "usage", None))
         started = time.perf_counter()
         try:
@@ -64,12 +73,69 @@ class Ledger:
                 raise RuntimeError(f"policy returned {len(results)} results for {len(tagged)} requests")
         except Exception:  # noqa: BLE001 - isolate the failing problem(s)
             results = self._per_problem(policy, tagged)
-        elapsed = time.perf_counter() - started
         self._add_backend_cost(before, getattr(policy, "usage", None))
+        self._charge([problem for problem, _ in tagged], results, time.perf_counter() - started, rollouts)
+        return results
+
+    def stream(self, policy: Policy, items: Sequence[Asked[H]], respond: Responder[H]) -> None:
+        """Answer every ``(problem_id, request, handle)`` item, and the items ``respond(handle,
+        result)`` asks for in answer to each result, until none is left.
+
+        A :class:`~labelers.policy.base.StreamingPolicy` answers them in one streaming call, so
+        what an answer asks for joins the running batch; any other policy in rounds of
+        :meth:`generate` (everything asked so far that has no answer, in one call). Charged like
+        :meth:`generate` (one call); never raises for the backend: when the streaming call
+        raises, what it left unanswered goes on in rounds, where a failing problem is isolated.
+        """
+        pending = list(items)
+        if pending and isinstance(policy, StreamingPolicy):
+            pending = self._stream_once(policy, pending, respond)
+        while pending:
+            results = self.generate(policy, [(problem, request) for problem, request, _ in pending])
+            pending = [asked for (_, _, handle), result in zip(pending, results) for asked in respond(handle, result)]
+
+    def _stream_once(self, policy: StreamingPolicy, items: list[Asked[H]], respond: Responder[H]) -> list[Asked[H]]:
+        """One ``generate_streaming`` call; returns the items it did not answer (it raised)."""
+        asked = [(problem, self._scoped(request), handle) for problem, request, handle in items]
+        unanswered = dict(enumerate(asked))
+        answered: list[tuple[str, GenerationResult]] = []
+        respond_error: list[BaseException] = []
+
+        def on_result(index: int, result: GenerationResult) -> list[GenerationRequest]:
+            problem, _, handle = unanswered.pop(index)
+            answered.append((problem, result))
+            try:
+                more = [(p, self._scoped(r), h) for p, r, h in respond(handle, result)]
+            except BaseException as error:  # our own bug, not the backend's: re-raised below
+                respond_error.append(error)
+                raise
+            for entry in more:
+                unanswered[len(asked)] = entry
+                asked.append(entry)
+            return [request for _, request, _ in more]
+
+        before = _backend_cost(policy.usage)
+        started = time.perf_counter()
+        try:
+            policy.generate_streaming([request for _, request, _ in asked], on_result)
+        except Exception:  # noqa: BLE001 - the unanswered items go on in rounds (isolated)
+            if respond_error:
+                raise respond_error[0] from None
+        self._add_backend_cost(before, policy.usage)
+        self._charge([problem for problem, _ in answered], [result for _, result in answered],
+                     time.perf_counter() - started, rollouts=True)
+        return list(unanswered.values())
+
+    def _scoped(self, request: GenerationRequest) -> GenerationRequest:
+        return request if request.cache_scope else replace(request, cache_scope=self.scope)
+
+    def _charge(self, problems: Sequence[str], results: Sequence[GenerationResult], elapsed: float,
+                rollouts: bool) -> None:
+        """One call's completions, tokens and wall time (shared by completion tokens) per problem."""
         self.generate_calls += 1
         self.usage.generation_seconds += elapsed
         total_tokens = sum(c.completion_tokens for r in results for c in r.completions)
-        for (problem, _), result in zip(tagged, results):
+        for problem, result in zip(problems, results):
             tokens = sum(c.completion_tokens for c in result.completions)
             entry = self.per_problem[problem]
             entry.requests += 1
@@ -77,14 +143,13 @@ class Ledger:
             entry.prompt_tokens += result.prompt_tokens
             entry.completion_tokens += tokens
             entry.failed_requests += result.error is not None
-            share = tokens / total_tokens if total_tokens else 1 / len(tagged)
+            share = tokens / total_tokens if total_tokens else 1 / len(results)
             entry.wall_seconds += elapsed * share
             self.usage.requests += 1
             self.usage.completions += len(result.completions)
             self.usage.prompt_tokens += result.prompt_tokens
             self.usage.completion_tokens += tokens
             self.usage.failed_requests += result.error is not None
-        return results
 
     def _add_backend_cost(self, before: dict[str, float], usage: TokenUsage | None) -> None:
         """The backend's own counters over the call (prompt tokens evaluated, decode, sampling

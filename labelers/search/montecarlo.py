@@ -31,21 +31,22 @@ squares that.
 A prefix whose last step already gives a final answer needs no rollout: its value is exact,
 1/1 when the answer equals gold, 0/1 otherwise (``exact = True``).
 
-All prefixes of all problems of a round are sampled in one ``generate`` call per wave (chunk 1,
-then the undecided ones in chunk 2; curtailed: chunks c1, c2, c3), then the zeros to confirm
-(chunk 3, curtailed 3 and 3b). Seeds: ``derive_seed(build_seed, problem_id, ("mc", prefix_hash,
-chunk))`` -- independent of the batch.
+Each prefix's estimate is a process (:func:`estimate_process`): it asks for its waves one after
+another (chunk 1, then chunk 2 when undecided; curtailed: chunks c1, c2, c3), then for the
+confirmation of a zero (chunk 3, curtailed 3 and 3b). :mod:`labelers.search.scheduler` runs the
+processes of all prefixes of all problems together. Seeds: ``derive_seed(build_seed, problem_id,
+("mc", prefix_hash, chunk))`` -- independent of the batch.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 
 from labelers.answers import AnswerJudge, answers_equal, extract_final_answer
 from labelers.identity import derive_seed, prefix_hash
-from labelers.policy.base import GenerationRequest, Policy
+from labelers.policy.base import GenerationRequest, GenerationResult, Policy
 from labelers.policy.prompts import assistant_prefix, solution_messages
 from labelers.search.ledger import Ledger
 
@@ -170,39 +171,33 @@ def wave_plan(rollouts: int, early_stop: int, curtail: bool) -> list[tuple[int, 
     return [(size, f"c{wave}") for wave, size in enumerate((s for s in sizes if s > 0), 1)]
 
 
-def _sample_in_waves(
-    jobs: Sequence[PrefixJob], drawn: Mapping[str, tuple[int, int]], plan: Sequence[tuple[int, str]],
-    decide: Callable[[PrefixJob, int, int], MCEstimate | None], policy: Policy, settings: MCSettings, ledger: Ledger,
-    judge: OutcomeJudge, batch: MCBatch,
-) -> None:
-    """Sample ``jobs`` wave by wave (one batched ``generate`` per wave) until ``decide(job,
-    correct, total)`` gives an estimate; ``drawn`` holds counts drawn before the first wave. A job still
-    undecided after the last wave gets the plain estimate of what it drew."""
-    counts = dict(drawn)
-    pending = list(jobs)
-    for wave, (size, chunk) in enumerate(plan):
-        if not pending:
-            return
-        results = ledger.generate(
-            policy, [(job.account or job.problem_id, _request(job, settings, size, chunk)) for job in pending]
-        )
-        undecided: list[PrefixJob] = []
-        for job, result in zip(pending, results):
-            if result.error is not None:
-                batch.errors[job.key] = result.error
-                continue
-            correct, total = counts.get(job.key, (0, 0))
-            correct += sum(judge.reaches_gold(c.text, job.gold_answer) for c in result.completions)
-            total += len(result.completions)
-            counts[job.key] = (correct, total)
-            estimate = decide(job, correct, total)
-            if estimate is None and wave == len(plan) - 1:
-                estimate = MCEstimate(correct, total)
-            if estimate is None:
-                undecided.append(job)
-            else:
-                batch.estimates[job.key] = estimate
-        pending = undecided
+class RequestFailed(Exception):
+    """A request of an estimate came back with an error (its message): the estimate fails."""
+
+
+# An estimate as a process: yields the requests it needs one after another (a wave, the next
+# wave, confirmation), is sent each one's result, returns the estimate (raises RequestFailed).
+EstimateProcess = Generator[GenerationRequest, GenerationResult, MCEstimate]
+
+
+def _waves(
+    job: PrefixJob, drawn: tuple[int, int], plan: Sequence[tuple[int, str]],
+    decide: Callable[[int, int], MCEstimate | None], settings: MCSettings, judge: OutcomeJudge,
+) -> EstimateProcess:
+    """Sample ``job`` wave by wave until ``decide(correct, total)`` gives an estimate; ``drawn``
+    holds (correct, total) drawn before the first wave. Undecided after the last wave: the plain
+    estimate of what it drew."""
+    correct, total = drawn
+    for size, chunk in plan:
+        result = yield _request(job, settings, size, chunk)
+        if result.error is not None:
+            raise RequestFailed(result.error)
+        correct += sum(judge.reaches_gold(c.text, job.gold_answer) for c in result.completions)
+        total += len(result.completions)
+        estimate = decide(correct, total)
+        if estimate is not None:
+            return estimate
+    return MCEstimate(correct, total)
 
 
 def _decided_positive(correct: int, planned: int, settings: MCSettings) -> bool:
@@ -211,22 +206,15 @@ def _decided_positive(correct: int, planned: int, settings: MCSettings) -> bool:
     return settings.curtail and correct > settings.label_threshold * planned
 
 
-def estimate_prefixes(
-    jobs: Sequence[PrefixJob], policy: Policy, settings: MCSettings, ledger: Ledger, judge: OutcomeJudge
-) -> MCBatch:
-    """MC estimates of all ``jobs``, one batched ``generate`` call per wave (see the module doc)."""
-    batch = MCBatch()
-    sampled: list[PrefixJob] = []
-    for job in jobs:
-        if job.steps and judge.final_answer(job.steps[-1]) is not None:
-            correct = judge.reaches_gold(job.steps[-1], job.gold_answer)
-            batch.estimates[job.key] = MCEstimate(int(correct), 1, exact=True)
-        else:
-            sampled.append(job)
+def estimate_process(job: PrefixJob, settings: MCSettings, judge: OutcomeJudge) -> EstimateProcess:
+    """The MC estimate of one prefix (module doc): exact when its last step states an answer,
+    else waves of rollouts, then confirmation of a zero where the job asks for it."""
+    if job.steps and judge.final_answer(job.steps[-1]) is not None:
+        return MCEstimate(int(judge.reaches_gold(job.steps[-1], job.gold_answer)), 1, exact=True)
     k = settings.rollouts
     m = settings.early_stop if 0 < settings.early_stop < k else 0
 
-    def decide(job: PrefixJob, correct: int, total: int) -> MCEstimate | None:
+    def decide(correct: int, total: int) -> MCEstimate | None:
         if total >= k:
             return MCEstimate(correct, total)
         if _decided_positive(correct, k, settings):
@@ -235,36 +223,26 @@ def estimate_prefixes(
             return MCEstimate(correct, total, early_stopped=True)
         return None
 
-    _sample_in_waves(sampled, {}, wave_plan(k, m, settings.curtail), decide, policy, settings, ledger, judge, batch)
-    zeros = [(job, batch.estimates[job.key]) for job in sampled
-             if job.confirm_zero and job.key in batch.estimates and batch.estimates[job.key].correct == 0]
-    if zeros:
-        confirmed = confirm_zeros(zeros, k, policy, settings, ledger, judge)
-        batch.estimates.update(confirmed.estimates)
-        for key, error in confirmed.errors.items():
-            del batch.estimates[key]
-            batch.errors[key] = error
-    return batch
+    estimate = yield from _waves(job, (0, 0), wave_plan(k, m, settings.curtail), decide, settings, judge)
+    if job.confirm_zero and estimate.correct == 0:
+        estimate = yield from confirm_process(job, estimate, k, settings, judge)
+    return estimate
 
 
-def confirm_zeros(
-    zeros: Sequence[tuple[PrefixJob, MCEstimate]], n: int, policy: Policy, settings: MCSettings, ledger: Ledger,
-    judge: OutcomeJudge,
-) -> MCBatch:
-    """Up to ``n`` more rollouts from each prefix estimated at 0 (seed chunk 3), pooled with the
-    zero's: (correct, total + n), by job key (see the module doc). Curtailed: one rollout first,
+def confirm_process(
+    job: PrefixJob, zero: MCEstimate, n: int, settings: MCSettings, judge: OutcomeJudge
+) -> EstimateProcess:
+    """Up to ``n`` more rollouts from a prefix estimated at ``zero`` (seed chunk 3), pooled with
+    the zero's: (correct, total + n) (module doc, "Confirmation"). Curtailed: one rollout first,
     the other n - 1 only when it misses."""
-    batch = MCBatch()
-    planned = {job.key: estimate.total + n for job, estimate in zeros}
+    planned = zero.total + n
     plan = [(1, "3"), (n - 1, "3b")] if settings.curtail and n > 1 else [(n, "3")]
 
-    def decide(job: PrefixJob, correct: int, total: int) -> MCEstimate | None:
-        if total >= planned[job.key]:
+    def decide(correct: int, total: int) -> MCEstimate | None:
+        if total >= planned:
             return MCEstimate(correct, total)
-        if _decided_positive(correct, planned[job.key], settings):
+        if _decided_positive(correct, planned, settings):
             return MCEstimate(correct, total, curtailed=True)
         return None
 
-    drawn = {job.key: (estimate.correct, estimate.total) for job, estimate in zeros}
-    _sample_in_waves([job for job, _ in zeros], drawn, plan, decide, policy, settings, ledger, judge, batch)
-    return batch
+    return (yield from _waves(job, (zero.correct, zero.total), plan, decide, settings, judge))
