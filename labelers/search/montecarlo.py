@@ -46,9 +46,8 @@ from dataclasses import dataclass, field
 
 from labelers.answers import AnswerJudge, answers_equal, extract_final_answer
 from labelers.identity import derive_seed, prefix_hash
-from labelers.policy.base import GenerationRequest, GenerationResult, Policy
+from labelers.policy.base import GenerationRequest, GenerationResult
 from labelers.policy.prompts import assistant_prefix, solution_messages
-from labelers.search.ledger import Ledger
 
 
 @dataclass(frozen=True)

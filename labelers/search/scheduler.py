@@ -122,7 +122,8 @@ class EstimateScheduler:
             return []
         return self._start(job, estimate_process(job, self.settings, self.judge), search)
 
-    def _start(self, job: PrefixJob, process: EstimateProcess, search: SearchProcess | None) -> list[Asked[_Estimating]]:
+    def _start(self, job: PrefixJob, process: EstimateProcess,
+               search: SearchProcess | None) -> list[Asked[_Estimating]]:
         running = _Estimating(job, process, [] if search is None else [search])
         self._running[job.key] = running
         return self._advance(running, None)
