@@ -1,7 +1,7 @@
 """Cost per labeled solution on a ProcessBench-format set: one ``prmforge eval run``, measured.
 
     flock /tmp/prmforge-llm.lock python benchmarks/bench_cost.py --set SET.jsonl --out-dir DIR \
-        [--labels tool,hybrid:binary] [--k 4] [--set-option policy.n_threads=2 ...] \
+        [--labels tool,hybrid:binary] [--k 4] [--set-option policy.n_threads=2 ...] [--chunk N] \
         [--baseline BASELINE_eval.json --baseline-cpu-seconds S]
 
 Runs ``prmforge eval run --input SET --labels ... --k K --seed 0 --out DIR/eval.json`` in a child
@@ -46,6 +46,8 @@ def run_eval(args: argparse.Namespace, out_json: Path, log: Path) -> float:
                "--seed", str(args.seed), "--out", str(out_json)]
     for option in args.set_option:
         command += ["--set", option]
+    if args.chunk is not None:
+        command += ["--chunk", str(args.chunk)]
     print("running:", " ".join(command), flush=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
@@ -103,6 +105,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set-option", action="append", default=[], help="passed on as --set (repeatable)")
+    parser.add_argument("--chunk", type=int, default=None, help="passed on as --chunk (solutions per labeling call)")
     parser.add_argument("--reuse", action="store_true", help="report an existing DIR/eval.json instead of running")
     parser.add_argument("--cpu-seconds", type=float, default=None, help="with --reuse: that run's CPU seconds")
     parser.add_argument("--baseline", type=Path, default=None, help="an earlier run's eval JSON")

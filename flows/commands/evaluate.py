@@ -27,7 +27,7 @@ from rich.table import Table
 
 from data_schemas.errors import InputError, PrmforgeError
 from flows.resources import ConfigResources, ResourceHolder
-from labelers.evaluation.journal import ChunkJournal
+from labelers.evaluation.journal import DEFAULT_CHUNK, ChunkJournal
 from labelers.evaluation.replay import ReplayPolicy
 
 eval_app = typer.Typer(help="Measure label quality: error-injection sets, ProcessBench scores.", no_args_is_help=True)
@@ -61,9 +61,9 @@ LIMIT_OPTION = typer.Option(None, "--limit", help="Evaluate only the first N rec
 SEED_OPTION = typer.Option(None, "--seed", help="Seed of the rollouts (default: the config's).")
 PRM_OPTION = typer.Option(None, "--prm", help="Directory of a PRM trained by prmforge train (signal prm).",
                           file_okay=False)
-CHUNK_OPTION = typer.Option(8, "--chunk", min=1, help=(
-    "Solutions per labeling call: progress moves per chunk; a larger chunk batches more rollouts per call "
-    "(faster on a CPU, where later first-error-search rounds are small)."))
+CHUNK_OPTION = typer.Option(DEFAULT_CHUNK, "--chunk", min=1, help=(
+    "Solutions per labeling call: progress moves per chunk and a crash loses at most one; a larger chunk keeps "
+    "more first-error searches in flight, so the decoder's batches are fuller."))
 THRESHOLD_OPTION = typer.Option(0.5, "--threshold", help="Signal prm: a step is bad when its P(good) is below this.")
 
 
@@ -341,7 +341,7 @@ def compare(
 def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file: Path | None, preset: str | None,
               overrides: list[str] | None, model: str | None, backend: str | None, mc_mode: str, k: int | None,
               limit: int | None, seed: int | None, out: Path | None, title: str, prm: Path | None = None,
-              threshold: float = 0.5, gold_file: Path | None = None, chunk: int = 8) -> None:
+              threshold: float = 0.5, gold_file: Path | None = None, chunk: int = DEFAULT_CHUNK) -> None:
     from labelers.evaluation.runner import MC_MODES, gold_signals, run_signals
 
     if mc_mode not in MC_MODES:

@@ -31,6 +31,13 @@ from data_schemas.errors import PrmforgeError
 from data_schemas.records import ProblemOutcome, StepRow
 from labelers.policy.base import TokenUsage
 
+# Solutions per labeling call. The MC estimates and first-error searches of a call are streamed
+# together (labelers/search/scheduler.py); a search's probes follow one another, so the decoder's
+# batch is only as full as the number of searches in flight: 32 solutions keep up to 32 of them
+# going (10 + 10 ProcessBench GSM8K, k = 4: 8.0 sequences per decode step with chunks of 8, 9.4
+# with one chunk). Progress moves per chunk; a crash loses at most the chunk being labeled.
+DEFAULT_CHUNK = 32
+
 
 @dataclass(frozen=True)
 class LabeledChunk:

@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 from data_schemas.errors import InputError, PrmforgeError
 from labelers.config import BuildConfig
-from labelers.evaluation.journal import ChunkJournal, LabeledChunk, chunk_key
+from labelers.evaluation.journal import DEFAULT_CHUNK, ChunkJournal, LabeledChunk, chunk_key
 from labelers.evaluation.processbench import BenchRecord, Prediction, Score, score
 from labelers.policy.base import Policy, TokenUsage
 from labelers.policy.usage import CostProfile, cpu_seconds
@@ -348,7 +348,7 @@ def run_shared(
     mc_mode: str = "per-step",
     k: int | None = None,
     step_judge: Policy | None = None,
-    chunk_size: int = 8,
+    chunk_size: int = DEFAULT_CHUNK,
     on_solutions: Callable[[int, int], None] | None = None,
     journal: ChunkJournal | None = None,
 ) -> list[SignalRun]:
@@ -534,7 +534,8 @@ def _run_alone(signal: str, mode: str | None, records: Sequence[BenchRecord], re
 
 def run_signals(records: Sequence[BenchRecord], signals: Sequence[tuple[str, str | None]], config: BuildConfig,
                 default_mode: str, k: int | None, resources: EvalResources, watch: PassWatch,
-                threshold: float = 0.5, chunk: int = 8, journal: ChunkJournal | None = None) -> list[SignalResult]:
+                threshold: float = 0.5, chunk: int = DEFAULT_CHUNK,
+                journal: ChunkJournal | None = None) -> list[SignalResult]:
     """Results of ``signals`` (name, mode) on ``records``, in the order asked.
 
     Passes: the value signals (``mc``, ``hybrid``) share one labeling pass per MC mode (mode:
