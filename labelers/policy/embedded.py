@@ -314,13 +314,15 @@ class EmbeddedPolicy:
             return answer(index, _result(asked[index], prompt_sizes[index], outcome))
 
         with self._loaded.lock:
-            jobs = jobs_for(requests)
-            while unrendered:
-                jobs += answer(*unrendered.popleft())
-            if jobs:
-                self._run_decoder(jobs, [asked[i] for i in request_of_job], on_done)
-            # Still under the lock: threads sharing this policy must not interleave the counts.
-            record_usage(self.usage, answered, time.perf_counter() - started)
+            try:
+                jobs = jobs_for(requests)
+                while unrendered:
+                    jobs += answer(*unrendered.popleft())
+                if jobs:
+                    self._run_decoder(jobs, [asked[i] for i in request_of_job], on_done)
+            finally:
+                # Still under the lock: threads sharing this policy must not interleave the counts.
+                record_usage(self.usage, answered, time.perf_counter() - started)
 
     def _generate_batched(
         self,
