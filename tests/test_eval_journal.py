@@ -91,3 +91,38 @@ def test_journal_lines_are_plain_json_with_rows_and_outcomes(tmp_path, labeled_s
     assert chunk["usage"]["completion_tokens"] > 0 and chunk["cpu_seconds"] >= 0
     ChunkJournal(path).remove()
     assert not path.exists()
+
+
+def test_a_run_resumed_after_mc_pass_replays_its_rollouts_in_the_hybrids_pass(tmp_path, labeled_set):
+    """The journal keeps what each chunk sampled: a run restarted after MC's pass takes MC's chunks
+    from the file and the hybrid's own pass replays their rollouts (here, without a tool, all of
+    them) instead of sampling them again; a journal without them (older files) samples again."""
+    from labelers.evaluation.replay import ReplayPolicy
+
+    records, references = labeled_set
+    path = tmp_path / "out.json.partial"
+    mc_only = ReplayPolicy(scripted_for(records, references))
+    runner.run_shared(records, ["mc"], _config(), mc_only, None, None, "binary", 4, chunk_size=3,
+                      journal=ChunkJournal(path))
+    assert mc_only.counts.completions > 0
+    entries = [json.loads(line) for line in path.read_text().splitlines()]
+    assert sum(len(e["chunk"]["answers"]) for e in entries) == mc_only.remembered
+
+    def restarted(journal_path):
+        policy = ReplayPolicy(scripted_for(records, references))
+        runs = runner.run_shared(records, ["mc", "hybrid"], _config(), policy, None, None, "binary", 4,
+                                 chunk_size=3, journal=ChunkJournal(journal_path))
+        return runs, policy
+
+    (mc, hybrid), resumed = restarted(path)
+    assert resumed.counts.completions == 0 and resumed.counts.replayed_completions > 0
+    whole_mc, whole_hybrid = runner.run_shared(records, ["mc", "hybrid"], _config(),
+                                               ReplayPolicy(scripted_for(records, references)), None, None,
+                                               "binary", 4, chunk_size=3)
+    assert hybrid.predictions == whole_hybrid.predictions and hybrid.rollouts == whole_hybrid.rollouts
+    older = tmp_path / "older.json.partial"
+    older.write_text("".join(json.dumps({"key": e["key"], "chunk": {k: v for k, v in e["chunk"].items()
+                                                                    if k != "answers"}}) + "\n"
+                             for e in entries))
+    _, sampled_again = restarted(older)
+    assert sampled_again.counts.completions > 0

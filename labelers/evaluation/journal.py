@@ -1,9 +1,12 @@
 """What an eval run has labeled so far, kept on disk so an interrupted run picks up where it stopped.
 
 A labeling pass over a real set takes an hour or more on a CPU. ``eval run --out FILE`` appends
-every labeled chunk (its step rows, outcomes, token usage and clock) to ``FILE.partial`` as one
-JSON line, written and fsynced before the next chunk starts; the same command run again reads it
-and labels only the chunks it does not hold. The file goes once FILE is written.
+every labeled chunk (its step rows, outcomes, token usage, clock, and the requests it sampled
+with their results) to ``FILE.partial`` as one JSON line, written and fsynced before the next
+chunk starts; the same command run again reads it and labels only the chunks it does not hold.
+The sampled requests go back into the run's replay memory, so a pass that follows (the hybrid's
+own after MC's) replays them after a restart as it would have without one. The file goes once
+FILE is written.
 
 A chunk is found by its key (:func:`chunk_key`): the pass's signals, MC mode, config hash (seed,
 model, k and every label-changing setting) and the chunk's records (id, problem, steps, gold). A
@@ -23,13 +26,13 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from data_schemas.errors import PrmforgeError
 from data_schemas.records import ProblemOutcome, StepRow
-from labelers.policy.base import TokenUsage
+from labelers.policy.base import ChatMessage, Completion, GenerationRequest, GenerationResult, TokenUsage
 
 # Solutions per labeling call. The MC estimates and first-error searches of a call are streamed
 # together (labelers/search/scheduler.py); a search's probes follow one another, so the decoder's
@@ -41,13 +44,19 @@ DEFAULT_CHUNK = 32
 
 @dataclass(frozen=True)
 class LabeledChunk:
-    """One chunk of a labeling pass, as the pass needs it to score and cost its records."""
+    """One chunk of a labeling pass, as the pass needs it to score and cost its records.
+
+    ``answers``: the requests the chunk sampled fresh, with their results (the eval run's
+    :class:`~labelers.evaluation.replay.ReplayPolicy` memory). A resumed run puts them back, so
+    the hybrid's own pass replays MC's rollouts instead of sampling them again after a restart.
+    """
 
     rows: list[StepRow]
     outcomes: list[ProblemOutcome]
     usage: TokenUsage
     wall_seconds: float
     cpu_seconds: float
+    answers: list[tuple[GenerationRequest, GenerationResult]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -56,6 +65,7 @@ class LabeledChunk:
             "usage": dataclasses.asdict(self.usage),
             "wall_seconds": self.wall_seconds,
             "cpu_seconds": self.cpu_seconds,
+            "answers": [[_request_json(request), _result_json(result)] for request, result in self.answers],
         }
 
     @classmethod
@@ -66,7 +76,27 @@ class LabeledChunk:
             TokenUsage(**entry["usage"]),
             float(entry["wall_seconds"]),
             float(entry["cpu_seconds"]),
+            [_answer(request, result) for request, result in entry.get("answers", [])],  # absent: older journals
         )
+
+
+def _request_json(request: GenerationRequest) -> dict[str, Any]:
+    fields = dataclasses.asdict(request)
+    fields["messages"] = [[m.role, m.content] for m in request.messages]
+    return fields
+
+
+def _result_json(result: GenerationResult) -> dict[str, Any]:
+    return {"completions": [[c.text, c.finish_reason, c.completion_tokens] for c in result.completions],
+            "prompt_tokens": result.prompt_tokens}
+
+
+def _answer(request: dict[str, Any], result: dict[str, Any]) -> tuple[GenerationRequest, GenerationResult]:
+    asked = GenerationRequest(**{**request, "messages": tuple(ChatMessage(role, content)
+                                                            for role, content in request["messages"]),
+                                 "stop": tuple(request["stop"])})
+    completions = tuple(Completion(text, reason, int(tokens)) for text, reason, tokens in result["completions"])
+    return asked, GenerationResult(asked, completions, int(result["prompt_tokens"]))
 
 
 def chunk_key(signals: Sequence[str], mc_mode: str, config_hash: str, records: Sequence[Any]) -> str:

@@ -176,6 +176,22 @@ class ReplayPolicy:
         if first:
             self.policy.generate_streaming(first, inner_result)
 
+    @property
+    def remembered(self) -> int:
+        """How many answers the memory holds (a mark for :meth:`answers_since`)."""
+        return len(self._answers)
+
+    def answers_since(self, mark: int) -> list[tuple[GenerationRequest, GenerationResult]]:
+        """The answers remembered after ``mark`` (:attr:`remembered` then), oldest first."""
+        return list(self._answers.items())[mark:]
+
+    def remember(self, answers: Sequence[tuple[GenerationRequest, GenerationResult]]) -> None:
+        """Answers an earlier process sampled (an interrupted run's journal): asked again, they
+        are replayed."""
+        for request, result in answers:
+            if result.error is None:
+                self._answers.setdefault(self._key(request), result)
+
     def close(self) -> None:
         self.policy.close()
 

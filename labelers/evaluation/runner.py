@@ -44,6 +44,7 @@ from data_schemas.errors import InputError, PrmforgeError
 from labelers.config import BuildConfig
 from labelers.evaluation.journal import DEFAULT_CHUNK, ChunkJournal, LabeledChunk, chunk_key
 from labelers.evaluation.processbench import BenchRecord, Prediction, Score, score
+from labelers.evaluation.replay import ReplayPolicy
 from labelers.policy.base import Policy, TokenUsage
 from labelers.policy.usage import CostProfile, cpu_seconds
 from labelers.signals.lean import LEAN
@@ -405,6 +406,8 @@ def run_shared(
     config_hash = run_config.config_hash()
     # A chunk's own CPU clock is kept only for the journal (a resumed run adds it to its costs).
     chunk_clock: Callable[[], float] = cpu_seconds if journal is not None else (lambda: 0.0)
+    # The journal keeps what each chunk sampled, so a resumed run's later passes replay it too.
+    replay = policy if journal is not None and isinstance(policy, ReplayPolicy) else None
     # In chunks, so a pass over a real set can say how far it is: every request carries its own
     # seed (never the batch's), so the labels are the same as from one call over all records.
     if on_solutions is not None and records:
@@ -417,17 +420,20 @@ def run_shared(
         labeled = journal.get(key) if journal is not None else None
         if labeled is None:
             chunk_started, chunk_cpu = time.perf_counter(), chunk_clock()
+            mark = replay.remembered if replay is not None else 0
             result = pipeline.label_given_solutions(
                 problems[chunk], [[list(r.steps)] for r in records[chunk]], run_config, policy, use_tool, lean,
                 build_id="eval", step_judge=step_judge,
             )
             labeled = LabeledChunk(result.steps, result.outcomes, result.usage, time.perf_counter() - chunk_started,
-                                   chunk_clock() - chunk_cpu)
+                                   chunk_clock() - chunk_cpu, replay.answers_since(mark) if replay is not None else [])
             if journal is not None:
                 journal.put(key, labeled)
         else:
             earlier_wall += labeled.wall_seconds
             earlier_cpu += labeled.cpu_seconds
+            if replay is not None:
+                replay.remember(labeled.answers)  # a later pass of this run replays them
         for row in labeled.rows:
             by_problem.setdefault(row.problem_id, []).append(row)
         outcomes.update((o.problem_id, o) for o in labeled.outcomes)
