@@ -22,7 +22,7 @@ value changes: c / drawn, biased up (1/1 after a first success), so soft labels 
 Expected rollouts of a prefix with success rate p, k = 4, no adaptive stop:
 ``1 + 3 (1 - p)`` instead of 4 (p = 0.8: 1.6). Negatives cost all k either way.
 
-**Confirmation** (:func:`confirm_zeros`): an estimate of 0 where a verifier proved the prefix's
+**Confirmation** (:func:`confirm_process`): an estimate of 0 where a verifier proved the prefix's
 last step gets ``n`` more rollouts (seed chunk 3) and is replaced by the pooled estimate. A
 zero from k rollouts of a weak policy is the noisiest evidence the fusion acts on: from a
 correct prefix with success rate p it happens with probability (1 - p)^k; pooling 2k rollouts
@@ -84,7 +84,7 @@ class PrefixJob:
     gold_answer: str
     steps: tuple[str, ...]
     account: str | None = None  # ledger key the rollouts are charged to (default: problem_id)
-    confirm_zero: bool = False  # an estimate of 0 gets k more rollouts (:func:`confirm_zeros`)
+    confirm_zero: bool = False  # an estimate of 0 gets k more rollouts (:func:`confirm_process`)
 
 
 @dataclass
