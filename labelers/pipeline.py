@@ -17,12 +17,12 @@ the batch:
    policy (the policy itself unless a separate judge model is given); a failed judge request
    leaves that step without a judge verdict. A signal registered later runs here too.
 4. **MC** -- with ``search.first_error_search`` (default, OmegaPRM): wrong paths get the
-   first-error binary search, all searches of all problems in lock-step; correct paths get no
+   first-error binary search, all searches of all problems streamed together; correct paths get no
    rollouts, their steps are inferred positive (the path itself is a completion from each of
    its prefixes that reaches gold, so c >= 1), unless ``search.mc_correct_paths`` asks for
-   per-step soft values. Without it (Math-Shepherd): per-step MC on every path. Hybrid: an
-   estimate of 0 after a verified step is confirmed with k more rollouts
-   (``search.mc_confirm_verified_zero``). Estimates are shared between
+   per-step soft values. Without it (Math-Shepherd): per-step MC on every path. Hybrid, with
+   ``search.mc_confirm_verified_zero`` (off by default): an estimate of 0 after a verified step is
+   confirmed with k more rollouts. Estimates are shared between
    paths with the same prefix (key: problem_id + prefix_hash). The last step of a path that
    gives a final answer has an exact value (1/1 or 0/1) without rollouts.
 5. **fuse** -- labelers/fuse.py per step, path consensus (optional filter: non-consensus paths

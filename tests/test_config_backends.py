@@ -26,6 +26,9 @@ from labelers.config import (
 # (config_hash, labeling_hash) at commit 14a993e, before the per-backend models and the field
 # marks: a change here relabels every dataset built with that config. Never update these to make
 # a test pass; a deliberate identity change needs its own decision (docs/operations.md).
+# The one so far: search.mc_confirm_verified_zero's default true -> false (2026-12-06, issue 23):
+# these identities hold for configs that set the old value (OLD_DEFAULTS); CURRENT pins the rest.
+OLD_DEFAULTS = ["search.mc_confirm_verified_zero=true"]
 OPENAI = ["policy.backend=openai", "policy.base_url=http://h/v1"]
 PINNED: dict[str, tuple[str | None, list[str], str, str]] = {
     "default": (None, [], "e2e52b37a524e4cb", "0529c6ac9fa09074"),
@@ -59,11 +62,41 @@ PINNED: dict[str, tuple[str | None, list[str], str, str]] = {
 }
 
 
+# (config_hash, labeling_hash) of the same configs at today's defaults (confirmation off).
+CURRENT: dict[str, tuple[str, str]] = {
+    "default": ("6816dd167e01b71e", "04385b8bd0b95e44"),
+    "default+judge": ("c5a0238d21e2fed5", "7fcb77de790e2c9e"),
+    "default+judge-model": ("4f8a38b1d9cc43e1", "4e30ffc44819c409"),
+    "default+openai": ("deb5428b6bf2d39e", "04385b8bd0b95e44"),
+    "demo": ("99f0d7d47a6179c7", "2abdcc981be63eb1"),
+    "demo+openai": ("bd1314f1fdc703fc", "2abdcc981be63eb1"),
+    "demo+vllm": ("b2e18387fd83dcd8", "2abdcc981be63eb1"),
+    "gsm8k": ("83bf95aadc89004d", "0c299885f60ae4bd"),
+    "gsm8k+openai": ("1f1a5bc20504dd2c", "0c299885f60ae4bd"),
+    "gsm8k+vllm": ("4268fb25e3b63938", "0c299885f60ae4bd"),
+    "math500": ("0809cf91d80d004f", "6a1b6fb9a9c276e2"),
+    "math500+openai": ("98a8538537df0df0", "6a1b6fb9a9c276e2"),
+    "math500+vllm": ("0f3f8f5053d50b07", "6a1b6fb9a9c276e2"),
+    "small": ("e290bfdaf09ee853", "1ae647045d98efed"),
+    "small+fuse-judge": ("ec133c9c55c15620", "16dbc0f3eb25cd78"),
+    "small+openai": ("fc29c2e44c3842cd", "1ae647045d98efed"),
+    "small+vllm": ("b0fe6e4175fca918", "1ae647045d98efed"),
+}
+
+
 @pytest.mark.parametrize("name", sorted(PINNED))
 def test_identities_are_those_of_the_flat_config(name):
     preset, overrides, config_hash, labeling_hash = PINNED[name]
-    config = config_from_parts(preset, None, overrides)
+    config = config_from_parts(preset, None, overrides + OLD_DEFAULTS)
     assert (config.config_hash(), config.labeling_hash()) == (config_hash, labeling_hash)
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_todays_defaults_have_identities_of_their_own(name):
+    preset, overrides, *old = PINNED[name]
+    config = config_from_parts(preset, None, overrides)
+    assert (config.config_hash(), config.labeling_hash()) == CURRENT[name]
+    assert config.labeling_hash() != old[1]  # confirmation off labels otherwise: relabeled
 
 
 def test_every_preset_is_pinned():
@@ -209,7 +242,7 @@ def test_a_flat_policy_of_an_old_manifest_loads_quietly_with_its_hashes(caplog):
 def test_a_key_added_later_counts_only_when_set():
     """search.mc_curtail came after datasets were built: at the value that gives their rows it
     leaves the identities alone; set to the other value it relabels."""
-    config = config_from_parts(None, None, [])
+    config = config_from_parts(None, None, OLD_DEFAULTS)
     pinned = PINNED["default"][2:]
     assert (config.config_hash(), config.labeling_hash()) == pinned
     flipped = config.with_overrides({"search.mc_curtail": not config.search.mc_curtail})

@@ -100,9 +100,11 @@ def test_a_run_resumed_after_mc_pass_replays_its_rollouts_in_the_hybrids_pass(tm
     from labelers.evaluation.replay import ReplayPolicy
 
     records, references = labeled_set
+    # The hybrid has a pass of its own only when it confirms zeros (off by default).
+    confirming = _config().with_overrides({"search.mc_confirm_verified_zero": True})
     path = tmp_path / "out.json.partial"
     mc_only = ReplayPolicy(scripted_for(records, references))
-    runner.run_shared(records, ["mc"], _config(), mc_only, None, None, "binary", 4, chunk_size=3,
+    runner.run_shared(records, ["mc"], confirming, mc_only, None, None, "binary", 4, chunk_size=3,
                       journal=ChunkJournal(path))
     assert mc_only.counts.completions > 0
     entries = [json.loads(line) for line in path.read_text().splitlines()]
@@ -110,13 +112,13 @@ def test_a_run_resumed_after_mc_pass_replays_its_rollouts_in_the_hybrids_pass(tm
 
     def restarted(journal_path):
         policy = ReplayPolicy(scripted_for(records, references))
-        runs = runner.run_shared(records, ["mc", "hybrid"], _config(), policy, None, None, "binary", 4,
+        runs = runner.run_shared(records, ["mc", "hybrid"], confirming, policy, None, None, "binary", 4,
                                  chunk_size=3, journal=ChunkJournal(journal_path))
         return runs, policy
 
     (mc, hybrid), resumed = restarted(path)
     assert resumed.counts.completions == 0 and resumed.counts.replayed_completions > 0
-    whole_mc, whole_hybrid = runner.run_shared(records, ["mc", "hybrid"], _config(),
+    whole_mc, whole_hybrid = runner.run_shared(records, ["mc", "hybrid"], confirming,
                                                ReplayPolicy(scripted_for(records, references)), None, None,
                                                "binary", 4, chunk_size=3)
     assert hybrid.predictions == whole_hybrid.predictions and hybrid.rollouts == whole_hybrid.rollouts

@@ -39,7 +39,7 @@ def test_replay_answers_a_seeded_request_once():
 
 def test_chunked_pass_equals_one_call_and_replays_across_passes():
     records, references = injected_set(6, 4, seed=11)
-    config = _config()
+    config = _config().with_overrides({"search.mc_confirm_verified_zero": True})  # the hybrid's own pass
     whole = runner.run_shared(records, ["mc", "hybrid"], config, scripted_for(records, references), None, None,
                               "binary", 4, chunk_size=len(records))
     ticks: list[tuple[int, int]] = []
@@ -53,6 +53,17 @@ def test_chunked_pass_equals_one_call_and_replays_across_passes():
     assert ticks == [(0, 10), (3, 10), (6, 10), (9, 10), (10, 10), (0, 10), (3, 10), (6, 10), (9, 10), (10, 10)]
     # without a tool nothing differs between the passes' requests: the second is all replayed
     assert policy.counts.replayed_completions >= policy.counts.completions
+
+
+def test_by_default_the_hybrid_is_fused_from_mcs_pass():
+    """Confirmation off (the default): MC and hybrid share one pass, sampled once."""
+    records, references = injected_set(6, 4, seed=11)
+    ticks: list[tuple[int, int]] = []
+    policy = ReplayPolicy(scripted_for(records, references))
+    mc, hybrid = runner.run_shared(records, ["mc", "hybrid"], _config(), policy, None, None, "binary", 4,
+                                   chunk_size=3, on_solutions=lambda done, total: ticks.append((done, total)))
+    assert ticks == [(0, 10), (3, 10), (6, 10), (9, 10), (10, 10)]
+    assert policy.counts.replayed_completions == 0 and mc.rollouts == hybrid.rollouts > 0
 
 
 def test_stored_signals_refuse_to_the_run_labels_and_variants_score():

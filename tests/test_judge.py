@@ -231,8 +231,9 @@ def test_cli_several_labels_share_a_pass_and_set_overrides(tmp_path, monkeypatch
     assert payload[1]["cost"]["rollouts"] > 0 and payload[3]["cost"]["rollouts"] > 0
     assert payload[2]["score"]["f1"] == 1.0
     assert "cost shared" in result.output  # mc and the judge
-    # progress on stderr: one binary pass for mc and the judge, the hybrid's own after it
-    assert "labeling pass 1 of 1 (binary: mc, judge; then hybrid on its own) over 10 solutions" in result.stderr
+    # progress on stderr: one binary pass for mc, the hybrid (no confirmation: fused from MC's
+    # rollouts) and the judge
+    assert "labeling pass 1 of 1 (binary: mc, hybrid, judge) over 10 solutions" in result.stderr
     assert "labeling pass 1 of 1 done in" in result.stderr
 
 
