@@ -133,9 +133,12 @@ def bench_batched(model: str, k: int, prefixes: int, max_tokens: int) -> None:
     rates = {}
     texts = {}
     usage = {}
-    for decode in ("sequential", "batched", "batched-serial-sampling"):
-        policy = EmbeddedPolicy(model, n_ctx=2048, n_threads=_threads(), pool=pool, decode=decode.split("-")[0],
-                                sampling="serial" if decode.endswith("sampling") else "buffers")
+    # name -> (decode, sampling): the default (batched, nucleus in numpy) and its peers
+    modes = {"sequential": ("sequential", "nucleus"), "batched": ("batched", "nucleus"),
+             "batched-llama-top-p": ("batched", "buffers"), "batched-serial-sampling": ("batched", "serial")}
+    for decode, (decode_mode, sampling) in modes.items():
+        policy = EmbeddedPolicy(model, n_ctx=2048, n_threads=_threads(), pool=pool, decode=decode_mode,
+                                sampling=sampling)
         policy.generate([GenerationRequest(solution_messages("1+1?"), max_tokens=2, temperature=0.0)])  # warm-up
         before = dataclasses.replace(policy.usage)
         started = time.perf_counter()
@@ -165,8 +168,13 @@ def bench_batched(model: str, k: int, prefixes: int, max_tokens: int) -> None:
     figure(f"embedded_sampling_seconds_parallel_vs_serial {shape}",
            usage["batched"][1] / usage["batched-serial-sampling"][1],
            "x (sampling seconds, parallel from copied logits / llama_sampler_sample one by one)")
+    figure(f"embedded_sampling_seconds_nucleus_vs_llama_top_p {shape}",
+           usage["batched"][1] / usage["batched-llama-top-p"][1],
+           "x (sampling seconds, nucleus found in numpy / llama.cpp's top-p sampler, both parallel)")
     same_sampling = sum(a == b for a, b in zip(texts["batched"], texts["batched-serial-sampling"]))
     print(f"  texts equal with parallel and serial sampling: {same_sampling}/{len(texts['batched'])}")
+    same_top_p = sum(a == b for a, b in zip(texts["batched"], texts["batched-llama-top-p"]))
+    print(f"  texts equal with the numpy nucleus and llama.cpp's top-p: {same_top_p}/{len(texts['batched'])}")
     ceiling = decode_ceiling(pool, model, k * prefixes)
     speedup = rates["batched"] / rates["sequential"]
     print(f"  batched speed-up {speedup:.2f}x = {speedup / ceiling:.0%} of the decode ceiling {ceiling:.2f}x")

@@ -140,12 +140,12 @@ def test_a_failure_after_sequences_finished_in_the_same_step_frees_each_sampler_
 def test_sampling_from_copied_logits_draws_what_llama_sampler_sample_draws(pool: ModelPool, tokenize) -> None:
     jobs = _jobs(tokenize, 2, n=3, max_tokens=10)
     texts = {}
-    for sampling in ("serial", "buffers"):
+    for sampling in ("serial", "buffers", "nucleus"):
         decoder = _decoder(pool, max_sequences=6, n_threads=2, sampling=sampling)
         texts[sampling] = [_texts(o) for o in decoder.run(jobs)]
         decoder.close()
-    assert texts["serial"] == texts["buffers"]
-    assert len({t for row in texts["buffers"] for t in row}) > 2  # sampled, not one text
+    assert texts["serial"] == texts["buffers"] == texts["nucleus"]
+    assert len({t for row in texts["nucleus"] for t in row}) > 2  # sampled, not one text
 
 
 def test_the_answer_stop_cuts_a_rollout_after_its_answer_and_keeps_the_answer(pool: ModelPool, tokenize) -> None:

@@ -11,8 +11,11 @@ rollouts of a prefix, and the prefixes of every problem of a batch, are decoded 
   out of the context into that sequence's own buffer; the samplers then run on those buffers
   (``llama_sampler_apply``, exactly what ``llama_sampler_sample`` does after reading the
   logits) on a pool of the decode's thread count. A worker touches only its sequence's buffer
-  and sampler chain, never the ``llama_context`` (``sampling="serial"``: ``llama_sampler_sample``
-  one sequence after another, for comparison).
+  and sampler chain, never the ``llama_context``. By default (``sampling="nucleus"``) the top-p
+  nucleus is found in numpy and only ``dist(seed)`` runs in llama.cpp, which draws the same
+  token in a third of the time (:mod:`labelers.policy.sampling`); ``"buffers"`` runs the whole
+  chain on the buffer, ``"serial"`` calls ``llama_sampler_sample`` one sequence after another
+  (both for comparison).
 - **Ownership.** The ``live`` map (sequence id -> :class:`_Live`) owns every sampler: a sequence
   leaves it and its sampler is freed in one place (:meth:`BatchDecoder._release`), so no path
   frees a sampler twice or leaks one.
@@ -56,6 +59,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+
+from labelers.policy.sampling import CandidateBuffer, draw, make_chain
 
 # A stop rule: given the text so far (called when a line has just ended), the index where the
 # text is cut (the completion is finished), or None to go on.
@@ -145,6 +150,8 @@ class _Live:
     completion_index: int
     seq_id: int
     sampler: Any
+    temperature: float
+    top_p: float
     max_tokens: int
     stop: tuple[bytes, ...]
     stop_rule: StopRule | None
@@ -166,7 +173,7 @@ class BatchDecoder:
 
     def __init__(self, llama: Any, *, max_sequences: int, kv_cells: int, n_threads: int, n_ctx_per_sequence: int,
                  n_batch: int = 512, cache_slots: int = 32, prompt_cache_cells: int | None = None,
-                 sampling: Literal["buffers", "serial"] = "buffers") -> None:
+                 sampling: Literal["nucleus", "buffers", "serial"] = "nucleus") -> None:
         import llama_cpp
 
         self._lib = llama_cpp
@@ -204,7 +211,7 @@ class BatchDecoder:
         # the decode's threads (ctypes releases the GIL), each on its own copy of its logits.
         self._samplers = ThreadPoolExecutor(max_workers=n_threads) if n_threads > 1 else None
         self._ids = np.arange(self._n_vocab, dtype=np.int32)
-        self._buffers: dict[int, tuple[Any, np.ndarray, np.ndarray]] = {}  # seq id -> (token data, view, logits)
+        self._buffers: dict[int, CandidateBuffer] = {}  # seq id -> its candidates and logits
         self.cost = DecoderCost()
         # Lifetime peaks (benchmarks and tests read them).
         self.peak_sequences = 0  # most sequences decoded in one call
@@ -558,7 +565,10 @@ class BatchDecoder:
                 job_index=group.job_index,
                 completion_index=completion_index,
                 seq_id=seq_id,
-                sampler=self._make_sampler(job.temperature, job.top_p, job.seeds[completion_index]),
+                sampler=make_chain(self._lib, job.temperature, job.top_p, job.seeds[completion_index],
+                                   nucleus_in_numpy=self.sampling == "nucleus"),
+                temperature=job.temperature,
+                top_p=job.top_p,
                 max_tokens=max_tokens,
                 stop=stops,
                 stop_rule=job.stop_rule,
@@ -568,20 +578,6 @@ class BatchDecoder:
             )
             started.append(sequence)
         return started
-
-    def _make_sampler(self, temperature: float, top_p: float, seed: int) -> Any:
-        lib = self._lib
-        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-        if temperature <= 0:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
-        else:
-            # Temperature first, then the nucleus of the scaled distribution (as vLLM and the
-            # OpenAI API define top_p), then a draw from this sequence's own generator.
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(temperature))
-            if top_p < 1.0:
-                lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(top_p, 1))
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-        return chain
 
     # -- sampling -------------------------------------------------------------------------------
 
@@ -594,39 +590,23 @@ class BatchDecoder:
         # The main thread alone reads the context: each row's logits into the sequence's buffer.
         size = self._n_vocab * ctypes.sizeof(ctypes.c_float)
         for sequence in live:
-            logits = self._buffer(sequence.seq_id)[2]
+            logits = self._buffer(sequence.seq_id).logits
             ctypes.memmove(logits.ctypes.data, lib.llama_get_logits_ith(ctx, sequence.logits_index), size)
         if self._samplers is None or len(live) < 2:
             return [self._draw(s) for s in live]
         return list(self._samplers.map(self._draw, live))
 
-    def _buffer(self, seq_id: int) -> tuple[Any, np.ndarray, np.ndarray]:
+    def _buffer(self, seq_id: int) -> CandidateBuffer:
         buffer = self._buffers.get(seq_id)
         if buffer is None:
-            data = (self._lib.llama_token_data * self._n_vocab)()
-            view = np.frombuffer(data, dtype=np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]))
-            buffer = (data, view, np.empty(self._n_vocab, dtype=np.float32))
-            self._buffers[seq_id] = buffer
+            buffer = self._buffers[seq_id] = CandidateBuffer.allocate(self._lib, self._n_vocab)
         return buffer
 
     def _draw(self, sequence: _Live) -> int:
-        """What ``llama_sampler_sample`` does after reading the logits, on the sequence's own
-        copy: candidates ``{id, logit, 0}`` in id order, unsorted, apply the chain, take the
-        selected token, accept it. Touches only this sequence's buffer and sampler."""
-        lib = self._lib
-        data, view, logits = self._buffer(sequence.seq_id)
-        view["id"] = self._ids
-        view["logit"] = logits
-        view["p"] = 0.0
-        candidates = lib.llama_token_data_array(
-            ctypes.cast(data, lib.llama_token_data_p), self._n_vocab, -1, False
-        )
-        lib.llama_sampler_apply(sequence.sampler, ctypes.byref(candidates))
-        if not 0 <= candidates.selected < candidates.size:
-            raise RuntimeError(f"the sampler selected no token (index {candidates.selected})")
-        token = candidates.data[candidates.selected].id
-        lib.llama_sampler_accept(sequence.sampler, token)
-        return token
+        """The sequence's next token from its own copy of the logits (labelers.policy.sampling).
+        Touches only this sequence's buffer and sampler."""
+        return draw(self._lib, sequence.sampler, self._buffer(sequence.seq_id), self._ids, sequence.temperature,
+                    sequence.top_p, nucleus_in_numpy=self.sampling == "nucleus")
 
     # -- after sampling -------------------------------------------------------------------------
 

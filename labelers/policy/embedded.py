@@ -203,7 +203,7 @@ class EmbeddedPolicy:
         max_sequences: int = 32,
         kv_cells: int = 16384,
         prompt_cache: bool = True,
-        sampling: Literal["buffers", "serial"] = "buffers",
+        sampling: Literal["nucleus", "buffers", "serial"] = "nucleus",
     ) -> None:
         """``model``: a preset name (see model_files.PRESETS) or a GGUF path. ``pool``: share
         loaded models across policies (the caller owns and closes it); without one the policy
@@ -214,8 +214,10 @@ class EmbeddedPolicy:
         (for measuring what prefix reuse saves). ``prompt_cache`` (batched): consecutive calls
         whose requests carry the same ``cache_scope`` (one labeling pass) reuse the prompts the
         earlier calls evaluated; off, every call starts with an empty KV cache. ``sampling``
-        (batched): ``buffers`` samples in parallel from copies of the logits, ``serial`` with
-        ``llama_sampler_sample`` one sequence after another (batch_decoder.py)."""
+        (batched): ``nucleus`` samples in parallel from copies of the logits with the top-p
+        nucleus found in numpy (labelers/policy/sampling.py), ``buffers`` the same with
+        llama.cpp's own top-p sampler, ``serial`` with ``llama_sampler_sample`` one sequence after
+        another (batch_decoder.py); all three draw the same tokens."""
         path, self._model_id = resolve_model(model, cache_dir)
         self._threads = n_threads or default_threads()
         self._owns_model = pool is None
