@@ -43,8 +43,8 @@ def figure(name: str, value: float | None, unit: str, goal: str = "") -> None:
 def run_eval(args: argparse.Namespace, out_json: Path, log: Path) -> float:
     """The eval run in a child; returns its user + system CPU seconds (its children included)."""
     # this interpreter's prmforge (no PATH lookup: the benchmark runs in the project's venv)
-    command = [sys.executable, "-m", "flows.cli", "eval", "run", "--input", str(args.set), "--labels", args.labels, "--k", str(args.k),
-               "--seed", str(args.seed), "--out", str(out_json)]
+    command = [sys.executable, "-m", "flows.cli", "eval", "run", "--input", str(args.set), "--labels", args.labels,
+               "--k", str(args.k), "--seed", str(args.seed), "--out", str(out_json)]
     for option in args.set_option:
         command += ["--set", option]
     if args.chunk is not None:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from data_schemas.records import NodeRow, Problem, ProblemOutcome, StepRow
@@ -64,7 +64,7 @@ from labelers.search.first_error import FirstErrorSearch
 from labelers.search.ledger import Ledger
 from labelers.search.mcts import Node, SearchSettings, TreeSearch
 from labelers.search.montecarlo import MCEstimate, MCSettings, OutcomeJudge, PrefixJob
-from labelers.search.scheduler import EstimateScheduler, search_process
+from labelers.search.scheduler import EstimateScheduler, SearchProcess, search_process
 from labelers.signals.base import PathStep, SignalInputs, SignalPath, check_isolated, error_text
 from labelers.signals.lean import LEAN_DISABLED as LEAN_DISABLED  # re-exported: where callers found it
 from labelers.signals.mc import MC
@@ -259,11 +259,18 @@ def _path_of(problem: Problem, leaf: Node) -> _Path:
 # -- Monte Carlo -----------------------------------------------------------------------------
 
 
+def _reported(process: SearchProcess, on_end: Callable[[], None]) -> SearchProcess:
+    """``process`` (estimates sent and failures thrown pass through), then ``on_end()``."""
+    yield from process
+    on_end()
+
+
 def _estimate_paths(
     states: Sequence[_State], config: BuildConfig, policy: Policy, ledger: Ledger, judge: OutcomeJudge,
-    account_by_path: bool,
+    account_by_path: bool, on_search_done: Callable[[], None] | None = None,
 ) -> dict[str, MCEstimate]:
-    """MC signals for every path of every live state (stage 4 of the module doc)."""
+    """MC signals for every path of every live state (stage 4 of the module doc).
+    ``on_search_done`` is called as each first-error search ends (progress inside a pass)."""
     settings = mc_settings(config)
     known: dict[str, MCEstimate] = {}
 
@@ -314,6 +321,8 @@ def _estimate_paths(
     # Per-step estimates and every search's probes, sampled together (labelers.search.scheduler).
     scheduler = EstimateScheduler(policy, settings, ledger, judge, known)
     probes = [search_process(owner[1].search, lambda index, owner=owner: job(owner, index)) for owner in searches]
+    if on_search_done is not None:
+        probes = [_reported(probe, on_search_done) for probe in probes]
     failed_keys = scheduler.run([job(owner, index) for owner, index in per_step], probes).errors
     for state in states:
         if not state.ok:
@@ -497,6 +506,7 @@ def _label_paths(
     account_by_path: bool = False,
     step_judge: Policy | None = None,
     tool: StepVerifier | None = None,
+    on_search_done: Callable[[], None] | None = None,
 ) -> BatchResult:
     """Stages 3-5 (path signals: Lean, step judge; MC; fusion and rows) for the paths already on
     ``states``. ``tool``: the tool verifier (None when off), for a path signal that reads it."""
@@ -504,7 +514,8 @@ def _label_paths(
     _run_path_signals(states, inputs)
     try:
         # The value signal: rules "tool", "lean" and "judge" never read MC, so no rollouts for them.
-        known = _estimate_paths(states, config, policy, ledger, judge, account_by_path) if MC.runs(config) else {}
+        known = (_estimate_paths(states, config, policy, ledger, judge, account_by_path, on_search_done)
+                 if MC.runs(config) else {})
     except Exception as error:  # noqa: BLE001 - a crashed backend fails the problems still in MC
         known = {}
         for state in states:
@@ -597,12 +608,14 @@ def label_given_solutions(
     lean: LeanVerifier | None,
     build_id: str = "given",
     step_judge: Policy | None = None,
+    on_search_done: Callable[[], None] | None = None,
 ) -> BatchResult:
     """Label given step lists: ``solutions[i]`` holds the solutions (each a list of step
     texts) of ``problems[i]``. Tool checks (one call), Lean (one call), MC (per-step, or
     first-error search on wrong solutions when ``search.first_error_search``; rollouts counted
     per solution and summed into the problem's outcome), fusion by ``fuse.rule``. Every given
-    step keeps a row unless ``fuse.after_first_error = "truncate"``."""
+    step keeps a row unless ``fuse.after_first_error = "truncate"``. ``on_search_done``: called
+    as each solution's first-error search ends (a caller's progress inside the call)."""
     if len(problems) != len(solutions):
         raise ValueError("one list of solutions per problem")
     ledger = Ledger()
@@ -640,7 +653,7 @@ def label_given_solutions(
             for node, check in zip(path.nodes, checks):
                 node.tool_check = check
         return _label_paths(states, config, policy, lean, ledger, judge, build_id, account_by_path=True,
-                            step_judge=step_judge, tool=use_tool)
+                            step_judge=step_judge, tool=use_tool, on_search_done=on_search_done)
 
 
 def _given_child(tree: TreeSearch, parent: Node, text: str) -> Node:

@@ -49,8 +49,12 @@ def test_chunked_pass_equals_one_call_and_replays_across_passes():
                                 on_solutions=lambda done, total: ticks.append((done, total)))
     for a, b in zip(whole, chunked):
         assert a.predictions == b.predictions and a.rollouts == b.rollouts
-    # the hybrid samples with the tool's help in a pass of its own: its count restarts
-    assert ticks == [(0, 10), (3, 10), (6, 10), (9, 10), (10, 10), (0, 10), (3, 10), (6, 10), (9, 10), (10, 10)]
+    # the hybrid samples with the tool's help in a pass of its own: its count restarts once
+    # (between chunk ends, solutions also count as their searches end)
+    restarts = [i for i in range(1, len(ticks)) if ticks[i][0] < ticks[i - 1][0]]
+    assert len(restarts) == 1 and ticks[restarts[0]] == (0, 10)
+    for part in (ticks[:restarts[0]], ticks[restarts[0]:]):
+        assert {(3, 10), (6, 10), (9, 10), (10, 10)} <= set(part) and part[-1] == (10, 10)
     # without a tool nothing differs between the passes' requests: the second is all replayed
     assert policy.counts.replayed_completions >= policy.counts.completions
 
@@ -62,8 +66,22 @@ def test_by_default_the_hybrid_is_fused_from_mcs_pass():
     policy = ReplayPolicy(scripted_for(records, references))
     mc, hybrid = runner.run_shared(records, ["mc", "hybrid"], _config(), policy, None, None, "binary", 4,
                                    chunk_size=3, on_solutions=lambda done, total: ticks.append((done, total)))
-    assert ticks == [(0, 10), (3, 10), (6, 10), (9, 10), (10, 10)]
+    done = [d for d, _ in ticks]
+    assert done == sorted(done) and {0, 3, 6, 9, 10} <= set(done)  # one part: no restart
     assert policy.counts.replayed_completions == 0 and mc.rollouts == hybrid.rollouts > 0
+
+
+def test_solutions_count_as_done_as_their_searches_end_inside_a_chunk():
+    """One chunk of all 10 solutions: the 6 wrong ones are counted as their first-error searches
+    end, not all at the chunk's end; the count only grows and ends at the total."""
+    records, references = injected_set(6, 4, seed=11)
+    ticks: list[tuple[int, int]] = []
+    runner.run_shared(records, ["mc"], _config(), scripted_for(records, references), None, None, "binary", 4,
+                      chunk_size=len(records), on_solutions=lambda done, total: ticks.append((done, total)))
+    done = [d for d, _ in ticks]
+    assert ticks[0] == (0, 10) and ticks[-1] == (10, 10)
+    assert done == sorted(done)
+    assert [d for d in done if 0 < d < 10] == [1, 2, 3, 4, 5, 6]  # one per wrong solution's search
 
 
 def test_stored_signals_refuse_to_the_run_labels_and_variants_score():
