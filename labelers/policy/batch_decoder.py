@@ -13,7 +13,7 @@ rollouts of a prefix, and the prefixes of every problem of a batch, are decoded 
   logits) on a pool of the decode's thread count. A worker touches only its sequence's buffer
   and sampler chain, never the ``llama_context``. By default (``sampling="nucleus"``) the top-p
   nucleus is found in numpy and only ``dist(seed)`` runs in llama.cpp, which draws the same
-  token in a third of the time (:mod:`labelers.policy.sampling`); ``"buffers"`` runs the whole
+  token in less than half the time (:mod:`labelers.policy.sampling`); ``"buffers"`` runs the whole
   chain on the buffer, ``"serial"`` calls ``llama_sampler_sample`` one sequence after another
   (both for comparison).
 - **Ownership.** The ``live`` map (sequence id -> :class:`_Live`) owns every sampler: a sequence
