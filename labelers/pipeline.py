@@ -267,10 +267,11 @@ def _reported(process: SearchProcess, on_end: Callable[[], None]) -> SearchProce
 
 def _estimate_paths(
     states: Sequence[_State], config: BuildConfig, policy: Policy, ledger: Ledger, judge: OutcomeJudge,
-    account_by_path: bool, on_search_done: Callable[[], None] | None = None,
+    account_by_path: bool, on_path_done: Callable[[], None] | None = None,
 ) -> dict[str, MCEstimate]:
     """MC signals for every path of every live state (stage 4 of the module doc).
-    ``on_search_done`` is called as each first-error search ends (progress inside a pass)."""
+    ``on_path_done`` is called once per path whose first-error search ended or that needs no
+    rollouts (progress inside a pass; per-step estimates are not reported)."""
     settings = mc_settings(config)
     known: dict[str, MCEstimate] = {}
 
@@ -308,6 +309,8 @@ def _estimate_paths(
             if path.correct:
                 if spends_mc:
                     per_step += [(owner, i) for i in range(sampled)]
+                elif on_path_done is not None:
+                    on_path_done()  # no rollouts: its labels are inferred
             elif config.search.first_error_search:
                 if path.mc_horizon is not None:
                     # The search looks for the first error in steps 0..horizon; the disproved
@@ -321,8 +324,8 @@ def _estimate_paths(
     # Per-step estimates and every search's probes, sampled together (labelers.search.scheduler).
     scheduler = EstimateScheduler(policy, settings, ledger, judge, known)
     probes = [search_process(owner[1].search, lambda index, owner=owner: job(owner, index)) for owner in searches]
-    if on_search_done is not None:
-        probes = [_reported(probe, on_search_done) for probe in probes]
+    if on_path_done is not None:
+        probes = [_reported(probe, on_path_done) for probe in probes]
     failed_keys = scheduler.run([job(owner, index) for owner, index in per_step], probes).errors
     for state in states:
         if not state.ok:
@@ -506,7 +509,7 @@ def _label_paths(
     account_by_path: bool = False,
     step_judge: Policy | None = None,
     tool: StepVerifier | None = None,
-    on_search_done: Callable[[], None] | None = None,
+    on_path_done: Callable[[], None] | None = None,
 ) -> BatchResult:
     """Stages 3-5 (path signals: Lean, step judge; MC; fusion and rows) for the paths already on
     ``states``. ``tool``: the tool verifier (None when off), for a path signal that reads it."""
@@ -514,7 +517,7 @@ def _label_paths(
     _run_path_signals(states, inputs)
     try:
         # The value signal: rules "tool", "lean" and "judge" never read MC, so no rollouts for them.
-        known = (_estimate_paths(states, config, policy, ledger, judge, account_by_path, on_search_done)
+        known = (_estimate_paths(states, config, policy, ledger, judge, account_by_path, on_path_done)
                  if MC.runs(config) else {})
     except Exception as error:  # noqa: BLE001 - a crashed backend fails the problems still in MC
         known = {}
@@ -608,14 +611,15 @@ def label_given_solutions(
     lean: LeanVerifier | None,
     build_id: str = "given",
     step_judge: Policy | None = None,
-    on_search_done: Callable[[], None] | None = None,
+    on_path_done: Callable[[], None] | None = None,
 ) -> BatchResult:
     """Label given step lists: ``solutions[i]`` holds the solutions (each a list of step
     texts) of ``problems[i]``. Tool checks (one call), Lean (one call), MC (per-step, or
     first-error search on wrong solutions when ``search.first_error_search``; rollouts counted
     per solution and summed into the problem's outcome), fusion by ``fuse.rule``. Every given
-    step keeps a row unless ``fuse.after_first_error = "truncate"``. ``on_search_done``: called
-    as each solution's first-error search ends (a caller's progress inside the call)."""
+    step keeps a row unless ``fuse.after_first_error = "truncate"``. ``on_path_done``: called
+    as each solution's first-error search ends, or at once for one that needs no rollouts (a
+    caller's progress inside the call)."""
     if len(problems) != len(solutions):
         raise ValueError("one list of solutions per problem")
     ledger = Ledger()
@@ -653,7 +657,7 @@ def label_given_solutions(
             for node, check in zip(path.nodes, checks):
                 node.tool_check = check
         return _label_paths(states, config, policy, lean, ledger, judge, build_id, account_by_path=True,
-                            step_judge=step_judge, tool=use_tool, on_search_done=on_search_done)
+                            step_judge=step_judge, tool=use_tool, on_path_done=on_path_done)
 
 
 def _given_child(tree: TreeSearch, parent: Node, text: str) -> Node:

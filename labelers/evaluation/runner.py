@@ -332,21 +332,21 @@ def fuse_stored(stored: dict[str, Any], rule: str, fuse_config: Any) -> list[boo
     return [step.label for step in fuse_path(signals, config, stored["path_correct"])]
 
 
-def _counting_searches(on_solutions: Callable[[int, int], None] | None, start: int,
-                       records: Sequence[BenchRecord]) -> Callable[[], None] | None:
-    """Progress inside a chunk: a chunk of 32 wrong solutions is one streamed call of many
-    minutes on a CPU, so each solution whose first-error search ends counts as done at once
-    (``start`` + searches ended so far; the chunk's end sets the exact count)."""
+def _counting_solutions(on_solutions: Callable[[int, int], None] | None, start: int,
+                        records: Sequence[BenchRecord]) -> Callable[[], None] | None:
+    """Progress inside a chunk: a chunk of 32 solutions is one streamed call of many minutes on a
+    CPU, so a solution counts as done when its first-error search ends, or at once when it needs
+    no rollouts (``start`` + solutions done so far; the chunk's end sets the exact count)."""
     if on_solutions is None:
         return None
-    ended = 0
+    done = 0
 
-    def search_done() -> None:
-        nonlocal ended
-        ended += 1
-        on_solutions(start + ended, len(records))
+    def solution_done() -> None:
+        nonlocal done
+        done += 1
+        on_solutions(start + done, len(records))
 
-    return search_done
+    return solution_done
 
 
 def hybrid_has_own_pass(signals: Sequence[str], config: BuildConfig) -> bool:
@@ -440,7 +440,8 @@ def run_shared(
             mark = replay.remembered if replay is not None else 0
             result = pipeline.label_given_solutions(
                 problems[chunk], [[list(r.steps)] for r in records[chunk]], run_config, policy, use_tool, lean,
-                build_id="eval", step_judge=step_judge, on_search_done=_counting_searches(on_solutions, start, records),
+                build_id="eval", step_judge=step_judge,
+                on_path_done=_counting_solutions(on_solutions, start, records),
             )
             labeled = LabeledChunk(result.steps, result.outcomes, result.usage, time.perf_counter() - chunk_started,
                                    chunk_clock() - chunk_cpu, replay.answers_since(mark) if replay is not None else [])
