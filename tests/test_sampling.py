@@ -3,6 +3,8 @@ same candidates and the same draws, on peaked (language-model-like) and flat dis
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 import pytest
 
@@ -68,16 +70,44 @@ def _draws(lib, logits: np.ndarray, temperature: float, top_p: float, seed: int,
 def test_the_numpy_nucleus_draws_what_llamas_top_p_draws() -> None:
     rng = np.random.default_rng(0)
     compared = differing = 0
-    for _ in range(60):
+    for _ in range(80):
         logits = _logits(rng, float(rng.uniform(0.5, 4.0)), int(rng.integers(0, 30)))
-        temperature = float(rng.choice([0.7, 0.8, 1.0, 1.3]))
-        top_p = float(rng.choice([0.9, 0.95, 1.0]))
+        temperature = float(rng.choice([0.1, 0.7, 0.8, 1.0, 1.3]))
+        top_p = float(rng.choice([0.05, 0.9, 0.95, 1.0]))  # 0.05: a one-token nucleus
         seed = int(rng.integers(0, 2**32))
         ours = _draws(llama_cpp, logits, temperature, top_p, seed, 5, nucleus_in_numpy=True)
         llamas = _draws(llama_cpp, logits, temperature, top_p, seed, 5, nucleus_in_numpy=False)
         compared += len(ours)
         differing += sum(a != b for a, b in zip(ours, llamas))
-    assert compared == 300 and differing == 0
+    assert compared == 400 and differing == 0
+
+
+def _llamas_nucleus_size(lib, logits: np.ndarray, temperature: float, top_p: float) -> int:
+    """How many candidates llama.cpp's ``temp -> top_p`` leaves (no draw)."""
+    chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(temperature))
+    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(top_p, 1))
+    buffer = CandidateBuffer.allocate(lib, VOCAB)
+    buffer.view["id"] = np.arange(VOCAB, dtype=np.int32)
+    buffer.view["logit"] = logits
+    buffer.view["p"] = 0.0
+    candidates = lib.llama_token_data_array(ctypes.cast(buffer.data, lib.llama_token_data_p), VOCAB, -1, False)
+    lib.llama_sampler_apply(chain, ctypes.byref(candidates))
+    lib.llama_sampler_free(chain)
+    return candidates.size
+
+
+def test_the_nucleus_has_the_size_llamas_top_p_keeps() -> None:
+    """The boundary, where rounding decides: on flat distributions a nucleus of thousands of
+    tokens ends where llama.cpp's float32 sums end it (a pairwise or float64 sum of the weights
+    moves it by a few tokens in some of these)."""
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        logits = _logits(rng, float(rng.uniform(0.3, 2.0)), int(rng.integers(0, 4)))
+        temperature = float(rng.choice([1.0, 1.3]))
+        top_p = float(rng.choice([0.9, 0.95]))
+        scaled = logits / np.float32(temperature)
+        assert nucleus(scaled, top_p).size == _llamas_nucleus_size(llama_cpp, logits, temperature, top_p)
 
 
 def test_greedy_ignores_the_nucleus() -> None:
