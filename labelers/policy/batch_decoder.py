@@ -60,7 +60,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from labelers.policy.sampling import CandidateBuffer, draw, make_chain
+from labelers.policy.sampling import CandidateBuffer, SamplingMode, draw, make_chain
 
 # A stop rule: given the text so far (called when a line has just ended), the index where the
 # text is cut (the completion is finished), or None to go on.
@@ -173,7 +173,7 @@ class BatchDecoder:
 
     def __init__(self, llama: Any, *, max_sequences: int, kv_cells: int, n_threads: int, n_ctx_per_sequence: int,
                  n_batch: int = 512, cache_slots: int = 32, prompt_cache_cells: int | None = None,
-                 sampling: Literal["nucleus", "buffers", "serial"] = "nucleus") -> None:
+                 sampling: SamplingMode = "nucleus") -> None:
         import llama_cpp
 
         self._lib = llama_cpp
@@ -185,6 +185,7 @@ class BatchDecoder:
         self.cache_slots = max(1, min(cache_slots, 256 - max_sequences))
         self.prompt_cache_cells = kv_cells // 4 if prompt_cache_cells is None else prompt_cache_cells
         self.sampling = sampling
+        self._nucleus_in_numpy = sampling == "nucleus"
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = kv_cells
         params.n_batch = self.n_batch
@@ -566,7 +567,7 @@ class BatchDecoder:
                 completion_index=completion_index,
                 seq_id=seq_id,
                 sampler=make_chain(self._lib, job.temperature, job.top_p, job.seeds[completion_index],
-                                   nucleus_in_numpy=self.sampling == "nucleus"),
+                                   nucleus_in_numpy=self._nucleus_in_numpy),
                 temperature=job.temperature,
                 top_p=job.top_p,
                 max_tokens=max_tokens,
@@ -606,7 +607,7 @@ class BatchDecoder:
         """The sequence's next token from its own copy of the logits (labelers.policy.sampling).
         Touches only this sequence's buffer and sampler."""
         return draw(self._lib, sequence.sampler, self._buffer(sequence.seq_id), self._ids, sequence.temperature,
-                    sequence.top_p, nucleus_in_numpy=self.sampling == "nucleus")
+                    sequence.top_p, nucleus_in_numpy=self._nucleus_in_numpy)
 
     # -- after sampling -------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from labelers.policy.base import (
 from labelers.policy.batch_decoder import BatchDecoder, DecodeJob, JobOutcome, JobsAfter
 from labelers.policy.llama_build import INSTALL_COMMAND, compiled_features, preflight, run_preflight_child
 from labelers.policy.model_files import PRESETS, default_cache_dir, preset_status, resolve_model
+from labelers.policy.sampling import SamplingMode
 from labelers.policy.threads import default_threads
 from labelers.policy.usage import record_usage
 
@@ -203,7 +204,7 @@ class EmbeddedPolicy:
         max_sequences: int = 32,
         kv_cells: int = 16384,
         prompt_cache: bool = True,
-        sampling: Literal["nucleus", "buffers", "serial"] = "nucleus",
+        sampling: SamplingMode = "nucleus",
     ) -> None:
         """``model``: a preset name (see model_files.PRESETS) or a GGUF path. ``pool``: share
         loaded models across policies (the caller owns and closes it); without one the policy

@@ -18,11 +18,16 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # llama_token_data
+
+# How the batch decoder samples (labelers/policy/batch_decoder.py): ``nucleus`` from copied logits
+# with the nucleus found here, ``buffers`` from copied logits with llama.cpp's whole chain,
+# ``serial`` with ``llama_sampler_sample`` one sequence after another. All draw the same tokens.
+SamplingMode = Literal["nucleus", "buffers", "serial"]
 
 
 def make_chain(lib: Any, temperature: float, top_p: float, seed: int, *, nucleus_in_numpy: bool) -> Any:
@@ -87,25 +92,22 @@ def draw(lib: Any, chain: Any, buffer: CandidateBuffer, ids: np.ndarray, tempera
     ``nucleus_in_numpy``), then accepted by the chain: what ``llama_sampler_sample`` does after
     it reads the logits. Touches only this buffer and chain (safe on a worker thread)."""
     view, logits = buffer.view, buffer.logits
+    kept = None
     if nucleus_in_numpy and temperature > 0:
         np.divide(logits, np.float32(temperature), out=logits)  # llama.cpp's temp: logit / T
         if top_p < 1.0:
             kept = nucleus(logits, top_p)
-            size, is_sorted = kept.size, True
-            view["id"][:size] = kept
-            view["logit"][:size] = logits[kept]
-            view["p"][:size] = 0.0
-        else:
-            size, is_sorted = ids.size, False
-            view["id"] = ids
-            view["logit"] = logits
-            view["p"] = 0.0
-    else:
+    if kept is None:
         # Candidates {id, logit, 0} in id order, unsorted, as llama_sampler_sample builds them.
         size, is_sorted = ids.size, False
         view["id"] = ids
         view["logit"] = logits
         view["p"] = 0.0
+    else:
+        size, is_sorted = kept.size, True
+        view["id"][:size] = kept
+        view["logit"][:size] = logits[kept]
+        view["p"][:size] = 0.0
     candidates = lib.llama_token_data_array(ctypes.cast(buffer.data, lib.llama_token_data_p), size, -1, is_sorted)
     lib.llama_sampler_apply(chain, ctypes.byref(candidates))
     if not 0 <= candidates.selected < candidates.size:
