@@ -336,6 +336,19 @@ class PassProgress:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
+        self._live_tokens: Callable[[], int] | None = None
+        self._live_base = 0
+        self._live_since = 0.0
+
+    def watch_tokens(self, counter: Callable[[], int] | None) -> None:
+        """Take tok/s from ``counter`` (tokens the policy sampled so far, a run in progress
+        included: EmbeddedPolicy.live_sampled_tokens) over the time since this call, instead of
+        from finished requests: a streamed run answers its first request minutes after it starts
+        on a CPU, and a rate that stays at 0.0 until then looks like a hung pass."""
+        with self._lock:
+            self._live_tokens = counter
+            self._live_base = counter() if counter is not None else 0
+            self._live_since = self.clock()
 
     def start(self) -> None:
         self._ticker = threading.Thread(target=self._tick, name="prmforge-pass-progress", daemon=True)
@@ -375,7 +388,11 @@ class PassProgress:
         now = self.clock()
         elapsed = now - self._started
         in_part = now - self._part_started
-        rate = self.tokens / self.generation_seconds if self.generation_seconds > 0 else 0.0
+        if self._live_tokens is not None:
+            since = now - self._live_since
+            rate = max(0, self._live_tokens() - self._live_base) / since if since > 0 else 0.0
+        else:
+            rate = self.tokens / self.generation_seconds if self.generation_seconds > 0 else 0.0
         eta = _duration(in_part / self.done * (self.total - self.done)) if self.done else "?"
         part = f" part {self.part}" if self.part > 1 else ""
         return (f"{self.label}{part}: {self.done}/{self.total} solutions | {self.rollouts} rollouts"

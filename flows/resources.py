@@ -30,7 +30,15 @@ from typing import Any
 
 from data_schemas.errors import ConfigError, InputError
 from labelers.config import BuildConfig, PolicyConfig
-from labelers.policy.base import GenerationRequest, GenerationResult, Policy, TokenUsage
+from labelers.policy.base import (
+    GenerationRequest,
+    GenerationResult,
+    Policy,
+    ResultHandler,
+    StreamingPolicy,
+    TokenUsage,
+    generate_in_rounds,
+)
 
 PolicyFactory = Callable[[PolicyConfig], Policy]
 # A factory given as "package.module:attribute" travels to process/Dask/Ray workers and into
@@ -88,6 +96,23 @@ class LockedPolicy:
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         with self._lock:
             return self.inner.generate(requests)
+
+    def generate_streaming(self, requests: Sequence[GenerationRequest], on_result: ResultHandler) -> None:
+        """The inner policy's streaming run (rounds of ``generate`` where it cannot stream), under
+        the lock: without this a labeling pass that holds its policy through this wrapper is
+        driven in rounds, each draining to its slowest rollout (labelers/search/scheduler.py)."""
+        with self._lock:
+            if isinstance(self.inner, StreamingPolicy):
+                self.inner.generate_streaming(requests, on_result)
+            else:
+                generate_in_rounds(self.inner.generate, requests, on_result)
+
+    def live_sampled_tokens(self) -> int:
+        """Tokens sampled so far, a run in progress included, where the backend counts them
+        (EmbeddedPolicy.live_sampled_tokens; progress lines read it without the lock), else the
+        finished calls' completion tokens."""
+        live = getattr(self.inner, "live_sampled_tokens", None)
+        return live() if live is not None else self.inner.usage.completion_tokens
 
     def close(self) -> None:
         with self._lock:

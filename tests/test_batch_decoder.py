@@ -265,9 +265,11 @@ def test_the_policy_streams_requests_asked_in_answer_through_one_run(pool: Model
     follow_up = GenerationRequest(solution_messages(QUESTION), assistant_prefix(["Tom has 3 boxes."]), n=1,
                                   max_tokens=4, temperature=1.0, seed=11)
     results: dict[int, object] = {}
+    live_during_run: list[tuple[int, int]] = []  # (live tokens, usage's tokens) at each answer
 
     def on_result(index: int, result) -> list[GenerationRequest]:
         results[index] = result
+        live_during_run.append((policy.live_sampled_tokens(), policy.usage.sampled_tokens))
         return [follow_up] if index == 0 else []
 
     policy.generate_streaming(first, on_result)
@@ -275,4 +277,34 @@ def test_the_policy_streams_requests_asked_in_answer_through_one_run(pool: Model
     assert all(r.error is None and len(r.completions) == r.request.n for r in results.values())
     assert policy.usage.requests == 3 and policy.usage.completions == 5
     assert policy.usage.decode_steps > 0
+    # The live count moves while the run is in progress (usage counts the run only at its end,
+    # a progress line fed from it alone stays at 0 for the whole run) and ends where usage ends.
+    assert all(usage == 0 for _, usage in live_during_run)
+    assert 0 < live_during_run[0][0] <= live_during_run[-1][0] <= policy.usage.sampled_tokens
+    assert policy.live_sampled_tokens() == policy.usage.sampled_tokens
     policy.close()
+
+
+def test_a_labeling_pass_streams_through_the_locked_and_replaying_wrappers(pool: ModelPool) -> None:
+    """What ``eval run`` and builds hold: ReplayPolicy(LockedPolicy(EmbeddedPolicy)). Answers reach
+    ``on_result`` while the decoder run is in progress (live tokens ahead of usage, which counts a
+    run at its end); driven in rounds they would arrive after each ``generate`` returned."""
+    from flows.resources import LockedPolicy
+    from labelers.evaluation.replay import ReplayPolicy
+
+    embedded = EmbeddedPolicy("small", n_ctx=1024, pool=pool, n_threads=1, max_sequences=4, kv_cells=2048)
+    wrapped = ReplayPolicy(LockedPolicy(embedded))
+    first = [GenerationRequest(solution_messages(QUESTION), assistant_prefix(["Tom has 3 boxes."][:i]), n=2,
+                               max_tokens=4 + 8 * i, temperature=1.0, seed=i) for i in range(2)]
+    follow_up = GenerationRequest(solution_messages(QUESTION), n=1, max_tokens=4, temperature=1.0, seed=11)
+    seen: list[tuple[int, int, int]] = []  # (request index, live tokens, usage's tokens) at each answer
+
+    def on_result(index: int, result) -> list[GenerationRequest]:
+        seen.append((index, wrapped.live_sampled_tokens(), embedded.usage.sampled_tokens))
+        return [follow_up] if index == 0 else []
+
+    wrapped.generate_streaming(first, on_result)
+    assert sorted(index for index, _, _ in seen) == [0, 1, 2]
+    assert all(usage == 0 for _, _, usage in seen) and all(live > 0 for _, live, _ in seen)
+    assert wrapped.live_sampled_tokens() == embedded.usage.sampled_tokens > 0
+    embedded.close()

@@ -133,6 +133,20 @@ def test_pass_progress_lines():
     assert len(lines) == 5
 
 
+def test_pass_progress_takes_its_rate_from_a_live_token_counter():
+    now = [0.0]
+    stream = io.StringIO()
+    sampled = [500]  # tokens the policy sampled before this pass
+    progress = PassProgress("pass 1 of 1 (binary)", 10, stream=stream, interval=30, min_gap=5, clock=lambda: now[0])
+    progress.watch_tokens(lambda: sampled[0])
+    now[0], sampled[0] = 40.0, 500 + 800  # no request finished yet, 800 tokens sampled in 40 s
+    assert progress.line() == "pass 1 of 1 (binary): 0/10 solutions | 0 rollouts | 20.0 tok/s | elapsed 40 s | eta ?"
+    progress.sampled(4, 300, 40.0)  # a finished request moves the rollouts, not the live rate
+    assert "| 4 rollouts | 20.0 tok/s |" in progress.line()
+    progress.watch_tokens(None)  # without a counter: finished requests' tokens over their seconds
+    assert "| 7.5 tok/s |" in progress.line()
+
+
 def test_bench_processbench_rescores_stored_runs(tmp_path, capsys):
     import importlib.util
     import json

@@ -306,3 +306,52 @@ def test_eval_and_build_get_the_same_policy_and_judge_from_one_holder():
     assert build.judge is judge and build.policy is view.policy()
     view.close()
     assert all(p.closed for p in made)
+
+
+def test_the_locked_policy_streams_where_its_policy_streams_and_runs_rounds_elsewhere():
+    from flows.resources import LockedPolicy
+    from labelers.evaluation.replay import ReplayPolicy
+    from labelers.policy.base import GenerationRequest, GenerationResult, StreamingPolicy
+
+    def answer(request):
+        return GenerationResult(request, (), 1)
+
+    class Streaming(_Policy):
+        def __init__(self):
+            self.calls = []
+
+        def generate(self, requests):
+            self.calls.append(f"generate {len(requests)}")
+            return [answer(r) for r in requests]
+
+        def generate_streaming(self, requests, on_result):
+            self.calls.append("stream")
+            queue = list(requests)
+            index = 0
+            while queue:
+                request = queue.pop(0)
+                queue += on_result(index, answer(request))
+                index += 1
+
+    class Plain(_Policy):
+        def __init__(self):
+            self.calls = []
+
+        def generate(self, requests):
+            self.calls.append(f"generate {len(requests)}")
+            return [answer(r) for r in requests]
+
+    first = [GenerationRequest(messages=(), n=1, seed=i) for i in range(2)]
+    follow_up = GenerationRequest(messages=(), n=1, seed=9)
+    for inner, expected in ((Streaming(), ["stream"]), (Plain(), ["generate 2", "generate 1"])):
+        locked = LockedPolicy(inner)
+        assert isinstance(locked, StreamingPolicy)  # what ReplayPolicy and the ledger ask before streaming
+        answered: list[int] = []
+
+        def on_result(index, result, answered=answered):
+            answered.append(result.request.seed)
+            return [follow_up] if result.request.seed == 0 else []
+
+        ReplayPolicy(locked).generate_streaming(first, on_result)
+        assert inner.calls == expected and sorted(answered) == [0, 1, 9]
+        assert locked.live_sampled_tokens() == 0  # no live counter: finished calls' tokens

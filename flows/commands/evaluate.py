@@ -161,6 +161,9 @@ class _EvalResources:
         for policy in (self._policy, self._judge):
             if policy is not None:
                 policy.on_generate = None if progress is None else progress.sampled
+        if progress is not None and self._policy is not None:
+            # The embedded batched backend counts tokens while a run is in progress.
+            progress.watch_tokens(getattr(self._policy, "live_sampled_tokens", None))
 
     def tool(self) -> Any:
         return self.resources.tool()

@@ -232,6 +232,7 @@ class EmbeddedPolicy:
         self._prompt_cache = prompt_cache
         self._sampling = sampling
         self._cache_scope = ""  # the pass whose prompts the decoder's cache holds
+        self._run_start_tokens: int | None = None  # decoder's token count when its running run began
         self.usage = TokenUsage()
         # Prompt tokens actually evaluated (after prefix reuse); benchmarks compare it with usage.
         self.evaluated_prompt_tokens = 0
@@ -246,6 +247,17 @@ class EmbeddedPolicy:
 
     def count_tokens(self, text: str) -> int:
         return len(self._loaded.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    def live_sampled_tokens(self) -> int:
+        """Tokens this policy has sampled, those of a batched run still in progress included.
+
+        For progress displays, read from another thread without the model lock: ``usage`` counts a
+        run only when it ends, and one streamed run of a labeling pass can last many minutes. The
+        run's share is cleared before ``usage`` takes it, so a reader may miss a run's tokens for a
+        moment but never counts them twice."""
+        decoder, start = self._decoder, self._run_start_tokens
+        in_flight = decoder.cost.generated_tokens - start if decoder is not None and start is not None else 0
+        return self.usage.sampled_tokens + max(0, in_flight)
 
     def render(self, request: GenerationRequest) -> str:
         """The exact prompt text the model sees for ``request``."""
@@ -358,9 +370,11 @@ class EmbeddedPolicy:
         keep = self._prompt_cache and scope != "" and scope == self._cache_scope
         self._cache_scope = scope if self._prompt_cache else ""
         before = self._decoder.cost.copy()
+        self._run_start_tokens = before.generated_tokens
         try:
             return self._decoder.run(jobs, keep_prompts=keep, on_done=on_done)
         finally:
+            self._run_start_tokens = None
             spent = self._decoder.cost.minus(before)
             self.evaluated_prompt_tokens += spent.evaluated_prompt_tokens
             self.usage.evaluated_prompt_tokens += spent.evaluated_prompt_tokens
