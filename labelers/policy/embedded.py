@@ -254,10 +254,14 @@ class EmbeddedPolicy:
         For progress displays, read from another thread without the model lock: ``usage`` counts a
         run only when it ends, and one streamed run of a labeling pass can last many minutes. The
         run's share is cleared before ``usage`` takes it, so a reader may miss a run's tokens for a
-        moment but never counts them twice."""
+        moment but never counts them twice (``usage`` is read first). Sequential decoding counts a
+        call's completion tokens when it ends."""
+        if self._decode != "batched":
+            return self.usage.completion_tokens
+        finished = self.usage.sampled_tokens
         decoder, start = self._decoder, self._run_start_tokens
         in_flight = decoder.cost.generated_tokens - start if decoder is not None and start is not None else 0
-        return self.usage.sampled_tokens + max(0, in_flight)
+        return finished + max(0, in_flight)
 
     def render(self, request: GenerationRequest) -> str:
         """The exact prompt text the model sees for ``request``."""
