@@ -54,7 +54,7 @@ from flows.build_flow import (  # noqa: F401 - re-exported
     _open_manifest,
     abandon_dataset_build,
     build_dataset,
-    live_usage_probe,
+    live_tokens_probe,
     run_build,
     start_dataset_build,
 )

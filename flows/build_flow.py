@@ -382,6 +382,7 @@ def _nothing_new(
     )
 
 
-def live_usage_probe() -> Callable[[], TokenUsage]:
-    """Token usage of the models held in this process (live tokens/s with the thread runner)."""
-    return PROCESS_RESOURCES.usage
+def live_tokens_probe() -> Callable[[], int]:
+    """Tokens the models held in this process have sampled so far, runs in progress included
+    (live tokens/s with the thread runner)."""
+    return PROCESS_RESOURCES.live_tokens

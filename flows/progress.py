@@ -177,19 +177,20 @@ class BuildProgress:
     """Live progress of one build.
 
     On a terminal: a rich progress bar refreshed a few times a second. Elsewhere (CI logs, pipes)
-    one plain line per finished batch. ``live_usage`` (optional) returns the token usage of the
-    policies in this process, so tokens/s moves while a batch is still generating (thread
-    runner); other runners update at batch boundaries.
+    one plain line per finished batch. ``live_tokens`` (optional) returns the tokens the policies
+    in this process have sampled, runs in progress included (ResourceHolder.live_tokens), so tokens/s
+    moves while a batch is still generating (thread runner); other runners update at batch
+    boundaries.
     """
 
     def __init__(
         self,
         stream: TextIO | None = None,
-        live_usage: Callable[[], TokenUsage] | None = None,
+        live_tokens: Callable[[], int] | None = None,
         force_terminal: bool | None = None,
     ) -> None:
         self.console = Console(file=stream, force_terminal=force_terminal, highlight=False, soft_wrap=True)
-        self.live_usage = live_usage
+        self.live_tokens = live_tokens
         self.tally = BuildTally()
         self._lock = threading.Lock()
         self._progress: Progress | None = None
@@ -207,7 +208,7 @@ class BuildProgress:
     def start(self, build_id: str, problems_total: int, batches_total: int, batches_reusable: int = 0) -> None:
         self._started = time.perf_counter()
         self._total = problems_total
-        self._baseline_tokens = self.live_usage().completion_tokens if self.live_usage else 0
+        self._baseline_tokens = self.live_tokens() if self.live_tokens else 0
         head = f"build {build_id}: {problems_total} problems in {batches_total} batches"
         if batches_reusable:
             head += f" ({batches_reusable} shard(s) already written by an earlier run)"
@@ -226,14 +227,14 @@ class BuildProgress:
                 "labeling", total=problems_total, rollouts=0, tokens_per_s=0.0, failed=0
             )
             self._progress.start()
-            if self.live_usage is not None:
+            if self.live_tokens is not None:
                 self._ticker = threading.Thread(target=self._tick, name="prmforge-progress", daemon=True)
                 self._ticker.start()
 
     def _tokens_per_second(self) -> float:
         elapsed = time.perf_counter() - self._started
-        if self.live_usage is not None:
-            generated = self.live_usage().completion_tokens - self._baseline_tokens
+        if self.live_tokens is not None:
+            generated = self.live_tokens() - self._baseline_tokens
         else:
             generated = self.tally.usage.completion_tokens
         return max(generated, 0) / elapsed if elapsed > 0 else 0.0

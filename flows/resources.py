@@ -234,6 +234,7 @@ class ResourceHolder:
         self._leans = _HeldPool()
         self._lean_policy: dict[str, str] = {}  # Lean verifier key -> the policy key it uses
         self._closed_usage = TokenUsage()
+        self._closed_tokens = 0  # live_tokens of the engines closed so far
 
     # -- one resource each (eval asks for them one by one, only those its signals need) --
 
@@ -351,6 +352,7 @@ class ResourceHolder:
                 self._lean_policy.pop(key, None)
         for _, engine in removed:
             self._closed_usage.add(engine.usage)
+            self._closed_tokens += engine.live_sampled_tokens()
         self._close_removed(removed)
 
     def _close_removed(self, removed: list[tuple[str, Any]]) -> None:
@@ -376,6 +378,15 @@ class ResourceHolder:
             total.add(policy.usage)
         return total
 
+    def live_tokens(self) -> int:
+        """Tokens the policies used in this process have sampled, runs in progress included
+        (LockedPolicy.live_sampled_tokens; for live progress: ``usage`` counts a streamed run only
+        when it ends)."""
+        with self._lock:
+            policies = list(self._policies.entries.values())
+            closed = self._closed_tokens
+        return closed + sum(policy.live_sampled_tokens() for policy in policies)
+
     def close_all(self) -> None:
         """Close and forget every held resource (verifiers first: Lean may use the policy)."""
         with self._lock:
@@ -386,6 +397,7 @@ class ResourceHolder:
             ]
             for engine in self._policies.entries.values():
                 self._closed_usage.add(engine.usage)
+                self._closed_tokens += engine.live_sampled_tokens()
             for pool in (self._leans, self._tools, self._policies):
                 pool.entries.clear()
             self._lean_policy.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 from data_schemas.records import ProblemOutcome
 from flows.progress import BuildProgress, BuildSummary, query_example
@@ -44,13 +45,17 @@ def test_plain_lines_when_not_a_terminal():
     assert progress.tally.failures == [("p2", "search", "boom")]
 
 
-def test_live_bar_on_a_terminal_reads_live_usage():
+def test_live_bar_on_a_terminal_reads_live_tokens():
     stream = io.StringIO()
-    live = TokenUsage(completion_tokens=0)
-    progress = BuildProgress(stream=stream, force_terminal=True, live_usage=lambda: live)
+    live = [500]  # tokens sampled before this build
+    progress = BuildProgress(stream=stream, force_terminal=True, live_tokens=lambda: live[0])
     assert progress.interactive
     progress.start("demo-1", problems_total=2, batches_total=1)
-    live.completion_tokens = 120  # tokens generated while the batch runs
+    live[0] = 620  # tokens generated while the batch runs
+    before = time.perf_counter() - progress._started
+    rate = progress._tokens_per_second()
+    after = time.perf_counter() - progress._started
+    assert 120 / after <= rate <= 120 / before  # the 500 sampled before the build do not count
     progress.batch_done("00000-a", [], [_outcome("p1"), _outcome("p2")], TokenUsage(completion_tokens=120),
                         reused=False)
     progress.stop()

@@ -355,3 +355,29 @@ def test_the_locked_policy_streams_where_its_policy_streams_and_runs_rounds_else
         ReplayPolicy(locked).generate_streaming(first, on_result)
         assert inner.calls == expected and sorted(answered) == [0, 1, 9]
         assert locked.live_sampled_tokens() == 0  # no live counter: finished calls' tokens
+
+
+def test_live_tokens_add_runs_in_progress_and_keep_closed_engines():
+    class Counting(_Policy):
+        def __init__(self, in_flight: int):
+            self.usage = TokenUsage(completion_tokens=10)
+            self.in_flight = in_flight
+
+        def live_sampled_tokens(self):
+            return self.usage.completion_tokens + self.in_flight
+
+    made: list[Counting] = []
+
+    def factory(pc):
+        made.append(Counting(in_flight=5 * (len(made) + 1)))
+        return made[-1]
+
+    holder = ResourceHolder()
+    config = BuildConfig().with_overrides({"tool.enabled": False})
+    holder.resources(config, factory)
+    assert holder.live_tokens() == 15  # usage (10) + the run in progress (5)
+    assert holder.usage().completion_tokens == 10
+    holder.resources(config.with_overrides({"policy.model": "small"}), factory)
+    assert holder.live_tokens() == 15 + 20
+    holder.close_all()
+    assert holder.live_tokens() == 35  # closed engines keep their count

@@ -145,7 +145,7 @@ def build(
     try:
         from flows.build import (
             abandon_dataset_build,
-            live_usage_probe,
+            live_tokens_probe,
             load_build_problems,
             run_build,
             start_dataset_build,
@@ -157,7 +157,7 @@ def build(
         # User mistakes and a llama.cpp that cannot run here end as one line before anything starts.
         load_build_problems(config)
         progress = BuildProgress(
-            stream=sys.stdout, live_usage=live_usage_probe() if config.flow.task_runner == "threads" else None
+            stream=sys.stdout, live_tokens=live_tokens_probe() if config.flow.task_runner == "threads" else None
         )
         build_id = resume
         if config.output.dataset is not None and resume is None:
