@@ -369,7 +369,7 @@ class ResourceHolder:
             return len(self._policies.entries)
 
     def usage(self) -> TokenUsage:
-        """Token usage summed over the policies used in this process (for live progress)."""
+        """Token usage summed over the policies used in this process, closed ones included."""
         total = TokenUsage()
         with self._lock:
             policies = list(self._policies.entries.values())
