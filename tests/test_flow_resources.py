@@ -316,7 +316,7 @@ def test_the_locked_policy_streams_where_its_policy_streams_and_runs_rounds_else
     def answer(request):
         return GenerationResult(request, (), 1)
 
-    class Streaming(_Policy):
+    class Plain(_Policy):
         def __init__(self):
             self.calls = []
 
@@ -324,6 +324,7 @@ def test_the_locked_policy_streams_where_its_policy_streams_and_runs_rounds_else
             self.calls.append(f"generate {len(requests)}")
             return [answer(r) for r in requests]
 
+    class Streaming(Plain):
         def generate_streaming(self, requests, on_result):
             self.calls.append("stream")
             queue = list(requests)
@@ -332,14 +333,6 @@ def test_the_locked_policy_streams_where_its_policy_streams_and_runs_rounds_else
                 request = queue.pop(0)
                 queue += on_result(index, answer(request))
                 index += 1
-
-    class Plain(_Policy):
-        def __init__(self):
-            self.calls = []
-
-        def generate(self, requests):
-            self.calls.append(f"generate {len(requests)}")
-            return [answer(r) for r in requests]
 
     first = [GenerationRequest(messages=(), n=1, seed=i) for i in range(2)]
     follow_up = GenerationRequest(messages=(), n=1, seed=9)
