@@ -319,10 +319,12 @@ class PassProgress:
     """
 
     def __init__(self, label: str, total: int, stream: TextIO | None = None, interval: float = 30.0,
-                 min_gap: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 min_gap: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 completions: str = "rollouts") -> None:
         import sys
 
         self.label = label
+        self.completions = completions  # what the pass samples: rollouts, or a judge-only pass's replies
         self.total = total
         self.stream = stream if stream is not None else sys.stderr
         self.interval = interval
@@ -396,7 +398,7 @@ class PassProgress:
             rate = self.tokens / self.generation_seconds if self.generation_seconds > 0 else 0.0
         eta = _duration(in_part / self.done * (self.total - self.done)) if self.done else "?"
         part = f" part {self.part}" if self.part > 1 else ""
-        return (f"{self.label}{part}: {self.done}/{self.total} solutions | {self.rollouts} rollouts"
+        return (f"{self.label}{part}: {self.done}/{self.total} solutions | {self.rollouts} {self.completions}"
                 f" | {rate:.1f} tok/s | elapsed {_duration(elapsed)} | eta {eta}")
 
     def _print(self) -> None:

@@ -147,6 +147,12 @@ def test_pass_progress_takes_its_rate_from_a_live_token_counter():
     assert "| 7.5 tok/s |" in progress.line()
 
 
+def test_a_judge_only_pass_counts_replies_not_rollouts():
+    progress = PassProgress("judge", 10, stream=io.StringIO(), completions="replies")
+    progress.sampled(6, 300, 10.0)
+    assert "0/10 solutions | 6 replies | 30.0 tok/s |" in progress.line()
+
+
 def test_bench_processbench_rescores_stored_runs(tmp_path, capsys):
     import importlib.util
     import json

@@ -169,8 +169,8 @@ class _Watch:
     def say(self, line: str) -> None:
         self.lines.append(line)
 
-    def open_pass(self, label: str, solutions: int) -> None:
-        self.passes.append(f"open {label} {solutions}")
+    def open_pass(self, label: str, solutions: int, completions: str = "rollouts") -> None:
+        self.passes.append(f"open {label} {solutions} {completions}")
 
     def start_pass(self):
         self.passes.append("start")
@@ -208,7 +208,7 @@ def test_run_signals_groups_passes(small_set) -> None:
                                  chunk=len(records))
     assert [r.run.signal for r in results] == ["judge"]
     assert watch.lines[0] == f"judging the {sum(len(r.steps) for r in records)} steps of {len(records)} solutions ..."
-    assert watch.passes == ["open judge 10", "start", "0/10", "10/10", "close"]
+    assert watch.passes == ["open judge 10 replies", "start", "0/10", "10/10", "close"]
     assert results[0].run.rollouts == 0 and results[0].run.notes[0].startswith("judge replies: ")
 
     watch = _Watch()
@@ -219,8 +219,8 @@ def test_run_signals_groups_passes(small_set) -> None:
                                                                 ("mc", "per-step"), ("answer", "last")]
     assert [line.split(" over ")[0] for line in watch.lines if "over" in line] == [
         "labeling pass 1 of 2 (binary: mc, judge)", "labeling pass 2 of 2 (per-step: mc)"]
-    assert [p for p in watch.passes if p.startswith("open")] == ["open pass 1 of 2 (binary) 10",
-                                                                 "open pass 2 of 2 (per-step) 10"]
+    assert [p for p in watch.passes if p.startswith("open")] == ["open pass 1 of 2 (binary) 10 rollouts",
+                                                                 "open pass 2 of 2 (per-step) 10 rollouts"]
 
 
 def test_judge_result_from_stored_reads_the_verdict() -> None:

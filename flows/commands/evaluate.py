@@ -189,10 +189,10 @@ class _PassLines:
     def say(self, line: str) -> None:
         typer.echo(line, err=True)
 
-    def open_pass(self, label: str, solutions: int) -> None:
+    def open_pass(self, label: str, solutions: int, completions: str = "rollouts") -> None:
         from flows.progress import PassProgress
 
-        self.progress = PassProgress(label, solutions)
+        self.progress = PassProgress(label, solutions, completions=completions)
 
     def start_pass(self) -> Any:
         self.resources.watch(self.progress)

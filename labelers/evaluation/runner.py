@@ -532,8 +532,9 @@ class PassWatch(Protocol):
 
     def say(self, line: str) -> None: ...
 
-    def open_pass(self, label: str, solutions: int) -> None:
-        """A pass begins (before its models are made: its clock includes loading them)."""
+    def open_pass(self, label: str, solutions: int, completions: str = "rollouts") -> None:
+        """A pass begins (before its models are made: its clock includes loading them).
+        ``completions`` names what its generate calls return: rollouts, or the judge's replies."""
         ...
 
     def start_pass(self) -> Callable[[int, int], None]:
@@ -597,7 +598,7 @@ def run_signals(records: Sequence[BenchRecord], signals: Sequence[tuple[str, str
         doing = "judging" if stepwise == ["judge"] else f"labeling ({', '.join(stepwise)})"
         watch.say(f"{doing} the {steps} steps of {len(records)} solutions ...")
         shared = _watched_pass(records, stepwise, config, resources, watch, " + ".join(stepwise), chunk,
-                               journal=journal)
+                               journal=journal, completions="replies" if stepwise == ["judge"] else "completions")
         runs.update(((signal, None), run) for signal, run in zip(stepwise, shared, strict=True))
     results = []
     for signal, mode in signals:
@@ -608,9 +609,10 @@ def run_signals(records: Sequence[BenchRecord], signals: Sequence[tuple[str, str
 
 def _watched_pass(records: Sequence[BenchRecord], names: Sequence[str], config: BuildConfig, resources: EvalResources,
                   watch: PassWatch, label: str, chunk: int, mc_mode: str = "per-step",
-                  k: int | None = None, journal: ChunkJournal | None = None) -> list[SignalRun]:
+                  k: int | None = None, journal: ChunkJournal | None = None,
+                  completions: str = "rollouts") -> list[SignalRun]:
     """One :func:`run_shared` pass, shown by ``watch``."""
-    watch.open_pass(label, len(records))
+    watch.open_pass(label, len(records), completions)
     policy, step_judge = resources.policy(), resources.step_judge()
     on_solutions = watch.start_pass()
     try:
