@@ -118,13 +118,14 @@ SCHEMAS = {
 def soft_values(path: LabeledPath) -> tuple[list[float], int]:
     """(soft label per step, steps without an MC value): the step's MC value; 0.0 for a step
     labeled negative only because it follows the first error; the hard label (1.0 / 0.0) where
-    no MC value was sampled or where fusion overruled the value (``zero_before_disproved``)."""
+    no MC value was sampled or where fusion overruled the value (``zero_before_disproved``, and
+    ``mc_relative_drop``: a share above 0 labeled - for its drop), so soft and hard labels agree."""
     values, fallback = [], 0
     for label, value, source in zip(path.labels, path.step_mc_values(), path.label_sources or [""] * len(path.labels)):
         if source == "after_first_error":
             values.append(0.0)
-        elif value is None or source == "zero_before_disproved":
-            # a yielded MC zero (labelers/fuse.py, path rule) is not the step's value: its hard label is
+        elif value is None or source in ("zero_before_disproved", "mc_relative_drop"):
+            # a yielded MC zero or a relative drop (labelers/fuse.py) is not the step's value: its hard label is
             values.append(1.0 if label else 0.0)
             fallback += 1
         else:

@@ -430,6 +430,13 @@ class FuseConfig(_Section):
         "no measured positive precedes (a zero at step 0: the question is never sampled) are not taken as "
         "errors; the disproved step is the first error.",
     )
+    mc_relative_progress: float | None = Field(
+        default=None, gt=0, le=1,
+        description="Relative progress (GenPRM, labelers/fuse.py): a step MC labels + is - when its sampled value "
+        "falls below this share of the previous step's sampled value (MC(t) / MC(t-1) < this). Reads sampled "
+        "neighbours only (per-step MC; binary search infers most values). None: off.",
+        json_schema_extra=hashed_unless(None),
+    )
 
 
 class OutputConfig(_Section):

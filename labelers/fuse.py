@@ -58,6 +58,19 @@ measured drop), so it is marked low-confidence -- ``signals_agree`` false, which
 --min-confidence`` cuts, and the soft export gives it its hard label (1.0), not the MC zero it
 overruled, so soft and hard exports agree. It is + only so that d stays the path's first error.
 
+Relative progress (GenPRM's estimate, ``FuseConfig.mc_relative_progress`` = epsilon, off by
+default; :func:`fuse_path`): where step t's label comes from MC (rule ``mc``, hybrid rule 4) and
+is +, and both v_t = MC(t) and v_{t-1} = MC(t-1) were sampled with v_{t-1} > 0::
+
+    P_t = v_t / v_{t-1};   P_t < epsilon  ->  label -, reward -(1 - v_t),  ``mc_relative_drop``
+
+A drop in the share of rollouts that reach the answer is then evidence of an error even when
+some rollouts still recover. Step 0 has no sampled predecessor (the question is never sampled),
+nor has a step after an inferred or exact one, so the rule reads nothing there. Its cost is the
+noise of a share of k: at k = 4 a correct step after v = 1 reads 3/4 once in a few draws, so
+epsilon = 0.8 calls that step an error (tests/test_fuse.py pins it). A relative drop is a measured
+drop, so the path rule never lets it yield.
+
 ``signals_agree`` is false when the verifier decision and the MC label are both known and
 differ, or when the tool and Lean contradict each other (one verifies, the other disproves).
 
@@ -228,6 +241,8 @@ def fuse_path(signals: PathSignals, config: FuseConfig, path_correct: bool | Non
     yield to the disproof."""
     steps = path_steps(signals)
     fused = [fuse_step(step, config, path_correct) for step in steps]
+    if config.mc_relative_progress is not None and config.rule in ("mc", "hybrid"):
+        _relative_drops(steps, fused, config.mc_relative_progress)
     if config.rule != "hybrid" or not config.zero_without_drop_yields:
         return fused
     for index in range(max(first_disproved(signals), 0)):
@@ -241,6 +256,19 @@ def fuse_path(signals: PathSignals, config: FuseConfig, path_correct: bool | Non
         reward = 0.5 if step.source == "mc_over_verified" else 0.0
         fused[index] = FusedStep(reward, True, "zero_before_disproved", False)  # no evidence: low confidence
     return fused
+
+
+def _relative_drops(steps: Sequence[dict[str, Any]], fused: list[FusedStep], epsilon: float) -> None:
+    """GenPRM's relative progress (module doc): an MC + whose sampled value is below ``epsilon``
+    times the previous step's sampled value becomes -, in place."""
+    previous: float | None = None
+    for index, step in enumerate(steps):
+        mc = step.get("mc") or NO_MC
+        value = None if mc.exact else mc.value  # an exact 0/1 or 1/1 is the path's answer, not a share
+        current = fused[index]
+        if current.source == "mc" and current.label and value is not None and previous and value < epsilon * previous:
+            fused[index] = FusedStep(-(1.0 - value), False, "mc_relative_drop", current.signals_agree)
+        previous = value
 
 
 def first_negative(labels: Sequence[bool | None]) -> int:

@@ -40,6 +40,10 @@ _DECISIONS = {
         "this step (low confidence)"
     ),
     "mc": "no checker could decide; the rollouts decide",
+    "mc_relative_drop": (
+        "no checker could decide; fewer rollouts reach the answer from here than from the step before "
+        "(relative progress below the threshold)"
+    ),
     "path_outcome": "no signal; the path's final answer decides",
     "tool_incorrect": "the tool found a false claim",
     "tool_correct": "the tool confirmed every claim",

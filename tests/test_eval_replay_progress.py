@@ -212,3 +212,26 @@ def test_rescore_keeps_runs_of_other_confirmation_rules_apart():
     found = stored_results([payload(), payload(mc_confirm_verified_zero=False),
                             payload(mc_confirm_every_zero=True)])
     assert set(found) == {"hybrid:binary", "hybrid:binary:noconfirm", "hybrid:binary:everyzero"}
+
+
+def test_a_per_step_pass_rescores_relative_progress_as_a_run_with_it_labels():
+    """The relative-progress variant of a stored per-step MC pass equals a pass run with that
+    setting (fusion only reads what the pass stored), and it is a variant of its own in the table.
+    Rollouts recover from a wrong prefix 40% of the time: MC > 0 after an error, which plain MC
+    reads as correct and a relative drop (1 -> < 0.9) does not."""
+    records, references = injected_set(6, 4, seed=11)
+    config = _config()
+    [stored] = runner.run_shared(records, ["mc"], config, scripted_for(records, references, recovery_rate=0.4),
+                                 None, None, "per-step", 4)
+    strict = config.with_overrides({"fuse.mc_relative_progress": 0.9})
+    [direct] = runner.run_shared(records, ["mc"], strict, scripted_for(records, references, recovery_rate=0.4),
+                                 None, None, "per-step", 4)
+    assert direct.predictions != stored.predictions  # the rule changed a label here
+    payload = {"results": [runner.evaluate(records, stored).to_json()]}
+    assert refused(payload["results"][0], "mc", strict.fuse) == direct.predictions
+    rows = {row.name: row for row in variant_rows(records, [payload], config.fuse,
+                                                  extra={"eps 0.9": strict.fuse.model_dump()})}
+    assert {"MC per-step", "hybrid per-step, no confirmation", "MC per-step, eps 0.9", "hybrid per-step, eps 0.9"} \
+        <= set(rows)
+    assert rows["MC per-step, eps 0.9"].score == runner.evaluate(records, direct).score
+    assert rows["MC per-step, eps 0.9"].score.acc_err > rows["MC per-step"].score.acc_err

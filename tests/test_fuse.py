@@ -298,3 +298,71 @@ def test_confirmation_turns_measured_zeros_at_verified_wrong_steps_positive() ->
             found[confirm] = sum(first == 1 for first in firsts)
             rollouts[confirm] = sum(o.rollouts for o in result.outcomes)
     assert found[True] < found[False] and rollouts[True] > rollouts[False]
+
+
+# -- relative progress (GenPRM; FuseConfig.mc_relative_progress) -----------------------------------
+
+def _per_step(values: list[tuple[int, int]], tools=None) -> dict:
+    mcs = [MCSignal(c, n) for c, n in values]
+    return signals(tools or [UNVERIFIABLE] * len(mcs), [None] * len(mcs), mcs)
+
+
+def test_relative_progress_flags_a_drop_that_some_rollouts_survive() -> None:
+    """3/4 -> 1/4: MC > 0 at step 2, so MC alone calls it +; a relative drop of 1/3 < 0.5 makes
+    it the first error, its reward -(1 - 1/4), and the step after it follows the usual MC label."""
+    path = _per_step([(3, 4), (3, 4), (1, 4), (1, 4)])
+    plain = fuse_path(path, FuseConfig(rule="mc"), False)
+    assert first_negative([s.label for s in plain]) == -1
+    for rule in ("mc", "hybrid"):
+        fused = fuse_path(path, FuseConfig(rule=rule, mc_relative_progress=0.5), False)
+        assert _sources(fused) == ["mc", "mc", "mc_relative_drop", "mc"]
+        assert first_negative([s.label for s in fused]) == 2 and fused[2].reward == -0.75
+
+
+def test_relative_progress_reads_sampled_neighbours_only() -> None:
+    """Step 0 (no sampled predecessor), a step after an inferred label (binary search), a step
+    after a zero, and a checker's decision are left as they are."""
+    config = FuseConfig(rule="hybrid", mc_relative_progress=0.9)
+    mcs = [MCSignal(1, 4), INFERRED_POS, MCSignal(1, 4), MCSignal(0, 4), MCSignal(1, 4)]
+    fused = fuse_path(signals([UNVERIFIABLE] * 5, [None] * 5, mcs), config, False)
+    assert "mc_relative_drop" not in _sources(fused)
+    verified = fuse_path(_per_step([(4, 4), (1, 4)], [UNVERIFIABLE, CORRECT]), config, False)
+    assert _sources(verified) == ["mc", "verified"]  # the tool decides step 1, not the drop
+    assert fuse_path(_per_step([(4, 4), (1, 4)]), FuseConfig(rule="tool", mc_relative_progress=0.9),
+                     False)[1].label is True
+
+
+def test_relative_progress_failure_case_noise_of_a_share_of_four() -> None:
+    """Its documented cost: at k = 4 a correct step after 4/4 reads 3/4 by chance, and epsilon =
+    0.8 calls it the first error; a loose epsilon (0.5) does not."""
+    path = _per_step([(4, 4), (3, 4), (3, 4)])
+    strict = fuse_path(path, FuseConfig(rule="mc", mc_relative_progress=0.8), True)
+    assert first_negative([s.label for s in strict]) == 1
+    loose = fuse_path(path, FuseConfig(rule="mc", mc_relative_progress=0.5), True)
+    assert first_negative([s.label for s in loose]) == -1
+
+
+def test_a_relative_drop_stands_before_a_disproof_and_is_low_in_the_soft_export() -> None:
+    from data_schemas.export import LabeledPath, soft_values
+
+    tools = [UNVERIFIABLE, UNVERIFIABLE, INCORRECT]
+    path_signals = _per_step([(4, 4), (1, 4), (0, 4)], tools)
+    fused = fuse_path(path_signals, FuseConfig(mc_relative_progress=0.5), False)
+    assert _sources(fused) == ["mc", "mc_relative_drop", "verifier_disproved"]  # a measured drop stands
+    path = LabeledPath(
+        build_id="b", problem_id="p", path_id="x", source="given", question="q", gold_answer="1",
+        steps=["s0", "s1", "s2"], labels=[s.label for s in fused], rationales=[""] * 3, consensus=False,
+        final_answer="2", generator_model="m", finished_at=None, mc_values=[1.0, 0.25, 0.0], mc_totals=[4, 4, 4],
+        signals_agree=[s.signals_agree for s in fused], label_sources=[s.source for s in fused], num_steps=3,
+    )
+    assert soft_values(path)[0][:2] == [1.0, 0.0]  # the hard label, not the share 0.25
+    text = build_rationale(signals(UNVERIFIABLE, LEAN_OFF, MCSignal(1, 4)), fused[1])
+    assert "relative progress" in text and parse_verdict(text) is False
+
+
+def test_relative_progress_leaves_the_identity_of_configs_without_it() -> None:
+    from labelers.config import BuildConfig
+
+    config = BuildConfig()
+    assert config.with_overrides({"fuse.mc_relative_progress": None}).labeling_hash() == config.labeling_hash()
+    assert config.with_overrides({"fuse.mc_relative_progress": 0.8}).labeling_hash() != config.labeling_hash()

@@ -103,8 +103,9 @@ def variant_rows(
 ) -> list[VariantRow]:
     """The variant table of the issue's measurement: the stored signals as run, then the hybrid's
     re-fusions (path rule off, confirmation off, both off), ``extra`` re-fusions of the hybrid
-    pass (name -> fuse overrides) and consensus filters. Rows whose signals were not stored
-    are left out (the caller says what was not run)."""
+    pass (name -> fuse overrides), a per-step MC pass's hybrid and ``extra`` re-fusions (rules
+    ``mc`` and ``hybrid``: relative progress reads per-step values) and consensus filters. Rows
+    whose signals were not stored are left out (the caller says what was not run)."""
     base = fuse_config or FuseConfig()
     results = stored_results(payloads)
     rows: list[VariantRow] = []
@@ -141,6 +142,15 @@ def variant_rows(
             for name, overrides in (extra or {}).items():
                 add(f"{name} (no confirmation)", refused(source, "hybrid", base.model_copy(update=dict(overrides))),
                     source, "re-fused")
+    per_step = results.get("mc:per-step")
+    if per_step is not None and per_step.get("signals"):
+        # a per-step pass samples every prefix whatever the tool says: its hybrid re-fusion is exact
+        add("hybrid per-step, no confirmation", refused(per_step, "hybrid", base), per_step,
+            "re-fused from the MC pass")
+        for name, overrides in (extra or {}).items():
+            variant = base.model_copy(update=dict(overrides))
+            add(f"MC per-step, {name}", refused(per_step, "mc", variant), per_step, "re-fused")
+            add(f"hybrid per-step, {name}", refused(per_step, "hybrid", variant), per_step, "re-fused")
     if mc is not None and mc.get("signals"):
         mc_predictions = predictions_of(mc)
         for key in ("tool", "judge"):
