@@ -59,8 +59,9 @@ measured drop), so it is marked low-confidence -- ``signals_agree`` false, which
 overruled, so soft and hard exports agree. It is + only so that d stays the path's first error.
 
 Relative progress (GenPRM's estimate, ``FuseConfig.mc_relative_progress`` = epsilon, off by
-default; :func:`fuse_path`): where step t's label comes from MC (rule ``mc``, hybrid rule 4) and
-is +, and both v_t = MC(t) and v_{t-1} = MC(t-1) were sampled with v_{t-1} > 0::
+default; :func:`fuse_path`): where step t is + by MC (rule ``mc``, hybrid rule 4) or verified by a
+checker with MC > 0 (hybrid rule 2: a checker sees arithmetic, not reasoning, as in rule 3), and
+both v_t = MC(t) and v_{t-1} = MC(t-1) were sampled with v_{t-1} > 0::
 
     P_t = v_t / v_{t-1};   P_t < epsilon  ->  label -, reward -(1 - v_t),  ``mc_relative_drop``
 
@@ -258,6 +259,11 @@ def fuse_path(signals: PathSignals, config: FuseConfig, path_correct: bool | Non
     return fused
 
 
+# MC-backed positives a relative drop overrules: a checker's "verified" is about arithmetic, and a
+# reasoning error with right arithmetic is what only MC sees (as with rule 3, ``mc_over_verified``).
+_DROP_SOURCES = frozenset({"mc", "verified"})
+
+
 def _relative_drops(steps: Sequence[dict[str, Any]], fused: list[FusedStep], epsilon: float) -> None:
     """GenPRM's relative progress (module doc): an MC + whose sampled value is below ``epsilon``
     times the previous step's sampled value becomes -, in place."""
@@ -266,7 +272,8 @@ def _relative_drops(steps: Sequence[dict[str, Any]], fused: list[FusedStep], eps
         mc = step.get("mc") or NO_MC
         value = None if mc.exact else mc.value  # an exact 0/1 or 1/1 is the path's answer, not a share
         current = fused[index]
-        if current.source == "mc" and current.label and value is not None and previous and value < epsilon * previous:
+        if (current.label and current.source in _DROP_SOURCES and value is not None and previous
+                and value < epsilon * previous):
             fused[index] = FusedStep(-(1.0 - value), False, "mc_relative_drop", current.signals_agree)
         previous = value
 

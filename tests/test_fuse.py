@@ -326,8 +326,11 @@ def test_relative_progress_reads_sampled_neighbours_only() -> None:
     mcs = [MCSignal(1, 4), INFERRED_POS, MCSignal(1, 4), MCSignal(0, 4), MCSignal(1, 4)]
     fused = fuse_path(signals([UNVERIFIABLE] * 5, [None] * 5, mcs), config, False)
     assert "mc_relative_drop" not in _sources(fused)
+    disproved = fuse_path(_per_step([(4, 4), (1, 4)], [UNVERIFIABLE, INCORRECT]), config, False)
+    assert _sources(disproved) == ["mc", "verifier_disproved"]  # a disproof stays a disproof
+    # a checker verifies arithmetic, not reasoning: the drop overrules "verified" as a zero does
     verified = fuse_path(_per_step([(4, 4), (1, 4)], [UNVERIFIABLE, CORRECT]), config, False)
-    assert _sources(verified) == ["mc", "verified"]  # the tool decides step 1, not the drop
+    assert _sources(verified) == ["mc", "mc_relative_drop"]
     assert fuse_path(_per_step([(4, 4), (1, 4)]), FuseConfig(rule="tool", mc_relative_progress=0.9),
                      False)[1].label is True
 
