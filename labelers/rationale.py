@@ -41,8 +41,8 @@ _DECISIONS = {
     ),
     "mc": "no checker could decide; the rollouts decide",
     "mc_relative_drop": (
-        "no checker could decide; fewer rollouts reach the answer from here than from the step before "
-        "(relative progress below the threshold)"
+        "fewer rollouts reach the answer from here than from the step before (relative progress below "
+        "the threshold), whatever a checker found in its arithmetic"
     ),
     "path_outcome": "no signal; the path's final answer decides",
     "tool_incorrect": "the tool found a false claim",
