@@ -432,9 +432,10 @@ class FuseConfig(_Section):
     )
     mc_relative_progress: float | None = Field(
         default=None, gt=0, le=1,
-        description="Relative progress (GenPRM, labelers/fuse.py): a step MC labels + is - when its sampled value "
-        "falls below this share of the previous step's sampled value (MC(t) / MC(t-1) < this). Reads sampled "
-        "neighbours only (per-step MC; binary search infers most values). None: off.",
+        description="Relative progress (GenPRM, labelers/fuse.py): a step that MC labels + (or a checker "
+        "verified) is - when its sampled value falls below this share of the previous step's sampled value "
+        "(MC(t) / MC(t-1) < this). Reads sampled neighbours only (per-step MC; binary search infers most "
+        "values). None: off.",
         json_schema_extra=hashed_unless(None),
     )
 

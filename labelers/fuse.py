@@ -274,7 +274,9 @@ def _relative_drops(steps: Sequence[dict[str, Any]], fused: list[FusedStep], eps
         current = fused[index]
         if (current.label and current.source in _DROP_SOURCES and value is not None and previous
                 and value < epsilon * previous):
-            fused[index] = FusedStep(-(1.0 - value), False, "mc_relative_drop", current.signals_agree)
+            # overruling a checker's "verified" is a disagreement, as in mc_over_verified
+            agree = current.signals_agree and current.source == "mc"
+            fused[index] = FusedStep(-(1.0 - value), False, "mc_relative_drop", agree)
         previous = value
 
 

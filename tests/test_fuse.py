@@ -331,6 +331,9 @@ def test_relative_progress_reads_sampled_neighbours_only() -> None:
     # a checker verifies arithmetic, not reasoning: the drop overrules "verified" as a zero does
     verified = fuse_path(_per_step([(4, 4), (1, 4)], [UNVERIFIABLE, CORRECT]), config, False)
     assert _sources(verified) == ["mc", "mc_relative_drop"]
+    assert verified[1].signals_agree is False  # the checker said correct: low confidence, as mc_over_verified
+    unverified = fuse_path(_per_step([(4, 4), (1, 4)]), config, False)
+    assert unverified[1].signals_agree is True  # MC alone decided, nothing disagrees
     assert fuse_path(_per_step([(4, 4), (1, 4)]), FuseConfig(rule="tool", mc_relative_progress=0.9),
                      False)[1].label is True
 
