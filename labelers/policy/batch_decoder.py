@@ -29,10 +29,12 @@ rollouts of a prefix, and the prefixes of every problem of a batch, are decoded 
   ``prompt_cache_cells`` distinct cells (half the KV cache by default; a group that needs cells
   takes them from idle prompts) and, with ``run(keep_prompts=True)``, lives across runs: the
   prompts and prefixes of one labeling pass are evaluated once, not once per round (the policy
-  decides when a pass starts). Idle prompts that no waiting job would start from leave first,
-  then the least recently used (in use until their last sequence ended): a first-error search's
-  next probe, a prefix or an extension of its last one, waits in the queue behind other searches'
-  probes, and its prompt must still be there when its turn comes.
+  decides when a pass starts). A first-error search's next probe, a prefix or an extension of
+  its last one, waits in the queue behind other searches' probes, and its prompt must still be
+  there when its turn comes: while groups are live, an idle prompt gives way to a new job only
+  when that makes room for one of its completions, and never one a waiting job starts from;
+  otherwise those that no waiting job starts from leave first, then the least recently used (in
+  use until their last sequence ended).
 - **Continuous batching.** Each step decodes one new token for every live sequence plus as many
   admitted prompts' tokens as fit in ``n_batch``. A sequence that finishes (EOS/EOG, a stop
   string, the stop rule, its token limit, the context window) leaves at once, its cells are
@@ -419,15 +421,19 @@ class BatchDecoder:
         max_tokens = max(1, min(job.max_tokens, self.n_ctx_per_sequence - len(prompt)))
         exact = source is not None and _common_prefix(source.tokens, prompt) == len(prompt)
         groups_reserved = self._reserved(live, admitting)
-        if live or admitting:
-            # Cached prompts nobody uses give way before a job waits, but only when that makes
-            # room: with the cells reserved by live groups, evicting every idle prompt might not
-            # admit one completion, and the searches waiting to extend those prompts would then
-            # evaluate them again (a streamed pass evaluated 1.6x the prompt tokens it needed).
-            unevictable = self._cache_cells(extra=prompt, keep=(source,))
-            if self.kv_cells - groups_reserved - unevictable - 1 < max_tokens:
-                return None  # wait for a live group to end
         wanted = _Wanted(self, jobs, waiting)
+        busy = bool(live or admitting)
+        if busy:
+            # While groups are live, idle cached prompts give way to this job only where that
+            # makes room for a completion, and never the ones waiting jobs start from: the next
+            # probe of a first-error search waits behind other searches' probes, and it would
+            # evaluate its solution's prompt again (a streamed pass evaluated 1.6x the prompt
+            # tokens it needed when every attempt to admit a job that could not fit flushed them).
+            room = self.kv_cells - groups_reserved - 1
+            if room - self._cache_cells(extra=prompt, keep=(source,)) < max_tokens:
+                return None  # the live groups' reservations hold the cells (the usual case): wait
+            if room - self._cache_cells(extra=prompt, keep=(source,), spare=wanted.entries()) < max_tokens:
+                return None  # only prompts that waiting jobs start from could give way: wait
         entry = source if exact else self._cache_entry_for(prompt, source, shared, wanted)
         if entry is None:
             return None  # every cache slot holds a prompt in use: next step
@@ -435,8 +441,8 @@ class BatchDecoder:
             cached = self._cache_cells(exclude=entry, extra=entry.tokens if exact else prompt)
             available = self.kv_cells - groups_reserved - cached - 1  # - 1: the re-read last token
             fits = min(len(remaining), len(free_ids), max(0, available // max_tokens))
-            if fits or not self._evict_one(keep=(entry, source), wanted=wanted):
-                break  # (idle cached prompts give way, those no waiting job starts from first)
+            if fits or not self._evict_one(keep=(entry, source), wanted=wanted, spare_wanted=busy):
+                break  # (with nothing live, any idle prompt gives way before a job is refused)
         if fits == 0:
             self._drop_entry(entry)
             if not live and not admitting:  # nothing to wait for: this job can never fit
@@ -523,14 +529,15 @@ class BatchDecoder:
             self._cache.pop(entry.seq_id, None)
 
     def _cache_cells(self, exclude: _CachedPrompt | None = None, extra: Sequence[int] = (),
-                     keep: tuple[_CachedPrompt | None, ...] | None = None) -> int:
+                     keep: tuple[_CachedPrompt | None, ...] | None = None, spare: frozenset[int] = frozenset()) -> int:
         """Distinct cells the cached prompts hold (``exclude`` left out, ``extra`` added; with
-        ``keep``, only those no eviction may take: in use, pending, or in ``keep``). The
+        ``keep``, only those no eviction may take: in use, pending, in ``keep`` or with a sequence
+        id in ``spare``). The
         prompts are copied from one another, so a common prefix is one set of cells (+1 per
         prompt: the last token of a copied prefix may be evaluated again in a cell of its own)."""
         entries = [e for e in self._cache.values() if e is not exclude and e.tokens]
         if keep is not None:
-            entries = [e for e in entries if e.pending or e.users > 0 or any(e is k for k in keep)]
+            entries = [e for e in entries if e.pending or e.users > 0 or e.seq_id in spare or any(e is k for k in keep)]
         prompts = [tuple(e.tokens) for e in entries]
         if extra:
             prompts.append(tuple(extra))
@@ -538,10 +545,13 @@ class BatchDecoder:
         total = sum(len(p) + 1 for p in prompts)
         return total - sum(_common_prefix(a, b) for a, b in zip(prompts, prompts[1:]))
 
-    def _evict_one(self, keep: tuple[_CachedPrompt | None, ...], wanted: "_Wanted | None" = None) -> bool:
+    def _evict_one(self, keep: tuple[_CachedPrompt | None, ...], wanted: "_Wanted | None" = None,
+                   spare_wanted: bool = False) -> bool:
         """Drop the cached prompt to lose first (:meth:`_eviction_order`) among those no group uses
-        and not in ``keep``."""
-        idle = [e for e in self._cache.values() if not e.pending and e.users == 0 and all(e is not k for k in keep)]
+        and not in ``keep`` (nor, with ``spare_wanted``, one a waiting job starts from)."""
+        spared = wanted.entries() if spare_wanted and wanted is not None else frozenset()
+        idle = [e for e in self._cache.values()
+                if not e.pending and e.users == 0 and e.seq_id not in spared and all(e is not k for k in keep)]
         if not idle:
             return False
         victim = self._eviction_order(idle, wanted)[0]
