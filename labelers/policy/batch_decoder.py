@@ -516,10 +516,10 @@ class BatchDecoder:
 
     @staticmethod
     def _eviction_order(idle: list[_CachedPrompt], wanted: "_Wanted | None") -> list[_CachedPrompt]:
-        """Idle cached prompts, the one to lose first first: those no waiting job would start from
+        """Idle cached prompts in the order they give way: those no waiting job would start from
         before those one would (the next probe of a first-error search waits in the queue for
-        minutes on a CPU while other searches' prompts are admitted; under plain LRU its
-        solution's prompt was evicted before its turn came), each least recently used first."""
+        minutes on a CPU while other searches' prompts are admitted), each kind least recently
+        used first."""
         needed = wanted.entries() if wanted is not None else frozenset()
         return sorted(idle, key=lambda e: (e.seq_id in needed, e.last_used))
 
@@ -532,9 +532,9 @@ class BatchDecoder:
                      keep: tuple[_CachedPrompt | None, ...] | None = None, spare: frozenset[int] = frozenset()) -> int:
         """Distinct cells the cached prompts hold (``exclude`` left out, ``extra`` added; with
         ``keep``, only those no eviction may take: in use, pending, in ``keep`` or with a sequence
-        id in ``spare``). The
-        prompts are copied from one another, so a common prefix is one set of cells (+1 per
-        prompt: the last token of a copied prefix may be evaluated again in a cell of its own)."""
+        id in ``spare``). The prompts are copied from one another, so a common prefix is one set
+        of cells (+1 per prompt: the last token of a copied prefix may be evaluated again in a
+        cell of its own)."""
         entries = [e for e in self._cache.values() if e is not exclude and e.tokens]
         if keep is not None:
             entries = [e for e in entries if e.pending or e.users > 0 or e.seq_id in spare or any(e is k for k in keep)]
