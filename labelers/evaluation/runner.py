@@ -595,10 +595,11 @@ def run_signals(records: Sequence[BenchRecord], signals: Sequence[tuple[str, str
             runs.update(((signal, None), run) for signal, run in zip(stepwise, shared[len(group):], strict=True))
     if stepwise and not modes:
         steps = sum(len(r.steps) for r in records)
-        doing = "judging" if stepwise == ["judge"] else f"labeling ({', '.join(stepwise)})"
+        judge_only = stepwise == ["judge"]
+        doing = "judging" if judge_only else f"labeling ({', '.join(stepwise)})"
         watch.say(f"{doing} the {steps} steps of {len(records)} solutions ...")
         shared = _watched_pass(records, stepwise, config, resources, watch, " + ".join(stepwise), chunk,
-                               journal=journal, completions="replies" if stepwise == ["judge"] else "completions")
+                               journal=journal, completions="replies" if judge_only else "completions")
         runs.update(((signal, None), run) for signal, run in zip(stepwise, shared, strict=True))
     results = []
     for signal, mode in signals:
