@@ -265,13 +265,35 @@ def _reported(process: SearchProcess, on_end: Callable[[], None]) -> SearchProce
     on_end()
 
 
+def _paths_estimated(key_lists: Sequence[list[str]], known: dict[str, MCEstimate],
+                     on_path_done: Callable[[], None]) -> Callable[[str], None]:
+    """A callback for each ended estimate that calls ``on_path_done`` once per path of
+    ``key_lists`` (its prefix keys) as the last of its keys ends; a path whose keys are all
+    ``known`` already is done at once."""
+    waiting: dict[str, list[set[str]]] = {}  # key -> the keys still open of each path waiting on it
+    for keys in key_lists:
+        left = {key for key in keys if key not in known}
+        if not left:
+            on_path_done()
+        for key in left:
+            waiting.setdefault(key, []).append(left)
+
+    def estimated(key: str) -> None:
+        for left in waiting.pop(key, ()):
+            left.discard(key)
+            if not left:
+                on_path_done()
+
+    return estimated
+
+
 def _estimate_paths(
     states: Sequence[_State], config: BuildConfig, policy: Policy, ledger: Ledger, judge: OutcomeJudge,
     account_by_path: bool, on_path_done: Callable[[], None] | None = None,
 ) -> dict[str, MCEstimate]:
     """MC signals for every path of every live state (stage 4 of the module doc).
-    ``on_path_done`` is called once per path whose first-error search ended or that needs no
-    rollouts (progress inside a pass; per-step estimates are not reported)."""
+    ``on_path_done`` is called once per path as its first-error search ends, as the last of its
+    per-step estimates ends, or at once when it needs no rollouts (progress inside a pass)."""
     settings = mc_settings(config)
     known: dict[str, MCEstimate] = {}
 
@@ -293,6 +315,7 @@ def _estimate_paths(
         return PrefixJob(key, pid, state.problem.question, state.problem.gold_answer, node.steps, account, confirm_zero)
 
     per_step: list[tuple[tuple[_State, _Path, int], int]] = []
+    per_step_paths: list[list[str]] = []  # the prefix keys of each path estimated step by step
     searches: list[tuple[_State, _Path, int]] = []
     skip_disproved = config.fuse.rule == "hybrid" and config.search.skip_mc_after_disproved
     for state in states:
@@ -309,6 +332,7 @@ def _estimate_paths(
             if path.correct:
                 if spends_mc:
                     per_step += [(owner, i) for i in range(sampled)]
+                    per_step_paths.append([job(owner, i).key for i in range(sampled)])
                 elif on_path_done is not None:
                     on_path_done()  # no rollouts: its labels are inferred
             elif config.search.first_error_search:
@@ -321,8 +345,10 @@ def _estimate_paths(
                 searches.append(owner)
             else:
                 per_step += [(owner, i) for i in range(sampled)]
+                per_step_paths.append([job(owner, i).key for i in range(sampled)])
     # Per-step estimates and every search's probes, sampled together (labelers.search.scheduler).
-    scheduler = EstimateScheduler(policy, settings, ledger, judge, known)
+    on_estimated = None if on_path_done is None else _paths_estimated(per_step_paths, known, on_path_done)
+    scheduler = EstimateScheduler(policy, settings, ledger, judge, known, on_estimated)
     probes = [search_process(owner[1].search, lambda index, owner=owner: job(owner, index)) for owner in searches]
     if on_path_done is not None:
         probes = [_reported(probe, on_path_done) for probe in probes]

@@ -85,6 +85,34 @@ def test_solutions_count_as_done_as_their_searches_end_inside_a_chunk():
     assert [d for d in done if 0 < d < 10] == list(range(1, 10))  # one solution at a time
 
 
+def test_per_step_solutions_count_as_their_last_estimate_ends_inside_a_chunk():
+    """Per-step MC: a solution counts as done when the last of its prefixes is estimated, one at
+    a time, not all at the chunk's end (it said 0 of 20 for 16 minutes on a CPU)."""
+    records, references = injected_set(6, 4, seed=11)
+    ticks: list[tuple[int, int]] = []
+    runner.run_shared(records, ["mc"], _config(), scripted_for(records, references), None, None, "per-step", 4,
+                      chunk_size=len(records), on_solutions=lambda done, total: ticks.append((done, total)))
+    done = [d for d, _ in ticks]
+    assert ticks[0] == (0, 10) and ticks[-1] == (10, 10)
+    assert done == sorted(done)
+    assert [d for d in done if 0 < d < 10] == list(range(1, 10))
+
+
+def test_a_path_whose_prefixes_are_all_known_counts_at_once_and_a_shared_prefix_ends_both():
+    from labelers.pipeline import _paths_estimated
+    from labelers.search.montecarlo import MCEstimate
+
+    done: list[int] = []
+    known = {"a": MCEstimate(2, 4)}
+    estimated = _paths_estimated([["a"], ["a", "b"], ["b", "c"]], known, lambda: done.append(len(done) + 1))
+    assert done == [1]  # the first path needs nothing sampled
+    estimated("b")
+    assert done == [1, 2]  # "b" was the second path's last open prefix, not the third's
+    estimated("x")  # a search's probe nobody here waits for
+    estimated("c")
+    assert done == [1, 2, 3]
+
+
 def test_stored_signals_refuse_to_the_run_labels_and_variants_score():
     from labelers.verify.tool import ToolStepVerifier
 

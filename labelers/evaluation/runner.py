@@ -335,8 +335,9 @@ def fuse_stored(stored: dict[str, Any], rule: str, fuse_config: Any) -> list[boo
 def _counting_solutions(on_solutions: Callable[[int, int], None] | None, start: int,
                         records: Sequence[BenchRecord]) -> Callable[[], None] | None:
     """Progress inside a chunk: a chunk of 32 solutions is one streamed call of many minutes on a
-    CPU, so a solution counts as done when its first-error search ends, or at once when it needs
-    no rollouts (``start`` + solutions done so far; the chunk's end sets the exact count)."""
+    CPU, so a solution counts as done when its first-error search ends (per-step: its last
+    estimate), or at once when it needs no rollouts (``start`` + solutions done so far; the
+    chunk's end sets the exact count)."""
     if on_solutions is None:
         return None
     done = 0

@@ -76,16 +76,19 @@ class EstimateScheduler:
 
     ``known`` (job key -> estimate) holds estimates made earlier, taken without sampling; every
     estimate this scheduler makes is added to it. :attr:`batch` holds this scheduler's own
-    estimates and the keys whose requests failed.
+    estimates and the keys whose requests failed. ``on_estimated(key)`` is called as each
+    estimate this scheduler makes ends, made or failed (progress inside a pass).
     """
 
     def __init__(self, policy: Policy, settings: MCSettings, ledger: Ledger, judge: OutcomeJudge,
-                 known: dict[str, MCEstimate] | None = None) -> None:
+                 known: dict[str, MCEstimate] | None = None,
+                 on_estimated: Callable[[str], None] | None = None) -> None:
         self.policy = policy
         self.settings = settings
         self.ledger = ledger
         self.judge = judge
         self.known = {} if known is None else known
+        self.on_estimated = on_estimated
         self.batch = MCBatch()
         self._running: dict[str, _Estimating] = {}
 
@@ -140,6 +143,8 @@ class EstimateScheduler:
         else:
             return [(running.job.account or running.job.problem_id, request, running)]
         del self._running[key]
+        if self.on_estimated is not None:
+            self.on_estimated(key)
         asked: list[Asked[_Estimating]] = []
         for search in running.searches:
             asked += self._resume(search, key)
