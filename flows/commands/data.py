@@ -19,6 +19,7 @@ import pyarrow as pa
 import typer
 
 from data_schemas.errors import PrmforgeError
+from flows.commands import Terminated
 from labelers.config import OutputConfig
 
 ROOT_OPTION = typer.Option(
@@ -162,6 +163,8 @@ def run_shell(catalog: Any, max_rows: int) -> None:
         except EOFError:
             console.print()
             return
+        except Terminated:
+            raise
         except KeyboardInterrupt:
             console.print()
             pending = []

@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from data_schemas.errors import InputError, PrmforgeError
+from flows.commands import interrupt_exit_code
 from flows.resources import ConfigResources, ResourceHolder
 from labelers.evaluation.journal import DEFAULT_CHUNK, ChunkJournal
 from labelers.evaluation.replay import ReplayPolicy
@@ -373,11 +374,11 @@ def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file
                               threshold, chunk, journal)
         apart = run_signals(without_gold, gold_free, config, mc_mode, k, resources, watch, threshold, chunk,
                             journal) if needs_gold and without_gold and gold_free else []
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         kept = f": {journal.path} keeps {journal.held} labeled chunk(s), the same command resumes from them" \
             if journal is not None else " (with --out, a rerun would resume instead of starting over)"
         typer.echo(f"interrupted{kept}", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(interrupt_exit_code(interrupt)) from None
     finally:
         resources.close()
     # The table has 16 columns: never squeeze it below a readable width (pipes, CI logs).

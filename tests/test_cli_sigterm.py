@@ -1,0 +1,81 @@
+"""SIGTERM ends a command as Ctrl-C does (flows/cli.py): a batch scheduler's stop or ``timeout``
+gets eval's "interrupted: ... resumes" line and a clean exit, not a silent kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from labelers.evaluation.processbench import BenchRecord, write_set
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The labeling call is replaced by one that waits (a pass of many minutes), so the signal is
+# sure to arrive inside it; everything around it is the real command.
+CHILD = textwrap.dedent("""
+    import sys, time
+    from labelers.evaluation import runner
+
+    def labeling_for_minutes(*args, **kwargs):
+        print("labeling now", file=sys.stderr, flush=True)
+        time.sleep(120)
+
+    runner.run_signals = labeling_for_minutes
+    from flows.cli import main
+    sys.argv = ["prmforge", *sys.argv[1:]]
+    main()
+""")
+
+
+def test_sigterm_during_eval_run_prints_the_resume_line_and_exits_143(tmp_path):
+    set_file = tmp_path / "set.jsonl"
+    write_set(set_file, [BenchRecord("r1", "What is 2 + 3?", ("2 + 3 = 5.", "The answer is 5."), -1)])
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, "eval", "run", "--input", str(set_file), "--labels", "tool",
+         "--out", str(tmp_path / "run.json")],
+        cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert child.stderr is not None
+        seen = []
+        for line in child.stderr:
+            seen.append(line)
+            if "labeling now" in line:
+                break
+        else:
+            raise AssertionError("the command ended before labeling: " + "".join(seen))
+        child.send_signal(signal.SIGTERM)
+        _, rest = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 128 + signal.SIGTERM
+    assert "interrupted: " in rest and "run.json.partial keeps 0 labeled chunk(s)" in rest
+    assert "Traceback" not in rest
+
+
+def test_sigterm_ends_the_sql_shell_with_status_143(tmp_path):
+    """The shell's prompt takes Ctrl-C as "drop this line"; a SIGTERM must still end it."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "query", "--shell", "--root", str(tmp_path)],
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert child.stdout is not None
+        shown = ""
+        while not shown.endswith("prmforge> "):
+            char = child.stdout.read(1)
+            assert char, "the shell ended before its prompt: " + shown
+            shown += char
+        child.send_signal(signal.SIGTERM)
+        child.wait(timeout=30)  # stdin stays open: only the signal can end it
+        errors = child.stderr.read() if child.stderr is not None else ""
+    finally:
+        child.kill()
+    assert child.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in errors
