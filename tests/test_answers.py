@@ -41,6 +41,11 @@ def judge():
         ("The final answer is 1,000, which is large.", "1,000"),
         ("She has 3 apples and buys 4, so 7 in total", "7"),
         ("The total was 1,234.5 dollars", "1,234.5"),
+        # the MATH few-shot format (72 of 502 ProcessBench MATH dev solutions): the phrase after
+        # "Final Answer:" states the answer again; it was taken whole ("The final answer is 143")
+        ("Final Answer: The final answer is 143. I hope it is correct.", "143"),
+        ("Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct.", "\\frac{1}{2}"),
+        ("Final answer: the answer is 7", "7"),
         ("", None),
         ("no numbers here", None),
     ],
@@ -51,6 +56,9 @@ def test_extract_final_answer(text, expected):
 
 def test_extract_without_fallback_gives_none():
     assert extract_final_answer("she has 7 apples", allow_fallback=False) is None
+    # a correct solution that ends "Thus, b = 3." states no final answer: counted as stating none
+    # (the answer-aware baselines and MC then treat it as not reaching gold), never guessed
+    assert extract_final_answer("Thus, \\( b = 3 \\).", allow_fallback=False) is None
 
 
 def test_boxed_wins_over_later_phrase_and_numbers():
@@ -99,6 +107,10 @@ def test_boxed_wins_over_later_phrase_and_numbers():
         ("2 sqrt(3)", "2\\sqrt{3}"),
         ("2x+2", "2(x+1)"),
         ("\\sqrt[3]{8}", "2"),
+        # a matrix's row breaks survive normalization (its "\\ " was read as a spacing command,
+        # which merged the rows into one product)
+        ("\\begin{pmatrix} -\\frac{1}{3} \\\\ \\frac{2}{3} \\end{pmatrix}",
+         "\\begin{pmatrix} -1/3 \\\\ 2/3 \\end{pmatrix}"),
     ],
 )
 def test_equal_traps(predicted, gold, judge):
@@ -123,6 +135,9 @@ def test_equal_traps(predicted, gold, judge):
         ("3*pi", "3"),
         ("2x", "2"),  # "x" is not a unit
         ("__import__(os)", "0"),
+        ("\\begin{pmatrix} -\\frac{1}{3} \\\\ \\frac{2}{3} \\end{pmatrix}",
+         "\\begin{pmatrix} -1/3 \\\\ 4/3 \\end{pmatrix}"),
+        ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix} 1 & 2 \\end{pmatrix}"),  # a column is not a row
     ],
 )
 def test_unequal(predicted, gold, judge):
