@@ -7,13 +7,12 @@ traceback.
 
 from __future__ import annotations
 
-import signal
 import sys
 
 import typer
 
 from data_schemas.errors import PrmforgeError
-from flows.commands import Terminated, build, data, datasets, doctor, evaluate, problems, raise_terminated, train
+from flows.commands import Terminated, build, data, datasets, doctor, evaluate, problems, train
 
 app = typer.Typer(
     name="prmforge",
@@ -28,8 +27,6 @@ for group in (problems, doctor, build, data, datasets, evaluate, train):
 
 
 def main() -> None:
-    # A SIGTERM ends a command as Ctrl-C does (the default would kill it before any cleanup).
-    signal.signal(signal.SIGTERM, raise_terminated)
     try:
         app(standalone_mode=True)
     except PrmforgeError as error:
@@ -37,7 +34,8 @@ def main() -> None:
         sys.exit(2)
     except SystemExit as ended:
         # click turns an interrupt no command caught into "Aborted!" and exit status 1; a SIGTERM
-        # keeps its conventional status (a scheduler tells a stop from a failure by it).
+        # (commands/__init__.sigterm_as_interrupt) keeps its conventional status: a scheduler
+        # tells a stop from a failure by it.
         aborted = ended.__context__
         if aborted is not None and isinstance(aborted.__cause__, Terminated):
             sys.exit(Terminated.exit_code)

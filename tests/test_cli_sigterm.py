@@ -1,5 +1,8 @@
-"""SIGTERM ends a command as Ctrl-C does (flows/cli.py): a batch scheduler's stop or ``timeout``
-gets eval's "interrupted: ... resumes" line and a clean exit, not a silent kill."""
+"""SIGTERM ends ``eval run`` and the SQL shell as Ctrl-C does (flows/commands/__init__.py): a batch
+scheduler's stop or ``timeout`` gets eval's "interrupted: ... resumes" line and exit status 143,
+not a silent kill. Builds keep the default handler: Prefect's flow engine bridges SIGTERM itself
+and re-sends it to the handler it replaced once the run is marked crashed (with a raising handler
+there, a demo build hung after "Crash detected!" instead of ending)."""
 
 from __future__ import annotations
 
@@ -79,3 +82,17 @@ def test_sigterm_ends_the_sql_shell_with_status_143(tmp_path):
         child.kill()
     assert child.returncode == 128 + signal.SIGTERM
     assert "Traceback" not in errors
+
+
+def test_the_handler_is_scoped_to_the_command_so_builds_keep_the_default():
+    from flows.commands import Terminated, sigterm_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with sigterm_as_interrupt():
+        assert signal.getsignal(signal.SIGTERM) is not before
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise AssertionError("no Terminated")
+        except Terminated as terminated:
+            assert terminated.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) is before

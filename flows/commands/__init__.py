@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 
 
@@ -16,8 +18,21 @@ class Terminated(KeyboardInterrupt):
     exit_code = 128 + signal.SIGTERM
 
 
-def raise_terminated(signum: int, frame: FrameType | None) -> None:
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise Terminated
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Inside: a SIGTERM raises :class:`Terminated` in the main thread (the default handler kills
+    the process before any cleanup). Not for builds: Prefect's flow engine installs its own SIGTERM
+    bridge (it marks the run crashed, then re-sends the signal to the handler it replaced, which
+    must stay the default for the process to end)."""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def interrupt_exit_code(interrupt: KeyboardInterrupt) -> int:

@@ -19,7 +19,7 @@ import pyarrow as pa
 import typer
 
 from data_schemas.errors import PrmforgeError
-from flows.commands import Terminated
+from flows.commands import Terminated, sigterm_as_interrupt
 from labelers.config import OutputConfig
 
 ROOT_OPTION = typer.Option(
@@ -229,7 +229,8 @@ def query(
         raise PrmforgeError("give either an SQL statement or --shell")
     with _catalog(root, builds, include_incomplete, dataset) as catalog:
         if shell:
-            run_shell(catalog, max_rows)
+            with sigterm_as_interrupt():
+                run_shell(catalog, max_rows)
             return
         print_result(catalog.query(sql), format, out, max_rows)
 

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from data_schemas.errors import InputError, PrmforgeError
-from flows.commands import interrupt_exit_code
+from flows.commands import interrupt_exit_code, sigterm_as_interrupt
 from flows.resources import ConfigResources, ResourceHolder
 from labelers.evaluation.journal import DEFAULT_CHUNK, ChunkJournal
 from labelers.evaluation.replay import ReplayPolicy
@@ -370,10 +370,11 @@ def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file
         typer.echo(f"resuming: {journal.path} holds {journal.held} labeled chunk(s); those asked again are not "
                    "labeled again", err=True)
     try:
-        results = run_signals(with_gold if needs_gold else records, signals, config, mc_mode, k, resources, watch,
-                              threshold, chunk, journal)
-        apart = run_signals(without_gold, gold_free, config, mc_mode, k, resources, watch, threshold, chunk,
-                            journal) if needs_gold and without_gold and gold_free else []
+        with sigterm_as_interrupt():  # a scheduler's stop gets the resume line below, as Ctrl-C does
+            results = run_signals(with_gold if needs_gold else records, signals, config, mc_mode, k, resources,
+                                  watch, threshold, chunk, journal)
+            apart = run_signals(without_gold, gold_free, config, mc_mode, k, resources, watch, threshold, chunk,
+                                journal) if needs_gold and without_gold and gold_free else []
     except KeyboardInterrupt as interrupt:
         kept = f": {journal.path} keeps {journal.held} labeled chunk(s), the same command resumes from them" \
             if journal is not None else " (with --out, a rerun would resume instead of starting over)"
