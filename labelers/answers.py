@@ -58,6 +58,7 @@ _ANSWER_PHRASE = re.compile(
     r"(?:final\s+answer|the\s+answer)\s*(?:is|:|=)\s*:?\s*(?P<rest>[^\n]+)|^\s*answer\s*:\s*(?P<line>[^\n]+)",
     re.IGNORECASE | re.MULTILINE,
 )
+_OPENING_PHRASE = re.compile(r"\s*(?:the\s+)?(?:final\s+)?answer\s*(?:is|:|=)\s*:?\s*", re.IGNORECASE)
 _LAST_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 
 
@@ -127,9 +128,10 @@ def extract_final_answer(text: str, allow_fallback: bool = True) -> str | None:
     if phrases:
         stated = phrases[-1].group("rest") or phrases[-1].group("line") or ""
         # "Final Answer: The final answer is $143$. I hope it is correct." (the MATH few-shot
-        # format, 72 of 502 ProcessBench MATH dev solutions): the phrase's text states it again.
-        while (inner := _ANSWER_PHRASE.search(stated)) is not None and (inner.group("rest") or inner.group("line")):
-            stated = inner.group("rest") or inner.group("line")
+        # format, 72 of 502 ProcessBench MATH dev solutions): the text opens with the phrase again.
+        # Only where it opens it: "5, and the answer is consistent with ..." states 5.
+        while (opening := _OPENING_PHRASE.match(stated)) is not None and opening.end() < len(stated):
+            stated = stated[opening.end():]
         answer = _strip_sentence_end(stated)
         if answer:
             return answer

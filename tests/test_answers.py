@@ -46,6 +46,7 @@ def judge():
         ("Final Answer: The final answer is 143. I hope it is correct.", "143"),
         ("Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct.", "\\frac{1}{2}"),
         ("Final answer: the answer is 7", "7"),
+        ("The final answer is 5, and the answer is consistent with the check.", "5"),  # not opening it
         ("", None),
         ("no numbers here", None),
     ],
