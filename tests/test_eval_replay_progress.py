@@ -130,6 +130,11 @@ def test_stored_signals_refuse_to_the_run_labels_and_variants_score():
     assert {"MC binary", "hybrid as run", "hybrid, no path rule", "hybrid, no confirmation"} <= set(rows)
     assert rows["hybrid as run"].score.f1 == runner.evaluate(records, runs[1]).score.f1
     assert rows["hybrid as run"].rollouts_per_solution == runs[1].rollouts / len(records)
+    # scored on a subset of the run's solutions: still the run's rollouts per solution it labeled
+    # (it divided the run's total by the subset's size: 2x on half the set)
+    half = {row.name: row for row in variant_rows(records[::2], [{"results": results}], config.fuse)}
+    assert half["hybrid as run"].solutions == len(records[::2])
+    assert half["hybrid as run"].rollouts_per_solution == runs[1].rollouts / len(records)
 
 
 def test_pass_progress_lines():

@@ -85,11 +85,14 @@ def refused(result: Mapping[str, Any], rule: str, fuse_config: FuseConfig) -> di
     }
 
 
-def _costs(result: Mapping[str, Any], solutions: int) -> tuple[float | None, float | None]:
+def _costs(result: Mapping[str, Any], scored: int) -> tuple[float | None, float | None]:
+    """Rollouts and wall seconds per solution of the pass ``result`` comes from: its totals over the
+    solutions it labeled, which are more than the ``scored`` ones when the set is a subset of the run's."""
     cost = result.get("cost", {})
-    if not solutions:
+    labeled = (cost.get("profile") or {}).get("solutions") or len(result.get("predictions") or {}) or scored
+    if not labeled:
         return None, None
-    return cost.get("rollouts", 0) / solutions, cost.get("wall_seconds", 0.0) / solutions
+    return cost.get("rollouts", 0) / labeled, cost.get("wall_seconds", 0.0) / labeled
 
 
 def consensus_predictions(mc: Mapping[str, Prediction], other: Mapping[str, Prediction]) -> dict[str, Prediction]:
