@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from flows.progress import PassProgress
 from labelers.evaluation import runner
 from labelers.evaluation.replay import ReplayPolicy
@@ -71,31 +73,20 @@ def test_by_default_the_hybrid_is_fused_from_mcs_pass():
     assert policy.counts.replayed_completions == 0 and mc.rollouts == hybrid.rollouts > 0
 
 
-def test_solutions_count_as_done_as_their_searches_end_inside_a_chunk():
-    """One chunk of all 10 solutions: the 4 that reach gold need no rollouts and count at once,
-    the 6 wrong ones as their first-error searches end, not all at the chunk's end; the count
-    only grows and ends at the total."""
+@pytest.mark.parametrize("mc_mode", ["binary", "per-step"])
+def test_solutions_count_as_done_one_at_a_time_inside_a_chunk(mc_mode: str):
+    """One chunk of all 10 solutions. Binary: the 4 that reach gold need no rollouts and count at
+    once, the 6 wrong ones as their first-error searches end. Per-step: a solution counts when the
+    last of its prefixes is estimated (it said 0 of 20 for 16 minutes on a CPU). Never all at the
+    chunk's end; the count only grows and ends at the total."""
     records, references = injected_set(6, 4, seed=11)
     ticks: list[tuple[int, int]] = []
-    runner.run_shared(records, ["mc"], _config(), scripted_for(records, references), None, None, "binary", 4,
+    runner.run_shared(records, ["mc"], _config(), scripted_for(records, references), None, None, mc_mode, 4,
                       chunk_size=len(records), on_solutions=lambda done, total: ticks.append((done, total)))
     done = [d for d, _ in ticks]
     assert ticks[0] == (0, 10) and ticks[-1] == (10, 10)
     assert done == sorted(done)
     assert [d for d in done if 0 < d < 10] == list(range(1, 10))  # one solution at a time
-
-
-def test_per_step_solutions_count_as_their_last_estimate_ends_inside_a_chunk():
-    """Per-step MC: a solution counts as done when the last of its prefixes is estimated, one at
-    a time, not all at the chunk's end (it said 0 of 20 for 16 minutes on a CPU)."""
-    records, references = injected_set(6, 4, seed=11)
-    ticks: list[tuple[int, int]] = []
-    runner.run_shared(records, ["mc"], _config(), scripted_for(records, references), None, None, "per-step", 4,
-                      chunk_size=len(records), on_solutions=lambda done, total: ticks.append((done, total)))
-    done = [d for d, _ in ticks]
-    assert ticks[0] == (0, 10) and ticks[-1] == (10, 10)
-    assert done == sorted(done)
-    assert [d for d in done if 0 < d < 10] == list(range(1, 10))
 
 
 def test_a_path_whose_prefixes_are_all_known_counts_at_once_and_a_shared_prefix_ends_both():
