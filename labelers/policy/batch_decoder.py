@@ -202,6 +202,12 @@ class BatchDecoder:
         params.kv_unified = True  # shared prompt cells: one cell, several sequence ids
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
+        # Flash attention off: llama.cpp's CPU kernel splits a one-token query's keys among the
+        # threads and sums the parts in an order that depends on how many there are, so texts
+        # changed with the thread count (which the default picks by machine load, threads.py).
+        # Without it the texts do not depend on the thread count (tests/test_policy_embedded.py),
+        # at 2-5% of decode speed (docs/generation.md, "Determinism").
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(llama.model, params)
         if self._ctx is None:
