@@ -48,7 +48,8 @@ rollouts of a prefix, and the prefixes of every problem of a batch, are decoded 
 
 Determinism: scheduling depends only on the requests (their order after sorting, their lengths
 and seeds) and on the prompt cache a run starts with, so the same runs in the same order give
-the same batches, the same floating point and the same texts. Which *other* requests share a
+the same batches, the same floating point and the same texts, with any thread count (flash
+attention is off for that: see ``BatchDecoder.__init__``). Which *other* requests share a
 call (or which prompts an earlier run of the pass cached) does change the batches, and the
 matrix kernels may round a row differently in a batch of another size: a request's text can
 then differ (rarely; docs/generation.md gives the measured rate).
@@ -179,7 +180,7 @@ class BatchDecoder:
 
     def __init__(self, llama: Any, *, max_sequences: int, kv_cells: int, n_threads: int, n_ctx_per_sequence: int,
                  n_batch: int = 512, cache_slots: int = 32, prompt_cache_cells: int | None = None,
-                 sampling: SamplingMode = "nucleus") -> None:
+                 sampling: SamplingMode = "nucleus", flash_attention: bool = False) -> None:
         import llama_cpp
 
         self._lib = llama_cpp
@@ -202,12 +203,14 @@ class BatchDecoder:
         params.kv_unified = True  # shared prompt cells: one cell, several sequence ids
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
-        # Flash attention off: llama.cpp's CPU kernel splits a one-token query's keys among the
-        # threads and sums the parts in an order that depends on how many there are, so texts
-        # changed with the thread count (which the default picks by machine load, threads.py).
-        # Without it the texts do not depend on the thread count (tests/test_policy_embedded.py),
-        # at 2-5% of decode speed (docs/generation.md, "Determinism").
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        # Flash attention off by default: llama.cpp's CPU kernel splits a one-token query's keys
+        # among the threads and sums the parts in an order that depends on how many there are, so
+        # texts changed with the thread count (which the default picks by machine load,
+        # threads.py). Without it they do not (tests/test_policy_embedded.py), at a few percent of
+        # decode speed (benchmarks/bench_flash_attention.py; docs/generation.md, "Seeds and
+        # determinism"). ``flash_attention=True`` is there to measure that.
+        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attention
+                                  else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         params.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(llama.model, params)
         if self._ctx is None:
