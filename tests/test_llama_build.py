@@ -196,15 +196,25 @@ def test_doctor_reports_a_crashing_build_with_the_fix(crashing_llama, monkeypatc
     assert f"{INSTALL_COMMAND} --force" in (item.hint or "")
 
 
-def test_default_threads_leave_the_cores_other_processes_use(monkeypatch):
-    """All cores on an idle machine; a core another process keeps busy is left to it."""
+def test_default_threads_leave_the_cores_other_processes_use(monkeypatch, caplog):
+    """All cores on an idle machine; a core another process keeps busy is left to it, and the
+    user is told (the build is slower than on an idle machine)."""
     from labelers.policy import threads
 
     monkeypatch.setattr(threads, "usable_cores", lambda: 4)
     monkeypatch.setattr(threads, "busy_cores_of_others", lambda: 0.3)
-    assert threads.default_threads() == 4
+    with caplog.at_level("WARNING", logger="prmforge.policy"):
+        assert threads.default_threads() == 4
+    assert not caplog.records
     monkeypatch.setattr(threads, "busy_cores_of_others", lambda: 1.2)
-    assert threads.default_threads() == 3
+    with caplog.at_level("WARNING", logger="prmforge.policy"):
+        assert threads.default_threads() == 3
+    assert [r.getMessage() for r in caplog.records] == [
+        "llama.cpp decodes with 3 of 4 cores: other processes keep 1.2 busy (set policy.n_threads to choose)"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="prmforge.policy"):
+        assert threads.default_threads(quiet=True) == 3  # the preflight's probe: the load says it
+    assert not caplog.records
     monkeypatch.setattr(threads, "busy_cores_of_others", lambda: 7.0)
     assert threads.default_threads() == 1
 

@@ -233,7 +233,7 @@ def preflight(model_path: Path, n_threads: int | None, cache_dir: Path) -> None:
     if n_threads is None:
         from labelers.policy.threads import default_threads
 
-        n_threads = default_threads()
+        n_threads = default_threads(quiet=True)  # the model load that follows says it, once
     result = run_preflight_child(model_path, n_threads)
     if not result.ok:
         raise LlamaBuildError(result.message(model_path))

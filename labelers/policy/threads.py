@@ -15,12 +15,15 @@ the model loads, tool workers) is not counted: those are the build's own, short-
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 SAMPLE_SECONDS = 0.25
+
+log = logging.getLogger("prmforge.policy")
 
 
 @dataclass(frozen=True)
@@ -87,10 +90,18 @@ def busy_cores_of_others(seconds: float = SAMPLE_SECONDS, proc: Path = Path("/pr
     return max(0.0, others / total * system_cpus)
 
 
-def default_threads() -> int:
-    """``max(1, cores - round(busy cores of other processes))``; all cores where /proc is missing."""
+def default_threads(*, quiet: bool = False) -> int:
+    """``max(1, cores - round(busy cores of other processes))``; all cores where /proc is missing.
+
+    Taking fewer than all cores is logged (a warning, unless ``quiet``: the llama.cpp preflight's
+    short probe): the same build then runs slower than on an idle machine, and the user should
+    know why (the texts are the same either way)."""
     cores = usable_cores()
     busy = busy_cores_of_others()
     if busy is None:
         return cores
-    return max(1, cores - round(busy))
+    threads = max(1, cores - round(busy))
+    if threads < cores and not quiet:
+        log.warning("llama.cpp decodes with %d of %d cores: other processes keep %.1f busy "
+                    "(set policy.n_threads to choose)", threads, cores, busy)
+    return threads
