@@ -108,7 +108,7 @@ class EmbeddedPolicyConfig(PolicySampling):
         description='"batched" decodes up to max_sequences completions per llama.cpp call in a KV cache of '
         'kv_cells cells (continuous batching); "sequential" one completion at a time.',
     )
-    max_sequences: int = Field(default=32, ge=1, le=255, description="Batched decode: sequences per llama.cpp call.")
+    max_sequences: int = Field(default=32, ge=1, le=254, description="Batched decode: sequences per llama.cpp call.")
     kv_cells: int = Field(default=16384, ge=512, description="Batched decode: KV cache cells shared by the sequences.")
     prompt_cache: bool = Field(
         default=True,

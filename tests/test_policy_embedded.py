@@ -169,10 +169,11 @@ def test_texts_do_not_depend_on_the_thread_count(pool: ModelPool, decode: str) -
 
 @pytest.mark.slow
 def test_one_sequence_after_a_long_prompt_does_not_depend_on_the_thread_count(pool: ModelPool) -> None:
-    """One sequence decoding against a few hundred cached tokens is where llama.cpp's CPU flash
-    attention splits the keys among the threads: with it on (the context default), seed 1 here
-    gave a different text with 1 and 2 threads (Intel Xeon, 0.5B), so the batched decoder turns
-    it off. Each request is its own call, so each decodes alone."""
+    """One sequence decoding alone against 512 or more KV cells is where llama.cpp's CPU flash
+    attention splits the keys among the threads: when the batched decoder sent such one-token
+    batches, seed 1 here gave a different text with 1 and 2 threads (Intel Xeon, 0.5B); it pads
+    them with a second token now (BatchDecoder._fill_batch). Each request is its own call, so
+    each decodes alone."""
     system = ChatMessage("system", "You are a careful math tutor. " * 40)  # about 280 tokens
     requests = [GenerationRequest((system, ChatMessage("user", QUESTION)), n=1, max_tokens=64, seed=seed)
                 for seed in range(3)]

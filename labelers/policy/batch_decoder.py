@@ -48,8 +48,8 @@ rollouts of a prefix, and the prefixes of every problem of a batch, are decoded 
 
 Determinism: scheduling depends only on the requests (their order after sorting, their lengths
 and seeds) and on the prompt cache a run starts with, so the same runs in the same order give
-the same batches, the same floating point and the same texts, with any thread count (flash
-attention is off for that: see ``BatchDecoder.__init__``). Which *other* requests share a
+the same batches, the same floating point and the same texts, with any thread count (a batch
+never holds a single token for that: see ``_fill_batch``). Which *other* requests share a
 call (or which prompts an earlier run of the pass cached) does change the batches, and the
 matrix kernels may round a row differently in a batch of another size: a request's text can
 then differ (rarely; docs/generation.md gives the measured rate).
@@ -180,7 +180,7 @@ class BatchDecoder:
 
     def __init__(self, llama: Any, *, max_sequences: int, kv_cells: int, n_threads: int, n_ctx_per_sequence: int,
                  n_batch: int = 512, cache_slots: int = 32, prompt_cache_cells: int | None = None,
-                 sampling: SamplingMode = "nucleus", flash_attention: bool = False) -> None:
+                 sampling: SamplingMode = "nucleus", flash_attention: bool = True) -> None:
         import llama_cpp
 
         self._lib = llama_cpp
@@ -189,27 +189,27 @@ class BatchDecoder:
         self.kv_cells = kv_cells
         self.n_ctx_per_sequence = min(n_ctx_per_sequence, kv_cells)
         self.n_batch = max(n_batch, max_sequences + 1)
-        self.cache_slots = max(1, min(cache_slots, 256 - max_sequences))
+        # llama.cpp takes at most 256 sequence ids: the completions', the cache's and the pad's.
+        self.cache_slots = max(1, min(cache_slots, 255 - max_sequences))
+        self._pad_seq_id = max_sequences + self.cache_slots  # see _fill_batch
         # Up to half the cells: groups take precedence (idle prompts give way when a group needs cells,
         # those no waiting job starts from first), so the cap only bounds what idle prompts occupy.
         self.prompt_cache_cells = kv_cells // 2 if prompt_cache_cells is None else prompt_cache_cells
         self.sampling = sampling
         self._nucleus_in_numpy = sampling == "nucleus"
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = kv_cells
+        params.n_ctx = kv_cells + 1  # + 1: the pad token's cell (_fill_batch), outside the budget
         params.n_batch = self.n_batch
         params.n_ubatch = self.n_batch
-        params.n_seq_max = max_sequences + self.cache_slots
+        params.n_seq_max = max_sequences + self.cache_slots + 1
         params.kv_unified = True  # shared prompt cells: one cell, several sequence ids
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
-        # Flash attention off by default: llama.cpp's CPU kernel splits a one-token query's keys
-        # among the threads and sums the parts in an order that depends on how many there are, so
-        # texts changed with the thread count (which the default picks by machine load,
-        # threads.py). Without it they do not (tests/test_policy_embedded.py), at a few percent of
-        # decode speed (benchmarks/bench_flash_attention.py; docs/generation.md, "Seeds and
-        # determinism"). ``flash_attention=True`` is there to measure that.
-        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attention
+        # Flash attention (llama.cpp's default, AUTO: on for the CPU) costs a quarter less CPU on a
+        # labeling pass than without it (docs/generation.md, "Seeds and determinism"); off is for
+        # benchmarks/bench_flash_attention.py. A batch of one token would take its split-keys path,
+        # whose sums depend on the thread count: _fill_batch never sends one.
+        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO if flash_attention
                                   else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         params.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(llama.model, params)
@@ -357,7 +357,10 @@ class BatchDecoder:
         reserved = self._reserved(live, admitting) + self._cache_cells()
         self.peak_reserved_cells = max(self.peak_reserved_cells, reserved)
         clock = time.perf_counter()
-        status = self._decode()
+        try:
+            status = self._decode()
+        finally:
+            self._lib.llama_memory_seq_rm(self._memory, self._pad_seq_id, -1, -1)  # the pad's cell, if any
         self.cost.decode_seconds += time.perf_counter() - clock
         self.cost.decode_calls += 1
         if status != 0:
@@ -592,6 +595,16 @@ class BatchDecoder:
             group.prompt_done = end
             if end == len(prompt):
                 started.append((group, row - 1))
+        if row == 1:
+            # llama.cpp's CPU flash attention splits the keys of a batch holding one query token
+            # (from 512 cells on) among the threads and adds the parts up in an order that depends
+            # on how many threads there are: the text of a sequence decoding alone (a run's tail)
+            # then changed with the thread count, which the default picks by machine load. A
+            # second token, in a sequence of its own that sees only itself and is removed after
+            # the decode (_step), sends the batch down the path that gives each query row to one
+            # thread; one token more costs about nothing where decoding is memory-bound.
+            self._put(row, self._batch.token[0], 0, (self._pad_seq_id,), False)
+            row += 1
         self._batch.n_tokens = row
         return row, started
 
