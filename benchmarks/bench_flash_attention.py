@@ -1,16 +1,17 @@
-"""What turning llama.cpp's flash attention off costs the batched decoder, and what it buys.
+"""What flash attention saves the batched decoder, and that texts do not depend on the thread count.
 
     python benchmarks/bench_flash_attention.py            # 1.5B preset, widths 1, 4, 16
     python benchmarks/bench_flash_attention.py --quick    # 0.5B preset, widths 1, 4, 32 tokens
 
-The batched decoder (labelers/policy/batch_decoder.py) creates its context with flash attention
-off: on, llama.cpp's CPU kernel splits a one-token query's keys among the threads and sums the
-parts in an order that depends on the thread count, and the default thread count follows the
-machine's load (labelers/policy/threads.py). For each batch width (that many sampled
-completions, one per prompt, decoded together after a prompt of about 300 tokens, as a rollout
-sees) this prints
+The batched decoder (labelers/policy/batch_decoder.py) decodes with llama.cpp's flash attention
+(its default on a CPU). Its CPU kernel splits the keys of a one-token batch among the threads
+and adds the parts up in an order that depends on the thread count, so the decoder pads such
+batches with a second token (``BatchDecoder._fill_batch``): the default thread count follows the
+machine's load (labelers/policy/threads.py) and must not change the texts. For each batch width
+(that many sampled completions of distinct prompts of about 400 tokens -- worked examples and a
+question, as a labeling pass holds many distinct problems -- decoded together) this prints
 
-- tokens/s with flash attention on and off at all usable cores, and off/on;
+- tokens/s with flash attention on (the default) and off at all usable cores, and on/off;
 - how many of the width's texts are equal with 1 thread and with all cores, each setting.
 
 Figures are wall-clock on whatever machine runs it (run it alone; other load changes them).
@@ -19,6 +20,7 @@ Figures are wall-clock on whatever machine runs it (run it alone; other load cha
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -26,12 +28,11 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from data_schemas.problems import bundled_problems_path  # noqa: E402
 from labelers.policy.base import ChatMessage, GenerationRequest  # noqa: E402
 from labelers.policy.batch_decoder import BatchDecoder, DecodeJob  # noqa: E402
 from labelers.policy.embedded import EmbeddedPolicy, ModelPool, completion_seed  # noqa: E402
 from labelers.policy.threads import usable_cores  # noqa: E402
-
-SYSTEM = "You are a careful math tutor. Solve the problem step by step. " * 24  # about 300 tokens
 
 
 def figure(name: str, value: float | None, unit: str, goal: str = "") -> None:
@@ -40,14 +41,17 @@ def figure(name: str, value: float | None, unit: str, goal: str = "") -> None:
 
 
 def jobs(policy: EmbeddedPolicy, width: int, max_tokens: int) -> list[DecodeJob]:
-    """``width`` prompts (one question each), one sampled completion per prompt."""
-    prompts = [
-        policy._renderer.tokens(GenerationRequest((
-            ChatMessage("system", SYSTEM),
-            ChatMessage("user", f"Tom has {i + 3} boxes with {i + 11} apples each. He eats 5. How many are left?"),
-        )))
-        for i in range(width)
-    ]
+    """``width`` distinct prompts (3 worked examples and a question of the bundled problems
+    each), one sampled completion per prompt."""
+    rows = [json.loads(line) for line in bundled_problems_path().read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    prompts = []
+    for i in range(width):
+        shown = [rows[(4 * i + j) % len(rows)] for j in range(3)]
+        examples = "\n\n".join(f"Q: {row['question']}\nA: {row['answer']}" for row in shown)
+        question = rows[(4 * i + 3) % len(rows)]["question"]
+        prompts.append(policy._renderer.tokens(GenerationRequest((
+            ChatMessage("system", "Worked examples:\n\n" + examples), ChatMessage("user", question)))))
     return [DecodeJob(tuple(prompt), (completion_seed(7, i),), max_tokens, 0.8, 0.95)
             for i, prompt in enumerate(prompts)]
 
@@ -77,7 +81,7 @@ def main() -> None:
     pool = ModelPool()
     policies = {threads: EmbeddedPolicy(model, n_ctx=4096, n_threads=threads, pool=pool) for threads in {1, cores}}
     print(f"model {policies[cores].model_id}, {cores} usable cores, {max_tokens} tokens per completion", flush=True)
-    print("width | tok/s flash on | tok/s flash off | off/on | texts equal 1 vs "
+    print("width | prompt tokens | tok/s flash on | tok/s flash off | on/off | texts equal 1 vs "
           f"{cores} threads: on | off", flush=True)
     for width in widths:
         work = jobs(policies[cores], width, max_tokens)
@@ -86,10 +90,10 @@ def main() -> None:
             texts, speed[flash] = decode(policies[cores], cores, flash, work)
             one_thread, _ = decode(policies[1], 1, flash, work) if cores > 1 else (texts, 0.0)
             equal[flash] = sum(a == b for a, b in zip(texts, one_thread))
-        print(f"{width} | {speed[True]:.1f} | {speed[False]:.1f} | {speed[False] / speed[True]:.3f} | "
-              f"{equal[True]}/{width} | {equal[False]}/{width}", flush=True)
-        figure(f"flash_attention_off_over_on_width_{width}", speed[False] / speed[True], "ratio of tok/s")
-        figure(f"texts_equal_across_threads_flash_off_width_{width}", equal[False] / width, "share", ">= 1")
+        print(f"{width} | {sum(len(job.prompt) for job in work)} | {speed[True]:.1f} | {speed[False]:.1f} | "
+              f"{speed[True] / speed[False]:.3f} | {equal[True]}/{width} | {equal[False]}/{width}", flush=True)
+        figure(f"flash_attention_on_over_off_width_{width}", speed[True] / speed[False], "ratio of tok/s")
+        figure(f"texts_equal_across_threads_width_{width}", equal[True] / width, "share", ">= 1")
     pool.close()
 
 
