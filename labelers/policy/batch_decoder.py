@@ -352,7 +352,7 @@ class BatchDecoder:
             rows_for_prompts -= len(jobs[group.job_index].prompt) - group.prompt_done
         if not live and not admitting:
             return  # the head job could never fit (its error is recorded): next job
-        rows, started = self._fill_batch(live, admitting, jobs)
+        rows, started, padded = self._fill_batch(live, admitting, jobs)
         self.peak_sequences = max(self.peak_sequences, len(live) + sum(len(g.seq_ids) for g in admitting))
         reserved = self._reserved(live, admitting) + self._cache_cells()
         self.peak_reserved_cells = max(self.peak_reserved_cells, reserved)
@@ -360,7 +360,8 @@ class BatchDecoder:
         try:
             status = self._decode()
         finally:
-            self._lib.llama_memory_seq_rm(self._memory, self._pad_seq_id, -1, -1)  # the pad's cell, if any
+            if padded:
+                self._lib.llama_memory_seq_rm(self._memory, self._pad_seq_id, -1, -1)
         self.cost.decode_seconds += time.perf_counter() - clock
         self.cost.decode_calls += 1
         if status != 0:
@@ -572,10 +573,10 @@ class BatchDecoder:
         return True
 
     def _fill_batch(self, live: dict[int, _Live], admitting: Sequence[_Group],
-                    jobs: Sequence[DecodeJob]) -> tuple[int, list[tuple[_Group, int]]]:
+                    jobs: Sequence[DecodeJob]) -> tuple[int, list[tuple[_Group, int]], bool]:
         """Write this step's tokens into the batch: one per live sequence, then as much of the
-        admitted prompts as fits. Returns the rows and the groups whose prompt ends in it (with
-        their logits row)."""
+        admitted prompts as fits. Returns the rows, the groups whose prompt ends in it (with
+        their logits row) and whether a pad token was added."""
         row = 0
         for sequence in live.values():
             self._put(row, sequence.tokens[-1], sequence.pos, (sequence.seq_id,), True)
@@ -595,7 +596,8 @@ class BatchDecoder:
             group.prompt_done = end
             if end == len(prompt):
                 started.append((group, row - 1))
-        if row == 1:
+        padded = row == 1
+        if padded:
             # llama.cpp's CPU flash attention splits the keys of a batch holding one query token
             # (from 512 cells on) among the threads and adds the parts up in an order that depends
             # on how many threads there are: the text of a sequence decoding alone (a run's tail)
@@ -606,7 +608,7 @@ class BatchDecoder:
             self._put(row, self._batch.token[0], 0, (self._pad_seq_id,), False)
             row += 1
         self._batch.n_tokens = row
-        return row, started
+        return row, started, padded
 
     def _put(self, row: int, token: int, pos: int, seq_ids: Sequence[int], logits: bool) -> None:
         batch = self._batch
