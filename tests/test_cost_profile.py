@@ -3,8 +3,11 @@ backends that cannot stop while decoding, and the Ledger's pass scope."""
 
 from __future__ import annotations
 
+import json
+
 from labelers.answers import answer_end, extract_final_answer
 from labelers.evaluation import runner
+from labelers.evaluation.journal import LabeledChunk
 from labelers.policy.base import ChatMessage, Completion, GenerationRequest, GenerationResult, TokenUsage, cut_at_answer
 from labelers.policy.usage import CostProfile
 from labelers.search.ledger import Ledger
@@ -46,6 +49,33 @@ def test_the_profile_shows_how_full_the_decode_steps_were() -> None:
     remote = CostProfile.of(TokenUsage(completion_tokens=90), solutions=1, rollouts=4, wall_seconds=1.0,
                             cpu_seconds=2.0)  # an HTTP backend counts no decode steps
     assert remote.sequences_per_decode_step is None and "steps" not in remote.line()
+
+
+def test_the_profile_names_the_decode_thread_counts_and_a_resumed_pass_keeps_them() -> None:
+    # CPU seconds per token depend on the thread count, which by default follows the machine's
+    # load: a cost figure says which counts decoded it, a journaled chunk keeps its own count,
+    # and a pass whose chunks used different counts lists both instead of summing them.
+    policy = _Recording()
+    policy.usage.decode_threads = (2,)
+    ledger = Ledger()
+    request = GenerationRequest((ChatMessage("user", "q"),))
+    ledger.generate(policy, [("p1", request)])
+    ledger.generate(policy, [("p1", request)])
+    assert ledger.usage.decode_threads == (2,)
+    chunk = LabeledChunk([], [], ledger.usage, 1.0, 1.0)
+    journaled = LabeledChunk.from_json(json.loads(json.dumps(chunk.to_json()))).usage
+    assert journaled.decode_threads == (2,) and journaled.decode_seconds == 1.0
+    total = TokenUsage()
+    total.add(TokenUsage(decode_threads=(1,), decode_seconds=0.25))
+    total.add(journaled)
+    assert total.decode_threads == (1, 2) and total.decode_seconds == 1.25
+    profile = CostProfile.of(total, solutions=1, rollouts=2, wall_seconds=1.0, cpu_seconds=2.0)
+    assert "(llama.cpp threads: 1, 2)" in profile.line() and profile.to_json()["decode_threads"] == [1, 2]
+    counts = profile.to_counts()
+    assert counts["decode_threads_min"] == 1 and counts["decode_threads_max"] == 2
+    remote = CostProfile.of(TokenUsage(completion_tokens=9), solutions=1, rollouts=1, wall_seconds=1.0,
+                            cpu_seconds=1.0)  # an HTTP backend: no llama.cpp threads to name
+    assert "threads" not in remote.line() and not any("threads" in key for key in remote.to_counts())
 
 
 def test_backends_that_cannot_stop_cut_the_text_where_the_embedded_decoder_stops() -> None:

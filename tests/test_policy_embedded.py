@@ -164,6 +164,7 @@ def test_texts_do_not_depend_on_the_thread_count(pool: ModelPool, decode: str) -
     for threads in (1, 2):
         policy = EmbeddedPolicy("small", n_ctx=1024, n_threads=threads, pool=pool, decode=decode)
         texts.append([c.text for r in policy.generate(requests) for c in r.completions])
+        assert policy.usage.decode_threads == (threads,)  # the cost profile names the count
     assert texts[0] == texts[1]
 
 

@@ -104,10 +104,20 @@ class TokenUsage:
     sampled_tokens: int = 0
     # Seconds spent deciding whether rollouts reach the gold answer (set by the labeling pass).
     answer_check_seconds: float = 0.0
+    # The llama.cpp thread counts the embedded backend decoded with (sorted, distinct; empty for
+    # remote backends). Not a sum: CPU seconds per token depend on it, and the default follows the
+    # machine's load when the model loads (labelers/policy/threads.py), so a cost figure names it.
+    decode_threads: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.decode_threads = tuple(sorted(set(self.decode_threads)))  # a JSON list read back (journal)
 
     def add(self, other: "TokenUsage") -> None:
         for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+            if name == "decode_threads":
+                self.decode_threads = tuple(sorted(set(self.decode_threads) | set(other.decode_threads)))
+            else:
+                setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 @runtime_checkable

@@ -233,7 +233,7 @@ class EmbeddedPolicy:
         self._sampling = sampling
         self._cache_scope = ""  # the pass whose prompts the decoder's cache holds
         self._run_start_tokens: int | None = None  # decoder's token count when its running run began
-        self.usage = TokenUsage()
+        self.usage = TokenUsage(decode_threads=(self._threads,))
         # Prompt tokens actually evaluated (after prefix reuse); benchmarks compare it with usage.
         self.evaluated_prompt_tokens = 0
 

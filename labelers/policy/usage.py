@@ -41,6 +41,7 @@ class CostProfile:
     cpu_seconds: float
     decode_steps: int = 0  # llama_decode calls (embedded batched backend; 0 elsewhere)
     sampled_tokens: int = 0  # tokens sampled after them, end-of-generation included
+    decode_threads: tuple[int, ...] = ()  # llama.cpp thread counts decoded with (TokenUsage.decode_threads)
 
     @property
     def sequences_per_decode_step(self) -> float | None:
@@ -57,18 +58,26 @@ class CostProfile:
     ) -> "CostProfile":
         return cls(solutions, rollouts, usage.prompt_tokens, usage.evaluated_prompt_tokens, usage.completion_tokens,
                    usage.decode_seconds, usage.sampling_seconds, usage.stop_check_seconds, usage.answer_check_seconds,
-                   usage.generation_seconds, wall_seconds, cpu_seconds, usage.decode_steps, usage.sampled_tokens)
+                   usage.generation_seconds, wall_seconds, cpu_seconds, usage.decode_steps, usage.sampled_tokens,
+                   usage.decode_threads)
 
-    def to_json(self) -> dict[str, float | int | None]:
-        payload: dict[str, float | int | None] = dict(asdict(self))
+    def to_json(self) -> dict[str, float | int | list[int] | None]:
+        payload: dict[str, float | int | list[int] | None] = dict(asdict(self))
+        payload["decode_threads"] = list(self.decode_threads)
         payload["cpu_seconds_per_solution"] = self.cpu_seconds_per_solution
         payload["sequences_per_decode_step"] = self.sequences_per_decode_step
         return payload
 
     def to_counts(self) -> dict[str, int]:
-        """The manifest's form (its counts are integers): tokens and counts, seconds as ``_ms``."""
+        """The manifest's form (its counts are integers): tokens and counts, seconds as ``_ms``;
+        the thread counts as ``decode_threads_min`` / ``_max`` (absent without embedded decoding)."""
         counts = {}
+        if self.decode_threads:
+            counts["decode_threads_min"] = min(self.decode_threads)
+            counts["decode_threads_max"] = max(self.decode_threads)
         for name, value in asdict(self).items():
+            if name == "decode_threads":
+                continue
             counts[name.replace("_seconds", "_ms")] = (
                 int(round(value * 1000)) if isinstance(value, float) else int(value)
             )
@@ -85,7 +94,8 @@ class CostProfile:
                 f"stop checks {self.stop_check_seconds:.1f} s, answer checks {self.answer_check_seconds:.1f} s, "
                 f"in generate {self.generation_seconds:.1f} s of {self.wall_seconds:.1f} s wall; "
                 f"CPU {self.cpu_seconds:.1f} s"
-                + (f" = {per:.2f} s per solution" if per is not None else ""))
+                + (f" = {per:.2f} s per solution" if per is not None else "")
+                + (f" (llama.cpp threads: {', '.join(map(str, self.decode_threads))})" if self.decode_threads else ""))
 
 
 def cpu_seconds() -> float:

@@ -157,6 +157,8 @@ class Ledger:
         backend measures it."""
         for name, value in _backend_cost(usage).items():
             setattr(self.usage, name, getattr(self.usage, name) + value - before.get(name, 0))
+        if isinstance(usage, TokenUsage) and usage.decode_threads:
+            self.usage.add(TokenUsage(decode_threads=usage.decode_threads))
 
     @staticmethod
     def _per_problem(policy: Policy, tagged: Sequence[tuple[str, GenerationRequest]]) -> list[GenerationResult]:
