@@ -84,6 +84,8 @@ def report(payload: dict[str, Any], cpu_seconds: float | None, tag: str) -> dict
         }
         figures[signal] = row
         shape = f"{tag}, {signal}, k={result.get('k')}, {records} solutions, {steps} labeled steps"
+        if profile.get("decode_threads"):  # CPU seconds per solution depend on it (docs/generation.md)
+            shape += f", llama.cpp threads {'/'.join(map(str, profile['decode_threads']))}"
         if profile.get("cpu_seconds_per_solution") is not None:
             figure(f"cost.pass_cpu_seconds_per_solution [{shape}]", profile["cpu_seconds_per_solution"], "s/solution")
             figure(f"cost.evaluated_prompt_tokens_per_labeled_step [{shape}]",
