@@ -203,3 +203,48 @@ def test_cli_scores_cases_without_gold_apart(tmp_path):
     apart = payload["results_without_gold"]
     assert [r["signal"] for r in apart] == ["tool"] and set(apart[0]["predictions"]) == {"u0"}
     assert apart[0]["predictions"]["u0"][0] is True  # 3 + 3 = 7 disproved
+
+
+def test_cli_selects_the_first_erroneous_and_correct_solutions(tmp_path):
+    # The documented dev sets ("the first 20 erroneous + 20 correct with a gold answer") are named
+    # by two numbers. With a signal that needs gold the classes are counted among the solutions with
+    # gold: u0, the first erroneous solution of the file, has none and is passed over; a gold-free
+    # run counts it.
+    gsm = _gsm8k_rows(4)
+    rows = [
+        pb("u0", "An unknown problem", ["3 + 3 = 7", "The answer is 7"], 0, final_ok=False),
+        pb("g0", gsm[0]["question"], ["16 - 3 - 4 = 9", "9 * 2 = 18", "The answer is 18"], -1),
+        pb("g1", gsm[1]["question"], ["2 / 2 = 1", "2 + 1 = 4", "The answer is 4"], 1, final_ok=False),
+        pb("g2", gsm[2]["question"], ["It costs 5", "The answer is 5"], 0, final_ok=False),
+        pb("g3", gsm[3]["question"], ["The answer is 540"], -1),
+    ]
+    set_file = tmp_path / "pb.jsonl"
+    set_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "out.json"
+
+    def run(*args: str):
+        return CliRunner().invoke(app, ["eval", "run", "--input", str(set_file), "--set", "tool.workers=1", *args])
+
+    result = run("--labels", "answer:first", "--errors", "1", "--correct", "1", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "selected: the first 1 erroneous + 1 correct solutions (file order) of the 4 with a gold answer" \
+        in result.output
+    payload = json.loads(out.read_text())
+    assert set(payload["results"][0]["predictions"]) == {"g0", "g1"}
+    assert payload["selection"] == {"errors": 1, "correct": 1, "among": "with a gold answer", "erroneous_taken": 1,
+                                    "correct_taken": 1}
+    assert payload["gold"]["total"] == 2
+
+    result = run("--labels", "tool", "--errors", "1", "--correct", "0", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(out.read_text())["results"][0]["predictions"]) == {"u0"}
+
+    result = run("--labels", "answer:first", "--errors", "5", "--correct", "1")
+    assert result.exit_code == 0, result.output
+    assert "fewer than asked: 2 erroneous" in result.output
+
+    for args, message in ((("--limit", "2", "--errors", "1", "--correct", "1"), "use one of them"),
+                          (("--errors", "1"), "--errors goes with --correct"),
+                          (("--errors", "0", "--correct", "0"), "selects no solution")):
+        result = run("--labels", "answer:first", *args)  # flows.cli.main prints these as one line, exit 2
+        assert isinstance(result.exception, InputError) and message in str(result.exception), result.output

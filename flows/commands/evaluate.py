@@ -59,6 +59,10 @@ MC_MODE_OPTION = typer.Option("per-step", "--mc-mode", help=(
 K_OPTION = typer.Option(None, "--k", help="Rollouts per estimated prefix (default: search.mc_rollouts of the config).",
                         min=1)
 LIMIT_OPTION = typer.Option(None, "--limit", help="Evaluate only the first N records of the set.", min=1)
+ERRORS_OPTION = typer.Option(None, "--errors", min=0, help=(
+    "With --correct: evaluate the first N erroneous solutions (file order; of those with a gold answer when a "
+    "signal needs gold), a balanced set named by two numbers."))
+CORRECT_OPTION = typer.Option(None, "--correct", min=0, help="With --errors: the first N correct solutions.")
 SEED_OPTION = typer.Option(None, "--seed", help="Seed of the rollouts (default: the config's).")
 PRM_OPTION = typer.Option(None, "--prm", help="Directory of a PRM trained by prmforge train (signal prm).",
                           file_okay=False)
@@ -89,22 +93,59 @@ def _load_config(config_file: Path | None, preset: str | None, overrides: list[s
     )
 
 
-def _read_records(set_file: Path, limit: int | None, gold_file: Path | None = None) -> tuple[list[Any], Any]:
+def _read_records(set_file: Path, gold_file: Path | None = None) -> list[Any]:
     """The set's records (a file, or ``processbench:SUBSET``) with gold answers joined where they
-    can be known (labelers/evaluation/goldjoin.py), then cut to ``limit``; and the coverage."""
-    from labelers.evaluation.goldjoin import GoldCoverage, join_gold, load_processbench, load_tables
+    can be known (labelers/evaluation/goldjoin.py). Joined before any cut (_select): a solution
+    left out may still tell its siblings the gold answer."""
+    from labelers.evaluation.goldjoin import join_gold, load_processbench, load_tables
     from labelers.evaluation.processbench import read_set
 
     spec = str(set_file)
     records = load_processbench(spec) if spec.startswith("processbench:") else read_set(set_file)
-    # Joined before the cut: a solution past the limit may still tell its siblings the gold answer.
-    records, _ = join_gold(records, load_tables(gold_file))
-    records = records[:limit] if limit is not None else records
+    return join_gold(records, load_tables(gold_file))[0]
+
+
+def _select(records: list[Any], limit: int | None, errors: int | None, correct: int | None,
+            gold_only: bool) -> tuple[list[Any], dict[str, Any] | None]:
+    """The records to evaluate: the first ``limit``, or the first ``errors`` erroneous and
+    ``correct`` correct ones (of those with a gold answer when ``gold_only``: the others could not
+    be scored by the signals asked); and that selection, for ``--out``. Prints what it took."""
+    from labelers.evaluation.processbench import first_of_each_class
+
+    if errors is None and correct is None:
+        return (records[:limit] if limit is not None else records), None
+    if limit is not None:
+        raise InputError("--limit and --errors/--correct both choose the records to evaluate: use one of them")
+    if errors is None or correct is None:
+        given = "--errors" if errors is not None else "--correct"
+        raise InputError(f"{given} goes with {'--correct' if errors is not None else '--errors'} "
+                         "(0 leaves a class out)")
+    if errors == correct == 0:
+        raise InputError("--errors 0 --correct 0 selects no solution")
+    pool = [r for r in records if r.gold_answer] if gold_only else records
+    among = "with a gold answer" if gold_only else "in the set"
+    taken, took_errors, took_correct = first_of_each_class(pool, errors, correct)
+    if not taken:
+        raise InputError(f"--errors {errors} --correct {correct}: no such solution among the {len(pool)} {among}"
+                         + (" (pass --gold FILE for gold answers)" if gold_only and not pool else ""))
+    line = (f"selected: the first {took_errors} erroneous + {took_correct} correct solutions (file order) of the "
+            f"{len(pool)} {among}")
+    short = [f"{took} {kind}" for took, asked, kind in ((took_errors, errors, "erroneous"),
+                                                        (took_correct, correct, "correct")) if took < asked]
+    typer.echo(line + (f"; fewer than asked: {', '.join(short)}" if short else ""), err=True)
+    return taken, {"errors": errors, "correct": correct, "among": among, "erroneous_taken": took_errors,
+                   "correct_taken": took_correct}
+
+
+def _coverage(records: list[Any]) -> Any:
+    """Gold coverage of the records evaluated (printed and stored in ``--out``)."""
+    from labelers.evaluation.goldjoin import GoldCoverage
+
     counts: dict[str, int] = {}
     for record in records:
         if record.gold_answer:
             counts[record.gold_source or "file"] = counts.get(record.gold_source or "file", 0) + 1
-    return records, GoldCoverage(len(records), counts)
+    return GoldCoverage(len(records), counts)
 
 
 def parse_signals(text: str | Sequence[str]) -> list[tuple[str, str | None]]:
@@ -300,6 +341,8 @@ def run(
     mc_mode: str = MC_MODE_OPTION,
     k: int | None = K_OPTION,
     limit: int | None = LIMIT_OPTION,
+    errors: int | None = ERRORS_OPTION,
+    correct: int | None = CORRECT_OPTION,
     seed: int | None = SEED_OPTION,
     out: Path | None = typer.Option(None, "--out", dir_okay=False, help=(
         "Write the scores, costs and per-record failures as JSON. Labeled chunks are kept in OUT.partial meanwhile: "
@@ -314,7 +357,7 @@ def run(
     signals = parse_signals(labels)
     title = f"ProcessBench score on {set_file.name}" if len(signals) == 1 else f"Signals compared on {set_file.name}"
     _evaluate(set_file, signals, config_file, preset, overrides, model, backend, mc_mode, k, limit, seed, out, title,
-              prm, threshold, gold, chunk)
+              prm, threshold, gold, chunk, errors, correct)
 
 
 @eval_app.command("compare")
@@ -329,6 +372,8 @@ def compare(
     mc_mode: str = MC_MODE_OPTION,
     k: int | None = K_OPTION,
     limit: int | None = LIMIT_OPTION,
+    errors: int | None = ERRORS_OPTION,
+    correct: int | None = CORRECT_OPTION,
     seed: int | None = SEED_OPTION,
     out: Path | None = typer.Option(None, "--out", dir_okay=False, help=(
         "Write all results as JSON (an interrupted run resumes from OUT.partial, as eval run).")),
@@ -339,24 +384,26 @@ def compare(
 ) -> None:
     """Several signals on the same set, one table side by side (same as eval run)."""
     _evaluate(set_file, parse_signals(labels), config_file, preset, overrides, model, backend, mc_mode, k, limit,
-              seed, out, f"Signals compared on {set_file.name}", prm, threshold, gold, chunk)
+              seed, out, f"Signals compared on {set_file.name}", prm, threshold, gold, chunk, errors, correct)
 
 
 def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file: Path | None, preset: str | None,
               overrides: list[str] | None, model: str | None, backend: str | None, mc_mode: str, k: int | None,
               limit: int | None, seed: int | None, out: Path | None, title: str, prm: Path | None = None,
-              threshold: float = 0.5, gold_file: Path | None = None, chunk: int = DEFAULT_CHUNK) -> None:
+              threshold: float = 0.5, gold_file: Path | None = None, chunk: int = DEFAULT_CHUNK,
+              errors: int | None = None, correct: int | None = None) -> None:
     from labelers.evaluation.runner import MC_MODES, gold_signals, run_signals
 
     if mc_mode not in MC_MODES:
         raise InputError(f"--mc-mode must be one of {', '.join(MC_MODES)}, got {mc_mode!r}")
 
-    records, coverage = _read_records(set_file, limit, gold_file)
+    gold_free = [(s, m) for s, m in signals if s not in gold_signals()]
+    needs_gold = len(gold_free) < len(signals)
+    records, selection = _select(_read_records(set_file, gold_file), limit, errors, correct, gold_only=needs_gold)
+    coverage = _coverage(records)
     typer.echo(coverage.line(), err=True)
     with_gold = [r for r in records if r.gold_answer]
     without_gold = [r for r in records if not r.gold_answer]
-    gold_free = [(s, m) for s, m in signals if s not in gold_signals()]
-    needs_gold = len(gold_free) < len(signals)
     if needs_gold and not with_gold:
         first = next(s for s, _ in signals if s in gold_signals())
         raise InputError(f"--labels {first} needs gold answers and none of the {len(records)} solutions has one "
@@ -412,6 +459,8 @@ def _evaluate(set_file: Path, signals: list[tuple[str, str | None]], config_file
         payload["config"] = {"search": config.search.model_dump(mode="json"),
                              "fuse": config.fuse.model_dump(mode="json")}
         payload["gold_sources"] = {r.id: r.gold_source or "file" for r in records if r.gold_answer}
+        if selection is not None:
+            payload["selection"] = selection
         if needs_gold and without_gold:
             payload["records"] = len(with_gold)
             payload["results_without_gold"] = [r.to_json() for r in apart]
@@ -449,7 +498,7 @@ def rescore(
                              "rerun eval run)")
         fuse = _load_config(None, None, items, None, None, None).fuse
         extra[", ".join(items)] = fuse.model_dump()
-    records, coverage = _read_records(set_file, None, gold)
+    records = _read_records(set_file, gold)
     scored = {rid for payload in payloads for result in payload.get("results", []) for rid in result["predictions"]}
     records = [r for r in records if r.id in scored]
     table = Table(title=f"Fusion variants re-scored on {set_file.name} ({len(records)} solutions)")

@@ -138,6 +138,24 @@ def write_set(path: Path, records: Sequence[BenchRecord | Mapping[str, Any]]) ->
     temporary.replace(path)
 
 
+def first_of_each_class(
+    records: Sequence[BenchRecord], errors: int, correct: int
+) -> tuple[list[BenchRecord], int, int]:
+    """The first ``errors`` erroneous (label >= 0) and the first ``correct`` correct (label -1)
+    records, in file order, and how many of each there were: a balanced scoring set named by two
+    numbers instead of a hand-made file (``eval run --errors 20 --correct 20``). A class with
+    fewer records than asked is taken whole; the counts say so."""
+    taken: list[BenchRecord] = []
+    took = {True: 0, False: 0}
+    wanted = {True: errors, False: correct}
+    for record in records:
+        erroneous = record.label >= 0
+        if took[erroneous] < wanted[erroneous]:
+            taken.append(record)
+            took[erroneous] += 1
+    return taken, took[True], took[False]
+
+
 # --------------------------------------------------------------------------------------------
 # Predictions and scores
 # --------------------------------------------------------------------------------------------
