@@ -1,7 +1,8 @@
 """Cost per labeled solution on a ProcessBench-format set: one ``prmforge eval run``, measured.
 
     flock /tmp/prmforge-llm.lock python benchmarks/bench_cost.py --set SET.jsonl --out-dir DIR \
-        [--labels tool,hybrid:binary] [--k 4] [--set-option policy.n_threads=2 ...] [--chunk N] \
+        [--errors 20 --correct 20] [--labels tool,hybrid:binary] [--k 4] [--set-option policy.n_threads=2 ...] \
+        [--chunk N] \
         [--baseline BASELINE_eval.json --baseline-cpu-seconds S]
 
 Runs ``prmforge eval run --input SET --labels ... --k K --seed 0 --out DIR/eval.json`` in a child
@@ -49,6 +50,8 @@ def run_eval(args: argparse.Namespace, out_json: Path, log: Path) -> float:
         command += ["--set", option]
     if args.chunk is not None:
         command += ["--chunk", str(args.chunk)]
+    if args.errors is not None:  # issue 26's shape: a ProcessBench file, --errors 20 --correct 20
+        command += ["--errors", str(args.errors), "--correct", str(args.correct)]
     print("running:", " ".join(command), flush=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
@@ -109,6 +112,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set-option", action="append", default=[], help="passed on as --set (repeatable)")
     parser.add_argument("--chunk", type=int, default=None, help="passed on as --chunk (solutions per labeling call)")
+    parser.add_argument("--errors", type=int, default=None, help="passed on: the first N erroneous solutions")
+    parser.add_argument("--correct", type=int, default=None, help="passed on: the first N correct solutions")
     parser.add_argument("--reuse", action="store_true", help="report an existing DIR/eval.json instead of running")
     parser.add_argument("--cpu-seconds", type=float, default=None, help="with --reuse: that run's CPU seconds")
     parser.add_argument("--baseline", type=Path, default=None, help="an earlier run's eval JSON")
@@ -116,6 +121,8 @@ def main() -> None:
     args = parser.parse_args()
     if not args.set.is_file():
         sys.exit(f"error: no set at {args.set}")
+    if (args.errors is None) != (args.correct is None):
+        sys.exit("error: --errors and --correct go together")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     out_json = args.out_dir / "eval.json"
     if args.reuse:
