@@ -187,3 +187,26 @@ def test_lean_signal_without_toolchain_says_so(tmp_path, small_set):
     result = CliRunner().invoke(app, ["eval", "run", "--input", str(pb), "--labels", "lean"])
     assert result.exit_code != 0
     assert "Lean is not available" in str(result.exception)
+
+
+def test_mc_says_for_how_many_sampled_solutions_a_rollout_reached_gold(small_set):
+    # A policy that cannot finish the problems reads 0 from every prefix and puts each first error
+    # at the earliest probe: the note says so (OlympiadBench dev with the 1.5B: 1 of 13). One that
+    # can reaches gold from the clean prefix before each injected error -- except before an error
+    # at step 0, where no clean prefix with a step exists.
+    records, references = small_set
+    erroneous = [r for r in records if r.label >= 0]
+    at_step_0 = sum(r.label == 0 for r in erroneous)
+    able = runner.run_mc(records, "mc", _config(), scripted_for(records, references), None, None, "binary", 4)
+    unable_policy = ScriptedPolicy([
+        ScriptedProblem(r.problem, r.gold_answer, tuple(references[r.id]), (tuple(r.steps),) if r.label >= 0 else (),
+                        p_correct=0.0) for r in records])
+    unable = runner.run_mc(records, "mc", _config(), unable_policy, None, None, "binary", 4)
+    [able_note] = [note for note in able.notes if note.startswith("rollouts reached")]
+    [unable_note] = [note for note in unable.notes if note.startswith("rollouts reached")]
+    assert able_note.startswith(f"rollouts reached the gold answer from a prefix of {len(erroneous) - at_step_0} of "
+                                f"the {len(erroneous)} solutions sampled")
+    assert ("in the other" in able_note) == (at_step_0 > 0)
+    assert unable_note.startswith(f"rollouts reached the gold answer from a prefix of 0 of the {len(erroneous)} "
+                                  f"solutions sampled; in the other {len(erroneous)} every prefix read 0")
+    assert all(runner.evaluate(records, unable).run.predictions[r.id].first_error == 0 for r in erroneous)
