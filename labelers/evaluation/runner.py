@@ -502,7 +502,7 @@ def run_shared(
             if own is None and outcome.rollouts:
                 sampled_solutions += 1
                 # The last step's estimate is exact when it states an answer (its own answer against
-                # gold, no rollout): only the earlier prefixes' say whether rollouts reached gold.
+                # gold, no rollout): only the earlier prefixes' estimates say whether a rollout did.
                 reached_solutions += any(row.mc_correct and row.mc_total is not None and not row.mc_inferred
                                          for row in rows if row.step_index < len(record.steps) - 1)
         run.wall_seconds = seconds
