@@ -20,7 +20,6 @@ Figures are wall-clock on whatever machine runs it (run it alone; other load cha
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from data_schemas.problems import bundled_problems_path  # noqa: E402
+from data_schemas.problems import bundled_problems_path, load_problems  # noqa: E402
 from labelers.policy.base import ChatMessage, GenerationRequest  # noqa: E402
 from labelers.policy.batch_decoder import BatchDecoder, DecodeJob  # noqa: E402
 from labelers.policy.embedded import EmbeddedPolicy, ModelPool, completion_seed  # noqa: E402
@@ -43,13 +42,15 @@ def figure(name: str, value: float | None, unit: str, goal: str = "") -> None:
 def jobs(policy: EmbeddedPolicy, width: int, max_tokens: int) -> list[DecodeJob]:
     """``width`` distinct prompts (3 worked examples and a question of the bundled problems
     each), one sampled completion per prompt."""
-    rows = [json.loads(line) for line in bundled_problems_path().read_text(encoding="utf-8").splitlines()
-            if line.strip()]
+    problems = load_problems(bundled_problems_path()).problems  # GSM8K rows, then MATH rows
     prompts = []
     for i in range(width):
-        shown = [rows[(4 * i + j) % len(rows)] for j in range(3)]
-        examples = "\n\n".join(f"Q: {row['question']}\nA: {row['answer']}" for row in shown)
-        question = rows[(4 * i + 3) % len(rows)]["question"]
+        # Four problems a prompt; each lap over the file starts one problem later, so the prompts
+        # of one width stay distinct (a repeated prompt would be served from the prompt cache).
+        first = 4 * i + 4 * i // len(problems)
+        shown = [problems[(first + j) % len(problems)] for j in range(3)]
+        examples = "\n\n".join(f"Q: {problem.question}\nA: {problem.reference_solution}" for problem in shown)
+        question = problems[(first + 3) % len(problems)].question
         prompts.append(policy._renderer.tokens(GenerationRequest((
             ChatMessage("system", "Worked examples:\n\n" + examples), ChatMessage("user", question)))))
     return [DecodeJob(tuple(prompt), (completion_seed(7, i),), max_tokens, 0.8, 0.95)

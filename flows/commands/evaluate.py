@@ -117,9 +117,8 @@ def _select(records: list[Any], limit: int | None, errors: int | None, correct: 
     if limit is not None:
         raise InputError("--limit and --errors/--correct both choose the records to evaluate: use one of them")
     if errors is None or correct is None:
-        given = "--errors" if errors is not None else "--correct"
-        raise InputError(f"{given} goes with {'--correct' if errors is not None else '--errors'} "
-                         "(0 leaves a class out)")
+        given, missing = ("--errors", "--correct") if errors is not None else ("--correct", "--errors")
+        raise InputError(f"{given} goes with {missing} (0 leaves a class out)")
     if errors == correct == 0:
         raise InputError("--errors 0 --correct 0 selects no solution")
     pool = [r for r in records if r.gold_answer] if gold_only else records
