@@ -110,6 +110,13 @@ def _strip_sentence_end(answer: str) -> str:
     return answer.strip().strip("$").strip()
 
 
+def _states_value(answer: str) -> bool:
+    """Whether a phrase's answer holds a value: a letter, a digit or ``∞``. "The final answer
+    is:" with the value on the next line, or "**Final Answer:**", leaves ``:`` or ``**`` after the
+    phrase, and a rollout cut there was scored as answering ``:`` (a miss, whatever came next)."""
+    return any(char.isalnum() or char == "∞" for char in answer)
+
+
 def extract_final_answer(text: str, allow_fallback: bool = True) -> str | None:
     """The final answer a solution gives, or None when it gives none.
 
@@ -133,7 +140,7 @@ def extract_final_answer(text: str, allow_fallback: bool = True) -> str | None:
         while (opening := _OPENING_PHRASE.match(stated)) is not None and opening.end() < len(stated):
             stated = stated[opening.end():]
         answer = _strip_sentence_end(stated)
-        if answer:
+        if _states_value(answer):
             return answer
     if allow_fallback:
         numbers = _LAST_NUMBER.findall(text)
@@ -155,7 +162,9 @@ def answer_end(text: str) -> int | None:
     """Where a solution's answer is complete: the index of the newline that ends the first line
     holding a closed ``\\boxed{...}``/``\\fbox{...}``, or a line that opens with "The answer is
     X" / "Final answer: X" / "Answer: X" / "#### X" (after an optional "Step N:" label) and gives
-    a value (no ``=``, at most 4 words and 40 characters); None while there is none.
+    a value (no ``=``, at most 4 words and 40 characters; a letter or digit in it, so "The final
+    answer is:" or "**Final Answer:**" is not one: the value on the next non-blank line completes
+    it); None while there is none.
 
     The stop rule of rollouts (``GenerationRequest.stop_at_answer``): the text is cut there, so
     ``extract_final_answer(text[:answer_end(text)])`` is the answer of that line. Only a finished
@@ -165,13 +174,16 @@ def answer_end(text: str) -> int | None:
     the models' habits make the last line of a solution.
     """
     start = 0
+    opened: int | None = None  # where a line opened the phrase without its value ("The answer is:")
     while True:
         newline = text.find("\n", start)
         if newline < 0:
             return None
         line = text[start:newline]
-        if _line_states_answer(line):
+        if _line_states_answer(line) or (opened is not None and _line_states_answer(text[opened:newline])):
             return newline
+        if line.strip():
+            opened = start if _ANSWER_LINE.match(line) else None
         start = newline + 1
 
 
@@ -182,7 +194,8 @@ def _line_states_answer(line: str) -> bool:
         return False
     answer = extract_final_answer(line, allow_fallback=False)
     # A value, not a description ("the number of eggs left, 16 - 3 = 13"): no "=", short.
-    return bool(answer) and "=" not in answer and len(answer) <= 40 and len(answer.split()) <= 4
+    return answer is not None and _states_value(answer) and "=" not in answer and len(answer) <= 40 \
+        and len(answer.split()) <= 4
 
 
 # --------------------------------------------------------------------------------------------

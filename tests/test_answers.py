@@ -285,6 +285,11 @@ def test_answer_end_cuts_after_the_line_that_completes_the_answer() -> None:
         "Step 4: The answer is 18.\nextra": "Step 4: The answer is 18.",
         "Step 4: Therefore, the answer is 18\n\\boxed{18}": "Step 4: Therefore, the answer is 18",
         "work\n#### 42\nmore": "work\n#### 42",
+        # The phrase on a line of its own, the value on the next non-blank one (1.5B rollouts on
+        # ProcessBench GSM8K: cut after "The final answer is:" they were scored as answering ":").
+        "The final answer is:\n24\nmore": "The final answer is:\n24",
+        "The final answer is:\n\n$24$.\nmore": "The final answer is:\n\n$24$.",
+        "**Final Answer:**\n\\boxed{24}\nmore": "**Final Answer:**\n\\boxed{24}",
     }
     for text, kept in cases.items():
         end = answer_end(text)
@@ -304,5 +309,18 @@ def test_answer_end_waits_for_a_complete_answer_line() -> None:
         "Step 2: We need the answer: first compute 3 * 12.\n",  # no value after the phrase
         "To find the answer is easy, see below\n",  # the phrase inside a sentence
         "Answer: we first add the apples of all the boxes\n",  # more than a value
+        "Step 5: The final answer is:\n",  # the value is still to come
+        "**Final Answer:**\n",
+        "The answer is:\n\\[\n",
     ):
         assert answer_end(text) is None, text
+
+
+def test_a_phrase_without_a_value_states_no_answer() -> None:
+    """"The final answer is:" cut before its value answered ":" (and "**Final Answer:**" "**"):
+    a rollout that went on to the gold answer was scored a miss."""
+    assert extract_final_answer("The final answer is:", allow_fallback=False) is None
+    assert extract_final_answer("**Final Answer:**", allow_fallback=False) is None
+    assert extract_final_answer("So 6 + 18 = 24.\nThe final answer is:") == "24"  # the last number
+    assert extract_final_answer("The final answer is:\n24") == "24"
+    assert extract_final_answer("The final answer is: x + 1") == "x + 1"
