@@ -37,8 +37,10 @@ from flows.progress import BuildProgress, BuildSummary
 from flows.resources import PROCESS_RESOURCES, PolicyFactorySpec
 from flows.runners import make_task_runner
 from labelers.config import BuildConfig
+from labelers.pipeline import gold_reach
 from labelers.policy.base import TokenUsage
 from labelers.policy.usage import CostProfile, cpu_seconds
+from labelers.signals.mc import MC
 
 
 def _open_manifest(root: str, build_id: str, config: BuildConfig) -> tuple[Manifest, bool]:
@@ -170,6 +172,7 @@ def build_dataset(
 
     tool_checked = sum(1 for row in steps_seen if row.tool_verdict in ("correct", "incorrect"))
     lean_checked = sum(1 for row in steps_seen if row.lean_state in ("proved", "disproved"))
+    reach = gold_reach(steps_seen) if MC.runs(config) else None
     if model_ids:
         manifest = replace(manifest, policy_model=",".join(sorted(model_ids)))
     if manifest.dataset is not None:  # the commit: a sequence number, then the complete manifest
@@ -190,6 +193,7 @@ def build_dataset(
                 "generation_ms": int(generation_seconds * 1000),
             },
             "cost_profile": cost.to_counts(),
+            **({"gold_reach": {"problems": reach[1], "reached": reach[0]}} if reach is not None else {}),
         },
     )
     failures = tuple(
@@ -223,6 +227,7 @@ def build_dataset(
         dataset=(manifest.dataset or {}).get("name"),
         dataset_plan=dict((manifest.dataset or {}).get("plan") or {}),
         cost_profile=cost.line(),
+        gold_reach=reach,
     )
     if reporter is not None:
         reporter.stop()

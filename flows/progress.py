@@ -80,6 +80,9 @@ class BuildSummary:
     # Its plan: new, changed, relabeled, already_labeled, claimed_elsewhere (flows/dataset_plans.py).
     dataset_plan: dict[str, int] = field(default_factory=dict)
     cost_profile: str | None = None  # labelers.policy.usage.CostProfile.line() of the labeled batches
+    # MC builds: problems with step rows, and those where a path or rollout reached the gold answer
+    # (labelers.pipeline.gold_reach); None when the build's rule samples no rollouts.
+    gold_reach: tuple[int, int] | None = None
 
     @property
     def negative_steps(self) -> int:
@@ -116,6 +119,17 @@ def dataset_plan_line(dataset: str, plan: dict[str, int]) -> str:
     return text + ("" if labeled else " - nothing new to label")
 
 
+def gold_reach_line(reached: int, problems: int) -> str:
+    """The summary's warning that MC labels of problems the policy never solved carry no
+    evidence (labelers.pipeline.gold_reach)."""
+    line = f"on {reached} of {problems} problems a path or rollout reached the gold answer"
+    if reached < problems:
+        line += (f"; on the other {problems - reached} every MC value is 0 and each first error sits at the earliest "
+                 "step probed: the policy not solving them, no evidence about their steps (a policy that solves "
+                 "them: --model, --backend)")
+    return line
+
+
 def summary_table(summary: BuildSummary) -> Table:
     nothing_new = summary.dataset is not None and summary.problems_total == 0
     title = f"build {summary.build_id}: {summary.status}" + (" (nothing new to label)" if nothing_new else "")
@@ -139,6 +153,8 @@ def summary_table(summary: BuildSummary) -> Table:
         "step rows", f"{summary.steps} ({summary.positive_steps} positive, {summary.negative_steps} negative)"
     )
     table.add_row("rollouts", str(summary.rollouts))
+    if summary.gold_reach is not None:
+        table.add_row("gold reached", gold_reach_line(*summary.gold_reach))
     table.add_row("tokens", f"{summary.prompt_tokens} prompt, {summary.completion_tokens} generated")
     table.add_row("tool-checked steps", _share(summary.tool_checked_steps, summary.steps))
     table.add_row("Lean-checked steps", _share(summary.lean_checked_steps, summary.steps))

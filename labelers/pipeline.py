@@ -524,6 +524,23 @@ def _outcome(state: _State, build_id: str, steps: list[StepRow], ledger: Ledger,
     )
 
 
+def gold_reach(steps: Sequence[StepRow]) -> tuple[int, int]:
+    """(problems where the gold answer was reached, problems with step rows) over ``steps``.
+
+    Reached: a labeled path of the problem ends in the gold answer (``path_correct``), or a
+    rollout from one of its prefixes does (``mc_correct > 0``, sampled). Elsewhere every MC value
+    is 0 and each path's first error sits at the earliest step probed: that is the policy not
+    solving the problem, not evidence about its steps (on ProcessBench OlympiadBench the 1.5B
+    reached gold from no prefix of 10 wrong solutions, and MC binary scored F1 0.000)."""
+    problems: set[str] = set()
+    reached: set[str] = set()
+    for row in steps:
+        problems.add(row.problem_id)
+        if row.path_correct or (row.mc_correct and row.mc_total is not None and not row.mc_inferred):
+            reached.add(row.problem_id)
+    return len(reached), len(problems)
+
+
 def _label_paths(
     states: list[_State],
     config: BuildConfig,

@@ -118,6 +118,8 @@ def test_build_writes_rows_manifest_and_duckdb_reads_them(tmp_path: Path):
     assert manifest.config_hash == config.config_hash()
     assert manifest.counts["stages"]["problems"] == 4
     assert manifest.counts["run"]["batches"] == 2
+    assert summary.gold_reach is not None and summary.gold_reach[1] == 4  # MC ran: the summary counts reach
+    assert manifest.counts["gold_reach"] == {"problems": 4, "reached": summary.gold_reach[0]}
     assert {s.table for s in manifest.shards} == {"steps", "nodes", "outcomes"}
     assert len(manifest.shards) == 6  # 2 batches x 3 tables, one source
 

@@ -71,5 +71,17 @@ def test_summary_table_names_everything_the_user_needs():
                      "p3 at search: boom", "prmforge query"):
         assert expected in text, expected
     assert query_example(_summary()).endswith("--root '/data x' --build demo-1")
+    assert "gold reached" not in text  # no MC in this build
+
+
+def test_summary_says_on_how_many_problems_mc_reached_gold():
+    stream = io.StringIO()
+    BuildProgress(stream=stream, force_terminal=False).print_summary(_summary(gold_reach=(1, 3)))
+    text = " ".join(stream.getvalue().replace("│", " ").split())  # the table wraps long values
+    assert "on 1 of 3 problems a path or rollout reached the gold answer; on the other 2 every MC value is 0" in text
+    stream = io.StringIO()
+    BuildProgress(stream=stream, force_terminal=False).print_summary(_summary(gold_reach=(3, 3)))
+    text = " ".join(stream.getvalue().replace("│", " ").split())
+    assert "on 3 of 3 problems a path or rollout reached the gold answer" in text and "no evidence" not in text
     assert _summary(wall_seconds=0.0).generation_share is None
 

@@ -379,3 +379,23 @@ def test_a_raising_backend_fails_only_the_problem_that_crashes_it(gsm8k_rows, to
     assert "backend crashed" in by_id[problems[1].problem_id].error
     clean = label_batch([problems[0], problems[2]], CONFIG, ScriptedPolicy(scripted), tool, None, "b")
     assert result.steps == clean.steps
+
+
+def test_gold_reach_names_the_problems_the_policy_never_solved(gsm8k_rows, tool) -> None:
+    """A problem no path and no rollout solves gets MC labels from zeros only (first error at the
+    earliest step probed): the build summary counts it apart (flows.progress.gold_reach_line)."""
+    from labelers.pipeline import gold_reach
+
+    able = _scripted(gsm8k_rows[:2], p_correct=0.9, step_error_rate=0.3)
+    unable = _scripted(gsm8k_rows[2:4], p_correct=0.0, step_error_rate=1.0, recovery_rate=0.0)
+    result = label_batch(_problems(able + unable), CONFIG, ScriptedPolicy(able + unable), tool, None, "build-1")
+    assert all(o.status == "labeled" for o in result.outcomes)
+    assert gold_reach(result.steps) == (2, 4)
+    unable_ids = {p.problem_id for p in _problems(unable)}
+    unable_rows = [row for row in result.steps if row.problem_id in unable_ids]
+    assert unable_rows and not any(row.mc_correct for row in unable_rows)
+    # A rollout that reached gold counts only when sampled, not when inferred.
+    row = unable_rows[0]
+    assert gold_reach([dataclasses.replace(row, mc_correct=1, mc_total=4, mc_inferred=True)]) == (0, 1)
+    assert gold_reach([dataclasses.replace(row, mc_correct=1, mc_total=4, mc_inferred=False)]) == (1, 1)
+    assert gold_reach([dataclasses.replace(row, path_correct=True)]) == (1, 1)
