@@ -55,7 +55,7 @@ from data_schemas.errors import PrmforgeError
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)\b")
 _HASH_ANSWER = re.compile(r"^\s*####\s*(.+?)\s*$", re.MULTILINE)
 _ANSWER_PHRASE = re.compile(
-    r"(?:final\s+answer|the\s+answer)\s*(?:is|:|=)\s*:?\s*(?P<rest>[^\n]+)|^\s*answer\s*:\s*(?P<line>[^\n]+)",
+    r"(?:final\s+answer|the\s+answer)\s*(?:is|:|=)\s*:?\s*(?P<rest>[^\n]+)|^\s*(?:\*\*)?answer\s*:\s*(?P<line>[^\n]+)",
     re.IGNORECASE | re.MULTILINE,
 )
 _OPENING_PHRASE = re.compile(r"\s*(?:the\s+)?(?:final\s+)?answer\s*(?:is|:|=)\s*:?\s*", re.IGNORECASE)
@@ -104,7 +104,9 @@ _SENTENCE_BREAK = re.compile(
 def _strip_sentence_end(answer: str) -> str:
     """The answer a phrase states: up to the end of its sentence or clause, without ``$``."""
     answer = _SENTENCE_BREAK.split(answer.strip(), maxsplit=1)[0].strip()
-    answer = re.sub(r"[\s.;!]+$", "", answer)
+    # Markdown emphasis around the value ("the answer is: **24**", "**The answer is 24.**"): the
+    # 1.5B policy writes it, and "**24**" was not equal to 24.
+    answer = re.sub(r"[\s.;!*]+$", "", answer).lstrip("*").strip()
     if answer.startswith("$") and answer.count("$") >= 2:
         answer = answer[1 : answer.index("$", 1)]
     return answer.strip().strip("$").strip()

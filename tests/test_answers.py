@@ -324,3 +324,16 @@ def test_a_phrase_without_a_value_states_no_answer() -> None:
     assert extract_final_answer("So 6 + 18 = 24.\nThe final answer is:") == "24"  # the last number
     assert extract_final_answer("The final answer is:\n24") == "24"
     assert extract_final_answer("The final answer is: x + 1") == "x + 1"
+
+
+def test_markdown_emphasis_around_the_answer_is_not_part_of_it() -> None:
+    """The 1.5B policy writes markdown: "**24**" was not equal to the gold answer 24."""
+    from labelers.answers import answer_end
+
+    for text in ("So the answer is: **24**\n", "**Answer: 24**\n", "**Answer:** 24.\n", "The answer is **$24**.\n",
+                 "**The final answer is 24.**\n"):
+        end = answer_end(text)
+        assert end == len(text) - 1, text  # the stop rule reads the line as an answer
+        assert extract_final_answer(text[:end], allow_fallback=False) == "24", text
+        assert answers_equal(extract_final_answer(text[:end]), "24")
+    assert extract_final_answer("The answer is 2*3") == "2*3"  # a product inside keeps its star
