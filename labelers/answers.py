@@ -218,6 +218,8 @@ _CHOICE = re.compile(r"^\(([A-Ea-e])\)$")  # "(b)" -> "B"; a bare "e" stays a sy
 _TRAILING_UNITS = re.compile(
     r"^(?P<number>[-+]?[\d.,/]+(?:\\%|%)?)\s+(?!(?:pi|sqrt|oo|infty)\b)[A-Za-z]{2,}[A-Za-z .]*$"
 )
+# "2nd", "15th place" -> the number (a rank: "Finley finished in \\boxed{6th} place").
+_ORDINAL = re.compile(r"^(?P<number>\d+)(?:st|nd|rd|th)(?:\s+[A-Za-z]+)?$")
 # Exponents of at most 3 digits: "1e999999999" would take for ever as an exact Fraction, so
 # it goes to the worker (with its deadline) instead.
 _NUMBER = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d{1,3})?$")
@@ -248,7 +250,7 @@ def normalize_answer(answer: str) -> str:
         text = assignment.group("rhs").strip()
     if _GROUPED_NUMBER.fullmatch(text):
         text = text.replace(",", "")
-    units = _TRAILING_UNITS.match(text)
+    units = _TRAILING_UNITS.match(text) or _ORDINAL.match(text)
     if units:
         text = units.group("number")
     choice = _CHOICE.match(text)

@@ -326,6 +326,14 @@ def test_a_phrase_without_a_value_states_no_answer() -> None:
     assert extract_final_answer("The final answer is: x + 1") == "x + 1"
 
 
+def test_an_ordinal_is_its_number() -> None:
+    """"Finley finished in \\boxed{6th} place" answers 6; "2nd" was not equal to 2 ("15th" was)."""
+    for answer, gold in (("2nd", "2"), ("6th", "6"), ("\\text{2nd}", "2"), ("21st place", "21"), ("3rd", "3")):
+        assert answers_equal(answer, gold), answer
+    assert not answers_equal("2nd", "3")
+    assert normalize_answer("2nd") == "2" and normalize_answer("2nd and 3rd") == "2nd and 3rd"
+
+
 def test_markdown_emphasis_around_the_answer_is_not_part_of_it() -> None:
     """The 1.5B policy writes markdown: "**24**" was not equal to the gold answer 24."""
     from labelers.answers import answer_end
