@@ -53,7 +53,9 @@ from data_schemas.errors import PrmforgeError
 # --------------------------------------------------------------------------------------------
 
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)\b")
-_HASH_ANSWER = re.compile(r"^\s*####\s*(.+?)\s*$", re.MULTILINE)
+# GSM8K's "#### 42"; not a markdown heading ("#### Term 1:", "#### Coefficient of x^4:", which the
+# 1.5B writes on MATH): no two letters first, no colon last.
+_HASH_ANSWER = re.compile(r"^\s*####[ \t]*(?![ \t]|[A-Za-z]{2})(.*[^\s:])[ \t]*$", re.MULTILINE)
 _ANSWER_PHRASE = re.compile(
     r"(?:final\s+answer|the\s+answer)\s*(?:is|:|=)\s*:?\s*(?P<rest>[^\n]+)|^\s*(?:\*\*)?answer\s*:\s*(?P<line>[^\n]+)",
     re.IGNORECASE | re.MULTILINE,

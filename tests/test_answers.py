@@ -312,6 +312,8 @@ def test_answer_end_waits_for_a_complete_answer_line() -> None:
         "Step 5: The final answer is:\n",  # the value is still to come
         "**Final Answer:**\n",
         "The answer is:\n\\[\n",
+        "#### Term 1:\n",  # a markdown heading (the 1.5B on MATH), not GSM8K's "#### 42"
+        "#### Step 3: add the terms\n",
     ):
         assert answer_end(text) is None, text
 
@@ -324,6 +326,14 @@ def test_a_phrase_without_a_value_states_no_answer() -> None:
     assert extract_final_answer("So 6 + 18 = 24.\nThe final answer is:") == "24"  # the last number
     assert extract_final_answer("The final answer is:\n24") == "24"
     assert extract_final_answer("The final answer is: x + 1") == "x + 1"
+
+
+def test_a_markdown_heading_is_not_a_gsm8k_answer_line() -> None:
+    """"#### Term 1:" stopped MATH rollouts and answered "Term 1:"."""
+    assert extract_final_answer("#### Coefficient of \\(x^4\\):\nso it is 7", allow_fallback=False) is None
+    assert extract_final_answer("#### Term 1:\nwork\n#### 42") == "42"
+    assert extract_final_answer("#### B") == "B" and extract_final_answer("#### -5") == "-5"
+    assert extract_final_answer("#### Final Answer: 42", allow_fallback=False) == "42"
 
 
 def test_an_ordinal_is_its_number() -> None:
