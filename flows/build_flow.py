@@ -193,7 +193,7 @@ def build_dataset(
                 "generation_ms": int(generation_seconds * 1000),
             },
             "cost_profile": cost.to_counts(),
-            **({"gold_reach": {"problems": reach[1], "reached": reach[0]}} if reach is not None else {}),
+            **({"gold_reach": reach._asdict()} if reach is not None else {}),
         },
     )
     failures = tuple(

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
@@ -16,6 +16,9 @@ from rich.text import Text
 
 from data_schemas.records import ProblemOutcome, StepRow
 from labelers.policy.base import TokenUsage
+
+if TYPE_CHECKING:
+    from labelers.pipeline import GoldReach
 
 # Tool verdicts that mean a tool actually decided the step; Lean states that mean Lean did.
 TOOL_DECIDED = frozenset({"correct", "incorrect"})
@@ -82,7 +85,7 @@ class BuildSummary:
     cost_profile: str | None = None  # labelers.policy.usage.CostProfile.line() of the labeled batches
     # MC builds: problems with step rows, and those where a path or rollout reached the gold answer
     # (labelers.pipeline.gold_reach); None when the build's rule samples no rollouts.
-    gold_reach: tuple[int, int] | None = None
+    gold_reach: GoldReach | None = None
 
     @property
     def negative_steps(self) -> int:

@@ -43,6 +43,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from data_schemas.records import NodeRow, Problem, ProblemOutcome, StepRow
 from labelers.answers import AnswerJudge
@@ -524,8 +525,13 @@ def _outcome(state: _State, build_id: str, steps: list[StepRow], ledger: Ledger,
     )
 
 
-def gold_reach(steps: Sequence[StepRow]) -> tuple[int, int]:
-    """(problems where the gold answer was reached, problems with step rows) over ``steps``.
+class GoldReach(NamedTuple):
+    reached: int  # problems where the gold answer was reached
+    problems: int  # problems with step rows
+
+
+def gold_reach(steps: Sequence[StepRow]) -> GoldReach:
+    """Over ``steps``: how many problems have rows, and on how many the gold answer was reached.
 
     Reached: a labeled path of the problem ends in the gold answer (``path_correct``), or a
     rollout from one of its prefixes does (``mc_correct > 0``, sampled). Elsewhere every MC value
@@ -536,9 +542,9 @@ def gold_reach(steps: Sequence[StepRow]) -> tuple[int, int]:
     reached: set[str] = set()
     for row in steps:
         problems.add(row.problem_id)
-        if row.path_correct or (row.mc_correct and row.mc_total is not None and not row.mc_inferred):
+        if row.path_correct or MC.reached_gold(row):
             reached.add(row.problem_id)
-    return len(reached), len(problems)
+    return GoldReach(len(reached), len(problems))
 
 
 def _label_paths(

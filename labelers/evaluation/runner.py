@@ -503,8 +503,7 @@ def run_shared(
                 sampled_solutions += 1
                 # The last step's estimate is exact when it states an answer (its own answer against
                 # gold, no rollout): only the earlier prefixes' estimates say whether a rollout did.
-                reached_solutions += any(row.mc_correct and row.mc_total is not None and not row.mc_inferred
-                                         for row in rows if row.step_index < len(record.steps) - 1)
+                reached_solutions += any(MC.reached_gold(row) for row in rows if row.step_index < len(record.steps) - 1)
         run.wall_seconds = seconds
         run.profile = profile
         if own is not None and hasattr(own.missing, "status"):  # a model's replies (the judge's): how many parsed

@@ -61,6 +61,11 @@ class MCValueSignal:
             "hard_label": result.hard_label,
         }
 
+    def reached_gold(self, row: StepRow) -> bool:
+        """A rollout sampled from the row's prefix reached the gold answer (an inferred label is
+        no rollout; ``mc_correct`` is null where nothing was sampled)."""
+        return bool(row.mc_correct) and not row.mc_inferred
+
     def from_row(self, row: StepRow) -> MCSignal:
         return MCSignal(row.mc_correct, row.mc_total, row.hard_label if row.mc_inferred else None)
 
