@@ -344,6 +344,17 @@ def test_an_ordinal_is_its_number() -> None:
     assert normalize_answer("2nd") == "2" and normalize_answer("2nd and 3rd") == "2nd and 3rd"
 
 
+def test_a_note_in_parentheses_after_the_number_is_not_part_of_the_answer() -> None:
+    """The 1.5B policy wrote "Answer: 24 (pink flamingos)": not equal to 24 before."""
+    assert answers_equal(extract_final_answer("Answer: 24 (pink flamingos)"), "24")
+    for answer, gold in (("5 (apples)", "5"), ("$18 (per day)", "18"), ("1,000 (dollars)", "1000"),
+                         ("50% (half)", "50")):
+        assert answers_equal(answer, gold), answer
+    assert not answers_equal("24 (pink flamingos)", "25")
+    # Kept as written: a congruence's modulus, a one-letter note, a tuple.
+    assert not answers_equal("3 (mod 4)", "3")
+    assert normalize_answer("2 (x)") == "2 (x)" and normalize_answer("(3, 4)") == "(3, 4)"
+
 def test_markdown_emphasis_around_the_answer_is_not_part_of_it() -> None:
     """The 1.5B policy writes markdown: "**24**" was not equal to the gold answer 24."""
     from labelers.answers import answer_end
