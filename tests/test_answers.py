@@ -355,6 +355,7 @@ def test_a_note_in_parentheses_after_the_number_is_not_part_of_the_answer() -> N
     assert not answers_equal("3 (mod 4)", "3")
     assert normalize_answer("2 (x)") == "2 (x)" and normalize_answer("(3, 4)") == "(3, 4)"
 
+
 def test_markdown_emphasis_around_the_answer_is_not_part_of_it() -> None:
     """The 1.5B policy writes markdown: "**24**" was not equal to the gold answer 24."""
     from labelers.answers import answer_end
