@@ -217,12 +217,12 @@ _THOUSANDS_BRACED = re.compile(r"(\d)\{,\}(\d{3})")
 _ASSIGNMENT = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*=\s*(?P<rhs>[^=<>]+)$")
 _CHOICE = re.compile(r"^\(([A-Ea-e])\)$")  # "(b)" -> "B"; a bare "e" stays a symbol
 # "18 dollars" -> "18": words of two or more letters after a space; "2x", "2 pi", "3 sqrt" stay.
+# "24 (pink flamingos)" -> "24": the same words as a note in parentheses; "3 (mod 4)" keeps its
+# modulus (a congruence is not the bare residue).
 _TRAILING_UNITS = re.compile(
-    r"^(?P<number>[-+]?[\d.,/]+(?:\\%|%)?)\s+(?!(?:pi|sqrt|oo|infty)\b)[A-Za-z]{2,}[A-Za-z .]*$"
+    r"^(?P<number>[-+]?[\d.,/]+(?:\\%|%)?)"
+    r"(?:\s+(?!(?:pi|sqrt|oo|infty)\b)[A-Za-z]{2,}[A-Za-z .]*|\s*\((?!mod\b)[A-Za-z]{2,}[A-Za-z ,.'-]*\))$"
 )
-# "24 (pink flamingos)" -> "24": a note in parentheses after a number, two or more letters first;
-# "3 (mod 4)" keeps its modulus (a congruence is not the bare residue).
-_PARENTHETICAL_NOTE = re.compile(r"^(?P<number>[-+]?[\d.,/]+(?:\\%|%)?)\s*\((?!mod\b)[A-Za-z]{2,}[A-Za-z ,.'-]*\)$")
 # "2nd", "15th place" -> the number (a rank: "Finley finished in \\boxed{6th} place").
 _ORDINAL = re.compile(r"^(?P<number>\d+)(?:st|nd|rd|th)(?:\s+[A-Za-z]+)?$")
 # Exponents of at most 3 digits: "1e999999999" would take for ever as an exact Fraction, so
@@ -255,7 +255,7 @@ def normalize_answer(answer: str) -> str:
         text = assignment.group("rhs").strip()
     if _GROUPED_NUMBER.fullmatch(text):
         text = text.replace(",", "")
-    units = _TRAILING_UNITS.match(text) or _ORDINAL.match(text) or _PARENTHETICAL_NOTE.match(text)
+    units = _TRAILING_UNITS.match(text) or _ORDINAL.match(text)
     if units:
         text = units.group("number")
     choice = _CHOICE.match(text)
