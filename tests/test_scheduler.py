@@ -199,3 +199,122 @@ def test_replay_streams_answers_from_memory_and_asks_a_repeat_once() -> None:
     assert len(inner.answered) == 3  # all from memory: the wrapped policy was not asked
     assert {i: r.completions for i, r in again.items()} == {i: r.completions for i, r in first.items()}
     assert replay.counts.replayed_completions == 2 + (2 + 2 + 2 + 3)
+
+
+@dataclass
+class IdleSlotsStreaming:
+    """A streaming boundary that decodes in steps: every request waiting at the start of a step is
+    answered in that step, those asked in answer wait for the next (a probe's rollouts take one
+    step), and ``idle_sequences`` reports ``idle`` free slots (the embedded decoder's report)."""
+
+    inner: ScriptedPolicy
+    idle: int
+    steps: int = 0
+    answered: list[GenerationRequest] = field(default_factory=list)
+    idle_asked: list[int] = field(default_factory=list)
+
+    @property
+    def model_id(self) -> str:
+        return self.inner.model_id
+
+    @property
+    def usage(self):
+        return self.inner.usage
+
+    def idle_sequences(self, max_tokens: int) -> int:
+        self.idle_asked.append(max_tokens)
+        return self.idle
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        return self.inner.generate(requests)
+
+    def generate_streaming(self, requests: Sequence[GenerationRequest], on_result: ResultHandler) -> None:
+        step = list(enumerate(requests))
+        count = len(requests)
+        while step:
+            self.steps += 1
+            following = []
+            for index, request in step:
+                [result] = self.inner.generate([request])
+                self.answered.append(request)
+                for added in on_result(index, result):
+                    following.append((count, added))
+                    count += 1
+            step = following
+
+    def close(self) -> None:
+        return None
+
+
+def _spare_run(policy, problems, settings: MCSettings, spare_probes: bool, steps: int = 12):
+    ledger = Ledger()
+    searches = [FirstErrorSearch(steps) for _ in problems]
+
+    def job_for(number: int, index: int) -> PrefixJob:
+        problem = problems[number]
+        return PrefixJob(f"{number}:{index}", f"p{number}", problem.question, problem.gold_answer,
+                         problem.wrong_solutions[0][: index + 1])
+
+    scheduler = EstimateScheduler(policy, settings, ledger, OutcomeJudge(), spare_probes=spare_probes)
+    scheduler.run(searches=[search_process(s, lambda i, n=n: job_for(n, i)) for n, s in enumerate(searches)])
+    return searches, ledger, scheduler
+
+
+def _long_problem(number: int, error: int, steps: int = 12) -> ScriptedProblem:
+    gold = 10 * number + steps
+    correct = tuple(f"Line {i}: x{number} grows to {10 * number + i + 1}." for i in range(steps - 1)) + (
+        f"So the final answer is \\boxed{{{gold}}}.",)
+    wrong = correct[:error] + tuple(f"Line {i}: x{number} drops to {i}." for i in range(error, steps - 1)) + (
+        f"So the final answer is \\boxed{{{gold + 1}}}.",)
+    return ScriptedProblem(f"Problem {number}: how far does x{number} grow?", str(gold), correct, (wrong,),
+                           p_correct=0.7, recovery_rate=0.1)
+
+
+def test_spare_probes_on_idle_slots_shorten_the_searches_and_change_no_estimate_they_use() -> None:
+    """Each search's next two possible probes are sampled beside its probe while slots are idle:
+    the searches end in fewer decoder steps, find the same first errors from the same probe
+    estimates (a spare joins ``known`` only when its search asks for it), and what they cost more
+    is exactly the spares no search used."""
+    errors = (0, 4, 9, 11)
+    problems = [_long_problem(n, e) for n, e in enumerate(errors)]
+    settings = MCSettings(build_seed=7, rollouts=4, early_stop=2)
+    plain = IdleSlotsStreaming(ScriptedPolicy(problems), idle=0)
+    searches, ledger, scheduler = _spare_run(plain, problems, settings, spare_probes=True)
+    assert plain.idle_asked and scheduler.spare_rollouts == 0  # asked, nothing idle: no spare
+    spared = IdleSlotsStreaming(ScriptedPolicy(problems), idle=1000)
+    with_spares, spare_ledger, spare_scheduler = _spare_run(spared, problems, settings, spare_probes=True)
+    assert [s.first_error for s in with_spares] == [s.first_error for s in searches]
+    assert [s.probes for s in with_spares] == [s.probes for s in searches]
+    assert spare_scheduler.known == scheduler.known  # unused spares are not estimates of the pass
+    assert spared.steps < plain.steps
+    assert spare_scheduler.spare_rollouts > spare_scheduler.unused_spare_rollouts > 0
+    assert spare_ledger.usage.completions == ledger.usage.completions + spare_scheduler.unused_spare_rollouts
+
+
+def test_spare_probes_wait_for_room_for_both_branches_and_are_off_by_default() -> None:
+    problems = [_long_problem(0, 5)]
+    settings = MCSettings(build_seed=7, rollouts=4, early_stop=0)
+    narrow = IdleSlotsStreaming(ScriptedPolicy(problems), idle=7)  # one branch's 4 rollouts fit, not two
+    _, _, scheduler = _spare_run(narrow, problems, settings, spare_probes=True)
+    assert scheduler.spare_rollouts == 0
+    default = IdleSlotsStreaming(ScriptedPolicy(problems), idle=1000)
+    _, _, scheduler = _spare_run(default, problems, settings, spare_probes=False)
+    assert scheduler.spare_rollouts == 0 and default.idle_asked == []
+
+
+def test_a_spare_asked_while_it_is_sampled_is_waited_for_not_sampled_again() -> None:
+    """With two searches of the same solution, the second's probe is the first's spare, already
+    being sampled: it joins that estimate (each request is answered once)."""
+    problem = _long_problem(0, 5)
+    policy = IdleSlotsStreaming(ScriptedPolicy([problem]), idle=1000)
+    searches = [FirstErrorSearch(12), FirstErrorSearch(12)]
+
+    def job_for(index: int) -> PrefixJob:
+        return PrefixJob(f"p0:{index}", "p0", problem.question, problem.gold_answer,
+                         problem.wrong_solutions[0][: index + 1])
+
+    scheduler = EstimateScheduler(policy, MCSettings(build_seed=1, rollouts=4, early_stop=0), Ledger(), OutcomeJudge(),
+                                  spare_probes=True)
+    scheduler.run(searches=[search_process(s, job_for) for s in searches])
+    assert searches[0].first_error == searches[1].first_error
+    assert max(_asked(policy.answered).values()) == 1
