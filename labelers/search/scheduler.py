@@ -129,6 +129,8 @@ class EstimateScheduler:
         self._first_wave = wave_plan(settings.rollouts, settings.early_stop, settings.curtail)[0][0]
         self._asked_now = 0  # completions asked in the current answer, not yet handed to the policy
         self._spare_done: dict[str, MCEstimate] = {}  # spare estimates no search has asked for (yet)
+        # Probes being sampled whose following probes have no spare yet: (probe key, following), oldest first.
+        self._unspared: list[tuple[str, tuple[PrefixJob, ...]]] = []
         self.spare_rollouts = 0  # rollouts sampled for spare estimates, used or not
         self._spare_rollouts_used = 0
 
@@ -162,14 +164,15 @@ class EstimateScheduler:
     def _answer(self, running: _Estimating, result: GenerationResult) -> list[Asked[_Estimating]]:
         """The ledger's responder: one result in, what it leads to out."""
         self._asked_now = 0
-        return self._advance(running, result)
+        asked = self._advance(running, result)
+        return asked + self._spares()
 
     def _probe(self, probe: Probe, search: SearchProcess) -> list[Asked[_Estimating]]:
         """``search``'s next probe, and spare estimates of the probes that may follow it while it
         is sampled (none when its estimate was at hand: the search has moved on already)."""
         asked = self._ask(probe.job, search)
-        if probe.job.key in self._running:
-            asked += self._spares(probe.following)
+        if self._idle_sequences is not None and probe.following and probe.job.key in self._running:
+            self._unspared.append((probe.job.key, probe.following))
         return asked
 
     def _ask(self, job: PrefixJob, search: SearchProcess | None) -> list[Asked[_Estimating]]:
@@ -191,18 +194,24 @@ class EstimateScheduler:
             return []
         return self._start(job, estimate_process(job, self.settings, self.judge), search)
 
-    def _spares(self, jobs: Sequence[PrefixJob]) -> list[Asked[_Estimating]]:
-        """Start spare estimates of ``jobs`` when the decoder has idle slots for the first wave of
-        all of them (both branches or none: which one the search takes is not known yet)."""
-        if self._idle_sequences is None:
-            return []
-        new = [job for job in jobs if not (job.key in self.known or job.key in self.batch.errors
-                                           or job.key in self._running or job.key in self._spare_done)]
-        if not new or self._idle() < len(new) * self._first_wave:
-            return []
+    def _spares(self) -> list[Asked[_Estimating]]:
+        """Spare estimates of the probes that may follow those being sampled, oldest probe first,
+        while the decoder has idle slots for the first wave of both branches (both or none: which
+        one a search takes is not known yet). Tried after every answer: slots idle up as the
+        batch thins out."""
         asked: list[Asked[_Estimating]] = []
-        for job in new:
-            asked += self._start(job, estimate_process(job, self.settings, self.judge), None, spare=True)
+        still: list[tuple[str, tuple[PrefixJob, ...]]] = []
+        for probe_key, following in self._unspared:
+            if probe_key not in self._running:
+                continue  # estimated: its search has moved on
+            new = [job for job in following if not (job.key in self.known or job.key in self.batch.errors
+                                                    or job.key in self._running or job.key in self._spare_done)]
+            if new and self._idle() < len(new) * self._first_wave:
+                still.append((probe_key, following))
+                continue
+            for job in new:
+                asked += self._start(job, estimate_process(job, self.settings, self.judge), None, spare=True)
+        self._unspared = still
         return asked
 
     def _idle(self) -> int:
