@@ -114,12 +114,6 @@ class LockedPolicy:
         live = getattr(self.inner, "live_sampled_tokens", None)
         return live() if live is not None else self.inner.usage.completion_tokens
 
-    def idle_sequences(self, max_tokens: int) -> int:
-        """The inner decoder's idle slots (EmbeddedPolicy.idle_sequences; 0 where it reports none).
-        Asked from ``on_result``, inside the streaming run that holds the lock: not locked again."""
-        idle = getattr(self.inner, "idle_sequences", None)
-        return idle(max_tokens) if idle is not None else 0
-
     def close(self) -> None:
         with self._lock:
             self.inner.close()

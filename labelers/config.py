@@ -261,14 +261,6 @@ class SearchConfig(_Section):
         json_schema_extra=hashed_unless(False),
     )
     first_error_search: bool = Field(default=True, description="OmegaPRM binary search on wrong paths.")
-    spare_probes: bool = Field(
-        default=False,
-        description="With first_error_search and the embedded batched decoder: while decoder slots are idle, sample "
-        "the two probes that may follow a search's next one beside it, so the search needs fewer rounds. A spare "
-        "estimate is used only when its search asks for it (labels as without spares; texts may differ with batch "
-        "composition, as with any change of batch); the other costs rollouts (docs/algorithms.md).",
-        json_schema_extra=hashed_unless(False),
-    )
     mc_correct_paths: bool = Field(
         default=False,
         description="With first_error_search: also per-step MC on paths that reach gold (soft values). Off: their "

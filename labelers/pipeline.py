@@ -349,13 +349,11 @@ def _estimate_paths(
                 per_step_paths.append([job(owner, i).key for i in range(sampled)])
     # Per-step estimates and every search's probes, sampled together (labelers.search.scheduler).
     on_estimated = None if on_path_done is None else _paths_estimated(per_step_paths, known, on_path_done)
-    scheduler = EstimateScheduler(policy, settings, ledger, judge, known, on_estimated,
-                                  spare_probes=config.search.spare_probes)
+    scheduler = EstimateScheduler(policy, settings, ledger, judge, known, on_estimated)
     probes = [search_process(owner[1].search, lambda index, owner=owner: job(owner, index)) for owner in searches]
     if on_path_done is not None:
         probes = [_reported(probe, on_path_done) for probe in probes]
     failed_keys = scheduler.run([job(owner, index) for owner, index in per_step], probes).errors
-    ledger.usage.unused_spare_rollouts += scheduler.unused_spare_rollouts
     for state in states:
         if not state.ok:
             continue

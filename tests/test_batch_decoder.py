@@ -285,31 +285,6 @@ def test_the_policy_streams_requests_asked_in_answer_through_one_run(pool: Model
     policy.close()
 
 
-def test_idle_sequences_counts_the_slots_and_cells_no_job_holds_or_waits_for(pool: ModelPool) -> None:
-    """What a streamed run reports as idle to a caller with optional work (spare probes): sequence
-    ids and KV cells that no live or waiting job holds, jobs asked in answer but not queued yet
-    included; 0 outside a run."""
-    policy = EmbeddedPolicy("small", n_ctx=1024, pool=pool, n_threads=1, max_sequences=4, kv_cells=2048)
-    short = GenerationRequest(solution_messages(QUESTION), n=2, max_tokens=2, temperature=1.0, seed=1)
-    long = GenerationRequest(solution_messages(QUESTION), assistant_prefix(["Tom has 3 boxes."]), n=1,
-                             max_tokens=24, temperature=1.0, seed=2)
-    follow_up = GenerationRequest(solution_messages(QUESTION), n=2, max_tokens=4, temperature=1.0, seed=3)
-    idle: dict[int, tuple[int, int]] = {}  # request index -> idle completions of 8 and of 1,500 tokens
-
-    def on_result(index: int, result) -> list[GenerationRequest]:
-        idle[index] = (policy.idle_sequences(8), policy.idle_sequences(1500))
-        return [follow_up] if index == 0 else []
-
-    assert policy.idle_sequences(8) == 0
-    policy.generate_streaming([short, long], on_result)
-    assert policy.idle_sequences(8) == 0
-    # The short request ends first (2 tokens), then its follow-up (4), then the long one (24): at
-    # the first two the long one holds one of 4 ids and nothing waits, at the last nothing is live.
-    # Completions of 1,500 tokens: the 2,048 cells hold one, beside the long one's 25 or not.
-    assert idle == {0: (3, 1), 2: (3, 1), 1: (4, 1)}
-    policy.close()
-
-
 def test_a_labeling_pass_streams_through_the_locked_and_replaying_wrappers(pool: ModelPool) -> None:
     """What ``eval run`` and builds hold: ReplayPolicy(LockedPolicy(EmbeddedPolicy)). Answers reach
     ``on_result`` while the decoder run is in progress (live tokens ahead of usage, which counts a
@@ -323,16 +298,13 @@ def test_a_labeling_pass_streams_through_the_locked_and_replaying_wrappers(pool:
                                max_tokens=4 + 8 * i, temperature=1.0, seed=i) for i in range(2)]
     follow_up = GenerationRequest(solution_messages(QUESTION), n=1, max_tokens=4, temperature=1.0, seed=11)
     seen: list[tuple[int, int, int]] = []  # (request index, live tokens, usage's tokens) at each answer
-    idle: list[int] = []  # the decoder's idle slots, asked through both wrappers (spare probes)
 
     def on_result(index: int, result) -> list[GenerationRequest]:
         seen.append((index, wrapped.live_sampled_tokens(), embedded.usage.sampled_tokens))
-        idle.append(wrapped.idle_sequences(4))
         return [follow_up] if index == 0 else []
 
     wrapped.generate_streaming(first, on_result)
     assert sorted(index for index, _, _ in seen) == [0, 1, 2]
-    assert idle[0] > 0 and all(0 <= count <= 4 for count in idle) and wrapped.idle_sequences(4) == 0
     assert all(usage == 0 for _, _, usage in seen) and all(live > 0 for _, live, _ in seen)
     assert wrapped.live_sampled_tokens() == embedded.usage.sampled_tokens > 0
     embedded.close()

@@ -51,31 +51,3 @@ def test_step_signals_mark_inferred_steps() -> None:
         assert (estimate is None) == inferred
     # probes 3 (positive), 5 (zero), 4 (positive): the classic path for n=8, error 5
     assert sorted(search.probes) == [3, 4, 5]
-
-
-@pytest.mark.parametrize("assume_last_wrong", [True, False])
-@pytest.mark.parametrize("num_steps", [1, 2, 3, 7, 12])
-def test_following_probes_hold_the_probe_that_comes_next_whatever_the_answer(num_steps: int,
-                                                                             assume_last_wrong: bool) -> None:
-    """Spare probes (labelers.search.scheduler) sample ``following_probes()`` beside the next probe:
-    whichever way that probe reads, the search's next one is among them."""
-    for error in [*range(num_steps), -1][: num_steps + (0 if assume_last_wrong else 1)]:
-        search = FirstErrorSearch(num_steps, assume_last_wrong=assume_last_wrong)
-        oracle = _oracle(error)
-        while (probe := search.next_probe()) is not None:
-            following = search.following_probes()
-            assert len(following) <= 2 and probe not in following
-            search.record(probe, oracle(probe))
-            after = search.next_probe()
-            assert after is None or after in following
-
-
-def test_following_probes_are_the_two_next_midpoints() -> None:
-    search = FirstErrorSearch(7)  # lo, hi = 0, 6: probe 3; a zero leaves (0, 3), a positive (4, 6)
-    assert search.next_probe() == 3 and search.following_probes() == (1, 5)
-    search.record(3, MCEstimate(0, 4))
-    assert search.next_probe() == 1 and search.following_probes() == (0, 2)
-    search.record(1, MCEstimate(2, 4))
-    assert search.next_probe() == 2 and search.following_probes() == ()  # either answer ends it
-    search.record(2, MCEstimate(0, 4))
-    assert search.first_error == 2 and search.following_probes() == ()

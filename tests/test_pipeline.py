@@ -399,33 +399,3 @@ def test_gold_reach_names_the_problems_the_policy_never_solved(gsm8k_rows, tool)
     assert gold_reach([dataclasses.replace(row, mc_correct=1, mc_total=4, mc_inferred=True)]) == (0, 1)
     assert gold_reach([dataclasses.replace(row, mc_correct=1, mc_total=4, mc_inferred=False)]) == (1, 1)
     assert gold_reach([dataclasses.replace(row, path_correct=True)]) == (1, 1)
-
-
-def test_spare_probes_change_no_row_and_report_what_they_cost(gsm8k_rows) -> None:
-    """``search.spare_probes`` on a streaming policy with idle slots: the rows (labels, sampled MC
-    values, inferences) are those of the searches without spares, in fewer decoder steps, and the
-    spares no search used are in the pass's usage (and nowhere in the rows)."""
-    from tests.test_scheduler import IdleSlotsStreaming
-
-    rows = gsm8k_rows[:8]
-    scripted = _scripted(rows, p_correct=0.6)
-    solutions = []
-    for index, row in enumerate(rows):
-        slip = first_slip(row["answer"], random.Random(index))
-        solutions.append([list(slip.steps) if slip is not None else reference_steps(row["answer"])[0]])
-
-    def run(spare: bool):
-        config = CONFIG.with_overrides({"fuse.rule": "mc", "search.mc_early_stop": 0, "search.mc_rollouts": 4,
-                                        "search.spare_probes": spare})
-        policy = IdleSlotsStreaming(ScriptedPolicy(scripted), idle=1000)
-        return label_given_solutions(_problems(scripted), solutions, config, policy, None, None), policy
-
-    def labels(result):
-        return sorted((r.problem_id, r.step_index, r.fused_label, r.mc_correct, r.mc_total, r.mc_inferred)
-                      for r in result.steps)
-
-    (plain, plain_policy), (spared, spared_policy) = run(False), run(True)
-    assert labels(spared) == labels(plain) and any(r.mc_inferred for r in plain.steps)
-    assert spared_policy.steps < plain_policy.steps
-    assert plain.usage.unused_spare_rollouts == 0 < spared.usage.unused_spare_rollouts
-    assert spared.usage.completions == plain.usage.completions + spared.usage.unused_spare_rollouts

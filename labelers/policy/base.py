@@ -104,9 +104,6 @@ class TokenUsage:
     sampled_tokens: int = 0
     # Seconds spent deciding whether rollouts reach the gold answer (set by the labeling pass).
     answer_check_seconds: float = 0.0
-    # Rollouts of spare first-error probes that no search asked for (set by the labeling pass;
-    # counted in ``completions`` too): what search.spare_probes cost beyond the probes used.
-    unused_spare_rollouts: int = 0
     # The llama.cpp thread counts the embedded backend decoded with (sorted, distinct; empty for
     # remote backends). Not a sum: CPU seconds per token depend on it, and the default follows the
     # machine's load when the model loads (labelers/policy/threads.py), so a cost figure names it.

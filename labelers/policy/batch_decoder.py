@@ -171,18 +171,6 @@ class _Live:
     text: str | None = None  # set when a stop string or the stop rule cut the text
 
 
-@dataclass
-class _RunState:
-    """The queues of the run in progress (:meth:`BatchDecoder.run`'s own lists, not copies)."""
-
-    jobs: list[DecodeJob]
-    outcomes: list[JobOutcome]
-    waiting: deque[tuple[int, list[int]]]
-    free_ids: list[int]
-    live: dict[int, _Live]
-    admitting: list[_Group]
-
-
 class BatchDecoder:
     """Continuous-batching generation over one llama.cpp model (see the module docstring).
 
@@ -246,7 +234,6 @@ class BatchDecoder:
         # Lifetime peaks (benchmarks and tests read them).
         self.peak_sequences = 0  # most sequences decoded in one call
         self.peak_reserved_cells = 0  # most KV cells reserved at once (<= kv_cells)
-        self._run_state: _RunState | None = None  # the run in progress (idle_sequences reads it)
 
     @property
     def evaluated_prompt_tokens(self) -> int:
@@ -282,7 +269,6 @@ class BatchDecoder:
         free_ids = list(range(self.max_sequences - 1, -1, -1))  # pop() hands out 0, 1, 2, ...
         live: dict[int, _Live] = {}  # owns the samplers (see _release)
         admitting: list[_Group] = []
-        self._run_state = _RunState(jobs, outcomes, waiting, free_ids, live, admitting)
         try:
             while True:
                 if on_done is not None:
@@ -296,7 +282,6 @@ class BatchDecoder:
                 except Exception as exc:  # a failed step fails the jobs in it, not the run
                     self._fail_step(f"{type(exc).__name__}: {exc}", outcomes, waiting, free_ids, live, admitting)
         finally:
-            self._run_state = None
             for sequence in list(live.values()):
                 self._release(sequence, live, free_ids)
             if admitting:  # interrupted: those prompts' cells are incomplete
@@ -305,23 +290,6 @@ class BatchDecoder:
             if outcome.error is None and any(c is None for c in outcome.completions):
                 outcome.error = "generation did not finish"
         return outcomes
-
-    def idle_sequences(self, max_tokens: int) -> int:
-        """Completions of up to ``max_tokens`` tokens the running batch could take beside every
-        job given to it so far (0 outside a streaming run): sequence ids and KV cells that no
-        live, admitted or waiting job holds or will ask for. Work that is only worth doing on
-        otherwise idle slots (a first-error search's spare probes) asks for no more than this;
-        it is an estimate (waiting prompts are counted at full length, idle cached prompts as
-        giving way), and admission still follows the KV budget."""
-        run = self._run_state
-        if run is None:
-            return 0
-        queued = [(run.jobs[index], len(rest)) for index, rest in run.waiting]
-        queued += [(job, len(job.seeds)) for job in run.jobs[len(run.outcomes):]]  # returned by on_done, not queued yet
-        ids = len(run.free_ids) - sum(count for _, count in queued)
-        cells = (self.kv_cells - 1 - self._reserved(run.live, run.admitting) - self._cache_cells(keep=())
-                 - sum(count * job.max_tokens + len(job.prompt) for job, count in queued))
-        return max(0, min(ids, cells // (max_tokens + 1)))
 
     def _enqueue(self, jobs: Sequence[DecodeJob], outcomes: list[JobOutcome], waiting: deque[tuple[int, list[int]]],
                  open_jobs: set[int]) -> None:

@@ -263,13 +263,6 @@ class EmbeddedPolicy:
         in_flight = decoder.cost.generated_tokens - start if decoder is not None and start is not None else 0
         return finished + max(0, in_flight)
 
-    def idle_sequences(self, max_tokens: int) -> int:
-        """Completions the running streamed batch could take on otherwise idle slots
-        (:meth:`BatchDecoder.idle_sequences`; 0 outside a run). Called from ``on_result``, in
-        the decoding thread, like the requests it adds."""
-        decoder = self._decoder
-        return decoder.idle_sequences(max_tokens) if decoder is not None and self._decode == "batched" else 0
-
     def render(self, request: GenerationRequest) -> str:
         """The exact prompt text the model sees for ``request``."""
         return self._renderer.text(request)

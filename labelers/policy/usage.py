@@ -42,7 +42,6 @@ class CostProfile:
     decode_steps: int = 0  # llama_decode calls (embedded batched backend; 0 elsewhere)
     sampled_tokens: int = 0  # tokens sampled after them, end-of-generation included
     decode_threads: tuple[int, ...] = ()  # llama.cpp thread counts decoded with (TokenUsage.decode_threads)
-    unused_spare_rollouts: int = 0  # of ``rollouts``: spare first-error probes no search asked for
 
     @property
     def sequences_per_decode_step(self) -> float | None:
@@ -60,7 +59,7 @@ class CostProfile:
         return cls(solutions, rollouts, usage.prompt_tokens, usage.evaluated_prompt_tokens, usage.completion_tokens,
                    usage.decode_seconds, usage.sampling_seconds, usage.stop_check_seconds, usage.answer_check_seconds,
                    usage.generation_seconds, wall_seconds, cpu_seconds, usage.decode_steps, usage.sampled_tokens,
-                   usage.decode_threads, usage.unused_spare_rollouts)
+                   usage.decode_threads)
 
     def to_json(self) -> dict[str, float | int | list[int] | None]:
         payload: dict[str, float | int | list[int] | None] = dict(asdict(self))
@@ -87,8 +86,7 @@ class CostProfile:
     def line(self) -> str:
         per = self.cpu_seconds_per_solution
         fill = self.sequences_per_decode_step
-        spare = f" ({self.unused_spare_rollouts} on spare probes no search used)" if self.unused_spare_rollouts else ""
-        return (f"{self.solutions} solutions, {self.rollouts} rollouts{spare}; prompt tokens {self.prompt_tokens} "
+        return (f"{self.solutions} solutions, {self.rollouts} rollouts; prompt tokens {self.prompt_tokens} "
                 f"(evaluated {self.evaluated_prompt_tokens}), generated tokens {self.generated_tokens}; "
                 f"decode {self.decode_seconds:.1f} s"
                 + (f" in {self.decode_steps} steps ({fill:.1f} sequences per step)" if fill is not None else "")

@@ -54,16 +54,6 @@ class FirstErrorSearch:
         """The step index whose prefix to estimate next, or None when the search is over."""
         return None if self.done else (self.lo + self.hi) // 2
 
-    def following_probes(self) -> tuple[int, ...]:
-        """The probes that may follow the next one: the next midpoint if it reads 0, and the next
-        if it reads > 0 (those that exist). Spare decoder slots can estimate them while the next
-        probe is sampled (:mod:`labelers.search.scheduler`, "Spare probes")."""
-        probe = self.next_probe()
-        if probe is None:
-            return ()
-        after = ((self.lo, probe), (probe + 1, self.hi))  # (lo, hi) after a zero, after a positive
-        return tuple((lo + hi) // 2 for lo, hi in after if lo < hi)
-
     def record(self, index: int, estimate: MCEstimate) -> None:
         if index != self.next_probe():
             raise ValueError(f"probe {index} was not asked for")
