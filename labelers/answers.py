@@ -114,6 +114,25 @@ def _strip_sentence_end(answer: str) -> str:
     return answer.strip().strip("$").strip()
 
 
+# "The final answer is the amount of red paint used, which is 2 pints." (the 1.5B policy, 1 of 160
+# rollouts of a stop): the phrase names what is asked and the clause after it gives the value.
+# Only where the phrase's text is a description (plain words, no digit, no math: two or more
+# opening with an article, else three or more): "The answer is \pi, which is about 3.14" keeps \pi.
+_DESCRIPTION = re.compile(r"(?:(?:the|a|an)\s+[A-Za-z]+|[A-Za-z]+[ '-][A-Za-z]+[ '-][A-Za-z]+)(?:[ '-][A-Za-z]+)*",
+                          re.IGNORECASE)
+_VALUE_CLAUSE = re.compile(r",?\s+(?:which|that)\s+(?:is|was|comes\s+to|equals)\s+(?P<value>[^\n]+)", re.IGNORECASE)
+
+
+def _described_value(stated: str, answer: str) -> str | None:
+    """The value a description answer gives in its next clause ("the amount of red paint used,
+    which is 2 pints" -> "2 pints"), or None."""
+    if not _DESCRIPTION.fullmatch(answer):
+        return None
+    clause = _VALUE_CLAUSE.match(stated, len(answer)) if stated.startswith(answer) else None
+    value = _strip_sentence_end(clause.group("value")) if clause else ""
+    return value if any(char.isdigit() for char in value) else None
+
+
 def _states_value(answer: str) -> bool:
     """Whether a phrase's answer holds a value: a letter, a digit or ``∞``. "The final answer
     is:" with the value on the next line, or "**Final Answer:**", leaves ``:`` or ``**`` after the
@@ -144,6 +163,9 @@ def extract_final_answer(text: str, allow_fallback: bool = True) -> str | None:
         while (opening := _OPENING_PHRASE.match(stated)) is not None and opening.end() < len(stated):
             stated = stated[opening.end():]
         answer = _strip_sentence_end(stated)
+        described = _described_value(stated.strip(), answer)
+        if described is not None:
+            return described
         if _states_value(answer):
             return answer
     if allow_fallback:

@@ -47,6 +47,14 @@ def judge():
         ("Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct.", "\\frac{1}{2}"),
         ("Final answer: the answer is 7", "7"),
         ("The final answer is 5, and the answer is consistent with the check.", "5"),  # not opening it
+        # a description, then the value in its next clause (the 1.5B policy's rollouts)
+        ("The final answer is the amount of red paint used, which is 2 pints.", "2 pints"),
+        ("So the answer is the difference which is 15", "15"),
+        # ...only after a description that gives no value, and only a value with a digit
+        ("The answer is \\pi, which is about 3.14.", "\\pi"),
+        ("The answer is x, which is 5.", "x"),
+        ("The answer is all real numbers, which is the whole line.", "all real numbers"),
+        ("The answer is the total cost, which is unknown.", "the total cost"),
         ("", None),
         ("no numbers here", None),
     ],
@@ -290,6 +298,8 @@ def test_answer_end_cuts_after_the_line_that_completes_the_answer() -> None:
         "The final answer is:\n24\nmore": "The final answer is:\n24",
         "The final answer is:\n\n$24$.\nmore": "The final answer is:\n\n$24$.",
         "**Final Answer:**\n\\boxed{24}\nmore": "**Final Answer:**\n\\boxed{24}",
+        "Step 3: The final answer is the amount of red paint used, which is 2 pints.\nStep 4: more":
+            "Step 3: The final answer is the amount of red paint used, which is 2 pints.",
     }
     for text, kept in cases.items():
         end = answer_end(text)
