@@ -118,17 +118,16 @@ def _strip_sentence_end(answer: str) -> str:
 # rollouts of a stop): the phrase names what is asked and the clause after it gives the value.
 # Only where the phrase's text is a description (plain words, no digit, no math: two or more
 # opening with an article, else three or more): "The answer is \pi, which is about 3.14" keeps \pi.
-_DESCRIPTION = re.compile(r"(?:(?:the|a|an)\s+[A-Za-z]+|[A-Za-z]+[ '-][A-Za-z]+[ '-][A-Za-z]+)(?:[ '-][A-Za-z]+)*",
-                          re.IGNORECASE)
+_DESCRIPTION = re.compile(r"(?:the|a|an)\s+[A-Za-z]+(?:[ '-][A-Za-z]+)*|[A-Za-z]+(?:[ '-][A-Za-z]+){2,}", re.IGNORECASE)
 _VALUE_CLAUSE = re.compile(r",?\s+(?:which|that)\s+(?:is|was|comes\s+to|equals)\s+(?P<value>[^\n]+)", re.IGNORECASE)
 
 
 def _described_value(stated: str, answer: str) -> str | None:
     """The value a description answer gives in its next clause ("the amount of red paint used,
     which is 2 pints" -> "2 pints"), or None."""
-    if not _DESCRIPTION.fullmatch(answer):
+    if not (_DESCRIPTION.fullmatch(answer) and stated.startswith(answer)):
         return None
-    clause = _VALUE_CLAUSE.match(stated, len(answer)) if stated.startswith(answer) else None
+    clause = _VALUE_CLAUSE.match(stated, len(answer))
     value = _strip_sentence_end(clause.group("value")) if clause else ""
     return value if any(char.isdigit() for char in value) else None
 
