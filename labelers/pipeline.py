@@ -65,7 +65,7 @@ from labelers.search.first_error import FirstErrorSearch
 from labelers.search.ledger import Ledger
 from labelers.search.mcts import Node, SearchSettings, TreeSearch
 from labelers.search.montecarlo import MCEstimate, MCSettings, OutcomeJudge, PrefixJob
-from labelers.search.scheduler import EstimateScheduler, SearchProcess, search_process
+from labelers.search.scheduler import EstimatePlan, EstimateScheduler, SearchProcess, search_process
 from labelers.signals.base import PathStep, SignalInputs, SignalPath, check_isolated, error_text
 from labelers.signals.lean import LEAN_DISABLED as LEAN_DISABLED  # re-exported: where callers found it
 from labelers.signals.mc import MC
@@ -291,10 +291,12 @@ def _paths_estimated(key_lists: Sequence[list[str]], known: dict[str, MCEstimate
 def _estimate_paths(
     states: Sequence[_State], config: BuildConfig, policy: Policy, ledger: Ledger, judge: OutcomeJudge,
     account_by_path: bool, on_path_done: Callable[[], None] | None = None,
+    on_plan: Callable[[EstimatePlan], None] | None = None,
 ) -> dict[str, MCEstimate]:
     """MC signals for every path of every live state (stage 4 of the module doc).
     ``on_path_done`` is called once per path as its first-error search ends, as the last of its
-    per-step estimates ends, or at once when it needs no rollouts (progress inside a pass)."""
+    per-step estimates ends, or at once when it needs no rollouts; ``on_plan`` once, before
+    sampling, with the estimates this call plans (progress inside a pass)."""
     settings = mc_settings(config)
     known: dict[str, MCEstimate] = {}
 
@@ -350,6 +352,9 @@ def _estimate_paths(
     # Per-step estimates and every search's probes, sampled together (labelers.search.scheduler).
     on_estimated = None if on_path_done is None else _paths_estimated(per_step_paths, known, on_path_done)
     scheduler = EstimateScheduler(policy, settings, ledger, judge, known, on_estimated)
+    if on_plan is not None:
+        per_step_keys = frozenset(job(owner, index).key for owner, index in per_step) - known.keys()
+        on_plan(EstimatePlan(per_step_keys, known, [owner[1].search for owner in searches]))
     probes = [search_process(owner[1].search, lambda index, owner=owner: job(owner, index)) for owner in searches]
     if on_path_done is not None:
         probes = [_reported(probe, on_path_done) for probe in probes]
@@ -559,6 +564,7 @@ def _label_paths(
     step_judge: Policy | None = None,
     tool: StepVerifier | None = None,
     on_path_done: Callable[[], None] | None = None,
+    on_plan: Callable[[EstimatePlan], None] | None = None,
 ) -> BatchResult:
     """Stages 3-5 (path signals: Lean, step judge; MC; fusion and rows) for the paths already on
     ``states``. ``tool``: the tool verifier (None when off), for a path signal that reads it."""
@@ -566,7 +572,7 @@ def _label_paths(
     _run_path_signals(states, inputs)
     try:
         # The value signal: rules "tool", "lean" and "judge" never read MC, so no rollouts for them.
-        known = (_estimate_paths(states, config, policy, ledger, judge, account_by_path, on_path_done)
+        known = (_estimate_paths(states, config, policy, ledger, judge, account_by_path, on_path_done, on_plan)
                  if MC.runs(config) else {})
     except Exception as error:  # noqa: BLE001 - a crashed backend fails the problems still in MC
         known = {}
@@ -661,14 +667,16 @@ def label_given_solutions(
     build_id: str = "given",
     step_judge: Policy | None = None,
     on_path_done: Callable[[], None] | None = None,
+    on_plan: Callable[[EstimatePlan], None] | None = None,
 ) -> BatchResult:
     """Label given step lists: ``solutions[i]`` holds the solutions (each a list of step
     texts) of ``problems[i]``. Tool checks (one call), Lean (one call), MC (per-step, or
     first-error search on wrong solutions when ``search.first_error_search``; rollouts counted
     per solution and summed into the problem's outcome), fusion by ``fuse.rule``. Every given
     step keeps a row unless ``fuse.after_first_error = "truncate"``. ``on_path_done``: called
-    as each solution's first-error search ends, or at once for one that needs no rollouts (a
-    caller's progress inside the call)."""
+    as each solution's first-error search ends, or at once for one that needs no rollouts;
+    ``on_plan``: with the prefix estimates the call plans, before MC samples (not called when
+    the call runs no MC) -- a caller's progress inside the call."""
     if len(problems) != len(solutions):
         raise ValueError("one list of solutions per problem")
     ledger = Ledger()
@@ -706,7 +714,7 @@ def label_given_solutions(
             for node, check in zip(path.nodes, checks):
                 node.tool_check = check
         return _label_paths(states, config, policy, lean, ledger, judge, build_id, account_by_path=True,
-                            step_judge=step_judge, tool=use_tool, on_path_done=on_path_done)
+                            step_judge=step_judge, tool=use_tool, on_path_done=on_path_done, on_plan=on_plan)
 
 
 def _given_child(tree: TreeSearch, parent: Node, text: str) -> Node:

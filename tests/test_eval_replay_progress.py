@@ -171,6 +171,75 @@ def test_pass_progress_takes_its_rate_from_a_live_token_counter():
     assert "| 7.5 tok/s |" in progress.line()
 
 
+class _Plan:
+    """An EstimatePlan's two counts, set by the test."""
+
+    def __init__(self, ended: int, planned: float) -> None:
+        self.ended_now, self.planned_now = ended, planned
+
+    def ended(self) -> int:
+        return self.ended_now
+
+    def planned(self) -> float:
+        return self.planned_now
+
+
+def test_pass_progress_eta_follows_the_planned_estimates_not_the_solutions_done():
+    """The ETA of a streamed pass: solutions that need no rollouts count at once and searches end
+    together, so by solutions it read 83 s after 31 s of a 9-minute pass. From the plan: planned
+    estimates (extrapolated to the chunks not begun) times tokens per ended estimate, less the
+    tokens sampled, over the rate."""
+    now = [0.0]
+    sampled = [0]
+    progress = PassProgress("pass 1 of 1 (binary)", 40, stream=io.StringIO(), clock=lambda: now[0])
+    progress.watch_tokens(lambda: sampled[0])
+    plan = _Plan(0, 50)
+    progress.add_plan(plan, 0, 32)
+    now[0], sampled[0] = 31.0, 1240
+    progress.solutions(11, 40)  # the 11 that reach gold without rollouts
+    assert progress.line().endswith("| eta ?")  # no estimate has ended (by solutions: 1 min 06 s)
+    now[0], sampled[0] = 200.0, 8000  # 40 tok/s
+    plan.ended_now = 10
+    progress.sampled(40, 4000, 150.0)  # the 10 estimates' requests: 400 tokens each
+    # planned 50 + 50 / 32 * 8 = 62.5 estimates of 400 tokens; 25,000 - 8,000 left at 40 tok/s
+    assert progress.line().endswith("| eta 7 min 05 s")
+    plan.ended_now, plan.planned_now = 40, 46.0  # the searches narrowed down
+    progress.sampled(120, 12000, 300.0)
+    now[0], sampled[0] = 500.0, 20000
+    # 46 + 46 / 32 * 8 = 57.5 estimates of 16,000 / 40 = 400 tokens: 3,000 left at 40 tok/s
+    assert progress.line().endswith("| eta 75 s")
+    progress.add_plan(_Plan(0, 0.0), 32, 40)  # the last chunk: all correct, nothing to sample
+    assert progress.line().endswith("| eta 0 s")  # 46 planned in all: 18,400 tokens < 20,000 sampled
+    progress.solutions(40, 40)
+    progress.solutions(0, 40)  # a new part: the plans were the last part's
+    assert progress.line().endswith("| eta ?")
+    now[0] = 520.0
+    progress.solutions(10, 40)
+    assert progress.line().endswith("| eta 60 s")  # by solutions again: 10 in 20 s
+
+
+@pytest.mark.parametrize("mc_mode", ["binary", "per-step"])
+def test_a_pass_reports_its_plans_and_they_end_as_sampled(mc_mode: str):
+    """run_shared -> pipeline -> EstimatePlan: one plan per chunk, before sampling; at the end
+    ended = planned = the estimates sampled (k = 4 rollouts each): the searches' probes, or every
+    prefix but the full one (exact: the path's own answer)."""
+    records, references = injected_set(6, 4, seed=11)
+    plans: list[tuple[int, int, int, float]] = []
+    seen: list = []
+
+    def on_plan(plan, first: int, end: int) -> None:
+        plans.append((first, end, plan.ended(), plan.planned()))
+        seen.append(plan)
+
+    [mc] = runner.run_shared(records, ["mc"], _config(), scripted_for(records, references), None, None, mc_mode,
+                             4, chunk_size=4, on_plan=on_plan)
+    assert [(first, end) for first, end, _, _ in plans] == [(0, 4), (4, 8), (8, 10)]
+    assert all(ended == 0 for _, _, ended, _ in plans)
+    assert sum(planned for *_, planned in plans) > 0
+    assert all(plan.ended() == plan.planned() for plan in seen)
+    assert 4 * sum(plan.ended() for plan in seen) == mc.rollouts > 0
+
+
 def test_a_judge_only_pass_counts_replies_not_rollouts():
     progress = PassProgress("judge", 10, stream=io.StringIO(), completions="replies")
     progress.sampled(6, 300, 10.0)

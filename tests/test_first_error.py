@@ -51,3 +51,25 @@ def test_step_signals_mark_inferred_steps() -> None:
         assert (estimate is None) == inferred
     # probes 3 (positive), 5 (zero), 4 (positive): the classic path for n=8, error 5
     assert sorted(search.probes) == [3, 4, 5]
+
+
+
+@pytest.mark.parametrize("assume_last_wrong", [True, False])
+def test_expected_probes_left_is_the_mean_over_every_first_error(assume_last_wrong: bool) -> None:
+    """The progress line's estimate of a search's remaining probes: before every probe of every
+    run, the mean over the first errors that agree with what was probed so far of the probes they
+    still take (exact, not log2 rounded, which is 1 off for some spans); 0 once done."""
+    for num_steps in range(1, 17):
+        errors = [*range(num_steps)] if assume_last_wrong else [*range(num_steps), -1]
+        total = {error: _run(FirstErrorSearch(num_steps, assume_last_wrong), _oracle(error)) for error in errors}
+        for error in errors:
+            search, oracle = FirstErrorSearch(num_steps, assume_last_wrong), _oracle(error)
+            while True:
+                agreeing = [e for e in errors
+                            if all((_oracle(e)(i).correct == 0) == (m.correct == 0) for i, m in search.probes.items())]
+                mean_left = sum(total[e] - len(search.probes) for e in agreeing) / len(agreeing)
+                assert search.expected_probes_left() == pytest.approx(mean_left)
+                if (probe := search.next_probe()) is None:
+                    break
+                search.record(probe, oracle(probe))
+            assert search.expected_probes_left() == 0.0

@@ -240,6 +240,9 @@ class _PassLines:
         self.progress.start()
         return self.progress.solutions
 
+    def planned(self, plan: Any, first: int, end: int) -> None:
+        self.progress.add_plan(plan, first, end)
+
     def close_pass(self) -> None:
         self.progress.stop()
         self.resources.watch(None)

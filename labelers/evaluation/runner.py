@@ -47,6 +47,7 @@ from labelers.evaluation.processbench import BenchRecord, Prediction, Score, sco
 from labelers.evaluation.replay import ReplayPolicy
 from labelers.policy.base import Policy, TokenUsage
 from labelers.policy.usage import CostProfile, cpu_seconds
+from labelers.search.scheduler import EstimatePlan
 from labelers.signals.lean import LEAN
 from labelers.signals.mc import MC
 from labelers.signals.registry import path_signals, registered, signal_named
@@ -350,6 +351,12 @@ def _counting_solutions(on_solutions: Callable[[int, int], None] | None, start: 
     return solution_done
 
 
+def _chunk_plan(on_plan: Callable[[EstimatePlan, int, int], None], first: int,
+                end: int) -> Callable[[EstimatePlan], None]:
+    """The pipeline's ``on_plan`` for the chunk of records ``first..end-1``."""
+    return lambda plan: on_plan(plan, first, end)
+
+
 def hybrid_has_own_pass(signals: Sequence[str], config: BuildConfig) -> bool:
     """Whether :func:`run_shared` labels ``hybrid`` in a pass of its own: when ``mc`` is asked
     too and the hybrid samples with the tool's help (it confirms MC zeros after verified steps)."""
@@ -370,6 +377,7 @@ def run_shared(
     chunk_size: int = DEFAULT_CHUNK,
     on_solutions: Callable[[int, int], None] | None = None,
     journal: ChunkJournal | None = None,
+    on_plan: Callable[[EstimatePlan, int, int], None] | None = None,
 ) -> list[SignalRun]:
     """``mc`` / ``hybrid`` / ``judge`` (any of :func:`pass_signals`) labels of the same records from
     ONE pass of the labeling core (rollouts in ``mc_mode`` only when ``mc`` or ``hybrid`` is asked;
@@ -378,8 +386,10 @@ def run_shared(
     (shared, noted).
 
     The records are labeled ``chunk_size`` at a time; ``on_solutions(done, total)`` is called
-    after each chunk (progress). With a ``journal`` each labeled chunk is kept on disk and a chunk
-    it already holds is not labeled again (labelers/evaluation/journal.py)."""
+    after each chunk (progress), ``on_plan(plan, first, end)`` as a chunk of records
+    ``first..end-1`` begins to sample, with the prefix estimates it plans. With a ``journal`` each
+    labeled chunk is kept on disk and a chunk it already holds is not labeled again
+    (labelers/evaluation/journal.py)."""
     from labelers import pipeline
 
     unknown = [s for s in signals if s not in (*VALUE_SIGNALS, *pass_signals())]
@@ -405,9 +415,9 @@ def run_shared(
         if hybrid_has_own_pass(signals, config):
             rest = [s for s in signals if s != "hybrid"]
             runs = run_shared(records, rest, config, policy, tool, lean, mc_mode, k, step_judge, chunk_size,
-                              on_solutions, journal)
+                              on_solutions, journal, on_plan)
             [hybrid] = run_shared(records, ["hybrid"], config, policy, tool, lean, mc_mode, k, step_judge, chunk_size,
-                                  on_solutions, journal)
+                                  on_solutions, journal, on_plan)
             by_signal = {run.signal: run for run in [*runs, hybrid]}
             return [by_signal[s] for s in signals]
         run_config = run_config.with_overrides({"search.skip_mc_after_disproved": False,
@@ -443,6 +453,7 @@ def run_shared(
                 problems[chunk], [[list(r.steps)] for r in records[chunk]], run_config, policy, use_tool, lean,
                 build_id="eval", step_judge=step_judge,
                 on_path_done=_counting_solutions(on_solutions, start, records),
+                on_plan=None if on_plan is None else _chunk_plan(on_plan, start, min(start + chunk_size, len(records))),
             )
             labeled = LabeledChunk(result.steps, result.outcomes, result.usage, time.perf_counter() - chunk_started,
                                    chunk_clock() - chunk_cpu, replay.answers_since(mark) if replay is not None else [])
@@ -564,6 +575,10 @@ class PassWatch(Protocol):
         """Its policies exist now; returns the per-chunk callback ``(done, total)``."""
         ...
 
+    def planned(self, plan: EstimatePlan, first: int, end: int) -> None:
+        """A chunk of the pass's solutions ``first..end-1`` plans ``plan`` (the ETA's work)."""
+        ...
+
     def close_pass(self) -> None: ...
 
 
@@ -641,6 +656,7 @@ def _watched_pass(records: Sequence[BenchRecord], names: Sequence[str], config: 
     on_solutions = watch.start_pass()
     try:
         return run_shared(records, names, config, policy, resources.tool(), None, mc_mode=mc_mode, k=k,
-                          step_judge=step_judge, on_solutions=on_solutions, chunk_size=chunk, journal=journal)
+                          step_judge=step_judge, on_solutions=on_solutions, chunk_size=chunk, journal=journal,
+                          on_plan=watch.planned)
     finally:
         watch.close_pass()

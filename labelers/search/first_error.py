@@ -63,6 +63,12 @@ class FirstErrorSearch:
         else:
             self.lo = index + 1
 
+    def expected_probes_left(self) -> float:
+        """Probes this search still makes on average, the next one included, if the first error
+        is equally likely at each of its ``hi - lo + 1`` remaining candidates (progress of a pass;
+        no label reads it): :func:`expected_probes` of ``hi - lo``."""
+        return 0.0 if self.done else expected_probes(self.hi - self.lo)
+
     @property
     def first_error(self) -> int:
         """Index of the first error, or -1 when none (only without ``assume_last_wrong``)."""
@@ -76,6 +82,22 @@ class FirstErrorSearch:
         positive = error < 0 or index < error
         estimate = self.probes.get(index)
         return estimate, positive, estimate is None
+
+
+def expected_probes(span: int) -> float:
+    """Mean probe count of the binary search on ``lo..hi`` with ``span = hi - lo``, over a first
+    error uniform on its ``span + 1`` candidates. The probe ``mid = lo + span // 2`` reads 0 for
+    the ``a + 1`` candidates ``lo..mid`` (``a = span // 2``, left span ``a``) and c > 0 for the
+    other ``span - a`` (right span ``span - a - 1``)::
+
+        E(0) = 0
+        E(s) = 1 + ((a + 1) E(a) + (s - a) E(s - a - 1)) / (s + 1)
+
+    Between ``floor(log2(span + 1))`` and ``ceil_log2(span + 1)``: E(1) = 1, E(2) = 5/3, E(3) = 2."""
+    if span <= 0:
+        return 0.0
+    left = span // 2
+    return 1 + ((left + 1) * expected_probes(left) + (span - left) * expected_probes(span - left - 1)) / (span + 1)
 
 
 def ceil_log2(n: int) -> int:

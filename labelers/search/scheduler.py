@@ -28,7 +28,7 @@ in, as with any change of batch (docs/generation.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from labelers.policy.base import GenerationResult, Policy
@@ -60,6 +60,39 @@ def search_process(search: FirstErrorSearch, job_for: Callable[[int], PrefixJob]
             search.failed = str(failure)
             return
         search.record(probe, estimate)
+
+
+@dataclass(frozen=True)
+class EstimatePlan:
+    """The prefix estimates one labeling call plans, read while it runs (the progress line's
+    ETA: a streamed call's searches advance together and end together, so solutions done say
+    little about the time left until the end).
+
+    A unit is one sampled prefix estimate: a per-step job (``per_step_keys``, those not
+    ``known`` when the call began) or a search's probe. :meth:`ended` counts the per-step
+    estimates in ``known`` and the probes the searches recorded; :meth:`planned` adds each
+    search's expected remaining probes (:meth:`FirstErrorSearch.expected_probes_left`), so it
+    moves as searches narrow down and equals :meth:`ended` once the call is over (a failed
+    per-step estimate stays planned). An exact estimate (a full path's own answer, no rollouts)
+    leaves both as it ends. Read from another thread without a lock: sizes and membership of
+    containers the scheduler only adds to, good enough for an estimate of time."""
+
+    per_step_keys: frozenset[str]
+    known: Mapping[str, MCEstimate]
+    searches: Sequence[FirstErrorSearch]
+
+    def _per_step_ended(self) -> tuple[int, int]:
+        """(sampled, exact) per-step estimates ended so far."""
+        ended = [estimate for key in self.per_step_keys if (estimate := self.known.get(key)) is not None]
+        exact = sum(estimate.exact for estimate in ended)
+        return len(ended) - exact, exact
+
+    def ended(self) -> int:
+        return self._per_step_ended()[0] + sum(len(s.probes) for s in self.searches)
+
+    def planned(self) -> float:
+        searched = sum(len(s.probes) + s.expected_probes_left() for s in self.searches)
+        return len(self.per_step_keys) - self._per_step_ended()[1] + searched
 
 
 @dataclass
