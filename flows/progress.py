@@ -332,11 +332,11 @@ class PassProgress:
     of solutions, printing unless a line went out less than ``min_gap`` seconds ago. A pass that
     restarts its count (the hybrid's own pass after MC's) is numbered as a part of the pass.
 
-    ``eta`` comes from the work of the part's prefix estimates when its chunks report a plan
-    (:meth:`add_plan`; labelers/search/scheduler.EstimatePlan), else from solutions::
+    ``eta`` comes from the work of the part's prefix estimates when it has a plan (:meth:`expect`
+    before it samples, :meth:`add_plan` as each chunk begins), else from solutions::
 
-        planned = P + P / S * (total - covered)    # P planned by the chunks begun, S their
-                                                   # solutions, covered: solutions up to their end
+        planned = P + X                            # P: the begun chunks' EstimatePlan.planned(),
+                                                   # X: expected estimates of the solutions after them
         eta = (planned * T / E - sampled) / rate   # T tokens of finished requests, E estimates ended,
                                                    # sampled: tokens so far, rate: sampled / seconds
         eta = elapsed / done * (total - done)      # without a plan (a judge-only pass)
@@ -375,6 +375,7 @@ class PassProgress:
         self._live_base = 0
         self._live_since = 0.0
         self._plans: list[tuple[EstimatePlan, int, int]] = []  # (EstimatePlan, first, end) of the part's chunks
+        self._expected: list[float] = []  # estimates expected per solution of the part, before it sampled
         self._part_tokens = 0  # self.tokens when the part began
         self._part_live_base = 0
 
@@ -417,13 +418,19 @@ class PassProgress:
             if done < self.done:
                 self.part += 1
                 self._part_started = self._last_chunk  # the new part began when the last one ended
-                self._plans = []
+                self._plans, self._expected = [], []
                 self._part_tokens = self.tokens
                 self._part_live_base = self._live_tokens() if self._live_tokens is not None else 0
             self._last_chunk = self.clock()
             self.done, self.total = done, total
             if self.clock() - self._last_line >= self.min_gap or done == total:
                 self._print()
+
+    def expect(self, per_solution: Sequence[float]) -> None:
+        """The prefix estimates each solution of this part is expected to take (before any chunk
+        begins: labelers.pipeline.expected_estimates)."""
+        with self._lock:
+            self._expected = list(per_solution)
 
     def add_plan(self, plan: EstimatePlan, first: int, end: int) -> None:
         """A chunk of solutions ``first..end-1`` of this part plans ``plan`` (``ended()`` and
@@ -434,13 +441,11 @@ class PassProgress:
     def _work_eta(self, now: float) -> str | None:
         """The ETA from the plans (class doc), ``?`` before an estimate has ended, None without
         a plan of any estimate (the caller counts solutions)."""
-        planned = sum(plan.planned() for plan, _, _ in self._plans)
+        covered = max((end for _, _, end in self._plans), default=0)
+        planned = sum(plan.planned() for plan, _, _ in self._plans) + sum(self._expected[covered:])
         if planned <= 0:
             return None
         ended = sum(plan.ended() for plan, _, _ in self._plans)
-        begun = sum(end - first for _, first, end in self._plans)
-        covered = max(end for _, _, end in self._plans)
-        planned += planned / begun * max(self.total - covered, 0)
         finished = self.tokens - self._part_tokens
         if self._live_tokens is not None:
             since = max(self._live_since, self._part_started)

@@ -61,7 +61,7 @@ from labelers.fuse import (
 from labelers.identity import derive_seed
 from labelers.policy.base import GenerationRequest, Policy, TokenUsage
 from labelers.rationale import build_rationale
-from labelers.search.first_error import FirstErrorSearch
+from labelers.search.first_error import FirstErrorSearch, expected_probes
 from labelers.search.ledger import Ledger
 from labelers.search.mcts import Node, SearchSettings, TreeSearch
 from labelers.search.montecarlo import MCEstimate, MCSettings, OutcomeJudge, PrefixJob
@@ -715,6 +715,38 @@ def label_given_solutions(
                 node.tool_check = check
         return _label_paths(states, config, policy, lean, ledger, judge, build_id, account_by_path=True,
                             step_judge=step_judge, tool=use_tool, on_path_done=on_path_done, on_plan=on_plan)
+
+
+def expected_estimates(problems: Sequence[Problem], solutions: Sequence[Sequence[Sequence[str]]],
+                       config: BuildConfig) -> list[float]:
+    """The prefix estimates :func:`label_given_solutions` is expected to sample for each problem's
+    given solutions, before it runs (a pass's progress: the chunks not begun). Per solution of n
+    steps, as :func:`_estimate_paths` decides:
+
+    - wrong, first-error search: ``expected_probes(n - 1)`` (``n`` when it states no answer);
+    - correct, first-error search: 0 (inferred), unless ``search.mc_correct_paths``;
+    - otherwise every prefix but those whose last step states an answer (exact, no rollouts).
+
+    Before the tool runs: a step it disproves can only shorten the hybrid's search."""
+    if not MC.runs(config):
+        return [0.0] * len(problems)
+    search = config.search
+    expected: list[float] = []
+    with AnswerJudge() as answer_judge:
+        judge = OutcomeJudge(answer_judge)
+        for problem, given in zip(problems, solutions, strict=True):
+            total = 0.0
+            for steps in given:
+                if not steps:
+                    continue
+                answer = judge.final_answer("\n".join(steps))
+                correct = answer is not None and judge.equal(answer, problem.gold_answer)
+                if search.first_error_search and not correct:
+                    total += expected_probes(len(steps) - 1 if answer is not None else len(steps))
+                elif not search.first_error_search or search.mc_correct_paths:
+                    total += sum(judge.final_answer(step) is None for step in steps)
+            expected.append(total)
+    return expected
 
 
 def _given_child(tree: TreeSearch, parent: Node, text: str) -> Node:

@@ -186,13 +186,16 @@ class _Plan:
 
 def test_pass_progress_eta_follows_the_planned_estimates_not_the_solutions_done():
     """The ETA of a streamed pass: solutions that need no rollouts count at once and searches end
-    together, so by solutions it read 83 s after 31 s of a 9-minute pass. From the plan: planned
-    estimates (extrapolated to the chunks not begun) times tokens per ended estimate, less the
-    tokens sampled, over the rate."""
+    together, so by solutions it read 83 s after 31 s of a 9-minute pass. From the plan: the begun
+    chunks' planned estimates plus the expected ones of the solutions after them, times tokens per
+    ended estimate, less the tokens sampled, over the rate."""
     now = [0.0]
     sampled = [0]
     progress = PassProgress("pass 1 of 1 (binary)", 40, stream=io.StringIO(), clock=lambda: now[0])
     progress.watch_tokens(lambda: sampled[0])
+    # 32 + 8 solutions; the last 8 reach gold (0 expected) but for one wrong one
+    progress.expect([1.5] * 32 + [0.0] * 7 + [2.0])
+    assert progress.line().endswith("| eta ?")
     plan = _Plan(0, 50)
     progress.add_plan(plan, 0, 32)
     now[0], sampled[0] = 31.0, 1240
@@ -201,43 +204,68 @@ def test_pass_progress_eta_follows_the_planned_estimates_not_the_solutions_done(
     now[0], sampled[0] = 200.0, 8000  # 40 tok/s
     plan.ended_now = 10
     progress.sampled(40, 4000, 150.0)  # the 10 estimates' requests: 400 tokens each
-    # planned 50 + 50 / 32 * 8 = 62.5 estimates of 400 tokens; 25,000 - 8,000 left at 40 tok/s
-    assert progress.line().endswith("| eta 7 min 05 s")
+    # (50 planned + 2 expected) estimates of 400 tokens = 20,800; 12,800 left at 40 tok/s
+    assert progress.line().endswith("| eta 5 min 20 s")
     plan.ended_now, plan.planned_now = 40, 46.0  # the searches narrowed down
     progress.sampled(120, 12000, 300.0)
-    now[0], sampled[0] = 500.0, 20000
-    # 46 + 46 / 32 * 8 = 57.5 estimates of 16,000 / 40 = 400 tokens: 3,000 left at 40 tok/s
-    assert progress.line().endswith("| eta 75 s")
-    progress.add_plan(_Plan(0, 0.0), 32, 40)  # the last chunk: all correct, nothing to sample
-    assert progress.line().endswith("| eta 0 s")  # 46 planned in all: 18,400 tokens < 20,000 sampled
+    now[0], sampled[0] = 500.0, 16800
+    # 48 estimates of 16,000 / 40 = 400 tokens: 2,400 left at 33.6 tok/s
+    assert progress.line().endswith("| eta 71 s")
+    plan.ended_now = 46
+    last = _Plan(0, 2.0)
+    progress.add_plan(last, 32, 40)  # the last chunk: its plan replaces its expectation
+    last.ended_now = 2
+    progress.sampled(8, 2400, 60.0)
+    now[0], sampled[0] = 520.0, 19200
+    assert progress.line().endswith("| eta 0 s")
     progress.solutions(40, 40)
     progress.solutions(0, 40)  # a new part: the plans were the last part's
     assert progress.line().endswith("| eta ?")
-    now[0] = 520.0
+    now[0] = 540.0
     progress.solutions(10, 40)
     assert progress.line().endswith("| eta 60 s")  # by solutions again: 10 in 20 s
 
 
+class _Plans:
+    """A PlanWatch that keeps what it hears (runner.PlanWatch)."""
+
+    def __init__(self) -> None:
+        self.expected_per_solution: list[float] = []
+        self.chunks: list[tuple[int, int, int, float]] = []  # first, end, ended and planned when begun
+        self.plans: list = []
+
+    def expected(self, per_solution) -> None:
+        self.expected_per_solution = list(per_solution)
+
+    def planned(self, plan, first: int, end: int) -> None:
+        self.chunks.append((first, end, plan.ended(), plan.planned()))
+        self.plans.append(plan)
+
+
 @pytest.mark.parametrize("mc_mode", ["binary", "per-step"])
 def test_a_pass_reports_its_plans_and_they_end_as_sampled(mc_mode: str):
-    """run_shared -> pipeline -> EstimatePlan: one plan per chunk, before sampling; at the end
-    ended = planned = the estimates sampled (k = 4 rollouts each): the searches' probes, or every
-    prefix but the full one (exact: the path's own answer)."""
+    """run_shared -> pipeline -> EstimatePlan: the expectation per solution before sampling, one
+    plan per chunk as it begins, and at the end ended = planned = the estimates sampled (k = 4
+    rollouts each): the searches' probes, or every prefix but the full one (exact: the path's own
+    answer). The expectation agrees with the pipeline: a chunk's searches expect as many probes
+    as expected_estimates said for its solutions, and per-step MC samples what it said."""
     records, references = injected_set(6, 4, seed=11)
-    plans: list[tuple[int, int, int, float]] = []
-    seen: list = []
-
-    def on_plan(plan, first: int, end: int) -> None:
-        plans.append((first, end, plan.ended(), plan.planned()))
-        seen.append(plan)
-
+    plans = _Plans()
     [mc] = runner.run_shared(records, ["mc"], _config(), scripted_for(records, references), None, None, mc_mode,
-                             4, chunk_size=4, on_plan=on_plan)
-    assert [(first, end) for first, end, _, _ in plans] == [(0, 4), (4, 8), (8, 10)]
-    assert all(ended == 0 for _, _, ended, _ in plans)
-    assert sum(planned for *_, planned in plans) > 0
-    assert all(plan.ended() == plan.planned() for plan in seen)
-    assert 4 * sum(plan.ended() for plan in seen) == mc.rollouts > 0
+                             4, chunk_size=4, plans=plans)
+    assert [(first, end) for first, end, _, _ in plans.chunks] == [(0, 4), (4, 8), (8, 10)]
+    assert all(ended == 0 for _, _, ended, _ in plans.chunks)
+    assert all(plan.ended() == plan.planned() for plan in plans.plans)
+    assert 4 * sum(plan.ended() for plan in plans.plans) == mc.rollouts > 0
+    expected = plans.expected_per_solution
+    assert len(expected) == len(records) and sum(expected) > 0
+    for (first, end, _, planned_when_begun), plan in zip(plans.chunks, plans.plans):
+        if mc_mode == "binary":
+            assert sum(expected[first:end]) == pytest.approx(planned_when_begun)
+        else:
+            assert sum(expected[first:end]) == plan.ended()
+    if mc_mode == "binary":  # the 4 solutions that reach gold need none
+        assert sum(e == 0 for e in expected) == 4
 
 
 def test_a_judge_only_pass_counts_replies_not_rollouts():

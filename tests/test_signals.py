@@ -176,6 +176,9 @@ class _Watch:
         self.passes.append("start")
         return lambda done, total: self.passes.append(f"{done}/{total}")
 
+    def expected(self, per_solution) -> None:
+        self.passes.append(f"expect {len(per_solution)}")
+
     def planned(self, plan, first: int, end: int) -> None:
         self.passes.append(f"plan {first}-{end}")
 

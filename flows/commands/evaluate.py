@@ -240,6 +240,9 @@ class _PassLines:
         self.progress.start()
         return self.progress.solutions
 
+    def expected(self, per_solution: Sequence[float]) -> None:
+        self.progress.expect(per_solution)
+
     def planned(self, plan: Any, first: int, end: int) -> None:
         self.progress.add_plan(plan, first, end)
 

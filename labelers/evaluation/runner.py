@@ -351,10 +351,22 @@ def _counting_solutions(on_solutions: Callable[[int, int], None] | None, start: 
     return solution_done
 
 
-def _chunk_plan(on_plan: Callable[[EstimatePlan, int, int], None], first: int,
-                end: int) -> Callable[[EstimatePlan], None]:
+class PlanWatch(Protocol):
+    """Who hears what a labeling pass plans to sample (a progress line's ETA)."""
+
+    def expected(self, per_solution: Sequence[float]) -> None:
+        """Before the pass samples: the prefix estimates each solution is expected to take
+        (labelers.pipeline.expected_estimates)."""
+        ...
+
+    def planned(self, plan: EstimatePlan, first: int, end: int) -> None:
+        """A chunk of the pass's solutions ``first..end-1`` begins to sample ``plan``."""
+        ...
+
+
+def _chunk_plan(plans: PlanWatch, first: int, end: int) -> Callable[[EstimatePlan], None]:
     """The pipeline's ``on_plan`` for the chunk of records ``first..end-1``."""
-    return lambda plan: on_plan(plan, first, end)
+    return lambda plan: plans.planned(plan, first, end)
 
 
 def hybrid_has_own_pass(signals: Sequence[str], config: BuildConfig) -> bool:
@@ -377,7 +389,7 @@ def run_shared(
     chunk_size: int = DEFAULT_CHUNK,
     on_solutions: Callable[[int, int], None] | None = None,
     journal: ChunkJournal | None = None,
-    on_plan: Callable[[EstimatePlan, int, int], None] | None = None,
+    plans: PlanWatch | None = None,
 ) -> list[SignalRun]:
     """``mc`` / ``hybrid`` / ``judge`` (any of :func:`pass_signals`) labels of the same records from
     ONE pass of the labeling core (rollouts in ``mc_mode`` only when ``mc`` or ``hybrid`` is asked;
@@ -386,8 +398,8 @@ def run_shared(
     (shared, noted).
 
     The records are labeled ``chunk_size`` at a time; ``on_solutions(done, total)`` is called
-    after each chunk (progress), ``on_plan(plan, first, end)`` as a chunk of records
-    ``first..end-1`` begins to sample, with the prefix estimates it plans. With a ``journal`` each
+    after each chunk (progress); ``plans`` hears the prefix estimates each record is expected to
+    take, then each chunk's plan as it begins to sample (the ETA). With a ``journal`` each
     labeled chunk is kept on disk and a chunk it already holds is not labeled again
     (labelers/evaluation/journal.py)."""
     from labelers import pipeline
@@ -415,9 +427,9 @@ def run_shared(
         if hybrid_has_own_pass(signals, config):
             rest = [s for s in signals if s != "hybrid"]
             runs = run_shared(records, rest, config, policy, tool, lean, mc_mode, k, step_judge, chunk_size,
-                              on_solutions, journal, on_plan)
+                              on_solutions, journal, plans)
             [hybrid] = run_shared(records, ["hybrid"], config, policy, tool, lean, mc_mode, k, step_judge, chunk_size,
-                                  on_solutions, journal, on_plan)
+                                  on_solutions, journal, plans)
             by_signal = {run.signal: run for run in [*runs, hybrid]}
             return [by_signal[s] for s in signals]
         run_config = run_config.with_overrides({"search.skip_mc_after_disproved": False,
@@ -442,6 +454,8 @@ def run_shared(
         # 0 done: a pass that follows another in the same watch (the hybrid's own pass after MC's)
         # shows its restart at once, not the finished pass's "N/N, eta 0 s" until its first chunk.
         on_solutions(0, len(records))
+    if plans is not None and needs_mc:
+        plans.expected(pipeline.expected_estimates(problems, [[list(r.steps)] for r in records], run_config))
     for start in range(0, len(records), chunk_size):
         chunk = slice(start, start + chunk_size)
         key = chunk_key(signals, mc_mode, config_hash, records[chunk])
@@ -453,7 +467,7 @@ def run_shared(
                 problems[chunk], [[list(r.steps)] for r in records[chunk]], run_config, policy, use_tool, lean,
                 build_id="eval", step_judge=step_judge,
                 on_path_done=_counting_solutions(on_solutions, start, records),
-                on_plan=None if on_plan is None else _chunk_plan(on_plan, start, min(start + chunk_size, len(records))),
+                on_plan=None if plans is None else _chunk_plan(plans, start, min(start + chunk_size, len(records))),
             )
             labeled = LabeledChunk(result.steps, result.outcomes, result.usage, time.perf_counter() - chunk_started,
                                    chunk_clock() - chunk_cpu, replay.answers_since(mark) if replay is not None else [])
@@ -560,9 +574,9 @@ class EvalResources(Protocol):
     def prm(self) -> Any: ...
 
 
-class PassWatch(Protocol):
+class PassWatch(PlanWatch, Protocol):
     """How a caller shows the labeling passes (the CLI: lines on stderr and a progress line fed by
-    the policies)."""
+    the policies and the passes' plans)."""
 
     def say(self, line: str) -> None: ...
 
@@ -573,10 +587,6 @@ class PassWatch(Protocol):
 
     def start_pass(self) -> Callable[[int, int], None]:
         """Its policies exist now; returns the per-chunk callback ``(done, total)``."""
-        ...
-
-    def planned(self, plan: EstimatePlan, first: int, end: int) -> None:
-        """A chunk of the pass's solutions ``first..end-1`` plans ``plan`` (the ETA's work)."""
         ...
 
     def close_pass(self) -> None: ...
@@ -657,6 +667,6 @@ def _watched_pass(records: Sequence[BenchRecord], names: Sequence[str], config: 
     try:
         return run_shared(records, names, config, policy, resources.tool(), None, mc_mode=mc_mode, k=k,
                           step_judge=step_judge, on_solutions=on_solutions, chunk_size=chunk, journal=journal,
-                          on_plan=watch.planned)
+                          plans=watch)
     finally:
         watch.close_pass()
