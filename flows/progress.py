@@ -335,15 +335,17 @@ class PassProgress:
     ``eta`` comes from the work of the part's prefix estimates when it has a plan (:meth:`expect`
     before it samples, :meth:`add_plan` as each chunk begins), else from solutions::
 
-        planned = P + X                            # P: the begun chunks' EstimatePlan.planned(),
-                                                   # X: expected estimates of the solutions after them
-        eta = (planned * T / E - sampled) / rate   # T tokens of finished requests, E estimates ended,
-                                                   # sampled: tokens so far, rate: sampled / seconds
+        planned = P + X        # P: the begun chunks' EstimatePlan.planned(), X: the expected
+                               # estimates of the solutions after them
+        eta = (t - t1) / (E - E1) * (planned - E)   # E estimates ended by now (t), E1 by the
+                                                     # first time any had ended (t1)
         eta = elapsed / done * (total - done)      # without a plan (a judge-only pass)
 
     A streamed chunk's searches advance together and end together, and the solutions that need
     no rollouts count at once: by solutions the ETA of a 9-minute GSM8K pass read 83 s after 31 s
-    and 8 min 45 s with 4 minutes left. ``?`` until an estimate has ended.
+    and 8 min 45 s with 4 minutes left. Counting from the first end leaves out the time the
+    decoder takes to fill with rollouts, when no estimate can end. ``?`` until an estimate has
+    ended after the first. Measured against the alternatives: docs/evaluation.md.
 
     Between :meth:`start` and :meth:`stop` a ticker thread also prints when ``interval`` seconds
     passed without a line: one generate call of a chunk can take minutes on a CPU, and a silent
@@ -376,8 +378,7 @@ class PassProgress:
         self._live_since = 0.0
         self._plans: list[tuple[EstimatePlan, int, int]] = []  # (EstimatePlan, first, end) of the part's chunks
         self._expected: list[float] = []  # estimates expected per solution of the part, before it sampled
-        self._part_tokens = 0  # self.tokens when the part began
-        self._part_live_base = 0
+        self._first_end: tuple[float, int] | None = None  # (time, estimates ended) when the part's first ended
 
     def watch_tokens(self, counter: Callable[[], int] | None) -> None:
         """Take tok/s from ``counter`` (tokens the policy sampled so far, a run in progress
@@ -386,7 +387,7 @@ class PassProgress:
         on a CPU, and a rate that stays at 0.0 until then looks like a hung pass."""
         with self._lock:
             self._live_tokens = counter
-            self._live_base = self._part_live_base = counter() if counter is not None else 0
+            self._live_base = counter() if counter is not None else 0
             self._live_since = self.clock()
 
     def start(self) -> None:
@@ -402,14 +403,20 @@ class PassProgress:
     def _tick(self) -> None:
         while not self._stop.wait(min(self.interval, 5.0)):
             with self._lock:
+                self._note_first_end()  # within 5 s where no sampled() call follows an end
                 if self.clock() - self._last_line >= self.interval:
                     self._print()
+
+    def _note_first_end(self) -> None:
+        if self._first_end is None and (ended := self._ended()):
+            self._first_end = (self.clock(), ended)
 
     def sampled(self, completions: int, tokens: int, seconds: float) -> None:
         with self._lock:
             self.rollouts += completions
             self.tokens += tokens
             self.generation_seconds += seconds
+            self._note_first_end()  # an estimate ends as its last request's answer comes back
             if self.clock() - self._last_line >= self.interval:
                 self._print()
 
@@ -419,8 +426,7 @@ class PassProgress:
                 self.part += 1
                 self._part_started = self._last_chunk  # the new part began when the last one ended
                 self._plans, self._expected = [], []
-                self._part_tokens = self.tokens
-                self._part_live_base = self._live_tokens() if self._live_tokens is not None else 0
+                self._first_end = None
             self._last_chunk = self.clock()
             self.done, self.total = done, total
             if self.clock() - self._last_line >= self.min_gap or done == total:
@@ -438,24 +444,21 @@ class PassProgress:
         with self._lock:
             self._plans.append((plan, first, end))
 
+    def _ended(self) -> int:
+        return sum(plan.ended() for plan, _, _ in self._plans)
+
     def _work_eta(self, now: float) -> str | None:
-        """The ETA from the plans (class doc), ``?`` before an estimate has ended, None without
-        a plan of any estimate (the caller counts solutions)."""
+        """The ETA from the plans (class doc), ``?`` until an estimate has ended after the first,
+        None without a plan of any estimate (the caller counts solutions)."""
         covered = max((end for _, _, end in self._plans), default=0)
         planned = sum(plan.planned() for plan, _, _ in self._plans) + sum(self._expected[covered:])
         if planned <= 0:
             return None
-        ended = sum(plan.ended() for plan, _, _ in self._plans)
-        finished = self.tokens - self._part_tokens
-        if self._live_tokens is not None:
-            since = max(self._live_since, self._part_started)
-            sampled = max(0, self._live_tokens() - self._part_live_base)
-        else:
-            since, sampled = self._part_started, finished
-        if ended == 0 or finished == 0 or sampled == 0 or now <= since:
+        ended = self._ended()
+        if self._first_end is None or ended <= self._first_end[1] or now <= self._first_end[0]:
             return "?"
-        left = max(planned * finished / ended - sampled, 0.0)
-        return _duration(left / (sampled / (now - since)))
+        first_time, first_ended = self._first_end
+        return _duration((now - first_time) / (ended - first_ended) * max(planned - ended, 0.0))
 
     def line(self) -> str:
         now = self.clock()

@@ -186,44 +186,53 @@ class _Plan:
 
 def test_pass_progress_eta_follows_the_planned_estimates_not_the_solutions_done():
     """The ETA of a streamed pass: solutions that need no rollouts count at once and searches end
-    together, so by solutions it read 83 s after 31 s of a 9-minute pass. From the plan: the begun
-    chunks' planned estimates plus the expected ones of the solutions after them, times tokens per
-    ended estimate, less the tokens sampled, over the rate."""
+    together, so by solutions it read 83 s after 31 s of a 9-minute pass. From the plan: estimates
+    left (the begun chunks' planned ones plus the expected ones of the solutions after them) at
+    the rate estimates ended since the first did (the decoder's fill time left out)."""
     now = [0.0]
-    sampled = [0]
     progress = PassProgress("pass 1 of 1 (binary)", 40, stream=io.StringIO(), clock=lambda: now[0])
-    progress.watch_tokens(lambda: sampled[0])
     # 32 + 8 solutions; the last 8 reach gold (0 expected) but for one wrong one
     progress.expect([1.5] * 32 + [0.0] * 7 + [2.0])
     assert progress.line().endswith("| eta ?")
     plan = _Plan(0, 50)
     progress.add_plan(plan, 0, 32)
-    now[0], sampled[0] = 31.0, 1240
+    now[0] = 31.0
     progress.solutions(11, 40)  # the 11 that reach gold without rollouts
     assert progress.line().endswith("| eta ?")  # no estimate has ended (by solutions: 1 min 06 s)
-    now[0], sampled[0] = 200.0, 8000  # 40 tok/s
-    plan.ended_now = 10
-    progress.sampled(40, 4000, 150.0)  # the 10 estimates' requests: 400 tokens each
-    # (50 planned + 2 expected) estimates of 400 tokens = 20,800; 12,800 left at 40 tok/s
-    assert progress.line().endswith("| eta 5 min 20 s")
-    plan.ended_now, plan.planned_now = 40, 46.0  # the searches narrowed down
-    progress.sampled(120, 12000, 300.0)
-    now[0], sampled[0] = 500.0, 16800
-    # 48 estimates of 16,000 / 40 = 400 tokens: 2,400 left at 33.6 tok/s
-    assert progress.line().endswith("| eta 71 s")
-    plan.ended_now = 46
+    now[0], plan.ended_now = 50.0, 3
+    progress.sampled(12, 600, 40.0)  # the answers that ended the first 3 estimates
+    now[0] = 62.0
+    assert progress.line().endswith("| eta ?")  # none since
+    now[0], plan.ended_now = 92.0, 5
+    # 2 estimates in 42 s; 50 planned + 2 expected - 5 ended = 47 left
+    assert progress.line().endswith("| eta 16 min 27 s")
+    now[0], plan.ended_now, plan.planned_now = 200.0, 18, 48.0  # the searches narrowed down
+    assert progress.line().endswith("| eta 5 min 20 s")  # 15 in 150 s, 32 left
+    now[0], plan.ended_now, plan.planned_now = 520.0, 46, 46.0
     last = _Plan(0, 2.0)
     progress.add_plan(last, 32, 40)  # the last chunk: its plan replaces its expectation
-    last.ended_now = 2
-    progress.sampled(8, 2400, 60.0)
-    now[0], sampled[0] = 520.0, 19200
-    assert progress.line().endswith("| eta 0 s")
+    assert progress.line().endswith("| eta 21 s")  # 43 in 470 s, 2 left
     progress.solutions(40, 40)
     progress.solutions(0, 40)  # a new part: the plans were the last part's
     assert progress.line().endswith("| eta ?")
     now[0] = 540.0
     progress.solutions(10, 40)
     assert progress.line().endswith("| eta 60 s")  # by solutions again: 10 in 20 s
+
+
+def test_replay_reports_an_answer_after_the_estimate_it_ends():
+    """A streamed pass's ReplayPolicy calls on_generate after handing the answer on, so the
+    progress line sees the estimate it ended at that call (it times the first end there)."""
+    from tests.test_scheduler import StreamingScripted
+
+    records, references = injected_set(4, 2, seed=11)
+    plans = _Plans()
+    ended_at_answers: list[int] = []
+    policy = ReplayPolicy(StreamingScripted(scripted_for(records, references)),
+                          on_generate=lambda *_: ended_at_answers.append(plans.plans[-1].ended()))
+    runner.run_shared(records, ["mc"], _config(), policy, None, None, "binary", 4, plans=plans)
+    # one request of k = 4 per probe: the n-th answer ends the n-th estimate
+    assert ended_at_answers == list(range(1, len(ended_at_answers) + 1)) and ended_at_answers
 
 
 class _Plans:

@@ -156,9 +156,7 @@ class ReplayPolicy:
             self.counts.completions += completions
             self.counts.completion_tokens += tokens
             self.counts.seconds += now - clock[0]
-            if self.on_generate is not None:
-                self.on_generate(completions, tokens, now - clock[0])
-            clock[0] = now
+            seconds, clock[0] = now - clock[0], now
             repeats: list[int] = []
             if request.seed is not None:
                 key = self._key(request)
@@ -170,6 +168,10 @@ class ReplayPolicy:
                 self.counts.replayed_completions += completions
                 self.counts.replayed_tokens += tokens
                 new_requests += on_result(repeat, dataclasses.replace(result, request=asked[repeat]))
+            if self.on_generate is not None:
+                # After on_result: the estimate this answer ended is recorded, so the progress
+                # line sees the end in this call (PassProgress times the first one).
+                self.on_generate(completions, tokens, seconds)
             return forward(new_requests)
 
         first = forward(requests)
