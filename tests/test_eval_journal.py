@@ -63,6 +63,23 @@ def test_an_interrupted_pass_resumes_where_it_stopped(tmp_path, labeled_set):
     assert 0 < len(sampled(fresh)) < len(sampled(whole_policy))
 
 
+def test_a_resumed_pass_plans_nothing_for_the_chunks_it_takes(tmp_path, labeled_set):
+    """The progress line counts a taken chunk as planned with nothing to sample, so the ETA drops
+    its expected estimates (labelers/search/scheduler.EstimatePlan)."""
+    from tests.test_eval_replay_progress import _Plans
+
+    records, references = labeled_set
+    path = tmp_path / "out.json.partial"
+    _run(records, scripted_for(records, references), ChunkJournal(path))
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:2]))  # chunks 0-2 and 3-5 kept
+    plans = _Plans()
+    runner.run_shared(records, ["mc"], _config(), scripted_for(records, references), None, None, "binary", 4,
+                      chunk_size=3, journal=ChunkJournal(path), plans=plans)
+    assert [(first, end) for first, end, _, _ in plans.chunks] == [(0, 3), (3, 6), (6, 9)]
+    assert [planned for *_, planned in plans.chunks[:2]] == [0, 0]
+    assert plans.chunks[2][3] == pytest.approx(sum(plans.expected_per_solution[6:9])) and plans.chunks[2][3] > 0
+
+
 def test_a_line_cut_by_a_crash_is_labeled_again_and_other_runs_lines_are_ignored(tmp_path, labeled_set):
     records, references = labeled_set
     path = tmp_path / "out.json.partial"

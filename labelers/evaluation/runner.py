@@ -476,6 +476,8 @@ def run_shared(
         else:
             earlier_wall += labeled.wall_seconds
             earlier_cpu += labeled.cpu_seconds
+            if plans is not None:  # nothing left to sample there: its expectation no longer counts
+                plans.planned(EstimatePlan(frozenset(), {}, ()), start, min(start + chunk_size, len(records)))
             if replay is not None:
                 replay.remember(labeled.answers)  # a later pass of this run replays them
         for row in labeled.rows:
