@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -193,6 +193,20 @@ class _CountColumn(ProgressColumn):
         return Text(text)
 
 
+class _EtaColumn(ProgressColumn):
+    """The build's own ETA (BuildProgress.eta_seconds). rich's TimeRemainingColumn estimates the
+    speed from the updates of the last 30 s, and a build's batches end minutes apart on a CPU:
+    it showed -:--:-- for the whole build."""
+
+    def __init__(self, progress: BuildProgress) -> None:
+        super().__init__()
+        self.progress = progress
+
+    def render(self, task: Task) -> Text:
+        seconds = self.progress.eta_seconds()
+        return Text("eta " + ("?" if seconds is None else _duration(seconds)))
+
+
 class BuildProgress:
     """Live progress of one build.
 
@@ -208,15 +222,19 @@ class BuildProgress:
         stream: TextIO | None = None,
         live_tokens: Callable[[], int] | None = None,
         force_terminal: bool | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.console = Console(file=stream, force_terminal=force_terminal, highlight=False, soft_wrap=True)
         self.live_tokens = live_tokens
+        self.clock = clock
         self.tally = BuildTally()
         self._lock = threading.Lock()
         self._progress: Progress | None = None
         self._task_id: int | None = None
-        self._started = time.perf_counter()
+        self._started = clock()
         self._total = 0
+        self._reused_problems = 0  # of batches an earlier run wrote: done at once, not at the build's pace
+        self._last_batch_at: float | None = None  # when the last batch labeled by this run ended
         self._baseline_tokens = 0
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -226,7 +244,7 @@ class BuildProgress:
         return self.console.is_terminal
 
     def start(self, build_id: str, problems_total: int, batches_total: int, batches_reusable: int = 0) -> None:
-        self._started = time.perf_counter()
+        self._started = self.clock()
         self._total = problems_total
         self._baseline_tokens = self.live_tokens() if self.live_tokens else 0
         head = f"build {build_id}: {problems_total} problems in {batches_total} batches"
@@ -238,8 +256,7 @@ class BuildProgress:
                 TextColumn("[bold]labeling"),
                 BarColumn(bar_width=16),  # the whole line fits 80 columns
                 _CountColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
+                _EtaColumn(self),
                 console=self.console,
                 transient=False,
             )
@@ -251,8 +268,19 @@ class BuildProgress:
                 self._ticker = threading.Thread(target=self._tick, name="prmforge-progress", daemon=True)
                 self._ticker.start()
 
+    def eta_seconds(self) -> float | None:
+        """Seconds left: the problems not done at the pace of those this run labeled, counted
+        down since the last batch ended (``elapsed / labeled * left - since``; a resumed build's
+        reused batches are done at once and would make it look fast). None before a batch."""
+        labeled = self.tally.problems_done - self._reused_problems
+        if self._last_batch_at is None or labeled <= 0:
+            return None
+        pace = (self._last_batch_at - self._started) / labeled
+        left = pace * (self._total - self.tally.problems_done) - (self.clock() - self._last_batch_at)
+        return max(left, 0.0)
+
     def _tokens_per_second(self) -> float:
-        elapsed = time.perf_counter() - self._started
+        elapsed = self.clock() - self._started
         if self.live_tokens is not None:
             generated = self.live_tokens() - self._baseline_tokens
         else:
@@ -275,6 +303,10 @@ class BuildProgress:
     ) -> None:
         with self._lock:
             self.tally.add_batch(steps, outcomes, usage)
+            if reused:
+                self._reused_problems += len(outcomes)
+            else:
+                self._last_batch_at = self.clock()
             tally = self.tally
             rate = self._tokens_per_second()
             if self._progress is not None and self._task_id is not None:
@@ -286,13 +318,12 @@ class BuildProgress:
                     failed=tally.problems_failed,
                 )
                 return
-            elapsed = time.perf_counter() - self._started
-            remaining = self._total - tally.problems_done
-            eta = elapsed / tally.problems_done * remaining if tally.problems_done else 0.0
+            elapsed = self.clock() - self._started
+            eta = self.eta_seconds()
             self.console.print(
                 f"batch {batch_key}{' (reused)' if reused else ''}: {tally.problems_done}/{self._total} problems"
                 f" ({tally.problems_failed} failed) | {tally.rollouts} rollouts | {rate:.1f} tok/s"
-                f" | elapsed {elapsed:.0f} s | eta {eta:.0f} s"
+                f" | elapsed {elapsed:.0f} s | eta {'?' if eta is None else f'{eta:.0f} s'}"
             )
 
     def stop(self) -> None:

@@ -63,6 +63,45 @@ def test_live_bar_on_a_terminal_reads_live_tokens():
     assert "2/2 problems" in text and "10 rollouts" in text and "tok/s" in text
 
 
+def test_eta_is_the_pace_of_the_batches_this_run_labeled_counted_down():
+    """A resumed build's reused batches are done at once: by problems done the ETA after the first
+    new batch read 40 s for 120. On a terminal the bar's ETA is the build's own (rich's
+    TimeRemainingColumn read -:--:-- all build long: batches end minutes apart, its speed window
+    is 30 s), counting down between batches."""
+    from flows.progress import _EtaColumn
+
+    now = [0.0]
+    stream = io.StringIO()
+    progress = BuildProgress(stream=stream, force_terminal=False, clock=lambda: now[0])
+    progress.start("demo-1", problems_total=10, batches_total=4, batches_reusable=2)
+    for key in ("00000-a", "00001-b"):  # 4 problems an earlier run labeled
+        progress.batch_done(key, [], [_outcome(f"{key}-1"), _outcome(f"{key}-2")], TokenUsage(), reused=True)
+    now[0] = 60.0
+    progress.batch_done("00002-c", [], [_outcome("p5"), _outcome("p6")], TokenUsage(), reused=False)
+    lines = stream.getvalue().splitlines()
+    assert lines[1].endswith("| eta ?") and lines[2].endswith("| eta ?")
+    assert lines[3].endswith("| elapsed 60 s | eta 120 s")  # 2 problems a minute, 4 left
+    now[0] = 90.0
+    assert progress.eta_seconds() == 90.0
+    column = _EtaColumn(progress)
+    assert column.render(None).plain == "eta 1 min 30 s"
+    now[0] = 500.0
+    assert column.render(None).plain == "eta 0 s"  # late, not negative
+
+
+def test_the_terminal_bar_shows_the_builds_eta():
+    now = [0.0]
+    stream = io.StringIO()
+    progress = BuildProgress(stream=stream, force_terminal=True, clock=lambda: now[0])
+    progress.start("demo-1", problems_total=4, batches_total=2)
+    now[0] = 100.0
+    progress.batch_done("00000-a", [], [_outcome("p1"), _outcome("p2")], TokenUsage(), reused=False)
+    now[0] = 120.0
+    progress.stop()
+    text = stream.getvalue()
+    assert "eta 80 s" in text and "-:--:--" not in text  # the last frame: 100 s for 2, 2 left, 20 s on
+
+
 def test_summary_table_names_everything_the_user_needs():
     stream = io.StringIO()
     BuildProgress(stream=stream, force_terminal=False).print_summary(_summary())
