@@ -465,9 +465,13 @@ class PassProgress:
 
     def expect(self, per_solution: Sequence[float]) -> None:
         """The prefix estimates each solution of this part is expected to take (before any chunk
-        begins: labelers.pipeline.expected_estimates)."""
+        begins: labelers.pipeline.expected_estimates); says the pass's size at once."""
         with self._lock:
             self._expected = list(per_solution)
+            sampled = sum(1 for estimates in per_solution if estimates > 0)
+            part = f" part {self.part}" if self.part > 1 else ""
+            print(f"{self.label}{part}: about {sum(per_solution):.0f} prefix estimates to sample, for {sampled} of"
+                  f" {len(per_solution)} solutions (the others need no rollouts)", file=self.stream, flush=True)
 
     def add_plan(self, plan: EstimatePlan, first: int, end: int) -> None:
         """A chunk of solutions ``first..end-1`` of this part plans ``plan`` (``ended()`` and

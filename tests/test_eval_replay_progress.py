@@ -190,9 +190,12 @@ def test_pass_progress_eta_follows_the_planned_estimates_not_the_solutions_done(
     left (the begun chunks' planned ones plus the expected ones of the solutions after them) at
     the rate estimates ended since the first did (the decoder's fill time left out)."""
     now = [0.0]
-    progress = PassProgress("pass 1 of 1 (binary)", 40, stream=io.StringIO(), clock=lambda: now[0])
+    stream = io.StringIO()
+    progress = PassProgress("pass 1 of 1 (binary)", 40, stream=stream, clock=lambda: now[0])
     # 32 + 8 solutions; the last 8 reach gold (0 expected) but for one wrong one
     progress.expect([1.5] * 32 + [0.0] * 7 + [2.0])
+    assert stream.getvalue() == ("pass 1 of 1 (binary): about 50 prefix estimates to sample, for 33 of 40 solutions"
+                                 " (the others need no rollouts)\n")
     assert progress.line().endswith("| eta ?")
     plan = _Plan(0, 50)
     progress.add_plan(plan, 0, 32)
