@@ -53,7 +53,6 @@ def test_step_signals_mark_inferred_steps() -> None:
     assert sorted(search.probes) == [3, 4, 5]
 
 
-
 @pytest.mark.parametrize("assume_last_wrong", [True, False])
 def test_expected_probes_left_is_the_mean_over_every_first_error(assume_last_wrong: bool) -> None:
     """The progress line's estimate of a search's remaining probes: before every probe of every
