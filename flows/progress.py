@@ -407,7 +407,7 @@ class PassProgress:
         self._live_tokens: Callable[[], int] | None = None
         self._live_base = 0
         self._live_since = 0.0
-        self._plans: list[tuple[EstimatePlan, int, int]] = []  # (EstimatePlan, first, end) of the part's chunks
+        self._plans: list[tuple[EstimatePlan, int]] = []  # (plan, end) of the part's chunks, in order
         self._expected: list[float] = []  # estimates expected per solution of the part, before it sampled
         self._first_end: tuple[float, int] | None = None  # (time, estimates ended) when the part's first ended
 
@@ -473,20 +473,20 @@ class PassProgress:
             print(f"{self.label}{part}: about {sum(per_solution):.0f} prefix estimates to sample, for {sampled} of"
                   f" {len(per_solution)} solutions (the others need no rollouts)", file=self.stream, flush=True)
 
-    def add_plan(self, plan: EstimatePlan, first: int, end: int) -> None:
-        """A chunk of solutions ``first..end-1`` of this part plans ``plan`` (``ended()`` and
-        ``planned()`` prefix estimates, read at each line while it runs)."""
+    def add_plan(self, plan: EstimatePlan, end: int) -> None:
+        """The next chunk of this part, its solutions up to ``end - 1``, plans ``plan``
+        (``ended()`` and ``planned()`` prefix estimates, read at each line while it runs)."""
         with self._lock:
-            self._plans.append((plan, first, end))
+            self._plans.append((plan, end))
 
     def _ended(self) -> int:
-        return sum(plan.ended() for plan, _, _ in self._plans)
+        return sum(plan.ended() for plan, _ in self._plans)
 
     def _work_eta(self, now: float) -> str | None:
         """The ETA from the plans (class doc), ``?`` until an estimate has ended after the first,
         None without a plan of any estimate (the caller counts solutions)."""
-        covered = max((end for _, _, end in self._plans), default=0)
-        planned = sum(plan.planned() for plan, _, _ in self._plans) + sum(self._expected[covered:])
+        covered = max((end for _, end in self._plans), default=0)
+        planned = sum(plan.planned() for plan, _ in self._plans) + sum(self._expected[covered:])
         if planned <= 0:
             return None
         ended = self._ended()

@@ -43,7 +43,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from data_schemas.records import NodeRow, Problem, ProblemOutcome, StepRow
 from labelers.answers import AnswerJudge
@@ -329,16 +329,13 @@ def _estimate_paths(
             n = len(path.nodes)
             # Hybrid: a disproved step is negative whatever MC says, and the steps after it come
             # after the path's first error, so MC is spent only on the prefixes before it.
-            spends_mc = not path.correct or config.search.mc_correct_paths or not config.search.first_error_search
-            path.mc_horizon = _first_disproved(path) if (skip_disproved and spends_mc) else None
+            kind = _path_mc(path.correct, config)
+            path.mc_horizon = _first_disproved(path) if (skip_disproved and kind != "inferred") else None
             sampled = n if path.mc_horizon is None else path.mc_horizon
-            if path.correct:
-                if spends_mc:
-                    per_step += [(owner, i) for i in range(sampled)]
-                    per_step_paths.append([job(owner, i).key for i in range(sampled)])
-                elif on_path_done is not None:
+            if kind == "inferred":
+                if on_path_done is not None:
                     on_path_done()  # no rollouts: its labels are inferred
-            elif config.search.first_error_search:
+            elif kind == "search":
                 if path.mc_horizon is not None:
                     # The search looks for the first error in steps 0..horizon; the disproved
                     # step stands in for the wrong final answer (assume_last_wrong).
@@ -373,6 +370,17 @@ def _estimate_paths(
             sampled_keys.update(k for k in keys if k in known and not known[k].exact)
         state.counters["mc_prefixes_sampled"] += len(sampled_keys)
     return known
+
+
+def _path_mc(correct: bool, config: BuildConfig) -> Literal["inferred", "search", "per-step"]:
+    """The MC a path gets: none for one reaching gold under first-error search (its labels are
+    inferred, unless ``search.mc_correct_paths``), a first-error search for a wrong one, else
+    per-step estimates."""
+    if not config.search.first_error_search:
+        return "per-step"
+    if correct:
+        return "per-step" if config.search.mc_correct_paths else "inferred"
+    return "search"
 
 
 def _first_disproved(path: _Path) -> int | None:
@@ -721,7 +729,7 @@ def expected_estimates(problems: Sequence[Problem], solutions: Sequence[Sequence
                        config: BuildConfig) -> list[float]:
     """The prefix estimates :func:`label_given_solutions` is expected to sample for each problem's
     given solutions, before it runs (a pass's progress: the chunks not begun). Per solution of n
-    steps, as :func:`_estimate_paths` decides:
+    steps, by :func:`_path_mc` as :func:`_estimate_paths` decides:
 
     - wrong, first-error search: ``expected_probes(n - 1)`` (``n`` when it states no answer);
     - correct, first-error search: 0 (inferred), unless ``search.mc_correct_paths``;
@@ -730,7 +738,6 @@ def expected_estimates(problems: Sequence[Problem], solutions: Sequence[Sequence
     Before the tool runs: a step it disproves can only shorten the hybrid's search."""
     if not MC.runs(config):
         return [0.0] * len(problems)
-    search = config.search
     expected: list[float] = []
     with AnswerJudge() as answer_judge:
         judge = OutcomeJudge(answer_judge)
@@ -741,9 +748,10 @@ def expected_estimates(problems: Sequence[Problem], solutions: Sequence[Sequence
                     continue
                 answer = judge.final_answer("\n".join(steps))
                 correct = answer is not None and judge.equal(answer, problem.gold_answer)
-                if search.first_error_search and not correct:
+                kind = _path_mc(correct, config)
+                if kind == "search":
                     total += expected_probes(len(steps) - 1 if answer is not None else len(steps))
-                elif not search.first_error_search or search.mc_correct_paths:
+                elif kind == "per-step":
                     total += sum(judge.final_answer(step) is None for step in steps)
             expected.append(total)
     return expected

@@ -198,7 +198,7 @@ def test_pass_progress_eta_follows_the_planned_estimates_not_the_solutions_done(
                                  " (the others need no rollouts)\n")
     assert progress.line().endswith("| eta ?")
     plan = _Plan(0, 50)
-    progress.add_plan(plan, 0, 32)
+    progress.add_plan(plan, 32)
     now[0] = 31.0
     progress.solutions(11, 40)  # the 11 that reach gold without rollouts
     assert progress.line().endswith("| eta ?")  # no estimate has ended (by solutions: 1 min 06 s)
@@ -213,7 +213,7 @@ def test_pass_progress_eta_follows_the_planned_estimates_not_the_solutions_done(
     assert progress.line().endswith("| eta 5 min 20 s")  # 15 in 150 s, 32 left
     now[0], plan.ended_now, plan.planned_now = 520.0, 46, 46.0
     last = _Plan(0, 2.0)
-    progress.add_plan(last, 32, 40)  # the last chunk: its plan replaces its expectation
+    progress.add_plan(last, 40)  # the last chunk: its plan replaces its expectation
     assert progress.line().endswith("| eta 21 s")  # 43 in 470 s, 2 left
     progress.solutions(40, 40)
     progress.solutions(0, 40)  # a new part: the plans were the last part's

@@ -244,7 +244,7 @@ class _PassLines:
         self.progress.expect(per_solution)
 
     def planned(self, plan: Any, first: int, end: int) -> None:
-        self.progress.add_plan(plan, first, end)
+        self.progress.add_plan(plan, end)
 
     def close_pass(self) -> None:
         self.progress.stop()

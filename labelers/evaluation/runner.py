@@ -457,7 +457,8 @@ def run_shared(
     if plans is not None and needs_mc:
         plans.expected(pipeline.expected_estimates(problems, [[list(r.steps)] for r in records], run_config))
     for start in range(0, len(records), chunk_size):
-        chunk = slice(start, start + chunk_size)
+        end = min(start + chunk_size, len(records))
+        chunk = slice(start, end)
         key = chunk_key(signals, mc_mode, config_hash, records[chunk])
         labeled = journal.get(key) if journal is not None else None
         if labeled is None:
@@ -467,7 +468,7 @@ def run_shared(
                 problems[chunk], [[list(r.steps)] for r in records[chunk]], run_config, policy, use_tool, lean,
                 build_id="eval", step_judge=step_judge,
                 on_path_done=_counting_solutions(on_solutions, start, records),
-                on_plan=None if plans is None else _chunk_plan(plans, start, min(start + chunk_size, len(records))),
+                on_plan=None if plans is None else _chunk_plan(plans, start, end),
             )
             labeled = LabeledChunk(result.steps, result.outcomes, result.usage, time.perf_counter() - chunk_started,
                                    chunk_clock() - chunk_cpu, replay.answers_since(mark) if replay is not None else [])
@@ -477,7 +478,7 @@ def run_shared(
             earlier_wall += labeled.wall_seconds
             earlier_cpu += labeled.cpu_seconds
             if plans is not None:  # nothing left to sample there: its expectation no longer counts
-                plans.planned(EstimatePlan(frozenset(), {}, ()), start, min(start + chunk_size, len(records)))
+                plans.planned(EstimatePlan(frozenset(), {}, ()), start, end)
             if replay is not None:
                 replay.remember(labeled.answers)  # a later pass of this run replays them
         for row in labeled.rows:
@@ -485,7 +486,7 @@ def run_shared(
         outcomes.update((o.problem_id, o) for o in labeled.outcomes)
         usage.add(labeled.usage)
         if on_solutions is not None:
-            on_solutions(min(start + chunk_size, len(records)), len(records))
+            on_solutions(end, len(records))
     seconds = time.perf_counter() - started + earlier_wall
     profile = CostProfile.of(usage, solutions=len(records), rollouts=sum(o.rollouts for o in outcomes.values()),
                              wall_seconds=seconds, cpu_seconds=cpu_seconds() - cpu_started + earlier_cpu)
